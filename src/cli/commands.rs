@@ -1,0 +1,432 @@
+//! Command bodies: open the repository, call the operation, print the result.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result, anyhow};
+use serde_json::json;
+
+use super::password;
+use super::progress::{Progress, human_bytes};
+use super::{BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs, SnapshotFilter};
+use crate::error::{VaultError, exit};
+use crate::format::Id;
+use crate::format::config::ChunkerParams;
+use crate::ops::{backup, dump, ls, restore, select};
+use crate::repo::lock::{self, LockGuard};
+use crate::repo::repository::{InitOptions, default_log_n};
+use crate::repo::{Backend, Repository};
+
+pub fn run(cli: Cli) -> Result<i32> {
+    let g = cli.global;
+    match cli.command {
+        Command::Init(a) => init(&g, a),
+        Command::Backup(a) => cmd_backup(&g, a),
+        Command::Snapshots(a) => snapshots(&g, &a.filter),
+        Command::Ls(a) => cmd_ls(&g, a),
+        Command::Restore(a) => cmd_restore(&g, a),
+        Command::Dump(a) => cmd_dump(&g, a),
+        Command::Key(k) => key(&g, k),
+        Command::Unlock(a) => unlock(&g, a.remove_all),
+    }
+}
+
+fn default_repo() -> Result<String> {
+    let d = dirs::data_dir().ok_or_else(|| anyhow!("no --repo given and no XDG data directory (set VAULT_REPOSITORY)"))?;
+    Ok(d.join("vault").join("repo").to_string_lossy().into_owned())
+}
+
+/// The repository location, and whether it is the implicit default.
+fn location(g: &Global) -> Result<(String, bool)> {
+    match &g.repo {
+        Some(r) if !r.is_empty() => Ok((r.clone(), false)),
+        _ => Ok((default_repo()?, true)),
+    }
+}
+
+fn open(g: &Global) -> Result<Repository> {
+    let (loc, default) = location(g)?;
+    let backend = Backend::open(&loc)?;
+    if default && !g.quiet && !g.json {
+        eprintln!("vault: using the default repository {loc}");
+    }
+    // Fail fast on a missing repository, before asking for a password.
+    if !backend.exists("config")? {
+        return Err(VaultError::NoRepository(loc).into());
+    }
+    let secret = password::secret(g.password_file.as_deref(), &loc)?;
+    Repository::open(backend, &secret)
+}
+
+fn open_indexed(g: &Global) -> Result<Repository> {
+    let mut repo = open(g)?;
+    repo.load_index()?;
+    Ok(repo)
+}
+
+fn take_lock(g: &Global, repo: &Repository, exclusive: bool, command: &str) -> Result<Option<LockGuard>> {
+    if g.no_lock {
+        return Ok(None);
+    }
+    lock::acquire(repo, exclusive, command).map(Some)
+}
+
+fn filter(f: &SnapshotFilter) -> select::Filter {
+    select::Filter {
+        hosts: f.hosts.clone(),
+        paths: f.paths.clone(),
+        tags: f.tags.clone(),
+    }
+}
+
+fn warn_stderr(msg: String) {
+    eprintln!("vault: warning: {msg}");
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn init(g: &Global, a: InitArgs) -> Result<i32> {
+    let (loc, default) = location(g)?;
+    let backend = Backend::open(&loc)?;
+    if backend.exists("config")? {
+        return Err(VaultError::AlreadyExists(loc).into());
+    }
+    let avg = u32::try_from(a.chunk_size).map_err(|_| VaultError::Usage("--chunk-size too large".into()))?;
+    let opts = InitOptions {
+        chunker: ChunkerParams {
+            min_size: avg / 2,
+            avg_size: avg,
+            max_size: avg.saturating_mul(8).min(16 << 20),
+            ..ChunkerParams::default()
+        },
+        pack_size: u32::try_from(a.pack_size).map_err(|_| VaultError::Usage("--pack-size must be under 4 GiB".into()))?,
+        compression_level: a.compression,
+        kdf_log_n: default_log_n(),
+        label: a.label,
+    };
+    let pw = password::password(g.password_file.as_deref(), &format!("new repository {loc}"), true)?;
+    let repo = Repository::init(backend, &pw, &opts)?;
+    if g.json {
+        print_json(&json!({"repository": repo.location(), "id": repo.config.id}))?;
+    } else if !g.quiet {
+        let note = if default { " (the default; set --repo or VAULT_REPOSITORY for another)" } else { "" };
+        println!("created repository {}{note}", repo.location());
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
+    let mut repo = open_indexed(g)?;
+    let _lock = if a.dry_run { None } else { take_lock(g, &repo, false, "backup")? };
+    // The index may have changed while we waited for the lock.
+    repo.load_index()?;
+    let time = a
+        .time
+        .as_deref()
+        .map(|t| t.parse::<jiff::Timestamp>().map_err(|e| VaultError::Usage(format!("--time {t:?}: {e}"))))
+        .transpose()?;
+    let parent = match &a.parent {
+        Some(p) => Some(select::select(&repo, p, &select::Filter::default(), &warn_stderr)?.0),
+        None => None,
+    };
+    if a.stdin != a.stdin_filename.is_some() {
+        return Err(VaultError::Usage("--stdin and --stdin-filename go together".into()).into());
+    }
+    let opts = backup::BackupOptions {
+        paths: a.paths,
+        tags: a.tags,
+        host: a.host,
+        excludes: a.excludes,
+        exclude_files: a.exclude_files,
+        exclude_caches: a.exclude_caches,
+        one_file_system: a.one_file_system,
+        stdin_filename: a.stdin_filename,
+        dry_run: a.dry_run,
+        time,
+        parent,
+    };
+    let counters = Arc::new(backup::Counters::default());
+    let c = counters.clone();
+    let progress = Arc::new(Progress::start(g.quiet || g.json, move || {
+        format!(
+            "{} files, {} read, {} new",
+            c.files.load(Ordering::Relaxed),
+            human_bytes(c.bytes_read.load(Ordering::Relaxed)),
+            human_bytes(c.bytes_added.load(Ordering::Relaxed))
+        )
+    }));
+    let p = progress.clone();
+    let warn: backup::Warn = Arc::new(move |m: String| p.println(&format!("vault: {m}")));
+    let r = backup::backup(&repo, &opts, counters, warn);
+    if let Ok(p) = Arc::try_unwrap(progress) {
+        p.finish();
+    }
+    let r = r?;
+    let s = &r.snapshot.summary;
+    let code = if s.errors > 0 { exit::PARTIAL } else { exit::OK };
+    if g.json {
+        print_json(&json!({
+            "snapshot": r.snapshot_id.map(|i| i.to_hex()),
+            "dry_run": opts.dry_run,
+            "parent": r.snapshot.parent.map(|i| i.to_hex()),
+            "paths": r.snapshot.paths,
+            "summary": s,
+        }))?;
+    } else if !g.quiet {
+        let files = s.files_new + s.files_changed + s.files_unchanged;
+        let what = match r.snapshot_id {
+            Some(id) => format!("snapshot {} saved", id.short()),
+            None => "dry run, nothing saved".to_string(),
+        };
+        println!(
+            "{what}: {files} files ({} new, {} changed, {} unchanged), {} dirs; {} read, {} added, {} stored; {:.1}s",
+            s.files_new,
+            s.files_changed,
+            s.files_unchanged,
+            s.dirs,
+            human_bytes(s.bytes_read),
+            human_bytes(s.bytes_added),
+            human_bytes(s.bytes_stored),
+            s.duration_s
+        );
+    }
+    if s.errors > 0 && !g.quiet {
+        eprintln!("vault: {} file(s) or directories could not be read and are missing from the snapshot", s.errors);
+    }
+    Ok(code)
+}
+
+fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
+    let repo = open(g)?;
+    let list = select::list(&repo, &filter(f), &warn_stderr)?;
+    if g.json {
+        let v: Vec<serde_json::Value> = list
+            .iter()
+            .map(|(id, s)| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["id"] = json!(id.to_hex());
+                v["short_id"] = json!(id.short());
+                v
+            })
+            .collect();
+        print_json(&serde_json::Value::Array(v))?;
+        return Ok(exit::OK);
+    }
+    println!("{:<8}  {:<19}  {:<16}  {:<16}  {:>10}  Paths", "ID", "Time", "Host", "Tags", "Size");
+    for (id, s) in &list {
+        let time = s
+            .timestamp()
+            .map(|t| t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|_| s.time.clone());
+        println!(
+            "{:<8}  {:<19}  {:<16}  {:<16}  {:>10}  {}",
+            id.short(),
+            time,
+            s.host,
+            s.tags.join(","),
+            human_bytes(s.summary.bytes_total),
+            s.paths.join(" ")
+        );
+    }
+    if !g.quiet {
+        println!("{} snapshot(s)", list.len());
+    }
+    Ok(exit::OK)
+}
+
+fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
+    let repo = open_indexed(g)?;
+    let _lock = take_lock(g, &repo, false, "ls")?;
+    let (_, snap) = select::select(&repo, &a.snapshot, &filter(&a.filter), &warn_stderr)?;
+    let path = a.path.map(|p| std::path::absolute(&p).unwrap_or(p)).unwrap_or_else(|| PathBuf::from("/"));
+    let mut out = std::io::stdout().lock();
+    let mut err = None;
+    ls::ls(&repo, &snap.tree, &path, !a.no_recursive, &mut |p, n| {
+        if err.is_some() {
+            return;
+        }
+        let r = if g.json {
+            serde_json::to_writer(&mut out, &ls::Listed::new(p, n)).map_err(anyhow::Error::from).and_then(|_| Ok(writeln!(out)?))
+        } else if a.long {
+            let l = ls::Listed::new(p, n);
+            writeln!(out, "{:?} {:o} {:>8} {:>8} {:>12} {} {}", l.kind, l.mode, l.user, l.group, l.size, l.mtime, l.path).map_err(Into::into)
+        } else {
+            use std::os::unix::ffi::OsStrExt;
+            out.write_all(p.as_os_str().as_bytes()).and_then(|_| out.write_all(b"\n")).map_err(Into::into)
+        };
+        if let Err(e) = r {
+            err = Some(e);
+        }
+    })?;
+    match err {
+        // A closed pipe (`vault ls | head`) is not an error.
+        Some(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => Ok(exit::OK),
+        Some(e) => Err(e),
+        None => Ok(exit::OK),
+    }
+}
+
+fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
+    let repo = open_indexed(g)?;
+    let _lock = take_lock(g, &repo, false, "restore")?;
+    let (id, snap) = select::select(&repo, &a.snapshot, &filter(&a.filter), &warn_stderr)?;
+    let abs = |v: Vec<String>| -> Vec<String> {
+        v.into_iter()
+            .map(|p| {
+                if p.starts_with('/') || p.contains(['*', '?', '[']) {
+                    p
+                } else {
+                    std::path::absolute(&p).map(|x| x.to_string_lossy().into_owned()).unwrap_or(p)
+                }
+            })
+            .collect()
+    };
+    let opts = restore::RestoreOptions {
+        target: a.target,
+        includes: abs(a.includes),
+        excludes: a.excludes,
+        overwrite: a.overwrite,
+        verify: a.verify,
+    };
+    let counters = Arc::new(restore::Counters::default());
+    let c = counters.clone();
+    let progress = Progress::start(g.quiet || g.json, move || format!("{} written", human_bytes(c.bytes.load(Ordering::Relaxed))));
+    let r = restore::restore(&repo, &snap.tree, &opts, counters);
+    progress.finish();
+    let r = r?;
+    for e in &r.errors {
+        eprintln!("vault: {e}");
+    }
+    if g.json {
+        print_json(&json!({"snapshot": id.to_hex(), "target": opts.target, "result": r}))?;
+    } else if !g.quiet {
+        println!(
+            "restored snapshot {} to {}: {} files, {} dirs, {}{}",
+            id.short(),
+            opts.target.display(),
+            r.files,
+            r.dirs,
+            human_bytes(r.bytes),
+            if opts.verify { ", verified" } else { "" }
+        );
+    }
+    if r.errors.is_empty() {
+        Ok(exit::OK)
+    } else {
+        eprintln!("vault: {} item(s) could not be restored", r.errors.len());
+        Ok(exit::PARTIAL)
+    }
+}
+
+fn cmd_dump(g: &Global, a: DumpArgs) -> Result<i32> {
+    let repo = open_indexed(g)?;
+    let _lock = take_lock(g, &repo, false, "dump")?;
+    let (_, snap) = select::select(&repo, &a.snapshot, &filter(&a.filter), &warn_stderr)?;
+    let path = std::path::absolute(&a.path).unwrap_or(a.path);
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    dump::dump(&repo, &snap.tree, &path, &mut out)?;
+    Ok(exit::OK)
+}
+
+fn key(g: &Global, k: KeyCommand) -> Result<i32> {
+    let repo = open(g)?;
+    let loc = repo.location().to_string();
+    match k {
+        KeyCommand::Add(a) => {
+            let pw = password::new_password(a.new_password_file.as_deref(), &format!("the new key of {loc}"))?;
+            let id = repo.add_key(&pw, &a.label, default_log_n())?;
+            if g.json {
+                print_json(&json!({"key": id.to_hex()}))?;
+            } else if !g.quiet {
+                println!("added key {}", id.short());
+            }
+        }
+        KeyCommand::Passwd(a) => {
+            let pw = password::new_password(a.new_password_file.as_deref(), &format!("the new password of {loc}"))?;
+            let old = repo
+                .key_id
+                .ok_or_else(|| anyhow!("opened with a raw key file: use `vault key add` to add a password"))?;
+            let id = repo.add_key(&pw, &a.label, default_log_n())?;
+            // The new key is written before the old one is removed: never zero keys.
+            repo.remove_key(&old).context("removing the old key")?;
+            if !g.quiet {
+                println!("changed password: key {} replaces {}", id.short(), old.short());
+            }
+        }
+        KeyCommand::List => {
+            let pw = match password::secret(g.password_file.as_deref(), &loc)? {
+                crate::repo::Secret::Password(p) => Some(p),
+                crate::repo::Secret::Master(_) => None,
+            };
+            key_list(g, &repo, pw.as_deref())?;
+        }
+        KeyCommand::Remove { id } => {
+            let all = repo.backend.list(crate::repo::FileKind::Key)?;
+            let hits: Vec<Id> = all.into_iter().filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
+            let target = match hits.as_slice() {
+                [one] => *one,
+                [] => return Err(anyhow!("key {id}: no such key (see `vault key list`)")),
+                _ => return Err(VaultError::Usage(format!("key {id}: prefix matches several keys")).into()),
+            };
+            repo.remove_key(&target)?;
+            if !g.quiet {
+                println!("removed key {}", target.short());
+            }
+        }
+        KeyCommand::Export { raw: _ } => {
+            let v = serde_json::to_string_pretty(&repo.raw_key_export())?;
+            println!("{v}");
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn key_list(g: &Global, repo: &Repository, pw: Option<&[u8]>) -> Result<()> {
+    let keys = repo.list_keys(pw)?;
+    let mut rows = Vec::new();
+    for (id, r) in keys {
+        let current = repo.key_id == Some(id);
+        rows.push(match r {
+            Ok(p) => json!({"id": id.to_hex(), "current": current, "label": p.label, "host": p.host, "user": p.user, "created": p.created}),
+            Err(_) => json!({"id": id.to_hex(), "current": current, "label": null, "host": null, "user": null, "created": null}),
+        });
+    }
+    if g.json {
+        return print_json(&serde_json::Value::Array(rows));
+    }
+    println!("   {:<8}  {:<16}  {:<16}  {:<10}  Created", "ID", "Label", "Host", "User");
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("(other password)").to_string();
+        println!(
+            "{}  {:<8}  {:<16}  {:<16}  {:<10}  {}",
+            if r["current"] == json!(true) { "*" } else { " " },
+            &s("id")[..8],
+            s("label"),
+            s("host"),
+            s("user"),
+            s("created")
+        );
+    }
+    Ok(())
+}
+
+fn unlock(g: &Global, all: bool) -> Result<i32> {
+    let repo = open(g)?;
+    let removed = lock::unlock(&repo, all)?;
+    if g.json {
+        print_json(&json!({"removed": removed}))?;
+    } else if !g.quiet {
+        for r in &removed {
+            println!("removed {r}");
+        }
+        println!("{} lock(s) removed", removed.len());
+    }
+    Ok(exit::OK)
+}

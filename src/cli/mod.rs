@@ -1,0 +1,267 @@
+//! The command line: argument definitions, repository opening, and dispatch. Each
+//! command's body lives in `commands.rs`; the work itself in `ops`.
+
+mod commands;
+pub mod password;
+pub mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::{self, exit};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vault",
+    version,
+    about = "Encrypted, deduplicated, versioned backups",
+    long_about = "Encrypted, deduplicated, versioned backups.\n\nExample:\n  vault init && vault backup ~/Documents && vault snapshots",
+    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some files skipped or not restored), 10 no repository, 11 locked, 12 wrong password."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Repository location (a directory or fs:///path); default: ~/.local/share/vault/repo
+    #[arg(long, short = 'r', env = "VAULT_REPOSITORY", global = true)]
+    pub repo: Option<String>,
+    /// Read the password from this file (first line)
+    #[arg(long, env = "VAULT_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    /// Do not lock the repository (for read-only media)
+    #[arg(long, global = true)]
+    pub no_lock: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct SnapshotFilter {
+    /// Only snapshots from this host (repeatable)
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Only snapshots that include this backed-up path (repeatable)
+    #[arg(long = "path")]
+    pub paths: Vec<String>,
+    /// Only snapshots with this tag (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository.
+    ///
+    /// Example: vault init --repo /srv/backup
+    Init(InitArgs),
+    /// Back up files and directories into a new snapshot.
+    ///
+    /// Example: vault backup ~/Documents ~/Photos --tag nightly --exclude '*.tmp' --exclude-caches
+    Backup(BackupArgs),
+    /// List snapshots.
+    ///
+    /// Example: vault snapshots --host laptop --json
+    Snapshots(SnapshotsArgs),
+    /// List files in a snapshot.
+    ///
+    /// Example: vault ls latest ~/Documents
+    Ls(LsArgs),
+    /// Restore a snapshot (or part of it) into a directory.
+    ///
+    /// Example: vault restore latest --target /tmp/r --include ~/Documents
+    Restore(RestoreArgs),
+    /// Write one file from a snapshot to standard output.
+    ///
+    /// Example: vault dump latest ~/Documents/cv.pdf > cv.pdf
+    Dump(DumpArgs),
+    /// Manage the key files (passwords) that open the repository.
+    ///
+    /// Example: vault key add --label laptop
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Remove stale locks left by processes that died.
+    ///
+    /// Example: vault unlock
+    Unlock(UnlockArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Target pack file size
+    #[arg(long, default_value = "16M", value_parser = progress::parse_size)]
+    pub pack_size: u64,
+    /// zstd compression level for data (1-22)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub compression: i32,
+    /// Average chunk size (minimum is half, maximum eight times this)
+    #[arg(long, default_value = "1M", value_parser = progress::parse_size)]
+    pub chunk_size: u64,
+    /// Label of the first key
+    #[arg(long, default_value = "initial")]
+    pub label: String,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Files and directories to back up
+    pub paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this machine's)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Exclude paths matching this gitignore-style pattern (repeatable)
+    #[arg(long = "exclude", short = 'e')]
+    pub excludes: Vec<String>,
+    /// Read exclude patterns from a file, one per line (repeatable)
+    #[arg(long = "exclude-file")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Skip the contents of directories holding a valid CACHEDIR.TAG
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Do not cross file-system boundaries
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Back up standard input as one file
+    #[arg(long, requires = "stdin_filename")]
+    pub stdin: bool,
+    /// Name of the file that holds standard input in the snapshot
+    #[arg(long)]
+    pub stdin_filename: Option<String>,
+    /// Read and chunk everything but write nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Compare with this snapshot instead of the newest of the same host and paths
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Record this snapshot time (RFC 3339); for tests and imports
+    #[arg(long, hide = true)]
+    pub time: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot: `latest` or an id prefix
+    pub snapshot: String,
+    /// Path inside the snapshot (default: everything)
+    pub path: Option<PathBuf>,
+    /// Only the entries directly below PATH
+    #[arg(long)]
+    pub no_recursive: bool,
+    /// Show mode, owner, size and time
+    #[arg(long, short = 'l')]
+    pub long: bool,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot: `latest` or an id prefix
+    pub snapshot: String,
+    /// Directory to restore into (snapshot paths are recreated below it)
+    #[arg(long, short = 't')]
+    pub target: PathBuf,
+    /// Restore only paths matching this pattern or below it (repeatable)
+    #[arg(long = "include", short = 'i')]
+    pub includes: Vec<String>,
+    /// Leave out paths matching this pattern (repeatable)
+    #[arg(long = "exclude", short = 'e')]
+    pub excludes: Vec<String>,
+    /// Replace files that already exist in the target
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Re-read every restored file and compare it with the snapshot
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot: `latest` or an id prefix
+    pub snapshot: String,
+    /// File inside the snapshot
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// Add a key (a new password) that opens the repository.
+    ///
+    /// Example: VAULT_NEW_PASSWORD_FILE=pw vault key add --label laptop
+    Add(KeyAddArgs),
+    /// List key files: id, label, host, created.
+    List,
+    /// Remove a key file (never the last one).
+    Remove {
+        /// Key id (prefix)
+        id: String,
+    },
+    /// Change the password of the key in use.
+    Passwd(KeyAddArgs),
+    /// Print the decrypted master key, for VAULT_KEY_FILE on unattended machines.
+    ///
+    /// Example: vault key export --raw > /etc/vault/key && chmod 600 /etc/vault/key
+    Export {
+        /// Export the raw master key (required: there is no other form yet)
+        #[arg(long, required = true)]
+        raw: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct KeyAddArgs {
+    /// Label for the key
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// Read the new password from this file
+    #[arg(long, env = "VAULT_NEW_PASSWORD_FILE")]
+    pub new_password_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct UnlockArgs {
+    /// Remove every lock, not just stale ones
+    #[arg(long)]
+    pub remove_all: bool,
+}
+
+/// Runs the CLI and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match commands::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vault: {}", error::one_line(&e));
+            error::exit_code(&e)
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The repository config: written once at init, sealed, with a keyless checksum.
+
+use serde::{Deserialize, Serialize};
+
+use super::crypto::Keys;
+use super::error::{FormatError, Result};
+use super::object::{self, Kind};
+
+pub const REPO_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ChunkerParams {
+    /// Always "fastcdc-v2020" in version 1.
+    pub algorithm: String,
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+    /// FastCDC normalization level (0-3).
+    pub normalization: u8,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams {
+            algorithm: "fastcdc-v2020".into(),
+            min_size: 512 * 1024,
+            avg_size: 1024 * 1024,
+            max_size: 8 * 1024 * 1024,
+            normalization: 1,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub version: u32,
+    /// Random, names the local cache directory.
+    pub id: String,
+    pub chunker: ChunkerParams,
+    /// Target size of a pack file in bytes.
+    pub pack_size: u32,
+    /// zstd level for blobs.
+    pub compression_level: i32,
+    pub created: String,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<()> {
+        if self.version != REPO_VERSION {
+            return Err(FormatError::Version {
+                what: "repository",
+                version: self.version,
+            });
+        }
+        let c = &self.chunker;
+        let ok = c.algorithm == "fastcdc-v2020"
+            && c.min_size >= 64
+            && c.min_size <= c.avg_size
+            && c.avg_size <= c.max_size
+            && c.max_size <= 16 * 1024 * 1024
+            && c.normalization <= 3
+            && self.pack_size >= 64 * 1024
+            && (1..=22).contains(&self.compression_level);
+        if !ok {
+            return Err(FormatError::malformed("config", "parameters out of range"));
+        }
+        Ok(())
+    }
+
+    pub fn seal(&self, keys: &Keys) -> Vec<u8> {
+        let body = serde_json::to_vec(self).expect("config serializes");
+        object::seal_checksummed(keys, Kind::Config, &body)
+    }
+
+    pub fn open(keys: &Keys, stored: &[u8]) -> Result<Config> {
+        let body = object::open_checksummed(keys, Kind::Config, stored)?;
+        let cfg: Config =
+            serde_json::from_slice(&body).map_err(|e| FormatError::malformed("config", e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,163 @@
+//! Index files: which pack holds each blob, at which offset. Binary body inside a sealed
+//! object of kind `index`:
+//! `"vidx" || version u8 || n_superseded u32 || ids || n_packs u32 ||
+//!  per pack: pack id || n_blobs u32 || per blob: type u8, flags u8, id, offset u32,
+//!  length u32, raw_len u32` (all integers little-endian).
+
+use super::crypto::Keys;
+use super::error::{FormatError, Result};
+use super::id::Id;
+use super::object::{self, Kind};
+use super::pack::{BlobEntry, BlobType};
+
+const MAGIC: &[u8; 4] = b"vidx";
+const VERSION: u8 = 1;
+const BLOB_LEN: usize = 46;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackBlobs {
+    pub pack: Id,
+    pub blobs: Vec<BlobEntry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexFile {
+    /// Index files this one replaces (written by prune and repair); readers ignore those.
+    pub supersedes: Vec<Id>,
+    pub packs: Vec<PackBlobs>,
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(FormatError::Truncated("index"));
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn id(&mut self) -> Result<Id> {
+        Ok(Id::from_slice(self.take(32)?).expect("32 bytes"))
+    }
+    /// A count of items of `item_len` bytes, checked against the bytes left so a corrupt
+    /// count cannot make us allocate without bound.
+    fn count(&mut self, item_len: usize) -> Result<usize> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(item_len) > self.b.len() {
+            return Err(FormatError::Truncated("index count exceeds its data"));
+        }
+        Ok(n)
+    }
+}
+
+impl IndexFile {
+    pub fn blob_count(&self) -> usize {
+        self.packs.iter().map(|p| p.blobs.len()).sum()
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + self.blob_count() * BLOB_LEN + self.packs.len() * 36);
+        b.extend_from_slice(MAGIC);
+        b.push(VERSION);
+        b.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
+        for id in &self.supersedes {
+            b.extend_from_slice(&id.0);
+        }
+        b.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        for p in &self.packs {
+            b.extend_from_slice(&p.pack.0);
+            b.extend_from_slice(&(p.blobs.len() as u32).to_le_bytes());
+            for e in &p.blobs {
+                b.push(e.blob_type as u8);
+                b.push(e.flags);
+                b.extend_from_slice(&e.id.0);
+                b.extend_from_slice(&e.offset.to_le_bytes());
+                b.extend_from_slice(&e.length.to_le_bytes());
+                b.extend_from_slice(&e.raw_len.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    pub fn decode(body: &[u8]) -> Result<IndexFile> {
+        let mut r = Reader { b: body };
+        if r.take(4)? != MAGIC {
+            return Err(FormatError::malformed("index", "bad magic"));
+        }
+        let version = r.take(1)?[0];
+        if version != VERSION {
+            return Err(FormatError::Version {
+                what: "index",
+                version: version.into(),
+            });
+        }
+        let n = r.count(32)?;
+        let supersedes = (0..n).map(|_| r.id()).collect::<Result<_>>()?;
+        let n = r.count(36)?;
+        let mut packs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let pack = r.id()?;
+            let m = r.count(BLOB_LEN)?;
+            let mut blobs = Vec::with_capacity(m);
+            for _ in 0..m {
+                let t = r.take(2)?;
+                blobs.push(BlobEntry {
+                    blob_type: BlobType::from_u8(t[0])?,
+                    flags: t[1],
+                    id: r.id()?,
+                    offset: r.u32()?,
+                    length: r.u32()?,
+                    raw_len: r.u32()?,
+                });
+            }
+            packs.push(PackBlobs { pack, blobs });
+        }
+        if !r.b.is_empty() {
+            return Err(FormatError::malformed("index", "trailing bytes"));
+        }
+        Ok(IndexFile { supersedes, packs })
+    }
+
+    pub fn seal(&self, keys: &Keys) -> Vec<u8> {
+        object::seal(keys, Kind::Index, &self.encode())
+    }
+
+    pub fn open(keys: &Keys, stored: &[u8]) -> Result<IndexFile> {
+        IndexFile::decode(&object::open(keys, Kind::Index, stored)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_truncation() {
+        let idx = IndexFile {
+            supersedes: vec![Id::random()],
+            packs: vec![PackBlobs {
+                pack: Id::random(),
+                blobs: vec![BlobEntry {
+                    blob_type: BlobType::Tree,
+                    flags: 1,
+                    id: Id::random(),
+                    offset: 7,
+                    length: 9,
+                    raw_len: 11,
+                }],
+            }],
+        };
+        let enc = idx.encode();
+        assert_eq!(IndexFile::decode(&enc).unwrap(), idx);
+        for cut in 0..enc.len() {
+            assert!(IndexFile::decode(&enc[..cut]).is_err());
+        }
+    }
+}

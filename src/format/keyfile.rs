@@ -1,0 +1,182 @@
+//! Key files: the master key sealed under a key derived from a password with scrypt.
+//! Plaintext JSON holds only the KDF parameters and salt; label, host and creation time
+//! are sealed together with the master key so the storage provider learns none of them.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{Cipher, MasterKey, fill_random};
+use super::error::{FormatError, Result};
+
+pub const KEYFILE_VERSION: u32 = 1;
+/// The floor the format promises: N = 2^15, r = 8, p = 1.
+pub const MIN_LOG_N: u8 = 15;
+/// 2^20 with r = 8 needs 1 GiB of memory; beyond that opening would fail on small machines.
+pub const MAX_LOG_N: u8 = 20;
+const AAD: &[u8] = b"vault key v1";
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    pub algorithm: String,
+    pub log_n: u8,
+    pub r: u32,
+    pub p: u32,
+    pub salt: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct KeyFile {
+    pub version: u32,
+    pub kdf: KdfParams,
+    pub sealed: String,
+}
+
+/// What a key file protects.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct KeyPayload {
+    pub master_key: String,
+    pub label: String,
+    pub host: String,
+    pub user: String,
+    pub created: String,
+}
+
+impl KeyPayload {
+    pub fn master(&self) -> Result<MasterKey> {
+        let raw = B64
+            .decode(&self.master_key)
+            .map_err(|e| FormatError::malformed("key payload", e))?;
+        let arr: [u8; 32] = raw
+            .try_into()
+            .map_err(|_| FormatError::malformed("key payload", "master key is not 32 bytes"))?;
+        Ok(MasterKey::from_bytes(arr))
+    }
+}
+
+fn derive(password: &[u8], kdf: &KdfParams) -> Result<Cipher> {
+    if kdf.algorithm != "scrypt" {
+        return Err(FormatError::malformed("key file", format!("kdf {}", kdf.algorithm)));
+    }
+    if kdf.log_n < MIN_LOG_N || kdf.log_n > MAX_LOG_N || kdf.r == 0 || kdf.r > 32 || kdf.p == 0 || kdf.p > 16
+    {
+        return Err(FormatError::malformed("key file", "scrypt parameters out of range"));
+    }
+    let salt = B64
+        .decode(&kdf.salt)
+        .map_err(|e| FormatError::malformed("key file salt", e))?;
+    let params = scrypt::Params::new(kdf.log_n, kdf.r, kdf.p)
+        .map_err(|e| FormatError::malformed("key file", e))?;
+    let mut kek = [0u8; 32];
+    scrypt::scrypt(password, &salt, &params, &mut kek)
+        .map_err(|e| FormatError::malformed("key file", e))?;
+    Ok(Cipher::new(&kek))
+}
+
+/// Chooses log2(N) so that one derivation takes about `target` on this machine.
+pub fn calibrate_log_n(target: Duration) -> u8 {
+    let params = scrypt::Params::new(MIN_LOG_N, 8, 1).expect("valid floor parameters");
+    let mut out = [0u8; 32];
+    let start = Instant::now();
+    let _ = scrypt::scrypt(b"calibration", b"calibration salt", &params, &mut out);
+    let mut per = start.elapsed().max(Duration::from_millis(1));
+    let mut log_n = MIN_LOG_N;
+    while log_n < MAX_LOG_N && per * 2 <= target + target / 4 {
+        per *= 2;
+        log_n += 1;
+    }
+    log_n
+}
+
+impl KeyFile {
+    pub fn create(password: &[u8], log_n: u8, payload: &KeyPayload) -> Result<KeyFile> {
+        let mut salt = [0u8; 32];
+        fill_random(&mut salt);
+        let kdf = KdfParams {
+            algorithm: "scrypt".into(),
+            log_n: log_n.clamp(MIN_LOG_N, MAX_LOG_N),
+            r: 8,
+            p: 1,
+            salt: B64.encode(salt),
+        };
+        let cipher = derive(password, &kdf)?;
+        let body = serde_json::to_vec(payload).map_err(|e| FormatError::malformed("key payload", e))?;
+        Ok(KeyFile {
+            version: KEYFILE_VERSION,
+            kdf,
+            sealed: B64.encode(cipher.seal(AAD, &body)),
+        })
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<KeyFile> {
+        let kf: KeyFile =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::malformed("key file", e))?;
+        if kf.version != KEYFILE_VERSION {
+            return Err(FormatError::Version {
+                what: "key file",
+                version: kf.version,
+            });
+        }
+        Ok(kf)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("key file serializes")
+    }
+
+    /// Opens the key with a password. `BadMac` means a wrong password (or a damaged file).
+    pub fn open(&self, password: &[u8]) -> Result<KeyPayload> {
+        let cipher = derive(password, &self.kdf)?;
+        let sealed = B64
+            .decode(&self.sealed)
+            .map_err(|e| FormatError::malformed("key file", e))?;
+        let body = cipher.open(AAD, &sealed)?;
+        serde_json::from_slice(&body).map_err(|e| FormatError::malformed("key payload", e))
+    }
+}
+
+pub fn encode_master(key: &MasterKey) -> String {
+    B64.encode(key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_open_wrong_password() {
+        let mk = MasterKey::generate();
+        let payload = KeyPayload {
+            master_key: encode_master(&mk),
+            label: "l".into(),
+            host: "h".into(),
+            user: "u".into(),
+            created: "now".into(),
+        };
+        let kf = KeyFile::create(b"pw", MIN_LOG_N, &payload).unwrap();
+        let parsed = KeyFile::parse(&kf.to_bytes()).unwrap();
+        let got = parsed.open(b"pw").unwrap();
+        assert_eq!(got.master().unwrap().as_bytes(), mk.as_bytes());
+        assert_eq!(parsed.open(b"bad").unwrap_err(), FormatError::BadMac);
+    }
+
+    #[test]
+    fn rejects_weak_parameters() {
+        let mut kf = KeyFile::create(
+            b"pw",
+            MIN_LOG_N,
+            &KeyPayload {
+                master_key: String::new(),
+                label: String::new(),
+                host: String::new(),
+                user: String::new(),
+                created: String::new(),
+            },
+        )
+        .unwrap();
+        kf.kdf.log_n = 10;
+        assert!(matches!(kf.open(b"pw"), Err(FormatError::Malformed { .. })));
+    }
+}

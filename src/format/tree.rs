@@ -1,0 +1,195 @@
+//! Trees: one directory's entries, serialized deterministically as JSON so that an
+//! unchanged directory always yields the same tree blob. Names, symlink targets and xattr
+//! names are raw bytes: a JSON string when they are UTF-8, `{"b64": ...}` otherwise.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use super::error::{FormatError, Result};
+use super::id::Id;
+
+/// Bytes that round-trip exactly, whatever their encoding.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RawBytes(pub Vec<u8>);
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum RawRepr {
+    Utf8(String),
+    Raw { b64: String },
+}
+
+impl Serialize for RawBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(v) => s.serialize_str(v),
+            Err(_) => RawRepr::Raw {
+                b64: B64.encode(&self.0),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match RawRepr::deserialize(d)? {
+            RawRepr::Utf8(s) => Ok(RawBytes(s.into_bytes())),
+            RawRepr::Raw { b64 } => B64
+                .decode(b64)
+                .map(RawBytes)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl RawBytes {
+    pub fn lossy(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeType {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Chardev,
+    Blockdev,
+    Socket,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Xattr {
+    pub name: RawBytes,
+    pub value: String,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: RawBytes,
+    #[serde(rename = "type")]
+    pub kind: NodeType,
+    /// Permission bits including setuid, setgid and sticky (st_mode & 0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub inode: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dev: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub links: u64,
+    /// Data blob ids, in order; their plaintexts concatenated are the file's data extents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub content: Vec<Id>,
+    /// Sparse files only: `[offset, length]` of each data extent; the rest are holes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extents: Option<Vec<[u64; 2]>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtree: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<RawBytes>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs: Vec<Xattr>,
+}
+
+impl Node {
+    pub fn new(name: Vec<u8>, kind: NodeType) -> Node {
+        Node {
+            name: RawBytes(name),
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            user: String::new(),
+            group: String::new(),
+            mtime_ns: 0,
+            ctime_ns: 0,
+            size: 0,
+            inode: 0,
+            dev: 0,
+            links: 0,
+            content: Vec::new(),
+            extents: None,
+            subtree: None,
+            target: None,
+            rdev: 0,
+            xattrs: Vec::new(),
+        }
+    }
+
+    /// The data extents of a file: one covering everything unless the file is sparse.
+    pub fn data_extents(&self) -> Vec<[u64; 2]> {
+        match &self.extents {
+            Some(e) => e.clone(),
+            None if self.size > 0 => vec![[0, self.size]],
+            None => Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Serializes with nodes sorted by raw name, the canonical form.
+    pub fn encode(&mut self) -> Vec<u8> {
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        serde_json::to_vec(self).expect("tree serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Tree> {
+        let t: Tree = serde_json::from_slice(bytes).map_err(|e| FormatError::malformed("tree", e))?;
+        if t.nodes.windows(2).any(|w| w[0].name >= w[1].name) {
+            return Err(FormatError::malformed("tree", "names not sorted or not unique"));
+        }
+        Ok(t)
+    }
+
+    pub fn find(&self, name: &[u8]) -> Option<&Node> {
+        self.nodes
+            .binary_search_by(|n| n.name.0.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_utf8_names_round_trip() {
+        let mut t = Tree {
+            nodes: vec![Node::new(vec![b'b', 0xff, 0xfe], NodeType::File), Node::new(b"a".to_vec(), NodeType::Dir)],
+        };
+        let enc = t.encode();
+        let s = String::from_utf8(enc.clone()).unwrap();
+        assert!(s.contains("{\"b64\":"));
+        let dec = Tree::decode(&enc).unwrap();
+        assert_eq!(dec, t);
+        assert_eq!(dec.nodes[0].name.0, b"a");
+        assert!(dec.find(&[b'b', 0xff, 0xfe]).is_some());
+        assert_eq!(t.clone().encode(), enc, "encoding is deterministic");
+    }
+}

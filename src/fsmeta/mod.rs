@@ -1,0 +1,205 @@
+//! File-system metadata: turning lstat results into tree nodes, finding the data extents
+//! of sparse files, and applying a node's metadata to a restored path.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::format::tree::{Node, NodeType, RawBytes, Xattr};
+
+/// Caches uid/gid to name lookups, which hit NSS and are slow per file.
+#[derive(Default)]
+pub struct Names {
+    users: HashMap<u32, String>,
+    groups: HashMap<u32, String>,
+}
+
+impl Names {
+    fn user(&mut self, uid: u32) -> String {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| {
+                nix::unistd::User::from_uid(uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+
+    fn group(&mut self, gid: u32) -> String {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| {
+                nix::unistd::Group::from_gid(gid.into())
+                    .ok()
+                    .flatten()
+                    .map(|g| g.name)
+                    .unwrap_or_default()
+            })
+            .clone()
+    }
+}
+
+fn kind_of(md: &Metadata) -> NodeType {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = md.file_type();
+    if ft.is_dir() {
+        NodeType::Dir
+    } else if ft.is_symlink() {
+        NodeType::Symlink
+    } else if ft.is_fifo() {
+        NodeType::Fifo
+    } else if ft.is_char_device() {
+        NodeType::Chardev
+    } else if ft.is_block_device() {
+        NodeType::Blockdev
+    } else if ft.is_socket() {
+        NodeType::Socket
+    } else {
+        NodeType::File
+    }
+}
+
+fn ns(secs: i64, nsec: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nsec)
+}
+
+/// The node for `path` from its lstat result, with xattrs and symlink target. File content
+/// is filled in by the caller.
+pub fn node_from(path: &Path, name: &OsStr, md: &Metadata, names: &mut Names) -> Result<Node> {
+    let kind = kind_of(md);
+    let mut n = Node::new(name.as_bytes().to_vec(), kind);
+    n.mode = md.mode() & 0o7777;
+    n.uid = md.uid();
+    n.gid = md.gid();
+    n.user = names.user(md.uid());
+    n.group = names.group(md.gid());
+    n.mtime_ns = ns(md.mtime(), md.mtime_nsec());
+    n.ctime_ns = ns(md.ctime(), md.ctime_nsec());
+    n.inode = md.ino();
+    n.dev = md.dev();
+    match kind {
+        NodeType::File => {
+            n.size = md.size();
+            n.links = md.nlink();
+        }
+        NodeType::Symlink => {
+            let t = std::fs::read_link(path).with_context(|| format!("{}: reading symlink", path.display()))?;
+            n.target = Some(RawBytes(t.as_os_str().as_bytes().to_vec()));
+        }
+        NodeType::Chardev | NodeType::Blockdev => n.rdev = md.rdev(),
+        _ => {}
+    }
+    n.xattrs = read_xattrs(path);
+    Ok(n)
+}
+
+/// Extended attributes of `path` (not following symlinks). File systems without xattr
+/// support simply have none.
+pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
+    let Ok(list) = xattr::list(path) else {
+        return Vec::new();
+    };
+    let mut out: Vec<Xattr> = list
+        .filter_map(|name| {
+            let value = xattr::get(path, &name).ok().flatten()?;
+            Some(Xattr {
+                name: RawBytes(name.as_bytes().to_vec()),
+                value: B64.encode(value),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The data extents of a sparse file, found with SEEK_DATA/SEEK_HOLE; None when the file
+/// is not sparse (fully allocated), so callers read it as one stream.
+pub fn sparse_extents(file: &File, md: &Metadata) -> Option<Vec<[u64; 2]>> {
+    let size = md.size();
+    if size == 0 || md.blocks().saturating_mul(512) >= size {
+        return None;
+    }
+    let fd = file.as_raw_fd();
+    let mut extents = Vec::new();
+    let mut pos: i64 = 0;
+    let end = i64::try_from(size).ok()?;
+    while pos < end {
+        // SAFETY: lseek on a file descriptor we own has no memory-safety preconditions.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: only a hole remains
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let hole = if hole < 0 { end } else { hole.min(end) };
+        if hole > data {
+            extents.push([data as u64, (hole - data) as u64]);
+        }
+        pos = hole;
+    }
+    // SAFETY: as above; rewind for the reader.
+    unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+    if extents.len() == 1 && extents[0] == [0, size] {
+        return None;
+    }
+    Some(extents)
+}
+
+/// Applies ownership (when root), mode, xattrs and times to a restored path.
+/// Returns the first problem, if any, after trying everything.
+pub fn apply(path: &Path, node: &Node, as_root: bool) -> Result<()> {
+    use nix::unistd::{Gid, Uid};
+    let mut problems = Vec::new();
+    let is_link = node.kind == NodeType::Symlink;
+    if as_root {
+        let r = nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(Uid::from_raw(node.uid)),
+            Some(Gid::from_raw(node.gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        );
+        if let Err(e) = r {
+            problems.push(format!("chown: {e}"));
+        }
+    }
+    for x in &node.xattrs {
+        let Ok(value) = B64.decode(&x.value) else {
+            problems.push("xattr value is not base64".to_string());
+            continue;
+        };
+        if let Err(e) = xattr::set(path, OsStr::from_bytes(&x.name.0), &value) {
+            problems.push(format!("xattr {}: {e}", x.name.lossy()));
+        }
+    }
+    if !is_link && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)) {
+        problems.push(format!("chmod: {e}"));
+    }
+    let mtime = filetime::FileTime::from_unix_time(
+        node.mtime_ns.div_euclid(1_000_000_000),
+        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
+    );
+    let r = if is_link {
+        filetime::set_symlink_file_times(path, mtime, mtime)
+    } else {
+        filetime::set_file_times(path, mtime, mtime)
+    };
+    if let Err(e) = r {
+        problems.push(format!("times: {e}"));
+    }
+    match problems.first() {
+        None => Ok(()),
+        Some(p) => anyhow::bail!("{}: {}", path.display(), p),
+    }
+}

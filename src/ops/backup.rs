@@ -1,0 +1,709 @@
+//! The backup pipeline, as stages with bounded queues between them:
+//!
+//! walker (this thread) ──files──▶ readers (read, chunk, hash, dedup)
+//!    │                                 │ new chunks
+//!    │ directories, post-order         ▼
+//!    ▼                            sealers (compress, encrypt) ──▶ packer ──▶ uploaders
+//! finalizer (waits for each directory's files, writes its tree blob) ──▶ packer
+//!
+//! Unchanged files (same size, mtime, ctime and inode as in the parent snapshot) reuse the
+//! parent's blob list without being opened. Memory is bounded by the queue sizes, not by
+//! the size or number of files.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use super::exclude::{Excludes, is_cache_dir};
+use crate::error::VaultError;
+use crate::format::Id;
+use crate::format::chunker::Chunker;
+use crate::format::crypto::Keys;
+use crate::format::pack::{BlobType, seal_blob};
+use crate::format::snapshot::{SNAPSHOT_VERSION, Snapshot, Summary};
+use crate::format::tree::{Node, NodeType, Tree};
+use crate::fsmeta::{self, Names};
+use crate::repo::Repository;
+use crate::repo::index::MasterIndex;
+use crate::repo::packer::Packer;
+use crate::repo::repository::{hostname, username};
+
+pub type Warn = Arc<dyn Fn(String) + Send + Sync>;
+
+pub struct BackupOptions {
+    pub paths: Vec<PathBuf>,
+    pub tags: Vec<String>,
+    pub host: Option<String>,
+    pub excludes: Vec<String>,
+    pub exclude_files: Vec<PathBuf>,
+    pub exclude_caches: bool,
+    pub one_file_system: bool,
+    /// Back up standard input as one file of this name.
+    pub stdin_filename: Option<String>,
+    pub dry_run: bool,
+    /// Snapshot time override (tests and imports).
+    pub time: Option<jiff::Timestamp>,
+    pub parent: Option<Id>,
+}
+
+/// Live counters for a progress display.
+#[derive(Default)]
+pub struct Counters {
+    pub files: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_added: AtomicU64,
+    pub bytes_stored: AtomicU64,
+}
+
+pub struct BackupResult {
+    pub snapshot_id: Option<Id>,
+    pub snapshot: Snapshot,
+}
+
+/// Blobs already stored or claimed by this run; claiming is atomic so two files with the
+/// same chunk store it once.
+struct Dedup {
+    index: Arc<MasterIndex>,
+    claimed: Mutex<HashSet<Id>>,
+}
+
+impl Dedup {
+    fn claim(&self, id: Id) -> bool {
+        !self.index.contains(&id) && self.claimed.lock().expect("dedup poisoned").insert(id)
+    }
+}
+
+struct Shared {
+    keys: Keys,
+    chunker: Chunker,
+    level: i32,
+    dedup: Dedup,
+    packer: Packer,
+    counters: Arc<Counters>,
+    stats: Mutex<Summary>,
+    warn: Warn,
+}
+
+impl Shared {
+    fn stat(&self, f: impl FnOnce(&mut Summary)) {
+        f(&mut self.stats.lock().expect("stats poisoned"));
+    }
+}
+
+struct Chunk {
+    id: Id,
+    blob_type: BlobType,
+    data: Vec<u8>,
+}
+
+struct FileJob {
+    path: PathBuf,
+    node: Node,
+    is_new: bool,
+    reply: Sender<Option<Node>>,
+}
+
+enum Entry {
+    Ready(Node),
+    Pending(Receiver<Option<Node>>),
+    Subdir(Node, usize),
+}
+
+struct DirTask {
+    job: usize,
+    entries: Vec<Entry>,
+}
+
+/// Source paths as a trie of absolute components, so that /home/a and /home/b share /home.
+#[derive(Default)]
+struct Trie {
+    children: BTreeMap<OsString, Trie>,
+    source: bool,
+}
+
+impl Trie {
+    fn insert(&mut self, path: &Path) {
+        let mut t = self;
+        for c in path.components() {
+            if let Component::Normal(name) = c {
+                if t.source {
+                    return; // already covered by a parent source
+                }
+                t = t.children.entry(name.to_os_string()).or_default();
+            }
+        }
+        t.source = true;
+        t.children.clear();
+    }
+}
+
+fn clean_path(p: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(p).with_context(|| format!("backup source {}", p.display()))?;
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+pub fn backup(repo: &Repository, opts: &BackupOptions, counters: Arc<Counters>, warn: Warn) -> Result<BackupResult> {
+    let start = Instant::now();
+    let host = opts.host.clone().unwrap_or_else(hostname);
+    let sources: Vec<PathBuf> = if opts.stdin_filename.is_some() {
+        Vec::new()
+    } else {
+        opts.paths.iter().map(|p| clean_path(p)).collect::<Result<_>>()?
+    };
+    for s in &sources {
+        std::fs::symlink_metadata(s).with_context(|| format!("backup source {}", s.display()))?;
+    }
+    if sources.is_empty() && opts.stdin_filename.is_none() {
+        return Err(VaultError::Usage("backup: name at least one path, or use --stdin".into()).into());
+    }
+    let mut paths: Vec<String> = match &opts.stdin_filename {
+        Some(name) => vec![format!("/{name}")],
+        None => sources.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
+    };
+    paths.sort();
+    paths.dedup();
+    let excludes = Excludes::new(&opts.excludes, &opts.exclude_files)?;
+
+    let parent = find_parent(repo, opts, &host, &paths, &warn);
+    let parent_tree = parent.as_ref().and_then(|(_, s)| load_tree_or_warn(repo, &s.tree, &warn));
+
+    let index = repo.index();
+    let shared = Arc::new(Shared {
+        keys: repo.keys.clone(),
+        chunker: Chunker::new(&repo.config.chunker, repo.keys.chunker_seed),
+        level: repo.config.compression_level,
+        dedup: Dedup {
+            index: index.clone(),
+            claimed: Mutex::new(HashSet::new()),
+        },
+        packer: Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, opts.dry_run),
+        counters,
+        stats: Mutex::new(Summary::default()),
+        warn: warn.clone(),
+    });
+
+    let workers = thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let (chunk_tx, chunk_rx) = bounded::<Chunk>(workers * 2);
+    let sealers: Vec<_> = (0..workers)
+        .map(|_| {
+            let (rx, sh) = (chunk_rx.clone(), shared.clone());
+            thread::spawn(move || seal_loop(rx, sh))
+        })
+        .collect();
+    drop(chunk_rx);
+    let (file_tx, file_rx) = bounded::<FileJob>(workers * 4);
+    let readers: Vec<_> = (0..workers)
+        .map(|_| {
+            let (rx, tx, sh) = (file_rx.clone(), chunk_tx.clone(), shared.clone());
+            thread::spawn(move || read_loop(rx, tx, sh))
+        })
+        .collect();
+    drop(file_rx);
+    let (dir_tx, dir_rx) = bounded::<DirTask>(1024);
+    let finalizer = {
+        let (sh, ctx) = (shared.clone(), chunk_tx.clone());
+        thread::spawn(move || finalize_loop(dir_rx, ctx, sh))
+    };
+
+    let mut walker = Walker {
+        shared: shared.clone(),
+        index,
+        repo,
+        excludes: &excludes,
+        exclude_caches: opts.exclude_caches,
+        one_fs: opts.one_file_system,
+        names: Names::default(),
+        file_tx,
+        dir_tx,
+        next_job: 0,
+    };
+    let walk = match &opts.stdin_filename {
+        Some(name) => walker.stdin(name, chunk_tx.clone()),
+        None => {
+            let mut trie = Trie::default();
+            for s in &sources {
+                trie.insert(s);
+            }
+            walker.dir(Path::new("/"), None, parent_tree.as_ref(), Some(&trie))
+        }
+    };
+    drop(walker);
+    drop(chunk_tx);
+    let root_job = walk?;
+    let finished = finalizer.join().map_err(|_| anyhow!("tree finalizer panicked"))?;
+    for r in readers {
+        r.join().map_err(|_| anyhow!("file reader panicked"))?;
+    }
+    for s in sealers {
+        s.join().map_err(|_| anyhow!("blob sealer panicked"))??;
+    }
+    let root = finished?
+        .remove(&root_job)
+        .ok_or_else(|| anyhow!("root tree was not produced"))?;
+    let shared = Arc::into_inner(shared).ok_or_else(|| anyhow!("pipeline still running"))?;
+    shared.packer.finish()?;
+
+    let mut summary = shared.stats.into_inner().expect("stats poisoned");
+    summary.duration_s = start.elapsed().as_secs_f64();
+    let snapshot = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: opts.time.unwrap_or_else(jiff::Timestamp::now).to_string(),
+        host,
+        user: username(),
+        paths,
+        tags: opts.tags.clone(),
+        parent: parent.map(|(id, _)| id),
+        tree: root,
+        excludes: excludes.list.clone(),
+        program: format!("vault {}", env!("CARGO_PKG_VERSION")),
+        summary,
+    };
+    let snapshot_id = if opts.dry_run { None } else { Some(repo.save_snapshot(&snapshot)?) };
+    Ok(BackupResult { snapshot_id, snapshot })
+}
+
+fn find_parent(repo: &Repository, opts: &BackupOptions, host: &str, paths: &[String], warn: &Warn) -> Option<(Id, Snapshot)> {
+    let snaps = match repo.snapshots() {
+        Ok(s) => s,
+        Err(e) => {
+            warn(format!("cannot list snapshots, reading every file: {}", crate::error::one_line(&e)));
+            return None;
+        }
+    };
+    snaps
+        .into_iter()
+        .rev()
+        .filter_map(|(id, s)| s.ok().map(|s| (id, s)))
+        .find(|(id, s)| match opts.parent {
+            Some(p) => *id == p,
+            None => s.host == host && s.paths == paths,
+        })
+}
+
+fn load_tree_or_warn(repo: &Repository, id: &Id, warn: &Warn) -> Option<Tree> {
+    match repo.load_tree(id) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            warn(format!("parent tree unreadable, reading its files again: {}", crate::error::one_line(&e)));
+            None
+        }
+    }
+}
+
+struct Walker<'a> {
+    shared: Arc<Shared>,
+    index: Arc<MasterIndex>,
+    repo: &'a Repository,
+    excludes: &'a Excludes,
+    exclude_caches: bool,
+    one_fs: bool,
+    names: Names,
+    file_tx: Sender<FileJob>,
+    dir_tx: Sender<DirTask>,
+    next_job: usize,
+}
+
+impl Walker<'_> {
+    fn warn_error(&self, msg: String) {
+        self.shared.stat(|s| s.errors += 1);
+        (self.shared.warn)(msg);
+    }
+
+    /// Walks one directory; `trie` limits it to the source paths below it (None: all).
+    /// Returns the job number whose tree id the finalizer will produce.
+    fn dir(&mut self, path: &Path, dev: Option<u64>, parent: Option<&Tree>, trie: Option<&Trie>) -> Result<usize> {
+        let mut names: Vec<OsString> = match trie {
+            Some(t) if !t.source => t.children.keys().cloned().collect(),
+            _ => match std::fs::read_dir(path) {
+                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+                Err(e) => {
+                    self.warn_error(format!("{}: cannot list directory: {e}", path.display()));
+                    Vec::new()
+                }
+            },
+        };
+        let full = trie.is_none_or(|t| t.source);
+        if full && self.exclude_caches && is_cache_dir(path) {
+            names.retain(|n| n == "CACHEDIR.TAG");
+        }
+        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        let mut entries = Vec::with_capacity(names.len());
+        for name in names {
+            let child_path = path.join(&name);
+            let sub_trie = trie.filter(|t| !t.source).and_then(|t| t.children.get(&name));
+            if let Some(e) = self.entry(&child_path, &name, dev, parent, sub_trie)? {
+                entries.push(e);
+            }
+        }
+        let job = self.next_job;
+        self.next_job += 1;
+        self.shared.stat(|s| s.dirs += 1);
+        self.dir_tx
+            .send(DirTask { job, entries })
+            .map_err(|_| anyhow!("tree finalizer stopped"))?;
+        Ok(job)
+    }
+
+    fn entry(&mut self, path: &Path, name: &OsStr, dev: Option<u64>, parent: Option<&Tree>, trie: Option<&Trie>) -> Result<Option<Entry>> {
+        let md = match std::fs::symlink_metadata(path) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                (self.shared.warn)(format!("{}: vanished during backup", path.display()));
+                return Ok(None);
+            }
+            Err(e) => {
+                self.warn_error(format!("{}: {e}", path.display()));
+                return Ok(None);
+            }
+        };
+        if trie.is_none() && self.excludes.excluded(path, md.is_dir()) {
+            return Ok(None);
+        }
+        let node = match fsmeta::node_from(path, name, &md, &mut self.names) {
+            Ok(n) => n,
+            Err(e) => {
+                self.warn_error(crate::error::one_line(&e));
+                return Ok(None);
+            }
+        };
+        let old = parent.and_then(|t| t.find(name.as_bytes()));
+        match node.kind {
+            NodeType::Dir => {
+                let old_tree = old
+                    .and_then(|o| o.subtree)
+                    .and_then(|id| load_tree_or_warn(self.repo, &id, &self.shared.warn));
+                let root_dev = dev.unwrap_or(md.dev());
+                let job = if self.one_fs && trie.is_none() && md.dev() != root_dev {
+                    self.empty_dir()?
+                } else {
+                    let in_source = trie.is_none_or(|t| t.source);
+                    self.dir(path, in_source.then_some(root_dev), old_tree.as_ref(), trie)?
+                };
+                Ok(Some(Entry::Subdir(node, job)))
+            }
+            NodeType::File => Ok(Some(self.file(path, node, old)?)),
+            _ => {
+                self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
+                Ok(Some(Entry::Ready(node)))
+            }
+        }
+    }
+
+    fn empty_dir(&mut self) -> Result<usize> {
+        let job = self.next_job;
+        self.next_job += 1;
+        self.dir_tx
+            .send(DirTask { job, entries: Vec::new() })
+            .map_err(|_| anyhow!("tree finalizer stopped"))?;
+        Ok(job)
+    }
+
+    fn file(&mut self, path: &Path, mut node: Node, old: Option<&Node>) -> Result<Entry> {
+        if let Some(o) = old
+            && o.kind == NodeType::File
+            && o.size == node.size
+            && o.mtime_ns == node.mtime_ns
+            && o.ctime_ns == node.ctime_ns
+            && o.inode == node.inode
+            && o.content.iter().all(|id| self.index.contains(id))
+        {
+            node.content = o.content.clone();
+            node.extents = o.extents.clone();
+            self.shared.stat(|s| {
+                s.files_unchanged += 1;
+                s.bytes_total += node.size;
+            });
+            self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
+            return Ok(Entry::Ready(node));
+        }
+        let (tx, rx) = bounded(1);
+        let job = FileJob {
+            path: path.to_path_buf(),
+            node,
+            is_new: old.is_none(),
+            reply: tx,
+        };
+        self.file_tx.send(job).map_err(|_| anyhow!("file readers stopped"))?;
+        Ok(Entry::Pending(rx))
+    }
+
+    fn stdin(&mut self, name: &str, chunks: Sender<Chunk>) -> Result<usize> {
+        let mut node = Node::new(name.as_bytes().to_vec(), NodeType::File);
+        node.mode = 0o644;
+        node.uid = nix::unistd::getuid().as_raw();
+        node.gid = nix::unistd::getgid().as_raw();
+        let now = jiff::Timestamp::now().as_nanosecond() as i64;
+        node.mtime_ns = now;
+        node.ctime_ns = now;
+        let (content, size) = chunk_stream(&self.shared, &mut std::io::stdin().lock(), &chunks)
+            .context("reading standard input")?;
+        node.content = content;
+        node.size = size;
+        self.shared.stat(|s| {
+            s.files_new += 1;
+            s.bytes_total += size;
+        });
+        let job = self.next_job;
+        self.next_job += 1;
+        self.dir_tx
+            .send(DirTask {
+                job,
+                entries: vec![Entry::Ready(node)],
+            })
+            .map_err(|_| anyhow!("tree finalizer stopped"))?;
+        Ok(job)
+    }
+}
+
+/// Reads `src` to the end, chunks it, and queues chunks new to the repository for sealing.
+/// Returns the blob ids in order and the number of bytes read.
+fn chunk_stream(sh: &Shared, src: &mut dyn Read, out: &Sender<Chunk>) -> Result<(Vec<Id>, u64)> {
+    let max = sh.chunker.max_size();
+    let mut buf: Vec<u8> = Vec::with_capacity(max * 2);
+    let mut start = 0;
+    let mut eof = false;
+    let mut ids = Vec::new();
+    let mut total = 0u64;
+    loop {
+        while !eof && buf.len() - start < max {
+            if start > 0 && start >= buf.len() / 2 {
+                buf.drain(..start);
+                start = 0;
+            }
+            let len = buf.len();
+            buf.resize(len + max, 0);
+            let n = loop {
+                match src.read(&mut buf[len..]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    r => break r,
+                }
+            };
+            buf.truncate(len + *n.as_ref().unwrap_or(&0));
+            let n = n?;
+            if n == 0 {
+                eof = true;
+            }
+            total += n as u64;
+            sh.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if start == buf.len() {
+            break;
+        }
+        let cut = sh.chunker.next_cut(&buf[start..]);
+        let data = &buf[start..start + cut];
+        let id = sh.keys.blob_id(BlobType::Data as u8, data);
+        ids.push(id);
+        if sh.dedup.claim(id) {
+            out.send(Chunk {
+                id,
+                blob_type: BlobType::Data,
+                data: data.to_vec(),
+            })
+            .map_err(|_| anyhow!("blob sealers stopped"))?;
+        }
+        start += cut;
+    }
+    Ok((ids, total))
+}
+
+/// Reads only the data extents of a sparse file, back to back.
+struct ExtentReader<'a> {
+    file: &'a File,
+    extents: Vec<[u64; 2]>,
+    i: usize,
+    done_in_extent: u64,
+}
+
+impl Read for ExtentReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        while let Some(&[off, len]) = self.extents.get(self.i) {
+            if self.done_in_extent >= len {
+                self.i += 1;
+                self.done_in_extent = 0;
+                continue;
+            }
+            let want = buf.len().min((len - self.done_in_extent) as usize);
+            let n = self.file.read_at(&mut buf[..want], off + self.done_in_extent)?;
+            if n == 0 {
+                // The file shrank under us; stop here and let the change check report it.
+                self.i = self.extents.len();
+                return Ok(0);
+            }
+            self.done_in_extent += n as u64;
+            return Ok(n);
+        }
+        Ok(0)
+    }
+}
+
+fn open_noatime(path: &Path) -> std::io::Result<File> {
+    let r = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)
+        .open(path);
+    match r {
+        // O_NOATIME is allowed only to the file's owner (or root).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path),
+        r => r,
+    }
+}
+
+fn read_file(sh: &Shared, job: &mut FileJob, chunks: &Sender<Chunk>) -> Result<()> {
+    let file = open_noatime(&job.path)?;
+    let md = file.metadata()?;
+    let extents = fsmeta::sparse_extents(&file, &md);
+    let (content, read) = match &extents {
+        Some(ex) => {
+            let mut r = ExtentReader {
+                file: &file,
+                extents: ex.clone(),
+                i: 0,
+                done_in_extent: 0,
+            };
+            chunk_stream(sh, &mut r, chunks)?
+        }
+        None => {
+            let mut f = &file;
+            f.seek(SeekFrom::Start(0))?;
+            chunk_stream(sh, &mut f, chunks)?
+        }
+    };
+    let after = file.metadata()?;
+    let expected: u64 = extents.as_ref().map_or(job.node.size, |e| e.iter().map(|x| x[1]).sum());
+    let changed = after.size() != job.node.size
+        || after.mtime() != md.mtime()
+        || after.mtime_nsec() != md.mtime_nsec()
+        || read != expected
+        || md.size() != job.node.size;
+    if changed {
+        sh.stat(|s| s.files_changed_during_read += 1);
+        (sh.warn)(format!("{}: changed while it was read; stored as read", job.path.display()));
+        // Keep what was read consistent with the node: size is what we stored.
+        if extents.is_none() {
+            job.node.size = read;
+        }
+    }
+    job.node.content = content;
+    job.node.extents = extents;
+    Ok(())
+}
+
+fn read_loop(rx: Receiver<FileJob>, chunks: Sender<Chunk>, sh: Arc<Shared>) {
+    for mut job in rx {
+        let r = read_file(&sh, &mut job, &chunks);
+        sh.counters.files.fetch_add(1, Ordering::Relaxed);
+        let reply = match r {
+            Ok(()) => {
+                let size = job.node.size;
+                sh.stat(|s| {
+                    if job.is_new {
+                        s.files_new += 1
+                    } else {
+                        s.files_changed += 1
+                    }
+                    s.bytes_total += size;
+                    s.bytes_read += size;
+                });
+                Some(job.node)
+            }
+            Err(e) => {
+                sh.stat(|s| s.errors += 1);
+                (sh.warn)(format!("{}: cannot read, skipped: {}", job.path.display(), crate::error::one_line(&e)));
+                None
+            }
+        };
+        let _ = job.reply.send(reply);
+    }
+}
+
+/// Seals queued chunks. After a failure it keeps draining the queue, so that no reader
+/// blocks forever, and reports the first error at the end.
+fn seal_loop(rx: Receiver<Chunk>, sh: Arc<Shared>) -> Result<()> {
+    let mut first_err = None;
+    for c in rx {
+        if first_err.is_some() {
+            continue;
+        }
+        let blob = seal_blob(&sh.keys, c.blob_type, c.id, &c.data, sh.level);
+        let (raw, stored) = (c.data.len() as u64, blob.bytes.len() as u64);
+        if let Err(e) = sh.packer.add(blob) {
+            first_err = Some(e);
+            continue;
+        }
+        sh.counters.bytes_added.fetch_add(raw, Ordering::Relaxed);
+        sh.counters.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        sh.stat(|s| {
+            s.bytes_added += raw;
+            s.bytes_stored += stored;
+            s.blobs_added += 1;
+        });
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+/// Builds tree blobs in post-order; returns the tree id of each job not yet consumed by
+/// its parent (at the end: only the root).
+fn finalize_loop(rx: Receiver<DirTask>, chunks: Sender<Chunk>, sh: Arc<Shared>) -> Result<HashMap<usize, Id>> {
+    let mut done: HashMap<usize, Id> = HashMap::new();
+    for task in rx {
+        let mut tree = Tree::default();
+        for e in task.entries {
+            match e {
+                Entry::Ready(n) => tree.nodes.push(n),
+                Entry::Pending(rx) => {
+                    if let Ok(Some(n)) = rx.recv() {
+                        tree.nodes.push(n);
+                    }
+                }
+                Entry::Subdir(mut n, job) => {
+                    let id = done
+                        .remove(&job)
+                        .ok_or_else(|| anyhow!("subtree {job} finished out of order"))?;
+                    n.subtree = Some(id);
+                    tree.nodes.push(n);
+                }
+            }
+        }
+        let bytes = tree.encode();
+        let id = sh.keys.blob_id(BlobType::Tree as u8, &bytes);
+        if sh.dedup.claim(id) {
+            chunks
+                .send(Chunk {
+                    id,
+                    blob_type: BlobType::Tree,
+                    data: bytes,
+                })
+                .map_err(|_| anyhow!("blob sealers stopped"))?;
+        }
+        done.insert(task.job, id);
+    }
+    if done.is_empty() {
+        bail!("backup produced no tree");
+    }
+    Ok(done)
+}

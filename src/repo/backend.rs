@@ -1,0 +1,186 @@
+//! Storage access. Every byte goes through opendal, so the same code serves a local
+//! directory today and s3, sftp or webdav later; nothing above this file assumes a path.
+
+use std::sync::LazyLock;
+
+use anyhow::{Context, Result, bail};
+use opendal::{ErrorKind, Operator, blocking, options::ReadOptions};
+
+use crate::format::Id;
+
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("vault-io")
+        .enable_all()
+        .build()
+        .expect("cannot start the I/O runtime")
+});
+
+/// The kinds of stored files and the directories that hold them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    Key,
+    Data,
+    Index,
+    Snapshot,
+    Lock,
+}
+
+impl FileKind {
+    pub fn dir(self) -> &'static str {
+        match self {
+            FileKind::Key => "keys/",
+            FileKind::Data => "data/",
+            FileKind::Index => "index/",
+            FileKind::Snapshot => "snapshots/",
+            FileKind::Lock => "locks/",
+        }
+    }
+
+    pub fn path(self, id: &Id) -> String {
+        let hex = id.to_hex();
+        match self {
+            // Packs fan out by their first byte, so no directory grows past a few thousand.
+            FileKind::Data => format!("data/{}/{}", &hex[..2], hex),
+            _ => format!("{}{}", self.dir(), hex),
+        }
+    }
+}
+
+pub const CONFIG_PATH: &str = "config";
+
+/// Why a storage call failed, when the caller must tell "absent" from "broken".
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: not found")]
+pub struct NotFound {
+    pub path: String,
+}
+
+#[derive(Clone)]
+pub struct Backend {
+    op: blocking::Operator,
+    location: String,
+}
+
+impl Backend {
+    /// Opens a location: a local path, or `fs:///path`.
+    pub fn open(location: &str) -> Result<Backend> {
+        let path = location.strip_prefix("fs://").unwrap_or(location);
+        if let Some((scheme, _)) = location.split_once("://")
+            && scheme != "fs"
+        {
+            bail!("repository {location}: the {scheme}:// backend is not supported by this build; use a local path");
+        }
+        let abs = std::path::absolute(path).with_context(|| format!("repository path {path}"))?;
+        let root = abs.to_string_lossy().into_owned();
+        let tmp = abs.join("tmp");
+        let builder = opendal::services::Fs::default()
+            .root(&root)
+            .atomic_write_dir(&tmp.to_string_lossy());
+        let _guard = RUNTIME.enter();
+        let op = Operator::new(builder)
+            .with_context(|| format!("repository {root}"))?;
+        let op = blocking::Operator::new(op).with_context(|| format!("repository {root}"))?;
+        Ok(Backend { op, location: root })
+    }
+
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn ctx(&self, path: &str) -> String {
+        format!("{}/{}", self.location.trim_end_matches('/'), path)
+    }
+
+    fn wrap(&self, path: &str, e: opendal::Error) -> anyhow::Error {
+        if e.kind() == ErrorKind::NotFound {
+            anyhow::Error::new(NotFound { path: self.ctx(path) })
+        } else {
+            anyhow::Error::new(e).context(self.ctx(path))
+        }
+    }
+
+    pub fn read(&self, path: &str) -> Result<Vec<u8>> {
+        self.op
+            .read(path)
+            .map(|b| b.to_vec())
+            .map_err(|e| self.wrap(path, e))
+    }
+
+    pub fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let opts = ReadOptions {
+            range: (offset..offset + len).into(),
+            ..Default::default()
+        };
+        let buf = self
+            .op
+            .read_options(path, opts)
+            .map_err(|e| self.wrap(path, e))?
+            .to_vec();
+        if buf.len() as u64 != len {
+            bail!("{}: short read ({} of {} bytes at offset {})", self.ctx(path), buf.len(), len, offset);
+        }
+        Ok(buf)
+    }
+
+    /// Writes a whole object; on a local disk it appears atomically (temp file, fsync,
+    /// rename), so a kill never leaves half an object under its final name.
+    pub fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.op
+            .write(path, bytes)
+            .map(|_| ())
+            .map_err(|e| self.wrap(path, e))
+    }
+
+    pub fn delete(&self, path: &str) -> Result<()> {
+        self.op.delete(path).map_err(|e| self.wrap(path, e))
+    }
+
+    pub fn size(&self, path: &str) -> Result<u64> {
+        self.op
+            .stat(path)
+            .map(|m| m.content_length())
+            .map_err(|e| self.wrap(path, e))
+    }
+
+    pub fn exists(&self, path: &str) -> Result<bool> {
+        self.op.exists(path).map_err(|e| self.wrap(path, e))
+    }
+
+    /// Lists the ids of all objects of one kind (recursively for packs). Names that are
+    /// not ids (temporary files, strays) are skipped.
+    pub fn list(&self, kind: FileKind) -> Result<Vec<Id>> {
+        let dir = kind.dir();
+        let opts = opendal::options::ListOptions {
+            recursive: true,
+            ..Default::default()
+        };
+        let entries = match self.op.list_options(dir, opts) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.wrap(dir, e)),
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            if e.metadata().is_dir() {
+                continue;
+            }
+            if let Some(id) = Id::from_hex(e.name()) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn create_layout(&self) -> Result<()> {
+        for d in ["keys/", "data/", "index/", "snapshots/", "locks/", "tmp/"] {
+            self.op.create_dir(d).map_err(|e| self.wrap(d, e))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<NotFound>().is_some())
+}

@@ -1,0 +1,80 @@
+//! The local cache of immutable objects (index files, tree packs' blobs later), under the
+//! XDG cache directory. Entries are named by the hash of their bytes and checked on every
+//! read, so a damaged cache can cost a download but never correctness.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::format::Id;
+
+#[derive(Clone, Debug)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    /// The cache for one repository, or None when no cache directory is available or
+    /// caching is disabled with VAULT_CACHE_DIR="" .
+    pub fn for_repo(repo_id: &str) -> Option<Cache> {
+        let base = match std::env::var_os("VAULT_CACHE_DIR") {
+            Some(v) if v.is_empty() => return None,
+            Some(v) => PathBuf::from(v),
+            None => dirs::cache_dir()?.join("vault"),
+        };
+        let dir = base.join(repo_id);
+        fs::create_dir_all(&dir).ok()?;
+        let tag = base.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            // Marks the cache so that backup tools (vault's --exclude-caches included) skip it.
+            let _ = fs::write(
+                &tag,
+                "Signature: 8a477f597d28d172789f06886806bc55\n# vault cache directory\n",
+            );
+        }
+        Some(Cache { dir })
+    }
+
+    fn path(&self, kind: &str, id: &Id) -> PathBuf {
+        self.dir.join(kind).join(id.to_hex())
+    }
+
+    pub fn get(&self, kind: &str, id: &Id) -> Option<Vec<u8>> {
+        let p = self.path(kind, id);
+        let bytes = fs::read(&p).ok()?;
+        if Id::of_stored(&bytes) == *id {
+            Some(bytes)
+        } else {
+            let _ = fs::remove_file(&p);
+            None
+        }
+    }
+
+    pub fn put(&self, kind: &str, id: &Id, bytes: &[u8]) {
+        let p = self.path(kind, id);
+        if let Some(parent) = p.parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        let tmp = p.with_extension("tmp");
+        if fs::write(&tmp, bytes).is_ok() {
+            let _ = fs::rename(&tmp, &p);
+        }
+    }
+
+    /// Drops cached objects of `kind` that are no longer in the repository.
+    pub fn retain(&self, kind: &str, keep: &std::collections::HashSet<Id>) {
+        let Ok(rd) = fs::read_dir(self.dir.join(kind)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let keep_it = name.to_str().and_then(Id::from_hex).is_some_and(|id| keep.contains(&id));
+            if !keep_it {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

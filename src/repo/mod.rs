@@ -1,0 +1,11 @@
+//! The repository layer: storage, keys, index, packs, snapshots and locks.
+
+pub mod backend;
+pub mod cache;
+pub mod index;
+pub mod lock;
+pub mod packer;
+pub mod repository;
+
+pub use backend::{Backend, FileKind};
+pub use repository::{Repository, Secret};

@@ -1,0 +1,364 @@
+//! An open repository: backend, keys, config, index; reading blobs, trees and snapshots.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Backend, CONFIG_PATH, FileKind, is_not_found};
+use super::cache::Cache;
+use super::index::MasterIndex;
+use crate::error::VaultError;
+use crate::format::config::{ChunkerParams, Config, REPO_VERSION};
+use crate::format::crypto::{Keys, MasterKey};
+use crate::format::index::IndexFile;
+use crate::format::keyfile::{self, KeyFile, KeyPayload};
+use crate::format::pack::{self, BlobType};
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::Tree;
+use crate::format::{FormatError, Id};
+
+/// How the user proves they may open the repository.
+pub enum Secret {
+    Password(Vec<u8>),
+    /// A raw master key (VAULT_KEY_FILE), which skips the password KDF.
+    Master(MasterKey),
+}
+
+/// The contents of a file written by `vault key export --raw`.
+#[derive(Serialize, Deserialize)]
+pub struct RawKeyFile {
+    pub vault_raw_key: u32,
+    pub repository: String,
+    pub master_key: String,
+}
+
+pub struct InitOptions {
+    pub chunker: ChunkerParams,
+    pub pack_size: u32,
+    pub compression_level: i32,
+    pub kdf_log_n: u8,
+    pub label: String,
+}
+
+pub struct Repository {
+    pub backend: Backend,
+    pub keys: Keys,
+    master: MasterKey,
+    pub config: Config,
+    /// The key file that opened the repository (None for a raw master key).
+    pub key_id: Option<Id>,
+    pub cache: Option<Cache>,
+    index: Arc<MasterIndex>,
+}
+
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+pub fn hostname() -> String {
+    gethostname::gethostname().to_string_lossy().into_owned()
+}
+
+pub fn username() -> String {
+    nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| nix::unistd::getuid().to_string())
+}
+
+/// scrypt cost: calibrated to about a second, or fixed by VAULT_KDF_LOG_N (never below
+/// the floor of 15, which the key file format enforces too).
+pub fn default_log_n() -> u8 {
+    match std::env::var("VAULT_KDF_LOG_N").ok().and_then(|v| v.parse::<u8>().ok()) {
+        Some(n) => n.clamp(keyfile::MIN_LOG_N, keyfile::MAX_LOG_N),
+        None => keyfile::calibrate_log_n(Duration::from_secs(1)),
+    }
+}
+
+fn new_payload(master: &MasterKey, label: &str) -> KeyPayload {
+    KeyPayload {
+        master_key: keyfile::encode_master(master),
+        label: label.to_string(),
+        host: hostname(),
+        user: username(),
+        created: now_rfc3339(),
+    }
+}
+
+impl Repository {
+    pub fn init(backend: Backend, password: &[u8], opts: &InitOptions) -> Result<Repository> {
+        if backend.exists(CONFIG_PATH)? {
+            return Err(VaultError::AlreadyExists(backend.location().to_string()).into());
+        }
+        let config = Config {
+            version: REPO_VERSION,
+            id: Id::random().to_hex(),
+            chunker: opts.chunker.clone(),
+            pack_size: opts.pack_size,
+            compression_level: opts.compression_level,
+            created: now_rfc3339(),
+        };
+        config.validate().map_err(|e| VaultError::Usage(format!("init: {e}")))?;
+        let master = MasterKey::generate();
+        let keys = master.derive();
+        backend.create_layout()?;
+        let kf = KeyFile::create(password, opts.kdf_log_n, &new_payload(&master, &opts.label))?;
+        let kbytes = kf.to_bytes();
+        let key_id = Id::of_stored(&kbytes);
+        backend.write(&FileKind::Key.path(&key_id), kbytes)?;
+        // The config is written last: a repository exists exactly when its config does.
+        backend.write(CONFIG_PATH, config.seal(&keys))?;
+        let cache = Cache::for_repo(&config.id);
+        Ok(Repository {
+            backend,
+            keys,
+            master,
+            config,
+            key_id: Some(key_id),
+            cache,
+            index: Arc::new(MasterIndex::default()),
+        })
+    }
+
+    pub fn open(backend: Backend, secret: &Secret) -> Result<Repository> {
+        let loc = backend.location().to_string();
+        let cfg_bytes = match backend.read(CONFIG_PATH) {
+            Ok(b) => b,
+            Err(e) if is_not_found(&e) => return Err(VaultError::NoRepository(loc).into()),
+            Err(e) => return Err(e.context("reading the repository config")),
+        };
+        let (master, key_id) = match secret {
+            Secret::Master(m) => (m.clone(), None),
+            Secret::Password(pw) => {
+                let (m, id) = unlock_with_password(&backend, pw)?;
+                (m, Some(id))
+            }
+        };
+        let keys = master.derive();
+        let config = match Config::open(&keys, &cfg_bytes) {
+            Ok(c) => c,
+            Err(FormatError::BadMac) if key_id.is_none() => {
+                return Err(VaultError::WrongPassword(format!("{loc} (the raw key file is for another repository)")).into());
+            }
+            Err(e) => return Err(anyhow!(e).context(format!("{loc}/config is damaged"))),
+        };
+        let cache = Cache::for_repo(&config.id);
+        Ok(Repository {
+            backend,
+            keys,
+            master,
+            config,
+            key_id,
+            cache,
+            index: Arc::new(MasterIndex::default()),
+        })
+    }
+
+    pub fn location(&self) -> &str {
+        self.backend.location()
+    }
+
+    pub fn master_key(&self) -> &MasterKey {
+        &self.master
+    }
+
+    // ---- keys ----
+
+    pub fn add_key(&self, password: &[u8], label: &str, log_n: u8) -> Result<Id> {
+        let kf = KeyFile::create(password, log_n, &new_payload(&self.master, label))?;
+        let bytes = kf.to_bytes();
+        let id = Id::of_stored(&bytes);
+        self.backend.write(&FileKind::Key.path(&id), bytes)?;
+        Ok(id)
+    }
+
+    /// Every key file with its (decrypted) metadata; those this master key cannot open
+    /// are reported as errors in place.
+    pub fn list_keys(&self, password_hint: Option<&[u8]>) -> Result<Vec<(Id, Result<KeyPayload>)>> {
+        let mut out = Vec::new();
+        for id in self.backend.list(FileKind::Key)? {
+            let r = self
+                .backend
+                .read(&FileKind::Key.path(&id))
+                .and_then(|b| Ok(KeyFile::parse(&b)?))
+                .and_then(|kf| match password_hint {
+                    Some(pw) => kf.open(pw).map_err(|e| anyhow!(e)),
+                    None => Err(anyhow!("sealed under another password")),
+                });
+            out.push((id, r));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_key(&self, id: &Id) -> Result<()> {
+        let keys = self.backend.list(FileKind::Key)?;
+        if !keys.contains(id) {
+            bail!("key {} not found: see `vault key list`", id.short());
+        }
+        if keys.len() == 1 {
+            bail!("key {} is the only key: add another with `vault key add` first", id.short());
+        }
+        self.backend.delete(&FileKind::Key.path(id))
+    }
+
+    pub fn raw_key_export(&self) -> RawKeyFile {
+        RawKeyFile {
+            vault_raw_key: 1,
+            repository: self.config.id.clone(),
+            master_key: keyfile::encode_master(&self.master),
+        }
+    }
+
+    // ---- index ----
+
+    pub fn index(&self) -> Arc<MasterIndex> {
+        self.index.clone()
+    }
+
+    /// Loads every index file, from the local cache when it holds them.
+    pub fn load_index(&mut self) -> Result<()> {
+        let ids = self.backend.list(FileKind::Index)?;
+        let mut files = Vec::with_capacity(ids.len());
+        let mut superseded = HashSet::new();
+        for id in &ids {
+            let bytes = self.read_cached("index", FileKind::Index, id)?;
+            let f = IndexFile::open(&self.keys, &bytes)
+                .map_err(|e| anyhow!(e).context(format!("index {} is damaged (`vault repair index` rebuilds it)", id.short())))?;
+            superseded.extend(f.supersedes.iter().copied());
+            files.push((*id, f));
+        }
+        let mut mi = MasterIndex::default();
+        for (id, f) in &files {
+            if !superseded.contains(id) {
+                mi.add_file(*id, f);
+            }
+        }
+        if let Some(c) = &self.cache {
+            c.retain("index", &ids.into_iter().collect());
+        }
+        self.index = Arc::new(mi);
+        Ok(())
+    }
+
+    fn read_cached(&self, cache_kind: &str, kind: FileKind, id: &Id) -> Result<Vec<u8>> {
+        if let Some(b) = self.cache.as_ref().and_then(|c| c.get(cache_kind, id)) {
+            return Ok(b);
+        }
+        let bytes = self.backend.read(&kind.path(id))?;
+        if Id::of_stored(&bytes) != *id {
+            bail!("{} {}: content does not match its name (damaged)", cache_kind, id.short());
+        }
+        if let Some(c) = &self.cache {
+            c.put(cache_kind, id, &bytes);
+        }
+        Ok(bytes)
+    }
+
+    // ---- blobs and trees ----
+
+    pub fn read_blob(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
+        let (pack_id, entry) = self
+            .index
+            .get(id)
+            .ok_or_else(|| anyhow!("{} blob {} is not in the index", blob_type.name(), id.short()))?;
+        if entry.blob_type != blob_type {
+            bail!("blob {} is a {} blob, expected {}", id.short(), entry.blob_type.name(), blob_type.name());
+        }
+        let stored = self
+            .backend
+            .read_range(&FileKind::Data.path(&pack_id), entry.offset.into(), entry.length.into())
+            .with_context(|| format!("reading {} blob {} from pack {}", blob_type.name(), id.short(), pack_id.short()))?;
+        pack::open_blob(&self.keys, &entry, &stored)
+            .map_err(|e| anyhow!(e).context(format!("{} blob {} in pack {}", blob_type.name(), id.short(), pack_id.short())))
+    }
+
+    pub fn load_tree(&self, id: &Id) -> Result<Tree> {
+        let bytes = self.read_blob(BlobType::Tree, id)?;
+        Tree::decode(&bytes).map_err(|e| anyhow!(e).context(format!("tree {}", id.short())))
+    }
+
+    /// Reads a pack's header: the authoritative list of what it holds.
+    pub fn read_pack_header(&self, pack_id: &Id) -> Result<Vec<pack::BlobEntry>> {
+        let path = FileKind::Data.path(pack_id);
+        let size = self.backend.size(&path)?;
+        if size < pack::TRAILER_LEN as u64 {
+            bail!("pack {}: truncated ({} bytes)", pack_id.short(), size);
+        }
+        let trailer = self.backend.read_range(&path, size - 8, 8)?;
+        let hlen = u64::from(pack::parse_trailer(&trailer).map_err(|e| anyhow!(e).context(format!("pack {}", pack_id.short())))?);
+        if hlen + 8 > size {
+            bail!("pack {}: header length {} exceeds the pack", pack_id.short(), hlen);
+        }
+        let start = size - 8 - hlen;
+        let sealed = self.backend.read_range(&path, start, hlen)?;
+        pack::open_header(&self.keys, &sealed, start).map_err(|e| anyhow!(e).context(format!("pack {} header", pack_id.short())))
+    }
+
+    // ---- snapshots ----
+
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<Id> {
+        let bytes = snap.seal(&self.keys);
+        let id = Id::of_stored(&bytes);
+        self.backend.write(&FileKind::Snapshot.path(&id), bytes)?;
+        Ok(id)
+    }
+
+    pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
+        let bytes = self.read_cached("snapshots", FileKind::Snapshot, id)?;
+        Snapshot::open(&self.keys, &bytes).map_err(|e| anyhow!(e).context(format!("snapshot {} is damaged", id.short())))
+    }
+
+    /// All snapshots, oldest first. Damaged ones are returned as errors for the caller to report.
+    pub fn snapshots(&self) -> Result<Vec<(Id, Result<Snapshot>)>> {
+        let mut out: Vec<(Id, Result<Snapshot>)> = self
+            .backend
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .map(|id| (id, self.load_snapshot(&id)))
+            .collect();
+        out.sort_by(|a, b| {
+            let ta = a.1.as_ref().map(|s| s.time.clone()).unwrap_or_default();
+            let tb = b.1.as_ref().map(|s| s.time.clone()).unwrap_or_default();
+            ta.cmp(&tb).then(a.0.cmp(&b.0))
+        });
+        Ok(out)
+    }
+}
+
+fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey, Id)> {
+    let ids = backend.list(FileKind::Key)?;
+    let mut damaged = Vec::new();
+    for id in &ids {
+        let bytes = match backend.read(&FileKind::Key.path(id)) {
+            Ok(b) => b,
+            Err(e) => {
+                damaged.push(format!("{}: {}", id.short(), crate::error::one_line(&e)));
+                continue;
+            }
+        };
+        let kf = match KeyFile::parse(&bytes) {
+            Ok(k) => k,
+            Err(e) => {
+                damaged.push(format!("{}: {e}", id.short()));
+                continue;
+            }
+        };
+        match kf.open(password) {
+            Ok(p) => return Ok((p.master()?, *id)),
+            Err(FormatError::BadMac) => {}
+            Err(e) => damaged.push(format!("{}: {e}", id.short())),
+        }
+    }
+    if ids.is_empty() {
+        bail!("{}: no key files in keys/ (the repository cannot be opened)", backend.location());
+    }
+    let mut msg = backend.location().to_string();
+    if !damaged.is_empty() {
+        msg.push_str(&format!("; damaged key files: {}", damaged.join(", ")));
+    }
+    Err(VaultError::WrongPassword(msg).into())
+}
