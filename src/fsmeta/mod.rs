@@ -162,6 +162,7 @@ pub fn apply(path: &Path, node: &Node, as_root: bool) -> Result<()> {
     use nix::unistd::{Gid, Uid};
     let mut problems = Vec::new();
     let is_link = node.kind == NodeType::Symlink;
+    // Fifos and devices are never opened here: opening a FIFO blocks until a writer comes.
     if as_root {
         let r = nix::unistd::fchownat(
             nix::fcntl::AT_FDCWD,
@@ -186,15 +187,18 @@ pub fn apply(path: &Path, node: &Node, as_root: bool) -> Result<()> {
     if !is_link && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)) {
         problems.push(format!("chmod: {e}"));
     }
-    let mtime = filetime::FileTime::from_unix_time(
+    // utimensat on the path itself: never opens it (a FIFO would block) nor follows links.
+    let t = nix::sys::time::TimeSpec::new(
         node.mtime_ns.div_euclid(1_000_000_000),
-        node.mtime_ns.rem_euclid(1_000_000_000) as u32,
+        node.mtime_ns.rem_euclid(1_000_000_000),
     );
-    let r = if is_link {
-        filetime::set_symlink_file_times(path, mtime, mtime)
-    } else {
-        filetime::set_file_times(path, mtime, mtime)
-    };
+    let r = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    );
     if let Err(e) = r {
         problems.push(format!("times: {e}"));
     }

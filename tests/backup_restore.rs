@@ -1,0 +1,192 @@
+//! End-to-end: backup then restore through the binary reproduces the source exactly.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use common::*;
+
+fn build_tree(src: &Path) {
+    fs::create_dir_all(src.join("docs/empty")).unwrap();
+    fs::create_dir_all(src.join("deep/a/b/c")).unwrap();
+    fs::write(src.join("docs/cv.pdf"), bytes(1, 300_000)).unwrap();
+    fs::write(src.join("docs/notes.txt"), b"notes\n".repeat(1000)).unwrap();
+    fs::write(src.join("deep/a/b/c/leaf"), b"leaf").unwrap();
+    fs::write(src.join("empty-file"), b"").unwrap();
+    // Non-UTF-8 names, as a file and as a directory.
+    fs::write(src.join(os(b"caf\xe9-latin1.txt")), b"latin1 name").unwrap();
+    fs::create_dir(src.join(os(b"dir-\xff\xfe"))).unwrap();
+    fs::write(src.join(os(b"dir-\xff\xfe")).join("inner"), b"inner").unwrap();
+    symlink("docs/notes.txt", src.join("link-rel")).unwrap();
+    symlink("/nonexistent/target", src.join("link-dangling")).unwrap();
+    fs::hard_link(src.join("docs/notes.txt"), src.join("hardlink-to-notes")).unwrap();
+    nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    fs::set_permissions(src.join("docs/cv.pdf"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(src.join("deep/a"), fs::Permissions::from_mode(0o750)).unwrap();
+    set_xattr(&src.join("docs/cv.pdf"), "user.origin", b"scanner");
+    set_xattr(&src.join("docs"), "user.dirattr", b"\x00\x01binary");
+}
+
+#[test]
+fn restore_equals_source_bytes_and_metadata() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    env.init(&[]);
+    let b = env.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(b["summary"]["errors"], 0);
+    let target = env.path("restore");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
+    let restored = Env::restored(&target, &src);
+    assert_eq!(snapshot_of(&src), snapshot_of(&restored));
+    // The hardlink is a hardlink again.
+    let a = fs::metadata(restored.join("docs/notes.txt")).unwrap();
+    let h = fs::metadata(restored.join("hardlink-to-notes")).unwrap();
+    assert_eq!(a.ino(), h.ino());
+
+    // ls shows the non-UTF-8 name; dump returns exact bytes.
+    let ls = env.run(&["ls", "latest", src.to_str().unwrap()]);
+    assert!(ls.stdout.windows(4).any(|w| w == b"\xff\xfe/i"), "ls lists raw names");
+    let dumped = env.run(&["dump", "latest", src.join("docs/cv.pdf").to_str().unwrap()]);
+    assert_eq!(dumped.status.code(), Some(0));
+    assert_eq!(dumped.stdout, bytes(1, 300_000));
+}
+
+#[test]
+fn restore_refuses_to_overwrite_and_filters() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    env.init(&[]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("r");
+    let docs = src.join("docs");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--include", docs.to_str().unwrap(), "--exclude", "*.txt"]);
+    let r = Env::restored(&target, &src);
+    assert!(r.join("docs/cv.pdf").exists());
+    assert!(!r.join("docs/notes.txt").exists(), "excluded");
+    assert!(!r.join("deep").exists(), "not included");
+    // A second restore into the same place refuses and writes nothing.
+    fs::write(r.join("docs/cv.pdf"), b"mine").unwrap();
+    let out = env.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
+    assert_eq!(fs::read(r.join("docs/cv.pdf")).unwrap(), b"mine");
+    assert!(!r.join("deep").exists(), "nothing written on refusal");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--overwrite"]);
+    assert_eq!(fs::read(r.join("docs/cv.pdf")).unwrap(), bytes(1, 300_000));
+}
+
+#[test]
+fn unchanged_second_backup_reads_nothing_and_dedups() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let big = bytes(7, 6 << 20);
+    fs::write(src.join("a.bin"), &big).unwrap();
+    fs::write(src.join("copy.bin"), &big).unwrap();
+    env.init(&["--chunk-size", "256K"]);
+    let first = env.backup_json(&[src.to_str().unwrap()]);
+    let added = first["summary"]["bytes_added"].as_u64().unwrap();
+    assert!(added < (6 << 20) + (64 << 10), "identical files stored once, added {added}");
+    let second = env.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(second["summary"]["bytes_read"], 0, "no file content read");
+    assert_eq!(second["summary"]["files_unchanged"], 2);
+    assert_eq!(second["summary"]["bytes_added"], 0);
+    assert_eq!(second["parent"], first["snapshot"]);
+    // A third file sharing most content with the first adds only the changed chunks.
+    let mut edited = big.clone();
+    edited[3 << 20] ^= 0xff;
+    fs::write(src.join("edited.bin"), &edited).unwrap();
+    let third = env.backup_json(&[src.to_str().unwrap()]);
+    let added = third["summary"]["bytes_added"].as_u64().unwrap();
+    assert!(added < 3 << 20, "edit re-stores only nearby chunks, added {added}");
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn sparse_5gib_file_round_trips_with_holes() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let f = fs::File::create(src.join("disk.img")).unwrap();
+    f.set_len(5 << 30).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(b"start", 0).unwrap();
+    f.write_all_at(&bytes(3, 100_000), 3 << 30).unwrap();
+    f.write_all_at(b"end", (5 << 30) - 3).unwrap();
+    drop(f);
+    env.init(&[]);
+    let b = env.backup_json(&[src.to_str().unwrap()]);
+    assert!(b["summary"]["bytes_added"].as_u64().unwrap() < 1 << 20);
+    let target = env.path("r");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
+    let r = Env::restored(&target, &src).join("disk.img");
+    let md = fs::metadata(&r).unwrap();
+    assert_eq!(md.len(), 5 << 30);
+    assert!(md.blocks() * 512 < 64 << 20, "holes restored as holes ({} blocks)", md.blocks());
+    let g = fs::File::open(&r).unwrap();
+    let mut buf = vec![0u8; 100_000];
+    g.read_exact_at(&mut buf, 3 << 30).unwrap();
+    assert_eq!(buf, bytes(3, 100_000));
+    let mut end = [0u8; 3];
+    g.read_exact_at(&mut end, (5 << 30) - 3).unwrap();
+    assert_eq!(&end, b"end");
+}
+
+#[test]
+fn hundred_thousand_tiny_files() {
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..100 {
+        let dir = src.join(format!("d{d:03}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..1000 {
+            fs::write(dir.join(format!("f{i:04}")), format!("{d}/{i}\n")).unwrap();
+        }
+    }
+    env.init(&[]);
+    let b = env.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(b["summary"]["files_new"], 100_000);
+    let again = env.backup_json(&[src.to_str().unwrap()]);
+    assert_eq!(again["summary"]["files_unchanged"], 100_000);
+    assert_eq!(again["summary"]["bytes_read"], 0);
+    let target = env.path("r");
+    env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let r = Env::restored(&target, &src);
+    assert_eq!(walkdir(&r).len(), 100_000);
+    assert_eq!(fs::read_to_string(r.join("d042/f0999")).unwrap(), "42/999\n");
+}
+
+#[test]
+fn excludes_caches_stdin_and_tags() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::create_dir_all(src.join("keep")).unwrap();
+    fs::write(src.join("cache/CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n").unwrap();
+    fs::write(src.join("cache/blob"), b"cached").unwrap();
+    fs::write(src.join("keep/a.tmp"), b"tmp").unwrap();
+    fs::write(src.join("keep/a.txt"), b"txt").unwrap();
+    env.init(&[]);
+    env.ok(&["backup", src.to_str().unwrap(), "--exclude", "*.tmp", "--exclude-caches", "--tag", "nightly"]);
+    let ls = env.ok(&["ls", "latest", "--tag", "nightly"]);
+    assert!(ls.contains("keep/a.txt"));
+    assert!(!ls.contains("a.tmp"), "excluded by pattern");
+    assert!(ls.contains("cache/CACHEDIR.TAG") && !ls.contains("cache/blob"), "cache dir emptied");
+
+    let mut c = env.cmd();
+    c.args(["backup", "--stdin", "--stdin-filename", "db.sql", "--json"]);
+    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&bytes(9, 2_000_000)).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let dumped = env.run(&["dump", "latest", "/db.sql", "--path", "/db.sql"]);
+    assert_eq!(dumped.stdout, bytes(9, 2_000_000));
+    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json", "--tag", "nightly"])).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+}

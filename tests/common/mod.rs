@@ -1,0 +1,181 @@
+//! Shared helpers for end-to-end tests: a scratch directory, a repository in it, and the
+//! real vault binary run with a test password.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { dir: tempfile::Builder::new().prefix("vault-test").tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn repo(&self) -> PathBuf {
+        self.path("repo")
+    }
+
+    /// The vault binary with this test's repository, password and cache.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vault"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("VAULT_REPOSITORY", self.repo())
+            .env("VAULT_PASSWORD", PASSWORD)
+            .env("VAULT_KDF_LOG_N", "15")
+            .env("VAULT_CACHE_DIR", self.path("cache"));
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd().args(args).output().expect("run vault");
+        out
+    }
+
+    /// Runs and asserts the exit code; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.expect(args, 0)
+    }
+
+    pub fn expect(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "vault {:?}\nstdout: {}\nstderr: {}",
+            args,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn init(&self, extra: &[&str]) {
+        let mut a = vec!["init"];
+        a.extend_from_slice(extra);
+        self.ok(&a);
+    }
+
+    pub fn backup_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["backup", "--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).expect("backup --json prints JSON")
+    }
+
+    /// Where a restored source path lands under `target`.
+    pub fn restored(target: &Path, src: &Path) -> PathBuf {
+        target.join(src.strip_prefix("/").unwrap())
+    }
+
+    pub fn files_in(&self, sub: &str) -> usize {
+        walkdir(&self.repo().join(sub)).len()
+    }
+}
+
+pub fn walkdir(p: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(walkdir(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Everything about a tree that a restore must reproduce, keyed by relative raw path.
+pub fn snapshot_of(root: &Path) -> BTreeMap<Vec<u8>, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+    visit(root, root, &mut out, &mut inodes);
+    out
+}
+
+fn visit(root: &Path, p: &Path, out: &mut BTreeMap<Vec<u8>, String>, inodes: &mut BTreeMap<(u64, u64), Vec<u8>>) {
+    let mut names: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    for name in names {
+        let path = p.join(&name);
+        let rel = path.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        let md = std::fs::symlink_metadata(&path).unwrap();
+        let ft = md.file_type();
+        let mut xattrs: Vec<String> = xattr_list(&path);
+        xattrs.sort();
+        let mut desc = format!(
+            "mode={:o} uid={} gid={} mtime={}.{} xattrs={:?}",
+            md.mode(),
+            md.uid(),
+            md.gid(),
+            md.mtime(),
+            md.mtime_nsec(),
+            xattrs
+        );
+        if ft.is_symlink() {
+            desc += &format!(" link={:?}", std::fs::read_link(&path).unwrap());
+        } else if ft.is_file() {
+            let data = std::fs::read(&path).unwrap();
+            desc += &format!(" size={} hash={}", md.size(), blake3::hash(&data).to_hex());
+            if md.nlink() > 1 {
+                let first = inodes.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone());
+                desc += &format!(" linkgroup={:?}", String::from_utf8_lossy(first));
+            }
+        }
+        if ft.is_dir() {
+            // Directory mtimes change as entries are created; compare them all the same,
+            // since restore sets them last.
+            visit(root, &path, out, inodes);
+        }
+        out.insert(rel, desc);
+    }
+}
+
+fn xattr_list(p: &Path) -> Vec<String> {
+    xattr::list(p)
+        .map(|l| {
+            l.map(|n| {
+                let v = xattr::get(p, &n).ok().flatten().unwrap_or_default();
+                format!("{}={}", n.to_string_lossy(), String::from_utf8_lossy(&v))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    xattr::set(p, name, value).unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
+}
+
+pub fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
