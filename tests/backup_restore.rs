@@ -22,7 +22,11 @@ fn build_tree(src: &Path) {
     symlink("docs/notes.txt", src.join("link-rel")).unwrap();
     symlink("/nonexistent/target", src.join("link-dangling")).unwrap();
     fs::hard_link(src.join("docs/notes.txt"), src.join("hardlink-to-notes")).unwrap();
-    nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o640),
+    )
+    .unwrap();
     fs::set_permissions(src.join("docs/cv.pdf"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(src.join("deep/a"), fs::Permissions::from_mode(0o750)).unwrap();
     set_xattr(&src.join("docs/cv.pdf"), "user.origin", b"scanner");
@@ -38,7 +42,13 @@ fn restore_equals_source_bytes_and_metadata() {
     let b = env.backup_json(&[src.to_str().unwrap()]);
     assert_eq!(b["summary"]["errors"], 0);
     let target = env.path("restore");
-    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--verify",
+    ]);
     let restored = Env::restored(&target, &src);
     assert_eq!(snapshot_of(&src), snapshot_of(&restored));
     // The hardlink is a hardlink again.
@@ -48,7 +58,10 @@ fn restore_equals_source_bytes_and_metadata() {
 
     // ls shows the non-UTF-8 name; dump returns exact bytes.
     let ls = env.run(&["ls", "latest", src.to_str().unwrap()]);
-    assert!(ls.stdout.windows(4).any(|w| w == b"\xff\xfe/i"), "ls lists raw names");
+    assert!(
+        ls.stdout.windows(4).any(|w| w == b"\xff\xfe/i"),
+        "ls lists raw names"
+    );
     let dumped = env.run(&["dump", "latest", src.join("docs/cv.pdf").to_str().unwrap()]);
     assert_eq!(dumped.status.code(), Some(0));
     assert_eq!(dumped.stdout, bytes(1, 300_000));
@@ -63,7 +76,16 @@ fn restore_refuses_to_overwrite_and_filters() {
     env.ok(&["backup", src.to_str().unwrap()]);
     let target = env.path("r");
     let docs = src.join("docs");
-    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--include", docs.to_str().unwrap(), "--exclude", "*.txt"]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--include",
+        docs.to_str().unwrap(),
+        "--exclude",
+        "*.txt",
+    ]);
     let r = Env::restored(&target, &src);
     assert!(r.join("docs/cv.pdf").exists());
     assert!(!r.join("docs/notes.txt").exists(), "excluded");
@@ -75,7 +97,13 @@ fn restore_refuses_to_overwrite_and_filters() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
     assert_eq!(fs::read(r.join("docs/cv.pdf")).unwrap(), b"mine");
     assert!(!r.join("deep").exists(), "nothing written on refusal");
-    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--overwrite"]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--overwrite",
+    ]);
     assert_eq!(fs::read(r.join("docs/cv.pdf")).unwrap(), bytes(1, 300_000));
 }
 
@@ -90,7 +118,10 @@ fn unchanged_second_backup_reads_nothing_and_dedups() {
     env.init(&["--chunk-size", "256K"]);
     let first = env.backup_json(&[src.to_str().unwrap()]);
     let added = first["summary"]["bytes_added"].as_u64().unwrap();
-    assert!(added < (6 << 20) + (64 << 10), "identical files stored once, added {added}");
+    assert!(
+        added < (6 << 20) + (64 << 10),
+        "identical files stored once, added {added}"
+    );
     let second = env.backup_json(&[src.to_str().unwrap()]);
     assert_eq!(second["summary"]["bytes_read"], 0, "no file content read");
     assert_eq!(second["summary"]["files_unchanged"], 2);
@@ -102,7 +133,10 @@ fn unchanged_second_backup_reads_nothing_and_dedups() {
     fs::write(src.join("edited.bin"), &edited).unwrap();
     let third = env.backup_json(&[src.to_str().unwrap()]);
     let added = third["summary"]["bytes_added"].as_u64().unwrap();
-    assert!(added < 3 << 20, "edit re-stores only nearby chunks, added {added}");
+    assert!(
+        added < 3 << 20,
+        "edit re-stores only nearby chunks, added {added}"
+    );
     let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 3);
 }
@@ -123,11 +157,21 @@ fn sparse_5gib_file_round_trips_with_holes() {
     let b = env.backup_json(&[src.to_str().unwrap()]);
     assert!(b["summary"]["bytes_added"].as_u64().unwrap() < 1 << 20);
     let target = env.path("r");
-    env.ok(&["restore", "latest", "--target", target.to_str().unwrap(), "--verify"]);
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--verify",
+    ]);
     let r = Env::restored(&target, &src).join("disk.img");
     let md = fs::metadata(&r).unwrap();
     assert_eq!(md.len(), 5 << 30);
-    assert!(md.blocks() * 512 < 64 << 20, "holes restored as holes ({} blocks)", md.blocks());
+    assert!(
+        md.blocks() * 512 < 64 << 20,
+        "holes restored as holes ({} blocks)",
+        md.blocks()
+    );
     let g = fs::File::open(&r).unwrap();
     let mut buf = vec![0u8; 100_000];
     g.read_exact_at(&mut buf, 3 << 30).unwrap();
@@ -158,7 +202,10 @@ fn hundred_thousand_tiny_files() {
     env.ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     let r = Env::restored(&target, &src);
     assert_eq!(walkdir(&r).len(), 100_000);
-    assert_eq!(fs::read_to_string(r.join("d042/f0999")).unwrap(), "42/999\n");
+    assert_eq!(
+        fs::read_to_string(r.join("d042/f0999")).unwrap(),
+        "42/999\n"
+    );
 }
 
 #[test]
@@ -167,26 +214,48 @@ fn excludes_caches_stdin_and_tags() {
     let src = env.path("src");
     fs::create_dir_all(src.join("cache")).unwrap();
     fs::create_dir_all(src.join("keep")).unwrap();
-    fs::write(src.join("cache/CACHEDIR.TAG"), "Signature: 8a477f597d28d172789f06886806bc55\n").unwrap();
+    fs::write(
+        src.join("cache/CACHEDIR.TAG"),
+        "Signature: 8a477f597d28d172789f06886806bc55\n",
+    )
+    .unwrap();
     fs::write(src.join("cache/blob"), b"cached").unwrap();
     fs::write(src.join("keep/a.tmp"), b"tmp").unwrap();
     fs::write(src.join("keep/a.txt"), b"txt").unwrap();
     env.init(&[]);
-    env.ok(&["backup", src.to_str().unwrap(), "--exclude", "*.tmp", "--exclude-caches", "--tag", "nightly"]);
+    env.ok(&[
+        "backup",
+        src.to_str().unwrap(),
+        "--exclude",
+        "*.tmp",
+        "--exclude-caches",
+        "--tag",
+        "nightly",
+    ]);
     let ls = env.ok(&["ls", "latest", "--tag", "nightly"]);
     assert!(ls.contains("keep/a.txt"));
     assert!(!ls.contains("a.tmp"), "excluded by pattern");
-    assert!(ls.contains("cache/CACHEDIR.TAG") && !ls.contains("cache/blob"), "cache dir emptied");
+    assert!(
+        ls.contains("cache/CACHEDIR.TAG") && !ls.contains("cache/blob"),
+        "cache dir emptied"
+    );
 
     let mut c = env.cmd();
     c.args(["backup", "--stdin", "--stdin-filename", "db.sql", "--json"]);
-    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(&bytes(9, 2_000_000)).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&bytes(9, 2_000_000))
+        .unwrap();
     assert!(child.wait_with_output().unwrap().status.success());
     let dumped = env.run(&["dump", "latest", "/db.sql", "--path", "/db.sql"]);
     assert_eq!(dumped.stdout, bytes(9, 2_000_000));
-    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json", "--tag", "nightly"])).unwrap();
+    let snaps: serde_json::Value =
+        serde_json::from_str(&env.ok(&["snapshots", "--json", "--tag", "nightly"])).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 1);
 }

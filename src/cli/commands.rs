@@ -10,7 +10,10 @@ use serde_json::json;
 
 use super::password;
 use super::progress::{Progress, human_bytes};
-use super::{BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs, SnapshotFilter};
+use super::{
+    BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
+    SnapshotFilter,
+};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::config::ChunkerParams;
@@ -34,7 +37,9 @@ pub fn run(cli: Cli) -> Result<i32> {
 }
 
 fn default_repo() -> Result<String> {
-    let d = dirs::data_dir().ok_or_else(|| anyhow!("no --repo given and no XDG data directory (set VAULT_REPOSITORY)"))?;
+    let d = dirs::data_dir().ok_or_else(|| {
+        anyhow!("no --repo given and no XDG data directory (set VAULT_REPOSITORY)")
+    })?;
     Ok(d.join("vault").join("repo").to_string_lossy().into_owned())
 }
 
@@ -66,7 +71,12 @@ fn open_indexed(g: &Global) -> Result<Repository> {
     Ok(repo)
 }
 
-fn take_lock(g: &Global, repo: &Repository, exclusive: bool, command: &str) -> Result<Option<LockGuard>> {
+fn take_lock(
+    g: &Global,
+    repo: &Repository,
+    exclusive: bool,
+    command: &str,
+) -> Result<Option<LockGuard>> {
     if g.no_lock {
         return Ok(None);
     }
@@ -98,7 +108,11 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
     if backend.exists("config")? {
         return Err(VaultError::AlreadyExists(loc).into());
     }
-    let avg = u32::try_from(a.chunk_size).map_err(|_| VaultError::Usage("--chunk-size too large".into()))?;
+    let avg = u32::try_from(a.chunk_size)
+        .ok()
+        .filter(|v| (1024..=4 << 20).contains(v))
+        .ok_or_else(|| VaultError::Usage("--chunk-size: give 1K to 4M".into()))?
+        & !1;
     let opts = InitOptions {
         chunker: ChunkerParams {
             min_size: avg / 2,
@@ -106,17 +120,26 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
             max_size: avg.saturating_mul(8).min(16 << 20),
             ..ChunkerParams::default()
         },
-        pack_size: u32::try_from(a.pack_size).map_err(|_| VaultError::Usage("--pack-size must be under 4 GiB".into()))?,
+        pack_size: u32::try_from(a.pack_size)
+            .map_err(|_| VaultError::Usage("--pack-size must be under 4 GiB".into()))?,
         compression_level: a.compression,
         kdf_log_n: default_log_n(),
         label: a.label,
     };
-    let pw = password::password(g.password_file.as_deref(), &format!("new repository {loc}"), true)?;
+    let pw = password::password(
+        g.password_file.as_deref(),
+        &format!("new repository {loc}"),
+        true,
+    )?;
     let repo = Repository::init(backend, &pw, &opts)?;
     if g.json {
         print_json(&json!({"repository": repo.location(), "id": repo.config.id}))?;
     } else if !g.quiet {
-        let note = if default { " (the default; set --repo or VAULT_REPOSITORY for another)" } else { "" };
+        let note = if default {
+            " (the default; set --repo or VAULT_REPOSITORY for another)"
+        } else {
+            ""
+        };
         println!("created repository {}{note}", repo.location());
     }
     Ok(exit::OK)
@@ -124,13 +147,20 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
 
 fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let mut repo = open_indexed(g)?;
-    let _lock = if a.dry_run { None } else { take_lock(g, &repo, false, "backup")? };
+    let _lock = if a.dry_run {
+        None
+    } else {
+        take_lock(g, &repo, false, "backup")?
+    };
     // The index may have changed while we waited for the lock.
     repo.load_index()?;
     let time = a
         .time
         .as_deref()
-        .map(|t| t.parse::<jiff::Timestamp>().map_err(|e| VaultError::Usage(format!("--time {t:?}: {e}"))))
+        .map(|t| {
+            t.parse::<jiff::Timestamp>()
+                .map_err(|e| VaultError::Usage(format!("--time {t:?}: {e}")))
+        })
         .transpose()?;
     let parent = match &a.parent {
         Some(p) => Some(select::select(&repo, p, &select::Filter::default(), &warn_stderr)?.0),
@@ -170,7 +200,11 @@ fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     }
     let r = r?;
     let s = &r.snapshot.summary;
-    let code = if s.errors > 0 { exit::PARTIAL } else { exit::OK };
+    let code = if s.errors > 0 {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    };
     if g.json {
         print_json(&json!({
             "snapshot": r.snapshot_id.map(|i| i.to_hex()),
@@ -198,7 +232,10 @@ fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         );
     }
     if s.errors > 0 && !g.quiet {
-        eprintln!("vault: {} file(s) or directories could not be read and are missing from the snapshot", s.errors);
+        eprintln!(
+            "vault: {} file(s) or directories could not be read and are missing from the snapshot",
+            s.errors
+        );
     }
     Ok(code)
 }
@@ -219,11 +256,18 @@ fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
         print_json(&serde_json::Value::Array(v))?;
         return Ok(exit::OK);
     }
-    println!("{:<8}  {:<19}  {:<16}  {:<16}  {:>10}  Paths", "ID", "Time", "Host", "Tags", "Size");
+    println!(
+        "{:<8}  {:<19}  {:<16}  {:<16}  {:>10}  Paths",
+        "ID", "Time", "Host", "Tags", "Size"
+    );
     for (id, s) in &list {
         let time = s
             .timestamp()
-            .map(|t| t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+            .map(|t| {
+                t.to_zoned(jiff::tz::TimeZone::system())
+                    .strftime("%Y-%m-%d %H:%M:%S")
+                    .to_string()
+            })
             .unwrap_or_else(|_| s.time.clone());
         println!(
             "{:<8}  {:<19}  {:<16}  {:<16}  {:>10}  {}",
@@ -245,7 +289,10 @@ fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
     let _lock = take_lock(g, &repo, false, "ls")?;
     let (_, snap) = select::select(&repo, &a.snapshot, &filter(&a.filter), &warn_stderr)?;
-    let path = a.path.map(|p| std::path::absolute(&p).unwrap_or(p)).unwrap_or_else(|| PathBuf::from("/"));
+    let path = a
+        .path
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .unwrap_or_else(|| PathBuf::from("/"));
     let mut out = std::io::stdout().lock();
     let mut err = None;
     ls::ls(&repo, &snap.tree, &path, !a.no_recursive, &mut |p, n| {
@@ -253,13 +300,22 @@ fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
             return;
         }
         let r = if g.json {
-            serde_json::to_writer(&mut out, &ls::Listed::new(p, n)).map_err(anyhow::Error::from).and_then(|_| Ok(writeln!(out)?))
+            serde_json::to_writer(&mut out, &ls::Listed::new(p, n))
+                .map_err(anyhow::Error::from)
+                .and_then(|_| Ok(writeln!(out)?))
         } else if a.long {
             let l = ls::Listed::new(p, n);
-            writeln!(out, "{:?} {:o} {:>8} {:>8} {:>12} {} {}", l.kind, l.mode, l.user, l.group, l.size, l.mtime, l.path).map_err(Into::into)
+            writeln!(
+                out,
+                "{:?} {:o} {:>8} {:>8} {:>12} {} {}",
+                l.kind, l.mode, l.user, l.group, l.size, l.mtime, l.path
+            )
+            .map_err(Into::into)
         } else {
             use std::os::unix::ffi::OsStrExt;
-            out.write_all(p.as_os_str().as_bytes()).and_then(|_| out.write_all(b"\n")).map_err(Into::into)
+            out.write_all(p.as_os_str().as_bytes())
+                .and_then(|_| out.write_all(b"\n"))
+                .map_err(Into::into)
         };
         if let Err(e) = r {
             err = Some(e);
@@ -267,7 +323,14 @@ fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
     })?;
     match err {
         // A closed pipe (`vault ls | head`) is not an error.
-        Some(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => Ok(exit::OK),
+        Some(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            Ok(exit::OK)
+        }
         Some(e) => Err(e),
         None => Ok(exit::OK),
     }
@@ -283,7 +346,9 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
                 if p.starts_with('/') || p.contains(['*', '?', '[']) {
                     p
                 } else {
-                    std::path::absolute(&p).map(|x| x.to_string_lossy().into_owned()).unwrap_or(p)
+                    std::path::absolute(&p)
+                        .map(|x| x.to_string_lossy().into_owned())
+                        .unwrap_or(p)
                 }
             })
             .collect()
@@ -297,7 +362,9 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     };
     let counters = Arc::new(restore::Counters::default());
     let c = counters.clone();
-    let progress = Progress::start(g.quiet || g.json, move || format!("{} written", human_bytes(c.bytes.load(Ordering::Relaxed))));
+    let progress = Progress::start(g.quiet || g.json, move || {
+        format!("{} written", human_bytes(c.bytes.load(Ordering::Relaxed)))
+    });
     let r = restore::restore(&repo, &snap.tree, &opts, counters);
     progress.finish();
     let r = r?;
@@ -340,7 +407,10 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
     let loc = repo.location().to_string();
     match k {
         KeyCommand::Add(a) => {
-            let pw = password::new_password(a.new_password_file.as_deref(), &format!("the new key of {loc}"))?;
+            let pw = password::new_password(
+                a.new_password_file.as_deref(),
+                &format!("the new key of {loc}"),
+            )?;
             let id = repo.add_key(&pw, &a.label, default_log_n())?;
             if g.json {
                 print_json(&json!({"key": id.to_hex()}))?;
@@ -349,31 +419,40 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
             }
         }
         KeyCommand::Passwd(a) => {
-            let pw = password::new_password(a.new_password_file.as_deref(), &format!("the new password of {loc}"))?;
-            let old = repo
-                .key_id
-                .ok_or_else(|| anyhow!("opened with a raw key file: use `vault key add` to add a password"))?;
+            let pw = password::new_password(
+                a.new_password_file.as_deref(),
+                &format!("the new password of {loc}"),
+            )?;
+            let old = repo.key_id.ok_or_else(|| {
+                anyhow!("opened with a raw key file: use `vault key add` to add a password")
+            })?;
             let id = repo.add_key(&pw, &a.label, default_log_n())?;
             // The new key is written before the old one is removed: never zero keys.
             repo.remove_key(&old).context("removing the old key")?;
             if !g.quiet {
-                println!("changed password: key {} replaces {}", id.short(), old.short());
+                println!(
+                    "changed password: key {} replaces {}",
+                    id.short(),
+                    old.short()
+                );
             }
         }
-        KeyCommand::List => {
-            let pw = match password::secret(g.password_file.as_deref(), &loc)? {
-                crate::repo::Secret::Password(p) => Some(p),
-                crate::repo::Secret::Master(_) => None,
-            };
-            key_list(g, &repo, pw.as_deref())?;
-        }
+        KeyCommand::List => key_list(g, &repo)?,
         KeyCommand::Remove { id } => {
             let all = repo.backend.list(crate::repo::FileKind::Key)?;
-            let hits: Vec<Id> = all.into_iter().filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase())).collect();
+            let hits: Vec<Id> = all
+                .into_iter()
+                .filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase()))
+                .collect();
             let target = match hits.as_slice() {
                 [one] => *one,
                 [] => return Err(anyhow!("key {id}: no such key (see `vault key list`)")),
-                _ => return Err(VaultError::Usage(format!("key {id}: prefix matches several keys")).into()),
+                _ => {
+                    return Err(VaultError::Usage(format!(
+                        "key {id}: prefix matches several keys"
+                    ))
+                    .into());
+                }
             };
             repo.remove_key(&target)?;
             if !g.quiet {
@@ -388,8 +467,8 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn key_list(g: &Global, repo: &Repository, pw: Option<&[u8]>) -> Result<()> {
-    let keys = repo.list_keys(pw)?;
+fn key_list(g: &Global, repo: &Repository) -> Result<()> {
+    let keys = repo.list_keys()?;
     let mut rows = Vec::new();
     for (id, r) in keys {
         let current = repo.key_id == Some(id);
@@ -401,12 +480,19 @@ fn key_list(g: &Global, repo: &Repository, pw: Option<&[u8]>) -> Result<()> {
     if g.json {
         return print_json(&serde_json::Value::Array(rows));
     }
-    println!("   {:<8}  {:<16}  {:<16}  {:<10}  Created", "ID", "Label", "Host", "User");
+    println!(
+        "   {:<8}  {:<16}  {:<16}  {:<10}  Created",
+        "ID", "Label", "Host", "User"
+    );
     for r in rows {
-        let s = |k: &str| r[k].as_str().unwrap_or("(other password)").to_string();
+        let s = |k: &str| r[k].as_str().unwrap_or("(damaged)").to_string();
         println!(
             "{}  {:<8}  {:<16}  {:<16}  {:<10}  {}",
-            if r["current"] == json!(true) { "*" } else { " " },
+            if r["current"] == json!(true) {
+                "*"
+            } else {
+                " "
+            },
             &s("id")[..8],
             s("label"),
             s("host"),

@@ -32,7 +32,10 @@ fn run_password_command(cmd: &str) -> Result<Vec<u8>> {
         .output()
         .context("VAULT_PASSWORD_COMMAND could not be started")?;
     if !out.status.success() {
-        bail!("VAULT_PASSWORD_COMMAND failed ({}); check the command", out.status);
+        bail!(
+            "VAULT_PASSWORD_COMMAND failed ({}); check the command",
+            out.status
+        );
     }
     Ok(trim_newline(out.stdout))
 }
@@ -60,9 +63,11 @@ pub fn prompt(what: &str, confirm: bool) -> Result<Vec<u8>> {
             "no password for {what}: set VAULT_PASSWORD_FILE, VAULT_PASSWORD_COMMAND or VAULT_PASSWORD (or --password-file), or run on a terminal"
         );
     }
-    let p = rpassword::prompt_password(format!("password for {what}: ")).context("reading the password")?;
+    let p = rpassword::prompt_password(format!("password for {what}: "))
+        .context("reading the password")?;
     if confirm {
-        let again = rpassword::prompt_password("repeat the password: ").context("reading the password")?;
+        let again =
+            rpassword::prompt_password("repeat the password: ").context("reading the password")?;
         if again != p {
             bail!("the passwords differ; nothing was written");
         }
@@ -99,7 +104,11 @@ pub fn secret(password_file: Option<&Path>, repo: &str) -> Result<Secret> {
     if let Some(k) = std::env::var_os("VAULT_KEY_FILE").filter(|v| !v.is_empty()) {
         return Ok(Secret::Master(raw_key(Path::new(&k))?));
     }
-    Ok(Secret::Password(password(password_file, &format!("repository {repo}"), false)?))
+    Ok(Secret::Password(password(
+        password_file,
+        &format!("repository {repo}"),
+        false,
+    )?))
 }
 
 /// A new password (key add, key passwd): from its own file, or a confirmed prompt.

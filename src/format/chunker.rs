@@ -89,7 +89,9 @@ mod tests {
         let mut data = vec![0u8; 1 << 20];
         let mut x: u64 = 1;
         for b in data.iter_mut() {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             *b = (x >> 56) as u8;
         }
         let a = chunks(&Chunker::new(&p, 1), &data);

@@ -55,6 +55,11 @@ impl Config {
         let c = &self.chunker;
         let ok = c.algorithm == "fastcdc-v2020"
             && c.min_size >= 64
+            && c.avg_size >= 256
+            && c.avg_size <= 4 * 1024 * 1024
+            && [c.min_size, c.avg_size, c.max_size]
+                .iter()
+                .all(|v| v % 2 == 0)
             && c.min_size <= c.avg_size
             && c.avg_size <= c.max_size
             && c.max_size <= 16 * 1024 * 1024

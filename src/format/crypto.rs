@@ -94,7 +94,9 @@ impl Cipher {
     /// Opens `nonce || ciphertext || tag`; fails on any modification or the wrong key.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
         if sealed.len() < OVERHEAD {
-            return Err(FormatError::Truncated("sealed message shorter than its overhead"));
+            return Err(FormatError::Truncated(
+                "sealed message shorter than its overhead",
+            ));
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
@@ -102,7 +104,12 @@ impl Cipher {
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| FormatError::BadMac)?;
         let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| FormatError::BadMac)?;
         self.0
-            .decrypt_inout_detached(&Nonce::from(nonce), aad, buf.as_mut_slice().into(), &tag.into())
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                aad,
+                buf.as_mut_slice().into(),
+                &tag.into(),
+            )
             .map_err(|_| FormatError::BadMac)?;
         Ok(buf)
     }
@@ -137,7 +144,10 @@ mod tests {
         let sealed = keys.cipher.seal(b"aad", b"hello");
         assert_eq!(sealed.len(), 5 + OVERHEAD);
         assert_eq!(keys.cipher.open(b"aad", &sealed).unwrap(), b"hello");
-        assert_eq!(keys.cipher.open(b"other", &sealed), Err(FormatError::BadMac));
+        assert_eq!(
+            keys.cipher.open(b"other", &sealed),
+            Err(FormatError::BadMac)
+        );
         let mut bad = sealed.clone();
         bad[14] ^= 1;
         assert_eq!(keys.cipher.open(b"aad", &bad), Err(FormatError::BadMac));

@@ -41,7 +41,9 @@ impl<'a> Reader<'a> {
         Ok(h)
     }
     fn u32(&mut self) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
     }
     fn id(&mut self) -> Result<Id> {
         Ok(Id::from_slice(self.take(32)?).expect("32 bytes"))

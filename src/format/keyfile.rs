@@ -32,7 +32,21 @@ pub struct KeyFile {
     pub version: u32,
     pub kdf: KdfParams,
     pub sealed: String,
+    /// Label, host, user and creation time sealed under the repository's encryption key,
+    /// so that `key list` shows every key's metadata whichever password opened it.
+    pub meta: String,
 }
+
+/// A key's metadata, as sealed in `meta`.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct KeyMeta {
+    pub label: String,
+    pub host: String,
+    pub user: String,
+    pub created: String,
+}
+
+const META_AAD: &[u8] = b"vault key meta v1";
 
 /// What a key file protects.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -58,11 +72,22 @@ impl KeyPayload {
 
 fn derive(password: &[u8], kdf: &KdfParams) -> Result<Cipher> {
     if kdf.algorithm != "scrypt" {
-        return Err(FormatError::malformed("key file", format!("kdf {}", kdf.algorithm)));
+        return Err(FormatError::malformed(
+            "key file",
+            format!("kdf {}", kdf.algorithm),
+        ));
     }
-    if kdf.log_n < MIN_LOG_N || kdf.log_n > MAX_LOG_N || kdf.r == 0 || kdf.r > 32 || kdf.p == 0 || kdf.p > 16
+    if kdf.log_n < MIN_LOG_N
+        || kdf.log_n > MAX_LOG_N
+        || kdf.r == 0
+        || kdf.r > 32
+        || kdf.p == 0
+        || kdf.p > 16
     {
-        return Err(FormatError::malformed("key file", "scrypt parameters out of range"));
+        return Err(FormatError::malformed(
+            "key file",
+            "scrypt parameters out of range",
+        ));
     }
     let salt = B64
         .decode(&kdf.salt)
@@ -92,6 +117,14 @@ pub fn calibrate_log_n(target: Duration) -> u8 {
 
 impl KeyFile {
     pub fn create(password: &[u8], log_n: u8, payload: &KeyPayload) -> Result<KeyFile> {
+        let repo_keys = payload.master()?.derive();
+        let meta = KeyMeta {
+            label: payload.label.clone(),
+            host: payload.host.clone(),
+            user: payload.user.clone(),
+            created: payload.created.clone(),
+        };
+        let meta = serde_json::to_vec(&meta).map_err(|e| FormatError::malformed("key meta", e))?;
         let mut salt = [0u8; 32];
         fill_random(&mut salt);
         let kdf = KdfParams {
@@ -102,11 +135,13 @@ impl KeyFile {
             salt: B64.encode(salt),
         };
         let cipher = derive(password, &kdf)?;
-        let body = serde_json::to_vec(payload).map_err(|e| FormatError::malformed("key payload", e))?;
+        let body =
+            serde_json::to_vec(payload).map_err(|e| FormatError::malformed("key payload", e))?;
         Ok(KeyFile {
             version: KEYFILE_VERSION,
             kdf,
             sealed: B64.encode(cipher.seal(AAD, &body)),
+            meta: B64.encode(repo_keys.cipher.seal(META_AAD, &meta)),
         })
     }
 
@@ -134,6 +169,17 @@ impl KeyFile {
             .map_err(|e| FormatError::malformed("key file", e))?;
         let body = cipher.open(AAD, &sealed)?;
         serde_json::from_slice(&body).map_err(|e| FormatError::malformed("key payload", e))
+    }
+}
+
+impl KeyFile {
+    /// The key's metadata, readable with the repository's keys.
+    pub fn meta(&self, keys: &super::crypto::Keys) -> Result<KeyMeta> {
+        let sealed = B64
+            .decode(&self.meta)
+            .map_err(|e| FormatError::malformed("key meta", e))?;
+        let body = keys.cipher.open(META_AAD, &sealed)?;
+        serde_json::from_slice(&body).map_err(|e| FormatError::malformed("key meta", e))
     }
 }
 

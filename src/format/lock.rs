@@ -19,7 +19,11 @@ pub struct Lock {
 
 impl Lock {
     pub fn seal(&self, keys: &Keys) -> Vec<u8> {
-        object::seal_checksummed(keys, Kind::Lock, &serde_json::to_vec(self).expect("lock serializes"))
+        object::seal_checksummed(
+            keys,
+            Kind::Lock,
+            &serde_json::to_vec(self).expect("lock serializes"),
+        )
     }
 
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<Lock> {

@@ -69,7 +69,10 @@ pub fn open(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<Vec<u8>> {
     match flag {
         COMPRESS_NONE => Ok(data.to_vec()),
         COMPRESS_ZSTD => decompress(data, usize::MAX),
-        other => Err(FormatError::malformed("object", format!("compression {other}"))),
+        other => Err(FormatError::malformed(
+            "object",
+            format!("compression {other}"),
+        )),
     }
 }
 

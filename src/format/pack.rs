@@ -68,13 +68,16 @@ pub struct SealedBlob {
 
 /// Compresses (when it helps) and seals one blob; the id is bound as associated data.
 pub fn seal_blob(keys: &Keys, blob_type: BlobType, id: Id, data: &[u8], level: i32) -> SealedBlob {
-    let compressed = zstd::bulk::compress(data, level).ok().filter(|c| c.len() < data.len());
+    let compressed = zstd::bulk::compress(data, level)
+        .ok()
+        .filter(|c| c.len() < data.len());
     let (flags, payload) = match &compressed {
         Some(c) => (FLAG_ZSTD, c.as_slice()),
         None => (0, data),
     };
     let mut bytes = Vec::with_capacity(payload.len() + OVERHEAD);
-    keys.cipher.seal_into(&blob_aad(blob_type, &id), payload, &mut bytes);
+    keys.cipher
+        .seal_into(&blob_aad(blob_type, &id), payload, &mut bytes);
     SealedBlob {
         blob_type,
         flags,
@@ -86,14 +89,19 @@ pub fn seal_blob(keys: &Keys, blob_type: BlobType, id: Id, data: &[u8], level: i
 
 /// Opens one stored blob and checks that its plaintext hashes to its id.
 pub fn open_blob(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
-    let payload = keys.cipher.open(&blob_aad(entry.blob_type, &entry.id), stored)?;
+    let payload = keys
+        .cipher
+        .open(&blob_aad(entry.blob_type, &entry.id), stored)?;
     let data = if entry.flags & FLAG_ZSTD != 0 {
         object::decompress(&payload, entry.raw_len as usize)?
     } else {
         payload
     };
     if data.len() != entry.raw_len as usize {
-        return Err(FormatError::malformed("blob", "length differs from its index entry"));
+        return Err(FormatError::malformed(
+            "blob",
+            "length differs from its index entry",
+        ));
     }
     if keys.blob_id(entry.blob_type as u8, &data) != entry.id {
         return Err(FormatError::HashMismatch);
@@ -166,7 +174,9 @@ pub fn parse_trailer(trailer: &[u8]) -> Result<u32> {
     if &trailer[4..] != PACK_MAGIC {
         return Err(FormatError::malformed("pack trailer", "bad magic"));
     }
-    Ok(u32::from_le_bytes(trailer[..4].try_into().expect("4 bytes")))
+    Ok(u32::from_le_bytes(
+        trailer[..4].try_into().expect("4 bytes"),
+    ))
 }
 
 /// Decrypts a pack header and recomputes blob offsets; `data_len` is the length of the
@@ -174,7 +184,10 @@ pub fn parse_trailer(trailer: &[u8]) -> Result<u32> {
 pub fn open_header(keys: &Keys, sealed: &[u8], data_len: u64) -> Result<Vec<BlobEntry>> {
     let plain = keys.cipher.open(HEADER_AAD, sealed)?;
     if plain.len() % HEADER_ENTRY_LEN != 0 {
-        return Err(FormatError::malformed("pack header", "length not a multiple of an entry"));
+        return Err(FormatError::malformed(
+            "pack header",
+            "length not a multiple of an entry",
+        ));
     }
     let mut offset: u64 = 0;
     let mut entries = Vec::with_capacity(plain.len() / HEADER_ENTRY_LEN);
@@ -184,14 +197,18 @@ pub fn open_header(keys: &Keys, sealed: &[u8], data_len: u64) -> Result<Vec<Blob
             blob_type: BlobType::from_u8(e[0])?,
             flags: e[1],
             id: Id::from_slice(&e[2..34]).expect("32 bytes"),
-            offset: u32::try_from(offset).map_err(|_| FormatError::malformed("pack", "too large"))?,
+            offset: u32::try_from(offset)
+                .map_err(|_| FormatError::malformed("pack", "too large"))?,
             length,
             raw_len: u32::from_le_bytes(e[38..42].try_into().expect("4 bytes")),
         });
         offset += u64::from(length);
     }
     if offset != data_len {
-        return Err(FormatError::malformed("pack header", "blobs do not fill the pack"));
+        return Err(FormatError::malformed(
+            "pack header",
+            "blobs do not fill the pack",
+        ));
     }
     Ok(entries)
 }

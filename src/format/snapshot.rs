@@ -51,12 +51,17 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn seal(&self, keys: &Keys) -> Vec<u8> {
-        object::seal(keys, Kind::Snapshot, &serde_json::to_vec(self).expect("snapshot serializes"))
+        object::seal(
+            keys,
+            Kind::Snapshot,
+            &serde_json::to_vec(self).expect("snapshot serializes"),
+        )
     }
 
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<Snapshot> {
         let body = object::open(keys, Kind::Snapshot, stored)?;
-        let s: Snapshot = serde_json::from_slice(&body).map_err(|e| FormatError::malformed("snapshot", e))?;
+        let s: Snapshot =
+            serde_json::from_slice(&body).map_err(|e| FormatError::malformed("snapshot", e))?;
         if s.version != SNAPSHOT_VERSION {
             return Err(FormatError::Version {
                 what: "snapshot",

@@ -159,9 +159,13 @@ impl Tree {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Tree> {
-        let t: Tree = serde_json::from_slice(bytes).map_err(|e| FormatError::malformed("tree", e))?;
+        let t: Tree =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::malformed("tree", e))?;
         if t.nodes.windows(2).any(|w| w[0].name >= w[1].name) {
-            return Err(FormatError::malformed("tree", "names not sorted or not unique"));
+            return Err(FormatError::malformed(
+                "tree",
+                "names not sorted or not unique",
+            ));
         }
         Ok(t)
     }
@@ -181,7 +185,10 @@ mod tests {
     #[test]
     fn non_utf8_names_round_trip() {
         let mut t = Tree {
-            nodes: vec![Node::new(vec![b'b', 0xff, 0xfe], NodeType::File), Node::new(b"a".to_vec(), NodeType::Dir)],
+            nodes: vec![
+                Node::new(vec![b'b', 0xff, 0xfe], NodeType::File),
+                Node::new(b"a".to_vec(), NodeType::Dir),
+            ],
         };
         let enc = t.encode();
         let s = String::from_utf8(enc.clone()).unwrap();

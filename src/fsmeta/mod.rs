@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -94,7 +94,8 @@ pub fn node_from(path: &Path, name: &OsStr, md: &Metadata, names: &mut Names) ->
             n.links = md.nlink();
         }
         NodeType::Symlink => {
-            let t = std::fs::read_link(path).with_context(|| format!("{}: reading symlink", path.display()))?;
+            let t = std::fs::read_link(path)
+                .with_context(|| format!("{}: reading symlink", path.display()))?;
             n.target = Some(RawBytes(t.as_os_str().as_bytes().to_vec()));
         }
         NodeType::Chardev | NodeType::Blockdev => n.rdev = md.rdev(),
@@ -184,7 +185,9 @@ pub fn apply(path: &Path, node: &Node, as_root: bool) -> Result<()> {
             problems.push(format!("xattr {}: {e}", x.name.lossy()));
         }
     }
-    if !is_link && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode)) {
+    if !is_link
+        && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))
+    {
         problems.push(format!("chmod: {e}"));
     }
     // utimensat on the path itself: never opens it (a FIFO would block) nor follows links.

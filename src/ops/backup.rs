@@ -163,30 +163,53 @@ fn clean_path(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-pub fn backup(repo: &Repository, opts: &BackupOptions, counters: Arc<Counters>, warn: Warn) -> Result<BackupResult> {
+pub fn backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    counters: Arc<Counters>,
+    warn: Warn,
+) -> Result<BackupResult> {
     let start = Instant::now();
     let host = opts.host.clone().unwrap_or_else(hostname);
     let sources: Vec<PathBuf> = if opts.stdin_filename.is_some() {
         Vec::new()
     } else {
-        opts.paths.iter().map(|p| clean_path(p)).collect::<Result<_>>()?
+        opts.paths
+            .iter()
+            .map(|p| clean_path(p))
+            .collect::<Result<_>>()?
     };
     for s in &sources {
         std::fs::symlink_metadata(s).with_context(|| format!("backup source {}", s.display()))?;
     }
     if sources.is_empty() && opts.stdin_filename.is_none() {
-        return Err(VaultError::Usage("backup: name at least one path, or use --stdin".into()).into());
+        return Err(
+            VaultError::Usage("backup: name at least one path, or use --stdin".into()).into(),
+        );
     }
     let mut paths: Vec<String> = match &opts.stdin_filename {
         Some(name) => vec![format!("/{name}")],
-        None => sources.iter().map(|p| p.to_string_lossy().into_owned()).collect(),
+        None => sources
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect(),
     };
     paths.sort();
     paths.dedup();
+    if let Some(name) = &opts.stdin_filename
+        && !super::walk::safe_name(name.as_bytes())
+    {
+        return Err(VaultError::Usage(format!(
+            "--stdin-filename {name:?}: give a plain file name, without '/'"
+        ))
+        .into());
+    }
     let excludes = Excludes::new(&opts.excludes, &opts.exclude_files)?;
 
     let parent = find_parent(repo, opts, &host, &paths, &warn);
-    let parent_tree = parent.as_ref().and_then(|(_, s)| load_tree_or_warn(repo, &s.tree, &warn));
+    let parent_tree = parent
+        .as_ref()
+        .and_then(|(_, s)| load_tree_or_warn(repo, &s.tree, &warn));
 
     let index = repo.index();
     let shared = Arc::new(Shared {
@@ -197,13 +220,20 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, counters: Arc<Counters>, 
             index: index.clone(),
             claimed: Mutex::new(HashSet::new()),
         },
-        packer: Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, opts.dry_run),
+        packer: Packer::new(
+            &repo.backend,
+            &repo.keys,
+            repo.config.pack_size,
+            opts.dry_run,
+        ),
         counters,
         stats: Mutex::new(Summary::default()),
         warn: warn.clone(),
     });
 
-    let workers = thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let workers = thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8);
     let (chunk_tx, chunk_rx) = bounded::<Chunk>(workers * 2);
     let sealers: Vec<_> = (0..workers)
         .map(|_| {
@@ -251,7 +281,9 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, counters: Arc<Counters>, 
     drop(walker);
     drop(chunk_tx);
     let root_job = walk?;
-    let finished = finalizer.join().map_err(|_| anyhow!("tree finalizer panicked"))?;
+    let finished = finalizer
+        .join()
+        .map_err(|_| anyhow!("tree finalizer panicked"))?;
     for r in readers {
         r.join().map_err(|_| anyhow!("file reader panicked"))?;
     }
@@ -279,15 +311,31 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, counters: Arc<Counters>, 
         program: format!("vault {}", env!("CARGO_PKG_VERSION")),
         summary,
     };
-    let snapshot_id = if opts.dry_run { None } else { Some(repo.save_snapshot(&snapshot)?) };
-    Ok(BackupResult { snapshot_id, snapshot })
+    let snapshot_id = if opts.dry_run {
+        None
+    } else {
+        Some(repo.save_snapshot(&snapshot)?)
+    };
+    Ok(BackupResult {
+        snapshot_id,
+        snapshot,
+    })
 }
 
-fn find_parent(repo: &Repository, opts: &BackupOptions, host: &str, paths: &[String], warn: &Warn) -> Option<(Id, Snapshot)> {
+fn find_parent(
+    repo: &Repository,
+    opts: &BackupOptions,
+    host: &str,
+    paths: &[String],
+    warn: &Warn,
+) -> Option<(Id, Snapshot)> {
     let snaps = match repo.snapshots() {
         Ok(s) => s,
         Err(e) => {
-            warn(format!("cannot list snapshots, reading every file: {}", crate::error::one_line(&e)));
+            warn(format!(
+                "cannot list snapshots, reading every file: {}",
+                crate::error::one_line(&e)
+            ));
             return None;
         }
     };
@@ -305,7 +353,10 @@ fn load_tree_or_warn(repo: &Repository, id: &Id, warn: &Warn) -> Option<Tree> {
     match repo.load_tree(id) {
         Ok(t) => Some(t),
         Err(e) => {
-            warn(format!("parent tree unreadable, reading its files again: {}", crate::error::one_line(&e)));
+            warn(format!(
+                "parent tree unreadable, reading its files again: {}",
+                crate::error::one_line(&e)
+            ));
             None
         }
     }
@@ -332,7 +383,13 @@ impl Walker<'_> {
 
     /// Walks one directory; `trie` limits it to the source paths below it (None: all).
     /// Returns the job number whose tree id the finalizer will produce.
-    fn dir(&mut self, path: &Path, dev: Option<u64>, parent: Option<&Tree>, trie: Option<&Trie>) -> Result<usize> {
+    fn dir(
+        &mut self,
+        path: &Path,
+        dev: Option<u64>,
+        parent: Option<&Tree>,
+        trie: Option<&Trie>,
+    ) -> Result<usize> {
         let mut names: Vec<OsString> = match trie {
             Some(t) if !t.source => t.children.keys().cloned().collect(),
             _ => match std::fs::read_dir(path) {
@@ -351,7 +408,9 @@ impl Walker<'_> {
         let mut entries = Vec::with_capacity(names.len());
         for name in names {
             let child_path = path.join(&name);
-            let sub_trie = trie.filter(|t| !t.source).and_then(|t| t.children.get(&name));
+            let sub_trie = trie
+                .filter(|t| !t.source)
+                .and_then(|t| t.children.get(&name));
             if let Some(e) = self.entry(&child_path, &name, dev, parent, sub_trie)? {
                 entries.push(e);
             }
@@ -365,7 +424,14 @@ impl Walker<'_> {
         Ok(job)
     }
 
-    fn entry(&mut self, path: &Path, name: &OsStr, dev: Option<u64>, parent: Option<&Tree>, trie: Option<&Trie>) -> Result<Option<Entry>> {
+    fn entry(
+        &mut self,
+        path: &Path,
+        name: &OsStr,
+        dev: Option<u64>,
+        parent: Option<&Tree>,
+        trie: Option<&Trie>,
+    ) -> Result<Option<Entry>> {
         let md = match std::fs::symlink_metadata(path) {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -414,7 +480,10 @@ impl Walker<'_> {
         let job = self.next_job;
         self.next_job += 1;
         self.dir_tx
-            .send(DirTask { job, entries: Vec::new() })
+            .send(DirTask {
+                job,
+                entries: Vec::new(),
+            })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
     }
@@ -444,7 +513,9 @@ impl Walker<'_> {
             is_new: old.is_none(),
             reply: tx,
         };
-        self.file_tx.send(job).map_err(|_| anyhow!("file readers stopped"))?;
+        self.file_tx
+            .send(job)
+            .map_err(|_| anyhow!("file readers stopped"))?;
         Ok(Entry::Pending(rx))
     }
 
@@ -505,7 +576,9 @@ fn chunk_stream(sh: &Shared, src: &mut dyn Read, out: &Sender<Chunk>) -> Result<
                 eof = true;
             }
             total += n as u64;
-            sh.counters.bytes_read.fetch_add(n as u64, Ordering::Relaxed);
+            sh.counters
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         if start == buf.len() {
             break;
@@ -545,7 +618,9 @@ impl Read for ExtentReader<'_> {
                 continue;
             }
             let want = buf.len().min((len - self.done_in_extent) as usize);
-            let n = self.file.read_at(&mut buf[..want], off + self.done_in_extent)?;
+            let n = self
+                .file
+                .read_at(&mut buf[..want], off + self.done_in_extent)?;
             if n == 0 {
                 // The file shrank under us; stop here and let the change check report it.
                 self.i = self.extents.len();
@@ -594,7 +669,9 @@ fn read_file(sh: &Shared, job: &mut FileJob, chunks: &Sender<Chunk>) -> Result<(
         }
     };
     let after = file.metadata()?;
-    let expected: u64 = extents.as_ref().map_or(job.node.size, |e| e.iter().map(|x| x[1]).sum());
+    let expected: u64 = extents
+        .as_ref()
+        .map_or(job.node.size, |e| e.iter().map(|x| x[1]).sum());
     let changed = after.size() != job.node.size
         || after.mtime() != md.mtime()
         || after.mtime_nsec() != md.mtime_nsec()
@@ -602,7 +679,10 @@ fn read_file(sh: &Shared, job: &mut FileJob, chunks: &Sender<Chunk>) -> Result<(
         || md.size() != job.node.size;
     if changed {
         sh.stat(|s| s.files_changed_during_read += 1);
-        (sh.warn)(format!("{}: changed while it was read; stored as read", job.path.display()));
+        (sh.warn)(format!(
+            "{}: changed while it was read; stored as read",
+            job.path.display()
+        ));
         // Keep what was read consistent with the node: size is what we stored.
         if extents.is_none() {
             job.node.size = read;
@@ -633,7 +713,11 @@ fn read_loop(rx: Receiver<FileJob>, chunks: Sender<Chunk>, sh: Arc<Shared>) {
             }
             Err(e) => {
                 sh.stat(|s| s.errors += 1);
-                (sh.warn)(format!("{}: cannot read, skipped: {}", job.path.display(), crate::error::one_line(&e)));
+                (sh.warn)(format!(
+                    "{}: cannot read, skipped: {}",
+                    job.path.display(),
+                    crate::error::one_line(&e)
+                ));
                 None
             }
         };
@@ -656,7 +740,9 @@ fn seal_loop(rx: Receiver<Chunk>, sh: Arc<Shared>) -> Result<()> {
             continue;
         }
         sh.counters.bytes_added.fetch_add(raw, Ordering::Relaxed);
-        sh.counters.bytes_stored.fetch_add(stored, Ordering::Relaxed);
+        sh.counters
+            .bytes_stored
+            .fetch_add(stored, Ordering::Relaxed);
         sh.stat(|s| {
             s.bytes_added += raw;
             s.bytes_stored += stored;
@@ -668,7 +754,11 @@ fn seal_loop(rx: Receiver<Chunk>, sh: Arc<Shared>) -> Result<()> {
 
 /// Builds tree blobs in post-order; returns the tree id of each job not yet consumed by
 /// its parent (at the end: only the root).
-fn finalize_loop(rx: Receiver<DirTask>, chunks: Sender<Chunk>, sh: Arc<Shared>) -> Result<HashMap<usize, Id>> {
+fn finalize_loop(
+    rx: Receiver<DirTask>,
+    chunks: Sender<Chunk>,
+    sh: Arc<Shared>,
+) -> Result<HashMap<usize, Id>> {
     let mut done: HashMap<usize, Id> = HashMap::new();
     for task in rx {
         let mut tree = Tree::default();

@@ -14,13 +14,16 @@ use crate::repo::Repository;
 /// Streams the file at `path` to `out`, holes as zeros; memory stays at one blob.
 pub fn dump(repo: &Repository, root: &Id, path: &Path, out: &mut dyn Write) -> Result<u64> {
     let node = match walk::find(repo, root, path)? {
-        Found::Node(n) if n.kind == NodeType::File => n,
+        Found::Node(n) if n.kind == NodeType::File => *n,
         Found::Node(n) if n.kind == NodeType::Symlink => {
             let t = n.target.map(|t| t.0).unwrap_or_default();
             out.write_all(&t)?;
             return Ok(t.len() as u64);
         }
-        _ => bail!("{}: is a directory or special file; use `vault restore --include` instead", path.display()),
+        _ => bail!(
+            "{}: is a directory or special file; use `vault restore --include` instead",
+            path.display()
+        ),
     };
     let zeros = vec![0u8; 1 << 16];
     let mut pos = 0u64;
@@ -39,7 +42,8 @@ pub fn dump(repo: &Repository, root: &Id, path: &Path, out: &mut dyn Write) -> R
                 pending_at = 0;
             }
             let n = ((pending.len() - pending_at) as u64).min(left) as usize;
-            out.write_all(&pending[pending_at..pending_at + n]).context("writing output")?;
+            out.write_all(&pending[pending_at..pending_at + n])
+                .context("writing output")?;
             pending_at += n;
             left -= n as u64;
         }

@@ -32,7 +32,8 @@ impl Excludes {
             add(p, "--exclude")?;
         }
         for f in files {
-            let text = std::fs::read_to_string(f).with_context(|| format!("exclude file {}", f.display()))?;
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("exclude file {}", f.display()))?;
             for line in text.lines() {
                 add(line, &f.display().to_string())?;
             }
@@ -62,7 +63,11 @@ mod tests {
 
     #[test]
     fn gitignore_semantics() {
-        let e = Excludes::new(&["*.tmp".into(), "/home/*/.cache".into(), "!keep.tmp".into()], &[]).unwrap();
+        let e = Excludes::new(
+            &["*.tmp".into(), "/home/*/.cache".into(), "!keep.tmp".into()],
+            &[],
+        )
+        .unwrap();
         assert!(e.excluded(Path::new("/a/b/x.tmp"), false));
         assert!(!e.excluded(Path::new("/a/b/keep.tmp"), false));
         assert!(e.excluded(Path::new("/home/u/.cache"), true));

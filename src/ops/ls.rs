@@ -45,13 +45,23 @@ impl Listed {
 
 pub fn fmt_ns(ns: i64) -> String {
     jiff::Timestamp::from_nanosecond(ns.into())
-        .map(|t| t.to_zoned(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
         .unwrap_or_else(|_| ns.to_string())
 }
 
 /// Calls `out` for `path` itself (when it is a node) and everything below it, or only its
 /// direct children when not `recursive`.
-pub fn ls(repo: &Repository, root: &Id, path: &Path, recursive: bool, out: &mut dyn FnMut(&Path, &Node)) -> Result<()> {
+pub fn ls(
+    repo: &Repository,
+    root: &Id,
+    path: &Path,
+    recursive: bool,
+    out: &mut dyn FnMut(&Path, &Node),
+) -> Result<()> {
     let start: PathBuf = path.to_path_buf();
     let subtree = match walk::find(repo, root, path)? {
         Found::Root(id) => Some(id),
@@ -64,7 +74,11 @@ pub fn ls(repo: &Repository, root: &Id, path: &Path, recursive: bool, out: &mut 
         }
     };
     if let Some(id) = subtree {
-        let base = if start.as_os_str().is_empty() { PathBuf::from("/") } else { start };
+        let base = if start.as_os_str().is_empty() {
+            PathBuf::from("/")
+        } else {
+            start
+        };
         walk::walk(repo, &id, &base, &mut |p, n| {
             out(p, n);
             Ok(recursive)

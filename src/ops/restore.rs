@@ -69,23 +69,37 @@ struct Matcher {
 fn build(patterns: &[String]) -> Result<Gitignore> {
     let mut b = GitignoreBuilder::new("/");
     for p in patterns {
-        b.add_line(None, p).with_context(|| format!("pattern {p:?} is not a valid glob"))?;
+        b.add_line(None, p)
+            .with_context(|| format!("pattern {p:?} is not a valid glob"))?;
     }
     Ok(b.build()?)
 }
 
 impl Matcher {
     fn new(opts: &RestoreOptions) -> Result<Matcher> {
-        let literal = opts.includes.iter().all(|p| !p.contains(['*', '?', '[', '!']));
+        let literal = opts
+            .includes
+            .iter()
+            .all(|p| !p.contains(['*', '?', '[', '!']));
         Ok(Matcher {
-            includes: if opts.includes.is_empty() { None } else { Some(build(&opts.includes)?) },
-            literal_includes: if literal { opts.includes.iter().map(PathBuf::from).collect() } else { Vec::new() },
+            includes: if opts.includes.is_empty() {
+                None
+            } else {
+                Some(build(&opts.includes)?)
+            },
+            literal_includes: if literal {
+                opts.includes.iter().map(PathBuf::from).collect()
+            } else {
+                Vec::new()
+            },
             excludes: build(&opts.excludes)?,
         })
     }
 
     fn excluded(&self, p: &Path, dir: bool) -> bool {
-        self.excludes.matched_path_or_any_parents(p, dir).is_ignore()
+        self.excludes
+            .matched_path_or_any_parents(p, dir)
+            .is_ignore()
     }
 
     fn included(&self, p: &Path, dir: bool) -> bool {
@@ -103,9 +117,11 @@ impl Matcher {
 /// Collects the nodes to restore, in pre-order (parents before children).
 fn plan_items(repo: &Repository, root: &Id, m: &Matcher) -> Result<Vec<Item>> {
     let mut items: Vec<Item> = Vec::new();
-    // Directories that are not included themselves but lead to included paths are kept
-    // tentatively and dropped at the end if nothing below them was included.
-    let mut needed = Vec::new();
+    // Directories that are not included themselves but may lead to included paths are
+    // kept tentatively, and dropped at the end if nothing below them was included.
+    let mut keep: Vec<bool> = Vec::new();
+    let mut parent: Vec<Option<usize>> = Vec::new();
+    let mut dir_index: HashMap<PathBuf, usize> = HashMap::new();
     walk::walk(repo, root, Path::new("/"), &mut |path, node| {
         let dir = node.kind == NodeType::Dir;
         if m.excluded(path, dir) {
@@ -113,50 +129,66 @@ fn plan_items(repo: &Repository, root: &Id, m: &Matcher) -> Result<Vec<Item>> {
         }
         let inc = m.included(path, dir);
         if inc || (dir && m.may_contain(path)) {
+            parent.push(path.parent().and_then(|p| dir_index.get(p).copied()));
+            if dir {
+                dir_index.insert(path.to_path_buf(), items.len());
+            }
             items.push(Item {
                 path: path.to_path_buf(),
                 node: node.clone(),
             });
-            needed.push(inc);
+            keep.push(inc);
         }
         Ok(dir)
     })?;
-    // A directory is kept when included or when a later item lies below it.
-    let mut keep = needed.clone();
+    // Children come after their parents, so one backward pass propagates "needed" upward.
     for i in (0..items.len()).rev() {
-        if keep[i] {
-            let mut p = items[i].path.parent();
-            let mut j = i;
-            while let Some(pp) = p {
-                while j > 0 && items[j].path != pp {
-                    j -= 1;
-                }
-                if items[j].path == pp && !keep[j] {
-                    keep[j] = true;
-                }
-                p = pp.parent();
-            }
+        if keep[i]
+            && let Some(p) = parent[i]
+        {
+            keep[p] = true;
         }
     }
-    Ok(items.into_iter().zip(keep).filter(|(_, k)| *k).map(|(i, _)| i).collect())
+    Ok(items
+        .into_iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(i, _)| i)
+        .collect())
 }
 
 fn local(target: &Path, snap_path: &Path) -> PathBuf {
     target.join(snap_path.strip_prefix("/").unwrap_or(snap_path))
 }
 
-pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions, counters: Arc<Counters>) -> Result<RestoreResult> {
+pub fn restore(
+    repo: &Repository,
+    root: &Id,
+    opts: &RestoreOptions,
+    counters: Arc<Counters>,
+) -> Result<RestoreResult> {
     let m = Matcher::new(opts)?;
     let items = plan_items(repo, root, &m)?;
     if !opts.overwrite {
         refuse_existing(&items, &opts.target)?;
     }
-    fs::create_dir_all(&opts.target).with_context(|| format!("restore target {}", opts.target.display()))?;
+    fs::create_dir_all(&opts.target)
+        .with_context(|| format!("restore target {}", opts.target.display()))?;
     let mut result = RestoreResult::default();
     let errors = Mutex::new(HashMap::<usize, String>::new());
     let (files, by_pack) = create_nodes(repo, &items, &opts.target, &errors)?;
-    write_packs(repo, &items, &files, by_pack, &opts.target, &errors, &counters);
+    write_packs(
+        repo,
+        &items,
+        &files,
+        by_pack,
+        &opts.target,
+        &errors,
+        &counters,
+    );
     let mut errors = errors.into_inner().expect("errors poisoned");
+    propagate_link_errors(&items, &mut errors);
+    #[allow(clippy::map_entry)] // the insert is conditional on verification failing
     for f in &files {
         if errors.contains_key(&f.item) {
             // Never leave a partly written file that looks complete.
@@ -181,21 +213,50 @@ pub fn restore(repo: &Repository, root: &Id, opts: &RestoreOptions, counters: Ar
             _ => result.files += 1,
         }
         if let Err(e) = fsmeta::apply(&local(&opts.target, &it.path), &it.node, as_root) {
-            result.errors.push(format!("{}: metadata: {}", it.path.display(), crate::error::one_line(&e)));
+            result.errors.push(format!(
+                "{}: metadata: {}",
+                it.path.display(),
+                crate::error::one_line(&e)
+            ));
         }
     }
     let mut errs: Vec<(usize, String)> = errors.into_iter().collect();
     errs.sort();
-    result
-        .errors
-        .extend(errs.into_iter().map(|(i, e)| format!("{}: not restored: {e}", items[i].path.display())));
+    result.errors.extend(
+        errs.into_iter()
+            .map(|(i, e)| format!("{}: not restored: {e}", items[i].path.display())),
+    );
     Ok(result)
+}
+
+/// Hard links share their first name's data: when that failed, every link failed.
+fn propagate_link_errors(items: &[Item], errors: &mut HashMap<usize, String>) {
+    let failed: HashMap<(u64, u64), String> = errors
+        .iter()
+        .filter(|(i, _)| items[**i].node.links > 1)
+        .map(|(i, e)| ((items[*i].node.dev, items[*i].node.inode), e.clone()))
+        .collect();
+    if failed.is_empty() {
+        return;
+    }
+    for (i, it) in items.iter().enumerate() {
+        if it.node.kind == NodeType::File
+            && it.node.links > 1
+            && let Some(e) = failed.get(&(it.node.dev, it.node.inode))
+        {
+            errors
+                .entry(i)
+                .or_insert_with(|| format!("hard link to a file that failed: {e}"));
+        }
+    }
 }
 
 fn refuse_existing(items: &[Item], target: &Path) -> Result<()> {
     let existing: Vec<&Item> = items
         .iter()
-        .filter(|it| it.node.kind != NodeType::Dir && fs::symlink_metadata(local(target, &it.path)).is_ok())
+        .filter(|it| {
+            it.node.kind != NodeType::Dir && fs::symlink_metadata(local(target, &it.path)).is_ok()
+        })
         .collect();
     if let Some(first) = existing.first() {
         bail!(
@@ -237,7 +298,10 @@ fn create_nodes(
                 }
                 NodeType::File => {}
                 NodeType::Symlink => {
-                    let t = n.target.as_ref().ok_or_else(|| anyhow!("symlink without target"))?;
+                    let t = n
+                        .target
+                        .as_ref()
+                        .ok_or_else(|| anyhow!("symlink without target"))?;
                     let _ = fs::remove_file(&p);
                     std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&t.0), &p)?;
                     return Ok(());
@@ -254,7 +318,12 @@ fn create_nodes(
                         nix::sys::stat::SFlag::S_IFBLK
                     };
                     let _ = fs::remove_file(&p);
-                    nix::sys::stat::mknod(&p, kind, nix::sys::stat::Mode::from_bits_truncate(0o600), n.rdev as _)?;
+                    nix::sys::stat::mknod(
+                        &p,
+                        kind,
+                        nix::sys::stat::Mode::from_bits_truncate(0o600),
+                        n.rdev as _,
+                    )?;
                     return Ok(());
                 }
                 NodeType::Socket => return Ok(()), // a socket has no content; its listener recreates it
@@ -267,7 +336,11 @@ fn create_nodes(
                 }
                 links.insert((n.dev, n.inode), p.clone());
             }
-            let f = OpenOptions::new().write(true).create(true).truncate(true).open(&p)?;
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&p)?;
             f.set_len(n.size)?;
             let file = files.len();
             let mut offset = 0u64;
@@ -280,10 +353,12 @@ fn create_nodes(
                     v.push((entry, Vec::new()));
                     (pack_id, v.len() - 1)
                 });
-                by_pack.get_mut(&slot.0).expect("pack planned")[slot.1].1.push(Target {
-                    file,
-                    stream_offset: offset,
-                });
+                by_pack.get_mut(&slot.0).expect("pack planned")[slot.1]
+                    .1
+                    .push(Target {
+                        file,
+                        stream_offset: offset,
+                    });
                 offset += u64::from(entry.raw_len);
             }
             files.push(FilePlan {
@@ -304,7 +379,12 @@ fn create_nodes(
 
 /// Writes `data`, which starts at `stream_offset` of a file's data stream, into the file's
 /// extents. All-zero data is skipped: the file was created at full size, so its holes stay.
-fn write_stream(file: &fs::File, extents: &[[u64; 2]], stream_offset: u64, data: &[u8]) -> std::io::Result<()> {
+fn write_stream(
+    file: &fs::File,
+    extents: &[[u64; 2]],
+    stream_offset: u64,
+    data: &[u8],
+) -> std::io::Result<()> {
     if data.iter().all(|&b| b == 0) {
         return Ok(());
     }
@@ -325,7 +405,9 @@ fn write_stream(file: &fs::File, extents: &[[u64; 2]], stream_offset: u64, data:
         s += len;
     }
     if !rest.is_empty() {
-        return Err(std::io::Error::other("blob data runs past the file's extents"));
+        return Err(std::io::Error::other(
+            "blob data runs past the file's extents",
+        ));
     }
     Ok(())
 }
@@ -340,7 +422,10 @@ fn write_packs(
     errors: &Mutex<HashMap<usize, String>>,
     counters: &Counters,
 ) {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8) * 2;
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8)
+        * 2;
     let (tx, rx) = bounded::<(Id, Vec<(BlobEntry, Vec<Target>)>)>(workers);
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -349,7 +434,9 @@ fn write_packs(
                 for (pack_id, mut blobs) in rx {
                     blobs.sort_by_key(|(e, _)| e.offset);
                     for group in coalesce(&blobs) {
-                        restore_group(repo, items, files, &pack_id, group, target, errors, counters);
+                        restore_group(
+                            repo, items, files, &pack_id, group, target, errors, counters,
+                        );
                     }
                 }
             });
@@ -372,7 +459,8 @@ fn coalesce(blobs: &[(BlobEntry, Vec<Target>)]) -> Vec<&[(BlobEntry, Vec<Target>
         let split = i == blobs.len() || {
             let prev_end = u64::from(blobs[i - 1].0.offset) + u64::from(blobs[i - 1].0.length);
             let cur = u64::from(blobs[i].0.offset);
-            cur > prev_end + GAP || cur + u64::from(blobs[i].0.length) - u64::from(blobs[start].0.offset) > MAX
+            cur > prev_end + GAP
+                || cur + u64::from(blobs[i].0.length) - u64::from(blobs[start].0.offset) > MAX
         };
         if split {
             out.push(&blobs[start..i]);
@@ -396,16 +484,24 @@ fn restore_group(
     let fail_all = |targets: &[Target], msg: &str| {
         let mut e = errors.lock().expect("poisoned");
         for t in targets {
-            e.entry(files[t.file].item).or_insert_with(|| msg.to_string());
+            e.entry(files[t.file].item)
+                .or_insert_with(|| msg.to_string());
         }
     };
     let first = u64::from(group[0].0.offset);
     let last = group.last().expect("non-empty group");
     let end = u64::from(last.0.offset) + u64::from(last.0.length);
-    let bytes = match repo.backend.read_range(&FileKind::Data.path(pack_id), first, end - first) {
+    let bytes = match repo
+        .backend
+        .read_range(&FileKind::Data.path(pack_id), first, end - first)
+    {
         Ok(b) => b,
         Err(e) => {
-            let msg = format!("pack {} unreadable: {}", pack_id.short(), crate::error::one_line(&e));
+            let msg = format!(
+                "pack {} unreadable: {}",
+                pack_id.short(),
+                crate::error::one_line(&e)
+            );
             for (_, t) in group {
                 fail_all(t, &msg);
             }
@@ -418,7 +514,14 @@ fn restore_group(
         let data = match pack::open_blob(&repo.keys, entry, stored) {
             Ok(d) => d,
             Err(e) => {
-                fail_all(targets, &format!("data blob {} in pack {}: {e}", entry.id.short(), pack_id.short()));
+                fail_all(
+                    targets,
+                    &format!(
+                        "data blob {} in pack {}: {e}",
+                        entry.id.short(),
+                        pack_id.short()
+                    ),
+                );
                 continue;
             }
         };
@@ -434,9 +537,14 @@ fn restore_group(
                 .and_then(|f| write_stream(&f, &fp.extents, t.stream_offset, &data));
             match r {
                 Ok(()) => {
-                    counters.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    counters
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                Err(e) => fail_all(std::slice::from_ref(t), &format!("writing {}: {e}", path.display())),
+                Err(e) => fail_all(
+                    std::slice::from_ref(t),
+                    &format!("writing {}: {e}", path.display()),
+                ),
             }
         }
     }
@@ -448,23 +556,41 @@ fn verify_file(repo: &Repository, it: &Item, extents: &[[u64; 2]], target: &Path
     let f = fs::File::open(&path).with_context(|| format!("verify {}", path.display()))?;
     let md = f.metadata()?;
     if md.len() != it.node.size {
-        bail!("verify: {} has size {}, snapshot says {}", path.display(), md.len(), it.node.size);
+        bail!(
+            "verify: {} has size {}, snapshot says {}",
+            path.display(),
+            md.len(),
+            it.node.size
+        );
     }
     let index = repo.index();
     let mut stream = 0u64;
     for id in &it.node.content {
-        let len = u64::from(index.raw_len(id).ok_or_else(|| anyhow!("blob {} not in index", id.short()))?);
+        let len = u64::from(
+            index
+                .raw_len(id)
+                .ok_or_else(|| anyhow!("blob {} not in index", id.short()))?,
+        );
         let mut buf = vec![0u8; len as usize];
         read_stream(&f, extents, stream, &mut buf)?;
         if repo.keys.blob_id(0, &buf) != *id {
-            bail!("verify: {} differs from the snapshot at offset {}", path.display(), stream);
+            bail!(
+                "verify: {} differs from the snapshot at offset {}",
+                path.display(),
+                stream
+            );
         }
         stream += len;
     }
     Ok(())
 }
 
-fn read_stream(file: &fs::File, extents: &[[u64; 2]], stream_offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+fn read_stream(
+    file: &fs::File,
+    extents: &[[u64; 2]],
+    stream_offset: u64,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
     let mut s = 0u64;
     let mut done = 0usize;
     let mut pos = stream_offset;

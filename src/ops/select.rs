@@ -23,7 +23,11 @@ impl Filter {
 }
 
 /// Readable snapshots matching `filter`, oldest first; damaged ones are reported by `warn`.
-pub fn list(repo: &Repository, filter: &Filter, warn: &dyn Fn(String)) -> Result<Vec<(Id, Snapshot)>> {
+pub fn list(
+    repo: &Repository,
+    filter: &Filter,
+    warn: &dyn Fn(String),
+) -> Result<Vec<(Id, Snapshot)>> {
     let mut out = Vec::new();
     for (id, s) in repo.snapshots()? {
         match s {
@@ -35,19 +39,35 @@ pub fn list(repo: &Repository, filter: &Filter, warn: &dyn Fn(String)) -> Result
     Ok(out)
 }
 
-pub fn select(repo: &Repository, spec: &str, filter: &Filter, warn: &dyn Fn(String)) -> Result<(Id, Snapshot)> {
+pub fn select(
+    repo: &Repository,
+    spec: &str,
+    filter: &Filter,
+    warn: &dyn Fn(String),
+) -> Result<(Id, Snapshot)> {
     let all = list(repo, filter, warn)?;
     if spec == "latest" {
         return match all.into_iter().next_back() {
             Some(x) => Ok(x),
-            None => bail!("no snapshot matches (host {:?}, paths {:?}, tags {:?}): see `vault snapshots`", filter.hosts, filter.paths, filter.tags),
+            None => bail!(
+                "no snapshot matches (host {:?}, paths {:?}, tags {:?}): see `vault snapshots`",
+                filter.hosts,
+                filter.paths,
+                filter.tags
+            ),
         };
     }
     let spec_l = spec.to_ascii_lowercase();
     if spec_l.is_empty() || !spec_l.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(VaultError::Usage(format!("snapshot {spec:?}: give `latest` or a snapshot id (prefix)")).into());
+        return Err(VaultError::Usage(format!(
+            "snapshot {spec:?}: give `latest` or a snapshot id (prefix)"
+        ))
+        .into());
     }
-    let mut hits: Vec<(Id, Snapshot)> = all.into_iter().filter(|(id, _)| id.to_hex().starts_with(&spec_l)).collect();
+    let mut hits: Vec<(Id, Snapshot)> = all
+        .into_iter()
+        .filter(|(id, _)| id.to_hex().starts_with(&spec_l))
+        .collect();
     match hits.len() {
         1 => Ok(hits.remove(0)),
         0 => bail!("snapshot {spec}: no such snapshot (see `vault snapshots`)"),

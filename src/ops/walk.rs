@@ -32,7 +32,7 @@ pub fn join(base: &Path, name: &[u8]) -> PathBuf {
 /// What a path in a snapshot names: the root, or a node.
 pub enum Found {
     Root(Id),
-    Node(Node),
+    Node(Box<Node>),
 }
 
 /// Finds `path` (absolute, as backed up) in the snapshot tree `root`.
@@ -47,11 +47,15 @@ pub fn find(repo: &Repository, root: &Id, path: &Path) -> Result<Found> {
             bail!("{}: not in this snapshot", path.display());
         };
         if i + 1 == comps.len() {
-            return Ok(Found::Node(node));
+            return Ok(Found::Node(Box::new(node)));
         }
         match (node.kind, node.subtree) {
             (NodeType::Dir, Some(sub)) => tree = repo.load_tree(&sub)?,
-            _ => bail!("{}: not in this snapshot ({} is not a directory)", path.display(), String::from_utf8_lossy(name)),
+            _ => bail!(
+                "{}: not in this snapshot ({} is not a directory)",
+                path.display(),
+                String::from_utf8_lossy(name)
+            ),
         }
     }
     unreachable!("loop returns on the last component")
@@ -59,11 +63,20 @@ pub fn find(repo: &Repository, root: &Id, path: &Path) -> Result<Found> {
 
 /// Visits every node below tree `id` depth-first in name order, with its snapshot path.
 /// The visitor returns whether to descend into a directory.
-pub fn walk(repo: &Repository, id: &Id, base: &Path, visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>) -> Result<()> {
+pub fn walk(
+    repo: &Repository,
+    id: &Id,
+    base: &Path,
+    visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>,
+) -> Result<()> {
     let tree: Tree = repo.load_tree(id)?;
     for node in &tree.nodes {
         if !safe_name(&node.name.0) {
-            bail!("tree {} holds an unsafe name {:?}", id.short(), node.name.lossy());
+            bail!(
+                "tree {} holds an unsafe name {:?}",
+                id.short(),
+                node.name.lossy()
+            );
         }
         let path = join(base, &node.name.0);
         let descend = visit(&path, node)?;

@@ -70,7 +70,9 @@ impl Backend {
         if let Some((scheme, _)) = location.split_once("://")
             && scheme != "fs"
         {
-            bail!("repository {location}: the {scheme}:// backend is not supported by this build; use a local path");
+            bail!(
+                "repository {location}: the {scheme}:// backend is not supported by this build; use a local path"
+            );
         }
         let abs = std::path::absolute(path).with_context(|| format!("repository path {path}"))?;
         let root = abs.to_string_lossy().into_owned();
@@ -79,8 +81,7 @@ impl Backend {
             .root(&root)
             .atomic_write_dir(&tmp.to_string_lossy());
         let _guard = RUNTIME.enter();
-        let op = Operator::new(builder)
-            .with_context(|| format!("repository {root}"))?;
+        let op = Operator::new(builder).with_context(|| format!("repository {root}"))?;
         let op = blocking::Operator::new(op).with_context(|| format!("repository {root}"))?;
         Ok(Backend { op, location: root })
     }
@@ -95,7 +96,9 @@ impl Backend {
 
     fn wrap(&self, path: &str, e: opendal::Error) -> anyhow::Error {
         if e.kind() == ErrorKind::NotFound {
-            anyhow::Error::new(NotFound { path: self.ctx(path) })
+            anyhow::Error::new(NotFound {
+                path: self.ctx(path),
+            })
         } else {
             anyhow::Error::new(e).context(self.ctx(path))
         }
@@ -119,7 +122,13 @@ impl Backend {
             .map_err(|e| self.wrap(path, e))?
             .to_vec();
         if buf.len() as u64 != len {
-            bail!("{}: short read ({} of {} bytes at offset {})", self.ctx(path), buf.len(), len, offset);
+            bail!(
+                "{}: short read ({} of {} bytes at offset {})",
+                self.ctx(path),
+                buf.len(),
+                len,
+                offset
+            );
         }
         Ok(buf)
     }

@@ -67,7 +67,10 @@ impl Cache {
         };
         for e in rd.flatten() {
             let name = e.file_name();
-            let keep_it = name.to_str().and_then(Id::from_hex).is_some_and(|id| keep.contains(&id));
+            let keep_it = name
+                .to_str()
+                .and_then(Id::from_hex)
+                .is_some_and(|id| keep.contains(&id));
             if !keep_it {
                 let _ = fs::remove_file(e.path());
             }

@@ -158,9 +158,18 @@ pub fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<Lock
             continue;
         }
         match &other.staleness {
-            Staleness::Live => return Err(VaultError::Locked(format!("{}; wait for it to finish", other.describe())).into()),
+            Staleness::Live => {
+                return Err(VaultError::Locked(format!(
+                    "{}; wait for it to finish",
+                    other.describe()
+                ))
+                .into());
+            }
             Staleness::DeadProcess => {
-                eprintln!("vault: ignoring stale {} (its process is gone; `vault unlock` removes it)", other.describe());
+                eprintln!(
+                    "vault: ignoring stale {} (its process is gone; `vault unlock` removes it)",
+                    other.describe()
+                );
             }
             Staleness::Expired | Staleness::Unreadable(_) if exclusive => {
                 return Err(VaultError::Locked(format!(
@@ -176,10 +185,14 @@ pub fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<Lock
     let keys = repo.keys.clone();
     guard.stop = Some(tx);
     guard.refresher = Some(std::thread::spawn(move || {
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY) {
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY)
+        {
             lock.time = now_rfc3339();
             if let Err(e) = backend.write(&path, lock.seal(&keys)) {
-                eprintln!("vault: warning: cannot refresh lock: {}", crate::error::one_line(&e));
+                eprintln!(
+                    "vault: warning: cannot refresh lock: {}",
+                    crate::error::one_line(&e)
+                );
             }
         }
     }));

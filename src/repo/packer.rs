@@ -15,7 +15,7 @@ use super::backend::{Backend, FileKind};
 use crate::format::Id;
 use crate::format::crypto::Keys;
 use crate::format::index::{IndexFile, PackBlobs};
-use crate::format::pack::{BlobType, PackBuilder, SealedBlob};
+use crate::format::pack::{PackBuilder, SealedBlob};
 
 const UPLOADERS: usize = 2;
 const FLUSH_PACKS: usize = 16;
@@ -106,8 +106,11 @@ impl Packer {
         let uploaders = (0..UPLOADERS)
             .map(|_| {
                 let (rx, backend, sink) = (rx.clone(), backend.clone(), sink.clone());
-                let (failed, has_failed, bytes) = (failed.clone(), has_failed.clone(), bytes.clone());
-                std::thread::spawn(move || upload_loop(rx, backend, sink, failed, has_failed, bytes, dry_run))
+                let (failed, has_failed, bytes) =
+                    (failed.clone(), has_failed.clone(), bytes.clone());
+                std::thread::spawn(move || {
+                    upload_loop(rx, backend, sink, failed, has_failed, bytes, dry_run)
+                })
             })
             .collect();
         Packer {
@@ -138,9 +141,15 @@ impl Packer {
         let slot = blob.blob_type as usize;
         let full = {
             let mut open = self.open.lock().expect("packer poisoned");
-            let b = open[slot].get_or_insert_with(|| PackBuilder::with_capacity(self.pack_size + self.pack_size / 8));
+            let b = open[slot].get_or_insert_with(|| {
+                PackBuilder::with_capacity(self.pack_size + self.pack_size / 8)
+            });
             b.add(blob);
-            if b.len() >= self.pack_size { open[slot].take() } else { None }
+            if b.len() >= self.pack_size {
+                open[slot].take()
+            } else {
+                None
+            }
         };
         if let Some(b) = full {
             self.ship(b)?;
@@ -216,9 +225,4 @@ fn upload_loop(
             }
         }
     }
-}
-
-/// Whether a blob type goes in tree packs (small, read by every listing) or data packs.
-pub fn is_tree(t: BlobType) -> bool {
-    t == BlobType::Tree
 }

@@ -73,7 +73,10 @@ pub fn username() -> String {
 /// scrypt cost: calibrated to about a second, or fixed by VAULT_KDF_LOG_N (never below
 /// the floor of 15, which the key file format enforces too).
 pub fn default_log_n() -> u8 {
-    match std::env::var("VAULT_KDF_LOG_N").ok().and_then(|v| v.parse::<u8>().ok()) {
+    match std::env::var("VAULT_KDF_LOG_N")
+        .ok()
+        .and_then(|v| v.parse::<u8>().ok())
+    {
         Some(n) => n.clamp(keyfile::MIN_LOG_N, keyfile::MAX_LOG_N),
         None => keyfile::calibrate_log_n(Duration::from_secs(1)),
     }
@@ -94,6 +97,7 @@ impl Repository {
         if backend.exists(CONFIG_PATH)? {
             return Err(VaultError::AlreadyExists(backend.location().to_string()).into());
         }
+        clear_failed_init(&backend)?;
         let config = Config {
             version: REPO_VERSION,
             id: Id::random().to_hex(),
@@ -102,7 +106,9 @@ impl Repository {
             compression_level: opts.compression_level,
             created: now_rfc3339(),
         };
-        config.validate().map_err(|e| VaultError::Usage(format!("init: {e}")))?;
+        config
+            .validate()
+            .map_err(|e| VaultError::Usage(format!("init: {e}")))?;
         let master = MasterKey::generate();
         let keys = master.derive();
         backend.create_layout()?;
@@ -142,7 +148,10 @@ impl Repository {
         let config = match Config::open(&keys, &cfg_bytes) {
             Ok(c) => c,
             Err(FormatError::BadMac) if key_id.is_none() => {
-                return Err(VaultError::WrongPassword(format!("{loc} (the raw key file is for another repository)")).into());
+                return Err(VaultError::WrongPassword(format!(
+                    "{loc} (the raw key file is for another repository)"
+                ))
+                .into());
             }
             Err(e) => return Err(anyhow!(e).context(format!("{loc}/config is damaged"))),
         };
@@ -176,19 +185,15 @@ impl Repository {
         Ok(id)
     }
 
-    /// Every key file with its (decrypted) metadata; those this master key cannot open
-    /// are reported as errors in place.
-    pub fn list_keys(&self, password_hint: Option<&[u8]>) -> Result<Vec<(Id, Result<KeyPayload>)>> {
+    /// Every key file with its metadata (damaged ones as errors in place).
+    pub fn list_keys(&self) -> Result<Vec<(Id, Result<keyfile::KeyMeta>)>> {
         let mut out = Vec::new();
         for id in self.backend.list(FileKind::Key)? {
             let r = self
                 .backend
                 .read(&FileKind::Key.path(&id))
                 .and_then(|b| Ok(KeyFile::parse(&b)?))
-                .and_then(|kf| match password_hint {
-                    Some(pw) => kf.open(pw).map_err(|e| anyhow!(e)),
-                    None => Err(anyhow!("sealed under another password")),
-                });
+                .and_then(|kf| Ok(kf.meta(&self.keys)?));
             out.push((id, r));
         }
         Ok(out)
@@ -200,7 +205,10 @@ impl Repository {
             bail!("key {} not found: see `vault key list`", id.short());
         }
         if keys.len() == 1 {
-            bail!("key {} is the only key: add another with `vault key add` first", id.short());
+            bail!(
+                "key {} is the only key: add another with `vault key add` first",
+                id.short()
+            );
         }
         self.backend.delete(&FileKind::Key.path(id))
     }
@@ -226,8 +234,12 @@ impl Repository {
         let mut superseded = HashSet::new();
         for id in &ids {
             let bytes = self.read_cached("index", FileKind::Index, id)?;
-            let f = IndexFile::open(&self.keys, &bytes)
-                .map_err(|e| anyhow!(e).context(format!("index {} is damaged (`vault repair index` rebuilds it)", id.short())))?;
+            let f = IndexFile::open(&self.keys, &bytes).map_err(|e| {
+                anyhow!(e).context(format!(
+                    "index {} is damaged (`vault repair index` rebuilds it)",
+                    id.short()
+                ))
+            })?;
             superseded.extend(f.supersedes.iter().copied());
             files.push((*id, f));
         }
@@ -250,7 +262,11 @@ impl Repository {
         }
         let bytes = self.backend.read(&kind.path(id))?;
         if Id::of_stored(&bytes) != *id {
-            bail!("{} {}: content does not match its name (damaged)", cache_kind, id.short());
+            bail!(
+                "{} {}: content does not match its name (damaged)",
+                cache_kind,
+                id.short()
+            );
         }
         if let Some(c) = &self.cache {
             c.put(cache_kind, id, &bytes);
@@ -261,19 +277,44 @@ impl Repository {
     // ---- blobs and trees ----
 
     pub fn read_blob(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
-        let (pack_id, entry) = self
-            .index
-            .get(id)
-            .ok_or_else(|| anyhow!("{} blob {} is not in the index", blob_type.name(), id.short()))?;
+        let (pack_id, entry) = self.index.get(id).ok_or_else(|| {
+            anyhow!(
+                "{} blob {} is not in the index",
+                blob_type.name(),
+                id.short()
+            )
+        })?;
         if entry.blob_type != blob_type {
-            bail!("blob {} is a {} blob, expected {}", id.short(), entry.blob_type.name(), blob_type.name());
+            bail!(
+                "blob {} is a {} blob, expected {}",
+                id.short(),
+                entry.blob_type.name(),
+                blob_type.name()
+            );
         }
         let stored = self
             .backend
-            .read_range(&FileKind::Data.path(&pack_id), entry.offset.into(), entry.length.into())
-            .with_context(|| format!("reading {} blob {} from pack {}", blob_type.name(), id.short(), pack_id.short()))?;
-        pack::open_blob(&self.keys, &entry, &stored)
-            .map_err(|e| anyhow!(e).context(format!("{} blob {} in pack {}", blob_type.name(), id.short(), pack_id.short())))
+            .read_range(
+                &FileKind::Data.path(&pack_id),
+                entry.offset.into(),
+                entry.length.into(),
+            )
+            .with_context(|| {
+                format!(
+                    "reading {} blob {} from pack {}",
+                    blob_type.name(),
+                    id.short(),
+                    pack_id.short()
+                )
+            })?;
+        pack::open_blob(&self.keys, &entry, &stored).map_err(|e| {
+            anyhow!(e).context(format!(
+                "{} blob {} in pack {}",
+                blob_type.name(),
+                id.short(),
+                pack_id.short()
+            ))
+        })
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
@@ -289,13 +330,21 @@ impl Repository {
             bail!("pack {}: truncated ({} bytes)", pack_id.short(), size);
         }
         let trailer = self.backend.read_range(&path, size - 8, 8)?;
-        let hlen = u64::from(pack::parse_trailer(&trailer).map_err(|e| anyhow!(e).context(format!("pack {}", pack_id.short())))?);
+        let hlen = u64::from(
+            pack::parse_trailer(&trailer)
+                .map_err(|e| anyhow!(e).context(format!("pack {}", pack_id.short())))?,
+        );
         if hlen + 8 > size {
-            bail!("pack {}: header length {} exceeds the pack", pack_id.short(), hlen);
+            bail!(
+                "pack {}: header length {} exceeds the pack",
+                pack_id.short(),
+                hlen
+            );
         }
         let start = size - 8 - hlen;
         let sealed = self.backend.read_range(&path, start, hlen)?;
-        pack::open_header(&self.keys, &sealed, start).map_err(|e| anyhow!(e).context(format!("pack {} header", pack_id.short())))
+        pack::open_header(&self.keys, &sealed, start)
+            .map_err(|e| anyhow!(e).context(format!("pack {} header", pack_id.short())))
     }
 
     // ---- snapshots ----
@@ -309,7 +358,8 @@ impl Repository {
 
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
         let bytes = self.read_cached("snapshots", FileKind::Snapshot, id)?;
-        Snapshot::open(&self.keys, &bytes).map_err(|e| anyhow!(e).context(format!("snapshot {} is damaged", id.short())))
+        Snapshot::open(&self.keys, &bytes)
+            .map_err(|e| anyhow!(e).context(format!("snapshot {} is damaged", id.short())))
     }
 
     /// All snapshots, oldest first. Damaged ones are returned as errors for the caller to report.
@@ -320,13 +370,33 @@ impl Repository {
             .into_iter()
             .map(|id| (id, self.load_snapshot(&id)))
             .collect();
-        out.sort_by(|a, b| {
-            let ta = a.1.as_ref().map(|s| s.time.clone()).unwrap_or_default();
-            let tb = b.1.as_ref().map(|s| s.time.clone()).unwrap_or_default();
-            ta.cmp(&tb).then(a.0.cmp(&b.0))
-        });
+        // Compare instants, not strings: RFC 3339 text drops trailing zeros of fractions.
+        let key = |s: &Result<Snapshot>| s.as_ref().ok().and_then(|s| s.timestamp().ok());
+        out.sort_by(|a, b| key(&a.1).cmp(&key(&b.1)).then(a.0.cmp(&b.0)));
         Ok(out)
     }
+}
+
+/// Key files without a config are what an interrupted init leaves; they would shadow the
+/// new key. Anything more (packs, index, snapshots) means a repository whose config was
+/// lost, which init must never overwrite.
+fn clear_failed_init(backend: &Backend) -> Result<()> {
+    let keys = backend.list(FileKind::Key)?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    for kind in [FileKind::Data, FileKind::Index, FileKind::Snapshot] {
+        if !backend.list(kind)?.is_empty() {
+            bail!(
+                "{} holds repository data but no config (lost or damaged): not initializing over it",
+                backend.location()
+            );
+        }
+    }
+    for id in keys {
+        backend.delete(&FileKind::Key.path(&id))?;
+    }
+    Ok(())
 }
 
 fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey, Id)> {
@@ -354,7 +424,10 @@ fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey
         }
     }
     if ids.is_empty() {
-        bail!("{}: no key files in keys/ (the repository cannot be opened)", backend.location());
+        bail!(
+            "{}: no key files in keys/ (the repository cannot be opened)",
+            backend.location()
+        );
     }
     let mut msg = backend.location().to_string();
     if !damaged.is_empty() {

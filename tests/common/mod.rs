@@ -17,7 +17,12 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::Builder::new().prefix("vault-test").tempdir().expect("tempdir") }
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("vault-test")
+                .tempdir()
+                .expect("tempdir"),
+        }
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -42,8 +47,7 @@ impl Env {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd().args(args).output().expect("run vault");
-        out
+        self.cmd().args(args).output().expect("run vault")
     }
 
     /// Runs and asserts the exit code; returns stdout.
@@ -122,12 +126,25 @@ pub fn snapshot_of(root: &Path) -> BTreeMap<Vec<u8>, String> {
     out
 }
 
-fn visit(root: &Path, p: &Path, out: &mut BTreeMap<Vec<u8>, String>, inodes: &mut BTreeMap<(u64, u64), Vec<u8>>) {
-    let mut names: Vec<_> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name()).collect();
+fn visit(
+    root: &Path,
+    p: &Path,
+    out: &mut BTreeMap<Vec<u8>, String>,
+    inodes: &mut BTreeMap<(u64, u64), Vec<u8>>,
+) {
+    let mut names: Vec<_> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     for name in names {
         let path = p.join(&name);
-        let rel = path.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        let rel = path
+            .strip_prefix(root)
+            .unwrap()
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
         let md = std::fs::symlink_metadata(&path).unwrap();
         let ft = md.file_type();
         let mut xattrs: Vec<String> = xattr_list(&path);
@@ -147,7 +164,9 @@ fn visit(root: &Path, p: &Path, out: &mut BTreeMap<Vec<u8>, String>, inodes: &mu
             let data = std::fs::read(&path).unwrap();
             desc += &format!(" size={} hash={}", md.size(), blake3::hash(&data).to_hex());
             if md.nlink() > 1 {
-                let first = inodes.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone());
+                let first = inodes
+                    .entry((md.dev(), md.ino()))
+                    .or_insert_with(|| rel.clone());
                 desc += &format!(" linkgroup={:?}", String::from_utf8_lossy(first));
             }
         }
@@ -173,7 +192,8 @@ fn xattr_list(p: &Path) -> Vec<String> {
 }
 
 pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
-    xattr::set(p, name, value).unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
+    xattr::set(p, name, value)
+        .unwrap_or_else(|e| panic!("setxattr {name} on {}: {e}", p.display()));
 }
 
 pub fn os(b: &[u8]) -> &OsStr {

@@ -1,0 +1,337 @@
+//! End-to-end: the repository's promises — the v1 fixture still restores, passwords and
+//! keys, locks, partial backups, and crash safety.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Written once by vault 0.1.0 (format version 1) and never regenerated: every future
+/// version must still open and restore it.
+#[test]
+fn fixture_repository_v1_still_restores() {
+    let env = Env::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // Work on a copy: opening writes locks and the cache.
+    let repo = env.path("repo");
+    copy_dir(&fixtures.join("repo-v1"), &repo);
+    let mut c = env.cmd();
+    c.env_remove("VAULT_PASSWORD")
+        .env("VAULT_PASSWORD_FILE", fixtures.join("repo-v1.password"))
+        .args([
+            "restore", "latest", "--host", "fixture", "--tag", "v1", "--target",
+        ])
+        .arg(env.path("r"))
+        .arg("--verify");
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = env.path("r/tmp/vault-fixture-v1");
+    let expected = fs::read_to_string(fixtures.join("repo-v1.expected")).unwrap();
+    let mut n = 0;
+    for line in expected.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let rel = hex::decode(parts[1]).unwrap();
+        let p = root.join(os(&rel));
+        match parts[0] {
+            "file" => assert_eq!(
+                blake3::hash(&fs::read(&p).unwrap()).to_hex().as_str(),
+                parts[2],
+                "{}",
+                p.display()
+            ),
+            "link" => assert_eq!(
+                fs::read_link(&p).unwrap().as_os_str(),
+                os(&hex::decode(parts[2]).unwrap())
+            ),
+            _ => unreachable!(),
+        }
+        n += 1;
+    }
+    assert_eq!(n, 6);
+    let sparse = fs::metadata(root.join("sparse.img")).unwrap();
+    assert_eq!(sparse.len(), 10 << 20);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()));
+        } else {
+            fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn repo_listing(env: &Env) -> Vec<std::path::PathBuf> {
+    let mut v = walkdir(&env.repo());
+    v.sort();
+    v
+}
+
+#[test]
+fn wrong_password_exits_12_and_writes_nothing() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    env.init(&[]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let before = repo_listing(&env);
+    for args in [
+        vec!["snapshots"],
+        vec!["backup", src.to_str().unwrap()],
+        vec!["restore", "latest", "--target", "/tmp/never"],
+    ] {
+        let out = env
+            .cmd()
+            .env("VAULT_PASSWORD", "wrong")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(12), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("wrong password") && !err.contains("wrong\n") && err.lines().count() == 1,
+            "{err}"
+        );
+    }
+    assert_eq!(before, repo_listing(&env), "nothing written");
+    assert!(!Path::new("/tmp/never").exists());
+    // No repository: exit 10, before any password is asked.
+    let out = env
+        .cmd()
+        .env("VAULT_REPOSITORY", env.path("nothing"))
+        .env_remove("VAULT_PASSWORD")
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(10));
+    // No password source and no terminal: a clear error, never a hang.
+    let out = env
+        .cmd()
+        .env_remove("VAULT_PASSWORD")
+        .arg("snapshots")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VAULT_PASSWORD_FILE"));
+}
+
+#[test]
+fn keys_add_list_passwd_remove_and_raw_key_file() {
+    let env = Env::new();
+    env.init(&[]);
+    fs::write(env.path("pw2"), "second password\n").unwrap();
+    env.ok(&[
+        "key",
+        "add",
+        "--label",
+        "laptop",
+        "--new-password-file",
+        env.path("pw2").to_str().unwrap(),
+    ]);
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["key", "list", "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    // The second password opens the repository too.
+    let out = env
+        .cmd()
+        .env("VAULT_PASSWORD", "second password")
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // Change the first password; the old one stops working.
+    fs::write(env.path("pw3"), "third password").unwrap();
+    env.ok(&[
+        "key",
+        "passwd",
+        "--new-password-file",
+        env.path("pw3").to_str().unwrap(),
+    ]);
+    env.expect(&["snapshots"], 12);
+    let with3 = |args: &[&str]| {
+        env.cmd()
+            .env("VAULT_PASSWORD", "third password")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(with3(&["snapshots"]).status.success());
+    // Remove the laptop key; the last key can never be removed.
+    let laptop = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["label"] == "laptop")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(with3(&["key", "remove", &laptop[..8]]).status.success());
+    let keys = walkdir(&env.repo().join("keys"));
+    assert_eq!(keys.len(), 1);
+    let last = keys[0].file_name().unwrap().to_str().unwrap().to_string();
+    let out = with3(&["key", "remove", &last]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only key"));
+    // A raw key file opens the repository without any password.
+    let raw = with3(&["key", "export", "--raw"]);
+    fs::write(env.path("raw.key"), &raw.stdout).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(env.path("raw.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let out = env
+        .cmd()
+        .env_remove("VAULT_PASSWORD")
+        .env("VAULT_KEY_FILE", env.path("raw.key"))
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&raw.stderr).contains("third password"));
+}
+
+/// Runs vault as an unprivileged user when the tests run as root, so that chmod 000
+/// really makes a file unreadable.
+fn as_nobody(env: &Env, args: &[&str]) -> std::process::Output {
+    let mut c = if nix::unistd::geteuid().is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_vault"));
+        c
+    } else {
+        std::process::Command::new(env!("CARGO_BIN_EXE_vault"))
+    };
+    c.env("VAULT_REPOSITORY", env.repo())
+        .env("VAULT_PASSWORD", PASSWORD)
+        .env("VAULT_CACHE_DIR", "")
+        .env("HOME", env.path("."))
+        .args(args);
+    c.output().unwrap()
+}
+
+#[test]
+fn unreadable_file_is_skipped_with_exit_3() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("locked-dir")).unwrap();
+    fs::write(src.join("ok.txt"), b"fine").unwrap();
+    fs::write(src.join("secret.txt"), b"no").unwrap();
+    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(src.join("locked-dir"), fs::Permissions::from_mode(0o000)).unwrap();
+    let out = as_nobody(&env, &["init"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_nobody(&env, &["backup", "--json", src.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("secret.txt") && err.contains("Permission denied"),
+        "{err}"
+    );
+    assert!(err.contains("locked-dir"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["errors"], 2);
+    assert!(v["snapshot"].is_string(), "the snapshot is still written");
+    let ls = as_nobody(&env, &["ls", "latest"]);
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.contains("ok.txt") && !ls.contains("secret.txt"));
+}
+
+#[test]
+fn file_changing_during_backup_is_reported() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let path = src.join("growing.log");
+    fs::write(&path, bytes(5, 64 << 20)).unwrap();
+    env.init(&[]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = fs::OpenOptions::new().append(true).open(p).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(b"another log line\n").unwrap();
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+    let out = env.run(&["backup", src.to_str().unwrap()]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("growing.log: changed while it was read")
+    );
+}
+
+#[test]
+fn kill_9_during_backup_leaves_a_valid_repository_and_resumes() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        fs::write(src.join(format!("f{i}")), bytes(100 + i, 12 << 20)).unwrap();
+    }
+    env.init(&["--pack-size", "512K", "--chunk-size", "64K"]);
+    let mut child = env
+        .cmd()
+        .args(["backup", "-q", src.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    // Kill once at least one index file (and so some packs) is published.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while env.files_in("index") == 0 {
+        assert!(Instant::now() < deadline, "no index flushed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup finished before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(env.files_in("snapshots"), 0, "killed before the snapshot");
+    assert_eq!(env.files_in("locks"), 1, "the dead process's lock stays");
+    // The next backup ignores the dead lock, reuses the uploaded packs, and completes.
+    let b = env.backup_json(&[src.to_str().unwrap()]);
+    let added = b["summary"]["bytes_added"].as_u64().unwrap();
+    assert!(added < 96 << 20, "resumed: added {added} of {}", 96 << 20);
+    let target = env.path("r");
+    env.ok(&[
+        "restore",
+        "latest",
+        "--target",
+        target.to_str().unwrap(),
+        "--verify",
+    ]);
+    for i in 0..8 {
+        let got = fs::read(Env::restored(&target, &src).join(format!("f{i}"))).unwrap();
+        assert!(got == bytes(100 + i, 12 << 20), "f{i} differs");
+    }
+    // unlock removes the stale lock.
+    let out = env.ok(&["unlock"]);
+    assert!(out.contains("1 lock(s) removed"), "{out}");
+    assert_eq!(env.files_in("locks"), 0);
+}
