@@ -214,7 +214,7 @@ mod tests {
             b"pw",
             MIN_LOG_N,
             &KeyPayload {
-                master_key: String::new(),
+                master_key: encode_master(&MasterKey::generate()),
                 label: String::new(),
                 host: String::new(),
                 user: String::new(),
