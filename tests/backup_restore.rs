@@ -41,14 +41,7 @@ fn restore_equals_source_bytes_and_metadata() {
     env.init(&[]);
     let b = env.backup_json(&[src.to_str().unwrap()]);
     assert_eq!(b["summary"]["errors"], 0);
-    let target = env.path("restore");
-    env.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--verify",
-    ]);
+    let target = env.restore_verified("restore");
     let restored = Env::restored(&target, &src);
     assert_eq!(snapshot_of(&src), snapshot_of(&restored));
     // The hardlink is a hardlink again.
@@ -156,14 +149,7 @@ fn sparse_5gib_file_round_trips_with_holes() {
     env.init(&[]);
     let b = env.backup_json(&[src.to_str().unwrap()]);
     assert!(b["summary"]["bytes_added"].as_u64().unwrap() < 1 << 20);
-    let target = env.path("r");
-    env.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--verify",
-    ]);
+    let target = env.restore_verified("r");
     let r = Env::restored(&target, &src).join("disk.img");
     let md = fs::metadata(&r).unwrap();
     assert_eq!(md.len(), 5 << 30);

@@ -318,14 +318,7 @@ fn kill_9_during_backup_leaves_a_valid_repository_and_resumes() {
     let b = env.backup_json(&[src.to_str().unwrap()]);
     let added = b["summary"]["bytes_added"].as_u64().unwrap();
     assert!(added < 96 << 20, "resumed: added {added} of {}", 96 << 20);
-    let target = env.path("r");
-    env.ok(&[
-        "restore",
-        "latest",
-        "--target",
-        target.to_str().unwrap(),
-        "--verify",
-    ]);
+    let target = env.restore_verified("r");
     for i in 0..8 {
         let got = fs::read(Env::restored(&target, &src).join(format!("f{i}"))).unwrap();
         assert!(got == bytes(100 + i, 12 << 20), "f{i} differs");

@@ -68,6 +68,19 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Restores the latest snapshot into a fresh directory with --verify; returns it.
+    pub fn restore_verified(&self, name: &str) -> PathBuf {
+        let target = self.path(name);
+        self.ok(&[
+            "restore",
+            "latest",
+            "--target",
+            target.to_str().unwrap(),
+            "--verify",
+        ]);
+        target
+    }
+
     pub fn init(&self, extra: &[&str]) {
         let mut a = vec!["init"];
         a.extend_from_slice(extra);
