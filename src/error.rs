@@ -17,7 +17,7 @@ pub mod exit {
 #[derive(Debug, Error)]
 pub enum VaultError {
     #[error(
-        "no repository at {0}: create one with `vault init --repo {0}`, or check --repo / VAULT_REPOSITORY"
+        "no repository at {0} (no config file): create one with `vault init --repo {0}`, or check --repo / VAULT_REPOSITORY"
     )]
     NoRepository(String),
     #[error("repository {0} already exists: choose another location or use it as it is")]

@@ -10,3 +10,4 @@ pub mod format;
 pub mod fsmeta;
 pub mod ops;
 pub mod repo;
+pub mod units;

@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result, anyhow};
 use serde_json::json;
 
-use super::password;
 use super::progress::{Progress, human_bytes};
 use super::{
     BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
     SnapshotFilter,
 };
+use super::{integrity, password};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::config::ChunkerParams;
@@ -32,6 +32,10 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => cmd_restore(&g, a),
         Command::Dump(a) => cmd_dump(&g, a),
         Command::Key(k) => key(&g, k),
+        Command::Check(a) => integrity::check(&g, a),
+        Command::Audit(a) => integrity::audit(&g, a),
+        Command::Verify(a) => integrity::verify(&g, a),
+        Command::Repair(r) => integrity::repair(&g, r),
         Command::Unlock(a) => unlock(&g, a.remove_all),
     }
 }
@@ -44,14 +48,14 @@ fn default_repo() -> Result<String> {
 }
 
 /// The repository location, and whether it is the implicit default.
-fn location(g: &Global) -> Result<(String, bool)> {
+pub(super) fn location(g: &Global) -> Result<(String, bool)> {
     match &g.repo {
         Some(r) if !r.is_empty() => Ok((r.clone(), false)),
         _ => Ok((default_repo()?, true)),
     }
 }
 
-fn open(g: &Global) -> Result<Repository> {
+pub(super) fn open(g: &Global) -> Result<Repository> {
     let (loc, default) = location(g)?;
     let backend = Backend::open(&loc)?;
     if default && !g.quiet && !g.json {
@@ -68,10 +72,20 @@ fn open(g: &Global) -> Result<Repository> {
 fn open_indexed(g: &Global) -> Result<Repository> {
     let mut repo = open(g)?;
     repo.load_index()?;
+    warn_damaged_index(&repo);
     Ok(repo)
 }
 
-fn take_lock(
+pub(super) fn warn_damaged_index(repo: &Repository) {
+    for (id, why) in &repo.damaged_index {
+        warn_stderr(format!(
+            "index {} skipped ({why}); blobs it lists count as missing until `vault repair index`",
+            id.short()
+        ));
+    }
+}
+
+pub(super) fn take_lock(
     g: &Global,
     repo: &Repository,
     exclusive: bool,
@@ -83,7 +97,7 @@ fn take_lock(
     lock::acquire(repo, exclusive, command).map(Some)
 }
 
-fn filter(f: &SnapshotFilter) -> select::Filter {
+pub(super) fn filter(f: &SnapshotFilter) -> select::Filter {
     select::Filter {
         hosts: f.hosts.clone(),
         paths: f.paths.clone(),
@@ -91,11 +105,11 @@ fn filter(f: &SnapshotFilter) -> select::Filter {
     }
 }
 
-fn warn_stderr(msg: String) {
+pub(super) fn warn_stderr(msg: String) {
     eprintln!("vault: warning: {msg}");
 }
 
-fn print_json(v: &serde_json::Value) -> Result<()> {
+pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, v)?;
     writeln!(out)?;
@@ -154,6 +168,16 @@ fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     };
     // The index may have changed while we waited for the lock.
     repo.load_index()?;
+    if !a.dry_run {
+        // Blobs of packs an interrupted run left behind are reused; index them first, so
+        // the new snapshot never depends on a pack that no index file lists.
+        let n = repo.adopt_unindexed()?;
+        if n > 0 && !g.quiet {
+            warn_stderr(format!(
+                "indexed {n} pack(s) left without an index (interrupted backup or damaged index)"
+            ));
+        }
+    }
     let time = a
         .time
         .as_deref()
@@ -359,6 +383,7 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         excludes: a.excludes,
         overwrite: a.overwrite,
         verify: a.verify,
+        only: None,
     };
     let counters = Arc::new(restore::Counters::default());
     let c = counters.clone();

@@ -2,6 +2,7 @@
 //! command's body lives in `commands.rs`; the work itself in `ops`.
 
 mod commands;
+mod integrity;
 pub mod password;
 pub mod progress;
 
@@ -17,7 +18,7 @@ use crate::error::{self, exit};
     version,
     about = "Encrypted, deduplicated, versioned backups",
     long_about = "Encrypted, deduplicated, versioned backups.\n\nExample:\n  vault init && vault backup ~/Documents && vault snapshots",
-    after_help = "Exit codes: 0 ok, 1 error, 2 usage, 3 partial (some files skipped or not restored), 10 no repository, 11 locked, 12 wrong password."
+    after_help = "Exit codes: 0 ok, 1 error (for check, audit and verify: damage found), 2 usage, 3 partial (some files skipped or not restored), 10 no repository, 11 locked, 12 wrong password."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -89,6 +90,27 @@ pub enum Command {
     /// Example: vault key add --label laptop
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Check the repository: keys, index against packs, every snapshot's trees and blobs.
+    ///
+    /// Exit 0 when healthy, 1 when errors were found.
+    /// Example: vault check --read-data-subset 1/7
+    Check(CheckArgs),
+    /// Check every stored object's integrity without the password.
+    ///
+    /// Hash-named objects must hash to their names, the config its checksum, and every pack
+    /// and index file that a manifest lists must be present at its size. Exit 0 when
+    /// healthy, 1 when errors were found.
+    /// Example: vault audit --repo /srv/backup
+    Audit(AuditArgs),
+    /// Prove the backups restore: check, read a subset of the data, restore the latest
+    /// snapshot (or a sample of its files) to a temporary directory and compare every byte.
+    ///
+    /// Exit 0 when everything verified, 1 otherwise.
+    /// Example: vault verify --sample 200
+    Verify(VerifyArgs),
+    /// Repair a damaged repository.
+    #[command(subcommand)]
+    Repair(RepairCommand),
     /// Remove stale locks left by processes that died.
     ///
     /// Example: vault unlock
@@ -238,6 +260,65 @@ pub struct KeyAddArgs {
     /// Read the new password from this file
     #[arg(long, env = "VAULT_NEW_PASSWORD_FILE")]
     pub new_password_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read, decrypt and hash every blob
+    #[arg(long, conflicts_with = "read_data_subset")]
+    pub read_data: bool,
+    /// Read only some packs: a percentage (10%), a part (n/N; runs 1/N .. N/N cover all)
+    /// or a size (2G)
+    #[arg(long, value_name = "SUBSET")]
+    pub read_data_subset: Option<crate::ops::subset::Subset>,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Hash only some packs (every other object is always hashed): 10%, n/N or 2G
+    #[arg(long, value_name = "SUBSET")]
+    pub read_data_subset: Option<crate::ops::subset::Subset>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Snapshot to restore: `latest` or an id prefix
+    #[arg(default_value = "latest")]
+    pub snapshot: String,
+    /// Restore this many randomly chosen files instead of the whole snapshot
+    #[arg(long, value_name = "N")]
+    pub sample: Option<usize>,
+    /// Packs to read and verify besides the restore: 10%, n/N or 2G
+    #[arg(long, value_name = "SUBSET", default_value = "5%")]
+    pub read_data_subset: crate::ops::subset::Subset,
+    /// Directory for the temporary restore (default: the system temporary directory)
+    #[arg(long, value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the headers of the packs (exclusive lock).
+    ///
+    /// Example: vault repair index
+    Index,
+    /// Write new snapshots without the files that can no longer be restored.
+    ///
+    /// Each repaired snapshot is tagged `repaired`; the originals stay until you forget them.
+    /// Example: vault repair snapshots --read-data
+    Snapshots(RepairSnapshotsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RepairSnapshotsArgs {
+    /// Read all data to find damaged blobs, not only missing ones
+    #[arg(long)]
+    pub read_data: bool,
+    /// Show what would be dropped; write nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]

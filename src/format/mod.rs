@@ -9,6 +9,7 @@ pub mod id;
 pub mod index;
 pub mod keyfile;
 pub mod lock;
+pub mod manifest;
 pub mod object;
 pub mod pack;
 pub mod snapshot;

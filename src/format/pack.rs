@@ -166,6 +166,13 @@ impl PackBuilder {
     }
 }
 
+/// The size of a pack holding exactly `entries`: blobs, sealed header, trailer. Lets
+/// check and audit find truncated packs from the index alone.
+pub fn stored_size(entries: &[BlobEntry]) -> u64 {
+    let data: u64 = entries.iter().map(|e| u64::from(e.length)).sum();
+    data + (OVERHEAD + entries.len() * HEADER_ENTRY_LEN + TRAILER_LEN) as u64
+}
+
 /// Reads the header length from a pack's trailer (the last 8 bytes).
 pub fn parse_trailer(trailer: &[u8]) -> Result<u32> {
     if trailer.len() != TRAILER_LEN {
@@ -229,6 +236,7 @@ mod tests {
         }
         let (bytes, id, entries) = pb.finish(&keys);
         assert_eq!(id, Id::of_stored(&bytes));
+        assert_eq!(stored_size(&entries), bytes.len() as u64);
         assert_eq!(entries[0].flags, FLAG_ZSTD);
         assert_eq!(entries[1].flags, 0);
         let hlen = parse_trailer(&bytes[bytes.len() - 8..]).unwrap() as usize;

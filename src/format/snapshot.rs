@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub program: String,
     #[serde(default)]
     pub summary: Summary,
+    /// For a snapshot written by `vault repair snapshots`: the damaged snapshot it replaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
 }
 
 impl Snapshot {

@@ -310,6 +310,7 @@ pub fn backup(
         excludes: excludes.list.clone(),
         program: format!("vault {}", env!("CARGO_PKG_VERSION")),
         summary,
+        original: None,
     };
     let snapshot_id = if opts.dry_run {
         None

@@ -1,9 +1,15 @@
 //! Operations: what the commands do, above the repository layer and below the CLI.
 
+pub mod audit;
 pub mod backup;
+pub mod check;
 pub mod dump;
 pub mod exclude;
 pub mod ls;
+pub mod problem;
+pub mod repair;
 pub mod restore;
 pub mod select;
+pub mod subset;
+pub mod verify;
 pub mod walk;

@@ -2,7 +2,7 @@
 //! time) and write each blob to every place that needs it; metadata last, directories
 //! deepest first so their times survive the writes below them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -27,6 +27,9 @@ pub struct RestoreOptions {
     pub excludes: Vec<String>,
     pub overwrite: bool,
     pub verify: bool,
+    /// Restore exactly these snapshot paths (and the directories above them) instead of
+    /// matching patterns; for sampling, where names may hold glob characters.
+    pub only: Option<HashSet<PathBuf>>,
 }
 
 #[derive(Default)]
@@ -61,6 +64,7 @@ struct Target {
 }
 
 struct Matcher {
+    only: Option<(HashSet<PathBuf>, HashSet<PathBuf>)>,
     includes: Option<Gitignore>,
     literal_includes: Vec<PathBuf>,
     excludes: Gitignore,
@@ -81,7 +85,15 @@ impl Matcher {
             .includes
             .iter()
             .all(|p| !p.contains(['*', '?', '[', '!']));
+        let only = opts.only.as_ref().map(|paths| {
+            let dirs = paths
+                .iter()
+                .flat_map(|p| p.ancestors().skip(1).map(Path::to_path_buf))
+                .collect();
+            (paths.clone(), dirs)
+        });
         Ok(Matcher {
+            only,
             includes: if opts.includes.is_empty() {
                 None
             } else {
@@ -103,6 +115,9 @@ impl Matcher {
     }
 
     fn included(&self, p: &Path, dir: bool) -> bool {
+        if let Some((paths, _)) = &self.only {
+            return paths.contains(p);
+        }
         self.includes
             .as_ref()
             .is_none_or(|g| g.matched_path_or_any_parents(p, dir).is_ignore())
@@ -110,19 +125,28 @@ impl Matcher {
 
     /// Whether a directory that is not itself included may hold included paths.
     fn may_contain(&self, dir: &Path) -> bool {
+        if let Some((_, dirs)) = &self.only {
+            return dirs.contains(dir);
+        }
         self.literal_includes.is_empty() || self.literal_includes.iter().any(|i| i.starts_with(dir))
     }
 }
 
-/// Collects the nodes to restore, in pre-order (parents before children).
-fn plan_items(repo: &Repository, root: &Id, m: &Matcher) -> Result<Vec<Item>> {
+/// Collects the nodes to restore, in pre-order (parents before children). Directories
+/// whose tree cannot be read are restored empty and reported in `lost`.
+fn plan_items(
+    repo: &Repository,
+    root: &Id,
+    m: &Matcher,
+    lost: &mut Vec<String>,
+) -> Result<Vec<Item>> {
     let mut items: Vec<Item> = Vec::new();
     // Directories that are not included themselves but may lead to included paths are
     // kept tentatively, and dropped at the end if nothing below them was included.
     let mut keep: Vec<bool> = Vec::new();
     let mut parent: Vec<Option<usize>> = Vec::new();
     let mut dir_index: HashMap<PathBuf, usize> = HashMap::new();
-    walk::walk(repo, root, Path::new("/"), &mut |path, node| {
+    let mut visit = |path: &Path, node: &Node| {
         let dir = node.kind == NodeType::Dir;
         if m.excluded(path, dir) {
             return Ok(false);
@@ -140,7 +164,19 @@ fn plan_items(repo: &Repository, root: &Id, m: &Matcher) -> Result<Vec<Item>> {
             keep.push(inc);
         }
         Ok(dir)
-    })?;
+    };
+    let mut bad = |path: &Path, e: anyhow::Error| {
+        if path == Path::new("/") {
+            return Err(e.context("the snapshot's root tree is unreadable"));
+        }
+        lost.push(format!(
+            "{}: not restored: {}",
+            path.display(),
+            crate::error::one_line(&e)
+        ));
+        Ok(())
+    };
+    walk::walk_lenient(repo, root, Path::new("/"), &mut visit, &mut bad)?;
     // Children come after their parents, so one backward pass propagates "needed" upward.
     for i in (0..items.len()).rev() {
         if keep[i]
@@ -168,7 +204,8 @@ pub fn restore(
     counters: Arc<Counters>,
 ) -> Result<RestoreResult> {
     let m = Matcher::new(opts)?;
-    let items = plan_items(repo, root, &m)?;
+    let mut lost = Vec::new();
+    let items = plan_items(repo, root, &m, &mut lost)?;
     if !opts.overwrite {
         refuse_existing(&items, &opts.target)?;
     }
@@ -226,6 +263,7 @@ pub fn restore(
         errs.into_iter()
             .map(|(i, e)| format!("{}: not restored: {e}", items[i].path.display())),
     );
+    result.errors.extend(lost);
     Ok(result)
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 
 use crate::format::Id;
 use crate::format::tree::{Node, NodeType, Tree};
@@ -62,26 +62,46 @@ pub fn find(repo: &Repository, root: &Id, path: &Path) -> Result<Found> {
 }
 
 /// Visits every node below tree `id` depth-first in name order, with its snapshot path.
-/// The visitor returns whether to descend into a directory.
+/// The visitor returns whether to descend into a directory. The first unreadable tree
+/// ends the walk with its error.
 pub fn walk(
     repo: &Repository,
     id: &Id,
     base: &Path,
     visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>,
 ) -> Result<()> {
-    let tree: Tree = repo.load_tree(id)?;
+    walk_lenient(repo, id, base, visit, &mut |_, e| Err(e))
+}
+
+/// Like `walk`, but an unreadable tree or an unsafe name goes to `bad` with the path of
+/// the directory it belongs to, and the walk goes on with the rest (unless `bad` fails).
+pub fn walk_lenient(
+    repo: &Repository,
+    id: &Id,
+    base: &Path,
+    visit: &mut dyn FnMut(&Path, &Node) -> Result<bool>,
+    bad: &mut dyn FnMut(&Path, anyhow::Error) -> Result<()>,
+) -> Result<()> {
+    let tree: Tree = match repo.load_tree(id) {
+        Ok(t) => t,
+        Err(e) => return bad(base, e.context(format!("contents of {}", base.display()))),
+    };
     for node in &tree.nodes {
         if !safe_name(&node.name.0) {
-            bail!(
-                "tree {} holds an unsafe name {:?}",
-                id.short(),
-                node.name.lossy()
-            );
+            bad(
+                base,
+                anyhow!(
+                    "tree {} holds an unsafe name {:?} (skipped)",
+                    id.short(),
+                    node.name.lossy()
+                ),
+            )?;
+            continue;
         }
         let path = join(base, &node.name.0);
         let descend = visit(&path, node)?;
         if descend && let (NodeType::Dir, Some(sub)) = (node.kind, node.subtree) {
-            walk(repo, &sub, &path, visit)?;
+            walk_lenient(repo, &sub, &path, visit, bad)?;
         }
     }
     Ok(())

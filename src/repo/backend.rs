@@ -25,6 +25,7 @@ pub enum FileKind {
     Index,
     Snapshot,
     Lock,
+    Manifest,
 }
 
 impl FileKind {
@@ -35,6 +36,7 @@ impl FileKind {
             FileKind::Index => "index/",
             FileKind::Snapshot => "snapshots/",
             FileKind::Lock => "locks/",
+            FileKind::Manifest => "manifests/",
         }
     }
 
@@ -160,7 +162,28 @@ impl Backend {
     /// Lists the ids of all objects of one kind (recursively for packs). Names that are
     /// not ids (temporary files, strays) are skipped.
     pub fn list(&self, kind: FileKind) -> Result<Vec<Id>> {
-        let dir = kind.dir();
+        Ok(self
+            .list_sized(kind)?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Like `list`, with each object's size.
+    pub fn list_sized(&self, kind: FileKind) -> Result<Vec<(Id, u64)>> {
+        Ok(self
+            .list_files(kind.dir())?
+            .into_iter()
+            .filter_map(|(path, size)| {
+                let name = path.rsplit('/').next().unwrap_or(&path);
+                Id::from_hex(name).map(|id| (id, size))
+            })
+            .collect())
+    }
+
+    /// Every file below `dir` ("" for the whole repository), recursively: its path
+    /// relative to the root, and its size.
+    pub fn list_files(&self, dir: &str) -> Result<Vec<(String, u64)>> {
         let opts = opendal::options::ListOptions {
             recursive: true,
             ..Default::default()
@@ -170,20 +193,23 @@ impl Backend {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.wrap(dir, e)),
         };
-        let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            if e.metadata().is_dir() {
-                continue;
-            }
-            if let Some(id) = Id::from_hex(e.name()) {
-                out.push(id);
-            }
-        }
-        Ok(out)
+        Ok(entries
+            .into_iter()
+            .filter(|e| !e.metadata().is_dir())
+            .map(|e| (e.path().to_string(), e.metadata().content_length()))
+            .collect())
     }
 
     pub fn create_layout(&self) -> Result<()> {
-        for d in ["keys/", "data/", "index/", "snapshots/", "locks/", "tmp/"] {
+        for d in [
+            "keys/",
+            "data/",
+            "index/",
+            "manifests/",
+            "snapshots/",
+            "locks/",
+            "tmp/",
+        ] {
             self.op.create_dir(d).map_err(|e| self.wrap(d, e))?;
         }
         Ok(())

@@ -2,9 +2,44 @@
 
 use std::collections::{HashMap, HashSet};
 
+use anyhow::Result;
+
+use super::backend::{Backend, FileKind};
 use crate::format::Id;
-use crate::format::index::IndexFile;
-use crate::format::pack::{BlobEntry, BlobType};
+use crate::format::crypto::Keys;
+use crate::format::index::{IndexFile, PackBlobs};
+use crate::format::manifest::Manifest;
+use crate::format::pack::{self, BlobEntry, BlobType};
+
+/// Writes an index file, then its manifest (a kill in between leaves an index without a
+/// manifest, which audit reports as uncovered, never as missing).
+pub fn save_index_file(backend: &Backend, keys: &Keys, file: &IndexFile) -> Result<Id> {
+    let bytes = file.seal(keys);
+    let id = Id::of_stored(&bytes);
+    let manifest = Manifest {
+        index: (id, bytes.len() as u64),
+        packs: file
+            .packs
+            .iter()
+            .map(|p| (p.pack, pack::stored_size(&p.blobs)))
+            .collect(),
+    };
+    backend.write(&FileKind::Index.path(&id), bytes)?;
+    backend.write(&FileKind::Manifest.path(&id), manifest.encode())?;
+    Ok(id)
+}
+
+/// Deletes an index file, its manifest first, so that a kill in between never leaves a
+/// manifest promising packs that are about to go.
+pub fn delete_index_file(backend: &Backend, id: &Id) -> Result<()> {
+    let m = FileKind::Manifest.path(id);
+    if let Err(e) = backend.delete(&m)
+        && !super::backend::is_not_found(&e)
+    {
+        return Err(e);
+    }
+    backend.delete(&FileKind::Index.path(id))
+}
 
 /// Where a blob is, in 20 bytes (the id is the map key).
 #[derive(Clone, Copy, Debug)]
@@ -21,9 +56,13 @@ pub struct Loc {
 pub struct MasterIndex {
     packs: Vec<Id>,
     pack_ids: HashMap<Id, u32>,
+    /// Per pack (by position in `packs`): its size and blob count as its index entry says.
+    pack_info: Vec<(u64, u32)>,
     blobs: HashMap<Id, Loc>,
     /// Index files that contributed, and those superseded by others.
     pub files: Vec<Id>,
+    /// Packs that no readable index file lists, known from their own headers.
+    pub unindexed: Vec<PackBlobs>,
 }
 
 impl MasterIndex {
@@ -38,6 +77,8 @@ impl MasterIndex {
         let next = self.packs.len() as u32;
         let pi = *self.pack_ids.entry(pack).or_insert_with(|| {
             self.packs.push(pack);
+            self.pack_info
+                .push((pack::stored_size(blobs), blobs.len() as u32));
             next
         });
         for b in blobs {
@@ -50,6 +91,11 @@ impl MasterIndex {
                 flags: b.flags,
             });
         }
+    }
+
+    pub fn add_unindexed(&mut self, pack: Id, blobs: Vec<BlobEntry>) {
+        self.add_pack(pack, &blobs);
+        self.unindexed.push(PackBlobs { pack, blobs });
     }
 
     pub fn get(&self, id: &Id) -> Option<(Id, BlobEntry)> {
@@ -85,5 +131,29 @@ impl MasterIndex {
 
     pub fn pack_ids(&self) -> HashSet<Id> {
         self.packs.iter().copied().collect()
+    }
+
+    /// Every indexed pack with its expected size and blob count.
+    pub fn packs(&self) -> impl Iterator<Item = (Id, u64, u32)> + '_ {
+        self.packs
+            .iter()
+            .zip(&self.pack_info)
+            .map(|(id, (size, n))| (*id, *size, *n))
+    }
+
+    /// The blobs the index places in any of `packs`, in one pass over the index.
+    pub fn blobs_in_packs(&self, packs: &HashSet<Id>) -> Vec<(Id, BlobEntry)> {
+        let wanted: HashSet<u32> = packs
+            .iter()
+            .filter_map(|p| self.pack_ids.get(p).copied())
+            .collect();
+        if wanted.is_empty() {
+            return Vec::new();
+        }
+        self.blobs
+            .iter()
+            .filter(|(_, l)| wanted.contains(&l.pack))
+            .filter_map(|(id, _)| self.get(id))
+            .collect()
     }
 }

@@ -53,13 +53,11 @@ impl IndexSink {
         if packs.is_empty() {
             return Ok(());
         }
-        let bytes = IndexFile {
+        let file = IndexFile {
             supersedes: Vec::new(),
             packs,
-        }
-        .seal(&self.keys);
-        let id = Id::of_stored(&bytes);
-        self.backend.write(&FileKind::Index.path(&id), bytes)?;
+        };
+        let id = super::index::save_index_file(&self.backend, &self.keys, &file)?;
         self.written.lock().expect("index sink poisoned").push(id);
         Ok(())
     }

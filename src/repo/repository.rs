@@ -52,6 +52,9 @@ pub struct Repository {
     pub key_id: Option<Id>,
     pub cache: Option<Cache>,
     index: Arc<MasterIndex>,
+    /// Index files that could not be read at the last `load_index`, and why; their
+    /// blobs count as absent until `vault repair index` rebuilds them.
+    pub damaged_index: Vec<(Id, String)>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -127,6 +130,7 @@ impl Repository {
             key_id: Some(key_id),
             cache,
             index: Arc::new(MasterIndex::default()),
+            damaged_index: Vec::new(),
         })
     }
 
@@ -164,6 +168,7 @@ impl Repository {
             key_id,
             cache,
             index: Arc::new(MasterIndex::default()),
+            damaged_index: Vec::new(),
         })
     }
 
@@ -189,11 +194,12 @@ impl Repository {
     pub fn list_keys(&self) -> Result<Vec<(Id, Result<keyfile::KeyMeta>)>> {
         let mut out = Vec::new();
         for id in self.backend.list(FileKind::Key)? {
-            let r = self
-                .backend
-                .read(&FileKind::Key.path(&id))
-                .and_then(|b| Ok(KeyFile::parse(&b)?))
-                .and_then(|kf| Ok(kf.meta(&self.keys)?));
+            let r = read_key_file(&self.backend, &id).and_then(|(kf, name_ok)| {
+                if !name_ok {
+                    bail!("content does not match its name (damaged)");
+                }
+                Ok(kf.meta(&self.keys)?)
+            });
             out.push((id, r));
         }
         Ok(out)
@@ -227,21 +233,26 @@ impl Repository {
         self.index.clone()
     }
 
-    /// Loads every index file, from the local cache when it holds them.
+    /// Loads every index file, from the local cache when it holds them. A damaged index
+    /// file is skipped and recorded in `damaged_index`: one bad file must not stop the
+    /// restore of everything the others describe.
     pub fn load_index(&mut self) -> Result<()> {
         let ids = self.backend.list(FileKind::Index)?;
         let mut files = Vec::with_capacity(ids.len());
         let mut superseded = HashSet::new();
+        self.damaged_index.clear();
         for id in &ids {
-            let bytes = self.read_cached("index", FileKind::Index, id)?;
-            let f = IndexFile::open(&self.keys, &bytes).map_err(|e| {
-                anyhow!(e).context(format!(
-                    "index {} is damaged (`vault repair index` rebuilds it)",
-                    id.short()
-                ))
-            })?;
-            superseded.extend(f.supersedes.iter().copied());
-            files.push((*id, f));
+            let opened = self
+                .read_cached("index", FileKind::Index, id)
+                .and_then(|bytes| Ok(IndexFile::open(&self.keys, &bytes)?));
+            match opened {
+                Ok(f) => {
+                    superseded.extend(f.supersedes.iter().copied());
+                    files.push((*id, f));
+                }
+                Err(e) if is_not_found(&e) => {} // deleted since the listing (prune)
+                Err(e) => self.damaged_index.push((*id, crate::error::one_line(&e))),
+            }
         }
         let mut mi = MasterIndex::default();
         for (id, f) in &files {
@@ -249,11 +260,45 @@ impl Repository {
                 mi.add_file(*id, f);
             }
         }
+        self.index_from_headers(&mut mi)?;
         if let Some(c) = &self.cache {
             c.retain("index", &ids.into_iter().collect());
         }
         self.index = Arc::new(mi);
         Ok(())
+    }
+
+    /// Packs in no (readable) index file: left by an interrupted backup, or described by
+    /// a damaged index file. Their own headers say what they hold, so their blobs stay
+    /// usable; `adopt_unindexed` writes them into an index file.
+    fn index_from_headers(&self, mi: &mut MasterIndex) -> Result<()> {
+        let known = mi.pack_ids();
+        for pack in self.backend.list(FileKind::Data)? {
+            if known.contains(&pack) {
+                continue;
+            }
+            if let Ok(blobs) = self.read_pack_header(&pack) {
+                mi.add_unindexed(pack, blobs);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes an index file for the packs that only their headers describe, so that
+    /// snapshots may reference their blobs (backup does this before it dedups against
+    /// them). Returns how many packs it indexed.
+    pub fn adopt_unindexed(&self) -> Result<usize> {
+        let packs = self.index.unindexed.clone();
+        if packs.is_empty() {
+            return Ok(0);
+        }
+        let n = packs.len();
+        let file = IndexFile {
+            supersedes: Vec::new(),
+            packs,
+        };
+        super::index::save_index_file(&self.backend, &self.keys, &file)?;
+        Ok(n)
     }
 
     fn read_cached(&self, cache_kind: &str, kind: FileKind, id: &Id) -> Result<Vec<u8>> {
@@ -356,8 +401,21 @@ impl Repository {
         Ok(id)
     }
 
+    /// Loads a snapshot. One whose bytes do not hash to its name but still authenticate
+    /// (two snapshot files swapped, say) is genuine and is used; `check` reports the name.
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let bytes = self.read_cached("snapshots", FileKind::Snapshot, id)?;
+        let bytes = match self.cache.as_ref().and_then(|c| c.get("snapshots", id)) {
+            Some(b) => b,
+            None => {
+                let b = self.backend.read(&FileKind::Snapshot.path(id))?;
+                if Id::of_stored(&b) == *id
+                    && let Some(c) = &self.cache
+                {
+                    c.put("snapshots", id, &b);
+                }
+                b
+            }
+        };
         Snapshot::open(&self.keys, &bytes)
             .map_err(|e| anyhow!(e).context(format!("snapshot {} is damaged", id.short())))
     }
@@ -371,7 +429,12 @@ impl Repository {
             .map(|id| (id, self.load_snapshot(&id)))
             .collect();
         // Compare instants, not strings: RFC 3339 text drops trailing zeros of fractions.
-        let key = |s: &Result<Snapshot>| s.as_ref().ok().and_then(|s| s.timestamp().ok());
+        // A repaired snapshot keeps its original's time and sorts right after it.
+        let key = |s: &Result<Snapshot>| {
+            s.as_ref()
+                .ok()
+                .and_then(|s| Some((s.timestamp().ok()?, s.original.is_some())))
+        };
         out.sort_by(|a, b| key(&a.1).cmp(&key(&b.1)).then(a.0.cmp(&b.0)));
         Ok(out)
     }
@@ -399,27 +462,34 @@ fn clear_failed_init(backend: &Backend) -> Result<()> {
     Ok(())
 }
 
+/// Reads and parses a key file; says whether its bytes hash to its name. A key that
+/// authenticates is genuine wherever it lies, so opening does not insist on the name;
+/// `list_keys` (and so `check`) does.
+fn read_key_file(backend: &Backend, id: &Id) -> Result<(KeyFile, bool)> {
+    let bytes = backend.read(&FileKind::Key.path(id))?;
+    let kf =
+        KeyFile::parse(&bytes).map_err(|e| anyhow!(e).context(format!("key {}", id.short())))?;
+    Ok((kf, Id::of_stored(&bytes) == *id))
+}
+
 fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey, Id)> {
     let ids = backend.list(FileKind::Key)?;
     let mut damaged = Vec::new();
     for id in &ids {
-        let bytes = match backend.read(&FileKind::Key.path(id)) {
-            Ok(b) => b,
-            Err(e) => {
-                damaged.push(format!("{}: {}", id.short(), crate::error::one_line(&e)));
-                continue;
-            }
-        };
-        let kf = match KeyFile::parse(&bytes) {
+        let (kf, name_ok) = match read_key_file(backend, id) {
             Ok(k) => k,
             Err(e) => {
-                damaged.push(format!("{}: {e}", id.short()));
+                damaged.push(crate::error::one_line(&e));
                 continue;
             }
         };
         match kf.open(password) {
             Ok(p) => return Ok((p.master()?, *id)),
-            Err(FormatError::BadMac) => {}
+            Err(FormatError::BadMac) if name_ok => {}
+            Err(FormatError::BadMac) => damaged.push(format!(
+                "{}: content does not match its name (damaged)",
+                id.short()
+            )),
             Err(e) => damaged.push(format!("{}: {e}", id.short())),
         }
     }

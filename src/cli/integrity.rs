@@ -1,0 +1,279 @@
+//! The integrity commands: check, audit, verify, repair.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::commands::{
+    filter, location, open, print_json, take_lock, warn_damaged_index, warn_stderr,
+};
+use super::progress::{Progress, human_bytes};
+use super::{AuditArgs, CheckArgs, Global, RepairCommand, VerifyArgs};
+use crate::error::{VaultError, exit};
+use crate::ops::problem::Problem;
+use crate::ops::subset::Subset;
+use crate::ops::{audit, check, repair, restore, select, verify};
+use crate::repo::{Backend, Repository};
+
+/// Opens the repository with its index read from storage, never from the local cache:
+/// what is checked must be what is stored.
+fn open_uncached(g: &Global) -> Result<Repository> {
+    let mut repo = open(g)?;
+    repo.cache = None;
+    repo.load_index()?;
+    Ok(repo)
+}
+
+fn print_findings(g: &Global, problems: &[Problem], warnings: &[String]) {
+    if g.json {
+        return;
+    }
+    for p in problems {
+        eprintln!("vault: error: {}", p.line());
+    }
+    if !g.quiet {
+        for w in warnings {
+            eprintln!("vault: warning: {w}");
+        }
+    }
+}
+
+fn verdict(problems: usize) -> i32 {
+    if problems == 0 { exit::OK } else { exit::ERROR }
+}
+
+pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
+    let repo = open_uncached(g)?;
+    let _lock = take_lock(g, &repo, false, "check")?;
+    let subset = if a.read_data {
+        Some(Subset::All)
+    } else {
+        a.read_data_subset
+    };
+    let opts = check::CheckOptions {
+        read_data: subset.clone(),
+    };
+    let counters = Arc::new(check::Counters::default());
+    let c = counters.clone();
+    let progress = Progress::start(g.quiet || g.json, move || {
+        format!(
+            "{} trees, {} packs read ({})",
+            c.trees.load(Ordering::Relaxed),
+            c.packs_read.load(Ordering::Relaxed),
+            human_bytes(c.bytes_read.load(Ordering::Relaxed))
+        )
+    });
+    let r = check::check(&repo, &opts, &counters);
+    progress.finish();
+    let r = r?;
+    print_findings(g, &r.problems, &r.warnings);
+    if g.json {
+        print_json(&json!({"healthy": r.healthy(), "report": r}))?;
+    } else if !g.quiet {
+        let s = &r.stats;
+        let read = match &subset {
+            Some(sub) => format!(
+                "; read {} ({} packs, {})",
+                sub.describe(),
+                s.packs_read,
+                human_bytes(s.bytes_read)
+            ),
+            None => String::new(),
+        };
+        let head = if r.healthy() {
+            "no errors".to_string()
+        } else {
+            format!("{} error(s) found", r.problems.len())
+        };
+        println!(
+            "check: {head}: {} snapshots, {} trees, {} packs, {} blobs, {} index files, {} keys{read}",
+            s.snapshots, s.trees, s.packs, s.blobs, s.index_files, s.keys
+        );
+    }
+    Ok(verdict(r.problems.len()))
+}
+
+pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
+    let (loc, _) = location(g)?;
+    let backend = Backend::open(&loc)?;
+    let counters = Arc::new(audit::Counters::default());
+    let c = counters.clone();
+    let progress = Progress::start(g.quiet || g.json, move || {
+        format!(
+            "{} objects hashed ({})",
+            c.objects.load(Ordering::Relaxed),
+            human_bytes(c.bytes_read.load(Ordering::Relaxed))
+        )
+    });
+    let subset = a.read_data_subset.unwrap_or(Subset::All);
+    let r = audit::audit(&backend, &subset, &counters);
+    progress.finish();
+    let r = r?;
+    if r.stats.objects == 0 {
+        return Err(VaultError::NoRepository(loc).into());
+    }
+    print_findings(g, &r.problems, &r.warnings);
+    if g.json {
+        print_json(&json!({"healthy": r.problems.is_empty(), "report": r}))?;
+    } else if !g.quiet {
+        for e in &r.extra {
+            println!("extra: {e} (not a vault object)");
+        }
+        let head = if r.problems.is_empty() {
+            "no errors".to_string()
+        } else {
+            format!("{} error(s) found", r.problems.len())
+        };
+        println!(
+            "audit: {head}: {} objects, {} hashed ({}), {} manifests listing {} packs",
+            r.stats.objects,
+            r.stats.objects_hashed,
+            human_bytes(r.stats.bytes_read),
+            r.stats.manifests,
+            r.stats.packs_listed
+        );
+    }
+    Ok(verdict(r.problems.len()))
+}
+
+pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
+    let repo = open_uncached(g)?;
+    let _lock = take_lock(g, &repo, false, "verify")?;
+    let snaps = select::list(&repo, &filter(&a.filter), &warn_stderr)?;
+    let chosen = if snaps.is_empty() && a.snapshot == "latest" {
+        None
+    } else {
+        let (id, s) = select::select(&repo, &a.snapshot, &filter(&a.filter), &|_| {})?;
+        Some((id, s.tree))
+    };
+    let opts = verify::VerifyOptions {
+        read_data: a.read_data_subset.clone(),
+        sample: a.sample,
+        workdir: a.workdir,
+    };
+    let cc = Arc::new(check::Counters::default());
+    let rc = Arc::new(restore::Counters::default());
+    let (c1, c2) = (cc.clone(), rc.clone());
+    let progress = Progress::start(g.quiet || g.json, move || {
+        format!(
+            "{} trees checked, {} packs read, {} restored",
+            c1.trees.load(Ordering::Relaxed),
+            c1.packs_read.load(Ordering::Relaxed),
+            human_bytes(c2.bytes.load(Ordering::Relaxed))
+        )
+    });
+    let r = verify::verify(&repo, chosen, &opts, &cc, rc);
+    progress.finish();
+    let r = r?;
+    print_findings(g, &r.check.problems, &r.check.warnings);
+    for e in &r.restore_errors {
+        if !g.json {
+            eprintln!("vault: error: restore: {e}");
+        }
+    }
+    if g.json {
+        print_json(&serde_json::to_value(&r)?)?;
+    } else if !g.quiet {
+        let restored = match &r.snapshot {
+            Some(id) => format!(
+                "restored {} of snapshot {} ({} files, {}){}",
+                if a.sample.is_some() {
+                    "a sample"
+                } else {
+                    "all"
+                },
+                &id[..8],
+                r.files_restored,
+                human_bytes(r.bytes_restored),
+                if r.restore_errors.is_empty() {
+                    ", every byte matched".to_string()
+                } else {
+                    format!(", {} not restored or different", r.restore_errors.len())
+                }
+            ),
+            None => "no snapshot to restore".to_string(),
+        };
+        println!(
+            "verify: {}: check {} ({} snapshots, read {} = {} packs); {restored}",
+            if r.ok { "OK" } else { "FAILED" },
+            if r.check.healthy() {
+                "passed".to_string()
+            } else {
+                format!("found {} error(s)", r.check.problems.len())
+            },
+            r.check.stats.snapshots,
+            a.read_data_subset.describe(),
+            r.check.stats.packs_read,
+        );
+    }
+    Ok(if r.ok { exit::OK } else { exit::ERROR })
+}
+
+pub fn repair(g: &Global, r: RepairCommand) -> Result<i32> {
+    let mut repo = open(g)?;
+    repo.cache = None;
+    match r {
+        RepairCommand::Index => {
+            let _lock = take_lock(g, &repo, true, "repair index")?;
+            // Read after locking: the old index is the fallback for unreadable headers.
+            repo.load_index()?;
+            let res = repair::repair_index(&repo)?;
+            for u in &res.unreadable_headers {
+                eprintln!("vault: warning: {u}");
+            }
+            if g.json {
+                print_json(&serde_json::to_value(&res)?)?;
+            } else if !g.quiet {
+                println!(
+                    "repair index: {} packs, {} blobs in {} new index file(s); {} old removed",
+                    res.packs, res.blobs, res.index_files_written, res.index_files_removed
+                );
+            }
+            Ok(exit::OK)
+        }
+        RepairCommand::Snapshots(a) => {
+            let _lock = if a.dry_run {
+                None
+            } else {
+                take_lock(g, &repo, false, "repair snapshots")?
+            };
+            repo.load_index()?;
+            warn_damaged_index(&repo);
+            let opts = repair::RepairSnapshotsOptions {
+                read_data: a.read_data,
+                dry_run: a.dry_run,
+            };
+            let res = repair::repair_snapshots(&repo, &opts)?;
+            for u in &res.unreadable {
+                eprintln!("vault: warning: cannot repair: {u}");
+            }
+            if g.json {
+                print_json(&serde_json::to_value(&res)?)?;
+            } else if !g.quiet {
+                for s in &res.repaired {
+                    let new = match &s.repaired {
+                        Some(id) => format!("-> {}", &id[..8]),
+                        None => "(dry run)".to_string(),
+                    };
+                    println!("snapshot {} {new}: dropped", &s.original[..8]);
+                    for d in &s.dropped {
+                        println!("  {d}");
+                    }
+                }
+                println!(
+                    "repair snapshots: {} checked, {} {}",
+                    res.snapshots_checked,
+                    res.repaired.len(),
+                    if a.dry_run {
+                        "would be repaired"
+                    } else {
+                        "repaired (tagged `repaired`; originals kept)"
+                    }
+                );
+            }
+            Ok(exit::OK)
+        }
+    }
+}

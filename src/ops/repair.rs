@@ -1,0 +1,327 @@
+//! `vault repair index` rebuilds the index from the packs' own headers; `vault repair
+//! snapshots` writes new snapshots without the files that can no longer be restored.
+//! Both only add objects until the end, so a kill at any point leaves a valid repository.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Result, anyhow};
+use crossbeam_channel::bounded;
+use serde::Serialize;
+
+use super::check::{self, CheckOptions};
+use super::subset::Subset;
+use crate::error::one_line;
+use crate::format::Id;
+use crate::format::index::{IndexFile, PackBlobs};
+use crate::format::pack::{BlobType, seal_blob};
+use crate::format::snapshot::Snapshot;
+use crate::format::tree::{NodeType, Tree};
+use crate::repo::index::{delete_index_file, save_index_file};
+use crate::repo::packer::Packer;
+use crate::repo::{FileKind, Repository};
+
+/// Blobs per rebuilt index file: keeps each file a few MiB.
+const BLOBS_PER_INDEX: usize = 100_000;
+
+#[derive(Debug, Default, Serialize)]
+pub struct RepairIndexResult {
+    pub packs: u64,
+    pub blobs: u64,
+    pub index_files_written: u64,
+    pub index_files_removed: u64,
+    /// Packs whose header could not be read, kept from the old index when it knew them.
+    pub unreadable_headers: Vec<String>,
+}
+
+/// Rebuilds the index from every pack's header. The caller holds the exclusive lock.
+pub fn repair_index(repo: &Repository) -> Result<RepairIndexResult> {
+    let old: Vec<Id> = repo.backend.list(FileKind::Index)?;
+    let mut packs: Vec<Id> = repo.backend.list(FileKind::Data)?;
+    packs.sort();
+    let mut result = RepairIndexResult::default();
+    let (mut rebuilt, failed) = read_headers(repo, &packs);
+    // A pack whose header is unreadable keeps the entries the old index had for it.
+    let failed_ids: HashSet<Id> = failed.iter().map(|(id, _)| *id).collect();
+    let mut from_old: HashMap<Id, Vec<_>> = HashMap::new();
+    for (pack, entry) in repo.index().blobs_in_packs(&failed_ids) {
+        from_old.entry(pack).or_default().push(entry);
+    }
+    for (id, why) in failed {
+        let kept = from_old.remove(&id);
+        let note = if kept.is_some() {
+            "kept from the old index"
+        } else {
+            "its blobs are lost"
+        };
+        result
+            .unreadable_headers
+            .push(format!("pack {}: {why} ({note})", id.short()));
+        if let Some(mut blobs) = kept {
+            blobs.sort_by_key(|e| e.offset);
+            rebuilt.push(PackBlobs { pack: id, blobs });
+        }
+    }
+    rebuilt.sort_by_key(|p| p.pack);
+    result.packs = rebuilt.len() as u64;
+    result.blobs = rebuilt.iter().map(|p| p.blobs.len() as u64).sum();
+    let files = chunk_index(rebuilt);
+    let last = files.len().saturating_sub(1);
+    for (i, packs) in files.into_iter().enumerate() {
+        // Only the last new file supersedes the old ones: until it exists, the old index
+        // still describes every pack, so a kill here loses nothing.
+        let supersedes = if i == last { old.clone() } else { Vec::new() };
+        save_index_file(&repo.backend, &repo.keys, &IndexFile { supersedes, packs })?;
+        result.index_files_written += 1;
+    }
+    if result.index_files_written == 0 && !old.is_empty() {
+        // No packs at all: an empty index file still has to supersede the old ones.
+        save_index_file(
+            &repo.backend,
+            &repo.keys,
+            &IndexFile {
+                supersedes: old.clone(),
+                packs: Vec::new(),
+            },
+        )?;
+        result.index_files_written += 1;
+    }
+    for id in &old {
+        delete_index_file(&repo.backend, id)?;
+        result.index_files_removed += 1;
+    }
+    Ok(result)
+}
+
+type Headers = (Vec<PackBlobs>, Vec<(Id, String)>);
+
+fn read_headers(repo: &Repository, packs: &[Id]) -> Headers {
+    let out = Mutex::new((Vec::new(), Vec::new()));
+    let (tx, rx) = bounded::<Id>(8);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (rx, out) = (rx.clone(), &out);
+            s.spawn(move || {
+                for id in rx {
+                    let r = repo.read_pack_header(&id);
+                    let mut o = out.lock().expect("poisoned");
+                    match r {
+                        Ok(blobs) => o.0.push(PackBlobs { pack: id, blobs }),
+                        Err(e) => o.1.push((id, one_line(&e))),
+                    }
+                }
+            });
+        }
+        for id in packs {
+            let _ = tx.send(*id);
+        }
+        drop(tx);
+    });
+    out.into_inner().expect("poisoned")
+}
+
+fn chunk_index(packs: Vec<PackBlobs>) -> Vec<Vec<PackBlobs>> {
+    let mut files = vec![Vec::new()];
+    let mut n = 0;
+    for p in packs {
+        if n > 0 && n + p.blobs.len() > BLOBS_PER_INDEX {
+            files.push(Vec::new());
+            n = 0;
+        }
+        n += p.blobs.len();
+        files.last_mut().expect("one file").push(p);
+    }
+    files.retain(|f| !f.is_empty());
+    files
+}
+
+pub struct RepairSnapshotsOptions {
+    /// Read every pack to find damaged blobs too, not only missing ones.
+    pub read_data: bool,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RepairedSnapshot {
+    pub original: String,
+    /// The new snapshot (None in a dry run).
+    pub repaired: Option<String>,
+    /// What was dropped: files with lost content, directories whose listing was lost.
+    pub dropped: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RepairSnapshotsResult {
+    pub snapshots_checked: u64,
+    pub repaired: Vec<RepairedSnapshot>,
+    /// Snapshots that cannot be read at all (nothing to rewrite from).
+    pub unreadable: Vec<String>,
+}
+
+pub const REPAIRED_TAG: &str = "repaired";
+
+/// Writes, for every snapshot that references lost blobs, a new snapshot without the
+/// affected files (a directory whose tree is lost becomes empty). The new snapshot is
+/// tagged `repaired` and names the original, which stays until the user forgets it.
+pub fn repair_snapshots(
+    repo: &Repository,
+    opts: &RepairSnapshotsOptions,
+) -> Result<RepairSnapshotsResult> {
+    let check_opts = CheckOptions {
+        read_data: opts.read_data.then_some(Subset::All),
+    };
+    let report = check::check(repo, &check_opts, &check::Counters::default())?;
+    let packer = Packer::new(
+        &repo.backend,
+        &repo.keys,
+        repo.config.pack_size,
+        opts.dry_run,
+    );
+    let mut rw = Rewriter {
+        repo,
+        lost: &report.lost,
+        packer: &packer,
+        memo: HashMap::new(),
+        dropped: Vec::new(),
+        written: HashSet::new(),
+    };
+    let mut result = RepairSnapshotsResult::default();
+    let mut pending: Vec<(Id, Snapshot, Id, Vec<String>)> = Vec::new();
+    for (id, snap) in repo.snapshots()? {
+        result.snapshots_checked += 1;
+        let snap = match snap {
+            Ok(s) => s,
+            Err(e) => {
+                result.unreadable.push(one_line(&e));
+                continue;
+            }
+        };
+        rw.dropped.clear();
+        let new_root = rw.tree(&snap.tree, Path::new("/"))?;
+        if new_root != snap.tree {
+            pending.push((id, snap, new_root, std::mem::take(&mut rw.dropped)));
+        }
+    }
+    // Trees first, then the snapshots that point at them.
+    packer.finish()?;
+    for (id, snap, root, dropped) in pending {
+        let repaired = if opts.dry_run {
+            None
+        } else {
+            let mut new = snap.clone();
+            new.tree = root;
+            new.original = Some(id);
+            new.time = snap.time.clone();
+            if !new.tags.iter().any(|t| t == REPAIRED_TAG) {
+                new.tags.push(REPAIRED_TAG.to_string());
+            }
+            Some(repo.save_snapshot(&new)?.to_hex())
+        };
+        result.repaired.push(RepairedSnapshot {
+            original: id.to_hex(),
+            repaired,
+            dropped,
+        });
+    }
+    Ok(result)
+}
+
+struct Rewriter<'a> {
+    repo: &'a Repository,
+    lost: &'a HashSet<Id>,
+    packer: &'a Packer,
+    /// Old tree id to rewritten tree id and what it dropped.
+    memo: HashMap<Id, (Id, Vec<PathBuf>)>,
+    /// What the current snapshot lost, as paths.
+    dropped: Vec<String>,
+    written: HashSet<Id>,
+}
+
+impl Rewriter<'_> {
+    fn usable(&self, id: &Id) -> bool {
+        self.repo.index().contains(id) && !self.lost.contains(id)
+    }
+
+    /// Returns the id of `id` rewritten without lost content (the same id if intact) and
+    /// records what was dropped under `path`.
+    fn tree(&mut self, id: &Id, path: &Path) -> Result<Id> {
+        let (new, dropped) = self.rewrite(id)?;
+        self.dropped.extend(
+            dropped
+                .iter()
+                .map(|d| format!("{}", path.join(d).display())),
+        );
+        Ok(new)
+    }
+
+    /// The rewritten tree and the paths dropped below it (relative), memoized so that a
+    /// subtree shared by many snapshots is rewritten once and reported for each.
+    fn rewrite(&mut self, id: &Id) -> Result<(Id, Vec<PathBuf>)> {
+        if let Some(done) = self.memo.get(id) {
+            return Ok(done.clone());
+        }
+        let loaded = if self.usable(id) {
+            self.repo.load_tree(id).map_err(|e| one_line(&e))
+        } else {
+            Err("tree blob lost".to_string())
+        };
+        let mut tree = match loaded {
+            Ok(t) => t,
+            Err(why) => {
+                let empty = self.save(Tree::default())?;
+                let done = (
+                    empty,
+                    vec![PathBuf::from(format!("(directory listing lost: {why})"))],
+                );
+                self.memo.insert(*id, done.clone());
+                return Ok(done);
+            }
+        };
+        let mut dropped = Vec::new();
+        let mut kept = Vec::with_capacity(tree.nodes.len());
+        for mut node in std::mem::take(&mut tree.nodes) {
+            let name = PathBuf::from(std::ffi::OsStr::from_bytes(&node.name.0));
+            match (node.kind, node.subtree) {
+                (NodeType::Dir, Some(sub)) => {
+                    let (new, below) = self.rewrite(&sub)?;
+                    dropped.extend(below.into_iter().map(|b| name.join(b)));
+                    node.subtree = Some(new);
+                }
+                (NodeType::File, _) if !node.content.iter().all(|b| self.usable(b)) => {
+                    dropped.push(name);
+                    continue;
+                }
+                _ => {}
+            }
+            kept.push(node);
+        }
+        tree.nodes = kept;
+        let new = if dropped.is_empty() {
+            *id
+        } else {
+            self.save(tree)?
+        };
+        self.memo.insert(*id, (new, dropped.clone()));
+        Ok((new, dropped))
+    }
+
+    fn save(&mut self, mut tree: Tree) -> Result<Id> {
+        let bytes = tree.encode();
+        let id = self.repo.keys.blob_id(BlobType::Tree as u8, &bytes);
+        if !self.repo.index().contains(&id) && self.written.insert(id) {
+            let level = self.repo.config.compression_level;
+            self.packer
+                .add(seal_blob(
+                    &self.repo.keys,
+                    BlobType::Tree,
+                    id,
+                    &bytes,
+                    level,
+                ))
+                .map_err(|e| anyhow!(e).context("writing a repaired tree"))?;
+        }
+        Ok(id)
+    }
+}
