@@ -328,3 +328,75 @@ fn kill_9_during_backup_leaves_a_valid_repository_and_resumes() {
     assert!(out.contains("1 lock(s) removed"), "{out}");
     assert_eq!(env.files_in("locks"), 0);
 }
+
+#[test]
+fn live_lock_makes_writers_exit_11_and_write_nothing() {
+    use vault::repo::{Backend, Repository, Secret, lock};
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"data").unwrap();
+    let backend = Backend::open(env.repo().to_str().unwrap()).unwrap();
+    let repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).unwrap();
+
+    // An exclusive lock (as prune or repair index hold) stops a backup.
+    let guard = lock::acquire(&repo, true, "test").unwrap();
+    let before = repo_listing(&env);
+    let out = env.run(&["backup", src.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(11));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("locked") && err.contains("test"), "{err}");
+    assert_eq!(
+        repo_listing(&env),
+        before,
+        "a refused backup writes nothing"
+    );
+    drop(guard);
+
+    // A shared lock (a running backup) stops an exclusive operation but not a reader.
+    let guard = lock::acquire(&repo, false, "backup").unwrap();
+    env.expect(&["repair", "index"], 11);
+    env.ok(&["snapshots"]);
+    drop(guard);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    env.ok(&["repair", "index"]);
+}
+
+/// A tmpfs mounted inside the source tree, unmounted on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn one_file_system_stays_on_the_first_file_system() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    let mnt = src.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::write(src.join("here"), b"on the source fs").unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "vault-test", mnt.to_str().unwrap()])
+        .status()
+        .expect("mount(8) is needed for this test");
+    assert!(
+        status.success(),
+        "mounting a tmpfs needs root (tests run as root in CI)"
+    );
+    let _m = Mount(mnt.clone());
+    std::fs::write(mnt.join("elsewhere"), b"on the tmpfs").unwrap();
+
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", "-q", "--one-file-system", "--tag", "x", s]);
+    env.ok(&["backup", "-q", "--tag", "all", s]);
+    let ls = |tag: &str| env.ok(&["ls", "latest", "--tag", tag]);
+    let x = ls("x");
+    assert!(x.contains("/src/here") && x.contains("/src/mnt\n"), "{x}");
+    assert!(!x.contains("elsewhere"), "-x crossed into the tmpfs: {x}");
+    assert!(ls("all").contains("/src/mnt/elsewhere"));
+}

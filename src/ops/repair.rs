@@ -92,6 +92,13 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexResult> {
         delete_index_file(&repo.backend, id)?;
         result.index_files_removed += 1;
     }
+    // Manifests of index files that were lost before this repair promise what is gone.
+    let present: HashSet<Id> = repo.backend.list(FileKind::Index)?.into_iter().collect();
+    for m in repo.backend.list(FileKind::Manifest)? {
+        if !present.contains(&m) {
+            repo.backend.delete(&FileKind::Manifest.path(&m))?;
+        }
+    }
     Ok(result)
 }
 
