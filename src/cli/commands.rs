@@ -13,7 +13,7 @@ use super::{
     BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
     SnapshotFilter,
 };
-use super::{integrity, password};
+use super::{integrity, password, timetravel};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::config::ChunkerParams;
@@ -31,6 +31,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Ls(a) => cmd_ls(&g, a),
         Command::Restore(a) => cmd_restore(&g, a),
         Command::Dump(a) => cmd_dump(&g, a),
+        Command::Versions(a) => timetravel::cmd_versions(&g, a),
+        Command::Diff(a) => timetravel::cmd_diff(&g, a),
+        Command::Find(a) => timetravel::cmd_find(&g, a),
         Command::Key(k) => key(&g, k),
         Command::Check(a) => integrity::check(&g, a),
         Command::Audit(a) => integrity::audit(&g, a),
@@ -69,7 +72,7 @@ pub(super) fn open(g: &Global) -> Result<Repository> {
     Repository::open(backend, &secret)
 }
 
-fn open_indexed(g: &Global) -> Result<Repository> {
+pub(super) fn open_indexed(g: &Global) -> Result<Repository> {
     let mut repo = open(g)?;
     repo.load_index()?;
     warn_damaged_index(&repo);
@@ -102,6 +105,7 @@ pub(super) fn filter(f: &SnapshotFilter) -> select::Filter {
         hosts: f.hosts.clone(),
         paths: f.paths.clone(),
         tags: f.tags.clone(),
+        covers: Vec::new(),
     }
 }
 
@@ -312,11 +316,10 @@ fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
 fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
     let _lock = take_lock(g, &repo, false, "ls")?;
-    let (_, snap) = select::select(&repo, &a.snapshot, &filter(&a.filter), &warn_stderr)?;
-    let path = a
-        .path
-        .map(|p| std::path::absolute(&p).unwrap_or(p))
-        .unwrap_or_else(|| PathBuf::from("/"));
+    let (spec, path) = timetravel::split_args(a.args, &a.at, false)?;
+    let covers: Vec<PathBuf> = path.iter().cloned().collect();
+    let (_, snap) = timetravel::choose(g, &repo, spec.as_deref(), &a.at, &a.filter, &covers)?;
+    let path = path.unwrap_or_else(|| PathBuf::from("/"));
     let mut out = std::io::stdout().lock();
     let mut err = None;
     ls::ls(&repo, &snap.tree, &path, !a.no_recursive, &mut |p, n| {
@@ -363,7 +366,15 @@ fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
 fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
     let _lock = take_lock(g, &repo, false, "restore")?;
-    let (id, snap) = select::select(&repo, &a.snapshot, &filter(&a.filter), &warn_stderr)?;
+    // With --at, the snapshot must hold the literal paths asked for.
+    let covers: Vec<PathBuf> = a
+        .includes
+        .iter()
+        .filter(|p| !p.contains(['*', '?', '[']))
+        .map(|p| timetravel::absolute(std::path::Path::new(p)))
+        .collect();
+    let (id, snap) =
+        timetravel::choose(g, &repo, a.snapshot.as_deref(), &a.at, &a.filter, &covers)?;
     let abs = |v: Vec<String>| -> Vec<String> {
         v.into_iter()
             .map(|p| {
@@ -420,8 +431,16 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
 fn cmd_dump(g: &Global, a: DumpArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
     let _lock = take_lock(g, &repo, false, "dump")?;
-    let (_, snap) = select::select(&repo, &a.snapshot, &filter(&a.filter), &warn_stderr)?;
-    let path = std::path::absolute(&a.path).unwrap_or(a.path);
+    let (spec, path) = timetravel::split_args(a.args, &a.at, true)?;
+    let path = path.expect("split_args requires the path");
+    let (_, snap) = timetravel::choose(
+        g,
+        &repo,
+        spec.as_deref(),
+        &a.at,
+        &a.filter,
+        std::slice::from_ref(&path),
+    )?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     dump::dump(&repo, &snap.tree, &path, &mut out)?;
     Ok(exit::OK)

@@ -5,6 +5,7 @@ mod commands;
 mod integrity;
 pub mod password;
 pub mod progress;
+mod timetravel;
 
 use std::path::PathBuf;
 
@@ -75,16 +76,29 @@ pub enum Command {
     Snapshots(SnapshotsArgs),
     /// List files in a snapshot.
     ///
-    /// Example: vault ls latest ~/Documents
+    /// Example: vault ls latest ~/Documents   or   vault ls --at "last monday" ~/thesis
     Ls(LsArgs),
     /// Restore a snapshot (or part of it) into a directory.
     ///
     /// Example: vault restore latest --target /tmp/r --include ~/Documents
+    ///          vault restore --at yesterday --target /tmp/r
     Restore(RestoreArgs),
     /// Write one file from a snapshot to standard output.
     ///
-    /// Example: vault dump latest ~/Documents/cv.pdf > cv.pdf
+    /// Example: vault dump --at 2026-11-02T14:00 ~/thesis/main.tex > old.tex
     Dump(DumpArgs),
+    /// Every distinct version of a file or directory across snapshots.
+    ///
+    /// Example: vault versions ~/thesis/main.tex
+    Versions(VersionsArgs),
+    /// What changed between two snapshots: added, removed, modified, metadata.
+    ///
+    /// Example: vault diff 3fa2 latest   or   vault diff --at yesterday --at now
+    Diff(DiffArgs),
+    /// Which snapshots hold paths matching a glob.
+    ///
+    /// Example: vault find '*.tex' --path ~/thesis
+    Find(FindArgs),
     /// Manage the key files (passwords) that open the repository.
     ///
     /// Example: vault key add --label laptop
@@ -178,12 +192,24 @@ pub struct SnapshotsArgs {
     pub filter: SnapshotFilter,
 }
 
+/// Which snapshot: an id prefix or `latest` as a positional argument, or `--at TIME`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AtArg {
+    /// The newest snapshot taken at or before TIME: 2026-11-02, 2026-11-02T14:00 (local
+    /// unless an offset is given), now, today, yesterday, monday, last friday, 3h ago,
+    /// 2 days ago, 1w. A bare day means its end. Defaults to this host's snapshots.
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+}
+
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    /// Snapshot: `latest` or an id prefix
-    pub snapshot: String,
-    /// Path inside the snapshot (default: everything)
-    pub path: Option<PathBuf>,
+    /// [SNAPSHOT] [PATH]: SNAPSHOT is `latest` or an id prefix (omit it with --at); PATH
+    /// is inside the snapshot (default: everything)
+    #[arg(num_args = 0..=2, value_name = "SNAPSHOT|PATH")]
+    pub args: Vec<std::ffi::OsString>,
+    #[command(flatten)]
+    pub at: AtArg,
     /// Only the entries directly below PATH
     #[arg(long)]
     pub no_recursive: bool,
@@ -196,8 +222,10 @@ pub struct LsArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Snapshot: `latest` or an id prefix
-    pub snapshot: String,
+    /// Snapshot: `latest` or an id prefix (or give --at)
+    pub snapshot: Option<String>,
+    #[command(flatten)]
+    pub at: AtArg,
     /// Directory to restore into (snapshot paths are recreated below it)
     #[arg(long, short = 't')]
     pub target: PathBuf,
@@ -219,12 +247,55 @@ pub struct RestoreArgs {
 
 #[derive(Args, Debug)]
 pub struct DumpArgs {
-    /// Snapshot: `latest` or an id prefix
-    pub snapshot: String,
-    /// File inside the snapshot
-    pub path: PathBuf,
+    /// [SNAPSHOT] PATH: SNAPSHOT is `latest` or an id prefix (omit it with --at); PATH is
+    /// the file inside the snapshot
+    #[arg(num_args = 1..=2, required = true, value_name = "SNAPSHOT|PATH")]
+    pub args: Vec<std::ffi::OsString>,
+    #[command(flatten)]
+    pub at: AtArg,
     #[command(flatten)]
     pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct VersionsArgs {
+    /// File or directory, as backed up
+    pub path: PathBuf,
+    /// Only snapshots taken at or before TIME (same forms as --at)
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// Two snapshots (`latest` or id prefixes), or one with one --at, or none with two
+    #[arg(num_args = 0..=2, value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// A snapshot by time (repeatable; same forms as everywhere)
+    #[arg(long, value_name = "TIME")]
+    pub at: Vec<String>,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// Glob: without `/` it matches file names (`*.tex`), with `/` whole paths
+    pub pattern: String,
+    /// Search only at or below this path
+    #[arg(long = "path", value_name = "PATH")]
+    pub below: Option<PathBuf>,
+    /// Only snapshots from this host (repeatable)
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+    /// Only snapshots with this tag (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Only snapshots taken at or before TIME
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

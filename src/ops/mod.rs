@@ -3,13 +3,17 @@
 pub mod audit;
 pub mod backup;
 pub mod check;
+pub mod diff;
 pub mod dump;
 pub mod exclude;
+pub mod find;
 pub mod ls;
 pub mod problem;
 pub mod repair;
 pub mod restore;
 pub mod select;
 pub mod subset;
+pub mod timespec;
 pub mod verify;
+pub mod versions;
 pub mod walk;

@@ -1,6 +1,9 @@
 //! Choosing a snapshot: `latest` or an id prefix, narrowed by host, path and tag.
 
+use std::path::PathBuf;
+
 use anyhow::{Result, bail};
+use jiff::Timestamp;
 
 use crate::error::VaultError;
 use crate::format::Id;
@@ -12,6 +15,8 @@ pub struct Filter {
     pub hosts: Vec<String>,
     pub paths: Vec<String>,
     pub tags: Vec<String>,
+    /// Paths the snapshot must contain: each lies at or below one of its backed-up paths.
+    pub covers: Vec<PathBuf>,
 }
 
 impl Filter {
@@ -19,6 +24,69 @@ impl Filter {
         (self.hosts.is_empty() || self.hosts.contains(&s.host))
             && self.paths.iter().all(|p| s.paths.contains(p))
             && self.tags.iter().all(|t| s.tags.contains(t))
+            && self
+                .covers
+                .iter()
+                .all(|c| s.paths.iter().any(|p| c.starts_with(p)))
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.hosts.is_empty() {
+            parts.push(format!("host {}", self.hosts.join("/")));
+        }
+        if !self.paths.is_empty() {
+            parts.push(format!("paths {}", self.paths.join(" ")));
+        }
+        if !self.tags.is_empty() {
+            parts.push(format!("tags {}", self.tags.join(",")));
+        }
+        for c in &self.covers {
+            parts.push(format!("holding {}", c.display()));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
+    }
+}
+
+/// Local wall-clock text for a snapshot time.
+pub fn local_time(ts: Timestamp) -> String {
+    ts.to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S %Z")
+        .to_string()
+}
+
+/// The newest snapshot taken at or before `at` among those matching `filter`.
+pub fn at_time(
+    repo: &Repository,
+    at: Timestamp,
+    filter: &Filter,
+    warn: &dyn Fn(String),
+) -> Result<(Id, Snapshot)> {
+    let all = list(repo, filter, warn)?;
+    let stamp = |s: &Snapshot| s.timestamp().ok();
+    if let Some(hit) = all
+        .iter()
+        .rev()
+        .find(|(_, s)| stamp(s).is_some_and(|t| t <= at))
+    {
+        return Ok(hit.clone());
+    }
+    match all.first() {
+        Some((id, s)) => bail!(
+            "no snapshot at or before {}{}: the oldest is {} of {}",
+            local_time(at),
+            filter.describe(),
+            id.short(),
+            stamp(s).map(local_time).unwrap_or_else(|| s.time.clone())
+        ),
+        None => bail!(
+            "no snapshots{}: see `vault snapshots` (--host selects another machine's)",
+            filter.describe()
+        ),
     }
 }
 
@@ -50,10 +118,8 @@ pub fn select(
         return match all.into_iter().next_back() {
             Some(x) => Ok(x),
             None => bail!(
-                "no snapshot matches (host {:?}, paths {:?}, tags {:?}): see `vault snapshots`",
-                filter.hosts,
-                filter.paths,
-                filter.tags
+                "no snapshot matches{}: see `vault snapshots`",
+                filter.describe()
             ),
         };
     }

@@ -1,6 +1,6 @@
-//! The local cache of immutable objects (index files, tree packs' blobs later), under the
-//! XDG cache directory. Entries are named by the hash of their bytes and checked on every
-//! read, so a damaged cache can cost a download but never correctness.
+//! The local cache of immutable objects (index files, snapshots, tree blobs), under the
+//! XDG cache directory. Every entry is checked on read (by its hash, or for sealed tree
+//! blobs by decryption), so a damaged cache can cost a download but never correctness.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -47,6 +47,16 @@ impl Cache {
             let _ = fs::remove_file(&p);
             None
         }
+    }
+
+    /// An entry whose bytes authenticate themselves (sealed blobs, keyed by blob id): the
+    /// caller checks them and calls `remove` when they fail.
+    pub fn get_sealed(&self, kind: &str, id: &Id) -> Option<Vec<u8>> {
+        fs::read(self.path(kind, id)).ok()
+    }
+
+    pub fn remove(&self, kind: &str, id: &Id) {
+        let _ = fs::remove_file(self.path(kind, id));
     }
 
     pub fn put(&self, kind: &str, id: &Id, bytes: &[u8]) {

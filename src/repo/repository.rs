@@ -322,6 +322,17 @@ impl Repository {
     // ---- blobs and trees ----
 
     pub fn read_blob(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
+        // Trees are read again and again (ls, diff, versions, parents of backups): keep
+        // their sealed bytes locally. Data blobs are not cached.
+        let cache = self.cache.as_ref().filter(|_| blob_type == BlobType::Tree);
+        if let (Some(c), Some((_, entry))) = (cache, self.index.get(id))
+            && let Some(stored) = c.get_sealed("trees", id)
+        {
+            match pack::open_blob(&self.keys, &entry, &stored) {
+                Ok(plain) => return Ok(plain),
+                Err(_) => c.remove("trees", id),
+            }
+        }
         let (pack_id, entry) = self.index.get(id).ok_or_else(|| {
             anyhow!(
                 "{} blob {} is not in the index",
@@ -352,14 +363,18 @@ impl Repository {
                     pack_id.short()
                 )
             })?;
-        pack::open_blob(&self.keys, &entry, &stored).map_err(|e| {
+        let plain = pack::open_blob(&self.keys, &entry, &stored).map_err(|e| {
             anyhow!(e).context(format!(
                 "{} blob {} in pack {}",
                 blob_type.name(),
                 id.short(),
                 pack_id.short()
             ))
-        })
+        })?;
+        if let Some(c) = cache {
+            c.put("trees", id, &stored);
+        }
+        Ok(plain)
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
