@@ -13,7 +13,7 @@ use super::{
     BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
     SnapshotFilter,
 };
-use super::{integrity, password, timetravel};
+use super::{integrity, password, retention, timetravel};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::config::ChunkerParams;
@@ -34,6 +34,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Versions(a) => timetravel::cmd_versions(&g, a),
         Command::Diff(a) => timetravel::cmd_diff(&g, a),
         Command::Find(a) => timetravel::cmd_find(&g, a),
+        Command::Forget(a) => retention::forget(&g, a),
+        Command::Prune(a) => retention::prune(&g, a),
         Command::Key(k) => key(&g, k),
         Command::Check(a) => integrity::check(&g, a),
         Command::Audit(a) => integrity::audit(&g, a),

@@ -5,6 +5,7 @@ mod commands;
 mod integrity;
 pub mod password;
 pub mod progress;
+mod retention;
 mod timetravel;
 
 use std::path::PathBuf;
@@ -99,6 +100,14 @@ pub enum Command {
     ///
     /// Example: vault find '*.tex' --path ~/thesis
     Find(FindArgs),
+    /// Remove snapshots by a retention policy, or by id.
+    ///
+    /// Example: vault forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
+    Forget(ForgetArgs),
+    /// Delete the data no snapshot uses and reclaim its space (exclusive lock).
+    ///
+    /// Example: vault prune --max-unused 5% --max-repack 1G
+    Prune(PruneArgs),
     /// Manage the key files (passwords) that open the repository.
     ///
     /// Example: vault key add --label laptop
@@ -296,6 +305,85 @@ pub struct FindArgs {
     /// Only snapshots taken at or before TIME
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Snapshots to remove (id prefixes), instead of a policy
+    #[arg(value_name = "ID")]
+    pub ids: Vec<String>,
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<usize>,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<usize>,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<usize>,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<usize>,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<usize>,
+    /// Keep every snapshot within this span of the group's newest (e.g. 30d, 2w, 6m, 1y)
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within: Option<String>,
+    /// Keep one snapshot per hour within this span of the newest
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_hourly: Option<String>,
+    /// Keep one snapshot per day within this span of the newest
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_daily: Option<String>,
+    /// Keep one snapshot per week within this span of the newest
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_weekly: Option<String>,
+    /// Keep one snapshot per month within this span of the newest
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_monthly: Option<String>,
+    /// Keep one snapshot per year within this span of the newest
+    #[arg(long, value_name = "SPAN")]
+    pub keep_within_yearly: Option<String>,
+    /// Keep every snapshot with this tag (repeatable)
+    #[arg(long, value_name = "TAG")]
+    pub keep_tag: Vec<String>,
+    /// Apply the policy to each group of snapshots with equal host, paths and/or tags
+    #[arg(long, default_value = "host,paths", value_name = "FIELDS")]
+    pub group_by: crate::ops::forget::GroupBy,
+    /// Show what would be removed; remove nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Prune afterwards
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_opts: PruneOpts,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneOpts {
+    /// Unused space tolerated in kept packs before they are repacked: a percentage of the
+    /// repository or a size
+    #[arg(long, default_value = "5%", value_name = "LIMIT")]
+    pub max_unused: crate::ops::prune::MaxUnused,
+    /// Repack at most this much in one run
+    #[arg(long, value_name = "SIZE", value_parser = progress::parse_size)]
+    pub max_repack: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub opts: PruneOpts,
+    /// Show what would be deleted and repacked; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]

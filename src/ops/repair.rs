@@ -15,16 +15,13 @@ use super::check::{self, CheckOptions};
 use super::subset::Subset;
 use crate::error::one_line;
 use crate::format::Id;
-use crate::format::index::{IndexFile, PackBlobs};
+use crate::format::index::PackBlobs;
 use crate::format::pack::{BlobType, seal_blob};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{NodeType, Tree};
-use crate::repo::index::{delete_index_file, save_index_file};
+use crate::repo::index::replace_index;
 use crate::repo::packer::Packer;
 use crate::repo::{FileKind, Repository};
-
-/// Blobs per rebuilt index file: keeps each file a few MiB.
-const BLOBS_PER_INDEX: usize = 100_000;
 
 #[derive(Debug, Default, Serialize)]
 pub struct RepairIndexResult {
@@ -67,38 +64,9 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexResult> {
     rebuilt.sort_by_key(|p| p.pack);
     result.packs = rebuilt.len() as u64;
     result.blobs = rebuilt.iter().map(|p| p.blobs.len() as u64).sum();
-    let files = chunk_index(rebuilt);
-    let last = files.len().saturating_sub(1);
-    for (i, packs) in files.into_iter().enumerate() {
-        // Only the last new file supersedes the old ones: until it exists, the old index
-        // still describes every pack, so a kill here loses nothing.
-        let supersedes = if i == last { old.clone() } else { Vec::new() };
-        save_index_file(&repo.backend, &repo.keys, &IndexFile { supersedes, packs })?;
-        result.index_files_written += 1;
-    }
-    if result.index_files_written == 0 && !old.is_empty() {
-        // No packs at all: an empty index file still has to supersede the old ones.
-        save_index_file(
-            &repo.backend,
-            &repo.keys,
-            &IndexFile {
-                supersedes: old.clone(),
-                packs: Vec::new(),
-            },
-        )?;
-        result.index_files_written += 1;
-    }
-    for id in &old {
-        delete_index_file(&repo.backend, id)?;
-        result.index_files_removed += 1;
-    }
-    // Manifests of index files that were lost before this repair promise what is gone.
-    let present: HashSet<Id> = repo.backend.list(FileKind::Index)?.into_iter().collect();
-    for m in repo.backend.list(FileKind::Manifest)? {
-        if !present.contains(&m) {
-            repo.backend.delete(&FileKind::Manifest.path(&m))?;
-        }
-    }
+    let (written, removed) = replace_index(&repo.backend, &repo.keys, rebuilt, &old)?;
+    result.index_files_written = written;
+    result.index_files_removed = removed;
     Ok(result)
 }
 
@@ -127,21 +95,6 @@ fn read_headers(repo: &Repository, packs: &[Id]) -> Headers {
         drop(tx);
     });
     out.into_inner().expect("poisoned")
-}
-
-fn chunk_index(packs: Vec<PackBlobs>) -> Vec<Vec<PackBlobs>> {
-    let mut files = vec![Vec::new()];
-    let mut n = 0;
-    for p in packs {
-        if n > 0 && n + p.blobs.len() > BLOBS_PER_INDEX {
-            files.push(Vec::new());
-            n = 0;
-        }
-        n += p.blobs.len();
-        files.last_mut().expect("one file").push(p);
-    }
-    files.retain(|f| !f.is_empty());
-    files
 }
 
 pub struct RepairSnapshotsOptions {

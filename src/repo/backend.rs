@@ -52,6 +52,24 @@ impl FileKind {
 
 pub const CONFIG_PATH: &str = "config";
 
+/// Fault injection for the crash tests: with VAULT_CRASH_AFTER_WRITES=N the process kills
+/// itself with SIGKILL right after its Nth write or delete, exactly as `kill -9` at that
+/// instant would.
+static CRASH_AFTER: LazyLock<Option<u64>> = LazyLock::new(|| {
+    std::env::var("VAULT_CRASH_AFTER_WRITES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+});
+static MUTATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn mutated() {
+    if let Some(n) = *CRASH_AFTER
+        && MUTATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= n
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
+    }
+}
+
 /// Why a storage call failed, when the caller must tell "absent" from "broken".
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: not found")]
@@ -140,12 +158,15 @@ impl Backend {
     pub fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
         self.op
             .write(path, bytes)
-            .map(|_| ())
+            .map(|_| mutated())
             .map_err(|e| self.wrap(path, e))
     }
 
     pub fn delete(&self, path: &str) -> Result<()> {
-        self.op.delete(path).map_err(|e| self.wrap(path, e))
+        self.op
+            .delete(path)
+            .map(|_| mutated())
+            .map_err(|e| self.wrap(path, e))
     }
 
     pub fn size(&self, path: &str) -> Result<u64> {

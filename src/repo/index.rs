@@ -41,6 +41,58 @@ pub fn delete_index_file(backend: &Backend, id: &Id) -> Result<()> {
     backend.delete(&FileKind::Index.path(id))
 }
 
+/// Blobs per index file when a whole index is rewritten: keeps each file a few MiB.
+const BLOBS_PER_INDEX: usize = 100_000;
+
+/// Replaces the index files `old` by new ones listing exactly `packs`; returns how many
+/// files were written and removed. Only the last new file supersedes the old ones, so
+/// until it exists the old index still describes every pack, and a kill at any point
+/// leaves a valid index. Old files (manifest first) and manifests whose index file was
+/// lost earlier go last.
+pub fn replace_index(
+    backend: &Backend,
+    keys: &Keys,
+    packs: Vec<PackBlobs>,
+    old: &[Id],
+) -> Result<(u64, u64)> {
+    let mut files = chunk_index(packs);
+    if files.is_empty() && !old.is_empty() {
+        files.push(Vec::new()); // an empty index file still has to supersede the old ones
+    }
+    let last = files.len().saturating_sub(1);
+    let mut written = 0;
+    for (i, packs) in files.into_iter().enumerate() {
+        let supersedes = if i == last { old.to_vec() } else { Vec::new() };
+        save_index_file(backend, keys, &IndexFile { supersedes, packs })?;
+        written += 1;
+    }
+    for id in old {
+        delete_index_file(backend, id)?;
+    }
+    let present: HashSet<Id> = backend.list(FileKind::Index)?.into_iter().collect();
+    for m in backend.list(FileKind::Manifest)? {
+        if !present.contains(&m) {
+            backend.delete(&FileKind::Manifest.path(&m))?;
+        }
+    }
+    Ok((written, old.len() as u64))
+}
+
+fn chunk_index(packs: Vec<PackBlobs>) -> Vec<Vec<PackBlobs>> {
+    let mut files = vec![Vec::new()];
+    let mut n = 0;
+    for p in packs {
+        if n > 0 && n + p.blobs.len() > BLOBS_PER_INDEX {
+            files.push(Vec::new());
+            n = 0;
+        }
+        n += p.blobs.len();
+        files.last_mut().expect("one file").push(p);
+    }
+    files.retain(|f| !f.is_empty());
+    files
+}
+
 /// Where a blob is, in 20 bytes (the id is the map key).
 #[derive(Clone, Copy, Debug)]
 pub struct Loc {

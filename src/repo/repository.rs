@@ -233,6 +233,22 @@ impl Repository {
         self.index.clone()
     }
 
+    /// The index files that make up the current index (not superseded), read again:
+    /// prune needs every entry, duplicates included, which the master index folds.
+    pub fn index_files(&self) -> Result<Vec<(Id, IndexFile)>> {
+        let index = self.index.clone();
+        index
+            .files
+            .iter()
+            .map(|id| {
+                let bytes = self.read_cached("index", FileKind::Index, id)?;
+                let f = IndexFile::open(&self.keys, &bytes)
+                    .map_err(|e| anyhow!(e).context(format!("index {}", id.short())))?;
+                Ok((*id, f))
+            })
+            .collect()
+    }
+
     /// Loads every index file, from the local cache when it holds them. A damaged index
     /// file is skipped and recorded in `damaged_index`: one bad file must not stop the
     /// restore of everything the others describe.

@@ -1,0 +1,372 @@
+//! `vault prune`: reclaim the space of blobs no snapshot uses. Packs with no used blob are
+//! deleted; packs whose unused share is worth it are repacked (their used blobs copied,
+//! still sealed, into new packs). Order, so a kill at any instant loses nothing: new packs
+//! and their index first, then the new index that supersedes the old one, then the old
+//! index files, and the packs last. Runs under the exclusive lock: no backup can add
+//! blobs while it decides what is unused.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Result, anyhow, bail};
+use serde::Serialize;
+
+use crate::error::one_line;
+use crate::format::Id;
+use crate::format::index::{IndexFile, PackBlobs};
+use crate::format::pack::{self, BlobEntry, SealedBlob};
+use crate::format::tree::NodeType;
+use crate::repo::index::replace_index;
+use crate::repo::packer::Packer;
+use crate::repo::{FileKind, Repository};
+
+#[derive(Clone, Copy, Debug)]
+pub enum MaxUnused {
+    Percent(f64),
+    Bytes(u64),
+}
+
+impl std::str::FromStr for MaxUnused {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<MaxUnused, String> {
+        match s.strip_suffix('%') {
+            Some(p) => p
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| (0.0..=100.0).contains(v))
+                .map(MaxUnused::Percent)
+                .ok_or_else(|| format!("--max-unused {s:?}: give a percentage 0-100% or a size")),
+            None => crate::units::parse_size(s).map(MaxUnused::Bytes),
+        }
+    }
+}
+
+pub struct PruneOptions {
+    /// Unused space tolerated in kept packs before they are repacked.
+    pub max_unused: MaxUnused,
+    /// At most this many bytes of packs are repacked in one run.
+    pub max_repack: Option<u64>,
+    pub dry_run: bool,
+}
+
+#[derive(Default)]
+pub struct Counters {
+    pub trees: AtomicU64,
+    pub packs_repacked: AtomicU64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneStats {
+    pub snapshots: u64,
+    pub blobs_used: u64,
+    pub packs: u64,
+    pub bytes_total: u64,
+    pub bytes_unused: u64,
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    pub bytes_repacked: u64,
+    pub packs_written: u64,
+    pub bytes_written: u64,
+    /// Space returned to storage: deleted and repacked packs minus the new packs.
+    pub bytes_freed: u64,
+    /// Unused bytes left in kept packs (within --max-unused).
+    pub bytes_unused_after: u64,
+    pub index_files_written: u64,
+    pub index_files_removed: u64,
+}
+
+/// One pack and what prune decided for it.
+struct PackUse {
+    blobs: Vec<BlobEntry>,
+    /// Which entries are the copy of a used blob that the repository keeps.
+    used: Vec<bool>,
+    size: u64,
+    used_bytes: u64,
+}
+
+impl PackUse {
+    fn unused_bytes(&self) -> u64 {
+        self.size.saturating_sub(self.used_bytes)
+    }
+}
+
+pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneStats> {
+    if let Some((id, why)) = repo.damaged_index.first() {
+        bail!(
+            "index {} is damaged ({why}): run `vault repair index` before pruning",
+            id.short()
+        );
+    }
+    let mut stats = PruneStats::default();
+    let used = used_blobs(repo, counters, &mut stats)?;
+    stats.blobs_used = used.len() as u64;
+    let mut packs = pack_usage(repo, &used)?;
+    stats.packs = packs.len() as u64;
+    stats.bytes_total = packs.values().map(|p| p.size).sum();
+    stats.bytes_unused = packs.values().map(PackUse::unused_bytes).sum();
+
+    let delete: Vec<Id> = packs
+        .iter()
+        .filter(|(_, p)| p.used_bytes == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    let doomed: HashSet<Id> = delete.iter().copied().collect();
+    let repack = choose_repacks(&packs, &doomed, opts);
+    let gone: HashSet<Id> = doomed.iter().chain(&repack).copied().collect();
+    stats.packs_deleted = delete.len() as u64;
+    stats.packs_repacked = repack.len() as u64;
+    stats.bytes_repacked = repack.iter().map(|id| packs[id].size).sum();
+    let freed_whole: u64 = delete.iter().map(|id| packs[id].size).sum();
+    stats.bytes_unused_after = packs
+        .iter()
+        .filter(|(id, _)| !gone.contains(id))
+        .map(|(_, p)| p.unused_bytes())
+        .sum();
+    if opts.dry_run {
+        let used_in_repack: u64 = repack.iter().map(|id| packs[id].used_bytes).sum();
+        stats.bytes_freed = freed_whole + stats.bytes_repacked - used_in_repack;
+        return Ok(stats);
+    }
+
+    // 1. Copy the used blobs of repacked packs into new packs (with their own index).
+    let new_index_files = copy_used(repo, &packs, &repack, counters, &mut stats)?;
+    // 2. One index describing exactly the packs that stay, superseding every old file.
+    let mut keep: Vec<PackBlobs> = Vec::new();
+    for (id, p) in packs.iter_mut() {
+        if !gone.contains(id) {
+            keep.push(PackBlobs {
+                pack: *id,
+                blobs: std::mem::take(&mut p.blobs),
+            });
+        }
+    }
+    let mut old: Vec<Id> = repo.backend.list(FileKind::Index)?;
+    for id in &new_index_files {
+        let bytes = repo.backend.read(&FileKind::Index.path(id))?;
+        let f = IndexFile::open(&repo.keys, &bytes)
+            .map_err(|e| anyhow!(e).context(format!("reading back index {}", id.short())))?;
+        keep.extend(f.packs);
+        if !old.contains(id) {
+            old.push(*id);
+        }
+    }
+    keep.sort_by_key(|p| p.pack);
+    let (written, removed) = replace_index(&repo.backend, &repo.keys, keep, &old)?;
+    stats.index_files_written = written;
+    stats.index_files_removed = removed;
+    // 3. Only now, when no index names them, the packs go.
+    for id in &gone {
+        repo.backend.delete(&FileKind::Data.path(id))?;
+    }
+    stats.bytes_freed = (freed_whole + stats.bytes_repacked).saturating_sub(stats.bytes_written);
+    if let Some(c) = &repo.cache {
+        c.retain("trees", &used);
+    }
+    Ok(stats)
+}
+
+/// Every blob a snapshot references. Any snapshot or tree that cannot be read stops
+/// prune: what it references is unknown, and deleting it would lose data.
+fn used_blobs(
+    repo: &Repository,
+    counters: &Counters,
+    stats: &mut PruneStats,
+) -> Result<HashSet<Id>> {
+    let mut used = HashSet::new();
+    for id in repo.backend.list(FileKind::Snapshot)? {
+        let snap = repo.load_snapshot(&id).map_err(|e| {
+            anyhow!(
+                "{}: prune cannot know what it references; forget it (`vault forget {}`) or repair first",
+                one_line(&e),
+                id.short()
+            )
+        })?;
+        stats.snapshots += 1;
+        mark_tree(repo, &snap.tree, Path::new("/"), &mut used, counters)?;
+    }
+    Ok(used)
+}
+
+fn mark_tree(
+    repo: &Repository,
+    id: &Id,
+    path: &Path,
+    used: &mut HashSet<Id>,
+    counters: &Counters,
+) -> Result<()> {
+    if !used.insert(*id) {
+        return Ok(()); // this subtree is already marked
+    }
+    counters.trees.fetch_add(1, Ordering::Relaxed);
+    let tree = repo.load_tree(id).map_err(|e| {
+        anyhow!(
+            "{}: {} cannot be read, so prune cannot know what it references; run `vault check` and `vault repair snapshots` first",
+            one_line(&e),
+            path.display()
+        )
+    })?;
+    for n in &tree.nodes {
+        match (n.kind, n.subtree) {
+            (NodeType::Dir, Some(sub)) => {
+                mark_tree(
+                    repo,
+                    &sub,
+                    &crate::ops::walk::join(path, &n.name.0),
+                    used,
+                    counters,
+                )?;
+            }
+            (NodeType::File, _) => used.extend(n.content.iter().copied()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Every pack with every entry the index (or, for unindexed packs, the header) lists.
+fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMap<Id, PackUse>> {
+    let index = repo.index();
+    let stored: HashMap<Id, u64> = repo
+        .backend
+        .list_sized(FileKind::Data)?
+        .into_iter()
+        .collect();
+    let mut all: Vec<PackBlobs> = repo
+        .index_files()?
+        .into_iter()
+        .flat_map(|(_, f)| f.packs)
+        .collect();
+    all.extend(index.unindexed.iter().cloned());
+    let mut packs: HashMap<Id, PackUse> = HashMap::new();
+    for p in all {
+        if packs.contains_key(&p.pack) {
+            continue;
+        }
+        let size = *stored.get(&p.pack).ok_or_else(|| {
+            anyhow!(
+                "pack {} is in the index but missing from storage: run `vault check` before pruning",
+                p.pack.short()
+            )
+        })?;
+        let used_flags: Vec<bool> = p
+            .blobs
+            .iter()
+            .map(|b| used.contains(&b.id) && index.get(&b.id).is_some_and(|(at, _)| at == p.pack))
+            .collect();
+        let used_bytes = p
+            .blobs
+            .iter()
+            .zip(&used_flags)
+            .filter(|(_, u)| **u)
+            .map(|(b, _)| u64::from(b.length))
+            .sum::<u64>();
+        // Header and trailer count as used while any blob is.
+        let overhead = if used_bytes > 0 {
+            size - p.blobs.iter().map(|b| u64::from(b.length)).sum::<u64>()
+        } else {
+            0
+        };
+        packs.insert(
+            p.pack,
+            PackUse {
+                blobs: p.blobs,
+                used: used_flags,
+                size,
+                used_bytes: used_bytes + overhead,
+            },
+        );
+    }
+    Ok(packs)
+}
+
+/// The partly used packs to repack, most wasteful first, until what stays unused is
+/// within `max_unused` (and no more than `max_repack` bytes are rewritten).
+fn choose_repacks(
+    packs: &HashMap<Id, PackUse>,
+    delete: &HashSet<Id>,
+    opts: &PruneOptions,
+) -> Vec<Id> {
+    let mut partial: Vec<(&Id, &PackUse)> = packs
+        .iter()
+        .filter(|(id, p)| !delete.contains(id) && p.unused_bytes() > 0)
+        .collect();
+    let kept_size: u64 = packs
+        .iter()
+        .filter(|(id, _)| !delete.contains(id))
+        .map(|(_, p)| p.size)
+        .sum();
+    let limit = match opts.max_unused {
+        MaxUnused::Bytes(b) => b,
+        MaxUnused::Percent(p) => (kept_size as f64 * p / 100.0) as u64,
+    };
+    let mut unused: u64 = partial.iter().map(|(_, p)| p.unused_bytes()).sum();
+    partial.sort_by(|a, b| {
+        let ratio = |p: &PackUse| p.unused_bytes() as f64 / p.size.max(1) as f64;
+        ratio(b.1).total_cmp(&ratio(a.1)).then(a.0.cmp(b.0))
+    });
+    let mut out = Vec::new();
+    let mut budget = opts.max_repack.unwrap_or(u64::MAX);
+    for (id, p) in partial {
+        if unused <= limit {
+            break;
+        }
+        if p.size > budget {
+            continue;
+        }
+        budget -= p.size;
+        unused -= p.unused_bytes();
+        out.push(*id);
+    }
+    out
+}
+
+/// Copies the used blobs of `repack` into new packs. Each is opened first: a damaged blob
+/// stops prune before anything is deleted. Returns the index files the packer wrote.
+fn copy_used(
+    repo: &Repository,
+    packs: &HashMap<Id, PackUse>,
+    repack: &[Id],
+    counters: &Counters,
+    stats: &mut PruneStats,
+) -> Result<Vec<Id>> {
+    if repack.is_empty() {
+        return Ok(Vec::new());
+    }
+    let packer = Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, false);
+    for id in repack {
+        let p = &packs[id];
+        let bytes = repo.backend.read(&FileKind::Data.path(id))?;
+        for (e, used) in p.blobs.iter().zip(&p.used) {
+            if !used {
+                continue;
+            }
+            let end = e.offset as usize + e.length as usize;
+            let stored = bytes
+                .get(e.offset as usize..end)
+                .ok_or_else(|| anyhow!("pack {} is shorter than its index says", id.short()))?;
+            pack::open_blob(&repo.keys, e, stored).map_err(|err| {
+                anyhow!(
+                    "{} blob {} in pack {}: {err}; nothing was deleted (run `vault check --read-data`)",
+                    e.blob_type.name(),
+                    e.id.short(),
+                    id.short()
+                )
+            })?;
+            packer.add(SealedBlob {
+                blob_type: e.blob_type,
+                flags: e.flags,
+                id: e.id,
+                raw_len: e.raw_len,
+                bytes: stored.to_vec(),
+            })?;
+        }
+        counters.packs_repacked.fetch_add(1, Ordering::Relaxed);
+    }
+    let done = packer.finish()?;
+    stats.packs_written = done.packs;
+    stats.bytes_written = done.bytes;
+    Ok(done.index_files)
+}
