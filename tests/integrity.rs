@@ -203,6 +203,15 @@ fn visible(kind: Kind, damage: Damage) -> bool {
     !(damage == Damage::Delete && matches!(kind, Kind::Snapshot | Kind::Key))
 }
 
+/// `vault audit` with no password anywhere in its environment.
+fn audit_keyless(env: &Env) -> std::process::Output {
+    env.cmd()
+        .env_remove("VAULT_PASSWORD")
+        .arg("audit")
+        .output()
+        .unwrap()
+}
+
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -251,12 +260,7 @@ fn run_case(kind: Kind, damage: Damage) {
     let case = format!("{kind:?}/{damage:?}");
 
     // audit: no password at all.
-    let out = env
-        .cmd()
-        .env_remove("VAULT_PASSWORD")
-        .arg("audit")
-        .output()
-        .unwrap();
+    let out = audit_keyless(env);
     no_panic(&out, &format!("{case}: audit"));
     if visible(kind, damage) {
         assert_eq!(
@@ -382,40 +386,29 @@ cases! {
     data_blob_swap: DataBlob, Swap;
 }
 
-fn json(env: &Env, args: &[&str], code: i32) -> serde_json::Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&env.expect(&a, code)).expect("JSON output")
-}
-
 #[test]
 fn healthy_repository_passes_check_audit_and_verify() {
     let f = fixture();
     let env = &f.env;
     assert!(env.ok(&["check"]).contains("no errors"));
-    let full = json(env, &["check", "--read-data"], 0);
+    let full = env.json(&["check", "--read-data"], 0);
     let packs = full["report"]["stats"]["packs"].as_u64().unwrap();
     assert!(packs >= 4, "fixture should have several packs: {full}");
     assert_eq!(full["report"]["stats"]["packs_read"].as_u64(), Some(packs));
     // Parts 1/3, 2/3, 3/3 read every pack exactly once between them.
     let parts: u64 = (1..=3)
         .map(|n| {
-            let v = json(env, &["check", "--read-data-subset", &format!("{n}/3")], 0);
+            let v = env.json(&["check", "--read-data-subset", &format!("{n}/3")], 0);
             v["report"]["stats"]["packs_read"].as_u64().unwrap()
         })
         .sum();
     assert_eq!(parts, packs);
-    let half = json(env, &["check", "--read-data-subset", "50%"], 0);
+    let half = env.json(&["check", "--read-data-subset", "50%"], 0);
     assert_eq!(
         half["report"]["stats"]["packs_read"].as_u64(),
         Some(packs.div_ceil(2))
     );
-    let out = env
-        .cmd()
-        .env_remove("VAULT_PASSWORD")
-        .arg("audit")
-        .output()
-        .unwrap();
+    let out = audit_keyless(env);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no errors"));
     let v = env.ok(&["verify"]);
@@ -423,7 +416,7 @@ fn healthy_repository_passes_check_audit_and_verify() {
         v.contains("verify: OK") && v.contains("every byte matched"),
         "{v}"
     );
-    let sample = json(env, &["verify", "--sample", "2"], 0);
+    let sample = env.json(&["verify", "--sample", "2"], 0);
     assert_eq!(sample["ok"], true);
     assert_eq!(sample["files_restored"].as_u64(), Some(2));
     // An unknown file is listed as extra, never deleted, and is not damage.
@@ -444,7 +437,7 @@ fn repair_index_rebuilds_from_pack_headers() {
     let out = env.run(&["check"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("missing (its manifest lists it)"));
-    let r = json(env, &["repair", "index"], 0);
+    let r = env.json(&["repair", "index"], 0);
     assert!(r["packs"].as_u64().unwrap() >= 4, "{r}");
     assert_eq!(r["index_files_removed"].as_u64(), Some(0));
     let after = env.ok(&["check", "--read-data"]);
@@ -459,7 +452,7 @@ fn repair_index_rebuilds_from_pack_headers() {
     let got = restored_files(&target, &f.src);
     assert!(got.values().all(|ok| *ok), "{got:?}");
     // A second repair supersedes and removes the first one's index files.
-    let again = json(env, &["repair", "index"], 0);
+    let again = env.json(&["repair", "index"], 0);
     assert_eq!(again["index_files_removed"], r["index_files_written"]);
     assert!(env.ok(&["check"]).contains("no errors"));
 }
@@ -477,10 +470,10 @@ fn repair_snapshots_drops_lost_files_and_keeps_originals() {
         "{}",
         stderr_of(&out)
     );
-    let dry = json(env, &["repair", "snapshots", "--read-data", "--dry-run"], 0);
+    let dry = env.json(&["repair", "snapshots", "--read-data", "--dry-run"], 0);
     assert_eq!(dry["repaired"].as_array().unwrap().len(), 2);
     assert_eq!(env.files_in("snapshots"), 2, "a dry run writes nothing");
-    let r = json(env, &["repair", "snapshots", "--read-data"], 0);
+    let r = env.json(&["repair", "snapshots", "--read-data"], 0);
     let repaired = r["repaired"].as_array().unwrap();
     assert_eq!(repaired.len(), 2, "{r}");
     for s in repaired {
@@ -495,9 +488,9 @@ fn repair_snapshots_drops_lost_files_and_keeps_originals() {
             "{dropped:?}"
         );
     }
-    let snaps = json(env, &["snapshots"], 0);
+    let snaps = env.json(&["snapshots"], 0);
     assert_eq!(snaps.as_array().unwrap().len(), 4, "originals are kept");
-    let tagged = json(env, &["snapshots", "--tag", "repaired"], 0);
+    let tagged = env.json(&["snapshots", "--tag", "repaired"], 0);
     assert_eq!(tagged.as_array().unwrap().len(), 2);
     assert!(tagged[0]["original"].is_string());
     // `latest` is now the repaired snapshot: a clean restore without the lost file.

@@ -11,14 +11,8 @@ use std::time::{Duration, Instant};
 
 use common::{Env, bytes, snapshot_of, walkdir};
 
-fn json(env: &Env, args: &[&str]) -> serde_json::Value {
-    let mut a = vec!["--json"];
-    a.extend_from_slice(args);
-    serde_json::from_str(&env.ok(&a)).expect("JSON output")
-}
-
 fn snapshot_count(env: &Env) -> usize {
-    json(env, &["snapshots"]).as_array().unwrap().len()
+    env.json(&["snapshots"], 0).as_array().unwrap().len()
 }
 
 #[test]
@@ -97,7 +91,7 @@ fn forget_applies_policies_and_ids() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(snapshot_count(&env), 5);
-    let oldest = json(&env, &["snapshots"])[0]["id"].as_str().unwrap()[..8].to_string();
+    let oldest = env.json(&["snapshots"], 0)[0]["id"].as_str().unwrap()[..8].to_string();
     env.ok(&["forget", &oldest]);
     assert_eq!(snapshot_count(&env), 4);
     env.expect(&["forget"], 2);
@@ -125,7 +119,7 @@ fn churned(env: &Env) -> PathBuf {
     }
     fs::write(src.join("new"), bytes(999, 50_000)).unwrap();
     env.ok(&["backup", "-q", src.to_str().unwrap()]);
-    let first = json(env, &["snapshots"])[0]["id"]
+    let first = env.json(&["snapshots"], 0)[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -154,9 +148,9 @@ fn prune_frees_space_and_kept_snapshots_restore_identically() {
     let env = Env::new();
     let src = churned(&env);
     let before = repo_bytes(&env);
-    let dry = json(&env, &["prune", "--dry-run", "--max-unused", "0%"]);
+    let dry = env.json(&["prune", "--dry-run", "--max-unused", "0%"], 0);
     assert_eq!(repo_bytes(&env), before, "a dry run changes nothing");
-    let s = json(&env, &["prune", "--max-unused", "0%"])["stats"].clone();
+    let s = env.json(&["prune", "--max-unused", "0%"], 0)["stats"].clone();
     assert_eq!(s["packs_repacked"], dry["stats"]["packs_repacked"]);
     assert!(
         s["packs_repacked"].as_u64().unwrap() > 0,
@@ -169,13 +163,13 @@ fn prune_frees_space_and_kept_snapshots_restore_identically() {
     assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
     restores_exactly(&env, &src, "r1");
     // Nothing left to do.
-    let again = json(&env, &["prune"])["stats"].clone();
+    let again = env.json(&["prune"], 0)["stats"].clone();
     assert_eq!(again["packs_deleted"], 0);
     assert_eq!(again["packs_repacked"], 0);
     // A generous limit repacks nothing.
     let env2 = Env::new();
     churned(&env2);
-    let lax = json(&env2, &["prune", "--max-unused", "90%"])["stats"].clone();
+    let lax = env2.json(&["prune", "--max-unused", "90%"], 0)["stats"].clone();
     assert_eq!(lax["packs_repacked"], 0, "{lax}");
 }
 

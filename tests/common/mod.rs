@@ -68,6 +68,13 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs with --json, asserts the exit code, parses stdout.
+    pub fn json(&self, args: &[&str], code: i32) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.expect(&a, code)).expect("JSON output")
+    }
+
     /// Restores the latest snapshot into a fresh directory with --verify; returns it.
     pub fn restore_verified(&self, name: &str) -> PathBuf {
         let target = self.path(name);
