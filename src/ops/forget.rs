@@ -326,6 +326,26 @@ mod tests {
     }
 
     #[test]
+    fn hourly_keeps_the_newest_of_each_hour() {
+        let snaps = vec![
+            snap("2026-11-21T10:50:00Z", "h", &[]),
+            snap("2026-11-21T10:10:00Z", "h", &[]),
+            snap("2026-11-21T09:59:00Z", "h", &[]),
+            snap("2026-11-21T07:00:00Z", "h", &[]),
+        ];
+        let mut p = Policy::default();
+        p.periods.insert(Period::Hourly, 2);
+        let g = apply(&p, &snaps, GroupBy::default(), &TimeZone::UTC);
+        let times: Vec<&str> = g[0]
+            .snapshots
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| &d.time[11..16])
+            .collect();
+        assert_eq!(times, ["10:50", "09:59"]);
+    }
+
+    #[test]
     fn rules_combine_and_give_reasons() {
         let snaps = nightly(10);
         let mut p = Policy {
