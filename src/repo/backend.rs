@@ -1,10 +1,10 @@
 //! Storage access. Every byte goes through opendal, so the same code serves a local
-//! directory today and s3, sftp or webdav later; nothing above this file assumes a path.
+//! directory, s3, sftp, webdav, gcs, azblob and b2; nothing above this file assumes a path.
 
 use std::sync::LazyLock;
 
 use anyhow::{Context, Result, bail};
-use opendal::{ErrorKind, Operator, blocking, options::ReadOptions};
+use opendal::{ErrorKind, blocking, options::ReadOptions};
 
 use crate::format::Id;
 
@@ -81,29 +81,29 @@ pub struct NotFound {
 pub struct Backend {
     op: blocking::Operator,
     location: String,
+    remote: bool,
+    /// Whether a write appears whole under its name; if not, writes go to `tmp/` first
+    /// and are renamed into place.
+    atomic_writes: bool,
 }
 
 impl Backend {
-    /// Opens a location: a local path, or `fs:///path`.
+    /// Opens a location: a local path, `fs:///path`, or a remote URL (see `location`).
     pub fn open(location: &str) -> Result<Backend> {
-        let path = location.strip_prefix("fs://").unwrap_or(location);
-        if let Some((scheme, _)) = location.split_once("://")
-            && scheme != "fs"
-        {
-            bail!(
-                "repository {location}: the {scheme}:// backend is not supported by this build; use a local path"
-            );
-        }
-        let abs = std::path::absolute(path).with_context(|| format!("repository path {path}"))?;
-        let root = abs.to_string_lossy().into_owned();
-        let tmp = abs.join("tmp");
-        let builder = opendal::services::Fs::default()
-            .root(&root)
-            .atomic_write_dir(&tmp.to_string_lossy());
+        let opened = super::location::open(location)?;
         let _guard = RUNTIME.enter();
-        let op = Operator::new(builder).with_context(|| format!("repository {root}"))?;
-        let op = blocking::Operator::new(op).with_context(|| format!("repository {root}"))?;
-        Ok(Backend { op, location: root })
+        let op = blocking::Operator::new(opened.op)
+            .with_context(|| format!("repository {}", opened.display))?;
+        Ok(Backend {
+            op,
+            location: opened.display,
+            remote: opened.remote,
+            atomic_writes: opened.atomic_writes,
+        })
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote
     }
 
     pub fn location(&self) -> &str {
@@ -156,6 +156,15 @@ impl Backend {
     /// Writes a whole object; on a local disk it appears atomically (temp file, fsync,
     /// rename), so a kill never leaves half an object under its final name.
     pub fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        if !self.atomic_writes {
+            let tmp = format!("tmp/{}.tmp", Id::random().to_hex());
+            self.op.write(&tmp, bytes).map_err(|e| self.wrap(&tmp, e))?;
+            return self
+                .op
+                .rename(&tmp, path)
+                .map(|_| mutated())
+                .map_err(|e| self.wrap(path, e));
+        }
         self.op
             .write(path, bytes)
             .map(|_| mutated())

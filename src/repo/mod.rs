@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod cache;
 pub mod index;
+pub mod location;
 pub mod lock;
 pub mod packer;
 pub mod repository;

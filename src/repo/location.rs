@@ -1,0 +1,255 @@
+//! Repository locations: a local path or a URL, turned into an opendal operator.
+//! Locations never hold secrets; credentials come from the environment (the usual
+//! `AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_*`, `B2_*` variables, the
+//! ssh agent and `~/.ssh`, `VAULT_WEBDAV_USER` / `VAULT_WEBDAV_PASSWORD`).
+//!
+//! ```text
+//! /srv/backup  or  fs:///srv/backup
+//! s3://bucket/prefix?endpoint=https://s3.example.com&region=eu-central-1[&virtual_host=true]
+//! sftp://user@host:2222/path/on/server[?key=~/.ssh/id_ed25519&known_hosts=strict|accept|add]
+//! webdav://host:port/path  (https: webdavs://)
+//! gcs://bucket/prefix   azblob://container/prefix?account=NAME   b2://bucket/prefix?bucket_id=ID
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use opendal::Operator;
+use opendal::layers::{ConcurrentLimitLayer, RetryLayer, TimeoutLayer};
+use url::Url;
+
+/// A parsed location: the operator to reach it, and whether writes must go through a
+/// temporary name (services whose writes are not atomic).
+pub struct Opened {
+    pub op: Operator,
+    pub display: String,
+    pub remote: bool,
+    pub atomic_writes: bool,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+fn query(url: &Url) -> HashMap<String, String> {
+    url.query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+fn bucket_and_root(url: &Url, what: &str) -> Result<(String, String)> {
+    let bucket = url.host_str().filter(|h| !h.is_empty()).ok_or_else(|| {
+        anyhow!(
+            "{url}: give the {what}, as in {}://{what}/prefix",
+            url.scheme()
+        )
+    })?;
+    Ok((bucket.to_string(), root_of(url)))
+}
+
+fn root_of(url: &Url) -> String {
+    let p = url.path().trim_end_matches('/');
+    if p.is_empty() {
+        "/".into()
+    } else {
+        p.to_string()
+    }
+}
+
+/// Opens `location` (a local path or one of the URLs above).
+pub fn open(location: &str) -> Result<Opened> {
+    let Some((scheme, _)) = location.split_once("://") else {
+        return local(location);
+    };
+    if scheme == "fs" {
+        return local(&location["fs://".len()..]);
+    }
+    opendal::install_default(); // the HTTP transport of every HTTP-based service
+    let url = Url::parse(location).with_context(|| format!("repository location {location}"))?;
+    let q = query(&url);
+    let op = match scheme {
+        "s3" => s3(&url, &q)?,
+        "sftp" => sftp(&url, &q)?,
+        "webdav" | "webdavs" => webdav(&url)?,
+        "gcs" => {
+            let (bucket, root) = bucket_and_root(&url, "bucket")?;
+            let mut b = opendal::services::Gcs::default()
+                .bucket(&bucket)
+                .root(&root);
+            if let Some(c) = env("GOOGLE_APPLICATION_CREDENTIALS") {
+                b = b.credential_path(&c);
+            }
+            Operator::new(b)?
+        }
+        "azblob" => {
+            let (container, root) = bucket_and_root(&url, "container")?;
+            let account = q
+                .get("account")
+                .cloned()
+                .or_else(|| env("AZURE_STORAGE_ACCOUNT"))
+                .ok_or_else(|| {
+                    anyhow!("{location}: give ?account=NAME or AZURE_STORAGE_ACCOUNT")
+                })?;
+            let endpoint = q
+                .get("endpoint")
+                .cloned()
+                .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+            let mut b = opendal::services::Azblob::default()
+                .container(&container)
+                .root(&root)
+                .account_name(&account)
+                .endpoint(&endpoint);
+            if let Some(k) = env("AZURE_STORAGE_KEY") {
+                b = b.account_key(&k);
+            }
+            Operator::new(b)?
+        }
+        "b2" => {
+            let (bucket, root) = bucket_and_root(&url, "bucket")?;
+            let id = q
+                .get("bucket_id")
+                .ok_or_else(|| anyhow!("{location}: give ?bucket_id=ID"))?;
+            let mut b = opendal::services::B2::default()
+                .bucket(&bucket)
+                .bucket_id(id)
+                .root(&root);
+            if let (Some(k), Some(s)) = (env("B2_APPLICATION_KEY_ID"), env("B2_APPLICATION_KEY")) {
+                b = b.application_key_id(&k).application_key(&s);
+            }
+            Operator::new(b)?
+        }
+        other => bail!(
+            "repository {location}: unknown scheme {other}:// (use a path, fs://, s3://, sftp://, webdav://, webdavs://, gcs://, azblob:// or b2://)"
+        ),
+    };
+    Ok(Opened {
+        op: remote_layers(op),
+        display: location.to_string(),
+        remote: true,
+        // Object stores publish an object whole; file-like remote services do not.
+        atomic_writes: !matches!(scheme, "sftp" | "webdav" | "webdavs"),
+    })
+}
+
+/// Every remote backend retries with backoff, times out, and caps concurrent requests.
+fn remote_layers(op: Operator) -> Operator {
+    op.layer(
+        TimeoutLayer::new()
+            .with_timeout(Duration::from_secs(120))
+            .with_io_timeout(Duration::from_secs(60)),
+    )
+    .layer(
+        RetryLayer::new()
+            .with_jitter()
+            .with_max_times(5)
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(10)),
+    )
+    .layer(ConcurrentLimitLayer::new(16))
+}
+
+fn local(path: &str) -> Result<Opened> {
+    let abs = std::path::absolute(path).with_context(|| format!("repository path {path}"))?;
+    let root = abs.to_string_lossy().into_owned();
+    let tmp = abs.join("tmp");
+    let b = opendal::services::Fs::default()
+        .root(&root)
+        .atomic_write_dir(&tmp.to_string_lossy());
+    let op = Operator::new(b).with_context(|| format!("repository {root}"))?;
+    Ok(Opened {
+        op,
+        display: root,
+        remote: false,
+        atomic_writes: true,
+    })
+}
+
+fn s3(url: &Url, q: &HashMap<String, String>) -> Result<Operator> {
+    let (bucket, root) = bucket_and_root(url, "bucket")?;
+    let region = q
+        .get("region")
+        .cloned()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    let mut b = opendal::services::S3::default()
+        .bucket(&bucket)
+        .root(&root)
+        .region(&region);
+    if let Some(e) = q
+        .get("endpoint")
+        .cloned()
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+    {
+        b = b.endpoint(&e);
+    }
+    if q.get("virtual_host").is_some_and(|v| v == "true") {
+        b = b.enable_virtual_host_style();
+    }
+    if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        b = b.access_key_id(&k).secret_access_key(&s);
+    }
+    Ok(Operator::new(b)?)
+}
+
+fn sftp(url: &Url, q: &HashMap<String, String>) -> Result<Operator> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| anyhow!("{url}: give a host, as in sftp://user@host:22/path"))?;
+    let endpoint = match url.port() {
+        Some(p) => format!("ssh://{host}:{p}"),
+        None => format!("ssh://{host}"),
+    };
+    let mut b = opendal::services::Sftp::default()
+        .endpoint(&endpoint)
+        .root(&root_of(url))
+        .known_hosts_strategy(q.get("known_hosts").map_or("strict", String::as_str));
+    if !url.username().is_empty() {
+        b = b.user(url.username());
+    }
+    if let Some(k) = q.get("key") {
+        b = b.key(k);
+    }
+    Ok(Operator::new(b)?)
+}
+
+fn webdav(url: &Url) -> Result<Operator> {
+    let host = url
+        .host_str()
+        .ok_or_else(|| anyhow!("{url}: give a host, as in webdav://host:8080/path"))?;
+    let http = if url.scheme() == "webdavs" {
+        "https"
+    } else {
+        "http"
+    };
+    let endpoint = match url.port() {
+        Some(p) => format!("{http}://{host}:{p}"),
+        None => format!("{http}://{host}"),
+    };
+    let mut b = opendal::services::Webdav::default()
+        .endpoint(&endpoint)
+        .root(&root_of(url));
+    if let (Some(u), Some(p)) = (env("VAULT_WEBDAV_USER"), env("VAULT_WEBDAV_PASSWORD")) {
+        b = b.username(&u).password(&p);
+    }
+    Ok(Operator::new(b)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_locations() {
+        assert!(!open("/tmp/x").unwrap().remote);
+        assert!(!open("fs:///tmp/x").unwrap().remote);
+        let s3 = open("s3://bucket/some/prefix?endpoint=http://127.0.0.1:9000&region=eu").unwrap();
+        assert!(s3.remote && s3.atomic_writes);
+        let sftp = open("sftp://me@example.org:2222/backups?known_hosts=accept").unwrap();
+        assert!(!sftp.atomic_writes);
+        assert!(open("s3:///no-bucket").is_err());
+        assert!(open("ftp://host/x").is_err());
+        assert!(open("b2://bucket/x").is_err(), "b2 needs a bucket id");
+    }
+}
