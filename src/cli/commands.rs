@@ -13,7 +13,7 @@ use super::{
     BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
     SnapshotFilter,
 };
-use super::{integrity, password, retention, timetravel};
+use super::{integrity, mirrors, password, retention, timetravel};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::config::ChunkerParams;
@@ -34,6 +34,9 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Versions(a) => timetravel::cmd_versions(&g, a),
         Command::Diff(a) => timetravel::cmd_diff(&g, a),
         Command::Find(a) => timetravel::cmd_find(&g, a),
+        Command::Mirror(m) => mirrors::mirror(&g, m),
+        Command::Sync(a) => mirrors::sync(&g, a.mirror.as_deref()),
+        Command::Status => mirrors::status(&g),
         Command::Forget(a) => retention::forget(&g, a),
         Command::Prune(a) => retention::prune(&g, a),
         Command::Key(k) => key(&g, k),
@@ -74,8 +77,10 @@ pub(super) fn open(g: &Global) -> Result<Repository> {
     Repository::open(backend, &secret)
 }
 
+/// Opens the repository with its index, reading from mirrors where it fails.
 pub(super) fn open_indexed(g: &Global) -> Result<Repository> {
     let mut repo = open(g)?;
+    mirrors::attach(&mut repo, g);
     repo.load_index()?;
     warn_damaged_index(&repo);
     Ok(repo)
@@ -166,6 +171,7 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
 }
 
 fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
+    let a_sync = a.sync;
     let mut repo = open_indexed(g)?;
     let _lock = if a.dry_run {
         None
@@ -266,6 +272,11 @@ fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
             "vault: {} file(s) or directories could not be read and are missing from the snapshot",
             s.errors
         );
+    }
+    if a_sync && !opts.dry_run {
+        drop(_lock);
+        // A mirror that is offline never fails the backup: exit 3, data safe.
+        return Ok(code.max(mirrors::sync(g, None)?));
     }
     Ok(code)
 }

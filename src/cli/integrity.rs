@@ -10,7 +10,7 @@ use super::commands::{
     filter, location, open, print_json, take_lock, warn_damaged_index, warn_stderr,
 };
 use super::progress::{Progress, human_bytes};
-use super::{AuditArgs, CheckArgs, Global, RepairCommand, VerifyArgs};
+use super::{AuditArgs, CheckArgs, Global, RepairArgs, RepairCommand, VerifyArgs};
 use crate::error::{VaultError, exit};
 use crate::ops::problem::Problem;
 use crate::ops::subset::Subset;
@@ -211,7 +211,17 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
     Ok(if r.ok { exit::OK } else { exit::ERROR })
 }
 
-pub fn repair(g: &Global, r: RepairCommand) -> Result<i32> {
+pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
+    let r = match (r.from, r.command) {
+        (Some(from), _) => return super::mirrors::repair_from(g, &from),
+        (None, Some(c)) => c,
+        (None, None) => {
+            return Err(VaultError::Usage(
+                "repair what? `vault repair --from MIRROR`, `vault repair index` or `vault repair snapshots`".into(),
+            )
+            .into());
+        }
+    };
     let mut repo = open(g)?;
     repo.cache = None;
     match r {

@@ -3,6 +3,7 @@
 
 mod commands;
 mod integrity;
+mod mirrors;
 pub mod password;
 pub mod progress;
 mod retention;
@@ -131,9 +132,25 @@ pub enum Command {
     /// Exit 0 when everything verified, 1 otherwise.
     /// Example: vault verify --sample 200
     Verify(VerifyArgs),
-    /// Repair a damaged repository.
+    /// Repair a damaged repository: from a mirror (--from), or its index or snapshots.
+    ///
+    /// Example: vault repair --from offsite   or   vault repair index
+    Repair(RepairArgs),
+    /// Manage the mirrors: other backends that hold a copy of this repository.
+    ///
+    /// Example: vault mirror add offsite s3://bucket/vault --endpoint https://s3.wasabisys.com --vendor wasabi --region eu-central
     #[command(subcommand)]
-    Repair(RepairCommand),
+    Mirror(MirrorCommand),
+    /// Bring every mirror (or one) up to date with this repository.
+    ///
+    /// Exit 3 when a mirror could not be reached (it catches up next time).
+    /// Example: vault sync --mirror offsite
+    Sync(SyncArgs),
+    /// Every copy of the repository: reachable, complete, behind by how much; then how safe
+    /// the data is (copies, vendors, regions).
+    ///
+    /// Example: vault status
+    Status,
     /// Remove stale locks left by processes that died.
     ///
     /// Example: vault unlock
@@ -190,6 +207,9 @@ pub struct BackupArgs {
     /// Compare with this snapshot instead of the newest of the same host and paths
     #[arg(long)]
     pub parent: Option<String>,
+    /// Bring every mirror up to date afterwards
+    #[arg(long)]
+    pub sync: bool,
     /// Record this snapshot time (RFC 3339); for tests and imports
     #[arg(long, hide = true)]
     pub time: Option<String>,
@@ -455,6 +475,63 @@ pub struct VerifyArgs {
     pub workdir: Option<PathBuf>,
     #[command(flatten)]
     pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RepairArgs {
+    /// Copy back every object this repository lacks or holds damaged, from this mirror
+    /// (a name from `vault mirror list`, or a location URL)
+    #[arg(long, value_name = "MIRROR")]
+    pub from: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<RepairCommand>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MirrorCommand {
+    /// Add a mirror and copy the repository to it.
+    ///
+    /// Credentials come from the environment, never from the URL or the repository.
+    Add(MirrorAddArgs),
+    /// List the mirrors.
+    List,
+    /// Stop mirroring to NAME (its copy stays where it is).
+    Remove {
+        /// Mirror name
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct MirrorAddArgs {
+    /// A short name, e.g. offsite (`primary` describes this repository's own vendor and
+    /// region for `vault status`)
+    pub name: String,
+    /// Location: s3://bucket/prefix, sftp://user@host:port/path, /local/path, ...
+    pub url: String,
+    /// S3 endpoint URL (for S3-compatible services)
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Region, e.g. eu-central (also what `vault status` counts)
+    #[arg(long, default_value = "")]
+    pub region: String,
+    /// Who runs the storage, e.g. wasabi, hetzner, home (what `vault status` counts)
+    #[arg(long, default_value = "")]
+    pub vendor: String,
+    /// Free-form label (repeatable)
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Only record the mirror; copy at the next `vault sync`
+    #[arg(long)]
+    pub no_sync: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Only this mirror
+    #[arg(long, value_name = "NAME")]
+    pub mirror: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -108,7 +108,9 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
     } else {
         by_ids(&repo, &a.ids)?
     };
-    if !a.dry_run {
+    if !a.dry_run && !remove.is_empty() {
+        // The record first: it is what lets sync remove these from the mirrors too.
+        repo.save_forget_record(&remove)?;
         for id in &remove {
             repo.backend.delete(&FileKind::Snapshot.path(id))?;
         }

@@ -10,6 +10,7 @@ pub mod index;
 pub mod keyfile;
 pub mod lock;
 pub mod manifest;
+pub mod mirror;
 pub mod object;
 pub mod pack;
 pub mod snapshot;

@@ -1,4 +1,5 @@
-//! The envelope of every stored object that is not a pack: config, index, snapshot, lock.
+//! The envelope of every stored object that is not a pack: config, index, snapshot, lock,
+//! mirror definition, forget record.
 //!
 //! `version (1 byte) || nonce || AES-GCM-SIV(payload) || tag`, where the associated data is
 //! `"vault object v1 " || kind` and payload is `compression (1 byte) || body`.
@@ -21,6 +22,8 @@ pub enum Kind {
     Index,
     Snapshot,
     Lock,
+    Mirror,
+    Forget,
 }
 
 impl Kind {
@@ -30,6 +33,8 @@ impl Kind {
             Kind::Index => b"vault object v1 index",
             Kind::Snapshot => b"vault object v1 snapshot",
             Kind::Lock => b"vault object v1 lock",
+            Kind::Mirror => b"vault object v1 mirror",
+            Kind::Forget => b"vault object v1 forget",
         }
     }
 }

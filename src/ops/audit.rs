@@ -52,6 +52,8 @@ enum Class {
     Pack,
     Manifest,
     Lock,
+    Mirror,
+    Forget,
     Temp,
     Extra,
 }
@@ -69,6 +71,8 @@ fn classify(path: &str) -> (Class, Option<Id>) {
         "snapshots" => Class::Snapshot,
         "manifests" => Class::Manifest,
         "locks" => Class::Lock,
+        "mirrors" => Class::Mirror,
+        "forgotten" => Class::Forget,
         d if d.starts_with("data/") && name.get(..2) == Some(&d[5..]) => Class::Pack,
         _ => Class::Extra,
     };
@@ -88,6 +92,8 @@ impl Class {
             Class::Pack => "pack",
             Class::Manifest => "manifest",
             Class::Lock => "lock",
+            Class::Mirror => "mirror definition",
+            Class::Forget => "forget record",
             Class::Temp | Class::Extra => "file",
         }
     }

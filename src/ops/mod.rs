@@ -15,6 +15,7 @@ pub mod repair;
 pub mod restore;
 pub mod select;
 pub mod subset;
+pub mod sync;
 pub mod timespec;
 pub mod verify;
 pub mod versions;

@@ -16,7 +16,7 @@ use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 use super::walk;
 use crate::format::Id;
-use crate::format::pack::{self, BlobEntry};
+use crate::format::pack::{self, BlobEntry, BlobType};
 use crate::format::tree::{Node, NodeType};
 use crate::fsmeta;
 use crate::repo::{FileKind, Repository};
@@ -529,35 +529,39 @@ fn restore_group(
     let first = u64::from(group[0].0.offset);
     let last = group.last().expect("non-empty group");
     let end = u64::from(last.0.offset) + u64::from(last.0.length);
-    let bytes = match repo
+    let bytes = repo
         .backend
-        .read_range(&FileKind::Data.path(pack_id), first, end - first)
-    {
-        Ok(b) => b,
-        Err(e) => {
-            let msg = format!(
+        .read_range(&FileKind::Data.path(pack_id), first, end - first);
+    for (entry, targets) in group {
+        let opened = match &bytes {
+            Ok(b) => {
+                let o = (u64::from(entry.offset) - first) as usize;
+                pack::open_blob(&repo.keys, entry, &b[o..o + entry.length as usize])
+                    .map_err(anyhow::Error::from)
+            }
+            Err(e) => Err(anyhow!(
                 "pack {} unreadable: {}",
                 pack_id.short(),
-                crate::error::one_line(&e)
-            );
-            for (_, t) in group {
-                fail_all(t, &msg);
+                crate::error::one_line(e)
+            )),
+        };
+        // A damaged or missing copy here may be intact on a mirror.
+        let opened = match opened {
+            Err(_) if repo.backend.has_fallbacks() => {
+                repo.read_blob(BlobType::Data, &entry.id).or(opened)
             }
-            return;
-        }
-    };
-    for (entry, targets) in group {
-        let o = (u64::from(entry.offset) - first) as usize;
-        let stored = &bytes[o..o + entry.length as usize];
-        let data = match pack::open_blob(&repo.keys, entry, stored) {
+            other => other,
+        };
+        let data = match opened {
             Ok(d) => d,
             Err(e) => {
                 fail_all(
                     targets,
                     &format!(
-                        "data blob {} in pack {}: {e}",
+                        "data blob {} in pack {}: {}",
                         entry.id.short(),
-                        pack_id.short()
+                        pack_id.short(),
+                        crate::error::one_line(&e)
                     ),
                 );
                 continue;

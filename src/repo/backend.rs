@@ -26,6 +26,8 @@ pub enum FileKind {
     Snapshot,
     Lock,
     Manifest,
+    Mirror,
+    Forget,
 }
 
 impl FileKind {
@@ -37,6 +39,8 @@ impl FileKind {
             FileKind::Snapshot => "snapshots/",
             FileKind::Lock => "locks/",
             FileKind::Manifest => "manifests/",
+            FileKind::Mirror => "mirrors/",
+            FileKind::Forget => "forgotten/",
         }
     }
 
@@ -85,6 +89,8 @@ pub struct Backend {
     /// Whether a write appears whole under its name; if not, writes go to `tmp/` first
     /// and are renamed into place.
     atomic_writes: bool,
+    /// Mirrors to read from, in order, when this backend fails to deliver an object.
+    fallbacks: Vec<Backend>,
 }
 
 impl Backend {
@@ -99,6 +105,55 @@ impl Backend {
             location: opened.display,
             remote: opened.remote,
             atomic_writes: opened.atomic_writes,
+            fallbacks: Vec::new(),
+        })
+    }
+
+    /// Reads fall back to `mirrors`, in order, per object.
+    pub fn with_fallbacks(mut self, mirrors: Vec<Backend>) -> Backend {
+        self.fallbacks = mirrors;
+        self
+    }
+
+    pub fn has_fallbacks(&self) -> bool {
+        !self.fallbacks.is_empty()
+    }
+
+    /// This backend without its fallbacks: for commands that judge this copy alone.
+    pub fn alone(&self) -> Backend {
+        Backend {
+            fallbacks: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Tries this backend, then each fallback, until `f` succeeds; the error is this
+    /// backend's own.
+    fn first_ok<T>(&self, f: impl Fn(&Backend) -> Result<T>) -> Result<T> {
+        let primary = f(&self.alone());
+        if primary.is_ok() || self.fallbacks.is_empty() {
+            return primary;
+        }
+        for m in &self.fallbacks {
+            if let Ok(v) = f(m) {
+                return Ok(v);
+            }
+        }
+        primary
+    }
+
+    /// Reads an object and accepts the first copy (this backend, then the mirrors) that
+    /// passes `check`; fails with this backend's error, or with `bad` when every copy
+    /// was read but none passed.
+    pub fn read_verified(
+        &self,
+        path: &str,
+        check: &dyn Fn(&[u8]) -> bool,
+        bad: &dyn Fn() -> anyhow::Error,
+    ) -> Result<Vec<u8>> {
+        self.first_ok(|b| {
+            let bytes = b.read_here(path)?;
+            if check(&bytes) { Ok(bytes) } else { Err(bad()) }
         })
     }
 
@@ -124,14 +179,24 @@ impl Backend {
         }
     }
 
+    /// Reads a whole object (from a mirror when this backend fails).
     pub fn read(&self, path: &str) -> Result<Vec<u8>> {
+        self.first_ok(|b| b.read_here(path))
+    }
+
+    fn read_here(&self, path: &str) -> Result<Vec<u8>> {
         self.op
             .read(path)
             .map(|b| b.to_vec())
             .map_err(|e| self.wrap(path, e))
     }
 
+    /// Reads `len` bytes at `offset` (from a mirror when this backend fails).
     pub fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.first_ok(|b| b.read_range_here(path, offset, len))
+    }
+
+    fn read_range_here(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let opts = ReadOptions {
             range: (offset..offset + len).into(),
             ..Default::default()
@@ -179,10 +244,18 @@ impl Backend {
     }
 
     pub fn size(&self, path: &str) -> Result<u64> {
-        self.op
-            .stat(path)
-            .map(|m| m.content_length())
-            .map_err(|e| self.wrap(path, e))
+        self.first_ok(|b| {
+            b.op.stat(path)
+                .map(|m| m.content_length())
+                .map_err(|e| b.wrap(path, e))
+        })
+    }
+
+    /// Every copy this backend reads from: itself, then its mirrors.
+    pub fn copies(&self) -> Vec<Backend> {
+        std::iter::once(self.alone())
+            .chain(self.fallbacks.iter().cloned())
+            .collect()
     }
 
     pub fn exists(&self, path: &str) -> Result<bool> {
@@ -236,6 +309,8 @@ impl Backend {
             "data/",
             "index/",
             "manifests/",
+            "mirrors/",
+            "forgotten/",
             "snapshots/",
             "locks/",
             "tmp/",

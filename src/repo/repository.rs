@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, CONFIG_PATH, FileKind, is_not_found};
@@ -15,6 +15,7 @@ use crate::format::config::{ChunkerParams, Config, REPO_VERSION};
 use crate::format::crypto::{Keys, MasterKey};
 use crate::format::index::IndexFile;
 use crate::format::keyfile::{self, KeyFile, KeyPayload};
+use crate::format::mirror::{ForgetRecord, MirrorDef};
 use crate::format::pack::{self, BlobType};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
@@ -55,6 +56,8 @@ pub struct Repository {
     /// Index files that could not be read at the last `load_index`, and why; their
     /// blobs count as absent until `vault repair index` rebuilds them.
     pub damaged_index: Vec<(Id, String)>,
+    /// Index files that others supersede (as of the last `load_index`).
+    pub superseded: HashSet<Id>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -131,6 +134,7 @@ impl Repository {
             cache,
             index: Arc::new(MasterIndex::default()),
             damaged_index: Vec::new(),
+            superseded: HashSet::new(),
         })
     }
 
@@ -169,6 +173,7 @@ impl Repository {
             cache,
             index: Arc::new(MasterIndex::default()),
             damaged_index: Vec::new(),
+            superseded: HashSet::new(),
         })
     }
 
@@ -271,6 +276,7 @@ impl Repository {
             }
         }
         let mut mi = MasterIndex::default();
+        self.superseded = superseded.clone();
         for (id, f) in &files {
             if !superseded.contains(id) {
                 mi.add_file(*id, f);
@@ -321,14 +327,15 @@ impl Repository {
         if let Some(b) = self.cache.as_ref().and_then(|c| c.get(cache_kind, id)) {
             return Ok(b);
         }
-        let bytes = self.backend.read(&kind.path(id))?;
-        if Id::of_stored(&bytes) != *id {
-            bail!(
-                "{} {}: content does not match its name (damaged)",
-                cache_kind,
-                id.short()
-            );
-        }
+        let bytes =
+            self.backend
+                .read_verified(&kind.path(id), &|b| Id::of_stored(b) == *id, &|| {
+                    anyhow!(
+                        "{} {}: content does not match its name (damaged)",
+                        cache_kind,
+                        id.short()
+                    )
+                })?;
         if let Some(c) = &self.cache {
             c.put(cache_kind, id, &bytes);
         }
@@ -364,29 +371,39 @@ impl Repository {
                 blob_type.name()
             );
         }
-        let stored = self
-            .backend
-            .read_range(
-                &FileKind::Data.path(&pack_id),
-                entry.offset.into(),
-                entry.length.into(),
-            )
-            .with_context(|| {
-                format!(
-                    "reading {} blob {} from pack {}",
+        // Each copy in turn (this backend, then mirrors) until one holds the blob intact.
+        let path = FileKind::Data.path(&pack_id);
+        let mut first_err = None;
+        let mut found = None;
+        for b in self.backend.copies() {
+            let r = b
+                .read_range(&path, entry.offset.into(), entry.length.into())
+                .and_then(|stored| {
+                    let plain = pack::open_blob(&self.keys, &entry, &stored)?;
+                    Ok((stored, plain))
+                });
+            match r {
+                Ok(v) => {
+                    found = Some(v);
+                    break;
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let (stored, plain) = match found {
+            Some(v) => v,
+            None => {
+                let e = first_err.unwrap_or_else(|| anyhow!("no copy to read from"));
+                return Err(e.context(format!(
+                    "{} blob {} in pack {}",
                     blob_type.name(),
                     id.short(),
                     pack_id.short()
-                )
-            })?;
-        let plain = pack::open_blob(&self.keys, &entry, &stored).map_err(|e| {
-            anyhow!(e).context(format!(
-                "{} blob {} in pack {}",
-                blob_type.name(),
-                id.short(),
-                pack_id.short()
-            ))
-        })?;
+                )));
+            }
+        };
         if let Some(c) = cache {
             c.put("trees", id, &stored);
         }
@@ -398,14 +415,31 @@ impl Repository {
         Tree::decode(&bytes).map_err(|e| anyhow!(e).context(format!("tree {}", id.short())))
     }
 
-    /// Reads a pack's header: the authoritative list of what it holds.
+    /// Reads a pack's header: the authoritative list of what it holds. Tries each copy.
     pub fn read_pack_header(&self, pack_id: &Id) -> Result<Vec<pack::BlobEntry>> {
+        let copies = self.backend.copies();
+        let mut result = Err(anyhow!("no copy of pack {}", pack_id.short()));
+        for b in &copies {
+            result = self.read_pack_header_in(b, pack_id);
+            if result.is_ok() {
+                break;
+            }
+        }
+        // The first copy's error says what is wrong where the user looks first.
+        match result {
+            Ok(v) => Ok(v),
+            Err(_) if copies.len() > 1 => self.read_pack_header_in(&copies[0], pack_id),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn read_pack_header_in(&self, b: &Backend, pack_id: &Id) -> Result<Vec<pack::BlobEntry>> {
         let path = FileKind::Data.path(pack_id);
-        let size = self.backend.size(&path)?;
+        let size = b.size(&path)?;
         if size < pack::TRAILER_LEN as u64 {
             bail!("pack {}: truncated ({} bytes)", pack_id.short(), size);
         }
-        let trailer = self.backend.read_range(&path, size - 8, 8)?;
+        let trailer = b.read_range(&path, size - 8, 8)?;
         let hlen = u64::from(
             pack::parse_trailer(&trailer)
                 .map_err(|e| anyhow!(e).context(format!("pack {}", pack_id.short())))?,
@@ -418,9 +452,73 @@ impl Repository {
             );
         }
         let start = size - 8 - hlen;
-        let sealed = self.backend.read_range(&path, start, hlen)?;
+        let sealed = b.read_range(&path, start, hlen)?;
         pack::open_header(&self.keys, &sealed, start)
             .map_err(|e| anyhow!(e).context(format!("pack {} header", pack_id.short())))
+    }
+
+    // ---- mirrors and forget records ----
+
+    /// Reads every sealed object of `kind` that opens; damaged ones are skipped (audit
+    /// and check name them).
+    fn sealed_objects<T>(
+        &self,
+        kind: FileKind,
+        open: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        let mut out = Vec::new();
+        for id in self.backend.list(kind)? {
+            let bytes =
+                self.backend
+                    .read_verified(&kind.path(&id), &|b| Id::of_stored(b) == id, &|| {
+                        anyhow!("damaged")
+                    });
+            if let Some(v) = bytes.ok().as_deref().and_then(&open) {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn save_sealed(&self, kind: FileKind, bytes: Vec<u8>) -> Result<Id> {
+        let id = Id::of_stored(&bytes);
+        self.backend.write(&kind.path(&id), bytes)?;
+        Ok(id)
+    }
+
+    pub fn save_mirror_def(&self, d: &MirrorDef) -> Result<Id> {
+        self.save_sealed(FileKind::Mirror, d.seal(&self.keys))
+    }
+
+    /// The mirrors in force: the newest definition of each name, unless it removes it.
+    pub fn mirror_defs(&self) -> Result<Vec<MirrorDef>> {
+        let all = self.sealed_objects(FileKind::Mirror, |b| MirrorDef::open(&self.keys, b).ok())?;
+        let mut newest: std::collections::BTreeMap<String, MirrorDef> = Default::default();
+        for d in all {
+            let t = |d: &MirrorDef| d.created.parse::<jiff::Timestamp>().ok();
+            if newest.get(&d.name).is_none_or(|old| t(&d) > t(old)) {
+                newest.insert(d.name.clone(), d);
+            }
+        }
+        Ok(newest.into_values().filter(|d| !d.removed).collect())
+    }
+
+    pub fn save_forget_record(&self, snapshots: &[Id]) -> Result<Id> {
+        let r = ForgetRecord {
+            version: 1,
+            time: now_rfc3339(),
+            snapshots: snapshots.to_vec(),
+        };
+        self.save_sealed(FileKind::Forget, r.seal(&self.keys))
+    }
+
+    /// Every snapshot an authentic forget record names.
+    pub fn forgotten(&self) -> Result<HashSet<Id>> {
+        Ok(self
+            .sealed_objects(FileKind::Forget, |b| ForgetRecord::open(&self.keys, b).ok())?
+            .into_iter()
+            .flat_map(|r| r.snapshots)
+            .collect())
     }
 
     // ---- snapshots ----
@@ -438,13 +536,22 @@ impl Repository {
         let bytes = match self.cache.as_ref().and_then(|c| c.get("snapshots", id)) {
             Some(b) => b,
             None => {
-                let b = self.backend.read(&FileKind::Snapshot.path(id))?;
-                if Id::of_stored(&b) == *id
-                    && let Some(c) = &self.cache
-                {
-                    c.put("snapshots", id, &b);
+                let path = FileKind::Snapshot.path(id);
+                let verified =
+                    self.backend
+                        .read_verified(&path, &|b| Id::of_stored(b) == *id, &|| {
+                            anyhow!("snapshot {}: no copy matches its name", id.short())
+                        });
+                match verified {
+                    Ok(b) => {
+                        if let Some(c) = &self.cache {
+                            c.put("snapshots", id, &b);
+                        }
+                        b
+                    }
+                    // Misnamed but perhaps authentic: opening decides.
+                    Err(_) => self.backend.read(&path)?,
                 }
-                b
             }
         };
         Snapshot::open(&self.keys, &bytes)

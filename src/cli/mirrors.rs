@@ -1,0 +1,375 @@
+//! mirror, sync, status and repair --from: the commands that keep several copies.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Result, anyhow};
+use serde_json::json;
+
+use super::commands::{location, open, print_json, take_lock, warn_stderr};
+use super::progress::{Progress, human_bytes};
+use super::{Global, MirrorAddArgs, MirrorCommand};
+use crate::error::{VaultError, exit};
+use crate::format::mirror::{MIRROR_VERSION, MirrorDef};
+use crate::ops::sync;
+use crate::repo::repository::now_rfc3339;
+use crate::repo::{Backend, Repository};
+
+/// The name that describes the primary itself (vendor, region) rather than a mirror.
+const PRIMARY: &str = "primary";
+
+/// Reads fall back to the mirrors, per object. Mirrors that cannot be opened are
+/// reported and left out; a failure to read the definitions only warns.
+pub(super) fn attach(repo: &mut Repository, g: &Global) {
+    let defs = match repo.mirror_defs() {
+        Ok(d) => d,
+        Err(e) => {
+            warn_stderr(format!(
+                "cannot read the mirror list: {}",
+                crate::error::one_line(&e)
+            ));
+            return;
+        }
+    };
+    let mut backends = Vec::new();
+    for d in defs.iter().filter(|d| d.name != PRIMARY) {
+        match Backend::open(&d.url) {
+            Ok(b) => backends.push(b),
+            Err(e) if !g.quiet => {
+                warn_stderr(format!("mirror {}: {}", d.name, crate::error::one_line(&e)))
+            }
+            Err(_) => {}
+        }
+    }
+    if !backends.is_empty() {
+        repo.backend = repo.backend.clone().with_fallbacks(backends);
+    }
+}
+
+/// The location URL to record: the user's URL with --endpoint and --region folded in.
+fn mirror_url(a: &MirrorAddArgs) -> Result<String> {
+    if !a.url.contains("://") {
+        return Ok(std::path::absolute(&a.url)?.to_string_lossy().into_owned());
+    }
+    let mut u = url::Url::parse(&a.url)
+        .map_err(|e| VaultError::Usage(format!("mirror URL {:?}: {e}", a.url)))?;
+    if u.password().is_some() {
+        return Err(VaultError::Usage(
+            "never put a password in a mirror URL: credentials come from the environment".into(),
+        )
+        .into());
+    }
+    if u.scheme() == "s3" {
+        let mut pairs = u.query_pairs_mut();
+        if let Some(e) = &a.endpoint {
+            pairs.append_pair("endpoint", e);
+        }
+        if !a.region.is_empty() {
+            pairs.append_pair("region", &a.region);
+        }
+    }
+    Ok(u.to_string())
+}
+
+pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
+    let repo = open(g)?;
+    match m {
+        MirrorCommand::Add(a) => {
+            if repo.mirror_defs()?.iter().any(|d| d.name == a.name) {
+                return Err(VaultError::Usage(format!(
+                    "mirror {} exists: remove it first, or choose another name",
+                    a.name
+                ))
+                .into());
+            }
+            let url = mirror_url(&a)?;
+            if a.name != PRIMARY {
+                Backend::open(&url)?; // a malformed location fails here, not at sync
+            }
+            let def = MirrorDef {
+                version: MIRROR_VERSION,
+                name: a.name.clone(),
+                url,
+                vendor: a.vendor,
+                region: a.region,
+                labels: a.labels,
+                created: now_rfc3339(),
+                removed: false,
+            };
+            repo.save_mirror_def(&def)?;
+            if !g.quiet && !g.json {
+                println!("added mirror {} at {}", def.name, def.url);
+            }
+            if a.no_sync || a.name == PRIMARY {
+                return Ok(exit::OK);
+            }
+            drop(repo);
+            sync(g, Some(&a.name))
+        }
+        MirrorCommand::List => {
+            let defs = repo.mirror_defs()?;
+            if g.json {
+                print_json(&serde_json::to_value(&defs)?)?;
+            } else {
+                for d in &defs {
+                    println!(
+                        "{:<12}  {:<10}  {:<12}  {}",
+                        d.name, d.vendor, d.region, d.url
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        MirrorCommand::Remove { name } => {
+            let Some(mut def) = repo.mirror_defs()?.into_iter().find(|d| d.name == name) else {
+                return Err(anyhow!("no mirror named {name} (see `vault mirror list`)"));
+            };
+            def.removed = true;
+            def.created = now_rfc3339();
+            repo.save_mirror_def(&def)?;
+            if !g.quiet {
+                println!(
+                    "removed mirror {name} (its copy at {} is left as it is)",
+                    def.url
+                );
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// Per mirror: when it was last brought up to date from this machine.
+fn state_path(repo: &Repository) -> Option<std::path::PathBuf> {
+    repo.cache.as_ref().map(|c| c.dir().join("sync-state.json"))
+}
+
+fn load_state(repo: &Repository) -> BTreeMap<String, String> {
+    state_path(repo)
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_state(repo: &Repository, state: &BTreeMap<String, String>) {
+    if let (Some(p), Ok(b)) = (state_path(repo), serde_json::to_vec(state)) {
+        let _ = std::fs::write(p, b);
+    }
+}
+
+pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
+    let mut repo = open(g)?;
+    let _lock = take_lock(g, &repo, false, "sync")?;
+    repo.load_index()?;
+    let defs: Vec<MirrorDef> = repo
+        .mirror_defs()?
+        .into_iter()
+        .filter(|d| d.name != PRIMARY && only.is_none_or(|n| n == d.name))
+        .collect();
+    if defs.is_empty() {
+        return Err(anyhow!(match only {
+            Some(n) => format!("no mirror named {n} (see `vault mirror list`)"),
+            None => "no mirrors: add one with `vault mirror add NAME URL`".to_string(),
+        }));
+    }
+    let mut state = load_state(&repo);
+    let mut code = exit::OK;
+    let mut results = Vec::new();
+    for d in &defs {
+        let counters = Arc::new(sync::Counters::default());
+        let c = counters.clone();
+        let progress = Progress::start(g.quiet || g.json, move || {
+            format!(
+                "{} objects copied ({})",
+                c.objects.load(Ordering::Relaxed),
+                human_bytes(c.bytes.load(Ordering::Relaxed))
+            )
+        });
+        let r = Backend::open(&d.url).and_then(|b| sync::sync(&repo, &b, &counters));
+        progress.finish();
+        match r {
+            Ok(rep) => {
+                state.insert(d.name.clone(), now_rfc3339());
+                if !g.quiet && !g.json {
+                    println!(
+                        "{}: copied {} objects ({}), deleted {}; up to date",
+                        d.name,
+                        rep.copied,
+                        human_bytes(rep.bytes),
+                        rep.deleted
+                    );
+                }
+                for bad in &rep.damaged_at_source {
+                    warn_stderr(format!(
+                        "{bad} is damaged here and was not copied to {}: `vault repair --from {}`",
+                        d.name, d.name
+                    ));
+                    code = exit::PARTIAL;
+                }
+                results.push(json!({"mirror": d.name, "ok": true, "report": rep}));
+            }
+            Err(e) => {
+                let why = crate::error::one_line(&e);
+                eprintln!(
+                    "vault: mirror {} skipped: {why}; it catches up at the next sync",
+                    d.name
+                );
+                results.push(json!({"mirror": d.name, "ok": false, "error": why}));
+                code = exit::PARTIAL;
+            }
+        }
+    }
+    save_state(&repo, &state);
+    if g.json {
+        print_json(&json!({ "mirrors": results }))?;
+    }
+    Ok(code)
+}
+
+pub fn status(g: &Global) -> Result<i32> {
+    let repo = open(g)?;
+    let defs = repo.mirror_defs()?;
+    let state = load_state(&repo);
+    let primary_def = defs.iter().find(|d| d.name == PRIMARY);
+    let primary = repo.backend.alone();
+    let mut rows = vec![json!({
+        "name": "primary", "url": repo.location(), "reachable": true, "complete": true,
+        "vendor": primary_def.map(|d| d.vendor.clone()).unwrap_or_default(),
+        "region": primary_def.map(|d| d.region.clone()).unwrap_or_default(),
+    })];
+    for d in defs.iter().filter(|d| d.name != PRIMARY) {
+        let b = Backend::open(&d.url).and_then(|m| sync::behind(&primary, &m));
+        let mut row = json!({
+            "name": d.name, "url": d.url, "vendor": d.vendor, "region": d.region,
+            "last_sync": state.get(&d.name),
+        });
+        match b {
+            Ok(behind) => {
+                row["reachable"] = json!(true);
+                row["complete"] = json!(behind.objects == 0);
+                row["missing_objects"] = json!(behind.objects);
+                row["missing_bytes"] = json!(behind.bytes);
+            }
+            Err(e) => {
+                row["reachable"] = json!(false);
+                row["complete"] = json!(false);
+                row["error"] = json!(crate::error::one_line(&e));
+            }
+        }
+        rows.push(row);
+    }
+    let complete: Vec<&serde_json::Value> = rows.iter().filter(|r| r["complete"] == true).collect();
+    let distinct = |field: &str| -> BTreeSet<String> {
+        complete
+            .iter()
+            .filter_map(|r| r[field].as_str())
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let (vendors, regions) = (distinct("vendor"), distinct("region"));
+    let mut warnings = Vec::new();
+    if complete.len() < 3 {
+        warnings.push(format!(
+            "only {} complete cop{}: keep at least 3 (add mirrors, then `vault sync`)",
+            complete.len(),
+            if complete.len() == 1 { "y" } else { "ies" }
+        ));
+    }
+    if vendors.len() < 2 {
+        warnings.push("a single vendor (or none recorded) holds the complete copies: one account closure loses them all (`vault mirror add ... --vendor`)".into());
+    }
+    if regions.len() < 2 {
+        warnings.push("a single region (or none recorded) holds the complete copies: one disaster loses them all (`--region`)".into());
+    }
+    let summary = format!(
+        "{} complete cop{}, {} vendor{}, {} region{}, no offline export yet",
+        complete.len(),
+        if complete.len() == 1 { "y" } else { "ies" },
+        vendors.len(),
+        if vendors.len() == 1 { "" } else { "s" },
+        regions.len(),
+        if regions.len() == 1 { "" } else { "s" },
+    );
+    if g.json {
+        print_json(&json!({"copies": rows, "summary": summary, "warnings": warnings}))?;
+        return Ok(exit::OK);
+    }
+    for r in &rows {
+        let state = if r["reachable"] != true {
+            format!("unreachable: {}", r["error"].as_str().unwrap_or(""))
+        } else if r["complete"] == true {
+            "complete".to_string()
+        } else {
+            format!(
+                "behind by {} objects ({})",
+                r["missing_objects"],
+                human_bytes(r["missing_bytes"].as_u64().unwrap_or(0))
+            )
+        };
+        let last = r["last_sync"]
+            .as_str()
+            .map(|t| format!("; last sync {t}"))
+            .unwrap_or_default();
+        println!(
+            "{:<12}  {:<10}  {:<12}  {state}{last}\n              {}",
+            r["name"].as_str().unwrap_or(""),
+            r["vendor"].as_str().unwrap_or(""),
+            r["region"].as_str().unwrap_or(""),
+            r["url"].as_str().unwrap_or("")
+        );
+    }
+    println!("{summary}");
+    for w in &warnings {
+        warn_stderr(w.clone());
+    }
+    Ok(exit::OK)
+}
+
+/// Copies back what this repository lacks or holds damaged, from a mirror named in its
+/// list or given by URL (the only way when this repository no longer opens).
+pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
+    let (loc, _) = location(g)?;
+    let opened = open(g);
+    let url = if from.contains("://") || from.starts_with('/') {
+        from.to_string()
+    } else {
+        let repo = opened.as_ref().map_err(|e| {
+            anyhow!(
+                "{}: cannot read its mirror list ({}); give the mirror's URL to --from",
+                loc,
+                crate::error::one_line(e)
+            )
+        })?;
+        repo.mirror_defs()?
+            .into_iter()
+            .find(|d| d.name == from)
+            .map(|d| d.url)
+            .ok_or_else(|| anyhow!("no mirror named {from} (see `vault mirror list`)"))?
+    };
+    let _lock = match &opened {
+        Ok(repo) => take_lock(g, repo, false, "repair")?,
+        Err(_) => None, // a repository that does not open cannot hold a lock either
+    };
+    let source = Backend::open(&url)?;
+    let target = Backend::open(&loc)?;
+    let counters = sync::Counters::default();
+    let r = sync::heal(&target, &source, &counters)?;
+    for bad in &r.damaged_at_source {
+        warn_stderr(format!("{bad} is damaged on {from} too: not copied"));
+    }
+    if g.json {
+        print_json(&serde_json::to_value(&r)?)?;
+    } else if !g.quiet {
+        println!(
+            "repair from {from}: copied back {} objects ({})",
+            r.copied,
+            human_bytes(r.bytes)
+        );
+    }
+    Ok(if r.damaged_at_source.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
+}

@@ -1,0 +1,113 @@
+//! Mirror definitions and forget records: small sealed JSON objects, named by the hash of
+//! their bytes like snapshots, and never rewritten.
+//!
+//! A mirror definition names one other backend that holds a copy of the repository; the
+//! newest definition of a name wins, and one with `removed` ends the mirror. A forget
+//! record lists snapshots that `forget` removed on purpose: sync deletes a snapshot from
+//! a mirror only when an authentic record says so, so nobody who can merely delete files
+//! on one backend can make sync delete them everywhere.
+
+use serde::{Deserialize, Serialize};
+
+use super::crypto::Keys;
+use super::error::{FormatError, Result};
+use super::id::Id;
+use super::object::{self, Kind};
+
+pub const MIRROR_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct MirrorDef {
+    pub version: u32,
+    pub name: String,
+    /// Location URL, without secrets (credentials come from the environment).
+    pub url: String,
+    #[serde(default)]
+    pub vendor: String,
+    #[serde(default)]
+    pub region: String,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// RFC 3339; the newest definition of a name wins.
+    pub created: String,
+    #[serde(default)]
+    pub removed: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ForgetRecord {
+    pub version: u32,
+    pub time: String,
+    pub snapshots: Vec<Id>,
+}
+
+fn seal_json<T: Serialize>(keys: &Keys, kind: Kind, v: &T) -> Vec<u8> {
+    object::seal(keys, kind, &serde_json::to_vec(v).expect("serializes"))
+}
+
+fn open_json<T: for<'de> Deserialize<'de>>(
+    keys: &Keys,
+    kind: Kind,
+    what: &'static str,
+    stored: &[u8],
+) -> Result<T> {
+    let body = object::open(keys, kind, stored)?;
+    serde_json::from_slice(&body).map_err(|e| FormatError::malformed(what, e))
+}
+
+impl MirrorDef {
+    pub fn seal(&self, keys: &Keys) -> Vec<u8> {
+        seal_json(keys, Kind::Mirror, self)
+    }
+
+    pub fn open(keys: &Keys, stored: &[u8]) -> Result<MirrorDef> {
+        let d: MirrorDef = open_json(keys, Kind::Mirror, "mirror definition", stored)?;
+        if d.version != MIRROR_VERSION {
+            return Err(FormatError::Version {
+                what: "mirror definition",
+                version: d.version,
+            });
+        }
+        Ok(d)
+    }
+}
+
+impl ForgetRecord {
+    pub fn seal(&self, keys: &Keys) -> Vec<u8> {
+        seal_json(keys, Kind::Forget, self)
+    }
+
+    pub fn open(keys: &Keys, stored: &[u8]) -> Result<ForgetRecord> {
+        open_json(keys, Kind::Forget, "forget record", stored)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::crypto::MasterKey;
+
+    #[test]
+    fn round_trips_and_kinds_do_not_mix() {
+        let keys = MasterKey::generate().derive();
+        let d = MirrorDef {
+            version: MIRROR_VERSION,
+            name: "offsite".into(),
+            url: "s3://b/v".into(),
+            vendor: "wasabi".into(),
+            region: "eu".into(),
+            labels: vec![],
+            created: "2026-11-21T00:00:00Z".into(),
+            removed: false,
+        };
+        let sealed = d.seal(&keys);
+        assert_eq!(MirrorDef::open(&keys, &sealed).unwrap(), d);
+        assert!(ForgetRecord::open(&keys, &sealed).is_err());
+        let f = ForgetRecord {
+            version: 1,
+            time: "t".into(),
+            snapshots: vec![Id::of_stored(b"s")],
+        };
+        assert_eq!(ForgetRecord::open(&keys, &f.seal(&keys)).unwrap(), f);
+    }
+}

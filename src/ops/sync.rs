@@ -1,0 +1,262 @@
+//! Mirrors: copying a repository's objects, as they are, from one backend to another.
+//!
+//! `sync` brings a mirror up to date with the primary: objects the mirror lacks (or holds
+//! at another size) are copied in dependency order — keys, mirror definitions, forget
+//! records, packs, index files, manifests, snapshots — so the mirror is a consistent
+//! repository at every instant. It deletes on the mirror only what authentic objects
+//! say is gone: snapshots named by a forget record, index files superseded by an index
+//! file it already holds, packs no index file on either side still lists. A backend that
+//! merely lost files can never make sync delete them elsewhere.
+//!
+//! `repair --from` copies the other way: every object the primary lacks or holds damaged
+//! (checked without the key) comes back from a mirror that holds it intact.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Result, anyhow};
+use crossbeam_channel::bounded;
+use serde::Serialize;
+
+use crate::format::index::IndexFile;
+use crate::format::manifest::Manifest;
+use crate::format::{Id, object};
+use crate::repo::backend::CONFIG_PATH;
+use crate::repo::index::delete_index_file;
+use crate::repo::{Backend, FileKind, Repository};
+
+/// Copy order: whatever an object refers to is on the target before it.
+const ORDER: [FileKind; 7] = [
+    FileKind::Key,
+    FileKind::Mirror,
+    FileKind::Forget,
+    FileKind::Data,
+    FileKind::Index,
+    FileKind::Manifest,
+    FileKind::Snapshot,
+];
+
+const COPIERS: usize = 4;
+
+#[derive(Default)]
+pub struct Counters {
+    pub objects: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct CopyReport {
+    pub copied: u64,
+    pub bytes: u64,
+    pub deleted: u64,
+    /// Objects not copied because the source's copy is damaged.
+    pub damaged_at_source: Vec<String>,
+}
+
+/// Whether `bytes` are intact for an object of `kind` named `id`, without the key.
+fn intact(kind: FileKind, id: &Id, bytes: &[u8]) -> bool {
+    match kind {
+        FileKind::Manifest => Manifest::decode(bytes).is_ok_and(|m| m.index.0 == *id),
+        _ => Id::of_stored(bytes) == *id,
+    }
+}
+
+/// What `to` lacks of kind `kind`: objects missing, or at a size other than `from`'s.
+fn missing(from: &Backend, to: &Backend, kind: FileKind) -> Result<Vec<(Id, u64)>> {
+    let have: HashMap<Id, u64> = to.list_sized(kind)?.into_iter().collect();
+    Ok(from
+        .list_sized(kind)?
+        .into_iter()
+        .filter(|(id, size)| have.get(id) != Some(size))
+        .collect())
+}
+
+/// Copies `objects` of `kind` from `from` to `to` on a few threads, each checked first.
+fn copy_objects(
+    from: &Backend,
+    to: &Backend,
+    kind: FileKind,
+    objects: &[(Id, u64)],
+    report: &mut CopyReport,
+    counters: &Counters,
+) -> Result<()> {
+    let failed: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let damaged: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let copied = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let (tx, rx) = bounded::<Id>(COPIERS);
+    std::thread::scope(|s| {
+        for _ in 0..COPIERS {
+            let rx = rx.clone();
+            let (failed, damaged, copied, bytes) = (&failed, &damaged, &copied, &bytes);
+            s.spawn(move || {
+                for id in rx {
+                    if failed.lock().expect("poisoned").is_some() {
+                        continue;
+                    }
+                    let path = kind.path(&id);
+                    let r = from.read(&path).and_then(|b| {
+                        if !intact(kind, &id, &b) {
+                            damaged.lock().expect("poisoned").push(path.clone());
+                            return Ok(());
+                        }
+                        let n = b.len() as u64;
+                        to.write(&path, b)?;
+                        copied.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(n, Ordering::Relaxed);
+                        counters.objects.fetch_add(1, Ordering::Relaxed);
+                        counters.bytes.fetch_add(n, Ordering::Relaxed);
+                        Ok(())
+                    });
+                    if let Err(e) = r {
+                        failed.lock().expect("poisoned").get_or_insert(e);
+                    }
+                }
+            });
+        }
+        for (id, _) in objects {
+            if tx.send(*id).is_err() {
+                break;
+            }
+        }
+        drop(tx);
+    });
+    report.copied += copied.into_inner();
+    report.bytes += bytes.into_inner();
+    report
+        .damaged_at_source
+        .extend(damaged.into_inner().expect("poisoned"));
+    match failed.into_inner().expect("poisoned") {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn copy_config(from: &Backend, to: &Backend, report: &mut CopyReport) -> Result<()> {
+    let good_there = to
+        .read(CONFIG_PATH)
+        .is_ok_and(|b| object::verify_checksum(&b).is_ok());
+    if good_there {
+        return Ok(());
+    }
+    let b = from.read(CONFIG_PATH)?;
+    if object::verify_checksum(&b).is_err() {
+        report.damaged_at_source.push(CONFIG_PATH.into());
+        return Ok(());
+    }
+    report.copied += 1;
+    report.bytes += b.len() as u64;
+    to.write(CONFIG_PATH, b)
+}
+
+/// Brings `mirror` up to date with the primary of `repo` (whose index is loaded).
+pub fn sync(repo: &Repository, mirror: &Backend, counters: &Counters) -> Result<CopyReport> {
+    let primary = repo.backend.alone();
+    let mut report = CopyReport::default();
+    mirror.create_layout()?;
+    // The config first would make a half-copied mirror look like a repository; keys
+    // first, then everything, then the config last.
+    for kind in ORDER {
+        let todo = missing(&primary, mirror, kind)?;
+        copy_objects(&primary, mirror, kind, &todo, &mut report, counters)?;
+    }
+    copy_config(&primary, mirror, &mut report)?;
+    delete_gone(repo, mirror, &mut report)?;
+    Ok(report)
+}
+
+/// Deletes from the mirror what the primary removed on purpose, and nothing else.
+fn delete_gone(repo: &Repository, mirror: &Backend, report: &mut CopyReport) -> Result<()> {
+    let primary = repo.backend.alone();
+    let on_primary =
+        |kind| -> Result<HashSet<Id>> { Ok(primary.list(kind)?.into_iter().collect()) };
+    let forgotten = repo.forgotten()?;
+    let snaps = on_primary(FileKind::Snapshot)?;
+    for id in mirror.list(FileKind::Snapshot)? {
+        if !snaps.contains(&id) && forgotten.contains(&id) {
+            mirror.delete(&FileKind::Snapshot.path(&id))?;
+            report.deleted += 1;
+        }
+    }
+    let index = on_primary(FileKind::Index)?;
+    let mut kept_index = Vec::new();
+    for id in mirror.list(FileKind::Index)? {
+        if !index.contains(&id) && repo.superseded.contains(&id) {
+            delete_index_file(mirror, &id)?;
+            report.deleted += 1;
+        } else {
+            kept_index.push(id);
+        }
+    }
+    // Packs stay while any index file on either side lists them.
+    let mut listed: HashSet<Id> = repo.index().pack_ids();
+    for id in kept_index.iter().filter(|id| !index.contains(id)) {
+        let bytes = mirror.read(&FileKind::Index.path(id))?;
+        let f = IndexFile::open(&repo.keys, &bytes)
+            .map_err(|e| anyhow!(e).context(format!("mirror index {}", id.short())))?;
+        listed.extend(f.packs.iter().map(|p| p.pack));
+    }
+    let packs = on_primary(FileKind::Data)?;
+    for id in mirror.list(FileKind::Data)? {
+        if !packs.contains(&id) && !listed.contains(&id) {
+            mirror.delete(&FileKind::Data.path(&id))?;
+            report.deleted += 1;
+        }
+    }
+    let index_left: HashSet<Id> = mirror.list(FileKind::Index)?.into_iter().collect();
+    for id in mirror.list(FileKind::Manifest)? {
+        if !index_left.contains(&id) {
+            mirror.delete(&FileKind::Manifest.path(&id))?;
+            report.deleted += 1;
+        }
+    }
+    Ok(())
+}
+
+/// How far `mirror` is behind `primary`: objects and bytes it lacks.
+#[derive(Debug, Default, Serialize)]
+pub struct Behind {
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+pub fn behind(primary: &Backend, mirror: &Backend) -> Result<Behind> {
+    let mut b = Behind::default();
+    for kind in ORDER {
+        for (_, size) in missing(primary, mirror, kind)? {
+            b.objects += 1;
+            b.bytes += size;
+        }
+    }
+    if !mirror.exists(CONFIG_PATH)? {
+        b.objects += 1;
+    }
+    Ok(b)
+}
+
+/// Copies back to `target` every object it lacks or holds damaged, from `source`.
+/// Reads every object on `target` to judge it (without the key).
+pub fn heal(target: &Backend, source: &Backend, counters: &Counters) -> Result<CopyReport> {
+    let mut report = CopyReport::default();
+    target.create_layout()?;
+    for kind in ORDER {
+        let have: HashMap<Id, u64> = target.list_sized(kind)?.into_iter().collect();
+        let mut todo = Vec::new();
+        for (id, size) in source.list_sized(kind)? {
+            let needs = match have.get(&id) {
+                None => true,
+                Some(_) => target
+                    .read(&kind.path(&id))
+                    .map(|b| !intact(kind, &id, &b))
+                    .unwrap_or(true),
+            };
+            if needs {
+                todo.push((id, size));
+            }
+        }
+        copy_objects(source, target, kind, &todo, &mut report, counters)?;
+    }
+    copy_config(source, target, &mut report)?;
+    Ok(report)
+}

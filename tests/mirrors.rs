@@ -1,0 +1,299 @@
+//! One repository on three backends: a local primary, an S3 mirror and an SFTP mirror,
+//! on real servers on loopback. Sync, status, an offline mirror, reads falling back to
+//! mirrors, repair from a mirror, and deletions that sync propagates only when they were
+//! deliberate.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::servers::{S3, Sftp};
+use common::{Env, bytes, snapshot_of, walkdir};
+
+struct Three {
+    env: Env,
+    s3: S3,
+    _sftp: Sftp,
+    s3_url: String,
+    sftp_url: String,
+    src: PathBuf,
+}
+
+fn three() -> Option<Three> {
+    let env = Env::new();
+    let s3 = S3::start(&env.path("s3"))?;
+    let sftp = Sftp::start(&env.path("sshd"))?;
+    let s3_url = "s3://bucket/vault?region=eu-central".to_string();
+    let sftp_url = sftp.url(&env.path("friend/vault"));
+    let src = env.path("src");
+    fs::create_dir_all(src.join("docs")).unwrap();
+    fs::write(src.join("big"), bytes(7, 2 << 20)).unwrap();
+    fs::write(src.join("docs/a.txt"), b"alpha").unwrap();
+    let t = Three {
+        env,
+        _sftp: sftp,
+        s3_url,
+        sftp_url,
+        src,
+        s3,
+    };
+    t.vault(&["init", "--pack-size", "512K"], 0);
+    t.vault(
+        &[
+            "mirror",
+            "add",
+            "offsite",
+            &t.s3_url,
+            "--vendor",
+            "wasabi",
+            "--no-sync",
+        ],
+        0,
+    );
+    t.vault(
+        &[
+            "mirror",
+            "add",
+            "friend",
+            &t.sftp_url,
+            "--vendor",
+            "home",
+            "--region",
+            "us-east",
+            "--no-sync",
+        ],
+        0,
+    );
+    let primary = t.env.repo();
+    t.vault(
+        &[
+            "mirror",
+            "add",
+            "primary",
+            primary.to_str().unwrap(),
+            "--vendor",
+            "local",
+            "--region",
+            "eu-west",
+        ],
+        0,
+    );
+    Some(t)
+}
+
+impl Three {
+    /// Runs vault with the S3 credentials and endpoint; asserts the exit code.
+    fn vault(&self, args: &[&str], code: i32) -> String {
+        let out = self
+            .env
+            .cmd()
+            .envs(self.s3.env())
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", self.s3.server.port),
+            )
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "vault {args:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.vault(&a, 0)).unwrap()
+    }
+
+    fn backup(&self, code: i32) {
+        self.vault(
+            &["backup", "-q", "--sync", self.src.to_str().unwrap()],
+            code,
+        );
+    }
+
+    fn restores_exactly(&self, args: &[&str], name: &str) {
+        let target = self.env.path(name);
+        let mut a = vec![
+            "restore",
+            "latest",
+            "--verify",
+            "--target",
+            target.to_str().unwrap(),
+        ];
+        a.extend_from_slice(args);
+        self.vault(&a, 0);
+        assert_eq!(
+            snapshot_of(&Env::restored(&target, &self.src)),
+            snapshot_of(&self.src)
+        );
+    }
+
+    fn complete_copies(&self) -> usize {
+        self.json(&["status"])["copies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["complete"] == true)
+            .count()
+    }
+}
+
+fn packs(repo: &Path) -> Vec<PathBuf> {
+    walkdir(&repo.join("data"))
+}
+
+#[test]
+fn sync_status_offline_mirror_and_catch_up() {
+    let Some(mut t) = three() else { return };
+    t.backup(0);
+    let status = t.json(&["status"]);
+    assert_eq!(t.complete_copies(), 3, "{status}");
+    assert!(
+        status["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 complete copies, 3 vendors, 2 regions"),
+        "{status}"
+    );
+    // Every mirror is a repository of its own.
+    for url in [&t.s3_url, &t.sftp_url] {
+        t.vault(&["check", "--read-data", "--repo", url], 0);
+        let out = t
+            .env
+            .cmd()
+            .envs(t.s3.env())
+            .env(
+                "AWS_ENDPOINT_URL",
+                format!("http://127.0.0.1:{}", t.s3.server.port),
+            )
+            .env_remove("VAULT_PASSWORD")
+            .args(["audit", "--repo", url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "audit {url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    t.restores_exactly(&["--repo", &t.sftp_url.clone()], "from-sftp");
+
+    // The S3 server goes away: the backup still succeeds, exit 3 says a mirror lags.
+    t.s3.server.stop();
+    fs::write(t.src.join("docs/b.txt"), b"written while offsite was down").unwrap();
+    t.backup(3);
+    assert_eq!(
+        t.json(&["snapshots"]).as_array().unwrap().len(),
+        2,
+        "data safe"
+    );
+    let status = t.json(&["status"]);
+    let offsite = status["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "offsite")
+        .unwrap()
+        .clone();
+    assert_eq!(offsite["reachable"], false, "{status}");
+    // Back again: sync catches up.
+    t.s3.server.start_again();
+    assert_eq!(t.complete_copies(), 2, "offsite is behind");
+    t.vault(&["sync"], 0);
+    assert_eq!(t.complete_copies(), 3);
+    t.vault(&["check", "--read-data", "--repo", &t.s3_url.clone()], 0);
+}
+
+#[test]
+fn reads_fall_back_to_mirrors_and_repair_heals_the_primary() {
+    let Some(t) = three() else { return };
+    t.backup(0);
+    let repo = t.env.repo();
+    // Delete one pack, damage another, damage the index and a snapshot on the primary.
+    let mut p = packs(&repo);
+    p.sort_by_key(|f| std::cmp::Reverse(fs::metadata(f).unwrap().len()));
+    fs::remove_file(&p[0]).unwrap();
+    let mut b = fs::read(&p[1]).unwrap();
+    b[10] ^= 1;
+    fs::write(&p[1], b).unwrap();
+    for dir in ["index", "snapshots"] {
+        for f in walkdir(&repo.join(dir)) {
+            fs::write(&f, b"damaged").unwrap();
+        }
+    }
+    let _ = fs::remove_dir_all(t.env.path("cache")); // the cache would hide the damage
+    t.vault(&["check"], 1);
+    // Every read still succeeds, from the mirrors.
+    t.restores_exactly(&[], "restored");
+    t.vault(&["ls", "latest"], 0);
+    // repair copies back what was lost or damaged.
+    let out = t.vault(&["repair", "--from", "offsite"], 0);
+    assert!(out.contains("copied back"), "{out}");
+    t.vault(&["check", "--read-data"], 0);
+    let audit = t
+        .env
+        .cmd()
+        .env_remove("VAULT_PASSWORD")
+        .arg("audit")
+        .output()
+        .unwrap();
+    assert!(audit.status.success());
+}
+
+#[test]
+fn sync_deletes_on_mirrors_only_what_was_deliberately_removed() {
+    let Some(t) = three() else { return };
+    t.backup(0);
+    fs::remove_file(t.src.join("big")).unwrap();
+    fs::write(t.src.join("docs/c.txt"), b"gamma").unwrap();
+    t.backup(0);
+    let mirror_snaps = |url: &str| {
+        t.json(&["snapshots", "--repo", url])
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(mirror_snaps(&t.s3_url), 2);
+
+    // A snapshot file lost on the primary (not forgotten) stays on the mirrors.
+    let first = t.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let lost = t.env.repo().join("snapshots").join(&first);
+    let kept = fs::read(&lost).unwrap();
+    fs::remove_file(&lost).unwrap();
+    t.vault(&["sync"], 0);
+    assert_eq!(
+        mirror_snaps(&t.s3_url),
+        2,
+        "a lost snapshot must not be deleted elsewhere"
+    );
+    fs::write(&lost, kept).unwrap();
+
+    // Forget and prune on the primary: sync removes the snapshot and the packs only it
+    // used, and the mirrors stay consistent.
+    t.vault(&["forget", "-q", &first[..8], "--prune"], 0);
+    let freed = packs(&t.env.repo()).len();
+    t.vault(&["sync"], 0);
+    assert_eq!(mirror_snaps(&t.s3_url), 1);
+    assert_eq!(mirror_snaps(&t.sftp_url), 1);
+    let friend = t.env.path("friend/vault");
+    assert_eq!(
+        packs(&friend).len(),
+        freed,
+        "the mirror dropped the pruned packs"
+    );
+    for url in [&t.s3_url, &t.sftp_url] {
+        t.vault(&["check", "--read-data", "--repo", url], 0);
+    }
+    t.restores_exactly(&["--repo", &t.s3_url.clone()], "after-prune");
+}
