@@ -297,3 +297,46 @@ fn sync_deletes_on_mirrors_only_what_was_deliberately_removed() {
     }
     t.restores_exactly(&["--repo", &t.s3_url.clone()], "after-prune");
 }
+
+#[test]
+fn lost_files_on_the_primary_never_delete_the_mirrors_copies() {
+    let Some(t) = three() else { return };
+    t.backup(0);
+    let repo = t.env.repo();
+    let mirror_packs = packs(&t.env.path("friend/vault")).len();
+    // The primary loses every pack and its index files are damaged: nothing on it says
+    // those packs were removed on purpose, so sync must keep the mirror's copies.
+    for p in packs(&repo) {
+        fs::remove_file(p).unwrap();
+    }
+    for f in walkdir(&repo.join("index")) {
+        fs::write(&f, b"damaged").unwrap();
+    }
+    let _ = fs::remove_dir_all(t.env.path("cache"));
+    // Exit 3: the damaged index files were not copied, and sync says so.
+    t.vault(&["sync", "--mirror", "friend"], 3);
+    assert_eq!(packs(&t.env.path("friend/vault")).len(), mirror_packs);
+    t.vault(&["repair", "--from", "friend"], 0);
+    t.vault(&["check", "--read-data"], 0);
+}
+
+#[test]
+fn repair_from_a_mirror_does_not_bring_back_forgotten_snapshots() {
+    let Some(t) = three() else { return };
+    t.backup(0);
+    fs::write(t.src.join("docs/a.txt"), b"second version").unwrap();
+    t.backup(0);
+    // Forget and prune without syncing: the mirrors still hold the old snapshot.
+    let first = t.json(&["snapshots"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    t.vault(&["forget", "-q", &first[..8], "--prune"], 0);
+    t.vault(&["repair", "--from", "offsite"], 0);
+    assert_eq!(
+        t.json(&["snapshots"]).as_array().unwrap().len(),
+        1,
+        "stays forgotten"
+    );
+    t.vault(&["check", "--read-data"], 0);
+}

@@ -326,6 +326,15 @@ pub fn status(g: &Global) -> Result<i32> {
     Ok(exit::OK)
 }
 
+/// Opens a mirror as a repository of its own (same password), with its index.
+fn open_source(g: &Global, source: &Backend) -> Result<Repository> {
+    let secret = super::password::secret(g.password_file.as_deref(), source.location())?;
+    let mut repo = Repository::open(source.clone(), &secret)?;
+    repo.cache = None;
+    repo.load_index()?;
+    Ok(repo)
+}
+
 /// Copies back what this repository lacks or holds damaged, from a mirror named in its
 /// list or given by URL (the only way when this repository no longer opens).
 pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
@@ -351,10 +360,32 @@ pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
         Ok(repo) => take_lock(g, repo, false, "repair")?,
         Err(_) => None, // a repository that does not open cannot hold a lock either
     };
+    let opened = opened.map(|r| {
+        // The lock guard keeps its own handle; this one reads the target's own objects.
+        let mut r = r;
+        r.backend = r.backend.alone();
+        r
+    });
     let source = Backend::open(&url)?;
     let target = Backend::open(&loc)?;
+    // What the repository removed on purpose must not come back: the source's own
+    // forget records and index say what that is.
+    let target_repo = opened.ok().and_then(|mut r| {
+        r.cache = None;
+        r.load_index().ok().map(|_| r)
+    });
+    let skip = match open_source(g, &source) {
+        Ok(src) => sync::removed_on_purpose(&src, target_repo.as_ref())?,
+        Err(e) => {
+            warn_stderr(format!(
+                "{from} cannot be opened ({}): copying back everything it holds",
+                crate::error::one_line(&e)
+            ));
+            Default::default()
+        }
+    };
     let counters = sync::Counters::default();
-    let r = sync::heal(&target, &source, &counters)?;
+    let r = sync::heal(&target, &source, &skip, &counters)?;
     for bad in &r.damaged_at_source {
         warn_stderr(format!("{bad} is damaged on {from} too: not copied"));
     }

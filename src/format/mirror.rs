@@ -15,6 +15,7 @@ use super::id::Id;
 use super::object::{self, Kind};
 
 pub const MIRROR_VERSION: u32 = 1;
+pub const FORGET_VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct MirrorDef {
@@ -78,7 +79,14 @@ impl ForgetRecord {
     }
 
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<ForgetRecord> {
-        open_json(keys, Kind::Forget, "forget record", stored)
+        let r: ForgetRecord = open_json(keys, Kind::Forget, "forget record", stored)?;
+        if r.version != FORGET_VERSION {
+            return Err(FormatError::Version {
+                what: "forget record",
+                version: r.version,
+            });
+        }
+        Ok(r)
     }
 }
 
@@ -104,7 +112,7 @@ mod tests {
         assert_eq!(MirrorDef::open(&keys, &sealed).unwrap(), d);
         assert!(ForgetRecord::open(&keys, &sealed).is_err());
         let f = ForgetRecord {
-            version: 1,
+            version: FORGET_VERSION,
             time: "t".into(),
             snapshots: vec![Id::of_stored(b"s")],
         };

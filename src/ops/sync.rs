@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use crossbeam_channel::bounded;
 use serde::Serialize;
 
@@ -189,13 +189,21 @@ fn delete_gone(repo: &Repository, mirror: &Backend, report: &mut CopyReport) -> 
             kept_index.push(id);
         }
     }
-    // Packs stay while any index file on either side lists them.
+    // Packs stay while any index file on either side lists them. The mirror's own index
+    // files are read too: the primary's copy of one may be the damaged one.
     let mut listed: HashSet<Id> = repo.index().pack_ids();
-    for id in kept_index.iter().filter(|id| !index.contains(id)) {
-        let bytes = mirror.read(&FileKind::Index.path(id))?;
-        let f = IndexFile::open(&repo.keys, &bytes)
-            .map_err(|e| anyhow!(e).context(format!("mirror index {}", id.short())))?;
-        listed.extend(f.packs.iter().map(|p| p.pack));
+    for id in &kept_index {
+        let f = mirror
+            .read(&FileKind::Index.path(id))
+            .and_then(|b| Ok(IndexFile::open(&repo.keys, &b)?));
+        match f {
+            Ok(f) => listed.extend(f.packs.iter().map(|p| p.pack)),
+            // Unsure what it lists: delete no pack this time.
+            Err(_) => return Ok(()),
+        }
+    }
+    if !repo.damaged_index.is_empty() {
+        return Ok(()); // the primary's view is incomplete: delete no pack
     }
     let packs = on_primary(FileKind::Data)?;
     for id in mirror.list(FileKind::Data)? {
@@ -235,15 +243,56 @@ pub fn behind(primary: &Backend, mirror: &Backend) -> Result<Behind> {
     Ok(b)
 }
 
-/// Copies back to `target` every object it lacks or holds damaged, from `source`.
-/// Reads every object on `target` to judge it (without the key).
-pub fn heal(target: &Backend, source: &Backend, counters: &Counters) -> Result<CopyReport> {
+/// What `repair --from` must not bring back: objects removed on purpose (forgotten
+/// snapshots, superseded index files and their manifests, packs no index file of the
+/// source lists), as the authentic objects of the source and of the target tell.
+pub fn removed_on_purpose(
+    source: &Repository,
+    target: Option<&Repository>,
+) -> Result<HashSet<(FileKind, Id)>> {
+    let mut skip: HashSet<(FileKind, Id)> = HashSet::new();
+    // Either side may know of a forget or prune the other has not seen yet.
+    for repo in std::iter::once(source).chain(target) {
+        for id in repo.forgotten()? {
+            skip.insert((FileKind::Snapshot, id));
+        }
+        for id in &repo.superseded {
+            skip.insert((FileKind::Index, *id));
+            skip.insert((FileKind::Manifest, *id));
+        }
+    }
+    if source.damaged_index.is_empty() {
+        // Packs only their own header describes are leftovers (pruned, or an interrupted
+        // backup's), not data any index file needs.
+        let index = source.index();
+        let from_headers: HashSet<Id> = index.unindexed.iter().map(|p| p.pack).collect();
+        let listed = index.pack_ids();
+        for id in source.backend.alone().list(FileKind::Data)? {
+            if !listed.contains(&id) || from_headers.contains(&id) {
+                skip.insert((FileKind::Data, id));
+            }
+        }
+    }
+    Ok(skip)
+}
+
+/// Copies back to `target` every object it lacks or holds damaged, from `source`, except
+/// those in `skip`. Reads every object on `target` to judge it (without the key).
+pub fn heal(
+    target: &Backend,
+    source: &Backend,
+    skip: &HashSet<(FileKind, Id)>,
+    counters: &Counters,
+) -> Result<CopyReport> {
     let mut report = CopyReport::default();
     target.create_layout()?;
     for kind in ORDER {
         let have: HashMap<Id, u64> = target.list_sized(kind)?.into_iter().collect();
         let mut todo = Vec::new();
         for (id, size) in source.list_sized(kind)? {
+            if skip.contains(&(kind, id)) {
+                continue;
+            }
             let needs = match have.get(&id) {
                 None => true,
                 Some(_) => target

@@ -505,7 +505,7 @@ impl Repository {
 
     pub fn save_forget_record(&self, snapshots: &[Id]) -> Result<Id> {
         let r = ForgetRecord {
-            version: 1,
+            version: crate::format::mirror::FORGET_VERSION,
             time: now_rfc3339(),
             snapshots: snapshots.to_vec(),
         };
