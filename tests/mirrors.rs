@@ -340,3 +340,60 @@ fn repair_from_a_mirror_does_not_bring_back_forgotten_snapshots() {
     );
     t.vault(&["check", "--read-data"], 0);
 }
+
+#[test]
+fn mirror_on_a_three_node_garage_cluster_survives_a_node_loss() {
+    let env = Env::new();
+    let Some(mut garage) = common::servers::Garage::start(&env.path("garage")) else {
+        return;
+    };
+    let url = garage.url("vault");
+    let creds = garage.env();
+    let run = |args: &[&str], code: i32| -> String {
+        let out = env.cmd().envs(creds.clone()).args(args).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "vault {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("data"), bytes(3, 3 << 20)).unwrap();
+    run(&["init", "--pack-size", "1M"], 0);
+    run(
+        &[
+            "mirror",
+            "add",
+            "cluster",
+            &url,
+            "--vendor",
+            "garage",
+            "--no-sync",
+        ],
+        0,
+    );
+    run(&["backup", "-q", "--sync", src.to_str().unwrap()], 0);
+    // One node of three goes down: replication keeps every object readable.
+    garage.nodes[2].stop();
+    run(&["check", "--read-data", "--repo", &url], 0);
+    let target = env.path("r");
+    run(
+        &[
+            "restore",
+            "latest",
+            "--verify",
+            "--repo",
+            &url,
+            "--target",
+            target.to_str().unwrap(),
+        ],
+        0,
+    );
+    assert_eq!(
+        fs::read(Env::restored(&target, &src).join("data")).unwrap(),
+        bytes(3, 3 << 20)
+    );
+}

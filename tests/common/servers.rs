@@ -196,3 +196,150 @@ impl Sftp {
         )
     }
 }
+
+/// A 3-node Garage cluster on loopback (replication factor 3, one zone per node): a
+/// real distributed object store. Its S3 API is reached through node 1.
+pub struct Garage {
+    pub nodes: Vec<Server>,
+    configs: Vec<PathBuf>,
+    bin: PathBuf,
+    pub s3_port: u16,
+    pub key_id: String,
+    pub secret: String,
+}
+
+impl Garage {
+    pub fn start(dir: &Path) -> Option<Garage> {
+        let bin = require("garage")?;
+        let secret = "5b1e4ac0b38f4d9e8e7c71cbd2a9f0e44c5f6a1d2e3b4c5d6e7f8091a2b3c4d5";
+        let mut nodes = Vec::new();
+        let mut configs = Vec::new();
+        let mut s3_port = 0;
+        for i in 1..=3 {
+            let (rpc, s3, admin) = (free_port(), free_port(), free_port());
+            if i == 1 {
+                s3_port = s3;
+            }
+            let d = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let cfg = d.join("garage.toml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "metadata_dir = \"{d}/meta\"\ndata_dir = \"{d}/data\"\ndb_engine = \"sqlite\"\n\
+                     replication_factor = 3\nrpc_bind_addr = \"127.0.0.1:{rpc}\"\n\
+                     rpc_public_addr = \"127.0.0.1:{rpc}\"\nrpc_secret = \"{secret}\"\n\
+                     [s3_api]\ns3_region = \"garage\"\napi_bind_addr = \"127.0.0.1:{s3}\"\n\
+                     root_domain = \".s3.garage.localhost\"\n\
+                     [admin]\napi_bind_addr = \"127.0.0.1:{admin}\"\nadmin_token = \"vault-test-admin\"\n",
+                    d = d.display()
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new(&bin);
+            cmd.arg("-c")
+                .arg(&cfg)
+                .arg("server")
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = cmd.spawn().expect("start garage");
+            wait_for_port(rpc, &mut child, "garage");
+            nodes.push(Server {
+                child,
+                port: rpc,
+                restart: Some(cmd),
+            });
+            configs.push(cfg);
+        }
+        let mut g = Garage {
+            nodes,
+            configs,
+            bin,
+            s3_port,
+            key_id: String::new(),
+            secret: String::new(),
+        };
+        g.form_cluster();
+        Some(g)
+    }
+
+    /// Runs `garage` against node 1 and returns its stdout; retries while the cluster
+    /// settles.
+    fn admin(&self, args: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            let out = Command::new(&self.bin)
+                .arg("-c")
+                .arg(&self.configs[0])
+                .args(args)
+                .output()
+                .expect("run garage");
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "garage {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn node_id(&self, i: usize) -> String {
+        let out = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.configs[i])
+            .args(["node", "id", "-q"])
+            .output()
+            .expect("garage node id");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn form_cluster(&mut self) {
+        let ids: Vec<String> = (0..3).map(|i| self.node_id(i)).collect();
+        for id in &ids[1..] {
+            self.admin(&["node", "connect", id]);
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let short = id.split('@').next().unwrap();
+            let zone = format!("dc{}", i + 1);
+            self.admin(&["layout", "assign", "-z", &zone, "-c", "1G", short]);
+        }
+        self.admin(&["layout", "apply", "--version", "1"]);
+        self.admin(&["bucket", "create", "vault"]);
+        let key = self.admin(&["key", "create", "vault-key"]);
+        let field = |name: &str| {
+            key.lines()
+                .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+                .unwrap_or_else(|| panic!("no {name} in: {key}"))
+        };
+        self.key_id = field("Key ID:");
+        self.secret = field("Secret key:");
+        self.admin(&[
+            "bucket",
+            "allow",
+            "--read",
+            "--write",
+            "--owner",
+            "vault",
+            "--key",
+            "vault-key",
+        ]);
+    }
+
+    pub fn url(&self, prefix: &str) -> String {
+        format!(
+            "s3://vault/{prefix}?endpoint=http://127.0.0.1:{}&region=garage",
+            self.s3_port
+        )
+    }
+
+    pub fn env(&self) -> [(&'static str, String); 2] {
+        [
+            ("AWS_ACCESS_KEY_ID", self.key_id.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.clone()),
+        ]
+    }
+}
