@@ -1,4 +1,4 @@
-//! Repositories on real remote servers on loopback: an S3 server and an SFTP server,
+//! Repositories on real remote servers on loopback: S3, SFTP and WebDAV servers,
 //! through every command that reads or writes. The servers are started here; `.ci/run`
 //! installs them.
 
@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 
-use common::servers::{S3, Sftp};
+use common::servers::{S3, Sftp, WebDav};
 use common::{Env, bytes, snapshot_of};
 
 /// The whole life of a repository at `url`: init, backups, restore, check, audit,
@@ -74,6 +74,16 @@ fn sftp_repository_end_to_end() {
     // Writes went through temporary names: nothing half-written is left behind.
     let tmp = env.path("remote/vault/tmp");
     assert_eq!(fs::read_dir(tmp).unwrap().count(), 0);
+}
+
+#[test]
+fn webdav_repository_end_to_end() {
+    let env = Env::new();
+    let Some(dav) = WebDav::start(&env.path("dav")) else {
+        return;
+    };
+    full_cycle(&env, &dav.url("vault"), &[]);
+    assert_eq!(fs::read_dir(env.path("dav/vault/tmp")).unwrap().count(), 0);
 }
 
 #[test]

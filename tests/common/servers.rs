@@ -343,3 +343,35 @@ impl Garage {
         ]
     }
 }
+
+/// A WebDAV server (rclone's) serving `root`.
+pub struct WebDav {
+    pub server: Server,
+}
+
+impl WebDav {
+    pub fn start(root: &Path) -> Option<WebDav> {
+        let bin = require("rclone")?;
+        std::fs::create_dir_all(root).unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "webdav"])
+            .arg(root)
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("start rclone serve webdav");
+        wait_for_port(port, &mut child, "rclone serve webdav");
+        Some(WebDav {
+            server: Server {
+                child,
+                port,
+                restart: Some(cmd),
+            },
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("webdav://127.0.0.1:{}/{path}", self.server.port)
+    }
+}
