@@ -230,7 +230,13 @@ fn reads_fall_back_to_mirrors_and_repair_heals_the_primary() {
         }
     }
     let _ = fs::remove_dir_all(t.env.path("cache")); // the cache would hide the damage
-    t.vault(&["check"], 1);
+    let out = t.env.cmd().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("intact on mirror"),
+        "check names the mirror to heal from: {err}"
+    );
     // Every read still succeeds, from the mirrors.
     t.restores_exactly(&[], "restored");
     t.vault(&["ls", "latest"], 0);

@@ -12,10 +12,11 @@ use super::commands::{
 use super::progress::{Progress, human_bytes};
 use super::{AuditArgs, CheckArgs, Global, RepairArgs, RepairCommand, VerifyArgs};
 use crate::error::{VaultError, exit};
+use crate::format::Id;
 use crate::ops::problem::Problem;
 use crate::ops::subset::Subset;
 use crate::ops::{audit, check, repair, restore, select, verify};
-use crate::repo::{Backend, Repository};
+use crate::repo::{Backend, FileKind, Repository};
 
 /// Opens the repository with its index read from storage, never from the local cache:
 /// what is checked must be what is stored.
@@ -36,6 +37,42 @@ fn print_findings(g: &Global, problems: &[Problem], warnings: &[String]) {
     if !g.quiet {
         for w in warnings {
             eprintln!("vault: warning: {w}");
+        }
+    }
+}
+
+/// Check judges this copy alone; for each damaged object it also says which mirror holds
+/// it intact, so the way out (`vault repair --from`) is plain.
+fn note_intact_copies(repo: &Repository, problems: &mut [Problem]) {
+    if problems.is_empty() {
+        return;
+    }
+    let Ok(defs) = repo.mirror_defs() else { return };
+    let mirrors: Vec<(String, Backend)> = defs
+        .into_iter()
+        .filter(|d| d.name != "primary")
+        .filter_map(|d| Backend::open(&d.url).ok().map(|b| (d.name, b)))
+        .collect();
+    for p in problems.iter_mut() {
+        let kind = match p.object.as_str() {
+            "pack" => FileKind::Data,
+            "index" => FileKind::Index,
+            "snapshot" => FileKind::Snapshot,
+            "key" => FileKind::Key,
+            _ => continue,
+        };
+        let Some(id) = p.id.as_deref().and_then(Id::from_hex) else {
+            continue;
+        };
+        let good = mirrors.iter().find(|(_, b)| {
+            b.read(&kind.path(&id))
+                .is_ok_and(|bytes| crate::ops::sync::intact(kind, &id, &bytes))
+        });
+        if let Some((name, _)) = good {
+            p.what = format!(
+                "{} (intact on mirror {name}: `vault repair --from {name}`)",
+                p.what
+            );
         }
     }
 }
@@ -67,7 +104,8 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
     });
     let r = check::check(&repo, &opts, &counters);
     progress.finish();
-    let r = r?;
+    let mut r = r?;
+    note_intact_copies(&repo, &mut r.problems);
     print_findings(g, &r.problems, &r.warnings);
     if g.json {
         print_json(&json!({"healthy": r.healthy(), "report": r}))?;

@@ -185,17 +185,21 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
                 human_bytes(c.bytes.load(Ordering::Relaxed))
             )
         });
+        let started = std::time::Instant::now();
         let r = Backend::open(&d.url).and_then(|b| sync::sync(&repo, &b, &counters));
         progress.finish();
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
         match r {
             Ok(rep) => {
                 state.insert(d.name.clone(), now_rfc3339());
                 if !g.quiet && !g.json {
                     println!(
-                        "{}: copied {} objects ({}), deleted {}; up to date",
+                        "{}: copied {} objects ({}) in {secs:.1}s ({:.0} objects/s, {}/s), deleted {}; up to date",
                         d.name,
                         rep.copied,
                         human_bytes(rep.bytes),
+                        rep.copied as f64 / secs,
+                        human_bytes((rep.bytes as f64 / secs) as u64),
                         rep.deleted
                     );
                 }
@@ -206,7 +210,7 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
                     ));
                     code = exit::PARTIAL;
                 }
-                results.push(json!({"mirror": d.name, "ok": true, "report": rep}));
+                results.push(json!({"mirror": d.name, "ok": true, "seconds": secs, "report": rep}));
             }
             Err(e) => {
                 let why = crate::error::one_line(&e);

@@ -55,7 +55,7 @@ pub struct CopyReport {
 }
 
 /// Whether `bytes` are intact for an object of `kind` named `id`, without the key.
-fn intact(kind: FileKind, id: &Id, bytes: &[u8]) -> bool {
+pub fn intact(kind: FileKind, id: &Id, bytes: &[u8]) -> bool {
     match kind {
         FileKind::Manifest => Manifest::decode(bytes).is_ok_and(|m| m.index.0 == *id),
         _ => Id::of_stored(bytes) == *id,
