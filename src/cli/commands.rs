@@ -13,7 +13,7 @@ use super::{
     BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
     SnapshotFilter,
 };
-use super::{integrity, mirrors, password, retention, timetravel};
+use super::{export, integrity, mirrors, password, retention, timetravel};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::config::ChunkerParams;
@@ -36,7 +36,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Find(a) => timetravel::cmd_find(&g, a),
         Command::Mirror(m) => mirrors::mirror(&g, m),
         Command::Sync(a) => mirrors::sync(&g, a.mirror.as_deref()),
-        Command::Status => mirrors::status(&g),
+        Command::Status(a) => mirrors::status(&g, &a.export_max_age),
+        Command::Export(a) => export::export(&g, a),
         Command::Forget(a) => retention::forget(&g, a),
         Command::Prune(a) => retention::prune(&g, a),
         Command::Key(k) => key(&g, k),

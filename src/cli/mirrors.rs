@@ -230,7 +230,9 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
     Ok(code)
 }
 
-pub fn status(g: &Global) -> Result<i32> {
+pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
+    let max_age = crate::ops::forget::parse_span(export_max_age)
+        .map_err(|e| VaultError::Usage(format!("--export-max-age: {e}")))?;
     let repo = open(g)?;
     let defs = repo.mirror_defs()?;
     let state = load_state(&repo);
@@ -286,8 +288,9 @@ pub fn status(g: &Global) -> Result<i32> {
     if regions.len() < 2 {
         warnings.push("a single region (or none recorded) holds the complete copies: one disaster loses them all (`--region`)".into());
     }
+    let export = export_age(&repo, max_age, &mut warnings)?;
     let summary = format!(
-        "{} complete cop{}, {} vendor{}, {} region{}, no offline export yet",
+        "{} complete cop{}, {} vendor{}, {} region{}, {export}",
         complete.len(),
         if complete.len() == 1 { "y" } else { "ies" },
         vendors.len(),
@@ -337,6 +340,43 @@ fn open_source(g: &Global, source: &Backend) -> Result<Repository> {
     repo.cache = None;
     repo.load_index()?;
     Ok(repo)
+}
+
+/// "newest offline export: LABEL, N days old", warning when older than `max_age`.
+fn export_age(
+    repo: &Repository,
+    max_age: jiff::Span,
+    warnings: &mut Vec<String>,
+) -> Result<String> {
+    let Some(newest) = repo.export_records()?.pop() else {
+        warnings.push("no offline export on record: `vault export /media/archive-disk`".into());
+        return Ok("no offline export yet".into());
+    };
+    let now = jiff::Zoned::now();
+    let when = newest
+        .time
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.to_zoned(now.time_zone().clone()))
+        .ok();
+    let days = when
+        .as_ref()
+        .map(|w| (now.timestamp().as_second() - w.timestamp().as_second()) / 86_400)
+        .unwrap_or(0);
+    let too_old = when
+        .as_ref()
+        .and_then(|w| w.checked_add(max_age).ok())
+        .is_some_and(|limit| limit < now);
+    if too_old {
+        warnings.push(format!(
+            "the newest offline export ({}) is {days} days old: refresh it with `vault export {}`",
+            newest.label, newest.destination
+        ));
+    }
+    Ok(format!(
+        "newest offline export: {}, {days} day{} old",
+        newest.label,
+        if days == 1 { "" } else { "s" }
+    ))
 }
 
 /// Copies back what this repository lacks or holds damaged, from a mirror named in its

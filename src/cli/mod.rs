@@ -2,6 +2,7 @@
 //! command's body lives in `commands.rs`; the work itself in `ops`.
 
 mod commands;
+mod export;
 mod integrity;
 mod mirrors;
 pub mod password;
@@ -35,7 +36,7 @@ pub struct Global {
     /// Repository location (a directory or fs:///path); default: ~/.local/share/vault/repo
     #[arg(long, short = 'r', env = "VAULT_REPOSITORY", global = true)]
     pub repo: Option<String>,
-    /// Read the password from this file (first line)
+    /// Read the password from this file (a trailing newline is not part of it)
     #[arg(long, env = "VAULT_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
     /// Print machine-readable JSON on stdout
@@ -147,10 +148,16 @@ pub enum Command {
     /// Example: vault sync --mirror offsite
     Sync(SyncArgs),
     /// Every copy of the repository: reachable, complete, behind by how much; then how safe
-    /// the data is (copies, vendors, regions).
+    /// the data is (copies, vendors, regions, age of the newest offline export).
     ///
-    /// Example: vault status
-    Status,
+    /// Example: vault status --export-max-age 35d
+    Status(StatusArgs),
+    /// Write an offline copy that restores with nothing else: a directory (a complete
+    /// repository plus the format spec, a reference reader, a README, the vault binary
+    /// and a SHA-256 MANIFEST).
+    ///
+    /// Example: vault export /media/archive-2 --snapshots '--keep-monthly 12'
+    Export(ExportArgs),
     /// Remove stale locks left by processes that died.
     ///
     /// Example: vault unlock
@@ -525,6 +532,27 @@ pub struct MirrorAddArgs {
     /// Only record the mirror; copy at the next `vault sync`
     #[arg(long)]
     pub no_sync: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Warn when the newest offline export is older than this (e.g. 35d, 2w, 3m)
+    #[arg(long, default_value = "35d", value_name = "SPAN")]
+    pub export_max_age: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Destination directory (a mounted archive disk); an earlier export of this
+    /// repository there is updated incrementally
+    pub dir: PathBuf,
+    /// Which snapshots: forget-style policy options or ids, in one string, e.g.
+    /// '--keep-monthly 12' (default: all)
+    #[arg(long, value_name = "SELECTION", allow_hyphen_values = true)]
+    pub snapshots: Option<String>,
+    /// A label for `vault status` (default: the directory name)
+    #[arg(long)]
+    pub label: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -24,7 +24,7 @@ fn span(flag: &str, v: &Option<String>) -> Result<Option<jiff::Span>> {
         .transpose()
 }
 
-fn policy(a: &ForgetArgs) -> Result<Policy> {
+pub(super) fn policy(a: &ForgetArgs) -> Result<Policy> {
     let mut p = Policy {
         last: a.keep_last,
         within: span("keep-within", &a.keep_within)?,
@@ -57,7 +57,7 @@ fn policy(a: &ForgetArgs) -> Result<Policy> {
 }
 
 /// Snapshots named by id prefixes; each must name exactly one.
-fn by_ids(repo: &Repository, ids: &[String]) -> Result<Vec<Id>> {
+pub(super) fn by_ids(repo: &Repository, ids: &[String]) -> Result<Vec<Id>> {
     let all = repo.backend.list(FileKind::Snapshot)?;
     ids.iter()
         .map(|spec| {

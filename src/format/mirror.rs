@@ -1,4 +1,4 @@
-//! Mirror definitions and forget records: small sealed JSON objects, named by the hash of
+//! Mirror definitions, forget records and export records: small sealed JSON objects, named by the hash of
 //! their bytes like snapshots, and never rewritten.
 //!
 //! A mirror definition names one other backend that holds a copy of the repository; the
@@ -40,6 +40,37 @@ pub struct ForgetRecord {
     pub version: u32,
     pub time: String,
     pub snapshots: Vec<Id>,
+}
+
+/// One offline export: when, where to, which snapshots; `status` reports the newest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ExportRecord {
+    pub version: u32,
+    pub time: String,
+    pub label: String,
+    pub destination: String,
+    pub snapshots: Vec<Id>,
+    #[serde(default)]
+    pub image: bool,
+}
+
+pub const EXPORT_VERSION: u32 = 1;
+
+impl ExportRecord {
+    pub fn seal(&self, keys: &Keys) -> Vec<u8> {
+        seal_json(keys, Kind::Export, self)
+    }
+
+    pub fn open(keys: &Keys, stored: &[u8]) -> Result<ExportRecord> {
+        let r: ExportRecord = open_json(keys, Kind::Export, "export record", stored)?;
+        if r.version != EXPORT_VERSION {
+            return Err(FormatError::Version {
+                what: "export record",
+                version: r.version,
+            });
+        }
+        Ok(r)
+    }
 }
 
 fn seal_json<T: Serialize>(keys: &Keys, kind: Kind, v: &T) -> Vec<u8> {

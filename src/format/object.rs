@@ -24,6 +24,7 @@ pub enum Kind {
     Lock,
     Mirror,
     Forget,
+    Export,
 }
 
 impl Kind {
@@ -35,6 +36,7 @@ impl Kind {
             Kind::Lock => b"vault object v1 lock",
             Kind::Mirror => b"vault object v1 mirror",
             Kind::Forget => b"vault object v1 forget",
+            Kind::Export => b"vault object v1 export",
         }
     }
 }

@@ -54,6 +54,9 @@ enum Class {
     Lock,
     Mirror,
     Forget,
+    Export,
+    /// What an offline export carries beside the repository (README, manifest, ...).
+    ExportExtra,
     Temp,
     Extra,
 }
@@ -61,6 +64,9 @@ enum Class {
 fn classify(path: &str) -> (Class, Option<Id>) {
     if path == "config" {
         return (Class::Config, None);
+    }
+    if crate::ops::export::is_extra(path) {
+        return (Class::ExportExtra, None);
     }
     let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
     let id = Id::from_hex(name);
@@ -73,6 +79,7 @@ fn classify(path: &str) -> (Class, Option<Id>) {
         "locks" => Class::Lock,
         "mirrors" => Class::Mirror,
         "forgotten" => Class::Forget,
+        "exports" => Class::Export,
         d if d.starts_with("data/") && name.get(..2) == Some(&d[5..]) => Class::Pack,
         _ => Class::Extra,
     };
@@ -94,6 +101,8 @@ impl Class {
             Class::Lock => "lock",
             Class::Mirror => "mirror definition",
             Class::Forget => "forget record",
+            Class::Export => "export record",
+            Class::ExportExtra => "export file",
             Class::Temp | Class::Extra => "file",
         }
     }
@@ -114,6 +123,7 @@ pub fn audit(backend: &Backend, packs: &Subset, counters: &Counters) -> Result<R
         match classify(path) {
             (Class::Config, _) => check_config(backend, &mut problems),
             (Class::Temp, _) => temps += 1,
+            (Class::ExportExtra, _) => {}
             (Class::Extra, _) => report.extra.push(path.clone()),
             (class, Some(id)) => {
                 sizes.insert((class, id), *size);

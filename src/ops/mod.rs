@@ -6,6 +6,7 @@ pub mod check;
 pub mod diff;
 pub mod dump;
 pub mod exclude;
+pub mod export;
 pub mod find;
 pub mod forget;
 pub mod ls;

@@ -190,7 +190,7 @@ fn used_blobs(
     Ok(used)
 }
 
-fn mark_tree(
+pub(crate) fn mark_tree(
     repo: &Repository,
     id: &Id,
     path: &Path,

@@ -27,10 +27,11 @@ use crate::repo::index::delete_index_file;
 use crate::repo::{Backend, FileKind, Repository};
 
 /// Copy order: whatever an object refers to is on the target before it.
-const ORDER: [FileKind; 7] = [
+const ORDER: [FileKind; 8] = [
     FileKind::Key,
     FileKind::Mirror,
     FileKind::Forget,
+    FileKind::Export,
     FileKind::Data,
     FileKind::Index,
     FileKind::Manifest,
@@ -73,7 +74,7 @@ fn missing(from: &Backend, to: &Backend, kind: FileKind) -> Result<Vec<(Id, u64)
 }
 
 /// Copies `objects` of `kind` from `from` to `to` on a few threads, each checked first.
-fn copy_objects(
+pub fn copy_objects(
     from: &Backend,
     to: &Backend,
     kind: FileKind,

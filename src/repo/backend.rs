@@ -28,6 +28,7 @@ pub enum FileKind {
     Manifest,
     Mirror,
     Forget,
+    Export,
 }
 
 impl FileKind {
@@ -41,6 +42,7 @@ impl FileKind {
             FileKind::Manifest => "manifests/",
             FileKind::Mirror => "mirrors/",
             FileKind::Forget => "forgotten/",
+            FileKind::Export => "exports/",
         }
     }
 
@@ -311,6 +313,7 @@ impl Backend {
             "manifests/",
             "mirrors/",
             "forgotten/",
+            "exports/",
             "snapshots/",
             "locks/",
             "tmp/",

@@ -15,7 +15,7 @@ use crate::format::config::{ChunkerParams, Config, REPO_VERSION};
 use crate::format::crypto::{Keys, MasterKey};
 use crate::format::index::IndexFile;
 use crate::format::keyfile::{self, KeyFile, KeyPayload};
-use crate::format::mirror::{ForgetRecord, MirrorDef};
+use crate::format::mirror::{ExportRecord, ForgetRecord, MirrorDef};
 use crate::format::pack::{self, BlobType};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::Tree;
@@ -519,6 +519,18 @@ impl Repository {
             .into_iter()
             .flat_map(|r| r.snapshots)
             .collect())
+    }
+
+    pub fn save_export_record(&self, r: &ExportRecord) -> Result<Id> {
+        self.save_sealed(FileKind::Export, r.seal(&self.keys))
+    }
+
+    /// Every export on record, oldest first.
+    pub fn export_records(&self) -> Result<Vec<ExportRecord>> {
+        let mut v =
+            self.sealed_objects(FileKind::Export, |b| ExportRecord::open(&self.keys, b).ok())?;
+        v.sort_by_key(|r| r.time.parse::<jiff::Timestamp>().ok());
+        Ok(v)
     }
 
     // ---- snapshots ----
