@@ -240,7 +240,7 @@ class Repo:
                 indexed_packs.add(pack_id.hex())
                 for btype, flags, bid, offset, length, raw_len in blobs:
                     index.setdefault(bid, (pack_id.hex(), btype, flags, offset, length, raw_len))
-        # Unindexed packs are legal (§7, §15): describe them from their own headers.
+        # Unindexed packs are legal (§7, §17): describe them from their own headers.
         for sub in self.list_dirs("data"):
             for name in self.list_ids(os.path.join("data", sub)):
                 if name.lower() in indexed_packs:

@@ -1,5 +1,6 @@
 //! export: offline copies.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -15,7 +16,7 @@ use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::mirror::{EXPORT_VERSION, ExportRecord};
 use crate::format::snapshot::Snapshot;
-use crate::ops::{export as export_op, forget, select, sync};
+use crate::ops::{export as export_op, forget, image, select, sync};
 use crate::repo::repository::now_rfc3339;
 use crate::repo::{Backend, Repository};
 
@@ -56,15 +57,21 @@ fn choose(repo: &Repository, spec: Option<&str>) -> Result<Vec<(Id, Snapshot)>> 
 }
 
 pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
+    if let Some(img) = &a.verify_image {
+        return verify_image(g, img);
+    }
     let repo = open_indexed(g)?;
     let _lock = take_lock(g, &repo, false, "export")?;
     let chosen = choose(&repo, a.snapshots.as_deref())?;
     if chosen.is_empty() {
         return Err(VaultError::Usage("no snapshot selected: nothing to export".into()).into());
     }
-    std::fs::create_dir_all(&a.dir)
-        .with_context(|| format!("export directory {}", a.dir.display()))?;
-    let dir = std::path::absolute(&a.dir)?;
+    if let Some(img) = &a.image {
+        return export_image(g, &repo, &chosen, img, a.split, a.label);
+    }
+    let dir = a.dir.clone().expect("clap requires a directory");
+    std::fs::create_dir_all(&dir).with_context(|| format!("export directory {}", dir.display()))?;
+    let dir = std::path::absolute(&dir)?;
     let dest = Backend::open(&dir.to_string_lossy())?;
     let counters = Arc::new(sync::Counters::default());
     let c = counters.clone();
@@ -83,14 +90,7 @@ pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| dir.to_string_lossy().into_owned())
     });
-    repo.save_export_record(&ExportRecord {
-        version: EXPORT_VERSION,
-        time: now_rfc3339(),
-        label: label.clone(),
-        destination: dir.to_string_lossy().into_owned(),
-        snapshots: chosen.iter().map(|(id, _)| *id).collect(),
-        image: false,
-    })?;
+    record(&repo, &label, &dir, &chosen, false)?;
     if g.json {
         print_json(&json!({"label": label, "directory": dir, "report": r}))?;
     } else if !g.quiet {
@@ -106,4 +106,85 @@ pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
         );
     }
     Ok(exit::OK)
+}
+
+fn record(
+    repo: &Repository,
+    label: &str,
+    dest: &Path,
+    chosen: &[(Id, Snapshot)],
+    image: bool,
+) -> Result<()> {
+    repo.save_export_record(&ExportRecord {
+        version: EXPORT_VERSION,
+        time: now_rfc3339(),
+        label: label.to_string(),
+        destination: dest.to_string_lossy().into_owned(),
+        snapshots: chosen.iter().map(|(id, _)| *id).collect(),
+        image,
+    })?;
+    Ok(())
+}
+
+fn export_image(
+    g: &Global,
+    repo: &Repository,
+    chosen: &[(Id, Snapshot)],
+    path: &Path,
+    split: Option<u64>,
+    label: Option<String>,
+) -> Result<i32> {
+    let path = std::path::absolute(path)?;
+    let progress = Progress::start(g.quiet || g.json, || "writing the image".to_string());
+    let r = image::export_image(repo, chosen, &path, split);
+    progress.finish();
+    let (report, volumes) = r?;
+    let label = label.unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    record(repo, &label, &path, chosen, true)?;
+    if g.json {
+        print_json(&json!({"label": label, "volumes": volumes, "report": report}))?;
+    } else if !g.quiet {
+        println!(
+            "exported {} snapshots into {} volume(s) at {} ({label}): {} packs ({}); MANIFEST lists {} files",
+            report.snapshots,
+            volumes.len(),
+            path.display(),
+            report.packs,
+            human_bytes(report.bytes_copied),
+            report.manifest_files
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn verify_image(g: &Global, path: &Path) -> Result<i32> {
+    let c = image::verify_image(path)?;
+    for p in &c.problems {
+        eprintln!("vault: error: {p}");
+    }
+    if g.json {
+        print_json(&serde_json::to_value(&c)?)?;
+    } else if !g.quiet {
+        println!(
+            "image {}: {} volume(s), {} files ({}): {}",
+            path.display(),
+            c.volumes.len(),
+            c.files,
+            human_bytes(c.bytes),
+            if c.problems.is_empty() {
+                "every file matches its MANIFEST".to_string()
+            } else {
+                format!("{} problem(s)", c.problems.len())
+            }
+        );
+    }
+    Ok(if c.problems.is_empty() {
+        exit::OK
+    } else {
+        exit::ERROR
+    })
 }

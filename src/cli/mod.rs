@@ -157,6 +157,7 @@ pub enum Command {
     /// and a SHA-256 MANIFEST).
     ///
     /// Example: vault export /media/archive-2 --snapshots '--keep-monthly 12'
+    ///          vault export --image /tmp/vault-2026-11.tar --split 4480M
     Export(ExportArgs),
     /// Remove stale locks left by processes that died.
     ///
@@ -545,7 +546,17 @@ pub struct StatusArgs {
 pub struct ExportArgs {
     /// Destination directory (a mounted archive disk); an earlier export of this
     /// repository there is updated incrementally
-    pub dir: PathBuf,
+    #[arg(required_unless_present_any = ["image", "verify_image"], conflicts_with_all = ["image", "verify_image"])]
+    pub dir: Option<PathBuf>,
+    /// Write a standard tar image instead (unpacks into the same directory export)
+    #[arg(long, value_name = "FILE", conflicts_with = "verify_image")]
+    pub image: Option<PathBuf>,
+    /// Cut the image into volumes FILE.000, FILE.001, ... of at most SIZE (e.g. 4480M)
+    #[arg(long, value_name = "SIZE", requires = "image", value_parser = progress::parse_size)]
+    pub split: Option<u64>,
+    /// Check an image (or its volumes) against the MANIFEST it carries; needs no password
+    #[arg(long, value_name = "FILE")]
+    pub verify_image: Option<PathBuf>,
     /// Which snapshots: forget-style policy options or ids, in one string, e.g.
     /// '--keep-monthly 12' (default: all)
     #[arg(long, value_name = "SELECTION", allow_hyphen_values = true)]

@@ -156,7 +156,7 @@ fn refuse_foreign(primary: &Backend, dest: &Backend) -> Result<()> {
 }
 
 /// Every pack holding a blob the chosen snapshots use, with all its index entries.
-fn needed_packs(repo: &Repository, chosen: &[(Id, Snapshot)]) -> Result<Vec<PackBlobs>> {
+pub(crate) fn needed_packs(repo: &Repository, chosen: &[(Id, Snapshot)]) -> Result<Vec<PackBlobs>> {
     let mut used = HashSet::new();
     let counters = super::prune::Counters::default();
     for (_, snap) in chosen {
@@ -207,23 +207,31 @@ fn write_atomic(dir: &Path, rel: &str, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
-fn write_extras(dir: &Path) -> Result<()> {
-    write_atomic(dir, README, readme().as_bytes(), 0o644)?;
-    write_atomic(
-        dir,
-        SPEC,
-        include_str!("../../repo-format/README.md").as_bytes(),
-        0o644,
-    )?;
-    write_atomic(
-        dir,
-        READER,
-        include_str!("../../repo-format/reference/vault_reader.py").as_bytes(),
-        0o755,
-    )?;
+/// The files an export carries beside the repository: path, content, mode.
+pub(crate) fn extras() -> Result<Vec<(&'static str, Vec<u8>, u32)>> {
     let exe = std::env::current_exe().context("finding the running vault binary")?;
     let bin = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
-    write_atomic(dir, BINARY, &bin, 0o755)
+    Ok(vec![
+        (README, readme().into_bytes(), 0o644),
+        (
+            SPEC,
+            include_str!("../../repo-format/README.md").into(),
+            0o644,
+        ),
+        (
+            READER,
+            include_str!("../../repo-format/reference/vault_reader.py").into(),
+            0o755,
+        ),
+        (BINARY, bin, 0o755),
+    ])
+}
+
+fn write_extras(dir: &Path) -> Result<()> {
+    for (path, bytes, mode) in extras()? {
+        write_atomic(dir, path, &bytes, mode)?;
+    }
+    Ok(())
 }
 
 fn readme() -> String {

@@ -271,7 +271,7 @@ pub fn restore(
 fn propagate_link_errors(items: &[Item], errors: &mut HashMap<usize, String>) {
     let failed: HashMap<(u64, u64), String> = errors
         .iter()
-        .filter(|(i, _)| items[**i].node.links > 1)
+        .filter(|(i, _)| items[**i].node.links > 1 && items[**i].node.inode != 0)
         .map(|(i, e)| ((items[*i].node.dev, items[*i].node.inode), e.clone()))
         .collect();
     if failed.is_empty() {
@@ -280,6 +280,7 @@ fn propagate_link_errors(items: &[Item], errors: &mut HashMap<usize, String>) {
     for (i, it) in items.iter().enumerate() {
         if it.node.kind == NodeType::File
             && it.node.links > 1
+            && it.node.inode != 0
             && let Some(e) = failed.get(&(it.node.dev, it.node.inode))
         {
             errors
@@ -366,7 +367,15 @@ fn create_nodes(
                 }
                 NodeType::Socket => return Ok(()), // a socket has no content; its listener recreates it
             }
-            if n.links > 1 {
+            if n
+                .data_extents()
+                .iter()
+                .any(|&[off, len]| off.checked_add(len).is_none_or(|end| end > n.size))
+            {
+                bail!("its extents reach past its size (damaged tree)");
+            }
+            // Hard links are known by (dev, inode); inode 0 means "not recorded".
+            if n.links > 1 && n.inode != 0 {
                 if let Some(first) = links.get(&(n.dev, n.inode)) {
                     let _ = fs::remove_file(&p);
                     fs::hard_link(first, &p)?;

@@ -11,9 +11,14 @@ use crate::format::index::{IndexFile, PackBlobs};
 use crate::format::manifest::Manifest;
 use crate::format::pack::{self, BlobEntry, BlobType};
 
-/// Writes an index file, then its manifest (a kill in between leaves an index without a
-/// manifest, which audit reports as uncovered, never as missing).
-pub fn save_index_file(backend: &Backend, keys: &Keys, file: &IndexFile) -> Result<Id> {
+/// An index file sealed and ready to store: its id, its bytes, its manifest's bytes.
+pub struct SealedIndex {
+    pub id: Id,
+    pub bytes: Vec<u8>,
+    pub manifest: Vec<u8>,
+}
+
+pub fn seal_index(keys: &Keys, file: &IndexFile) -> SealedIndex {
     let bytes = file.seal(keys);
     let id = Id::of_stored(&bytes);
     let manifest = Manifest {
@@ -23,10 +28,38 @@ pub fn save_index_file(backend: &Backend, keys: &Keys, file: &IndexFile) -> Resu
             .iter()
             .map(|p| (p.pack, pack::stored_size(&p.blobs)))
             .collect(),
-    };
-    backend.write(&FileKind::Index.path(&id), bytes)?;
-    backend.write(&FileKind::Manifest.path(&id), manifest.encode())?;
-    Ok(id)
+    }
+    .encode();
+    SealedIndex {
+        id,
+        bytes,
+        manifest,
+    }
+}
+
+/// The index files that describe exactly `packs` (no supersedes), sealed.
+pub fn seal_index_set(keys: &Keys, packs: Vec<PackBlobs>) -> Vec<SealedIndex> {
+    chunk_index(packs)
+        .into_iter()
+        .map(|packs| {
+            seal_index(
+                keys,
+                &IndexFile {
+                    supersedes: Vec::new(),
+                    packs,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Writes an index file, then its manifest (a kill in between leaves an index without a
+/// manifest, which audit reports as uncovered, never as missing).
+pub fn save_index_file(backend: &Backend, keys: &Keys, file: &IndexFile) -> Result<Id> {
+    let s = seal_index(keys, file);
+    backend.write(&FileKind::Index.path(&s.id), s.bytes)?;
+    backend.write(&FileKind::Manifest.path(&s.id), s.manifest)?;
+    Ok(s.id)
 }
 
 /// Deletes an index file, its manifest first, so that a kill in between never leaves a
