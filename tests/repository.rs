@@ -361,6 +361,18 @@ fn live_lock_makes_writers_exit_11_and_write_nothing() {
     drop(guard);
     env.ok(&["backup", src.to_str().unwrap()]);
     env.ok(&["repair", "index"]);
+
+    // --lock-wait: a writer waits for the lock instead of giving up.
+    let guard = lock::acquire(&repo, true, "test").unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        drop(guard);
+    });
+    let start = Instant::now();
+    env.ok(&["backup", "-q", "--lock-wait", "60s", src.to_str().unwrap()]);
+    assert!(start.elapsed() >= Duration::from_secs(2), "it waited");
+    release.join().unwrap();
+    env.expect(&["backup", "--lock-wait", "soon", src.to_str().unwrap()], 2);
 }
 
 /// A tmpfs mounted inside the source tree, unmounted on drop.

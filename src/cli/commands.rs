@@ -14,7 +14,7 @@ use super::{
     SnapshotFilter,
 };
 use super::{export, integrity, mirrors, password, retention, timetravel};
-use crate::error::{VaultError, exit};
+use crate::error::{VaultError, exit, exit_code};
 use crate::format::Id;
 use crate::format::config::ChunkerParams;
 use crate::ops::{backup, dump, ls, restore, select};
@@ -46,6 +46,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Verify(a) => integrity::verify(&g, a),
         Command::Repair(r) => integrity::repair(&g, r),
         Command::Unlock(a) => unlock(&g, a.remove_all),
+        Command::Completions { shell } => {
+            let mut cmd = <super::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "vault", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
     }
 }
 
@@ -105,7 +110,20 @@ pub(super) fn take_lock(
     if g.no_lock {
         return Ok(None);
     }
-    lock::acquire(repo, exclusive, command).map(Some)
+    let deadline = g.lock_wait.map(|w| std::time::Instant::now() + w);
+    loop {
+        match lock::acquire(repo, exclusive, command) {
+            Ok(guard) => return Ok(Some(guard)),
+            Err(e)
+                if exit_code(&e) == exit::LOCKED
+                    && deadline.is_some_and(|d| std::time::Instant::now() < d) =>
+            {
+                // Our own lock is gone again (acquire removes it on failure); retry.
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 pub(super) fn filter(f: &SnapshotFilter) -> select::Filter {

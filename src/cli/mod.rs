@@ -4,6 +4,7 @@
 mod commands;
 mod export;
 mod integrity;
+pub mod man;
 mod mirrors;
 pub mod password;
 pub mod progress;
@@ -48,6 +49,9 @@ pub struct Global {
     /// Do not lock the repository (for read-only media)
     #[arg(long, global = true)]
     pub no_lock: bool,
+    /// When the repository is locked, wait this long for it (e.g. 10m) before exit 11
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
+    pub lock_wait: Option<std::time::Duration>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -159,6 +163,13 @@ pub enum Command {
     /// Example: vault export /media/archive-2 --snapshots '--keep-monthly 12'
     ///          vault export --image /tmp/vault-2026-11.tar --split 4480M
     Export(ExportArgs),
+    /// Print a shell completion script.
+    ///
+    /// Example: vault completions bash > /etc/bash_completion.d/vault
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
     /// Remove stale locks left by processes that died.
     ///
     /// Example: vault unlock
@@ -601,6 +612,22 @@ pub struct UnlockArgs {
     /// Remove every lock, not just stale ones
     #[arg(long)]
     pub remove_all: bool,
+}
+
+/// Durations like `30s`, `10m`, `2h` (a bare number means seconds).
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split]
+        .parse()
+        .map_err(|_| format!("{s:?}: give a number with s, m or h, e.g. 10m"))?;
+    let mult = match &t[split..] {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs(n * mult))
 }
 
 /// Runs the CLI and returns the process exit code.

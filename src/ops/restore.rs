@@ -367,8 +367,7 @@ fn create_nodes(
                 }
                 NodeType::Socket => return Ok(()), // a socket has no content; its listener recreates it
             }
-            if n
-                .data_extents()
+            if n.data_extents()
                 .iter()
                 .any(|&[off, len]| off.checked_add(len).is_none_or(|end| end > n.size))
             {
