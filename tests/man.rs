@@ -45,6 +45,9 @@ fn completions_for_every_shell() {
             .unwrap();
         assert!(out.status.success(), "{shell}");
         let script = String::from_utf8_lossy(&out.stdout);
-        assert!(script.contains("restore") && script.contains("lock-wait"), "{shell}");
+        assert!(
+            script.contains("restore") && script.contains("lock-wait"),
+            "{shell}"
+        );
     }
 }

@@ -412,3 +412,44 @@ fn one_file_system_stays_on_the_first_file_system() {
     assert!(!x.contains("elsewhere"), "-x crossed into the tmpfs: {x}");
     assert!(ls("all").contains("/src/mnt/elsewhere"));
 }
+
+#[test]
+fn hooks_run_on_success_and_on_failure_with_the_outcome() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    let log = env.path("hook.log");
+    let hook = format!(
+        "echo \"$VAULT_COMMAND $VAULT_EXIT_CODE $VAULT_MESSAGE\" >> {}",
+        log.display()
+    );
+    env.ok(&[
+        "backup",
+        "-q",
+        "--on-success",
+        &hook,
+        "--on-failure",
+        "false",
+        src.to_str().unwrap(),
+    ]);
+    env.expect(
+        &[
+            "restore",
+            "ffff0000",
+            "--target",
+            "/tmp/x",
+            "--on-failure",
+            &hook,
+        ],
+        1,
+    );
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "backup 0 ", "{text}");
+    assert!(
+        lines[1].starts_with("restore 1 snapshot ffff0000"),
+        "{text}"
+    );
+}

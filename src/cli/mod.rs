@@ -49,6 +49,13 @@ pub struct Global {
     /// Do not lock the repository (for read-only media)
     #[arg(long, global = true)]
     pub no_lock: bool,
+    /// Run this shell command after the command succeeds (exit 0); it gets VAULT_COMMAND,
+    /// VAULT_EXIT_CODE and VAULT_MESSAGE in its environment
+    #[arg(long, global = true, value_name = "CMD")]
+    pub on_success: Option<String>,
+    /// Run this shell command after the command fails or is partial (exit code not 0)
+    #[arg(long, global = true, value_name = "CMD")]
+    pub on_failure: Option<String>,
     /// When the repository is locked, wait this long for it (e.g. 10m) before exit 11
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
     pub lock_wait: Option<std::time::Duration>,
@@ -632,7 +639,11 @@ fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
+    let (cli, matches) = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() {
@@ -644,11 +655,34 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    match commands::run(cli) {
-        Ok(code) => code,
+    let hooks = (cli.global.on_success.clone(), cli.global.on_failure.clone());
+    let command = matches.subcommand_name().unwrap_or_default().to_string();
+    let (code, message) = match commands::run(cli) {
+        Ok(code) => (code, String::new()),
         Err(e) => {
-            eprintln!("vault: {}", error::one_line(&e));
-            error::exit_code(&e)
+            let msg = error::one_line(&e);
+            eprintln!("vault: {msg}");
+            (error::exit_code(&e), msg)
         }
+    };
+    let hook = if code == exit::OK { hooks.0 } else { hooks.1 };
+    if let Some(cmd) = hook {
+        run_hook(&cmd, &command, code, &message);
+    }
+    code
+}
+
+/// Runs a monitoring hook; its failure is reported but never changes vault's exit code.
+fn run_hook(cmd: &str, command: &str, code: i32, message: &str) {
+    let status = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .env("VAULT_COMMAND", command)
+        .env("VAULT_EXIT_CODE", code.to_string())
+        .env("VAULT_MESSAGE", message)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => eprintln!("vault: warning: hook {cmd:?} exited with {s}"),
+        Err(e) => eprintln!("vault: warning: hook {cmd:?} could not run: {e}"),
     }
 }
