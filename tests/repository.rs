@@ -453,3 +453,92 @@ fn hooks_run_on_success_and_on_failure_with_the_outcome() {
         "{text}"
     );
 }
+
+#[test]
+fn profiles_and_the_nightly_run() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("cache")).unwrap();
+    fs::write(src.join("keep.txt"), b"keep").unwrap();
+    fs::write(src.join("skip.tmp"), b"skip").unwrap();
+    let pw = env.path("pw");
+    fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let archive = env.path("archive");
+    let config_dir = env.path(".config/vault");
+    fs::create_dir_all(&config_dir).unwrap();
+    fs::write(
+        config_dir.join("vault.toml"),
+        format!(
+            r#"
+[profiles.nightly]
+repository = "{repo}"
+password-file = "{pw}"
+sources = ["{src}"]
+exclude = ["*.tmp"]
+tags = ["nightly"]
+prune = "always"
+check = "1/3"
+[profiles.nightly.retention]
+keep-last = 2
+[profiles.nightly.export]
+destination = "{archive}"
+every = "30d"
+"#,
+            repo = env.repo().display(),
+            pw = pw.display(),
+            src = src.display(),
+            archive = archive.display()
+        ),
+    )
+    .unwrap();
+    // The profile supplies repository and password: no VAULT_* variables needed.
+    let vault = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .env_remove("VAULT_REPOSITORY")
+            .env_remove("VAULT_PASSWORD")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = vault(&["config", "check"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("1 profile(s) valid: nightly"), "{out}");
+    let (code, _, err) = vault(&["--profile", "nightly", "init"]);
+    assert_eq!(code, Some(0), "{err}");
+    for _ in 0..3 {
+        let (code, out, err) = vault(&["run", "nightly"]);
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains("run nightly: backup ok, forget ok, prune ok"),
+            "{out}"
+        );
+    }
+    let (_, out, _) = vault(&["--profile", "nightly", "--json", "snapshots"]);
+    let snaps: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(snaps.as_array().unwrap().len(), 2, "keep-last 2");
+    assert_eq!(snaps[0]["tags"][0], "nightly");
+    let (_, out, _) = vault(&["--profile", "nightly", "ls", "latest"]);
+    assert!(
+        out.contains("keep.txt") && !out.contains("skip.tmp"),
+        "{out}"
+    );
+    assert!(archive.join("MANIFEST").is_file(), "the first run exported");
+    let (_, out, _) = vault(&["run", "nightly"]);
+    assert!(out.contains("export not due"), "{out}");
+
+    // A wrong key is named, with its line.
+    fs::write(
+        config_dir.join("vault.toml"),
+        "[profiles.x]\nrepository = \"/r\"\nsorces = []\n",
+    )
+    .unwrap();
+    let (code, _, err) = vault(&["config", "check"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("sorces") && err.contains("line 3"), "{err}");
+}

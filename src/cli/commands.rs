@@ -46,6 +46,11 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Verify(a) => integrity::verify(&g, a),
         Command::Repair(r) => integrity::repair(&g, r),
         Command::Unlock(a) => unlock(&g, a.remove_all),
+        Command::Run { profile } => super::run::run(&g, &profile),
+        Command::Config(super::ConfigCommand::Check) => {
+            println!("{}", super::profile::check(&g)?);
+            Ok(exit::OK)
+        }
         Command::Completions { shell } => {
             let mut cmd = <super::Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "vault", &mut std::io::stdout());
@@ -79,7 +84,11 @@ pub(super) fn open(g: &Global) -> Result<Repository> {
     if !backend.exists("config")? {
         return Err(VaultError::NoRepository(loc).into());
     }
-    let secret = password::secret(g.password_file.as_deref(), &loc)?;
+    let secret = password::secret(
+        g.password_file.as_deref(),
+        g.password_command.as_deref(),
+        &loc,
+    )?;
     Repository::open(backend, &secret)
 }
 
@@ -172,6 +181,7 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
     };
     let pw = password::password(
         g.password_file.as_deref(),
+        g.password_command.as_deref(),
         &format!("new repository {loc}"),
         true,
     )?;
@@ -189,7 +199,7 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
+pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let a_sync = a.sync;
     let mut repo = open_indexed(g)?;
     let _lock = if a.dry_run {

@@ -28,14 +28,27 @@ struct Selection {
     f: ForgetArgs,
 }
 
+/// Forget's options from one string, as `--snapshots` and profiles' retention give them.
+pub(super) fn parse_selection(spec: &str) -> Result<ForgetArgs> {
+    Selection::try_parse_from(spec.split_whitespace())
+        .map(|s| s.f)
+        .map_err(|e| {
+            VaultError::Usage(format!(
+                "{spec:?}: {}",
+                e.to_string().lines().next().unwrap_or("not valid")
+            ))
+            .into()
+        })
+}
+
 fn choose(repo: &Repository, spec: Option<&str>) -> Result<Vec<(Id, Snapshot)>> {
     let all = select::list(repo, &Default::default(), &warn_stderr)?;
     let Some(spec) = spec else {
         return Ok(all);
     };
-    let words = spec.split_whitespace();
-    let sel = Selection::try_parse_from(words)
-        .map_err(|e| VaultError::Usage(format!("--snapshots {spec:?}: {}", e.kind())))?;
+    let sel = Selection {
+        f: parse_selection(spec)?,
+    };
     let keep: Vec<Id> = if sel.f.ids.is_empty() {
         let p = policy(&sel.f)?;
         let fl = filter(&sel.f.filter);

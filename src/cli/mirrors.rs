@@ -335,7 +335,11 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
 
 /// Opens a mirror as a repository of its own (same password), with its index.
 fn open_source(g: &Global, source: &Backend) -> Result<Repository> {
-    let secret = super::password::secret(g.password_file.as_deref(), source.location())?;
+    let secret = super::password::secret(
+        g.password_file.as_deref(),
+        g.password_command.as_deref(),
+        source.location(),
+    )?;
     let mut repo = Repository::open(source.clone(), &secret)?;
     repo.cache = None;
     repo.load_index()?;

@@ -7,8 +7,10 @@ mod integrity;
 pub mod man;
 mod mirrors;
 pub mod password;
+pub mod profile;
 pub mod progress;
 mod retention;
+mod run;
 mod timetravel;
 
 use std::path::PathBuf;
@@ -32,7 +34,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct Global {
     /// Repository location (a directory or fs:///path); default: ~/.local/share/vault/repo
     #[arg(long, short = 'r', env = "VAULT_REPOSITORY", global = true)]
@@ -40,6 +42,21 @@ pub struct Global {
     /// Read the password from this file (a trailing newline is not part of it)
     #[arg(long, env = "VAULT_PASSWORD_FILE", global = true)]
     pub password_file: Option<PathBuf>,
+    /// Run this command and use its output as the password
+    #[arg(
+        long,
+        env = "VAULT_PASSWORD_COMMAND",
+        global = true,
+        value_name = "CMD"
+    )]
+    pub password_command: Option<String>,
+    /// Take repository, password source, sources, excludes and tags from this profile of
+    /// the config file
+    #[arg(long, global = true, value_name = "NAME", env = "VAULT_PROFILE")]
+    pub profile: Option<String>,
+    /// Config file (default: ~/.config/vault/vault.toml, then /etc/vault/vault.toml)
+    #[arg(long, global = true, value_name = "FILE", env = "VAULT_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Print machine-readable JSON on stdout
     #[arg(long, global = true)]
     pub json: bool,
@@ -170,6 +187,19 @@ pub enum Command {
     /// Example: vault export /media/archive-2 --snapshots '--keep-monthly 12'
     ///          vault export --image /tmp/vault-2026-11.tar --split 4480M
     Export(ExportArgs),
+    /// Run a profile's whole routine: backup, forget, prune when due, sync mirrors, export
+    /// when due, check a rotating part of the data.
+    ///
+    /// Example: vault run nightly
+    Run {
+        /// Profile name in the config file
+        profile: String,
+    },
+    /// Validate the config file.
+    ///
+    /// Example: vault config check
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script.
     ///
     /// Example: vault completions bash > /etc/bash_completion.d/vault
@@ -553,6 +583,12 @@ pub struct MirrorAddArgs {
     pub no_sync: bool,
 }
 
+#[derive(Subcommand, Debug)]
+pub enum ConfigCommand {
+    /// Parse the config file and every profile in it; name the wrong key and line.
+    Check,
+}
+
 #[derive(Args, Debug)]
 pub struct StatusArgs {
     /// Warn when the newest offline export is older than this (e.g. 35d, 2w, 3m)
@@ -653,6 +689,13 @@ pub fn main() -> i32 {
             };
             let _ = e.print();
             return code;
+        }
+    };
+    let cli = match profile::apply(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vault: {}", error::one_line(&e));
+            return error::exit_code(&e);
         }
     };
     let hooks = (cli.global.on_success.clone(), cli.global.on_failure.clone());

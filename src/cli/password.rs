@@ -41,14 +41,17 @@ fn run_password_command(cmd: &str) -> Result<Vec<u8>> {
 }
 
 /// The password from the first source that is set; `what` names it in the prompt.
-pub fn password(file: Option<&Path>, what: &str, confirm: bool) -> Result<Vec<u8>> {
+pub fn password(
+    file: Option<&Path>,
+    command: Option<&str>,
+    what: &str,
+    confirm: bool,
+) -> Result<Vec<u8>> {
     if let Some(f) = file {
         return read_password_file(f);
     }
-    if let Ok(cmd) = std::env::var("VAULT_PASSWORD_COMMAND")
-        && !cmd.is_empty()
-    {
-        return run_password_command(&cmd);
+    if let Some(cmd) = command.filter(|c| !c.is_empty()) {
+        return run_password_command(cmd);
     }
     if let Some(p) = std::env::var_os("VAULT_PASSWORD") {
         use std::os::unix::ffi::OsStringExt;
@@ -100,12 +103,13 @@ pub fn raw_key(path: &Path) -> Result<MasterKey> {
 }
 
 /// The secret that opens an existing repository.
-pub fn secret(password_file: Option<&Path>, repo: &str) -> Result<Secret> {
+pub fn secret(password_file: Option<&Path>, command: Option<&str>, repo: &str) -> Result<Secret> {
     if let Some(k) = std::env::var_os("VAULT_KEY_FILE").filter(|v| !v.is_empty()) {
         return Ok(Secret::Master(raw_key(Path::new(&k))?));
     }
     Ok(Secret::Password(password(
         password_file,
+        command,
         &format!("repository {repo}"),
         false,
     )?))

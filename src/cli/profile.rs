@@ -1,0 +1,233 @@
+//! Profiles: named settings in a TOML config file, so a nightly job is `vault run nightly`.
+//!
+//! ```toml
+//! [profiles.nightly]
+//! repository = "/srv/backup"              # or s3://..., sftp://...
+//! password-file = "/etc/vault/password"   # or password-command = "pass show vault"
+//! sources = ["/home", "/etc"]
+//! exclude = ["*.tmp", "/home/*/.cache"]
+//! tags = ["nightly"]
+//! prune = "7d"                            # how often `run` prunes: "always", "never", a span
+//! check = "1/7"                           # `run` reads a rotating 1/7 of the data
+//! [profiles.nightly.retention]            # forget's options, without the dashes
+//! keep-daily = 7
+//! keep-weekly = 5
+//! [profiles.nightly.export]               # `run` exports when the last one is older
+//! destination = "/media/archive"
+//! every = "30d"
+//! ```
+//! Command-line flags override the file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+use serde::Deserialize;
+
+use super::{Cli, Command, Global};
+use crate::error::VaultError;
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub profiles: BTreeMap<String, Profile>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Profile {
+    pub repository: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_command: Option<String>,
+    #[serde(default)]
+    pub sources: Vec<PathBuf>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub host: Option<String>,
+    #[serde(default)]
+    pub exclude_caches: bool,
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// forget's options without the leading dashes: keep-daily = 7, keep-tag = ["x"].
+    pub retention: Option<BTreeMap<String, toml::Value>>,
+    /// How often `run` prunes: "always", "never", or a span like "7d" (default 7d).
+    pub prune: Option<String>,
+    /// `run` syncs the mirrors (default true).
+    pub sync: Option<bool>,
+    /// `run` reads this rotating part of the data: "1/7" (default), or "never".
+    pub check: Option<String>,
+    pub export: Option<ExportConfig>,
+    pub on_success: Option<String>,
+    pub on_failure: Option<String>,
+}
+
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExportConfig {
+    pub destination: PathBuf,
+    /// Export again when the newest export is older than this (default 30d).
+    pub every: Option<String>,
+    /// Which snapshots, as `vault export --snapshots` takes them.
+    pub snapshots: Option<String>,
+}
+
+/// The config file in use: --config, else the user's, else the system's.
+pub fn config_path(g: &Global) -> Option<PathBuf> {
+    if let Some(p) = &g.config {
+        return Some(p.clone());
+    }
+    let user = dirs::config_dir().map(|d| d.join("vault").join("vault.toml"));
+    [user, Some(PathBuf::from("/etc/vault/vault.toml"))]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+}
+
+pub fn load(path: &Path) -> Result<ConfigFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("config {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        VaultError::Usage(format!(
+            "config {}: {}",
+            path.display(),
+            e.to_string().replace('\n', " ")
+        ))
+        .into()
+    })
+}
+
+pub fn profile(g: &Global, name: &str) -> Result<Profile> {
+    let path = config_path(g).ok_or_else(|| {
+        VaultError::Usage(format!(
+            "profile {name}: no config file (~/.config/vault/vault.toml, /etc/vault/vault.toml, or --config)"
+        ))
+    })?;
+    let cfg = load(&path)?;
+    cfg.profiles.get(name).cloned().ok_or_else(|| {
+        VaultError::Usage(format!(
+            "profile {name} is not in {} (it has: {})",
+            path.display(),
+            cfg.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+        ))
+        .into()
+    })
+}
+
+/// Fills what the command line left unset from the profile (`--profile`, or `run NAME`).
+pub fn apply(mut cli: Cli) -> Result<Cli> {
+    if let Command::Run { profile } = &cli.command {
+        cli.global.profile = Some(profile.clone());
+    }
+    let Some(name) = cli.global.profile.clone() else {
+        return Ok(cli);
+    };
+    let p = profile(&cli.global, &name)?;
+    let g = &mut cli.global;
+    if g.repo.is_none() {
+        g.repo = p.repository.clone();
+    }
+    if g.password_file.is_none() {
+        g.password_file = p.password_file.clone();
+    }
+    if g.password_command.is_none() {
+        g.password_command = p.password_command.clone();
+    }
+    if g.on_success.is_none() {
+        g.on_success = p.on_success.clone();
+    }
+    if g.on_failure.is_none() {
+        g.on_failure = p.on_failure.clone();
+    }
+    if let Command::Backup(a) = &mut cli.command {
+        fill_backup(a, &p);
+    }
+    Ok(cli)
+}
+
+pub fn fill_backup(a: &mut super::BackupArgs, p: &Profile) {
+    if a.paths.is_empty() {
+        a.paths = p.sources.clone();
+    }
+    a.excludes.extend(p.exclude.iter().cloned());
+    a.tags.extend(p.tags.iter().cloned());
+    if a.host.is_none() {
+        a.host = p.host.clone();
+    }
+    a.exclude_caches |= p.exclude_caches;
+    a.one_file_system |= p.one_file_system;
+}
+
+/// forget's command-line words for a retention table.
+pub fn retention_words(r: &BTreeMap<String, toml::Value>) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    for (k, v) in r {
+        let flag = format!("--{k}");
+        match v {
+            toml::Value::Integer(n) => words.extend([flag, n.to_string()]),
+            toml::Value::String(s) => words.extend([flag, s.clone()]),
+            toml::Value::Boolean(true) => words.push(flag),
+            toml::Value::Array(items) => {
+                for i in items {
+                    let item = match i {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    words.extend([flag.clone(), item]);
+                }
+            }
+            other => {
+                return Err(anyhow!(
+                    "retention.{k} = {other}: give a number, a string or a list"
+                ));
+            }
+        }
+    }
+    Ok(words)
+}
+
+/// `vault config check`: parses the file and every profile's retention, spans and paths.
+pub fn check(g: &Global) -> Result<String> {
+    let path = config_path(g).ok_or_else(|| {
+        VaultError::Usage(
+            "no config file: ~/.config/vault/vault.toml, /etc/vault/vault.toml, or --config".into(),
+        )
+    })?;
+    let cfg = load(&path)?;
+    for (name, p) in &cfg.profiles {
+        let bad = |m: String| -> anyhow::Error {
+            VaultError::Usage(format!("config {}: profile {name}: {m}", path.display())).into()
+        };
+        if p.repository.is_none() {
+            return Err(bad("no repository".into()));
+        }
+        if let Some(r) = &p.retention {
+            let words = retention_words(r).map_err(|e| bad(e.to_string()))?;
+            super::export::parse_selection(&words.join(" "))
+                .map_err(|e| bad(format!("retention: {e}")))?;
+        }
+        for (key, span) in [
+            ("prune", p.prune.as_deref()),
+            (
+                "export.every",
+                p.export.as_ref().and_then(|e| e.every.as_deref()),
+            ),
+        ] {
+            if let Some(s) = span.filter(|s| !matches!(*s, "always" | "never")) {
+                crate::ops::forget::parse_span(s).map_err(|e| bad(format!("{key}: {e}")))?;
+            }
+        }
+        if let Some(c) = p.check.as_deref().filter(|c| *c != "never") {
+            c.parse::<crate::ops::subset::Subset>()
+                .map_err(|e| bad(format!("check: {e}")))?;
+        }
+    }
+    Ok(format!(
+        "{}: {} profile(s) valid: {}",
+        path.display(),
+        cfg.profiles.len(),
+        cfg.profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+    ))
+}
