@@ -532,6 +532,51 @@ every = "30d"
     let (_, out, _) = vault(&["run", "nightly"]);
     assert!(out.contains("export not due"), "{out}");
 
+    // Scheduling: systemd units that run the profile, or a crontab line.
+    let units = env.path("units");
+    let (code, out, err) = vault(&[
+        "schedule",
+        "install",
+        "nightly",
+        "--at",
+        "03:15",
+        "--unit-dir",
+        units.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("systemctl --user enable --now vault-nightly.timer"),
+        "{out}"
+    );
+    let timer = fs::read_to_string(units.join("vault-nightly.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=*-*-* 03:15:00") && timer.contains("Persistent=true"));
+    let service = fs::read_to_string(units.join("vault-nightly.service")).unwrap();
+    assert!(service.contains(" run nightly"), "{service}");
+    let (_, out, _) = vault(&["schedule", "list", "--unit-dir", units.to_str().unwrap()]);
+    assert!(out.contains("nightly") && out.contains("03:15"), "{out}");
+    let (_, out, _) = vault(&["schedule", "install", "nightly", "--cron", "--at", "02:30"]);
+    assert!(
+        out.starts_with("30 2 * * * ") && out.trim_end().ends_with("run nightly"),
+        "{out}"
+    );
+    let (code, _, _) = vault(&[
+        "schedule",
+        "remove",
+        "nightly",
+        "--unit-dir",
+        units.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(0));
+    assert!(!units.join("vault-nightly.timer").exists());
+    let (code, _, _) = vault(&[
+        "schedule",
+        "install",
+        "nosuch",
+        "--unit-dir",
+        units.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2));
+
     // A wrong key is named, with its line.
     fs::write(
         config_dir.join("vault.toml"),

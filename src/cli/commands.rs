@@ -47,6 +47,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Repair(r) => integrity::repair(&g, r),
         Command::Unlock(a) => unlock(&g, a.remove_all),
         Command::Run { profile } => super::run::run(&g, &profile),
+        Command::Schedule(s) => super::schedule::schedule(&g, s),
         Command::Config(super::ConfigCommand::Check) => {
             println!("{}", super::profile::check(&g)?);
             Ok(exit::OK)

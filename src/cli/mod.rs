@@ -11,6 +11,7 @@ pub mod profile;
 pub mod progress;
 mod retention;
 mod run;
+mod schedule;
 mod timetravel;
 
 use std::path::PathBuf;
@@ -195,6 +196,11 @@ pub enum Command {
         /// Profile name in the config file
         profile: String,
     },
+    /// Install, list or remove systemd timers (or print crontab lines) that run a profile.
+    ///
+    /// Example: vault schedule install nightly --at 02:30
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Validate the config file.
     ///
     /// Example: vault config check
@@ -581,6 +587,37 @@ pub struct MirrorAddArgs {
     /// Only record the mirror; copy at the next `vault sync`
     #[arg(long)]
     pub no_sync: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Write a systemd service and timer running `vault run PROFILE` (user units, or
+    /// system units as root), or print a crontab line with --cron.
+    Install {
+        /// Profile name
+        profile: String,
+        /// Time of day, HH:MM (local)
+        #[arg(long, default_value = "02:30")]
+        at: String,
+        /// Print a crontab line instead of writing systemd units
+        #[arg(long)]
+        cron: bool,
+        /// Where to write the units (default: ~/.config/systemd/user, or
+        /// /etc/systemd/system as root)
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Option<PathBuf>,
+    },
+    /// List the vault timers.
+    List {
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Option<PathBuf>,
+    },
+    /// Remove a profile's service and timer.
+    Remove {
+        profile: String,
+        #[arg(long, value_name = "DIR")]
+        unit_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,0 +1,153 @@
+//! `vault schedule`: systemd timers (or crontab lines) that run a profile every night.
+//! The timer is persistent (a machine that was off catches up at boot) and randomly
+//! delayed, so many machines do not hit one repository at the same second.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+
+use super::{Global, ScheduleCommand};
+use crate::error::{VaultError, exit};
+
+fn unit_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = given {
+        return Ok(d);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/etc/systemd/system"));
+    }
+    dirs::config_dir()
+        .map(|d| d.join("systemd").join("user"))
+        .ok_or_else(|| anyhow!("no XDG config directory: give --unit-dir"))
+}
+
+fn parse_at(at: &str) -> Result<(u8, u8)> {
+    let bad = || VaultError::Usage(format!("--at {at:?}: give HH:MM, e.g. 02:30"));
+    let (h, m) = at.split_once(':').ok_or_else(bad)?;
+    let (h, m): (u8, u8) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+    if h > 23 || m > 59 {
+        return Err(bad().into());
+    }
+    Ok((h, m))
+}
+
+/// The command the scheduler runs: this binary, the config in use, the profile.
+fn command_line(g: &Global, profile: &str) -> Result<String> {
+    let exe = std::env::current_exe().context("finding the vault binary")?;
+    let mut cmd = format!("{} run {profile}", exe.display());
+    if let Some(c) = &g.config {
+        cmd = format!(
+            "{} --config {} run {profile}",
+            exe.display(),
+            std::path::absolute(c)?.display()
+        );
+    }
+    Ok(cmd)
+}
+
+pub fn schedule(g: &Global, s: ScheduleCommand) -> Result<i32> {
+    match s {
+        ScheduleCommand::Install {
+            profile,
+            at,
+            cron,
+            unit_dir: dir,
+        } => {
+            super::profile::profile(g, &profile)?; // the profile must exist
+            let (h, m) = parse_at(&at)?;
+            let cmd = command_line(g, &profile)?;
+            if cron {
+                println!("{m} {h} * * * {cmd}");
+                return Ok(exit::OK);
+            }
+            let dir = unit_dir(dir)?;
+            install(&dir, &profile, h, m, &cmd)
+        }
+        ScheduleCommand::List { unit_dir: dir } => {
+            let dir = unit_dir(dir)?;
+            for (name, when) in list(&dir)? {
+                println!("{name:<16}  {when}");
+            }
+            Ok(exit::OK)
+        }
+        ScheduleCommand::Remove {
+            profile,
+            unit_dir: dir,
+        } => {
+            let dir = unit_dir(dir)?;
+            let mut removed = 0;
+            for ext in ["timer", "service"] {
+                let p = dir.join(format!("vault-{profile}.{ext}"));
+                if p.exists() {
+                    std::fs::remove_file(&p).with_context(|| format!("{}", p.display()))?;
+                    println!("removed {}", p.display());
+                    removed += 1;
+                }
+            }
+            if removed == 0 {
+                return Err(anyhow!(
+                    "no vault timer for profile {profile} in {}",
+                    dir.display()
+                ));
+            }
+            println!("then: systemctl {}daemon-reload", user_flag(&dir));
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn user_flag(dir: &Path) -> &'static str {
+    if dir.starts_with("/etc") {
+        ""
+    } else {
+        "--user "
+    }
+}
+
+fn install(dir: &Path, profile: &str, h: u8, m: u8, cmd: &str) -> Result<i32> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+    let service = format!(
+        "[Unit]\nDescription=vault backup routine for profile {profile}\n\
+         Wants=network-online.target\nAfter=network-online.target\n\n\
+         [Service]\nType=oneshot\nExecStart={cmd}\nNice=10\nIOSchedulingClass=idle\n"
+    );
+    let timer = format!(
+        "[Unit]\nDescription=Run vault profile {profile} every day\n\n\
+         [Timer]\nOnCalendar=*-*-* {h:02}:{m:02}:00\nPersistent=true\nRandomizedDelaySec=15min\n\n\
+         [Install]\nWantedBy=timers.target\n"
+    );
+    for (ext, text) in [("service", &service), ("timer", &timer)] {
+        let p = dir.join(format!("vault-{profile}.{ext}"));
+        std::fs::write(&p, text).with_context(|| format!("{}", p.display()))?;
+        println!("wrote {}:\n{text}", p.display());
+    }
+    println!(
+        "then: systemctl {u}daemon-reload && systemctl {u}enable --now vault-{profile}.timer",
+        u = user_flag(dir)
+    );
+    Ok(exit::OK)
+}
+
+fn list(dir: &Path) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Ok(out);
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(profile) = name
+            .strip_prefix("vault-")
+            .and_then(|n| n.strip_suffix(".timer"))
+        {
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let when = text
+                .lines()
+                .find_map(|l| l.strip_prefix("OnCalendar="))
+                .unwrap_or("?")
+                .to_string();
+            out.push((profile.to_string(), when));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
