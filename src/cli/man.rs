@@ -13,8 +13,71 @@ pub fn pages() -> Vec<(String, Vec<u8>)> {
     let root = super::Cli::command().after_help(format!("Exit codes: {EXIT_CODES}"));
     let mut out = Vec::new();
     render(&root, "vault", &mut out);
+    out.push(("vault.toml.5".into(), CONFIG_PAGE.as_bytes().to_vec()));
     out
 }
+
+/// vault.toml(5): the config file, written by hand (clap does not know it).
+const CONFIG_PAGE: &str = r#".TH vault.toml 5 "" "vault" "File Formats"
+.SH NAME
+vault.toml \- profiles for vault
+.SH SYNOPSIS
+~/.config/vault/vault.toml, /etc/vault/vault.toml, or the file given by \fB\-\-config\fR
+.SH DESCRIPTION
+A TOML file of named profiles. \fBvault \-\-profile NAME\fR takes the repository, password
+source, sources, excludes, tags and hooks from profile NAME for any command;
+\fBvault run NAME\fR runs its whole routine. Flags on the command line override the file.
+Unknown keys are errors; \fBvault config check\fR names the key and its line.
+.SH KEYS OF [profiles.NAME]
+.TP
+\fBrepository\fR
+Location: a path, s3://, sftp://, webdav://, gcs://, azblob:// or b2:// URL.
+.TP
+\fBpassword\-file\fR, \fBpassword\-command\fR
+Where the password comes from (a file, or a command's output).
+.TP
+\fBsources\fR, \fBexclude\fR, \fBtags\fR, \fBhost\fR, \fBexclude\-caches\fR, \fBone\-file\-system\fR
+What \fBbackup\fR saves, as its options of the same names.
+.TP
+\fBprune\fR
+How often \fBrun\fR prunes: "always", "never", or a span such as "7d" (default).
+.TP
+\fBsync\fR
+Whether \fBrun\fR syncs the mirrors (default true).
+.TP
+\fBcheck\fR
+The part of the data \fBrun\fR reads: "1/7" (default; a different seventh each run), "10%", "2G", or "never".
+.TP
+\fBon\-success\fR, \fBon\-failure\fR
+Hook commands, as \fB\-\-on\-success\fR and \fB\-\-on\-failure\fR.
+.SH [profiles.NAME.retention]
+forget's options without the dashes: keep\-last, keep\-hourly, keep\-daily, keep\-weekly,
+keep\-monthly, keep\-yearly (numbers), keep\-within and keep\-within\-daily etc. (spans such as
+"30d"), keep\-tag (a list), group\-by.
+.SH [profiles.NAME.export]
+.TP
+\fBdestination\fR
+Directory of the offline export.
+.TP
+\fBevery\fR
+Export again when the newest export there is older than this span (default "30d").
+.TP
+\fBsnapshots\fR
+Which snapshots, as \fBvault export \-\-snapshots\fR takes them.
+.SH EXAMPLE
+.nf
+[profiles.nightly]
+repository = "/srv/backup"
+password\-file = "/etc/vault/password"
+sources = ["/home", "/etc"]
+exclude = ["*.tmp"]
+[profiles.nightly.retention]
+keep\-daily = 7
+keep\-weekly = 5
+.fi
+.SH SEE ALSO
+vault(1), vault\-run(1), vault\-schedule(1)
+"#;
 
 fn render(cmd: &clap::Command, name: &str, out: &mut Vec<(String, Vec<u8>)>) {
     let cmd = cmd

@@ -74,6 +74,9 @@ pub struct Global {
     /// Run this shell command after the command fails or is partial (exit code not 0)
     #[arg(long, global = true, value_name = "CMD")]
     pub on_failure: Option<String>,
+    /// Append one line per run (time, command, exit code, message) to this file
+    #[arg(long, global = true, value_name = "FILE", env = "VAULT_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
     /// When the repository is locked, wait this long for it (e.g. 10m) before exit 11
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
     pub lock_wait: Option<std::time::Duration>,
@@ -736,6 +739,7 @@ pub fn main() -> i32 {
         }
     };
     let hooks = (cli.global.on_success.clone(), cli.global.on_failure.clone());
+    let log_file = cli.global.log_file.clone();
     let command = matches.subcommand_name().unwrap_or_default().to_string();
     let (code, message) = match commands::run(cli) {
         Ok(code) => (code, String::new()),
@@ -745,11 +749,32 @@ pub fn main() -> i32 {
             (error::exit_code(&e), msg)
         }
     };
+    if let Some(log) = &log_file {
+        append_log(log, &command, code, &message);
+    }
     let hook = if code == exit::OK { hooks.0 } else { hooks.1 };
     if let Some(cmd) = hook {
         run_hook(&cmd, &command, code, &message);
     }
     code
+}
+
+/// One line per run, for machines nobody watches: time, command, exit code, message.
+fn append_log(path: &std::path::Path, command: &str, code: i32, message: &str) {
+    use std::io::Write;
+    let line = format!(
+        "{} vault {command} exit {code}{}{message}\n",
+        jiff::Timestamp::now(),
+        if message.is_empty() { "" } else { ": " }
+    );
+    let r = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(line.as_bytes()));
+    if let Err(e) = r {
+        eprintln!("vault: warning: log file {}: {e}", path.display());
+    }
 }
 
 /// Runs a monitoring hook; its failure is reported but never changes vault's exit code.
