@@ -452,6 +452,25 @@ fn hooks_run_on_success_and_on_failure_with_the_outcome() {
         lines[1].starts_with("restore 1 snapshot ffff0000"),
         "{text}"
     );
+
+    // --log-file: one line per run.
+    let runlog = env.path("runs.log");
+    env.ok(&["snapshots", "-q", "--log-file", runlog.to_str().unwrap()]);
+    env.expect(
+        &[
+            "dump",
+            "latest",
+            "/nope",
+            "--log-file",
+            runlog.to_str().unwrap(),
+        ],
+        1,
+    );
+    let text = fs::read_to_string(&runlog).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].ends_with("vault snapshots exit 0"), "{text}");
+    assert!(lines[1].contains("vault dump exit 1: "), "{text}");
 }
 
 #[test]
