@@ -96,33 +96,7 @@ fn reference_reader_restores_fixture_v1() {
             target.as_os_str(),
         ],
     );
-    let root = target.join("tmp/vault-fixture-v1");
-    let expected = fs::read_to_string(fixtures.join("repo-v1.expected")).unwrap();
-    let mut n = 0;
-    for line in expected.lines() {
-        let parts: Vec<&str> = line.split(' ').collect();
-        let rel = hex::decode(parts[1]).unwrap();
-        let p = root.join(os(&rel));
-        match parts[0] {
-            "file" => assert_eq!(
-                blake3::hash(&fs::read(&p).unwrap()).to_hex().as_str(),
-                parts[2],
-                "{}",
-                p.display()
-            ),
-            "link" => assert_eq!(
-                fs::read_link(&p).unwrap().as_os_str(),
-                os(&hex::decode(parts[2]).unwrap())
-            ),
-            _ => unreachable!(),
-        }
-        n += 1;
-    }
-    assert_eq!(n, 6);
-    assert_eq!(
-        fs::metadata(root.join("sparse.img")).unwrap().len(),
-        10 << 20
-    );
+    common::assert_fixture_restored(&target.join("tmp/vault-fixture-v1"));
 }
 
 fn build_tree(src: &Path) {

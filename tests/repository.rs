@@ -32,31 +32,7 @@ fn fixture_repository_v1_still_restores() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let root = env.path("r/tmp/vault-fixture-v1");
-    let expected = fs::read_to_string(fixtures.join("repo-v1.expected")).unwrap();
-    let mut n = 0;
-    for line in expected.lines() {
-        let parts: Vec<&str> = line.split(' ').collect();
-        let rel = hex::decode(parts[1]).unwrap();
-        let p = root.join(os(&rel));
-        match parts[0] {
-            "file" => assert_eq!(
-                blake3::hash(&fs::read(&p).unwrap()).to_hex().as_str(),
-                parts[2],
-                "{}",
-                p.display()
-            ),
-            "link" => assert_eq!(
-                fs::read_link(&p).unwrap().as_os_str(),
-                os(&hex::decode(parts[2]).unwrap())
-            ),
-            _ => unreachable!(),
-        }
-        n += 1;
-    }
-    assert_eq!(n, 6);
-    let sparse = fs::metadata(root.join("sparse.img")).unwrap();
-    assert_eq!(sparse.len(), 10 << 20);
+    assert_fixture_restored(&env.path("r/tmp/vault-fixture-v1"));
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -1,8 +1,6 @@
 //! export: offline copies.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -16,7 +14,7 @@ use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::mirror::{EXPORT_VERSION, ExportRecord};
 use crate::format::snapshot::Snapshot;
-use crate::ops::{export as export_op, forget, image, select, sync};
+use crate::ops::{export as export_op, forget, image, select};
 use crate::repo::repository::now_rfc3339;
 use crate::repo::{Backend, Repository};
 
@@ -86,15 +84,7 @@ pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
     std::fs::create_dir_all(&dir).with_context(|| format!("export directory {}", dir.display()))?;
     let dir = std::path::absolute(&dir)?;
     let dest = Backend::open(&dir.to_string_lossy())?;
-    let counters = Arc::new(sync::Counters::default());
-    let c = counters.clone();
-    let progress = Progress::start(g.quiet || g.json, move || {
-        format!(
-            "{} objects copied ({})",
-            c.objects.load(Ordering::Relaxed),
-            human_bytes(c.bytes.load(Ordering::Relaxed))
-        )
-    });
+    let (counters, progress) = super::mirrors::copy_progress(g);
     let r = export_op::export(&repo, &chosen, &dest, &dir, &counters);
     progress.finish();
     let r = r?;

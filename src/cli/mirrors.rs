@@ -139,6 +139,20 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
     }
 }
 
+/// Counters for copying objects, and a progress line that shows them on a terminal.
+pub(super) fn copy_progress(g: &Global) -> (Arc<sync::Counters>, Progress) {
+    let counters = Arc::new(sync::Counters::default());
+    let c = counters.clone();
+    let progress = Progress::start(g.quiet || g.json, move || {
+        format!(
+            "{} objects copied ({})",
+            c.objects.load(Ordering::Relaxed),
+            human_bytes(c.bytes.load(Ordering::Relaxed))
+        )
+    });
+    (counters, progress)
+}
+
 /// Per mirror: when it was last brought up to date from this machine.
 fn state_path(repo: &Repository) -> Option<std::path::PathBuf> {
     repo.cache.as_ref().map(|c| c.dir().join("sync-state.json"))
@@ -176,15 +190,7 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
     let mut code = exit::OK;
     let mut results = Vec::new();
     for d in &defs {
-        let counters = Arc::new(sync::Counters::default());
-        let c = counters.clone();
-        let progress = Progress::start(g.quiet || g.json, move || {
-            format!(
-                "{} objects copied ({})",
-                c.objects.load(Ordering::Relaxed),
-                human_bytes(c.bytes.load(Ordering::Relaxed))
-            )
-        });
+        let (counters, progress) = copy_progress(g);
         let started = std::time::Instant::now();
         let r = Backend::open(&d.url).and_then(|b| sync::sync(&repo, &b, &counters));
         progress.finish();

@@ -221,3 +221,33 @@ pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
 pub fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
 }
+
+/// Checks a restore of the committed fixture repository (`root` is where its backed-up
+/// directory landed) against `tests/fixtures/repo-v1.expected`.
+pub fn assert_fixture_restored(root: &Path) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let expected = std::fs::read_to_string(fixtures.join("repo-v1.expected")).unwrap();
+    let mut n = 0;
+    for line in expected.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let rel = hex::decode(parts[1]).unwrap();
+        let p = root.join(OsStr::from_bytes(&rel));
+        match parts[0] {
+            "file" => assert_eq!(
+                blake3::hash(&std::fs::read(&p).unwrap()).to_hex().as_str(),
+                parts[2],
+                "{}",
+                p.display()
+            ),
+            "link" => assert_eq!(
+                std::fs::read_link(&p).unwrap().as_os_str(),
+                OsStr::from_bytes(&hex::decode(parts[2]).unwrap())
+            ),
+            _ => unreachable!(),
+        }
+        n += 1;
+    }
+    assert_eq!(n, 6);
+    let sparse = std::fs::metadata(root.join("sparse.img")).unwrap();
+    assert_eq!(sparse.len(), 10 << 20);
+}
