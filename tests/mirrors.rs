@@ -403,3 +403,48 @@ fn mirror_on_a_three_node_garage_cluster_survives_a_node_loss() {
         bytes(3, 3 << 20)
     );
 }
+
+#[test]
+fn each_mirror_can_have_its_own_credentials() {
+    let env = Env::new();
+    let Some(s3) = S3::start(&env.path("s3")) else {
+        return;
+    };
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), bytes(1, 100_000)).unwrap();
+    let url = s3.url("vault");
+    // The usual AWS_* variables are wrong (another vendor's); the mirror's own win.
+    let run = |args: &[&str]| {
+        env.cmd()
+            .env("AWS_ACCESS_KEY_ID", "someone-else")
+            .env("AWS_SECRET_ACCESS_KEY", "wrong")
+            .env(
+                "VAULT_MIRROR_OFFSITE_AWS_ACCESS_KEY_ID",
+                common::servers::S3_KEY,
+            )
+            .env(
+                "VAULT_MIRROR_OFFSITE_AWS_SECRET_ACCESS_KEY",
+                common::servers::S3_SECRET,
+            )
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["init"]).status.success());
+    assert!(
+        run(&["mirror", "add", "offsite", &url, "--no-sync"])
+            .status
+            .success()
+    );
+    let out = run(&["backup", "-q", "--sync", src.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value =
+        serde_json::from_slice(&run(&["--json", "status"]).stdout).unwrap();
+    let offsite = &status["copies"][1];
+    assert_eq!(offsite["complete"], true, "{status}");
+}

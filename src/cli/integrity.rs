@@ -51,7 +51,11 @@ fn note_intact_copies(repo: &Repository, problems: &mut [Problem]) {
     let mirrors: Vec<(String, Backend)> = defs
         .into_iter()
         .filter(|d| d.name != "primary")
-        .filter_map(|d| Backend::open(&d.url).ok().map(|b| (d.name, b)))
+        .filter_map(|d| {
+            Backend::open_mirror(&d.url, &d.name)
+                .ok()
+                .map(|b| (d.name, b))
+        })
         .collect();
     for p in problems.iter_mut() {
         let kind = match p.object.as_str() {

@@ -34,7 +34,7 @@ pub(super) fn attach(repo: &mut Repository, g: &Global) {
     };
     let mut backends = Vec::new();
     for d in defs.iter().filter(|d| d.name != PRIMARY) {
-        match Backend::open(&d.url) {
+        match Backend::open_mirror(&d.url, &d.name) {
             Ok(b) => backends.push(b),
             Err(e) if !g.quiet => {
                 warn_stderr(format!("mirror {}: {}", d.name, crate::error::one_line(&e)))
@@ -192,7 +192,8 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
     for d in &defs {
         let (counters, progress) = copy_progress(g);
         let started = std::time::Instant::now();
-        let r = Backend::open(&d.url).and_then(|b| sync::sync(&repo, &b, &counters));
+        let r =
+            Backend::open_mirror(&d.url, &d.name).and_then(|b| sync::sync(&repo, &b, &counters));
         progress.finish();
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         match r {
@@ -250,7 +251,7 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
         "region": primary_def.map(|d| d.region.clone()).unwrap_or_default(),
     })];
     for d in defs.iter().filter(|d| d.name != PRIMARY) {
-        let b = Backend::open(&d.url).and_then(|m| sync::behind(&primary, &m));
+        let b = Backend::open_mirror(&d.url, &d.name).and_then(|m| sync::behind(&primary, &m));
         let mut row = json!({
             "name": d.name, "url": d.url, "vendor": d.vendor, "region": d.region,
             "last_sync": state.get(&d.name),
@@ -420,7 +421,11 @@ pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
         r.backend = r.backend.alone();
         r
     });
-    let source = Backend::open(&url)?;
+    let source = if from.contains("://") || from.starts_with('/') {
+        Backend::open(&url)?
+    } else {
+        Backend::open_mirror(&url, from)?
+    };
     let target = Backend::open(&loc)?;
     // What the repository removed on purpose must not come back: the source's own
     // forget records and index say what that is.

@@ -98,7 +98,15 @@ pub struct Backend {
 impl Backend {
     /// Opens a location: a local path, `fs:///path`, or a remote URL (see `location`).
     pub fn open(location: &str) -> Result<Backend> {
-        let opened = super::location::open(location)?;
+        Self::from_opened(super::location::open(location)?)
+    }
+
+    /// Opens the location of mirror `name`, preferring its own credential variables.
+    pub fn open_mirror(location: &str, name: &str) -> Result<Backend> {
+        Self::from_opened(super::location::open_mirror(location, name)?)
+    }
+
+    fn from_opened(opened: super::location::Opened) -> Result<Backend> {
         let _guard = RUNTIME.enter();
         let op = blocking::Operator::new(opened.op)
             .with_context(|| format!("repository {}", opened.display))?;

@@ -1,5 +1,6 @@
 //! Repository locations: a local path or a URL, turned into an opendal operator.
-//! Locations never hold secrets; credentials come from the environment (the usual
+//! Locations never hold secrets; credentials come from the environment (a mirror's own
+//! `VAULT_MIRROR_<NAME>_*` variables first, then the usual
 //! `AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_*`, `B2_*` variables, the
 //! ssh agent and `~/.ssh`, `VAULT_WEBDAV_USER` / `VAULT_WEBDAV_PASSWORD`).
 //!
@@ -28,8 +29,36 @@ pub struct Opened {
     pub atomic_writes: bool,
 }
 
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
+/// Where credentials come from: the environment, where a mirror's own variables
+/// (`VAULT_MIRROR_<NAME>_<VAR>`, e.g. VAULT_MIRROR_OFFSITE_AWS_ACCESS_KEY_ID) come before
+/// the usual ones, so two mirrors at two vendors can hold two sets of credentials.
+struct Creds {
+    prefix: Option<String>,
+}
+
+impl Creds {
+    fn get(&self, var: &str) -> Option<String> {
+        let plain = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        self.prefix
+            .as_ref()
+            .and_then(|p| plain(&format!("{p}{var}")))
+            .or_else(|| plain(var))
+    }
+}
+
+/// The variable prefix of a mirror's own credentials.
+pub fn mirror_prefix(name: &str) -> String {
+    let up: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("VAULT_MIRROR_{up}_")
 }
 
 fn query(url: &Url) -> HashMap<String, String> {
@@ -59,6 +88,17 @@ fn root_of(url: &Url) -> String {
 
 /// Opens `location` (a local path or one of the URLs above).
 pub fn open(location: &str) -> Result<Opened> {
+    open_with(location, None)
+}
+
+/// Opens the location of the mirror `name`, with its own credentials when it has some.
+pub fn open_mirror(location: &str, name: &str) -> Result<Opened> {
+    open_with(location, Some(mirror_prefix(name)))
+}
+
+fn open_with(location: &str, prefix: Option<String>) -> Result<Opened> {
+    let creds = Creds { prefix };
+    let env = |v: &str| creds.get(v);
     let Some((scheme, _)) = location.split_once("://") else {
         return local(location);
     };
@@ -69,9 +109,9 @@ pub fn open(location: &str) -> Result<Opened> {
     let url = Url::parse(location).with_context(|| format!("repository location {location}"))?;
     let q = query(&url);
     let op = match scheme {
-        "s3" => s3(&url, &q)?,
+        "s3" => s3(&url, &q, &creds)?,
         "sftp" => sftp(&url, &q)?,
-        "webdav" | "webdavs" => webdav(&url)?,
+        "webdav" | "webdavs" => webdav(&url, &creds)?,
         "gcs" => {
             let (bucket, root) = bucket_and_root(&url, "bucket")?;
             let mut b = opendal::services::Gcs::default()
@@ -165,7 +205,8 @@ fn local(path: &str) -> Result<Opened> {
     })
 }
 
-fn s3(url: &Url, q: &HashMap<String, String>) -> Result<Operator> {
+fn s3(url: &Url, q: &HashMap<String, String>, creds: &Creds) -> Result<Operator> {
+    let env = |v: &str| creds.get(v);
     let (bucket, root) = bucket_and_root(url, "bucket")?;
     let region = q
         .get("region")
@@ -214,7 +255,8 @@ fn sftp(url: &Url, q: &HashMap<String, String>) -> Result<Operator> {
     Ok(Operator::new(b)?)
 }
 
-fn webdav(url: &Url) -> Result<Operator> {
+fn webdav(url: &Url, creds: &Creds) -> Result<Operator> {
+    let env = |v: &str| creds.get(v);
     let host = url
         .host_str()
         .ok_or_else(|| anyhow!("{url}: give a host, as in webdav://host:8080/path"))?;
