@@ -49,7 +49,12 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Run { profile } => super::run::run(&g, &profile),
         Command::Schedule(s) => super::schedule::schedule(&g, s),
         Command::Config(super::ConfigCommand::Check) => {
-            println!("{}", super::profile::check(&g)?);
+            let msg = super::profile::check(&g)?;
+            if g.json {
+                print_json(&json!({"valid": true, "message": msg}))?;
+            } else {
+                println!("{msg}");
+            }
             Ok(exit::OK)
         }
         Command::Completions { shell } => {
@@ -516,7 +521,9 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
             let id = repo.add_key(&pw, &a.label, default_log_n())?;
             // The new key is written before the old one is removed: never zero keys.
             repo.remove_key(&old).context("removing the old key")?;
-            if !g.quiet {
+            if g.json {
+                print_json(&json!({"key": id.to_hex(), "replaces": old.to_hex()}))?;
+            } else if !g.quiet {
                 println!(
                     "changed password: key {} replaces {}",
                     id.short(),
@@ -542,7 +549,9 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
                 }
             };
             repo.remove_key(&target)?;
-            if !g.quiet {
+            if g.json {
+                print_json(&json!({"removed": target.to_hex()}))?;
+            } else if !g.quiet {
                 println!("removed key {}", target.short());
             }
         }

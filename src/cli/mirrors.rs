@@ -98,7 +98,9 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
                 removed: false,
             };
             repo.save_mirror_def(&def)?;
-            if !g.quiet && !g.json {
+            if g.json && (a.no_sync || a.name == PRIMARY) {
+                print_json(&json!({"added": def.name, "url": def.url}))?;
+            } else if !g.quiet && !g.json {
                 println!("added mirror {} at {}", def.name, def.url);
             }
             if a.no_sync || a.name == PRIMARY {
@@ -128,7 +130,9 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
             def.removed = true;
             def.created = now_rfc3339();
             repo.save_mirror_def(&def)?;
-            if !g.quiet {
+            if g.json {
+                print_json(&json!({"removed": name, "url": def.url}))?;
+            } else if !g.quiet {
                 println!(
                     "removed mirror {name} (its copy at {} is left as it is)",
                     def.url
