@@ -173,7 +173,7 @@ fn export_killed_after_any_write_leaves_a_trustworthy_destination() {
     let mut points = 0;
     for n in 1..=60 {
         let dest = template.path(&format!("try{n}"));
-        copy_tree(&dest_template, &dest);
+        common::copy_tree(&dest_template, &dest);
         let out = template
             .cmd()
             .env("VAULT_CRASH_AFTER_WRITES", n.to_string())
@@ -214,16 +214,6 @@ fn export_killed_after_any_write_leaves_a_trustworthy_destination() {
         points += 1;
     }
     assert!(points >= 8, "killed at only {points} points");
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// A tmpfs too small for the data, unmounted on drop.

@@ -17,7 +17,7 @@ fn fixture_repository_v1_still_restores() {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     // Work on a copy: opening writes locks and the cache.
     let repo = env.path("repo");
-    copy_dir(&fixtures.join("repo-v1"), &repo);
+    copy_tree(&fixtures.join("repo-v1"), &repo);
     let mut c = env.cmd();
     c.env_remove("VAULT_PASSWORD")
         .env("VAULT_PASSWORD_FILE", fixtures.join("repo-v1.password"))
@@ -33,18 +33,6 @@ fn fixture_repository_v1_still_restores() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_fixture_restored(&env.path("r/tmp/vault-fixture-v1"));
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &to.join(e.file_name()));
-        } else {
-            fs::copy(e.path(), to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn repo_listing(env: &Env) -> Vec<std::path::PathBuf> {

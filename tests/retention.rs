@@ -180,7 +180,7 @@ fn prune_killed_after_any_write_leaves_a_valid_repository() {
     let mut points = 0;
     for n in 1..=80 {
         let env = Env::new();
-        copy_tree(&template.repo(), &env.repo());
+        common::copy_tree(&template.repo(), &env.repo());
         let out = env
             .cmd()
             .env("VAULT_CRASH_AFTER_WRITES", n.to_string())
@@ -208,26 +208,6 @@ fn prune_killed_after_any_write_leaves_a_valid_repository() {
         points += 1;
     }
     assert!(points >= 12, "killed at only {points} points");
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for entry in walkdir(from) {
-        let rel = entry.strip_prefix(from).unwrap();
-        let dest = to.join(rel);
-        fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        fs::copy(&entry, &dest).unwrap();
-    }
-    for d in [
-        "keys",
-        "data",
-        "index",
-        "manifests",
-        "snapshots",
-        "locks",
-        "tmp",
-    ] {
-        fs::create_dir_all(to.join(d)).unwrap();
-    }
 }
 
 #[test]

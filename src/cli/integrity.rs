@@ -81,6 +81,15 @@ fn note_intact_copies(repo: &Repository, problems: &mut [Problem]) {
     }
 }
 
+/// The start of check's and audit's summary line.
+fn head(problems: usize) -> String {
+    if problems == 0 {
+        "no errors".into()
+    } else {
+        format!("{problems} error(s) found")
+    }
+}
+
 fn verdict(problems: usize) -> i32 {
     if problems == 0 { exit::OK } else { exit::ERROR }
 }
@@ -124,11 +133,7 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             ),
             None => String::new(),
         };
-        let head = if r.healthy() {
-            "no errors".to_string()
-        } else {
-            format!("{} error(s) found", r.problems.len())
-        };
+        let head = head(r.problems.len());
         println!(
             "check: {head}: {} snapshots, {} trees, {} packs, {} blobs, {} index files, {} keys{read}",
             s.snapshots, s.trees, s.packs, s.blobs, s.index_files, s.keys
@@ -163,11 +168,7 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
         for e in &r.extra {
             println!("extra: {e} (not a vault object)");
         }
-        let head = if r.problems.is_empty() {
-            "no errors".to_string()
-        } else {
-            format!("{} error(s) found", r.problems.len())
-        };
+        let head = head(r.problems.len());
         println!(
             "audit: {head}: {} objects, {} hashed ({}), {} manifests listing {} packs",
             r.stats.objects,

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use super::export::{self, ExportReport, MANIFEST};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
-use crate::repo::backend::CONFIG_PATH;
+use crate::repo::backend::{CONFIG_PATH, LAYOUT_DIRS};
 use crate::repo::index::seal_index_set;
 use crate::repo::{FileKind, Repository};
 
@@ -153,15 +153,7 @@ pub fn export_image(
         ..Default::default()
     };
     let src = repo.backend.alone();
-    for d in [
-        "keys",
-        "data",
-        "index",
-        "manifests",
-        "snapshots",
-        "locks",
-        "tmp",
-    ] {
+    for d in LAYOUT_DIRS {
         w.dir(d)?;
     }
     for id in src.list(FileKind::Key)? {

@@ -140,7 +140,9 @@ impl Backend {
     /// Tries this backend, then each fallback, until `f` succeeds; the error is this
     /// backend's own.
     fn first_ok<T>(&self, f: impl Fn(&Backend) -> Result<T>) -> Result<T> {
-        let primary = f(&self.alone());
+        // `f` uses only this backend's own operator, so no copy without fallbacks is
+        // needed (this is every read's path).
+        let primary = f(self);
         if primary.is_ok() || self.fallbacks.is_empty() {
             return primary;
         }
@@ -314,23 +316,27 @@ impl Backend {
     }
 
     pub fn create_layout(&self) -> Result<()> {
-        for d in [
-            "keys/",
-            "data/",
-            "index/",
-            "manifests/",
-            "mirrors/",
-            "forgotten/",
-            "exports/",
-            "snapshots/",
-            "locks/",
-            "tmp/",
-        ] {
-            self.op.create_dir(d).map_err(|e| self.wrap(d, e))?;
+        for d in LAYOUT_DIRS {
+            let d = format!("{d}/");
+            self.op.create_dir(&d).map_err(|e| self.wrap(&d, e))?;
         }
         Ok(())
     }
 }
+
+/// The directories of a repository (spec §1), as `init` creates them.
+pub const LAYOUT_DIRS: [&str; 10] = [
+    "keys",
+    "data",
+    "index",
+    "manifests",
+    "mirrors",
+    "forgotten",
+    "exports",
+    "snapshots",
+    "locks",
+    "tmp",
+];
 
 pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<NotFound>().is_some())

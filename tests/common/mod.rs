@@ -251,3 +251,16 @@ pub fn assert_fixture_restored(root: &Path) {
     let sparse = std::fs::metadata(root.join("sparse.img")).unwrap();
     assert_eq!(sparse.len(), 10 << 20);
 }
+
+/// Copies a directory tree, empty directories and file modes included.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
