@@ -447,4 +447,25 @@ fn each_mirror_can_have_its_own_credentials() {
         serde_json::from_slice(&run(&["--json", "status"]).stdout).unwrap();
     let offsite = &status["copies"][1];
     assert_eq!(offsite["complete"], true, "{status}");
+
+    // list and remove: a removed mirror is no longer synced (its copy stays).
+    let list: serde_json::Value =
+        serde_json::from_slice(&run(&["--json", "mirror", "list"]).stdout).unwrap();
+    assert_eq!(list[0]["name"], "offsite");
+    assert!(run(&["mirror", "remove", "offsite"]).status.success());
+    let out = run(&["sync"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mirrors"));
+    // Opened directly, the copy takes the usual variables: give it the right ones.
+    let copy = env
+        .cmd()
+        .envs(s3.env())
+        .args(["snapshots", "--repo", &url])
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "the copy stays: {}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
 }
