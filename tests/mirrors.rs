@@ -469,3 +469,92 @@ fn each_mirror_can_have_its_own_credentials() {
         String::from_utf8_lossy(&copy.stderr)
     );
 }
+
+#[test]
+fn profile_credentials_come_from_a_file_or_from_named_variables() {
+    let env = Env::new();
+    let Some(s3) = S3::start(&env.path("s3")) else {
+        return;
+    };
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), bytes(2, 50_000)).unwrap();
+    let creds = env.path("offsite.env");
+    fs::write(
+        &creds,
+        format!(
+            "# offsite vendor\nexport AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY=\"{}\"\n",
+            common::servers::S3_KEY,
+            common::servers::S3_SECRET
+        ),
+    )
+    .unwrap();
+    let config = env.path("vault.toml");
+    fs::write(
+        &config,
+        format!(
+            r#"
+[profiles.nightly]
+repository = "{primary}"
+sources = ["{src}"]
+[profiles.nightly.credentials]
+env = {{ AWS_ACCESS_KEY_ID = "PRIMARY_KEY", AWS_SECRET_ACCESS_KEY = "PRIMARY_SECRET" }}
+[profiles.nightly.mirrors.offsite]
+file = "{creds}"
+"#,
+            primary = s3.url("primary"),
+            src = src.display(),
+            creds = creds.display()
+        ),
+    )
+    .unwrap();
+    // The usual AWS_* variables are wrong: only the profile's sources work.
+    let run = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.env_remove("VAULT_REPOSITORY")
+            .env("AWS_ACCESS_KEY_ID", "someone-else")
+            .env("AWS_SECRET_ACCESS_KEY", "wrong")
+            .env("PRIMARY_KEY", common::servers::S3_KEY)
+            .env("PRIMARY_SECRET", common::servers::S3_SECRET)
+            .args(["--config", config.to_str().unwrap(), "--profile", "nightly"])
+            .args(args);
+        c.output().unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    ok(&["config", "check"]);
+    ok(&["init"]);
+    ok(&["mirror", "add", "offsite", &s3.url("offsite"), "--no-sync"]);
+    ok(&["backup", "-q", "--sync"]);
+    let status: serde_json::Value =
+        serde_json::from_slice(&ok(&["--json", "status"]).stdout).unwrap();
+    assert_eq!(status["copies"][1]["complete"], true, "{status}");
+
+    // A variable the profile names but the environment lacks: one clear line.
+    let out = env
+        .cmd()
+        .args(["--config", config.to_str().unwrap(), "--profile", "nightly"])
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PRIMARY_KEY is not set") && err.lines().count() == 1,
+        "{err}"
+    );
+    // A malformed credentials file is named with its line, and the value never shown.
+    fs::write(&creds, "AWS_ACCESS_KEY_ID=x\nthis-is-secret\n").unwrap();
+    let out = run(&["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("offsite.env line 2"), "{err}");
+    assert!(!err.contains("this-is-secret"), "{err}");
+}

@@ -117,12 +117,21 @@ fn keys_add_list_passwd_remove_and_raw_key_file() {
     assert!(out.status.success());
     // Change the first password; the old one stops working.
     fs::write(env.path("pw3"), "third password").unwrap();
-    env.ok(&[
-        "key",
-        "passwd",
-        "--new-password-file",
-        env.path("pw3").to_str().unwrap(),
-    ]);
+    let changed = env.json(
+        &[
+            "key",
+            "passwd",
+            "--new-password-file",
+            env.path("pw3").to_str().unwrap(),
+        ],
+        0,
+    );
+    let (new_key, old_key) = (
+        changed["key"].as_str().unwrap(),
+        changed["replaces"].as_str(),
+    );
+    assert!(env.repo().join("keys").join(new_key).exists());
+    assert!(!env.repo().join("keys").join(old_key.unwrap()).exists());
     env.expect(&["snapshots"], 12);
     let with3 = |args: &[&str]| {
         env.cmd()
@@ -142,7 +151,10 @@ fn keys_add_list_passwd_remove_and_raw_key_file() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(with3(&["key", "remove", &laptop[..8]]).status.success());
+    let removed = with3(&["--json", "key", "remove", &laptop[..8]]);
+    assert!(removed.status.success());
+    let removed: serde_json::Value = serde_json::from_slice(&removed.stdout).unwrap();
+    assert_eq!(removed["removed"], laptop.as_str(), "{removed}");
     let keys = walkdir(&env.repo().join("keys"));
     assert_eq!(keys.len(), 1);
     let last = keys[0].file_name().unwrap().to_str().unwrap().to_string();

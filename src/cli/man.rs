@@ -64,6 +64,18 @@ Export again when the newest export there is older than this span (default "30d"
 .TP
 \fBsnapshots\fR
 Which snapshots, as \fBvault export \-\-snapshots\fR takes them.
+.SH [profiles.NAME.credentials] and [profiles.NAME.mirrors.MIRROR]
+Storage credentials for the repository itself, and for the mirror named MIRROR (the name
+given to \fBvault mirror add\fR), kept out of this file. They come before the
+environment's variables of the same names.
+.TP
+\fBfile\fR
+A file of NAME=value lines (blank lines, # comments, "export " and quotes allowed), such
+as AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=...; keep it mode 600.
+.TP
+\fBenv\fR
+A table naming the environment variable each credential is read from, e.g.
+{ AWS_ACCESS_KEY_ID = "OFFSITE_KEY_ID", AWS_SECRET_ACCESS_KEY = "OFFSITE_SECRET" }.
 .SH EXAMPLE
 .nf
 [profiles.nightly]
@@ -74,6 +86,8 @@ exclude = ["*.tmp"]
 [profiles.nightly.retention]
 keep\-daily = 7
 keep\-weekly = 5
+[profiles.nightly.mirrors.offsite]
+file = "/etc/vault/offsite.env"
 .fi
 .SH SEE ALSO
 vault(1), vault\-run(1), vault\-schedule(1)

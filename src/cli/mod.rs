@@ -4,6 +4,7 @@
 mod commands;
 mod export;
 mod integrity;
+mod logger;
 pub mod man;
 mod mirrors;
 pub mod password;
@@ -62,8 +63,12 @@ pub struct Global {
     #[arg(long, global = true)]
     pub json: bool,
     /// Print nothing but errors
-    #[arg(long, short = 'q', global = true)]
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Say more on stderr: -v what changes (files, objects), -vv also what stays the
+    /// same and each storage write and delete, -vvv also each read
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// Do not lock the repository (for read-only media)
     #[arg(long, global = true)]
     pub no_lock: bool,
@@ -731,6 +736,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    logger::init(cli.global.verbose, cli.global.quiet);
     let cli = match profile::apply(cli) {
         Ok(c) => c,
         Err(e) => {

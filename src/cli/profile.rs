@@ -15,6 +15,11 @@
 //! [profiles.nightly.export]               # `run` exports when the last one is older
 //! destination = "/media/archive"
 //! every = "30d"
+//! [profiles.nightly.credentials]          # the repository's own: NAME=value lines
+//! file = "/etc/vault/primary.env"
+//! [profiles.nightly.mirrors.offsite]      # a mirror's, by its `vault mirror add` name
+//! file = "/etc/vault/offsite.env"         # and/or variables to read them from:
+//! env = { AWS_ACCESS_KEY_ID = "OFFSITE_KEY_ID", AWS_SECRET_ACCESS_KEY = "OFFSITE_SECRET" }
 //! ```
 //! Command-line flags override the file.
 
@@ -62,6 +67,102 @@ pub struct Profile {
     pub export: Option<ExportConfig>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
+    /// The repository's own storage credentials.
+    pub credentials: Option<Credentials>,
+    /// Each mirror's storage credentials, by mirror name.
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, Credentials>,
+}
+
+/// Storage credentials, kept out of the config file itself: from a file of `NAME=value`
+/// lines, and/or from other environment variables (`AWS_ACCESS_KEY_ID = "MY_VAR"`).
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Credentials {
+    /// The variables these credentials provide. Errors name the file, line or variable,
+    /// never a value.
+    pub fn resolve(&self) -> Result<BTreeMap<String, String>> {
+        let mut vars = BTreeMap::new();
+        if let Some(path) = &self.file {
+            vars.extend(read_env_file(path)?);
+        }
+        for (var, source) in &self.env {
+            let value = std::env::var(source).map_err(|_| {
+                VaultError::Usage(format!(
+                    "credential {var}: environment variable {source} is not set"
+                ))
+            })?;
+            vars.insert(var.clone(), value);
+        }
+        Ok(vars)
+    }
+}
+
+/// `NAME=value` lines; blank lines, `#` comments, `export ` and quotes are allowed.
+fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("credentials file {}", path.display()))?;
+    if let Ok(m) = std::fs::metadata(path)
+        && m.permissions().mode() & 0o077 != 0
+    {
+        log::warn!(
+            "warning: credentials file {} is readable by others (chmod 600 it)",
+            path.display()
+        );
+    }
+    let mut vars = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (name, value) = line
+            .split_once('=')
+            .filter(|(k, _)| valid_var_name(k.trim()))
+            .ok_or_else(|| {
+                VaultError::Usage(format!(
+                    "credentials file {} line {}: expected NAME=value",
+                    path.display(),
+                    n + 1
+                ))
+            })?;
+        let value = value.trim();
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
+            .unwrap_or(value);
+        vars.insert(name.trim().to_string(), unquoted.to_string());
+    }
+    Ok(vars)
+}
+
+fn valid_var_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Hands the profile's credentials to the storage layer.
+fn provide_credentials(p: &Profile) -> Result<()> {
+    use crate::repo::location::provide_credentials;
+    if let Some(c) = &p.credentials {
+        provide_credentials(None, c.resolve()?);
+    }
+    for (name, c) in &p.mirrors {
+        let vars = c.resolve().map_err(|e| {
+            VaultError::Usage(format!("mirror {name}: {}", crate::error::one_line(&e)))
+        })?;
+        provide_credentials(Some(name), vars);
+    }
+    Ok(())
 }
 
 #[derive(Deserialize, Debug, Default, Clone)]
@@ -125,6 +226,7 @@ pub fn apply(mut cli: Cli) -> Result<Cli> {
         return Ok(cli);
     };
     let p = profile(&cli.global, &name)?;
+    provide_credentials(&p)?;
     let g = &mut cli.global;
     if g.repo.is_none() {
         g.repo = p.repository.clone();
@@ -217,6 +319,22 @@ pub fn check(g: &Global) -> Result<String> {
         ] {
             if let Some(s) = span.filter(|s| !matches!(*s, "always" | "never")) {
                 crate::ops::forget::parse_span(s).map_err(|e| bad(format!("{key}: {e}")))?;
+            }
+        }
+        let creds = p.credentials.iter().map(|c| ("credentials".to_string(), c));
+        let mirrors = p.mirrors.iter().map(|(m, c)| (format!("mirrors.{m}"), c));
+        for (key, c) in creds.chain(mirrors) {
+            if let Some(f) = &c.file {
+                read_env_file(f)
+                    .map_err(|e| bad(format!("{key}: {}", crate::error::one_line(&e))))?;
+            }
+            if let Some(k) = c
+                .env
+                .keys()
+                .chain(c.env.values())
+                .find(|k| !valid_var_name(k))
+            {
+                return Err(bad(format!("{key}.env: {k:?} is not a variable name")));
             }
         }
         if let Some(c) = p.check.as_deref().filter(|c| *c != "never") {

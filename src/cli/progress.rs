@@ -1,11 +1,23 @@
 //! Progress display: a bar on a terminal, nothing otherwise.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// The bar on screen, if any, so that log lines from anywhere print above it.
+static ACTIVE: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Prints a line on stderr, above the progress bar when one is showing.
+pub fn eprint_line(line: &str) {
+    let active = ACTIVE.lock().ok().and_then(|a| a.clone());
+    match active {
+        Some(b) => b.suspend(|| eprintln!("{line}")),
+        None => eprintln!("{line}"),
+    }
+}
 
 pub struct Progress {
     bar: Option<ProgressBar>,
@@ -30,6 +42,9 @@ impl Progress {
             ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
                 .expect("valid template"),
         );
+        if let Ok(mut a) = ACTIVE.lock() {
+            *a = Some(bar.clone());
+        }
         let (b, s) = (bar.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
@@ -47,10 +62,7 @@ impl Progress {
 
     /// Prints a line above the bar (or plainly without one).
     pub fn println(&self, line: &str) {
-        match &self.bar {
-            Some(b) => b.suspend(|| eprintln!("{line}")),
-            None => eprintln!("{line}"),
-        }
+        eprint_line(line);
     }
 
     pub fn finish(mut self) {
@@ -59,6 +71,9 @@ impl Progress {
             let _ = t.join();
         }
         if let Some(b) = &self.bar {
+            if let Ok(mut a) = ACTIVE.lock() {
+                *a = None;
+            }
             b.finish_and_clear();
         }
     }

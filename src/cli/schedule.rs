@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
+use serde::Serialize;
 
 use super::{Global, ScheduleCommand};
 use crate::error::{VaultError, exit};
@@ -45,8 +46,38 @@ fn command_line(g: &Global, profile: &str) -> Result<String> {
     Ok(cmd)
 }
 
+/// What a schedule command did, printed as text or `--json`.
+#[derive(Serialize, Default)]
+struct Outcome {
+    /// Files written (path, contents) or removed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    written: Vec<Written>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    removed: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    crontab: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    timers: Vec<Timer>,
+    /// The command to run next, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    then: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Written {
+    path: PathBuf,
+    contents: String,
+}
+
+#[derive(Serialize)]
+struct Timer {
+    profile: String,
+    on_calendar: String,
+    path: PathBuf,
+}
+
 pub fn schedule(g: &Global, s: ScheduleCommand) -> Result<i32> {
-    match s {
+    let outcome = match s {
         ScheduleCommand::Install {
             profile,
             at,
@@ -57,43 +88,69 @@ pub fn schedule(g: &Global, s: ScheduleCommand) -> Result<i32> {
             let (h, m) = parse_at(&at)?;
             let cmd = command_line(g, &profile)?;
             if cron {
-                println!("{m} {h} * * * {cmd}");
-                return Ok(exit::OK);
+                Outcome {
+                    crontab: Some(format!("{m} {h} * * * {cmd}")),
+                    ..Outcome::default()
+                }
+            } else {
+                install(&unit_dir(dir)?, &profile, h, m, &cmd)?
             }
-            let dir = unit_dir(dir)?;
-            install(&dir, &profile, h, m, &cmd)
         }
-        ScheduleCommand::List { unit_dir: dir } => {
-            let dir = unit_dir(dir)?;
-            for (name, when) in list(&dir)? {
-                println!("{name:<16}  {when}");
-            }
-            Ok(exit::OK)
-        }
+        ScheduleCommand::List { unit_dir: dir } => Outcome {
+            timers: list(&unit_dir(dir)?)?,
+            ..Outcome::default()
+        },
         ScheduleCommand::Remove {
             profile,
             unit_dir: dir,
-        } => {
-            let dir = unit_dir(dir)?;
-            let mut removed = 0;
-            for ext in ["timer", "service"] {
-                let p = dir.join(format!("vault-{profile}.{ext}"));
-                if p.exists() {
-                    std::fs::remove_file(&p).with_context(|| format!("{}", p.display()))?;
-                    println!("removed {}", p.display());
-                    removed += 1;
-                }
-            }
-            if removed == 0 {
-                return Err(anyhow!(
-                    "no vault timer for profile {profile} in {}",
-                    dir.display()
-                ));
-            }
-            println!("then: systemctl {}daemon-reload", user_flag(&dir));
-            Ok(exit::OK)
+        } => remove(&unit_dir(dir)?, &profile)?,
+    };
+    if g.json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else if !g.quiet || outcome.crontab.is_some() {
+        print_text(&outcome);
+    }
+    Ok(exit::OK)
+}
+
+fn print_text(o: &Outcome) {
+    for w in &o.written {
+        println!("wrote {}:\n{}", w.path.display(), w.contents);
+    }
+    for p in &o.removed {
+        println!("removed {}", p.display());
+    }
+    if let Some(line) = &o.crontab {
+        println!("{line}");
+    }
+    for t in &o.timers {
+        println!("{:<16}  {}", t.profile, t.on_calendar);
+    }
+    if let Some(then) = &o.then {
+        println!("then: {then}");
+    }
+}
+
+fn remove(dir: &Path, profile: &str) -> Result<Outcome> {
+    let mut removed = Vec::new();
+    for ext in ["timer", "service"] {
+        let p = dir.join(format!("vault-{profile}.{ext}"));
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("{}", p.display()))?;
+            removed.push(p);
         }
     }
+    if removed.is_empty() {
+        return Err(anyhow!(
+            "no vault timer for profile {profile} in {}",
+            dir.display()
+        ));
+    }
+    Ok(Outcome {
+        removed,
+        then: Some(format!("systemctl {}daemon-reload", user_flag(dir))),
+        ..Outcome::default()
+    })
 }
 
 fn user_flag(dir: &Path) -> &'static str {
@@ -104,7 +161,7 @@ fn user_flag(dir: &Path) -> &'static str {
     }
 }
 
-fn install(dir: &Path, profile: &str, h: u8, m: u8, cmd: &str) -> Result<i32> {
+fn install(dir: &Path, profile: &str, h: u8, m: u8, cmd: &str) -> Result<Outcome> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
     let service = format!(
         "[Unit]\nDescription=vault backup routine for profile {profile}\n\
@@ -116,19 +173,23 @@ fn install(dir: &Path, profile: &str, h: u8, m: u8, cmd: &str) -> Result<i32> {
          [Timer]\nOnCalendar=*-*-* {h:02}:{m:02}:00\nPersistent=true\nRandomizedDelaySec=15min\n\n\
          [Install]\nWantedBy=timers.target\n"
     );
-    for (ext, text) in [("service", &service), ("timer", &timer)] {
-        let p = dir.join(format!("vault-{profile}.{ext}"));
-        std::fs::write(&p, text).with_context(|| format!("{}", p.display()))?;
-        println!("wrote {}:\n{text}", p.display());
+    let mut written = Vec::new();
+    for (ext, contents) in [("service", service), ("timer", timer)] {
+        let path = dir.join(format!("vault-{profile}.{ext}"));
+        std::fs::write(&path, &contents).with_context(|| format!("{}", path.display()))?;
+        written.push(Written { path, contents });
     }
-    println!(
-        "then: systemctl {u}daemon-reload && systemctl {u}enable --now vault-{profile}.timer",
-        u = user_flag(dir)
-    );
-    Ok(exit::OK)
+    Ok(Outcome {
+        written,
+        then: Some(format!(
+            "systemctl {u}daemon-reload && systemctl {u}enable --now vault-{profile}.timer",
+            u = user_flag(dir)
+        )),
+        ..Outcome::default()
+    })
 }
 
-fn list(dir: &Path) -> Result<Vec<(String, String)>> {
+fn list(dir: &Path) -> Result<Vec<Timer>> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Ok(out);
@@ -145,9 +206,13 @@ fn list(dir: &Path) -> Result<Vec<(String, String)>> {
                 .find_map(|l| l.strip_prefix("OnCalendar="))
                 .unwrap_or("?")
                 .to_string();
-            out.push((profile.to_string(), when));
+            out.push(Timer {
+                profile: profile.to_string(),
+                on_calendar: when,
+                path: e.path(),
+            });
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.profile.cmp(&b.profile));
     Ok(out)
 }

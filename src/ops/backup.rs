@@ -500,6 +500,7 @@ impl Walker<'_> {
         {
             node.content = o.content.clone();
             node.extents = o.extents.clone();
+            log::debug!("unchanged {}", path.display());
             self.shared.stat(|s| {
                 s.files_unchanged += 1;
                 s.bytes_total += node.size;
@@ -701,6 +702,8 @@ fn read_loop(rx: Receiver<FileJob>, chunks: Sender<Chunk>, sh: Arc<Shared>) {
         let reply = match r {
             Ok(()) => {
                 let size = job.node.size;
+                let what = if job.is_new { "new" } else { "modified" };
+                log::info!("{what} {}", job.path.display());
                 sh.stat(|s| {
                     if job.is_new {
                         s.files_new += 1

@@ -125,6 +125,21 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
         .filter(|(id, _)| !gone.contains(id))
         .map(|(_, p)| p.unused_bytes())
         .sum();
+    if log::log_enabled!(log::Level::Info) {
+        let verb = if opts.dry_run { "would " } else { "" };
+        for id in &delete {
+            log::info!("{verb}delete pack {} (unused)", id.short());
+        }
+        for id in &repack {
+            let p = &packs[id];
+            log::info!(
+                "{verb}repack pack {} ({} of {} bytes used)",
+                id.short(),
+                p.used_bytes,
+                p.size
+            );
+        }
+    }
     if opts.dry_run {
         let used_in_repack: u64 = repack.iter().map(|id| packs[id].used_bytes).sum();
         stats.bytes_freed = freed_whole + stats.bytes_repacked - used_in_repack;

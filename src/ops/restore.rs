@@ -257,6 +257,15 @@ pub fn restore(
             ));
         }
     }
+    if log::log_enabled!(log::Level::Info) {
+        for (_, it) in items
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !errors.contains_key(i))
+        {
+            log::info!("restored {}", it.path.display());
+        }
+    }
     let mut errs: Vec<(usize, String)> = errors.into_iter().collect();
     errs.sort();
     result.errors.extend(

@@ -99,11 +99,13 @@ pub fn copy_objects(
                     let path = kind.path(&id);
                     let r = from.read(&path).and_then(|b| {
                         if !intact(kind, &id, &b) {
+                            log::info!("{path} at {} is damaged: not copied", from.location());
                             damaged.lock().expect("poisoned").push(path.clone());
                             return Ok(());
                         }
                         let n = b.len() as u64;
                         to.write(&path, b)?;
+                        log::info!("copied {path} ({n} bytes) to {}", to.location());
                         copied.fetch_add(1, Ordering::Relaxed);
                         bytes.fetch_add(n, Ordering::Relaxed);
                         counters.objects.fetch_add(1, Ordering::Relaxed);

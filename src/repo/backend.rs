@@ -143,11 +143,16 @@ impl Backend {
         // `f` uses only this backend's own operator, so no copy without fallbacks is
         // needed (this is every read's path).
         let primary = f(self);
-        if primary.is_ok() || self.fallbacks.is_empty() {
+        let Err(err) = &primary else {
             return primary;
-        }
+        };
         for m in &self.fallbacks {
             if let Ok(v) = f(m) {
+                log::info!(
+                    "using mirror {} ({})",
+                    m.location,
+                    crate::error::one_line(err)
+                );
                 return Ok(v);
             }
         }
@@ -197,6 +202,7 @@ impl Backend {
     }
 
     fn read_here(&self, path: &str) -> Result<Vec<u8>> {
+        log::trace!("read {}", self.ctx(path));
         self.op
             .read(path)
             .map(|b| b.to_vec())
@@ -209,6 +215,7 @@ impl Backend {
     }
 
     fn read_range_here(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        log::trace!("read {} ({len} bytes at {offset})", self.ctx(path));
         let opts = ReadOptions {
             range: (offset..offset + len).into(),
             ..Default::default()
@@ -233,6 +240,7 @@ impl Backend {
     /// Writes a whole object; on a local disk it appears atomically (temp file, fsync,
     /// rename), so a kill never leaves half an object under its final name.
     pub fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        log::debug!("write {} ({} bytes)", self.ctx(path), bytes.len());
         if !self.atomic_writes {
             let tmp = format!("tmp/{}.tmp", Id::random().to_hex());
             self.op.write(&tmp, bytes).map_err(|e| self.wrap(&tmp, e))?;
@@ -249,6 +257,7 @@ impl Backend {
     }
 
     pub fn delete(&self, path: &str) -> Result<()> {
+        log::debug!("delete {}", self.ctx(path));
         self.op
             .delete(path)
             .map(|_| mutated())

@@ -12,7 +12,8 @@
 //! gcs://bucket/prefix   azblob://container/prefix?account=NAME   b2://bucket/prefix?bucket_id=ID
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -36,13 +37,32 @@ struct Creds {
     prefix: Option<String>,
 }
 
+/// Credentials handed over by a profile (from a file or other variables): they come
+/// before the environment's variables of the same name, since the profile names them
+/// explicitly.
+static PROVIDED: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new());
+
+/// Makes `vars` available as credentials: under their own names for the repository
+/// (`prefix` None), or as the mirror's own (`VAULT_MIRROR_<NAME>_<VAR>`).
+pub fn provide_credentials(mirror: Option<&str>, vars: BTreeMap<String, String>) {
+    let prefix = mirror.map(mirror_prefix).unwrap_or_default();
+    if let Ok(mut p) = PROVIDED.lock() {
+        p.extend(vars.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+    }
+}
+
 impl Creds {
     fn get(&self, var: &str) -> Option<String> {
-        let plain = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let one = |name: &str| {
+            let provided = PROVIDED.lock().ok().and_then(|p| p.get(name).cloned());
+            provided
+                .or_else(|| std::env::var(name).ok())
+                .filter(|v| !v.is_empty())
+        };
         self.prefix
             .as_ref()
-            .and_then(|p| plain(&format!("{p}{var}")))
-            .or_else(|| plain(var))
+            .and_then(|p| one(&format!("{p}{var}")))
+            .or_else(|| one(var))
     }
 }
 
