@@ -41,9 +41,9 @@ impl Chunker {
         self.max
     }
 
-    /// Length of the next chunk at the start of `buf`. Unless `eof`, `buf` must hold at
-    /// least `max_size` bytes (or everything that is left), since a cut may lie anywhere
-    /// up to there.
+    /// Length of the next chunk at the start of `buf`. A result shorter than `buf` is
+    /// final: the cut depends only on the bytes before it. A result equal to `buf.len()`
+    /// is final only when `buf` holds `max_size` bytes or everything that is left.
     pub fn next_cut(&self, buf: &[u8]) -> usize {
         let window = &buf[..buf.len().min(self.max)];
         let (ms, ml) = self.masks;
@@ -78,22 +78,44 @@ mod tests {
         out
     }
 
-    #[test]
-    fn seeded_boundaries_differ_and_cover() {
-        let p = ChunkerParams {
+    fn params() -> ChunkerParams {
+        ChunkerParams {
             min_size: 2048,
             avg_size: 8192,
             max_size: 65536,
             ..Default::default()
-        };
-        let mut data = vec![0u8; 1 << 20];
-        let mut x: u64 = 1;
-        for b in data.iter_mut() {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            *b = (x >> 56) as u8;
         }
+    }
+
+    fn noise(n: usize) -> Vec<u8> {
+        let mut x: u64 = 1;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect()
+    }
+
+    /// Backup reads in steps and accepts a cut shorter than the bytes at hand: that cut
+    /// must be the one the whole stream gives.
+    #[test]
+    fn a_cut_inside_a_short_window_is_final() {
+        let c = Chunker::new(&params(), 7);
+        let data = noise(1 << 20);
+        let whole = c.next_cut(&data);
+        for len in (1..whole + 100).step_by(97) {
+            let expected = if len > whole { whole } else { len };
+            assert_eq!(c.next_cut(&data[..len]), expected, "window of {len}");
+        }
+    }
+
+    #[test]
+    fn seeded_boundaries_differ_and_cover() {
+        let p = params();
+        let data = noise(1 << 20);
         let a = chunks(&Chunker::new(&p, 1), &data);
         let b = chunks(&Chunker::new(&p, 2), &data);
         assert_eq!(a.iter().sum::<usize>(), data.len());

@@ -75,7 +75,7 @@ pub fn open(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<Vec<u8>> {
         .ok_or(FormatError::Truncated("object payload"))?;
     match flag {
         COMPRESS_NONE => Ok(data.to_vec()),
-        COMPRESS_ZSTD => decompress(data, usize::MAX),
+        COMPRESS_ZSTD => decompress_stream(data, usize::MAX),
         other => Err(FormatError::malformed(
             "object",
             format!("compression {other}"),
@@ -83,21 +83,36 @@ pub fn open(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
+/// Outputs up to this size are decompressed in one call into a buffer of exactly the
+/// declared size; larger ones stream.
+const MAX_BULK: usize = 64 << 20;
+
 /// Decompresses one zstd frame, refusing output larger than `limit`.
 pub fn decompress(data: &[u8], limit: usize) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut dec = zstd::stream::read::Decoder::new(data)
-        .map_err(|e| FormatError::malformed("zstd frame", e))?;
-    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-    use std::io::Read;
-    let n = (&mut dec)
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| FormatError::malformed("zstd frame", e))?;
-    if n as u64 > limit {
-        return Err(FormatError::malformed("zstd frame", "larger than declared"));
+    if limit > MAX_BULK {
+        return decompress_stream(data, limit);
     }
-    Ok(out)
+    use std::cell::RefCell;
+    // One context per thread: restore decompresses many small blobs.
+    thread_local! {
+        static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
+    }
+    DCTX.with_borrow_mut(|slot| {
+        let d = match slot {
+            Some(d) => d,
+            None => slot.insert(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| FormatError::malformed("zstd context", e))?,
+            ),
+        };
+        // The output buffer holds exactly `limit` bytes: a frame that would grow
+        // beyond what its envelope declares fails instead of allocating more.
+        let mut out = Vec::with_capacity(limit);
+        d.decompress_to_buffer(data, &mut out)
+            .map_err(|e| FormatError::malformed("zstd frame", e))?;
+        Ok(out)
+    })
 }
 
 /// Seals and appends the keyless checksum (config and locks).
@@ -122,6 +137,22 @@ pub fn verify_checksum(stored: &[u8]) -> Result<&[u8]> {
 
 pub fn open_checksummed(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<Vec<u8>> {
     open(keys, kind, verify_checksum(stored)?)
+}
+
+fn decompress_stream(data: &[u8], limit: usize) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut dec = zstd::stream::read::Decoder::new(data)
+        .map_err(|e| FormatError::malformed("zstd frame", e))?;
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    use std::io::Read;
+    let n = (&mut dec)
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut out)
+        .map_err(|e| FormatError::malformed("zstd frame", e))?;
+    if n as u64 > limit {
+        return Err(FormatError::malformed("zstd frame", "larger than declared"));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

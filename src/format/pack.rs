@@ -68,9 +68,7 @@ pub struct SealedBlob {
 
 /// Compresses (when it helps) and seals one blob; the id is bound as associated data.
 pub fn seal_blob(keys: &Keys, blob_type: BlobType, id: Id, data: &[u8], level: i32) -> SealedBlob {
-    let compressed = zstd::bulk::compress(data, level)
-        .ok()
-        .filter(|c| c.len() < data.len());
+    let compressed = compress(data, level);
     let (flags, payload) = match &compressed {
         Some(c) => (FLAG_ZSTD, c.as_slice()),
         None => (0, data),
@@ -85,6 +83,43 @@ pub fn seal_blob(keys: &Keys, blob_type: BlobType, id: Id, data: &[u8], level: i
         raw_len: u32::try_from(data.len()).expect("blobs are smaller than 4 GiB"),
         bytes,
     }
+}
+
+/// Blobs at least this large are sampled before being compressed whole.
+const SAMPLE_ABOVE: usize = 128 * 1024;
+const SAMPLE_LEN: usize = 16 * 1024;
+
+/// zstd-compresses `data`, or None when that would not make it smaller. Already
+/// compressed data (media, archives, encrypted files) is recognised from three samples
+/// and stored as is, without spending a whole compression on it.
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    if data.len() >= SAMPLE_ABOVE {
+        let step = (data.len() - SAMPLE_LEN) / 2;
+        let sampled: usize = (0..3)
+            .map(|i| &data[i * step..i * step + SAMPLE_LEN])
+            .map(|s| with_compressor(level, s).map_or(SAMPLE_LEN, |c| c.len()))
+            .sum();
+        if sampled * 100 > 3 * SAMPLE_LEN * 97 {
+            return None;
+        }
+    }
+    with_compressor(level, data).filter(|c| c.len() < data.len())
+}
+
+/// Compresses with this thread's zstd context: creating a context costs more than
+/// compressing a small blob.
+fn with_compressor(level: i32, data: &[u8]) -> Option<Vec<u8>> {
+    use std::cell::RefCell;
+    thread_local! {
+        static CCTX: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { RefCell::new(None) };
+    }
+    CCTX.with_borrow_mut(|slot| {
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        slot.as_mut()?.1.compress(data).ok()
+    })
 }
 
 /// Opens one stored blob and checks that its plaintext hashes to its id.

@@ -552,52 +552,69 @@ impl Walker<'_> {
 /// Reads `src` to the end, chunks it, and queues chunks new to the repository for sealing.
 /// Returns the blob ids in order and the number of bytes read.
 fn chunk_stream(sh: &Shared, src: &mut dyn Read, out: &Sender<Chunk>) -> Result<(Vec<Id>, u64)> {
+    // One buffer per reading thread, reused from file to file: a fresh multi-megabyte
+    // buffer per file cost more than reading a small file does.
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        let r = chunk_into(sh, src, out, buf);
+        if buf.capacity() > 4 * sh.chunker.max_size() {
+            *buf = Vec::new(); // a stdin stream may have grown it
+        }
+        r
+    })
+}
+
+fn chunk_into(
+    sh: &Shared,
+    src: &mut dyn Read,
+    out: &Sender<Chunk>,
+    buf: &mut Vec<u8>,
+) -> Result<(Vec<Id>, u64)> {
+    // Reads come in steps of this size; the buffer grows beyond it only while no cut is
+    // found (up to the maximum chunk size).
+    const STEP: usize = 4 << 20;
     let max = sh.chunker.max_size();
-    let mut buf: Vec<u8> = Vec::with_capacity(max * 2);
     let mut start = 0;
     let mut eof = false;
     let mut ids = Vec::new();
     let mut total = 0u64;
     loop {
-        while !eof && buf.len() - start < max {
-            if start > 0 && start >= buf.len() / 2 {
+        let avail = buf.len() - start;
+        // A cut found before the end of the bytes at hand is where it would be with all
+        // of them: the chunker looks only backwards from each position.
+        let cut = (avail > 0).then(|| sh.chunker.next_cut(&buf[start..]));
+        match cut {
+            Some(cut) if cut < avail || avail >= max || eof => {
+                let data = &buf[start..start + cut];
+                let id = sh.keys.blob_id(BlobType::Data as u8, data);
+                ids.push(id);
+                if sh.dedup.claim(id) {
+                    out.send(Chunk {
+                        id,
+                        blob_type: BlobType::Data,
+                        data: data.to_vec(),
+                    })
+                    .map_err(|_| anyhow!("blob sealers stopped"))?;
+                }
+                start += cut;
+            }
+            _ if eof => break,
+            _ => {
                 buf.drain(..start);
                 start = 0;
+                // read_to_end fills spare capacity without zeroing it first.
+                buf.reserve(STEP);
+                let n = (&mut *src).take(STEP as u64).read_to_end(buf)?;
+                eof = n < STEP;
+                total += n as u64;
+                sh.counters
+                    .bytes_read
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
-            let len = buf.len();
-            buf.resize(len + max, 0);
-            let n = loop {
-                match src.read(&mut buf[len..]) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    r => break r,
-                }
-            };
-            buf.truncate(len + *n.as_ref().unwrap_or(&0));
-            let n = n?;
-            if n == 0 {
-                eof = true;
-            }
-            total += n as u64;
-            sh.counters
-                .bytes_read
-                .fetch_add(n as u64, Ordering::Relaxed);
         }
-        if start == buf.len() {
-            break;
-        }
-        let cut = sh.chunker.next_cut(&buf[start..]);
-        let data = &buf[start..start + cut];
-        let id = sh.keys.blob_id(BlobType::Data as u8, data);
-        ids.push(id);
-        if sh.dedup.claim(id) {
-            out.send(Chunk {
-                id,
-                blob_type: BlobType::Data,
-                data: data.to_vec(),
-            })
-            .map_err(|_| anyhow!("blob sealers stopped"))?;
-        }
-        start += cut;
     }
     Ok((ids, total))
 }

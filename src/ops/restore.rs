@@ -504,10 +504,11 @@ fn write_packs(
 }
 
 /// Groups blobs sorted by offset into ranges worth one read each (gaps under 1 MiB are
-/// read through rather than paying another request).
+/// read through rather than paying another request). A range holds at most 8 MiB, which
+/// bounds restore's memory to that much per thread.
 fn coalesce(blobs: &[(BlobEntry, Vec<Target>)]) -> Vec<&[(BlobEntry, Vec<Target>)]> {
     const GAP: u64 = 1 << 20;
-    const MAX: u64 = 32 << 20;
+    const MAX: u64 = 8 << 20;
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=blobs.len() {

@@ -91,7 +91,8 @@ pub struct Packer {
 
 impl Packer {
     pub fn new(backend: &Backend, keys: &Keys, pack_size: u32, dry_run: bool) -> Packer {
-        let (tx, rx) = bounded::<Upload>(1);
+        // A rendezvous channel: packs in memory are the one being built and one per uploader.
+        let (tx, rx) = bounded::<Upload>(0);
         let sink = Arc::new(IndexSink {
             backend: backend.clone(),
             keys: keys.clone(),
