@@ -243,7 +243,9 @@ pub fn backup(
         .collect();
     drop(chunk_rx);
     let (file_tx, file_rx) = bounded::<FileJob>(workers * 4);
-    let readers: Vec<_> = (0..workers)
+    // Twice as many readers as cores: a reader waiting for the disk leaves its core to
+    // the others.
+    let readers: Vec<_> = (0..workers * 2)
         .map(|_| {
             let (rx, tx, sh) = (file_rx.clone(), chunk_tx.clone(), shared.clone());
             thread::spawn(move || read_loop(rx, tx, sh))
@@ -391,10 +393,14 @@ impl Walker<'_> {
         parent: Option<&Tree>,
         trie: Option<&Trie>,
     ) -> Result<usize> {
-        let mut names: Vec<OsString> = match trie {
-            Some(t) if !t.source => t.children.keys().cloned().collect(),
+        // Directory entries stat relative to their directory, which spares the kernel a
+        // walk down the whole path for every file.
+        let mut names: Vec<(OsString, Option<std::fs::DirEntry>)> = match trie {
+            Some(t) if !t.source => t.children.keys().map(|n| (n.clone(), None)).collect(),
             _ => match std::fs::read_dir(path) {
-                Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| (e.file_name(), Some(e))))
+                    .collect(),
                 Err(e) => {
                     self.warn_error(format!("{}: cannot list directory: {e}", path.display()));
                     Vec::new()
@@ -403,16 +409,20 @@ impl Walker<'_> {
         };
         let full = trie.is_none_or(|t| t.source);
         if full && self.exclude_caches && is_cache_dir(path) {
-            names.retain(|n| n == "CACHEDIR.TAG");
+            names.retain(|(n, _)| n == "CACHEDIR.TAG");
         }
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
         let mut entries = Vec::with_capacity(names.len());
-        for name in names {
+        for (name, dirent) in names {
             let child_path = path.join(&name);
             let sub_trie = trie
                 .filter(|t| !t.source)
                 .and_then(|t| t.children.get(&name));
-            if let Some(e) = self.entry(&child_path, &name, dev, parent, sub_trie)? {
+            let md = match &dirent {
+                Some(d) => d.metadata(),
+                None => std::fs::symlink_metadata(&child_path),
+            };
+            if let Some(e) = self.entry(&child_path, &name, md, dev, parent, sub_trie)? {
                 entries.push(e);
             }
         }
@@ -429,11 +439,12 @@ impl Walker<'_> {
         &mut self,
         path: &Path,
         name: &OsStr,
+        md: std::io::Result<std::fs::Metadata>,
         dev: Option<u64>,
         parent: Option<&Tree>,
         trie: Option<&Trie>,
     ) -> Result<Option<Entry>> {
-        let md = match std::fs::symlink_metadata(path) {
+        let md = match md {
             Ok(md) => md,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 (self.shared.warn)(format!("{}: vanished during backup", path.display()));
