@@ -27,7 +27,7 @@ struct Selection {
 }
 
 /// Forget's options from one string, as `--snapshots` and profiles' retention give them.
-pub(super) fn parse_selection(spec: &str) -> Result<ForgetArgs> {
+pub fn parse_selection(spec: &str) -> Result<ForgetArgs> {
     Selection::try_parse_from(spec.split_whitespace())
         .map(|s| s.f)
         .map_err(|e| {

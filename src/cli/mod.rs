@@ -15,6 +15,11 @@ mod run;
 mod schedule;
 mod timetravel;
 
+/// Forget's options from one string (`--snapshots`, profiles' retention); public for fuzzing.
+pub use export::parse_selection;
+/// The retention policy that forget's options describe; public for fuzzing.
+pub use retention::policy;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -703,7 +708,7 @@ pub struct UnlockArgs {
 }
 
 /// Durations like `30s`, `10m`, `2h` (a bare number means seconds).
-fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let n: u64 = t[..split]
@@ -715,7 +720,11 @@ fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
         "h" => 3600,
         other => return Err(format!("{s:?}: unknown unit {other:?} (use s, m or h)")),
     };
-    Ok(std::time::Duration::from_secs(n * mult))
+    // Checked: a huge count would overflow (a panic in debug builds, a silently wrong
+    // wait in release builds).
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 /// Runs the CLI and returns the process exit code.

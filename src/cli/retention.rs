@@ -24,7 +24,7 @@ fn span(flag: &str, v: &Option<String>) -> Result<Option<jiff::Span>> {
         .transpose()
 }
 
-pub(super) fn policy(a: &ForgetArgs) -> Result<Policy> {
+pub fn policy(a: &ForgetArgs) -> Result<Policy> {
     let mut p = Policy {
         last: a.keep_last,
         within: span("keep-within", &a.keep_within)?,

@@ -16,7 +16,12 @@ pub const KEYFILE_VERSION: u32 = 1;
 pub const MIN_LOG_N: u8 = 15;
 /// 2^20 with r = 8 needs 1 GiB of memory; beyond that opening would fail on small machines.
 pub const MAX_LOG_N: u8 = 20;
-const AAD: &[u8] = b"vault key v1";
+/// Most memory a key file may demand (128·r·N bytes): the ceiling's 1 GiB.
+pub const MAX_KDF_MEMORY: u64 = 1 << 30;
+/// Most work a key file may demand (r·p·N): the ceiling's 8 · 2^20.
+pub const MAX_KDF_WORK: u64 = 8 << 20;
+/// Associated data of the sealed payload.
+pub const AAD: &[u8] = b"vault key v1";
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct KdfParams {
@@ -46,7 +51,8 @@ pub struct KeyMeta {
     pub created: String,
 }
 
-const META_AAD: &[u8] = b"vault key meta v1";
+/// Associated data of the sealed metadata.
+pub const META_AAD: &[u8] = b"vault key meta v1";
 
 /// What a key file protects.
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -70,28 +76,45 @@ impl KeyPayload {
     }
 }
 
+impl KdfParams {
+    /// Checks the algorithm and the parameter ranges without deriving; returns the salt.
+    pub fn check(&self) -> Result<Vec<u8>> {
+        if self.algorithm != "scrypt" {
+            return Err(FormatError::malformed(
+                "key file",
+                format!("kdf {}", self.algorithm),
+            ));
+        }
+        if self.log_n < MIN_LOG_N
+            || self.log_n > MAX_LOG_N
+            || self.r == 0
+            || self.r > 32
+            || self.p == 0
+            || self.p > 16
+        {
+            return Err(FormatError::malformed(
+                "key file",
+                "scrypt parameters out of range",
+            ));
+        }
+        // Key files are not authenticated before their KDF runs: whoever holds the
+        // storage could plant one that demands more than the ceiling (N = 2^20, r = 8,
+        // p = 1) and stall or exhaust every machine that opens the repository.
+        let n = 1u64 << self.log_n;
+        let (r, p) = (u64::from(self.r), u64::from(self.p));
+        if 128 * r * n > MAX_KDF_MEMORY || r * p * n > MAX_KDF_WORK {
+            return Err(FormatError::malformed(
+                "key file",
+                "scrypt parameters above the ceiling",
+            ));
+        }
+        B64.decode(&self.salt)
+            .map_err(|e| FormatError::malformed("key file salt", e))
+    }
+}
+
 fn derive(password: &[u8], kdf: &KdfParams) -> Result<Cipher> {
-    if kdf.algorithm != "scrypt" {
-        return Err(FormatError::malformed(
-            "key file",
-            format!("kdf {}", kdf.algorithm),
-        ));
-    }
-    if kdf.log_n < MIN_LOG_N
-        || kdf.log_n > MAX_LOG_N
-        || kdf.r == 0
-        || kdf.r > 32
-        || kdf.p == 0
-        || kdf.p > 16
-    {
-        return Err(FormatError::malformed(
-            "key file",
-            "scrypt parameters out of range",
-        ));
-    }
-    let salt = B64
-        .decode(&kdf.salt)
-        .map_err(|e| FormatError::malformed("key file salt", e))?;
+    let salt = kdf.check()?;
     let params = scrypt::Params::new(kdf.log_n, kdf.r, kdf.p)
         .map_err(|e| FormatError::malformed("key file", e))?;
     let mut kek = [0u8; 32];
@@ -163,7 +186,12 @@ impl KeyFile {
 
     /// Opens the key with a password. `BadMac` means a wrong password (or a damaged file).
     pub fn open(&self, password: &[u8]) -> Result<KeyPayload> {
-        let cipher = derive(password, &self.kdf)?;
+        self.open_with(&derive(password, &self.kdf)?)
+    }
+
+    /// Opens the payload with an already derived key-encryption key (what `open` does
+    /// after scrypt).
+    pub fn open_with(&self, cipher: &Cipher) -> Result<KeyPayload> {
         let sealed = B64
             .decode(&self.sealed)
             .map_err(|e| FormatError::malformed("key file", e))?;
@@ -224,5 +252,15 @@ mod tests {
         .unwrap();
         kf.kdf.log_n = 10;
         assert!(matches!(kf.open(b"pw"), Err(FormatError::Malformed { .. })));
+        // Each parameter in range, together above the ceiling (4 GiB): refused before
+        // any derivation starts.
+        kf.kdf.log_n = MAX_LOG_N;
+        kf.kdf.r = 32;
+        assert!(matches!(kf.kdf.check(), Err(FormatError::Malformed { .. })));
+        kf.kdf.r = 8;
+        kf.kdf.p = 16;
+        assert!(matches!(kf.kdf.check(), Err(FormatError::Malformed { .. })));
+        kf.kdf.p = 1;
+        assert!(kf.kdf.check().is_ok(), "the ceiling itself is allowed");
     }
 }

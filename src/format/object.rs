@@ -75,12 +75,19 @@ pub fn open(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<Vec<u8>> {
         .ok_or(FormatError::Truncated("object payload"))?;
     match flag {
         COMPRESS_NONE => Ok(data.to_vec()),
-        COMPRESS_ZSTD => decompress_stream(data, usize::MAX),
+        COMPRESS_ZSTD => decompress_stream(data, object_limit(data.len())),
         other => Err(FormatError::malformed(
             "object",
             format!("compression {other}"),
         )),
     }
+}
+
+/// The most an object of `compressed` bytes may expand to. vault's objects (JSON)
+/// compress a few times over, so a thousandfold allowance never refuses a real one, while
+/// a crafted frame cannot make a reader allocate without bound.
+fn object_limit(compressed: usize) -> usize {
+    compressed.saturating_mul(1000).max(16 << 20)
 }
 
 /// Outputs up to this size are decompressed in one call into a buffer of exactly the
@@ -167,6 +174,23 @@ mod tests {
         let s = seal(&keys, Kind::Snapshot, &body);
         assert_eq!(open(&keys, Kind::Snapshot, &s).unwrap(), body);
         assert_eq!(open(&keys, Kind::Index, &s), Err(FormatError::BadMac));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        let keys = MasterKey::generate().derive();
+        let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+        let mut payload = vec![COMPRESS_ZSTD];
+        payload.extend_from_slice(&bomb);
+        let mut sealed = vec![OBJECT_VERSION];
+        keys.cipher
+            .seal_into(Kind::Index.aad(), &payload, &mut sealed);
+        assert!(matches!(
+            open(&keys, Kind::Index, &sealed),
+            Err(FormatError::Malformed { .. })
+        ));
+        // A blob may not exceed its declared length either.
+        assert!(decompress(&bomb, 1 << 20).is_err());
     }
 
     #[test]

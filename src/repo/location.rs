@@ -116,18 +116,51 @@ pub fn open_mirror(location: &str, name: &str) -> Result<Opened> {
     open_with(location, Some(mirror_prefix(name)))
 }
 
+/// The URL schemes `open` knows, besides `fs://`.
+const REMOTE_SCHEMES: [&str; 7] = ["s3", "sftp", "webdav", "webdavs", "gcs", "azblob", "b2"];
+
+/// A location parsed but not opened: nothing created, nothing contacted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A local directory (a path, or `fs://` and a path), made absolute.
+    Local(std::path::PathBuf),
+    /// A URL of one of the remote schemes; `scheme` as written before `://`.
+    Remote { scheme: String, url: Url },
+}
+
+/// Parses `location` as `open` does, without building an operator (which, for a local
+/// path, would create the directory).
+pub fn parse(location: &str) -> Result<Location> {
+    let absolute =
+        |path: &str| std::path::absolute(path).with_context(|| format!("repository path {path}"));
+    let Some((scheme, _)) = location.split_once("://") else {
+        return Ok(Location::Local(absolute(location)?));
+    };
+    if scheme == "fs" {
+        return Ok(Location::Local(absolute(&location["fs://".len()..])?));
+    }
+    let url = Url::parse(location).with_context(|| format!("repository location {location}"))?;
+    if !REMOTE_SCHEMES.contains(&scheme) {
+        bail!(
+            "repository {location}: unknown scheme {scheme}:// (use a path, fs://, s3://, sftp://, webdav://, webdavs://, gcs://, azblob:// or b2://)"
+        );
+    }
+    Ok(Location::Remote {
+        scheme: scheme.to_string(),
+        url,
+    })
+}
+
 fn open_with(location: &str, prefix: Option<String>) -> Result<Opened> {
     let creds = Creds { prefix };
     let env = |v: &str| creds.get(v);
-    let Some((scheme, _)) = location.split_once("://") else {
-        return local(location);
+    let (scheme, url) = match parse(location)? {
+        Location::Local(abs) => return local(&abs),
+        Location::Remote { scheme, url } => (scheme, url),
     };
-    if scheme == "fs" {
-        return local(&location["fs://".len()..]);
-    }
     opendal::install_default(); // the HTTP transport of every HTTP-based service
-    let url = Url::parse(location).with_context(|| format!("repository location {location}"))?;
     let q = query(&url);
+    let scheme = scheme.as_str();
     let op = match scheme {
         "s3" => s3(&url, &q, &creds)?,
         "sftp" => sftp(&url, &q)?,
@@ -179,9 +212,7 @@ fn open_with(location: &str, prefix: Option<String>) -> Result<Opened> {
             }
             Operator::new(b)?
         }
-        other => bail!(
-            "repository {location}: unknown scheme {other}:// (use a path, fs://, s3://, sftp://, webdav://, webdavs://, gcs://, azblob:// or b2://)"
-        ),
+        other => unreachable!("parse accepts only the remote schemes, not {other}"),
     };
     Ok(Opened {
         op: remote_layers(op),
@@ -209,8 +240,7 @@ fn remote_layers(op: Operator) -> Operator {
     .layer(ConcurrentLimitLayer::new(16))
 }
 
-fn local(path: &str) -> Result<Opened> {
-    let abs = std::path::absolute(path).with_context(|| format!("repository path {path}"))?;
+fn local(abs: &std::path::Path) -> Result<Opened> {
     let root = abs.to_string_lossy().into_owned();
     let tmp = abs.join("tmp");
     let b = opendal::services::Fs::default()

@@ -1,0 +1,114 @@
+//! Blobs and object payloads: AEAD, zstd decompression with its limit, length and id
+//! checks. Since the AEAD rejects random bytes, most modes seal the input first.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use vault::format::object::{self, Kind};
+use vault::format::pack::{self, BlobEntry, BlobType, FLAG_ZSTD};
+use vault_fuzz::{Bytes, blob_aad, keys, seal_object_payload};
+
+/// The largest blob vault writes: the chunker's maximum (16 MiB). Raw lengths come from
+/// the authenticated index, so larger ones are not attacker-controlled.
+const MAX_RAW: u32 = 16 << 20;
+
+const KINDS: [Kind; 7] = [
+    Kind::Config,
+    Kind::Index,
+    Kind::Snapshot,
+    Kind::Lock,
+    Kind::Mirror,
+    Kind::Forget,
+    Kind::Export,
+];
+
+fn blob_type(b: u8) -> BlobType {
+    if b & 1 == 0 {
+        BlobType::Data
+    } else {
+        BlobType::Tree
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let keys = keys();
+    let mut b = Bytes(data);
+    match b.u8() % 5 {
+        // An index entry and stored bytes as read from a pack.
+        0 => {
+            let blob_type = blob_type(b.u8());
+            let flags = b.u8();
+            let id = b.id();
+            let raw_len = b.u32() % (MAX_RAW + 1);
+            let entry = BlobEntry {
+                blob_type,
+                flags,
+                id,
+                offset: 0,
+                length: b.rest().len() as u32,
+                raw_len,
+            };
+            let _ = pack::open_blob(keys, &entry, b.rest());
+        }
+        // A payload sealed under its entry: with the zstd flag the rest is decompressed
+        // against the entry's raw length; the id is that of the payload, so a stored
+        // (uncompressed) blob opens.
+        1 => {
+            let t = blob_type(b.u8());
+            let flags = b.u8();
+            let raw_len = b.u32() % (MAX_RAW + 1);
+            let payload = b.rest();
+            let id = keys.blob_id(t as u8, payload);
+            let stored = keys.cipher.seal(&blob_aad(t, &id), payload);
+            let entry = BlobEntry {
+                blob_type: t,
+                flags,
+                id,
+                offset: 0,
+                length: stored.len() as u32,
+                raw_len,
+            };
+            match pack::open_blob(keys, &entry, &stored) {
+                Ok(plain) => assert_eq!(plain.len(), raw_len as usize),
+                Err(_) => assert!(
+                    flags & FLAG_ZSTD != 0 || payload.len() != raw_len as usize,
+                    "an uncompressed blob of the right length opens"
+                ),
+            }
+        }
+        // What vault writes: sealed (compressed when that helps), then read back.
+        2 => {
+            let t = blob_type(b.u8());
+            let level = i32::from(b.u8() % 3) + 1;
+            let plain = b.rest();
+            let id = keys.blob_id(t as u8, plain);
+            let blob = pack::seal_blob(keys, t, id, plain, level);
+            let entry = BlobEntry {
+                blob_type: t,
+                flags: blob.flags,
+                id,
+                offset: 0,
+                length: blob.bytes.len() as u32,
+                raw_len: blob.raw_len,
+            };
+            assert_eq!(
+                pack::open_blob(keys, &entry, &blob.bytes).expect("a sealed blob opens"),
+                plain
+            );
+        }
+        // An object payload (compression byte, then body), sealed: the object
+        // decompressor, which has no declared size to hold it to.
+        3 => {
+            let kind = KINDS[usize::from(b.u8()) % KINDS.len()];
+            let stored = seal_object_payload(kind, b.rest());
+            let _ = object::open(keys, kind, &stored);
+        }
+        // The decompressor itself, with a limit.
+        _ => {
+            let limit = b.u32() % (MAX_RAW + 1);
+            if let Ok(out) = object::decompress(b.rest(), limit as usize) {
+                assert!(out.len() <= limit as usize, "the limit holds");
+            }
+        }
+    }
+});
