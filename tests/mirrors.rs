@@ -410,9 +410,7 @@ fn each_mirror_can_have_its_own_credentials() {
     let Some(s3) = S3::start(&env.path("s3")) else {
         return;
     };
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), bytes(1, 100_000)).unwrap();
+    let src = env.source_with_file(bytes(1, 100_000));
     let url = s3.url("vault");
     // The usual AWS_* variables are wrong (another vendor's); the mirror's own win.
     let run = |args: &[&str]| {
@@ -476,9 +474,7 @@ fn profile_credentials_come_from_a_file_or_from_named_variables() {
     let Some(s3) = S3::start(&env.path("s3")) else {
         return;
     };
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), bytes(2, 50_000)).unwrap();
+    let src = env.source_with_file(bytes(2, 50_000));
     let creds = env.path("offsite.env");
     fs::write(
         &creds,

@@ -196,9 +196,7 @@ fn schedule_prints_json_on_request() {
 fn status_warns_when_the_offline_export_is_missing_or_old() {
     let env = Env::new();
     env.init(&[]);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"data").unwrap();
+    let src = env.source_with_file(b"data");
     env.ok(&["backup", "-q", src.to_str().unwrap()]);
     let both = |args: &[&str]| {
         let out = env.run(args);

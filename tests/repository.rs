@@ -44,9 +44,7 @@ fn repo_listing(env: &Env) -> Vec<std::path::PathBuf> {
 #[test]
 fn wrong_password_exits_12_and_writes_nothing() {
     let env = Env::new();
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"x").unwrap();
+    let src = env.source_with_file(b"x");
     env.init(&[]);
     env.ok(&["backup", src.to_str().unwrap()]);
     let before = repo_listing(&env);
@@ -310,9 +308,7 @@ fn live_lock_makes_writers_exit_11_and_write_nothing() {
     use vault::repo::{Backend, Repository, Secret, lock};
     let env = Env::new();
     env.init(&[]);
-    let src = env.path("src");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("f"), b"data").unwrap();
+    let src = env.source_with_file(b"data");
     let backend = Backend::open(env.repo().to_str().unwrap()).unwrap();
     let repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).unwrap();
 
@@ -393,9 +389,7 @@ fn one_file_system_stays_on_the_first_file_system() {
 fn hooks_run_on_success_and_on_failure_with_the_outcome() {
     let env = Env::new();
     env.init(&[]);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"x").unwrap();
+    let src = env.source_with_file(b"x");
     let log = env.path("hook.log");
     let hook = format!(
         "echo \"$VAULT_COMMAND $VAULT_EXIT_CODE $VAULT_MESSAGE\" >> {}",

@@ -11,11 +11,11 @@ use vault::format::Id;
 use vault::format::config::{ChunkerParams, Config, REPO_VERSION};
 use vault::format::crypto::MasterKey;
 use vault::format::index::{IndexFile, PackBlobs};
-use vault::format::keyfile::{self, KdfParams, KeyFile, KeyMeta, KeyPayload};
+use vault::format::keyfile::{self, KeyFile, KeyMeta, KeyPayload};
 use vault::format::pack::{self, BlobEntry, BlobType, PackBuilder};
 use vault::format::snapshot::{SNAPSHOT_VERSION, Snapshot, Summary};
 use vault::format::tree::{Node, NodeType, RawBytes, Tree, Xattr};
-use vault_fuzz::{MASTER_KEY, PASSWORD, cheap_kek, keys};
+use vault_fuzz::{MASTER_KEY, PASSWORD, cheap_key_file, keys};
 
 struct Out(PathBuf);
 
@@ -79,18 +79,7 @@ fn keyfile(out: &Out) {
     let payload_json = serde_json::to_vec(&payload).unwrap();
     let meta_json = serde_json::to_vec(&meta).unwrap();
     // Sealed under the cheap derivation the target uses, so its payload opens there.
-    let kf = KeyFile {
-        version: keyfile::KEYFILE_VERSION,
-        kdf: KdfParams {
-            algorithm: "scrypt".into(),
-            log_n: keyfile::MIN_LOG_N,
-            r: 8,
-            p: 1,
-            salt: B64.encode(salt),
-        },
-        sealed: B64.encode(cheap_kek(PASSWORD, &salt).seal(keyfile::AAD, &payload_json)),
-        meta: B64.encode(keys().cipher.seal(keyfile::META_AAD, &meta_json)),
-    };
+    let kf = cheap_key_file(&salt, &payload_json, &meta_json);
     out.seed("keyfile", "opens", 0, &kf.to_bytes());
     // A real one, with real scrypt (its payload does not open in the target; its
     // metadata does).

@@ -4,11 +4,9 @@
 
 #![no_main]
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use libfuzzer_sys::fuzz_target;
-use vault::format::keyfile::{self, KdfParams, KeyFile, KeyPayload};
-use vault_fuzz::{PASSWORD, cheap_kek, keys};
+use vault::format::keyfile::{self, KeyFile, KeyPayload};
+use vault_fuzz::{PASSWORD, cheap_kek, cheap_key_file, keys};
 
 fn open(kf: &KeyFile) {
     let _ = kf.meta(keys());
@@ -36,18 +34,7 @@ fuzz_target!(|data: &[u8]| {
     // The rest is the plaintext of both sealed fields (payload and metadata JSON),
     // sealed the way a key file holds them, so the decoders behind the AEAD run.
     let salt = [7u8; 32];
-    let kf = KeyFile {
-        version: keyfile::KEYFILE_VERSION,
-        kdf: KdfParams {
-            algorithm: "scrypt".into(),
-            log_n: keyfile::MIN_LOG_N,
-            r: 8,
-            p: 1,
-            salt: B64.encode(salt),
-        },
-        sealed: B64.encode(cheap_kek(PASSWORD, &salt).seal(keyfile::AAD, rest)),
-        meta: B64.encode(keys().cipher.seal(keyfile::META_AAD, rest)),
-    };
+    let kf = cheap_key_file(&salt, rest, rest);
     open(&kf);
     if let Ok(p) = kf.open_with(&cheap_kek(PASSWORD, &salt)) {
         let p: KeyPayload = p;

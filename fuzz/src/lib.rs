@@ -124,6 +124,30 @@ pub fn cheap_kek(password: &[u8], salt: &[u8]) -> Cipher {
     Cipher::new(&kek)
 }
 
+/// A key file whose payload (`payload_json`) opens under `cheap_kek(PASSWORD, salt)` and
+/// whose metadata (`meta_json`) opens under the fixed master key.
+pub fn cheap_key_file(
+    salt: &[u8],
+    payload_json: &[u8],
+    meta_json: &[u8],
+) -> vault::format::keyfile::KeyFile {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use vault::format::keyfile::{self, KdfParams, KeyFile};
+    KeyFile {
+        version: keyfile::KEYFILE_VERSION,
+        kdf: KdfParams {
+            algorithm: "scrypt".into(),
+            log_n: keyfile::MIN_LOG_N,
+            r: 8,
+            p: 1,
+            salt: B64.encode(salt),
+        },
+        sealed: B64.encode(cheap_kek(PASSWORD, salt).seal(keyfile::AAD, payload_json)),
+        meta: B64.encode(keys().cipher.seal(keyfile::META_AAD, meta_json)),
+    }
+}
+
 /// Reads little-endian integers off the front of a fuzz input.
 pub struct Bytes<'a>(pub &'a [u8]);
 

@@ -31,6 +31,14 @@ impl Env {
         self.dir.path().join(p)
     }
 
+    /// A directory `src` holding one file, `f`, with `content`.
+    pub fn source_with_file(&self, content: impl AsRef<[u8]>) -> PathBuf {
+        let src = self.path("src");
+        std::fs::create_dir_all(&src).expect("create src");
+        std::fs::write(src.join("f"), content).expect("write src/f");
+        src
+    }
+
     pub fn repo(&self) -> PathBuf {
         self.path("repo")
     }
