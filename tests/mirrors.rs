@@ -436,11 +436,7 @@ fn each_mirror_can_have_its_own_credentials() {
             .success()
     );
     let out = run(&["backup", "-q", "--sync", src.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let status: serde_json::Value =
         serde_json::from_slice(&run(&["--json", "status"]).stdout).unwrap();
     let offsite = &status["copies"][1];

@@ -109,11 +109,7 @@ fn progress_is_drawn_on_a_terminal_only() {
         .env("TERM", "xterm")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains('\u{1b}'), "no bar drawn: {shown:?}");
     assert!(shown.contains("snapshot "), "{shown:?}");

@@ -27,11 +27,7 @@ fn fixture_repository_v1_still_restores() {
         .arg(env.path("r"))
         .arg("--verify");
     let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     assert_fixture_restored(&env.path("r/tmp/vault-fixture-v1"));
 }
 
@@ -171,11 +167,7 @@ fn keys_add_list_passwd_remove_and_raw_key_file() {
         .arg("snapshots")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     assert!(!String::from_utf8_lossy(&raw.stderr).contains("third password"));
 }
 
@@ -210,11 +202,7 @@ fn unreadable_file_is_skipped_with_exit_3() {
     fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
     fs::set_permissions(src.join("locked-dir"), fs::Permissions::from_mode(0o000)).unwrap();
     let out = as_nobody(&env, &["init"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_ok(&out);
     let out = as_nobody(&env, &["backup", "--json", src.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
