@@ -138,6 +138,8 @@ class Repo:
                 log_n, r, p = kdf["log_n"], kdf["r"], kdf["p"]
                 check(key["version"] == 1 and kdf["algorithm"] == "scrypt", "unsupported")
                 check(15 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16, "KDF out of range")
+                check(128 * r * 2**log_n <= 1 << 30 and r * p * 2**log_n <= 1 << 23,
+                      "KDF above the ceiling")
             except (ValueError, KeyError, TypeError, FormatError) as e:
                 warn(f"skipping malformed key file {name}: {e}")
                 continue
