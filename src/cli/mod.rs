@@ -806,3 +806,16 @@ fn run_hook(cmd: &str, command: &str, code: i32, message: &str) {
         Err(e) => eprintln!("vault: warning: hook {cmd:?} could not run: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_wait_parses_and_refuses_overflow() {
+        assert_eq!(
+            super::parse_wait("10m"),
+            Ok(std::time::Duration::from_secs(600))
+        );
+        assert!(super::parse_wait("9999999999999999999h").is_err());
+        assert!(super::parse_wait("5d").is_err());
+    }
+}

@@ -260,6 +260,41 @@ mod tests {
     use super::*;
     use crate::format::crypto::MasterKey;
 
+    /// Large incompressible blobs are recognised from samples and stored raw; a large
+    /// blob that is incompressible only in places is still compressed.
+    #[test]
+    fn incompressible_blobs_are_stored_raw() {
+        let keys = MasterKey::generate().derive();
+        let mut x: u64 = 9;
+        let noise: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let id = keys.blob_id(0, &noise);
+        let raw = seal_blob(&keys, BlobType::Data, id, &noise, 3);
+        assert_eq!(raw.flags, 0);
+        let entry = BlobEntry {
+            blob_type: BlobType::Data,
+            flags: raw.flags,
+            id,
+            offset: 0,
+            length: raw.bytes.len() as u32,
+            raw_len: raw.raw_len,
+        };
+        assert_eq!(open_blob(&keys, &entry, &raw.bytes).unwrap(), noise);
+        let mut mixed = noise.clone();
+        mixed[..600 << 10].fill(b'a');
+        let id = keys.blob_id(0, &mixed);
+        assert_eq!(
+            seal_blob(&keys, BlobType::Data, id, &mixed, 3).flags,
+            FLAG_ZSTD
+        );
+    }
+
     #[test]
     fn build_and_parse() {
         let keys = MasterKey::generate().derive();
