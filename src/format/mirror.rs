@@ -63,18 +63,22 @@ impl ExportRecord {
 
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<ExportRecord> {
         let r: ExportRecord = open_json(keys, Kind::Export, "export record", stored)?;
-        if r.version != EXPORT_VERSION {
-            return Err(FormatError::Version {
-                what: "export record",
-                version: r.version,
-            });
-        }
+        check_version("export record", r.version, EXPORT_VERSION)?;
         Ok(r)
     }
 }
 
 fn seal_json<T: Serialize>(keys: &Keys, kind: Kind, v: &T) -> Vec<u8> {
     object::seal(keys, kind, &serde_json::to_vec(v).expect("serializes"))
+}
+
+/// A record of a version this reader does not know is refused, not misread.
+fn check_version(what: &'static str, version: u32, known: u32) -> Result<()> {
+    if version == known {
+        Ok(())
+    } else {
+        Err(FormatError::Version { what, version })
+    }
 }
 
 fn open_json<T: for<'de> Deserialize<'de>>(
@@ -94,12 +98,7 @@ impl MirrorDef {
 
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<MirrorDef> {
         let d: MirrorDef = open_json(keys, Kind::Mirror, "mirror definition", stored)?;
-        if d.version != MIRROR_VERSION {
-            return Err(FormatError::Version {
-                what: "mirror definition",
-                version: d.version,
-            });
-        }
+        check_version("mirror definition", d.version, MIRROR_VERSION)?;
         Ok(d)
     }
 }
@@ -111,12 +110,7 @@ impl ForgetRecord {
 
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<ForgetRecord> {
         let r: ForgetRecord = open_json(keys, Kind::Forget, "forget record", stored)?;
-        if r.version != FORGET_VERSION {
-            return Err(FormatError::Version {
-                what: "forget record",
-                version: r.version,
-            });
-        }
+        check_version("forget record", r.version, FORGET_VERSION)?;
         Ok(r)
     }
 }
