@@ -100,6 +100,34 @@ fn restore_refuses_to_overwrite_and_filters() {
     assert_eq!(fs::read(r.join("docs/cv.pdf")).unwrap(), bytes(1, 300_000));
 }
 
+/// Small files are compressed side by side in bundles, which finds what they share; each
+/// still restores on its own, and a whole restore is exact.
+#[test]
+fn small_files_are_compressed_together() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    let total = similar_small_files(&src, 400);
+    let b = env.backup_json(&[src.to_str().unwrap()]);
+    let stored = b["summary"]["bytes_stored"].as_u64().unwrap();
+    // One by one, hex compresses about 2x; side by side, the 400 files are nearly one.
+    assert!(stored * 20 < total, "{total} bytes stored as {stored}");
+    let (bundled, blobs) = bundled_blobs(&env.repo(), PASSWORD);
+    assert!(
+        bundled >= 400 && bundled < blobs,
+        "{bundled} of {blobs} blobs bundled"
+    );
+    let target = env.restore_verified("r");
+    assert_eq!(
+        snapshot_of(&Env::restored(&target, &src)),
+        snapshot_of(&src)
+    );
+    let one = src.join("page0123.txt");
+    let dumped = env.ok(&["dump", "latest", one.to_str().unwrap()]);
+    assert_eq!(dumped.as_bytes(), fs::read(&one).unwrap());
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+}
+
 #[test]
 fn unchanged_second_backup_reads_nothing_and_dedups() {
     let env = Env::new();

@@ -29,6 +29,22 @@ fn fixture_repository_v1_still_restores() {
     let out = c.output().unwrap();
     common::assert_ok(&out);
     assert_fixture_restored(&env.path("r/tmp/vault-fixture-v1"));
+    // New backups into a version-1 repository stay readable by the vault that wrote it:
+    // no bundles.
+    let src = env.path("small");
+    similar_small_files(&src, 50);
+    let mut c = env.cmd();
+    c.env_remove("VAULT_PASSWORD")
+        .env("VAULT_PASSWORD_FILE", fixtures.join("repo-v1.password"))
+        .arg("backup")
+        .arg(&src);
+    common::assert_ok(&c.output().unwrap());
+    let password = fs::read_to_string(fixtures.join("repo-v1.password")).unwrap();
+    let (bundled, blobs) = bundled_blobs(&repo, password.trim_end_matches('\n'));
+    assert_eq!(
+        bundled, 0,
+        "{bundled} of {blobs} blobs bundled in a version-1 repository"
+    );
 }
 
 fn repo_listing(env: &Env) -> Vec<std::path::PathBuf> {

@@ -97,6 +97,7 @@ fn index() -> IndexFile {
         offset,
         length,
         raw_len: length * 3,
+        inner: 0,
     };
     IndexFile {
         supersedes: vec![id(200)],

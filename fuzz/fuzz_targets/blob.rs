@@ -5,8 +5,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use vault::format::object::{self, Kind};
-use vault::format::pack::{self, BlobEntry, BlobType, FLAG_ZSTD};
-use vault_fuzz::{Bytes, blob_aad, keys, seal_object_payload};
+use vault::format::pack::{self, BlobEntry, BlobType, FLAG_BUNDLE, FLAG_ZSTD};
+use vault_fuzz::{Bytes, blob_aad, bundle_aad, keys, seal_object_payload};
 
 /// The largest blob vault writes: the chunker's maximum (16 MiB). Raw lengths come from
 /// the authenticated index, so larger ones are not attacker-controlled.
@@ -33,13 +33,14 @@ fn blob_type(b: u8) -> BlobType {
 fuzz_target!(|data: &[u8]| {
     let keys = keys();
     let mut b = Bytes(data);
-    match b.u8() % 5 {
+    match b.u8() % 7 {
         // An index entry and stored bytes as read from a pack.
         0 => {
             let blob_type = blob_type(b.u8());
             let flags = b.u8();
             let id = b.id();
             let raw_len = b.u32() % (MAX_RAW + 1);
+            let inner = b.u32();
             let entry = BlobEntry {
                 blob_type,
                 flags,
@@ -47,6 +48,7 @@ fuzz_target!(|data: &[u8]| {
                 offset: 0,
                 length: b.rest().len() as u32,
                 raw_len,
+                inner,
             };
             let _ = pack::open_blob(keys, &entry, b.rest());
         }
@@ -67,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
                 offset: 0,
                 length: stored.len() as u32,
                 raw_len,
+                inner: 0,
             };
             match pack::open_blob(keys, &entry, &stored) {
                 Ok(plain) => assert_eq!(plain.len(), raw_len as usize),
@@ -90,11 +93,54 @@ fuzz_target!(|data: &[u8]| {
                 offset: 0,
                 length: blob.bytes.len() as u32,
                 raw_len: blob.raw_len,
+                inner: 0,
             };
             assert_eq!(
                 pack::open_blob(keys, &entry, &blob.bytes).expect("a sealed blob opens"),
                 plain
             );
+        }
+        // A bundle payload sealed under the bundle AAD, read as one member placed by the
+        // input: the bundle decompressor and the member's bounds.
+        5 => {
+            let t = blob_type(b.u8());
+            let flags = b.u8() | FLAG_BUNDLE;
+            let (raw_len, inner) = (b.u32() % (MAX_RAW + 1), b.u32());
+            let stored = keys.cipher.seal(&bundle_aad(t), b.rest());
+            let entry = BlobEntry {
+                blob_type: t,
+                flags,
+                id: b.id(),
+                offset: 0,
+                length: stored.len() as u32,
+                raw_len,
+                inner,
+            };
+            let _ = pack::open_blob(keys, &entry, &stored);
+        }
+        // What vault writes for small blobs: the input cut into members and sealed as
+        // one bundle, each member read back on its own and through an opener.
+        6 => {
+            let t = blob_type(b.u8());
+            let cuts = [b.u8(), b.u8(), b.u8()];
+            let plain = b.rest();
+            let mut parts = Vec::new();
+            let mut at = 0;
+            for c in cuts {
+                let end = (at + usize::from(c)).min(plain.len());
+                parts.push((keys.blob_id(t as u8, &plain[at..end]), &plain[at..end]));
+                at = end;
+            }
+            parts.push((keys.blob_id(t as u8, &plain[at..]), &plain[at..]));
+            let mut pb = pack::PackBuilder::default();
+            pb.add_bundle(pack::seal_bundle(keys, t, &parts, 1));
+            let (bytes, _, entries) = pb.finish(keys);
+            let mut opener = pack::BlobOpener::default();
+            for (e, (_, part)) in entries.iter().zip(&parts) {
+                let stored = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+                assert_eq!(pack::open_blob(keys, e, stored).expect("own member"), *part);
+                assert_eq!(opener.open(keys, e, stored).expect("own member"), *part);
+            }
         }
         // An object payload (compression byte, then body), sealed: the object
         // decompressor, which has no declared size to hold it to.

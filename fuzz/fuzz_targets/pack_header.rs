@@ -11,9 +11,21 @@ use vault_fuzz::{Bytes, PACK_HEADER_AAD, keys};
 /// Checks what `open_header` promises about the entries it returns.
 fn check_entries(entries: &[pack::BlobEntry], data_len: u64, sealed_len: usize) {
     let mut offset = 0u64;
+    let mut prev: Option<&pack::BlobEntry> = None;
     for e in entries {
-        assert_eq!(u64::from(e.offset), offset, "offsets are consecutive");
-        offset += u64::from(e.length);
+        match prev {
+            // A bundle's later members share its place and follow each other inside it.
+            Some(p) if e.bundled() && e.offset == p.offset => {
+                assert!(p.bundled() && e.length == p.length);
+                assert_eq!(u64::from(e.inner), u64::from(p.inner) + u64::from(p.raw_len));
+            }
+            _ => {
+                assert_eq!(u64::from(e.offset), offset, "units are consecutive");
+                assert_eq!(e.inner, 0, "a unit starts with its first blob");
+                offset += u64::from(e.length);
+            }
+        }
+        prev = Some(e);
     }
     assert_eq!(offset, data_len, "blobs fill the pack");
     assert_eq!(
@@ -62,16 +74,26 @@ fuzz_target!(|data: &[u8]| {
             let mut blobs = Vec::new();
             let mut pb = PackBuilder::default();
             while !b.rest().is_empty() && blobs.len() < 64 {
-                let t = if b.u8() & 1 == 0 {
+                let control = b.u8();
+                let t = if control & 1 == 0 {
                     BlobType::Data
                 } else {
                     BlobType::Tree
                 };
-                let len = usize::from(b.u8()) * 16;
-                let plain = b.take(len);
-                let id = keys.blob_id(t as u8, plain);
-                pb.add(pack::seal_blob(keys, t, id, plain, 1));
-                blobs.push(plain);
+                // Bit 1: a bundle of this blob and the next (lengths from the input).
+                let members = if control & 2 == 0 { 1 } else { 2 };
+                let mut parts = Vec::new();
+                for _ in 0..members {
+                    let len = usize::from(b.u8()) * 16;
+                    let plain = b.take(len);
+                    parts.push((keys.blob_id(t as u8, plain), plain));
+                    blobs.push(plain);
+                }
+                if members == 1 {
+                    pb.add(pack::seal_blob(keys, t, parts[0].0, parts[0].1, 1));
+                } else {
+                    pb.add_bundle(pack::seal_bundle(keys, t, &parts, 1));
+                }
             }
             let (bytes, id, entries) = pb.finish(keys);
             assert_eq!(id, vault::format::Id::of_stored(&bytes));

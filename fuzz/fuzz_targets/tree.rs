@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
             offset: 0,
             length: blob.bytes.len() as u32,
             raw_len: blob.raw_len,
+            inner: 0,
         };
         pack::open_blob(keys, &entry, &blob.bytes).expect("a sealed blob opens")
     };

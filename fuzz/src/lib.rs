@@ -28,6 +28,13 @@ pub fn blob_aad(blob_type: BlobType, id: &Id) -> Vec<u8> {
     aad
 }
 
+/// Associated data of a bundle: `"vault bundle v1" || type`.
+pub fn bundle_aad(blob_type: BlobType) -> Vec<u8> {
+    let mut aad = b"vault bundle v1".to_vec();
+    aad.push(blob_type as u8);
+    aad
+}
+
 /// Associated data of a sealed object: `"vault object v1 " || kind`.
 pub fn object_aad(kind: Kind) -> Vec<u8> {
     let name = match kind {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference reader for vault repositories, format version 1.
+"""Independent reference reader for vault repositories, format versions 1 and 2.
 
 Written from repo-format/README.md alone (section numbers below refer to it). Read-only:
 it lists snapshots and restores one; it never writes to the repository (no locks, no cache).
@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 ENC_CONTEXT = "vault 2026-11-21 encryption key v1"  # §2.1
 IDK_CONTEXT = "vault 2026-11-21 blob id key v1"
 DATA, TREE = 0, 1  # blob types, §2.3
+BUNDLE = 2  # pack header / index flag: the blob is a member of a bundle, §6.4
+MAX_BUNDLE = 16 << 20  # largest bundle plaintext, §6.4
 ID_NAME = re.compile(r"^[0-9a-fA-F]{64}$")  # object names in listings, §1
 
 
@@ -111,7 +113,7 @@ class Repo:
             config = json.loads(open_object(self.enc, b"config", self.read("config"), True))
         except InvalidTag:
             raise FormatError("config does not open: key file of another repository?")
-        check(config["version"] == 1, f"unsupported repository version {config['version']}")
+        check(config["version"] in (1, 2), f"unsupported repository version {config['version']}")
         self.index = self.load_index()
 
     def path(self, *parts):
@@ -173,7 +175,13 @@ class Repo:
         for i in range(0, len(header), 42):
             btype, flags, bid, length, raw_len = struct.unpack_from("<BB32sII", header, i)
             check(btype in (DATA, TREE), "bad blob type in pack header")
-            entries.append((bid, (pack_hex, btype, flags, offset, length, raw_len)))
+            if flags & BUNDLE and length == 0:  # a later member of the bundle before it
+                check(entries and entries[-1][1][2] == flags and entries[-1][1][1] == btype,
+                      "bundle member without its bundle")
+                _, t, f, off, ln, raw, inner = entries[-1][1]
+                entries.append((bid, (pack_hex, btype, flags, off, ln, raw_len, inner + raw)))
+            else:
+                entries.append((bid, (pack_hex, btype, flags, offset, length, raw_len, 0)))
             offset += length
         check(offset == size - 8 - hlen, "pack header lengths do not add up")
         return entries
@@ -182,17 +190,26 @@ class Repo:
         """Read, authenticate, decompress and verify one blob (§6.3)."""
         loc = self.index.get(bid)
         check(loc is not None, f"blob {bid.hex()} is in no index file")
-        pack_hex, t, flags, offset, length, raw_len = loc
+        pack_hex, t, flags, offset, length, raw_len, inner = loc
         check(t == btype, f"blob {bid.hex()} has type {t}, expected {btype}")
         with open(self.pack_path(pack_hex), "rb") as f:
             f.seek(offset)
             sealed = f.read(length)
         check(len(sealed) == length, f"pack {pack_hex} is truncated")
+        if flags & BUNDLE:  # §6.4: open the whole bundle, then take the member's bytes
+            aad = b"vault bundle v1" + bytes([btype])
+        else:
+            aad = b"vault blob v1" + bytes([btype]) + bid
         try:
-            p = aead_open(self.enc, b"vault blob v1" + bytes([btype]) + bid, sealed)
+            p = aead_open(self.enc, aad, sealed)
         except InvalidTag:
             raise FormatError(f"blob {bid.hex()} in pack {pack_hex} fails authentication")
-        if flags & 1:
+        if flags & BUNDLE:
+            if flags & 1:
+                p = unzstd(p, MAX_BUNDLE)
+            check(len(p) <= MAX_BUNDLE, "bundle larger than allowed")
+            p = p[inner:inner + raw_len]
+        elif flags & 1:
             p = unzstd(p, raw_len)
         check(len(p) == raw_len, f"blob {bid.hex()}: length {len(p)} != raw_len {raw_len}")
         check(blob_id(self.idk, btype, p) == bid, f"blob {bid.hex()}: id mismatch")
@@ -201,7 +218,7 @@ class Repo:
     # -- §7 index files
     @staticmethod
     def parse_index(body):
-        """Binary index body -> (superseded ids, [(pack id, [(bid, type, flags, off, len, raw)])])."""
+        """Binary index body -> (superseded ids, [(pack id, [(type, flags, bid, off, len, raw, inner)])])."""
         pos = 0
 
         def take(n):
@@ -210,7 +227,9 @@ class Repo:
             pos += n
             return body[pos - n:pos]
 
-        check(take(4) == b"vidx" and take(1) == b"\x01", "bad index magic or version")
+        check(take(4) == b"vidx", "bad index magic")
+        version = take(1)[0]
+        check(version in (1, 2), f"unsupported index version {version}")
         (s,) = struct.unpack("<I", take(4))
         supersedes = [take(32) for _ in range(s)]
         (npacks,) = struct.unpack("<I", take(4))
@@ -218,7 +237,10 @@ class Repo:
         for _ in range(npacks):
             pack_id = take(32)
             (nblobs,) = struct.unpack("<I", take(4))
-            blobs = [struct.unpack("<BB32sIII", take(46)) for _ in range(nblobs)]
+            if version == 1:
+                blobs = [struct.unpack("<BB32sIII", take(46)) + (0,) for _ in range(nblobs)]
+            else:  # version 2 adds each blob's offset inside its bundle
+                blobs = [struct.unpack("<BB32sIIII", take(50)) for _ in range(nblobs)]
             check(all(b[0] in (DATA, TREE) for b in blobs), "bad blob type in index")
             packs.append((pack_id, blobs))
         check(pos == len(body), "trailing bytes after index body")
@@ -240,8 +262,9 @@ class Repo:
                 continue
             for pack_id, blobs in packs:
                 indexed_packs.add(pack_id.hex())
-                for btype, flags, bid, offset, length, raw_len in blobs:
-                    index.setdefault(bid, (pack_id.hex(), btype, flags, offset, length, raw_len))
+                for btype, flags, bid, offset, length, raw_len, inner in blobs:
+                    index.setdefault(bid, (pack_id.hex(), btype, flags, offset, length, raw_len,
+                                           inner))
         # Unindexed packs are legal (§7, §17): describe them from their own headers.
         for sub in self.list_dirs("data"):
             for name in self.list_ids(os.path.join("data", sub)):

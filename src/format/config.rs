@@ -6,7 +6,11 @@ use super::crypto::Keys;
 use super::error::{FormatError, Result};
 use super::object::{self, Kind};
 
-pub const REPO_VERSION: u32 = 1;
+/// The version `init` writes. Version 2 adds bundles (several small blobs sealed as one
+/// unit in a pack); version 1 repositories are read, and written without bundles, so that
+/// older vaults can still read them.
+pub const REPO_VERSION: u32 = 2;
+const OLDEST_VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkerParams {
@@ -46,7 +50,7 @@ pub struct Config {
 
 impl Config {
     pub fn validate(&self) -> Result<()> {
-        if self.version != REPO_VERSION {
+        if !(OLDEST_VERSION..=REPO_VERSION).contains(&self.version) {
             return Err(FormatError::Version {
                 what: "repository",
                 version: self.version,
@@ -70,6 +74,11 @@ impl Config {
             return Err(FormatError::malformed("config", "parameters out of range"));
         }
         Ok(())
+    }
+
+    /// Whether writers may bundle small blobs in this repository.
+    pub fn bundles(&self) -> bool {
+        self.version >= 2
     }
 
     pub fn seal(&self, keys: &Keys) -> Vec<u8> {

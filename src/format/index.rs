@@ -2,7 +2,8 @@
 //! object of kind `index`:
 //! `"vidx" || version u8 || n_superseded u32 || ids || n_packs u32 ||
 //!  per pack: pack id || n_blobs u32 || per blob: type u8, flags u8, id, offset u32,
-//!  length u32, raw_len u32` (all integers little-endian).
+//!  length u32, raw_len u32` (all integers little-endian). Version 2, written when any
+//!  blob is a bundle member, adds `inner u32` to each blob.
 
 use super::crypto::Keys;
 use super::error::{FormatError, Result};
@@ -12,6 +13,8 @@ use super::pack::{BlobEntry, BlobType};
 
 const MAGIC: &[u8; 4] = b"vidx";
 const VERSION: u8 = 1;
+/// Index files that place blobs inside bundles (repository version 2).
+const VERSION_BUNDLES: u8 = 2;
 const BLOB_LEN: usize = 46;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,9 +68,16 @@ impl IndexFile {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(16 + self.blob_count() * BLOB_LEN + self.packs.len() * 36);
+        let bundles = self
+            .packs
+            .iter()
+            .flat_map(|p| &p.blobs)
+            .any(|e| e.bundled());
+        let mut b =
+            Vec::with_capacity(16 + self.blob_count() * (BLOB_LEN + 4) + self.packs.len() * 36);
         b.extend_from_slice(MAGIC);
-        b.push(VERSION);
+        // Index files without bundles stay version 1, readable by every vault.
+        b.push(if bundles { VERSION_BUNDLES } else { VERSION });
         b.extend_from_slice(&(self.supersedes.len() as u32).to_le_bytes());
         for id in &self.supersedes {
             b.extend_from_slice(&id.0);
@@ -83,6 +93,9 @@ impl IndexFile {
                 b.extend_from_slice(&e.offset.to_le_bytes());
                 b.extend_from_slice(&e.length.to_le_bytes());
                 b.extend_from_slice(&e.raw_len.to_le_bytes());
+                if bundles {
+                    b.extend_from_slice(&e.inner.to_le_bytes());
+                }
             }
         }
         b
@@ -94,7 +107,7 @@ impl IndexFile {
             return Err(FormatError::malformed("index", "bad magic"));
         }
         let version = r.take(1)?[0];
-        if version != VERSION {
+        if version != VERSION && version != VERSION_BUNDLES {
             return Err(FormatError::Version {
                 what: "index",
                 version: version.into(),
@@ -106,18 +119,27 @@ impl IndexFile {
         let mut packs = Vec::with_capacity(n);
         for _ in 0..n {
             let pack = r.id()?;
-            let m = r.count(BLOB_LEN)?;
+            let bundles = version == VERSION_BUNDLES;
+            let m = r.count(BLOB_LEN + if bundles { 4 } else { 0 })?;
             let mut blobs = Vec::with_capacity(m);
             for _ in 0..m {
                 let t = r.take(2)?;
-                blobs.push(BlobEntry {
+                let entry = BlobEntry {
                     blob_type: BlobType::from_u8(t[0])?,
                     flags: t[1],
                     id: r.id()?,
                     offset: r.u32()?,
                     length: r.u32()?,
                     raw_len: r.u32()?,
-                });
+                    inner: if bundles { r.u32()? } else { 0 },
+                };
+                if !entry.bundled() && entry.inner != 0 {
+                    return Err(FormatError::malformed(
+                        "index",
+                        "an offset inside a single blob",
+                    ));
+                }
+                blobs.push(entry);
             }
             packs.push(PackBlobs { pack, blobs });
         }
@@ -153,13 +175,38 @@ mod tests {
                     offset: 7,
                     length: 9,
                     raw_len: 11,
+                    inner: 0,
                 }],
             }],
         };
         let enc = idx.encode();
         assert_eq!(IndexFile::decode(&enc).unwrap(), idx);
+        assert_eq!(enc[4], VERSION, "no bundles: version 1");
         for cut in 0..enc.len() {
             assert!(IndexFile::decode(&enc[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn bundle_members_keep_their_inner_offsets() {
+        let member = |inner| BlobEntry {
+            blob_type: BlobType::Data,
+            flags: crate::format::pack::FLAG_BUNDLE,
+            id: Id::random(),
+            offset: 0,
+            length: 90,
+            raw_len: 40,
+            inner,
+        };
+        let idx = IndexFile {
+            supersedes: Vec::new(),
+            packs: vec![PackBlobs {
+                pack: Id::random(),
+                blobs: vec![member(0), member(40)],
+            }],
+        };
+        let enc = idx.encode();
+        assert_eq!(enc[4], VERSION_BUNDLES);
+        assert_eq!(IndexFile::decode(&enc).unwrap(), idx);
     }
 }

@@ -30,7 +30,7 @@ use crate::error::VaultError;
 use crate::format::Id;
 use crate::format::chunker::Chunker;
 use crate::format::crypto::Keys;
-use crate::format::pack::{BlobType, seal_blob};
+use crate::format::pack::{BUNDLE_BELOW, BUNDLE_TARGET, BlobType, seal_blob, seal_bundle};
 use crate::format::snapshot::{SNAPSHOT_VERSION, Snapshot, Summary};
 use crate::format::tree::{Node, NodeType, Tree};
 use crate::fsmeta::{self, Names};
@@ -88,6 +88,8 @@ struct Shared {
     keys: Keys,
     chunker: Chunker,
     level: i32,
+    /// Whether small data blobs are sealed together (repository version 2).
+    bundles: bool,
     dedup: Dedup,
     packer: Packer,
     counters: Arc<Counters>,
@@ -216,6 +218,7 @@ pub fn backup(
         keys: repo.keys.clone(),
         chunker: Chunker::new(&repo.config.chunker, repo.keys.chunker_seed),
         level: repo.config.compression_level,
+        bundles: repo.config.bundles(),
         dedup: Dedup {
             index: index.clone(),
             claimed: Mutex::new(HashSet::new()),
@@ -757,31 +760,71 @@ fn read_loop(rx: Receiver<FileJob>, chunks: Sender<Chunk>, sh: Arc<Shared>) {
     }
 }
 
-/// Seals queued chunks. After a failure it keeps draining the queue, so that no reader
-/// blocks forever, and reports the first error at the end.
+/// Seals queued chunks; small data chunks are gathered into bundles. After a failure it
+/// keeps draining the queue, so that no reader blocks forever, and reports the first
+/// error at the end.
 fn seal_loop(rx: Receiver<Chunk>, sh: Arc<Shared>) -> Result<()> {
     let mut first_err = None;
+    let mut bundle: Vec<Chunk> = Vec::new();
+    let mut bundled = 0;
     for c in rx {
         if first_err.is_some() {
             continue;
         }
-        let blob = seal_blob(&sh.keys, c.blob_type, c.id, &c.data, sh.level);
-        let (raw, stored) = (c.data.len() as u64, blob.bytes.len() as u64);
-        if let Err(e) = sh.packer.add(blob) {
+        let r = if sh.bundles && c.blob_type == BlobType::Data && c.data.len() < BUNDLE_BELOW {
+            bundled += c.data.len();
+            bundle.push(c);
+            if bundled >= BUNDLE_TARGET {
+                bundled = 0;
+                seal_members(&sh, std::mem::take(&mut bundle))
+            } else {
+                Ok(())
+            }
+        } else {
+            seal_one(&sh, c)
+        };
+        if let Err(e) = r {
             first_err = Some(e);
-            continue;
         }
-        sh.counters.bytes_added.fetch_add(raw, Ordering::Relaxed);
-        sh.counters
-            .bytes_stored
-            .fetch_add(stored, Ordering::Relaxed);
-        sh.stat(|s| {
-            s.bytes_added += raw;
-            s.bytes_stored += stored;
-            s.blobs_added += 1;
-        });
+    }
+    if first_err.is_none() && !bundle.is_empty() {
+        first_err = seal_members(&sh, bundle).err();
     }
     first_err.map_or(Ok(()), Err)
+}
+
+fn seal_one(sh: &Shared, c: Chunk) -> Result<()> {
+    let blob = seal_blob(&sh.keys, c.blob_type, c.id, &c.data, sh.level);
+    let stored = blob.bytes.len() as u64;
+    sh.packer.add(blob)?;
+    added(sh, c.data.len() as u64, stored, 1);
+    Ok(())
+}
+
+/// Seals `members` as one bundle (a lone member as a plain blob).
+fn seal_members(sh: &Shared, mut members: Vec<Chunk>) -> Result<()> {
+    if members.len() == 1 {
+        return seal_one(sh, members.remove(0));
+    }
+    let parts: Vec<(Id, &[u8])> = members.iter().map(|c| (c.id, c.data.as_slice())).collect();
+    let bundle = seal_bundle(&sh.keys, BlobType::Data, &parts, sh.level);
+    let raw: u64 = members.iter().map(|c| c.data.len() as u64).sum();
+    let stored = bundle.bytes.len() as u64;
+    sh.packer.add_bundle(bundle)?;
+    added(sh, raw, stored, members.len() as u64);
+    Ok(())
+}
+
+fn added(sh: &Shared, raw: u64, stored: u64, blobs: u64) {
+    sh.counters.bytes_added.fetch_add(raw, Ordering::Relaxed);
+    sh.counters
+        .bytes_stored
+        .fetch_add(stored, Ordering::Relaxed);
+    sh.stat(|s| {
+        s.bytes_added += raw;
+        s.bytes_stored += stored;
+        s.blobs_added += blobs;
+    });
 }
 
 /// Builds tree blobs in post-order; returns the tree id of each job not yet consumed by

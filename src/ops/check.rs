@@ -244,18 +244,23 @@ fn read_pack(repo: &Repository, id: &Id, counters: &Counters) -> Vec<PackFinding
             // The index still says where the blobs are; check each of them from there.
             let mut one = HashSet::new();
             one.insert(*id);
-            repo.index()
+            let mut entries: Vec<BlobEntry> = repo
+                .index()
                 .blobs_in_packs(&one)
                 .into_iter()
                 .map(|(_, e)| e)
-                .collect()
+                .collect();
+            entries.sort_by_key(|e| (e.offset, e.inner));
+            entries
         }
     };
     let index = repo.index();
+    let mut opener = pack::BlobOpener::default();
     for e in &entries {
         let end = e.offset as usize + e.length as usize;
         let r = match bytes.get(e.offset as usize..end) {
-            Some(stored) => pack::open_blob(&repo.keys, e, stored)
+            Some(stored) => opener
+                .open(&repo.keys, e, stored)
                 .map(|_| ())
                 .map_err(|x| x.to_string()),
             None => Err("past the end of the pack (truncated)".to_string()),

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::one_line;
 use crate::format::Id;
 use crate::format::index::{IndexFile, PackBlobs};
-use crate::format::pack::{self, BlobEntry, SealedBlob};
+use crate::format::pack::{self, BlobEntry, BlobType, SealedBlob};
 use crate::format::tree::NodeType;
 use crate::repo::index::replace_index;
 use crate::repo::packer::Packer;
@@ -271,16 +271,10 @@ fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMap<Id, PackU
             .iter()
             .map(|b| used.contains(&b.id) && index.get(&b.id).is_some_and(|(at, _)| at == p.pack))
             .collect();
-        let used_bytes = p
-            .blobs
-            .iter()
-            .zip(&used_flags)
-            .filter(|(_, u)| **u)
-            .map(|(b, _)| u64::from(b.length))
-            .sum::<u64>();
+        let used_bytes = used_bytes(&p.blobs, &used_flags);
         // Header and trailer count as used while any blob is.
-        let overhead = if used_bytes > 0 {
-            size - p.blobs.iter().map(|b| u64::from(b.length)).sum::<u64>()
+        let overhead = if used_flags.contains(&true) {
+            size.saturating_sub(pack::units_len(&p.blobs))
         } else {
             0
         };
@@ -295,6 +289,39 @@ fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMap<Id, PackU
         );
     }
     Ok(packs)
+}
+
+/// The stored bytes that the used blobs of one pack occupy. A bundle counts in proportion
+/// to the plaintext of its used members, so that the waste inside partly used bundles is
+/// seen, and repacked, like any other.
+fn used_bytes(blobs: &[BlobEntry], used: &[bool]) -> u64 {
+    #[derive(Default)]
+    struct Unit {
+        length: u64,
+        raw: u64,
+        raw_used: u64,
+        members: u32,
+        members_used: u32,
+    }
+    let mut units: HashMap<u32, Unit> = HashMap::new();
+    for (b, &u) in blobs.iter().zip(used) {
+        let unit = units.entry(b.offset).or_default();
+        unit.length = u64::from(b.length);
+        unit.raw += u64::from(b.raw_len);
+        unit.members += 1;
+        if u {
+            unit.raw_used += u64::from(b.raw_len);
+            unit.members_used += 1;
+        }
+    }
+    units
+        .values()
+        .map(|u| match u.members_used {
+            0 => 0,
+            n if n == u.members => u.length,
+            _ => u.length * u.raw_used / u.raw.max(1),
+        })
+        .sum()
 }
 
 /// The partly used packs to repack, most wasteful first, until what stays unused is
@@ -338,6 +365,27 @@ fn choose_repacks(
     out
 }
 
+/// Seals the used members of a repacked pack's bundles as new bundles of the size backup
+/// makes.
+fn rebundle(repo: &Repository, packer: &Packer, members: &[(BlobType, Id, Vec<u8>)]) -> Result<()> {
+    let level = repo.config.compression_level;
+    let mut start = 0;
+    let mut size = 0;
+    for (i, (blob_type, _, data)) in members.iter().enumerate() {
+        size += data.len();
+        let last = members.get(i + 1).is_none_or(|(t, _, _)| t != blob_type);
+        if size >= pack::BUNDLE_TARGET || last {
+            let parts: Vec<(Id, &[u8])> = members[start..=i]
+                .iter()
+                .map(|(_, id, d)| (*id, d.as_slice()))
+                .collect();
+            packer.add_bundle(pack::seal_bundle(&repo.keys, *blob_type, &parts, level))?;
+            (start, size) = (i + 1, 0);
+        }
+    }
+    Ok(())
+}
+
 /// Copies the used blobs of `repack` into new packs. Each is opened first: a damaged blob
 /// stops prune before anything is deleted. Returns the index files the packer wrote.
 fn copy_used(
@@ -354,6 +402,8 @@ fn copy_used(
     for id in repack {
         let p = &packs[id];
         let bytes = repo.backend.read(&FileKind::Data.path(id))?;
+        let mut opener = pack::BlobOpener::default();
+        let mut bundle: Vec<(BlobType, Id, Vec<u8>)> = Vec::new();
         for (e, used) in p.blobs.iter().zip(&p.used) {
             if !used {
                 continue;
@@ -362,7 +412,7 @@ fn copy_used(
             let stored = bytes
                 .get(e.offset as usize..end)
                 .ok_or_else(|| anyhow!("pack {} is shorter than its index says", id.short()))?;
-            pack::open_blob(&repo.keys, e, stored).map_err(|err| {
+            let plain = opener.open(&repo.keys, e, stored).map_err(|err| {
                 anyhow!(
                     "{} blob {} in pack {}: {err}; nothing was deleted (run `vault check --read-data`)",
                     e.blob_type.name(),
@@ -370,6 +420,11 @@ fn copy_used(
                     id.short()
                 )
             })?;
+            if e.bundled() {
+                // The used members of bundles are sealed again without the unused ones.
+                bundle.push((e.blob_type, e.id, plain));
+                continue;
+            }
             packer.add(SealedBlob {
                 blob_type: e.blob_type,
                 flags: e.flags,
@@ -378,6 +433,7 @@ fn copy_used(
                 bytes: stored.to_vec(),
             })?;
         }
+        rebundle(repo, &packer, &bundle)?;
         counters.packs_repacked.fetch_add(1, Ordering::Relaxed);
     }
     let done = packer.finish()?;

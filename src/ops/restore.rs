@@ -550,11 +550,13 @@ fn restore_group(
     let bytes = repo
         .backend
         .read_range(&FileKind::Data.path(pack_id), first, end - first);
+    let mut opener = pack::BlobOpener::default();
     for (entry, targets) in group {
         let opened = match &bytes {
             Ok(b) => {
                 let o = (u64::from(entry.offset) - first) as usize;
-                pack::open_blob(&repo.keys, entry, &b[o..o + entry.length as usize])
+                opener
+                    .open(&repo.keys, entry, &b[o..o + entry.length as usize])
                     .map_err(anyhow::Error::from)
             }
             Err(e) => Err(anyhow!(

@@ -126,13 +126,14 @@ fn chunk_index(packs: Vec<PackBlobs>) -> Vec<Vec<PackBlobs>> {
     files
 }
 
-/// Where a blob is, in 20 bytes (the id is the map key).
+/// Where a blob is, in 24 bytes (the id is the map key).
 #[derive(Clone, Copy, Debug)]
 pub struct Loc {
     pub pack: u32,
     pub offset: u32,
     pub length: u32,
     pub raw_len: u32,
+    pub inner: u32,
     pub blob_type: BlobType,
     pub flags: u8,
 }
@@ -172,6 +173,7 @@ impl MasterIndex {
                 offset: b.offset,
                 length: b.length,
                 raw_len: b.raw_len,
+                inner: b.inner,
                 blob_type: b.blob_type,
                 flags: b.flags,
             });
@@ -194,6 +196,7 @@ impl MasterIndex {
                 offset: l.offset,
                 length: l.length,
                 raw_len: l.raw_len,
+                inner: l.inner,
             },
         ))
     }

@@ -15,7 +15,7 @@ use super::backend::{Backend, FileKind};
 use crate::format::Id;
 use crate::format::crypto::Keys;
 use crate::format::index::{IndexFile, PackBlobs};
-use crate::format::pack::{PackBuilder, SealedBlob};
+use crate::format::pack::{BlobType, PackBuilder, SealedBlob, SealedBundle};
 
 const UPLOADERS: usize = 2;
 const FLUSH_PACKS: usize = 16;
@@ -136,14 +136,23 @@ impl Packer {
     }
 
     pub fn add(&self, blob: SealedBlob) -> Result<()> {
+        self.add_unit(blob.blob_type, |b| b.add(blob))
+    }
+
+    pub fn add_bundle(&self, bundle: SealedBundle) -> Result<()> {
+        self.add_unit(bundle.blob_type, |b| b.add_bundle(bundle))
+    }
+
+    /// Adds a unit with `add` to the open pack of its type; ships the pack once full.
+    fn add_unit(&self, blob_type: BlobType, add: impl FnOnce(&mut PackBuilder)) -> Result<()> {
         self.check_failed()?;
-        let slot = blob.blob_type as usize;
+        let slot = blob_type as usize;
         let full = {
             let mut open = self.open.lock().expect("packer poisoned");
             let b = open[slot].get_or_insert_with(|| {
                 PackBuilder::with_capacity(self.pack_size + self.pack_size / 8)
             });
-            b.add(blob);
+            add(b);
             if b.len() >= self.pack_size {
                 open[slot].take()
             } else {

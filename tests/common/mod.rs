@@ -282,3 +282,28 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `n` small files that differ from each other in a few bytes but hardly compress one by
+/// one (hex of random bytes): only compressing them side by side finds what they share.
+pub fn similar_small_files(dir: &Path, n: usize) -> u64 {
+    std::fs::create_dir_all(dir).expect("create dir");
+    let shared: String = bytes(5, 1500).iter().map(|b| format!("{b:02x}")).collect();
+    let mut total = 0;
+    for i in 0..n {
+        let content = format!("file {i}\n{shared}\nend {i}\n");
+        total += content.len() as u64;
+        std::fs::write(dir.join(format!("page{i:04}.txt")), content).expect("write file");
+    }
+    total
+}
+
+/// How many blobs the repository's index places inside bundles, and how many it holds.
+pub fn bundled_blobs(repo: &Path, password: &str) -> (usize, usize) {
+    use vault::repo::{Backend, Repository, Secret};
+    let backend = Backend::open(repo.to_str().expect("UTF-8 path")).expect("open backend");
+    let mut r = Repository::open(backend, &Secret::Password(password.into())).expect("open");
+    r.cache = None;
+    r.load_index().expect("load index");
+    let all = r.index().blobs_in_packs(&r.index().pack_ids());
+    (all.iter().filter(|(_, e)| e.bundled()).count(), all.len())
+}
