@@ -319,7 +319,8 @@ fn used_bytes(blobs: &[BlobEntry], used: &[bool]) -> u64 {
         .map(|u| match u.members_used {
             0 => 0,
             n if n == u.members => u.length,
-            _ => u.length * u.raw_used / u.raw.max(1),
+            // Never 0 while a member is used: a pack with used bytes is kept.
+            _ => (u.length * u.raw_used / u.raw.max(1)).max(1),
         })
         .sum()
 }
