@@ -7,7 +7,7 @@ use std::fs::{self, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -56,6 +56,22 @@ struct Item {
 struct FilePlan {
     item: usize,
     extents: Vec<[u64; 2]>,
+    /// Blob placements not yet written; a file is complete at zero.
+    pending: AtomicUsize,
+}
+
+/// A full disk (or quota) ends the whole restore: every later write would fail the same
+/// way, and a thousand "not restored" lines would hide the one thing to do.
+fn no_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+}
+
+fn no_space_error(path: &Path, target: &Path, e: &std::io::Error) -> anyhow::Error {
+    anyhow!(
+        "restore stopped: writing {}: {e}; files not completely written were removed: free space on the file system of {} or restore elsewhere, then run the restore again",
+        path.display(),
+        target.display()
+    )
 }
 
 struct Target {
@@ -213,6 +229,7 @@ pub fn restore(
         .with_context(|| format!("restore target {}", opts.target.display()))?;
     let mut result = RestoreResult::default();
     let errors = Mutex::new(HashMap::<usize, String>::new());
+    let full = Mutex::new(None);
     let (files, by_pack) = create_nodes(repo, &items, &opts.target, &errors)?;
     write_packs(
         repo,
@@ -222,7 +239,16 @@ pub fn restore(
         &opts.target,
         &errors,
         &counters,
+        &full,
     );
+    if let Some(e) = full.into_inner().expect("full poisoned") {
+        for f in &files {
+            if f.pending.load(Ordering::Relaxed) > 0 {
+                let _ = fs::remove_file(local(&opts.target, &items[f.item].path));
+            }
+        }
+        return Err(e);
+    }
     let mut errors = errors.into_inner().expect("errors poisoned");
     propagate_link_errors(&items, &mut errors);
     #[allow(clippy::map_entry)] // the insert is conditional on verification failing
@@ -399,6 +425,7 @@ fn create_nodes(
             f.set_len(n.size)?;
             let file = files.len();
             let mut offset = 0u64;
+            let mut placements = 0;
             for id in &n.content {
                 let (pack_id, entry) = index
                     .get(id)
@@ -415,14 +442,24 @@ fn create_nodes(
                         stream_offset: offset,
                     });
                 offset += u64::from(entry.raw_len);
+                placements += 1;
             }
             files.push(FilePlan {
                 item: i,
                 extents: n.data_extents(),
+                pending: AtomicUsize::new(placements),
             });
             Ok(())
         })();
         if let Err(e) = r {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && no_space(io)
+            {
+                for f in &files {
+                    let _ = fs::remove_file(local(target, &items[f.item].path));
+                }
+                return Err(no_space_error(&p, target, io));
+            }
             if n.kind == NodeType::Dir {
                 return Err(e.context(format!("creating {}", p.display())));
             }
@@ -468,6 +505,8 @@ fn write_stream(
 }
 
 /// Reads each pack once, in ranges that cover its needed blobs, on several threads.
+/// Stops early once `full` holds a disk-full error.
+#[allow(clippy::too_many_arguments)]
 fn write_packs(
     repo: &Repository,
     items: &[Item],
@@ -476,6 +515,7 @@ fn write_packs(
     target: &Path,
     errors: &Mutex<HashMap<usize, String>>,
     counters: &Counters,
+    full: &Mutex<Option<anyhow::Error>>,
 ) {
     let workers = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -489,15 +529,20 @@ fn write_packs(
                 for (pack_id, mut blobs) in rx {
                     blobs.sort_by_key(|(e, _)| e.offset);
                     for group in coalesce(&blobs) {
+                        if full.lock().expect("full poisoned").is_some() {
+                            break;
+                        }
                         restore_group(
-                            repo, items, files, &pack_id, group, target, errors, counters,
+                            repo, items, files, &pack_id, group, target, errors, counters, full,
                         );
                     }
                 }
             });
         }
         for job in by_pack {
-            let _ = tx.send(job);
+            if full.lock().expect("full poisoned").is_some() || tx.send(job).is_err() {
+                break;
+            }
         }
         drop(tx);
     });
@@ -536,6 +581,7 @@ fn restore_group(
     target: &Path,
     errors: &Mutex<HashMap<usize, String>>,
     counters: &Counters,
+    full: &Mutex<Option<anyhow::Error>>,
 ) {
     let fail_all = |targets: &[Target], msg: &str| {
         let mut e = errors.lock().expect("poisoned");
@@ -599,9 +645,16 @@ fn restore_group(
                 .and_then(|f| write_stream(&f, &fp.extents, t.stream_offset, &data));
             match r {
                 Ok(()) => {
+                    fp.pending.fetch_sub(1, Ordering::Relaxed);
                     counters
                         .bytes
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) if no_space(&e) => {
+                    full.lock()
+                        .expect("full poisoned")
+                        .get_or_insert_with(|| no_space_error(&path, target, &e));
+                    return;
                 }
                 Err(e) => fail_all(
                     std::slice::from_ref(t),
