@@ -60,6 +60,30 @@ fn restore_equals_source_bytes_and_metadata() {
     assert_eq!(dumped.stdout, bytes(1, 300_000));
 }
 
+/// An unchanged file's xattrs come from the parent snapshot, so a change to them alone
+/// (which moves the ctime) must still be seen by the next backup.
+#[test]
+fn xattrs_changed_between_backups_are_backed_up() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    env.init(&[]);
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    set_xattr(&src.join("docs/cv.pdf"), "user.origin", b"rescanned");
+    set_xattr(&src.join("docs/cv.pdf"), "user.added", b"later");
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let target = env.restore_verified("restore");
+    assert_eq!(
+        snapshot_of(&src),
+        snapshot_of(&Env::restored(&target, &src))
+    );
+    let got = xattr::get(
+        Env::restored(&target, &src).join("docs/cv.pdf"),
+        "user.added",
+    );
+    assert_eq!(got.unwrap().as_deref(), Some(&b"later"[..]));
+}
+
 #[test]
 fn restore_refuses_to_overwrite_and_filters() {
     let env = Env::new();

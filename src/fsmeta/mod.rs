@@ -76,7 +76,17 @@ fn ns(secs: i64, nsec: i64) -> i64 {
 
 /// The node for `path` from its lstat result, with xattrs and symlink target. File content
 /// is filled in by the caller.
-pub fn node_from(path: &Path, name: &OsStr, md: &Metadata, names: &mut Names) -> Result<Node> {
+/// The node for `path`. Extended attributes are taken from `known` when it is the
+/// node of this same inode from an earlier backup with the same ctime: setting or
+/// removing an xattr changes the ctime, so they cannot differ, and an unchanged tree
+/// then costs no xattr calls.
+pub fn node_from(
+    path: &Path,
+    name: &OsStr,
+    md: &Metadata,
+    names: &mut Names,
+    known: Option<&Node>,
+) -> Result<Node> {
     let kind = kind_of(md);
     let mut n = Node::new(name.as_bytes().to_vec(), kind);
     n.mode = md.mode() & 0o7777;
@@ -101,7 +111,12 @@ pub fn node_from(path: &Path, name: &OsStr, md: &Metadata, names: &mut Names) ->
         NodeType::Chardev | NodeType::Blockdev => n.rdev = md.rdev(),
         _ => {}
     }
-    n.xattrs = read_xattrs(path);
+    n.xattrs = match known {
+        Some(k) if k.kind == kind && k.inode == n.inode && k.ctime_ns == n.ctime_ns => {
+            k.xattrs.clone()
+        }
+        _ => read_xattrs(path),
+    };
     Ok(n)
 }
 

@@ -461,14 +461,14 @@ impl Walker<'_> {
         if trie.is_none() && self.excludes.excluded(path, md.is_dir()) {
             return Ok(None);
         }
-        let node = match fsmeta::node_from(path, name, &md, &mut self.names) {
+        let old = parent.and_then(|t| t.find(name.as_bytes()));
+        let node = match fsmeta::node_from(path, name, &md, &mut self.names, old) {
             Ok(n) => n,
             Err(e) => {
                 self.warn_error(crate::error::one_line(&e));
                 return Ok(None);
             }
         };
-        let old = parent.and_then(|t| t.find(name.as_bytes()));
         match node.kind {
             NodeType::Dir => {
                 let old_tree = old
