@@ -17,7 +17,10 @@ use crate::format::crypto::Keys;
 use crate::format::index::{IndexFile, PackBlobs};
 use crate::format::pack::{BlobType, PackBuilder, SealedBlob, SealedBundle};
 
-const UPLOADERS: usize = 2;
+/// Packs uploaded at once to a remote backend, so that one request's latency does not
+/// stall the backup; a local disk takes a write at once, and a second pack in flight
+/// would only hold 16 MiB more in memory.
+const REMOTE_UPLOADERS: usize = 2;
 const FLUSH_PACKS: usize = 16;
 const FLUSH_EVERY: Duration = Duration::from_secs(60);
 
@@ -102,7 +105,8 @@ impl Packer {
         let failed = Arc::new(Mutex::new(None));
         let has_failed = Arc::new(AtomicBool::new(false));
         let bytes = Arc::new(AtomicU64::new(0));
-        let uploaders = (0..UPLOADERS)
+        let n = if backend.is_remote() { REMOTE_UPLOADERS } else { 1 };
+        let uploaders = (0..n)
             .map(|_| {
                 let (rx, backend, sink) = (rx.clone(), backend.clone(), sink.clone());
                 let (failed, has_failed, bytes) =
