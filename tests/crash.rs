@@ -443,10 +443,25 @@ impl Fixture {
     }
 
     /// After a kill: the dead process's lock at most, and `check --read-data` passes with
-    /// it in place (a lock whose process is gone is ignored, as documented).
-    fn check_after_kill(&self, repo: &Path, tally: &mut Tally, ctx: &str) {
-        assert!(locks(repo) <= 1, "{ctx}: more than the dead process's lock");
-        check_read_data(&self.env, repo, ctx);
+    /// it in place (a lock whose process is gone is ignored, as documented); `exclusive`
+    /// says what kind of lock the dead process held.
+    fn check_after_kill(&self, repo: &Path, exclusive: bool, tally: &mut Tally, ctx: &str) {
+        let dead = locks(repo);
+        assert!(dead <= 1, "{ctx}: more than the dead process's lock");
+        let out = cmd(&self.env)
+            .args(["check", "--read-data", "--repo", repo.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("no errors"),
+            "{ctx}: check --read-data: {err}"
+        );
+        // A dead shared lock is no conflict for check's shared one, so only a dead
+        // exclusive lock earns the notice.
+        if dead == 1 && exclusive {
+            assert!(err.contains("ignoring stale"), "{ctx}: no notice: {err}");
+        }
         tally.checks += 1;
     }
 
@@ -488,14 +503,18 @@ fn backup_killed_at_random_instants_loses_nothing() {
             continue;
         }
         t.killed(kill);
-        f.check_after_kill(&repo, &mut t, &ctx);
+        f.check_after_kill(&repo, false, &mut t, &ctx);
         // No snapshot is lost, and a new one exists only if the kill came after it.
         let after = snapshot_ids(&f.env, &repo, &ctx);
         assert!(after.is_superset(&kept), "{ctx}: a snapshot vanished");
         let partial: Vec<String> = after.difference(&kept).cloned().collect();
         assert!(partial.len() <= 1, "{ctx}: {partial:?}");
-        // The next backup ignores the dead lock and completes.
+        // The next backup ignores the dead lock, completes, and reuses what the killed
+        // one uploaded: no blob is stored twice (prune would count a copy as unused).
         let new = backup_id(&f.env, &args, &ctx);
+        let out = vault(&f.env, &["--json", "prune", "--dry-run"], 0, &ctx);
+        let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(plan["stats"]["bytes_unused"], 0, "{ctx}: {plan}");
         check_read_data(&f.env, &repo, &ctx);
         t.checks += 1;
         // Snapshots of earlier iterations stay in the map: ids never repeat.
@@ -547,7 +566,7 @@ fn prune_killed_at_random_instants_loses_nothing() {
             continue;
         }
         t.killed(kill);
-        f.check_after_kill(&repo, &mut t, &ctx);
+        f.check_after_kill(&repo, true, &mut t, &ctx);
         assert_eq!(snapshot_ids(&f.env, &repo, &ctx), kept, "{ctx}");
         // Run again, prune finishes the job: nothing unused is left.
         let out = vault(&f.env, &["--json", "prune", "--max-unused", "0%"], 0, &ctx);
