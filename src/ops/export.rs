@@ -63,7 +63,10 @@ pub fn export(
         ..Default::default()
     };
     // An export being rewritten is not a finished export until the new MANIFEST exists.
+    // A MANIFEST temporary a killed export left must go too, or the new MANIFEST would
+    // list it, and it is gone by the time MANIFEST is renamed into place.
     let _ = std::fs::remove_file(dir.join(MANIFEST));
+    let _ = std::fs::remove_file(dir.join(MANIFEST).with_extension("vault-tmp"));
     dest.create_layout()?;
 
     let needed = needed_packs(repo, chosen)?;

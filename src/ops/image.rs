@@ -62,12 +62,15 @@ impl Volumes {
             f.flush()?;
             f.get_ref().sync_all()?;
         }
+        // The first volume last: an image is found by it (`volumes_of`), so a kill
+        // between two renames leaves no first volume rather than one that looks whole.
         let mut out = Vec::new();
-        for (n, tmp) in self.done.iter().enumerate() {
+        for (n, tmp) in self.done.iter().enumerate().rev() {
             let dest = self.final_name(n);
             std::fs::rename(tmp, &dest).with_context(|| format!("{}", dest.display()))?;
             out.push(dest);
         }
+        out.reverse();
         Ok(out)
     }
 }
