@@ -475,3 +475,46 @@ fn s3_backup_restore_and_check_survive_faults() {
     }
     lab.report();
 }
+
+/// What two failed reads can leave (an index file and a pack's header both unreadable):
+/// blobs in no index. A re-export must then refuse, not drop the pack from an export
+/// whose snapshot needs it.
+#[test]
+fn a_re_export_never_drops_a_pack_its_snapshots_need() {
+    let lab = Lab::new("re-export");
+    fs::write(lab.src.join("big"), bytes(42, 200_000)).unwrap();
+    let src = lab.src.to_string_lossy().into_owned();
+    lab.ok(&["backup", "-q", &src]);
+    let dest = lab.env.path("archive");
+    lab.ok(&["export", "-q", dest.to_str().unwrap()]);
+
+    let repo = lab.env.repo();
+    for f in common::walkdir(&repo.join("index")) {
+        fs::write(f, b"unreadable").unwrap();
+    }
+    let biggest = common::walkdir(&repo.join("data"))
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut pack = fs::read(&biggest).unwrap();
+    pack.truncate(pack.len() - 1);
+    fs::write(&biggest, pack).unwrap();
+    let _ = fs::remove_dir_all(lab.env.path("cache"));
+
+    let out = lab
+        .cmd()
+        .args(["export", "-q", dest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in no readable index file"), "{err}");
+    let name = biggest.file_name().unwrap();
+    assert!(
+        common::walkdir(&dest.join("data"))
+            .iter()
+            .any(|p| p.file_name() == Some(name)),
+        "the export kept the pack"
+    );
+    lab.ok(&["check", "--read-data", "--repo", dest.to_str().unwrap()]);
+}
