@@ -764,6 +764,9 @@ pub fn main() -> i32 {
             (error::exit_code(&e), msg)
         }
     };
+    if let Some(s) = crate::repo::faults::summary() {
+        eprintln!("vault: {s}");
+    }
     if let Some(log) = &log_file {
         append_log(log, &command, code, &message);
     }

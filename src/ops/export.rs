@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -62,14 +62,13 @@ pub fn export(
         snapshots: chosen.len() as u64,
         ..Default::default()
     };
+    let needed = needed_packs(repo, chosen)?;
     // An export being rewritten is not a finished export until the new MANIFEST exists.
     // A MANIFEST temporary a killed export left must go too, or the new MANIFEST would
     // list it, and it is gone by the time MANIFEST is renamed into place.
     let _ = std::fs::remove_file(dir.join(MANIFEST));
     let _ = std::fs::remove_file(dir.join(MANIFEST).with_extension("vault-tmp"));
     dest.create_layout()?;
-
-    let needed = needed_packs(repo, chosen)?;
     report.packs = needed.len() as u64;
     let mut copy = CopyReport::default();
     for kind in [FileKind::Key, FileKind::Data] {
@@ -166,10 +165,18 @@ pub(crate) fn needed_packs(repo: &Repository, chosen: &[(Id, Snapshot)]) -> Resu
         super::prune::mark_tree(repo, &snap.tree, Path::new("/"), &mut used, &counters)?;
     }
     let index = repo.index();
+    // A blob in no index would be missing from the export, and a re-export would delete
+    // the pack that holds it there.
     let packs: HashSet<Id> = used
         .iter()
-        .filter_map(|b| index.get(b).map(|(pack, _)| pack))
-        .collect();
+        .map(|b| match index.get(b) {
+            Some((pack, _)) => Ok(pack),
+            None => Err(anyhow!(
+                "blob {} of the chosen snapshots is in no readable index file: nothing exported; run `vault check`",
+                b.short()
+            )),
+        })
+        .collect::<Result<_>>()?;
     let mut entries: HashMap<Id, PackBlobs> = HashMap::new();
     let files = repo.index_files()?.into_iter().flat_map(|(_, f)| f.packs);
     for p in files.chain(index.unindexed.iter().cloned()) {

@@ -611,12 +611,11 @@ fn restore_group(
                 crate::error::one_line(e)
             )),
         };
-        // A damaged or missing copy here may be intact on a mirror.
+        // Bytes damaged on the way read right the next time, and a damaged or missing
+        // copy here may be intact on a mirror: read_blob tries both before giving up.
         let opened = match opened {
-            Err(_) if repo.backend.has_fallbacks() => {
-                repo.read_blob(BlobType::Data, &entry.id).or(opened)
-            }
-            other => other,
+            Err(_) => repo.read_blob(BlobType::Data, &entry.id).or(opened),
+            ok => ok,
         };
         let data = match opened {
             Ok(d) => d,

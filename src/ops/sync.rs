@@ -20,7 +20,6 @@ use crossbeam_channel::bounded;
 use serde::Serialize;
 
 use crate::format::index::IndexFile;
-use crate::format::manifest::Manifest;
 use crate::format::{Id, object};
 use crate::repo::backend::CONFIG_PATH;
 use crate::repo::index::delete_index_file;
@@ -57,10 +56,7 @@ pub struct CopyReport {
 
 /// Whether `bytes` are intact for an object of `kind` named `id`, without the key.
 pub fn intact(kind: FileKind, id: &Id, bytes: &[u8]) -> bool {
-    match kind {
-        FileKind::Manifest => Manifest::decode(bytes).is_ok_and(|m| m.index.0 == *id),
-        _ => Id::of_stored(bytes) == *id,
-    }
+    crate::repo::backend::intact(&kind.path(id), bytes)
 }
 
 /// What `to` lacks of kind `kind`: objects missing, or at a size other than `from`'s.

@@ -3,10 +3,12 @@
 
 use std::sync::LazyLock;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use opendal::{ErrorKind, blocking, options::ReadOptions};
 
 use crate::format::Id;
+use crate::format::manifest::Manifest;
+use crate::format::object;
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
@@ -54,7 +56,47 @@ impl FileKind {
             _ => format!("{}{}", self.dir(), hex),
         }
     }
+
+    const ALL: [FileKind; 9] = [
+        FileKind::Key,
+        FileKind::Data,
+        FileKind::Index,
+        FileKind::Snapshot,
+        FileKind::Lock,
+        FileKind::Manifest,
+        FileKind::Mirror,
+        FileKind::Forget,
+        FileKind::Export,
+    ];
+
+    /// The kind and id of the object at `path`, when it is one.
+    fn of_path(path: &str) -> Option<(FileKind, Id)> {
+        let kind = Self::ALL.into_iter().find(|k| path.starts_with(k.dir()))?;
+        let id = Id::from_hex(path.rsplit('/').next()?)?;
+        (kind.path(&id) == path).then_some((kind, id))
+    }
 }
+
+/// Whether `bytes` pass the check that every stored object carries without the key:
+/// hash-named objects hash to their name, the config and locks end in their checksum, a
+/// manifest in its own and names its index file. Other paths always pass.
+pub fn intact(path: &str, bytes: &[u8]) -> bool {
+    if path == CONFIG_PATH {
+        return object::verify_checksum(bytes).is_ok();
+    }
+    match FileKind::of_path(path) {
+        None => true,
+        Some((FileKind::Lock, _)) => object::verify_checksum(bytes).is_ok(),
+        Some((FileKind::Manifest, id)) => Manifest::decode(bytes).is_ok_and(|m| m.index.0 == id),
+        Some((_, id)) => Id::of_stored(bytes) == id,
+    }
+}
+
+/// How many times one copy of an object is read before bytes that fail their check are
+/// believed: a bit flipped or a body cut short on the way reads right the next time,
+/// damage at rest never does. Nothing is reported damaged, repaired or deleted on the
+/// word of one bad read.
+const READS: usize = 3;
 
 pub const CONFIG_PATH: &str = "config";
 
@@ -81,6 +123,24 @@ fn mutated() {
 #[error("{path}: not found")]
 pub struct NotFound {
     pub path: String,
+}
+
+/// A range read that came back shorter than asked, on every try.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: short read ({got} of {len} bytes at offset {offset})")]
+pub struct ShortRead {
+    path: String,
+    got: usize,
+    len: u64,
+    offset: u64,
+}
+
+/// Whether `e` is the storage's own verdict (an error it returned, which the retry
+/// layer already retried, or a read that stayed short) rather than bytes that failed a
+/// check, which a new read may cure.
+pub fn is_storage_error(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.is::<opendal::Error>() || c.is::<NotFound>() || c.is::<ShortRead>())
 }
 
 #[derive(Clone)]
@@ -125,10 +185,6 @@ impl Backend {
         self
     }
 
-    pub fn has_fallbacks(&self) -> bool {
-        !self.fallbacks.is_empty()
-    }
-
     /// This backend without its fallbacks: for commands that judge this copy alone.
     pub fn alone(&self) -> Backend {
         Backend {
@@ -142,9 +198,14 @@ impl Backend {
     fn first_ok<T>(&self, f: impl Fn(&Backend) -> Result<T>) -> Result<T> {
         // `f` uses only this backend's own operator, so no copy without fallbacks is
         // needed (this is every read's path).
-        let primary = f(self);
-        let Err(err) = &primary else {
-            return primary;
+        self.first_ok_from(self, f)
+    }
+
+    /// `first_ok` with `primary` (this backend, or it without fallbacks) tried first.
+    fn first_ok_from<T>(&self, primary: &Backend, f: impl Fn(&Backend) -> Result<T>) -> Result<T> {
+        let first = f(primary);
+        let Err(err) = &first else {
+            return first;
         };
         for m in &self.fallbacks {
             if let Ok(v) = f(m) {
@@ -156,7 +217,37 @@ impl Backend {
                 return Ok(v);
             }
         }
-        primary
+        first
+    }
+
+    /// Runs `read` (reads from the backend it is given, then verifies what it got) on
+    /// this backend, then on each mirror, until it succeeds; fails with this backend's
+    /// error. Each copy is read up to READS times while what fails is the bytes rather
+    /// than the storage.
+    pub fn read_with<T>(&self, read: impl Fn(&Backend) -> Result<T>) -> Result<T> {
+        let reread = |b: &Backend| {
+            let mut r = read(b);
+            for _ in 1..READS {
+                match &r {
+                    Err(e) if !is_storage_error(e) => {
+                        log::info!(
+                            "{}: reading again ({})",
+                            b.location,
+                            crate::error::one_line(e)
+                        );
+                        r = read(b);
+                    }
+                    _ => break,
+                }
+            }
+            r
+        };
+        // `read` may call any method of the backend it gets: each copy must be alone,
+        // or its reads would fall back to the mirrors on their own.
+        if self.fallbacks.is_empty() {
+            return reread(self);
+        }
+        self.first_ok_from(&self.alone(), reread)
     }
 
     /// Reads an object and accepts the first copy (this backend, then the mirrors) that
@@ -201,7 +292,21 @@ impl Backend {
         self.first_ok(|b| b.read_here(path))
     }
 
+    /// Reads an object whole, again when its bytes fail their check (see `intact`);
+    /// bytes that never pass are returned for the caller to judge and report.
     fn read_here(&self, path: &str) -> Result<Vec<u8>> {
+        let mut bytes = self.read_once(path)?;
+        for _ in 1..READS {
+            if intact(path, &bytes) {
+                break;
+            }
+            log::info!("{}: bytes fail their check, reading again", self.ctx(path));
+            bytes = self.read_once(path)?;
+        }
+        Ok(bytes)
+    }
+
+    fn read_once(&self, path: &str) -> Result<Vec<u8>> {
         log::trace!("read {}", self.ctx(path));
         self.op
             .read(path)
@@ -214,27 +319,39 @@ impl Backend {
         self.first_ok(|b| b.read_range_here(path, offset, len))
     }
 
+    /// Reads a range; one that comes back short is read again, up to READS times.
     fn read_range_here(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let mut buf = self.read_range_once(path, offset, len)?;
+        for _ in 1..READS {
+            if buf.len() as u64 == len {
+                return Ok(buf);
+            }
+            log::info!("{}: short read, reading again", self.ctx(path));
+            buf = self.read_range_once(path, offset, len)?;
+        }
+        if buf.len() as u64 != len {
+            return Err(ShortRead {
+                path: self.ctx(path),
+                got: buf.len(),
+                len,
+                offset,
+            }
+            .into());
+        }
+        Ok(buf)
+    }
+
+    fn read_range_once(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         log::trace!("read {} ({len} bytes at {offset})", self.ctx(path));
         let opts = ReadOptions {
             range: (offset..offset + len).into(),
             ..Default::default()
         };
-        let buf = self
+        Ok(self
             .op
             .read_options(path, opts)
             .map_err(|e| self.wrap(path, e))?
-            .to_vec();
-        if buf.len() as u64 != len {
-            bail!(
-                "{}: short read ({} of {} bytes at offset {})",
-                self.ctx(path),
-                buf.len(),
-                len,
-                offset
-            );
-        }
-        Ok(buf)
+            .to_vec())
     }
 
     /// Writes a whole object; on a local disk it appears atomically (temp file, fsync,
@@ -270,13 +387,6 @@ impl Backend {
                 .map(|m| m.content_length())
                 .map_err(|e| b.wrap(path, e))
         })
-    }
-
-    /// Every copy this backend reads from: itself, then its mirrors.
-    pub fn copies(&self) -> Vec<Backend> {
-        std::iter::once(self.alone())
-            .chain(self.fallbacks.iter().cloned())
-            .collect()
     }
 
     pub fn exists(&self, path: &str) -> Result<bool> {
@@ -349,4 +459,108 @@ pub const LAYOUT_DIRS: [&str; 10] = [
 
 pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<NotFound>().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::faults::{self, FaultLayer, Plan};
+    use crate::repo::location::Opened;
+
+    fn backend(dir: &std::path::Path, faults: &str) -> Backend {
+        let fs = opendal::services::Fs::default().root(&dir.to_string_lossy());
+        let op = opendal::Operator::new(fs)
+            .unwrap()
+            .layer(FaultLayer::new(Plan::parse(faults).unwrap()));
+        Backend::from_opened(Opened {
+            op,
+            display: dir.display().to_string(),
+            remote: false,
+            atomic_writes: true,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn intact_checks_each_kind_by_its_name_or_checksum() {
+        let bytes = b"some object".to_vec();
+        let id = Id::of_stored(&bytes);
+        for kind in [FileKind::Snapshot, FileKind::Data, FileKind::Key] {
+            assert!(intact(&kind.path(&id), &bytes));
+            assert!(!intact(&kind.path(&id), &bytes[1..]));
+        }
+        assert!(!intact(CONFIG_PATH, &bytes), "no checksum");
+        assert!(!intact(&FileKind::Lock.path(&id), &bytes), "no checksum");
+        assert!(!intact(&FileKind::Manifest.path(&id), &bytes));
+        assert!(
+            intact("README.txt", b"anything"),
+            "not an object: nothing to check"
+        );
+        assert!(intact("data/zz/not-an-id", b"anything"));
+    }
+
+    /// One test, since the fault counters are shared by the whole process.
+    #[test]
+    fn bad_bytes_are_read_again_before_they_are_believed() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..4000u32).map(|i| (i * 7) as u8).collect();
+        let path = FileKind::Snapshot.path(&Id::of_stored(&bytes));
+        backend(dir.path(), "").write(&path, bytes.clone()).unwrap();
+
+        // Every read damaged: READS reads, then the bytes as they came, for the caller
+        // to judge.
+        let before = faults::damaged_reads();
+        let got = backend(dir.path(), "flip=1").read(&path).unwrap();
+        assert_ne!(got, bytes);
+        assert_eq!(faults::damaged_reads() - before, READS as u64);
+
+        // A range that keeps coming back short fails as a short read, after READS reads.
+        let before = faults::damaged_reads();
+        let short = backend(dir.path(), "truncate=1").read_range(&path, 10, 100);
+        let e = short.unwrap_err();
+        assert!(e.is::<ShortRead>(), "{e}");
+        assert_eq!(faults::damaged_reads() - before, READS as u64);
+
+        // Bytes that fail the caller's verification are read again; a storage error is
+        // not (the retry layer has had its go).
+        let b = backend(dir.path(), "");
+        let tries = std::cell::Cell::new(0);
+        let r: Result<()> = b.read_with(|b| {
+            tries.set(tries.get() + 1);
+            b.read_range(&path, 0, 10)?;
+            anyhow::bail!("does not verify")
+        });
+        assert!(r.is_err());
+        assert_eq!(tries.get(), READS);
+        tries.set(0);
+        let r: Result<Vec<u8>> = b.read_with(|b| {
+            tries.set(tries.get() + 1);
+            b.read_range("snapshots/missing", 0, 10)
+        });
+        assert!(is_not_found(&r.unwrap_err()));
+        assert_eq!(tries.get(), 1);
+
+        // Injected errors are temporary: with a retry layer above, every read gets through.
+        let retried = opendal::Operator::new(
+            opendal::services::Fs::default().root(&dir.path().to_string_lossy()),
+        )
+        .unwrap()
+        .layer(FaultLayer::new(Plan::parse("seed=3,error=0.5").unwrap()))
+        .layer(
+            opendal::layers::RetryLayer::new()
+                .with_max_times(20)
+                .with_min_delay(std::time::Duration::from_millis(1))
+                .with_max_delay(std::time::Duration::from_millis(2)),
+        );
+        let b = Backend::from_opened(Opened {
+            op: retried,
+            display: String::new(),
+            remote: false,
+            atomic_writes: true,
+        })
+        .unwrap();
+        for _ in 0..20 {
+            assert_eq!(b.read(&path).unwrap(), bytes);
+        }
+    }
 }

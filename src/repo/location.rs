@@ -215,12 +215,33 @@ fn open_with(location: &str, prefix: Option<String>) -> Result<Opened> {
         other => unreachable!("parse accepts only the remote schemes, not {other}"),
     };
     Ok(Opened {
-        op: remote_layers(op),
+        op: remote_layers(with_faults(op)?),
         display: location.to_string(),
         remote: true,
         // Object stores publish an object whole; file-like remote services do not.
         atomic_writes: !matches!(scheme, "sftp" | "webdav" | "webdavs"),
     })
+}
+
+/// Under every other layer, so that the retry layer meets injected faults as it would
+/// meet a flaky disk or network.
+fn with_faults(op: Operator) -> Result<Operator> {
+    Ok(match super::faults::layer()? {
+        Some(faults) => op.layer(faults),
+        None => op,
+    })
+}
+
+/// A local disk fails rarely and briefly (a busy NFS server, an interrupted call): a few
+/// quick retries, so that one hiccup does not fail a backup.
+fn local_layers(op: Operator) -> Operator {
+    op.layer(
+        RetryLayer::new()
+            .with_jitter()
+            .with_max_times(5)
+            .with_min_delay(Duration::from_millis(5))
+            .with_max_delay(Duration::from_millis(200)),
+    )
 }
 
 /// Every remote backend retries with backoff, times out, and caps concurrent requests.
@@ -248,7 +269,7 @@ fn local(abs: &std::path::Path) -> Result<Opened> {
         .atomic_write_dir(&tmp.to_string_lossy());
     let op = Operator::new(b).with_context(|| format!("repository {root}"))?;
     Ok(Opened {
-        op,
+        op: local_layers(with_faults(op)?),
         display: root,
         remote: false,
         atomic_writes: true,

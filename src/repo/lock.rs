@@ -99,6 +99,11 @@ pub fn list_locks(backend: &Backend, keys: &Keys) -> Result<Vec<LockInfo>> {
             },
             // Released between list and read.
             Err(e) if super::backend::is_not_found(&e) => continue,
+            // Whether a lock the storage would not hand over is live is unknown: neither
+            // ignore it nor call it stale (which `unlock` would delete).
+            Err(e) if super::backend::is_storage_error(&e) => {
+                return Err(e.context(format!("reading lock {}", id.short())));
+            }
             Err(e) => LockInfo {
                 id,
                 lock: None,

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod faults;
 pub mod index;
 pub mod location;
 pub mod lock;

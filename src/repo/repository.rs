@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Backend, CONFIG_PATH, FileKind, is_not_found};
+use super::backend::{Backend, CONFIG_PATH, FileKind, is_not_found, is_storage_error};
 use super::cache::Cache;
 use super::index::MasterIndex;
 use crate::error::VaultError;
@@ -373,37 +373,21 @@ impl Repository {
         }
         // Each copy in turn (this backend, then mirrors) until one holds the blob intact.
         let path = FileKind::Data.path(&pack_id);
-        let mut first_err = None;
-        let mut found = None;
-        for b in self.backend.copies() {
-            let r = b
-                .read_range(&path, entry.offset.into(), entry.length.into())
-                .and_then(|stored| {
-                    let plain = pack::open_blob(&self.keys, &entry, &stored)?;
-                    Ok((stored, plain))
-                });
-            match r {
-                Ok(v) => {
-                    found = Some(v);
-                    break;
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        let (stored, plain) = match found {
-            Some(v) => v,
-            None => {
-                let e = first_err.unwrap_or_else(|| anyhow!("no copy to read from"));
-                return Err(e.context(format!(
+        let (stored, plain) = self
+            .backend
+            .read_with(|b| {
+                let stored = b.read_range(&path, entry.offset.into(), entry.length.into())?;
+                let plain = pack::open_blob(&self.keys, &entry, &stored)?;
+                Ok((stored, plain))
+            })
+            .map_err(|e| {
+                e.context(format!(
                     "{} blob {} in pack {}",
                     blob_type.name(),
                     id.short(),
                     pack_id.short()
-                )));
-            }
-        };
+                ))
+            })?;
         if let Some(c) = cache {
             c.put("trees", id, &stored);
         }
@@ -415,22 +399,11 @@ impl Repository {
         Tree::decode(&bytes).map_err(|e| anyhow!(e).context(format!("tree {}", id.short())))
     }
 
-    /// Reads a pack's header: the authoritative list of what it holds. Tries each copy.
+    /// Reads a pack's header: the authoritative list of what it holds. Tries each copy;
+    /// the error is the first copy's, where the user looks first.
     pub fn read_pack_header(&self, pack_id: &Id) -> Result<Vec<pack::BlobEntry>> {
-        let copies = self.backend.copies();
-        let mut result = Err(anyhow!("no copy of pack {}", pack_id.short()));
-        for b in &copies {
-            result = self.read_pack_header_in(b, pack_id);
-            if result.is_ok() {
-                break;
-            }
-        }
-        // The first copy's error says what is wrong where the user looks first.
-        match result {
-            Ok(v) => Ok(v),
-            Err(_) if copies.len() > 1 => self.read_pack_header_in(&copies[0], pack_id),
-            Err(e) => Err(e),
-        }
+        self.backend
+            .read_with(|b| self.read_pack_header_in(b, pack_id))
     }
 
     fn read_pack_header_in(&self, b: &Backend, pack_id: &Id) -> Result<Vec<pack::BlobEntry>> {
@@ -625,9 +598,15 @@ fn read_key_file(backend: &Backend, id: &Id) -> Result<(KeyFile, bool)> {
 fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey, Id)> {
     let ids = backend.list(FileKind::Key)?;
     let mut damaged = Vec::new();
+    let mut unreadable = None;
     for id in &ids {
         let (kf, name_ok) = match read_key_file(backend, id) {
             Ok(k) => k,
+            Err(e) if is_not_found(&e) => continue, // removed since the listing
+            Err(e) if is_storage_error(&e) => {
+                unreadable.get_or_insert(e);
+                continue;
+            }
             Err(e) => {
                 damaged.push(crate::error::one_line(&e));
                 continue;
@@ -648,6 +627,13 @@ fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey
             "{}: no key files in keys/ (the repository cannot be opened)",
             backend.location()
         );
+    }
+    // A key file the storage would not hand over was never tried: the password may
+    // well be right, so say what failed rather than "wrong password".
+    if let Some(e) = unreadable {
+        return Err(e.context(
+            "cannot open the repository: a key file could not be read and no other opens with the password",
+        ));
     }
     let mut msg = backend.location().to_string();
     if !damaged.is_empty() {
