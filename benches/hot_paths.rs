@@ -243,6 +243,7 @@ fn index_lookup(c: &mut Criterion) {
                 offset: (i * 20_000) as u32,
                 length: 20_000,
                 raw_len: 40_000,
+                inner: 0,
             })
             .collect();
         index.add_pack(rng.id(), &entries);

@@ -105,7 +105,11 @@ impl Packer {
         let failed = Arc::new(Mutex::new(None));
         let has_failed = Arc::new(AtomicBool::new(false));
         let bytes = Arc::new(AtomicU64::new(0));
-        let n = if backend.is_remote() { REMOTE_UPLOADERS } else { 1 };
+        let n = if backend.is_remote() {
+            REMOTE_UPLOADERS
+        } else {
+            1
+        };
         let uploaders = (0..n)
             .map(|_| {
                 let (rx, backend, sink) = (rx.clone(), backend.clone(), sink.clone());
