@@ -57,7 +57,8 @@ fuzz_target!(|data: &[u8]| {
         // (uncompressed) blob opens.
         1 => {
             let t = blob_type(b.u8());
-            let flags = b.u8();
+            // Bundle members are sealed differently (mode 5).
+            let flags = b.u8() & !FLAG_BUNDLE;
             let raw_len = b.u32() % (MAX_RAW + 1);
             let payload = b.rest();
             let id = keys.blob_id(t as u8, payload);

@@ -244,6 +244,8 @@ class Repo:
             check(all(b[0] in (DATA, TREE) for b in blobs), "bad blob type in index")
             packs.append((pack_id, blobs))
         check(pos == len(body), "trailing bytes after index body")
+        bundled = any(b[1] & BUNDLE for _, blobs in packs for b in blobs)
+        check(bundled == (version == 2), "bundle members and index version disagree")
         return supersedes, packs
 
     def load_index(self):

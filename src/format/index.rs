@@ -146,6 +146,17 @@ impl IndexFile {
         if !r.b.is_empty() {
             return Err(FormatError::malformed("index", "trailing bytes"));
         }
+        // Version 2 exactly when some entry is a bundle member: one encoding per index.
+        let bundles = packs
+            .iter()
+            .flat_map(|p: &PackBlobs| &p.blobs)
+            .any(|e| e.bundled());
+        if bundles != (version == VERSION_BUNDLES) {
+            return Err(FormatError::malformed(
+                "index",
+                "bundle members and index version disagree",
+            ));
+        }
         Ok(IndexFile { supersedes, packs })
     }
 
@@ -182,6 +193,11 @@ mod tests {
         let enc = idx.encode();
         assert_eq!(IndexFile::decode(&enc).unwrap(), idx);
         assert_eq!(enc[4], VERSION, "no bundles: version 1");
+        // The same index as version 2 (its one blob's `inner` appended) is not canonical.
+        let mut v2 = enc.clone();
+        v2[4] = VERSION_BUNDLES;
+        v2.extend_from_slice(&0u32.to_le_bytes());
+        assert!(IndexFile::decode(&v2).is_err());
         for cut in 0..enc.len() {
             assert!(IndexFile::decode(&enc[..cut]).is_err());
         }
