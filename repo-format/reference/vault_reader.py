@@ -181,6 +181,7 @@ class Repo:
                 _, t, f, off, ln, raw, inner = entries[-1][1]
                 entries.append((bid, (pack_hex, btype, flags, off, ln, raw_len, inner + raw)))
             else:
+                check(length >= 28, "pack header: a unit shorter than its seal")
                 entries.append((bid, (pack_hex, btype, flags, offset, length, raw_len, 0)))
             offset += length
         check(offset == size - 8 - hlen, "pack header lengths do not add up")

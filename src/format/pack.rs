@@ -373,7 +373,7 @@ pub fn units_len<'a>(entries: impl IntoIterator<Item = &'a BlobEntry>) -> u64 {
     let mut seen = std::collections::HashSet::new();
     entries
         .into_iter()
-        .filter(|e| seen.insert(e.offset))
+        .filter(|e| seen.insert((e.offset, e.length)))
         .map(|e| u64::from(e.length))
         .sum()
 }
@@ -438,6 +438,11 @@ pub fn open_header(keys: &Keys, sealed: &[u8], data_len: u64) -> Result<Vec<Blob
         };
         if entry.bundled() && length == 0 {
             continue_bundle(entries.last(), &mut entry)?;
+        } else if (length as usize) < OVERHEAD {
+            return Err(FormatError::malformed(
+                "pack header",
+                "a unit shorter than its seal",
+            ));
         }
         entries.push(entry);
         offset += u64::from(length);
@@ -542,6 +547,16 @@ mod tests {
         // Members claiming more than their bundle holds are refused, not sliced past.
         moved.inner = 5000;
         assert!(open_blob(&keys, &moved, s).is_err());
+    }
+
+    /// A unit too short to be sealed would share its offset with the next one.
+    #[test]
+    fn a_header_with_an_empty_unit_is_refused() {
+        let keys = MasterKey::generate().derive();
+        let mut plain = vec![0u8; 2 * HEADER_ENTRY_LEN];
+        plain[HEADER_ENTRY_LEN + 34..HEADER_ENTRY_LEN + 38].copy_from_slice(&40u32.to_le_bytes());
+        let sealed = keys.cipher.seal(HEADER_AAD, &plain);
+        assert!(open_header(&keys, &sealed, 40).is_err());
     }
 
     #[test]

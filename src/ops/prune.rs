@@ -303,9 +303,9 @@ fn used_bytes(blobs: &[BlobEntry], used: &[bool]) -> u64 {
         members: u32,
         members_used: u32,
     }
-    let mut units: HashMap<u32, Unit> = HashMap::new();
+    let mut units: HashMap<(u32, u32), Unit> = HashMap::new();
     for (b, &u) in blobs.iter().zip(used) {
-        let unit = units.entry(b.offset).or_default();
+        let unit = units.entry((b.offset, b.length)).or_default();
         unit.length = u64::from(b.length);
         unit.raw += u64::from(b.raw_len);
         unit.members += 1;
