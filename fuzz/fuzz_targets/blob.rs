@@ -87,17 +87,8 @@ fuzz_target!(|data: &[u8]| {
             let plain = b.rest();
             let id = keys.blob_id(t as u8, plain);
             let blob = pack::seal_blob(keys, t, id, plain, level);
-            let entry = BlobEntry {
-                blob_type: t,
-                flags: blob.flags,
-                id,
-                offset: 0,
-                length: blob.bytes.len() as u32,
-                raw_len: blob.raw_len,
-                inner: 0,
-            };
             assert_eq!(
-                pack::open_blob(keys, &entry, &blob.bytes).expect("a sealed blob opens"),
+                pack::open_blob(keys, &blob.entry(0), &blob.bytes).expect("a sealed blob opens"),
                 plain
             );
         }

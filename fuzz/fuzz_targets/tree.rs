@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vault::format::pack::{self, BlobEntry, BlobType};
+use vault::format::pack::{self, BlobType};
 use vault::format::tree::Tree;
 use vault_fuzz::keys;
 
@@ -18,16 +18,7 @@ fuzz_target!(|data: &[u8]| {
         let keys = keys();
         let id = keys.blob_id(BlobType::Tree as u8, rest);
         let blob = pack::seal_blob(keys, BlobType::Tree, id, rest, 3);
-        let entry = BlobEntry {
-            blob_type: BlobType::Tree,
-            flags: blob.flags,
-            id,
-            offset: 0,
-            length: blob.bytes.len() as u32,
-            raw_len: blob.raw_len,
-            inner: 0,
-        };
-        pack::open_blob(keys, &entry, &blob.bytes).expect("a sealed blob opens")
+        pack::open_blob(keys, &blob.entry(0), &blob.bytes).expect("a sealed blob opens")
     };
     let Ok(tree) = Tree::decode(&plain) else {
         return;

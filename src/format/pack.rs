@@ -108,6 +108,21 @@ pub fn seal_blob(keys: &Keys, blob_type: BlobType, id: Id, data: &[u8], level: i
     }
 }
 
+impl SealedBlob {
+    /// Its entry once stored at `offset` of a pack.
+    pub fn entry(&self, offset: u32) -> BlobEntry {
+        BlobEntry {
+            blob_type: self.blob_type,
+            flags: self.flags,
+            id: self.id,
+            offset,
+            length: u32::try_from(self.bytes.len()).expect("blob under 4 GiB"),
+            raw_len: self.raw_len,
+            inner: 0,
+        }
+    }
+}
+
 /// Small blobs sealed together as one unit.
 pub struct SealedBundle {
     pub blob_type: BlobType,
@@ -254,8 +269,8 @@ fn verify(keys: &Keys, entry: &BlobEntry, data: &[u8]) -> Result<()> {
 /// readers that go through a pack's blobs in order (restore, check, prune).
 #[derive(Default)]
 pub struct BlobOpener {
-    /// The last bundle opened: its offset in the pack and its plaintext.
-    bundle: Option<(u32, Vec<u8>)>,
+    /// The last bundle opened: its place in the pack (offset, length) and its plaintext.
+    bundle: Option<((u32, u32), Vec<u8>)>,
 }
 
 impl BlobOpener {
@@ -265,9 +280,10 @@ impl BlobOpener {
         if !entry.bundled() {
             return open_blob(keys, entry, stored);
         }
-        if self.bundle.as_ref().is_none_or(|(o, _)| *o != entry.offset) {
+        let place = (entry.offset, entry.length);
+        if self.bundle.as_ref().is_none_or(|(p, _)| *p != place) {
             self.bundle = None;
-            self.bundle = Some((entry.offset, open_bundle(keys, entry, stored)?));
+            self.bundle = Some((place, open_bundle(keys, entry, stored)?));
         }
         let (_, bundle) = self.bundle.as_ref().expect("just opened");
         Ok(member(keys, entry, bundle)?.to_vec())
@@ -290,15 +306,7 @@ impl PackBuilder {
     }
 
     pub fn add(&mut self, blob: SealedBlob) {
-        self.entries.push(BlobEntry {
-            blob_type: blob.blob_type,
-            flags: blob.flags,
-            id: blob.id,
-            offset: self.offset(),
-            length: u32::try_from(blob.bytes.len()).expect("blob under 4 GiB"),
-            raw_len: blob.raw_len,
-            inner: 0,
-        });
+        self.entries.push(blob.entry(self.offset()));
         self.buf.extend_from_slice(&blob.bytes);
     }
 
@@ -478,16 +486,7 @@ mod tests {
         let id = keys.blob_id(0, &noise);
         let raw = seal_blob(&keys, BlobType::Data, id, &noise, 3);
         assert_eq!(raw.flags, 0);
-        let entry = BlobEntry {
-            blob_type: BlobType::Data,
-            flags: raw.flags,
-            id,
-            offset: 0,
-            length: raw.bytes.len() as u32,
-            raw_len: raw.raw_len,
-            inner: 0,
-        };
-        assert_eq!(open_blob(&keys, &entry, &raw.bytes).unwrap(), noise);
+        assert_eq!(open_blob(&keys, &raw.entry(0), &raw.bytes).unwrap(), noise);
         let mut mixed = noise.clone();
         mixed[..600 << 10].fill(b'a');
         let id = keys.blob_id(0, &mixed);
