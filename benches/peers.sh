@@ -89,6 +89,14 @@ export LEVEL=${LEVEL:-3}
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 results=$out/results.tsv
 : > "$results"
+listing() { (cd "$1" && find . ! -type d -printf '%P %y %s %T@ %m\n' | LC_ALL=C sort); }
+copy_gen() { # rsync keeps unchanged files' inodes between generations, as on a real machine
+  rsync -a --delete "$1/" "$out/src/"
+  # rsync trusts size and mtime: a file changed within the same second would be skipped,
+  # and every tool would then back up (and "restore identically") the wrong generation.
+  cmp -s <(listing "$1") <(listing "$out/src") ||
+    { echo "copy of $1 differs from it (same size and mtime?); rebuild the corpus" >&2; exit 2; }
+}
 drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2> /dev/null || true; }
 step() { # tool step action [warm]
   local tool=$1 name=$2 action=$3 t=$out/time.$1.$2
@@ -101,19 +109,19 @@ step() { # tool step action [warm]
 }
 printf 'tool\tstep\twall_s\tcpu_s\tmaxrss_mb\trepo_mb\n'
 # The machine's own limits, on the first generation (the first backup's input) and the last.
-rsync -a --delete "$corpus/gen1/" "$out/src/"
+copy_gen "$corpus/gen1"
 step limit read-gen1 read
 "$0" _do warm limit "$out" # zstd's limit is its computing alone: the bytes are cached
 step limit zstd-gen1 zstd warm
 rm -rf "$out/restore"; mkdir -p "$out/restore"
-rsync -a --delete "$corpus/gen3/" "$out/src/"
+copy_gen "$corpus/gen3"
 step limit copy-gen3 copy
 rm -rf "$out/restore"
 for tool in "${tools[@]}"; do
   rm -rf "$out/repo-$tool" "$out/src" "$out/cache-vault"
   "$0" _do init "$tool" "$out" > "$out/log.$tool.init" 2>&1 || { echo "FAILED init $tool" >&2; continue; }
   for g in "$corpus"/gen*; do
-    rsync -a --delete "$g/" "$out/src/" # rsync keeps unchanged files' inodes between generations
+    copy_gen "$g"
     step "$tool" "backup-${g##*/}" backup
   done
   step "$tool" backup-nochange backup
