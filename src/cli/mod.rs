@@ -240,8 +240,10 @@ pub struct InitArgs {
     /// zstd compression level for data (1-22)
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=22))]
     pub compression: i32,
-    /// Average chunk size (minimum is half, maximum eight times this)
-    #[arg(long, default_value = "1M", value_parser = progress::parse_size)]
+    /// Average chunk size (minimum is half, maximum eight times this). Smaller chunks store
+    /// less for small edits inside large files (disk images, databases); chunks under
+    /// 256K are compressed together in bundles, so they cost little compression
+    #[arg(long, default_value = "128K", value_parser = progress::parse_size)]
     pub chunk_size: u64,
     /// Label of the first key
     #[arg(long, default_value = "initial")]

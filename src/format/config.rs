@@ -27,9 +27,9 @@ impl Default for ChunkerParams {
     fn default() -> Self {
         ChunkerParams {
             algorithm: "fastcdc-v2020".into(),
-            min_size: 512 * 1024,
-            avg_size: 1024 * 1024,
-            max_size: 8 * 1024 * 1024,
+            min_size: 64 * 1024,
+            avg_size: 128 * 1024,
+            max_size: 1024 * 1024,
             normalization: 1,
         }
     }

@@ -597,6 +597,7 @@ fn restore_group(
         .backend
         .read_range(&FileKind::Data.path(pack_id), first, end - first);
     let mut opener = pack::BlobOpener::default();
+    let mut open_files = OpenFiles::default();
     for (entry, targets) in group {
         let opened = match &bytes {
             Ok(b) => {
@@ -638,10 +639,9 @@ fn restore_group(
                 continue;
             }
             let path = local(target, &items[fp.item].path);
-            let r = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .and_then(|f| write_stream(&f, &fp.extents, t.stream_offset, &data));
+            let r = open_files
+                .get(t.file, &path)
+                .and_then(|f| write_stream(f, &fp.extents, t.stream_offset, &data));
             match r {
                 Ok(()) => {
                     fp.pending.fetch_sub(1, Ordering::Relaxed);
@@ -661,6 +661,30 @@ fn restore_group(
                 ),
             }
         }
+    }
+}
+
+/// The files a restore group wrote to last, kept open: a file's consecutive blobs sit
+/// next to each other in a pack, and small chunks would otherwise cost an open per blob.
+#[derive(Default)]
+struct OpenFiles(Vec<(usize, fs::File)>);
+
+impl OpenFiles {
+    const KEEP: usize = 4;
+
+    fn get(&mut self, file: usize, path: &Path) -> std::io::Result<&fs::File> {
+        let at = match self.0.iter().position(|(f, _)| *f == file) {
+            Some(at) => at,
+            None => {
+                if self.0.len() == Self::KEEP {
+                    self.0.remove(0);
+                }
+                self.0
+                    .push((file, OpenOptions::new().write(true).open(path)?));
+                self.0.len() - 1
+            }
+        };
+        Ok(&self.0[at].1)
     }
 }
 
