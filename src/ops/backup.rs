@@ -1,5 +1,8 @@
 //! The backup pipeline, as stages with bounded queues between them:
 //!
+//! scanners (list, stat, build nodes, load parent trees; ahead of the walk, see scan.rs)
+//!    │ directory listings, in walk order
+//!    ▼
 //! walker (this thread) ──files──▶ readers (read, chunk, hash, dedup)
 //!    │                                 │ new chunks
 //!    │ directories, post-order         ▼
@@ -11,10 +14,9 @@
 //! the size or number of files.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +27,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use super::exclude::{Excludes, is_cache_dir};
+use super::exclude::Excludes;
+use super::scan::{self, Found, Listing, Scanned, Scanner, Slot};
 use crate::error::VaultError;
 use crate::format::Id;
 use crate::format::chunker::Chunker;
@@ -148,6 +151,11 @@ impl Trie {
         t.source = true;
         t.children.clear();
     }
+
+    /// The names to scan in this directory: None for all of it (a source).
+    fn only(&self) -> Option<Vec<OsString>> {
+        (!self.source).then(|| self.children.keys().cloned().collect())
+    }
 }
 
 fn clean_path(p: &Path) -> Result<PathBuf> {
@@ -209,9 +217,8 @@ pub fn backup(
     let excludes = Excludes::new(&opts.excludes, &opts.exclude_files)?;
 
     let parent = find_parent(repo, opts, &host, &paths, &warn);
-    let parent_tree = parent
-        .as_ref()
-        .and_then(|(_, s)| load_tree_or_warn(repo, &s.tree, &warn));
+    let scanner = Scanner::new(repo, &excludes, opts.exclude_caches, warn.clone());
+    let parent_tree = parent.as_ref().and_then(|(_, s)| scanner.old_tree(&s.tree));
 
     let index = repo.index();
     let shared = Arc::new(Shared {
@@ -261,29 +268,27 @@ pub fn backup(
         thread::spawn(move || finalize_loop(dir_rx, ctx, sh))
     };
 
-    let mut walker = Walker {
-        shared: shared.clone(),
-        index,
-        repo,
-        excludes: &excludes,
-        exclude_caches: opts.exclude_caches,
-        one_fs: opts.one_file_system,
-        names: Names::default(),
-        file_tx,
-        dir_tx,
-        next_job: 0,
-    };
-    let walk = match &opts.stdin_filename {
-        Some(name) => walker.stdin(name, chunk_tx.clone()),
-        None => {
-            let mut trie = Trie::default();
-            for s in &sources {
-                trie.insert(s);
-            }
-            walker.dir(Path::new("/"), None, parent_tree.as_ref(), Some(&trie))
+    let walk = thread::scope(|s| {
+        for _ in 0..scan::THREADS {
+            s.spawn(|| scanner.run());
         }
-    };
-    drop(walker);
+        // Closed however the walk ends, or the scope would wait on its threads forever.
+        let _close = scanner.closer();
+        let mut walker = Walker {
+            shared: shared.clone(),
+            index,
+            scanner: &scanner,
+            one_fs: opts.one_file_system,
+            names: Names::default(),
+            file_tx,
+            dir_tx,
+            next_job: 0,
+        };
+        match &opts.stdin_filename {
+            Some(name) => walker.stdin(name, chunk_tx.clone()),
+            None => walker.root(&sources, parent_tree),
+        }
+    });
     drop(chunk_tx);
     let root_job = walk?;
     let finished = finalizer
@@ -355,25 +360,10 @@ fn find_parent(
         })
 }
 
-fn load_tree_or_warn(repo: &Repository, id: &Id, warn: &Warn) -> Option<Tree> {
-    match repo.load_tree(id) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            warn(format!(
-                "parent tree unreadable, reading its files again: {}",
-                crate::error::one_line(&e)
-            ));
-            None
-        }
-    }
-}
-
-struct Walker<'a> {
+struct Walker<'s, 'r> {
     shared: Arc<Shared>,
     index: Arc<MasterIndex>,
-    repo: &'a Repository,
-    excludes: &'a Excludes,
-    exclude_caches: bool,
+    scanner: &'s Scanner<'r>,
     one_fs: bool,
     names: Names,
     file_tx: Sender<FileJob>,
@@ -381,51 +371,44 @@ struct Walker<'a> {
     next_job: usize,
 }
 
-impl Walker<'_> {
+impl Walker<'_, '_> {
     fn warn_error(&self, msg: String) {
         self.shared.stat(|s| s.errors += 1);
         (self.shared.warn)(msg);
     }
 
-    /// Walks one directory; `trie` limits it to the source paths below it (None: all).
-    /// Returns the job number whose tree id the finalizer will produce.
+    /// Walks the sources from the root, whose tree in the parent snapshot is `old`.
+    fn root(&mut self, sources: &[PathBuf], old: Option<Tree>) -> Result<usize> {
+        let mut trie = Trie::default();
+        for s in sources {
+            trie.insert(s);
+        }
+        let listing = self
+            .scanner
+            .scan(Path::new("/"), trie.only(), old, &mut self.names);
+        self.dir(Path::new("/"), None, listing, Some(&trie))
+    }
+
+    /// Walks one directory from its listing; `trie` limits it to the source paths below
+    /// it (None: all). Returns the job number whose tree id the finalizer will produce.
     fn dir(
         &mut self,
         path: &Path,
         dev: Option<u64>,
-        parent: Option<&Tree>,
+        listing: Listing,
         trie: Option<&Trie>,
     ) -> Result<usize> {
-        // Directory entries stat relative to their directory, which spares the kernel a
-        // walk down the whole path for every file.
-        let mut names: Vec<(OsString, Option<std::fs::DirEntry>)> = match trie {
-            Some(t) if !t.source => t.children.keys().map(|n| (n.clone(), None)).collect(),
-            _ => match std::fs::read_dir(path) {
-                Ok(rd) => rd
-                    .filter_map(|e| e.ok().map(|e| (e.file_name(), Some(e))))
-                    .collect(),
-                Err(e) => {
-                    self.warn_error(format!("{}: cannot list directory: {e}", path.display()));
-                    Vec::new()
-                }
-            },
-        };
-        let full = trie.is_none_or(|t| t.source);
-        if full && self.exclude_caches && is_cache_dir(path) {
-            names.retain(|(n, _)| n == "CACHEDIR.TAG");
+        if let Some(e) = listing.error {
+            self.warn_error(e);
         }
-        names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut entries = Vec::with_capacity(names.len());
-        for (name, dirent) in names {
-            let child_path = path.join(&name);
+        let ahead = self.scan_ahead(path, dev, &listing.entries, trie);
+        let mut entries = Vec::with_capacity(listing.entries.len());
+        for (scanned, slot) in listing.entries.into_iter().zip(ahead) {
             let sub_trie = trie
                 .filter(|t| !t.source)
-                .and_then(|t| t.children.get(&name));
-            let md = match &dirent {
-                Some(d) => d.metadata(),
-                None => std::fs::symlink_metadata(&child_path),
-            };
-            if let Some(e) = self.entry(&child_path, &name, md, dev, parent, sub_trie)? {
+                .and_then(|t| t.children.get(&scanned.name));
+            let child = path.join(&scanned.name);
+            if let Some(e) = self.entry(&child, scanned, slot, dev, sub_trie)? {
                 entries.push(e);
             }
         }
@@ -438,52 +421,90 @@ impl Walker<'_> {
         Ok(job)
     }
 
+    /// Asks the scanner for the subdirectories this walk will enter whole, in order.
+    fn scan_ahead(
+        &self,
+        path: &Path,
+        dev: Option<u64>,
+        entries: &[Scanned],
+        trie: Option<&Trie>,
+    ) -> Vec<Option<Arc<Slot>>> {
+        let mut dirs = Vec::new();
+        let mut at = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            let Found::Node(node) = &e.found else {
+                continue;
+            };
+            let sub_trie = trie
+                .filter(|t| !t.source)
+                .and_then(|t| t.children.get(&e.name));
+            if node.kind != NodeType::Dir
+                || sub_trie.is_some_and(|t| !t.source)
+                || self.crosses(node, dev, sub_trie)
+            {
+                continue;
+            }
+            dirs.push(scan::Dir {
+                path: path.join(&e.name),
+                old: e.old.as_ref().and_then(|o| o.subtree),
+            });
+            at.push(i);
+        }
+        let mut out = vec![None; entries.len()];
+        for (i, slot) in at.into_iter().zip(self.scanner.request(dirs)) {
+            out[i] = Some(slot);
+        }
+        out
+    }
+
+    /// Whether a directory is on another file system than its source, with
+    /// --one-file-system.
+    fn crosses(&self, node: &Node, dev: Option<u64>, trie: Option<&Trie>) -> bool {
+        self.one_fs && trie.is_none() && dev.is_some_and(|d| d != node.dev)
+    }
+
     fn entry(
         &mut self,
         path: &Path,
-        name: &OsStr,
-        md: std::io::Result<std::fs::Metadata>,
+        scanned: Scanned,
+        slot: Option<Arc<Slot>>,
         dev: Option<u64>,
-        parent: Option<&Tree>,
         trie: Option<&Trie>,
     ) -> Result<Option<Entry>> {
-        let md = match md {
-            Ok(md) => md,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        let node = match scanned.found {
+            Found::Node(node) => node,
+            Found::Vanished => {
                 (self.shared.warn)(format!("{}: vanished during backup", path.display()));
                 return Ok(None);
             }
-            Err(e) => {
-                self.warn_error(format!("{}: {e}", path.display()));
+            Found::Failed(msg) => {
+                self.warn_error(msg);
                 return Ok(None);
             }
         };
-        if trie.is_none() && self.excludes.excluded(path, md.is_dir()) {
-            return Ok(None);
-        }
-        let old = parent.and_then(|t| t.find(name.as_bytes()));
-        let node = match fsmeta::node_from(path, name, &md, &mut self.names, old) {
-            Ok(n) => n,
-            Err(e) => {
-                self.warn_error(crate::error::one_line(&e));
-                return Ok(None);
-            }
-        };
+        let old = scanned.old;
         match node.kind {
             NodeType::Dir => {
-                let old_tree = old
-                    .and_then(|o| o.subtree)
-                    .and_then(|id| load_tree_or_warn(self.repo, &id, &self.shared.warn));
-                let root_dev = dev.unwrap_or(md.dev());
-                let job = if self.one_fs && trie.is_none() && md.dev() != root_dev {
+                let job = if self.crosses(&node, dev, trie) {
                     self.empty_dir()?
                 } else {
+                    let listing = match slot {
+                        Some(slot) => self.scanner.take(&slot, &mut self.names),
+                        None => {
+                            let old = old
+                                .and_then(|o| o.subtree)
+                                .and_then(|id| self.scanner.old_tree(&id));
+                            let only = trie.and_then(Trie::only);
+                            self.scanner.scan(path, only, old, &mut self.names)
+                        }
+                    };
                     let in_source = trie.is_none_or(|t| t.source);
-                    self.dir(path, in_source.then_some(root_dev), old_tree.as_ref(), trie)?
+                    let dev = dev.unwrap_or(node.dev);
+                    self.dir(path, in_source.then_some(dev), listing, trie)?
                 };
                 Ok(Some(Entry::Subdir(node, job)))
             }
-            NodeType::File => Ok(Some(self.file(path, node, old)?)),
+            NodeType::File => Ok(Some(self.file(path, node, old.as_ref())?)),
             _ => {
                 self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(Entry::Ready(node)))

@@ -1,0 +1,313 @@
+//! Directory scanning for backup, ahead of the walk and on several threads: a directory's
+//! entries listed, sorted, stat'ed and turned into nodes, next to the same names' nodes
+//! from the parent snapshot.
+//!
+//! On a cold cache an unchanged tree costs little but these calls, and one thread makes
+//! them one at a time, each waiting on the disk. The walker asks for its subdirectories
+//! as soon as it has listed a directory; scanner threads take the newest requests first,
+//! which is the order a depth-first walk needs them in. The walker scans a directory
+//! itself when no thread has started it, so it never waits on a queue, and listings
+//! scanned but not yet walked are bounded.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use super::backup::Warn;
+use super::exclude::{Excludes, is_cache_dir};
+use crate::format::Id;
+use crate::format::tree::{Node, Tree};
+use crate::fsmeta::{self, Names};
+use crate::repo::Repository;
+
+/// Threads scanning ahead. Their work is mostly waiting on the disk, so more than the
+/// cores keeps more requests in flight.
+pub const THREADS: usize = 4;
+/// Entries scanned but not yet walked (each some hundreds of bytes): bounds memory in a
+/// tree of many or large directories.
+const AHEAD: usize = 8192;
+
+/// What became of one directory entry.
+#[allow(clippy::large_enum_variant)] // nearly every entry is a node: boxing costs more
+pub enum Found {
+    /// Its node (content not yet filled in).
+    Node(Node),
+    /// It was deleted between the listing and the stat.
+    Vanished,
+    /// It could not be stat'ed or read; one line naming it.
+    Failed(String),
+}
+
+pub struct Scanned {
+    pub name: OsString,
+    pub found: Found,
+    /// The same name's node in the parent snapshot's tree of this directory.
+    pub old: Option<Node>,
+}
+
+#[derive(Default)]
+pub struct Listing {
+    /// Sorted by name bytes, excluded entries left out.
+    pub entries: Vec<Scanned>,
+    /// Why the directory could not be listed (then there are no entries).
+    pub error: Option<String>,
+}
+
+/// A directory to scan whole.
+pub struct Dir {
+    pub path: PathBuf,
+    /// Its tree in the parent snapshot.
+    pub old: Option<Id>,
+}
+
+enum State {
+    Queued,
+    Running,
+    Done(Listing),
+    Taken,
+}
+
+/// A requested scan; the walker takes its listing with [`Scanner::take`].
+pub struct Slot {
+    dir: Dir,
+    state: Mutex<State>,
+    done: Condvar,
+}
+
+pub struct Scanner<'a> {
+    repo: &'a Repository,
+    excludes: &'a Excludes,
+    exclude_caches: bool,
+    warn: Warn,
+    queue: Mutex<(Vec<Arc<Slot>>, bool)>,
+    wake: Condvar,
+    ahead: Mutex<usize>,
+    room: Condvar,
+}
+
+pub struct Closer<'s, 'a>(&'s Scanner<'a>);
+
+impl Drop for Closer<'_, '_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().expect("scanner poisoned")
+}
+
+impl<'a> Scanner<'a> {
+    pub fn new(
+        repo: &'a Repository,
+        excludes: &'a Excludes,
+        exclude_caches: bool,
+        warn: Warn,
+    ) -> Self {
+        Scanner {
+            repo,
+            excludes,
+            exclude_caches,
+            warn,
+            queue: Mutex::new((Vec::new(), false)),
+            wake: Condvar::new(),
+            ahead: Mutex::new(0),
+            room: Condvar::new(),
+        }
+    }
+
+    /// Queues scans of `dirs`, which the walker will take in this order.
+    pub fn request(&self, dirs: Vec<Dir>) -> Vec<Arc<Slot>> {
+        let slots: Vec<Arc<Slot>> = dirs
+            .into_iter()
+            .map(|dir| {
+                Arc::new(Slot {
+                    dir,
+                    state: Mutex::new(State::Queued),
+                    done: Condvar::new(),
+                })
+            })
+            .collect();
+        let mut q = lock(&self.queue);
+        q.0.extend(slots.iter().rev().cloned()); // the first one on top
+        drop(q);
+        self.wake.notify_all();
+        slots
+    }
+
+    /// The listing of a requested directory: scanned already, awaited while a thread
+    /// scans it, or scanned here when none has started.
+    pub fn take(&self, slot: &Slot, names: &mut Names) -> Listing {
+        let mut st = lock(&slot.state);
+        loop {
+            match std::mem::replace(&mut *st, State::Taken) {
+                State::Queued => {
+                    drop(st);
+                    return self.scan_dir(&slot.dir, names);
+                }
+                State::Running => {
+                    *st = State::Running;
+                    st = slot.done.wait(st).expect("scanner poisoned");
+                }
+                State::Done(listing) => {
+                    *lock(&self.ahead) -= listing.entries.len() + 1;
+                    self.room.notify_all();
+                    return listing;
+                }
+                State::Taken => unreachable!("a directory's listing is taken once"),
+            }
+        }
+    }
+
+    /// Ends the scanner threads once the walk is over (or has failed).
+    pub fn close(&self) {
+        lock(&self.queue).1 = true;
+        self.wake.notify_all();
+        // Under the lock a thread checks `closed` with before it waits for room.
+        let _ahead = lock(&self.ahead);
+        self.room.notify_all();
+    }
+
+    /// A guard that closes the scanner when dropped.
+    pub fn closer(&self) -> Closer<'_, 'a> {
+        Closer(self)
+    }
+
+    /// A scanner thread's body.
+    pub fn run(&self) {
+        let mut names = Names::default();
+        while let Some(slot) = self.next() {
+            if !self.reserve() {
+                break;
+            }
+            {
+                let mut st = lock(&slot.state);
+                if !matches!(*st, State::Queued) {
+                    continue; // the walker scanned it itself
+                }
+                *st = State::Running;
+            }
+            let listing = self.scan_dir(&slot.dir, &mut names);
+            *lock(&self.ahead) += listing.entries.len() + 1;
+            *lock(&slot.state) = State::Done(listing);
+            slot.done.notify_all();
+        }
+    }
+
+    /// Waits for room for another listing ahead of the walk; false once closed.
+    fn reserve(&self) -> bool {
+        let mut ahead = lock(&self.ahead);
+        loop {
+            if lock(&self.queue).1 {
+                return false;
+            }
+            if *ahead < AHEAD {
+                return true;
+            }
+            ahead = self.room.wait(ahead).expect("scanner poisoned");
+        }
+    }
+
+    fn next(&self) -> Option<Arc<Slot>> {
+        let mut q = lock(&self.queue);
+        loop {
+            if q.1 {
+                return None;
+            }
+            if let Some(s) = q.0.pop() {
+                return Some(s);
+            }
+            q = self.wake.wait(q).expect("scanner poisoned");
+        }
+    }
+
+    fn scan_dir(&self, dir: &Dir, names: &mut Names) -> Listing {
+        let old = dir.old.as_ref().and_then(|id| self.old_tree(id));
+        self.scan(&dir.path, None, old, names)
+    }
+
+    /// The parent snapshot's tree of a directory; unreadable, its files are read again.
+    pub fn old_tree(&self, id: &Id) -> Option<Tree> {
+        match self.repo.load_tree(id) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                (self.warn)(format!(
+                    "parent tree unreadable, reading its files again: {}",
+                    crate::error::one_line(&e)
+                ));
+                None
+            }
+        }
+    }
+
+    /// Scans `path`: all of it, or only the names in `only` (the way down to a backup
+    /// source, which no exclude applies to).
+    pub fn scan(
+        &self,
+        path: &Path,
+        only: Option<Vec<OsString>>,
+        old: Option<Tree>,
+        names: &mut Names,
+    ) -> Listing {
+        let whole = only.is_none();
+        // Entries stat relative to their directory, which spares the kernel a walk down
+        // the whole path for every file.
+        let mut listed: Vec<(OsString, Option<std::fs::DirEntry>)> = match only {
+            Some(only) => only.into_iter().map(|n| (n, None)).collect(),
+            None => match std::fs::read_dir(path) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| (e.file_name(), Some(e))))
+                    .collect(),
+                Err(e) => {
+                    return Listing {
+                        entries: Vec::new(),
+                        error: Some(format!("{}: cannot list directory: {e}", path.display())),
+                    };
+                }
+            },
+        };
+        if whole && self.exclude_caches && is_cache_dir(path) {
+            listed.retain(|(n, _)| n == "CACHEDIR.TAG");
+        }
+        listed.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut olds = old
+            .map(|t| t.nodes)
+            .unwrap_or_default()
+            .into_iter()
+            .peekable();
+        let mut entries = Vec::with_capacity(listed.len());
+        for (name, dirent) in listed {
+            let child = path.join(&name);
+            let md = match &dirent {
+                Some(d) => d.metadata(),
+                None => std::fs::symlink_metadata(&child),
+            };
+            if whole
+                && md
+                    .as_ref()
+                    .is_ok_and(|m| self.excludes.excluded(&child, m.is_dir()))
+            {
+                continue;
+            }
+            while olds
+                .next_if(|n| n.name.0.as_slice() < name.as_bytes())
+                .is_some()
+            {}
+            let old = olds.next_if(|n| n.name.0.as_slice() == name.as_bytes());
+            let found = match md {
+                Ok(md) => match fsmeta::node_from(&child, &name, &md, names, old.as_ref()) {
+                    Ok(node) => Found::Node(node),
+                    Err(e) => Found::Failed(crate::error::one_line(&e)),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::Vanished,
+                Err(e) => Found::Failed(format!("{}: {e}", child.display())),
+            };
+            entries.push(Scanned { name, found, old });
+        }
+        Listing {
+            entries,
+            error: None,
+        }
+    }
+}
