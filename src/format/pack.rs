@@ -141,7 +141,11 @@ pub fn seal_bundle(
     blobs: &[(Id, &[u8])],
     level: i32,
 ) -> SealedBundle {
-    let plain: Vec<u8> = blobs.iter().flat_map(|(_, d)| d.iter().copied()).collect();
+    // Not a flat_map collect: that copies byte by byte, which cost a tenth of a backup.
+    let mut plain = Vec::with_capacity(blobs.iter().map(|(_, d)| d.len()).sum());
+    for (_, d) in blobs {
+        plain.extend_from_slice(d);
+    }
     let compressed = compress(&plain, level);
     let (flags, payload) = match &compressed {
         Some(c) => (FLAG_BUNDLE | FLAG_ZSTD, c.as_slice()),
