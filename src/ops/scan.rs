@@ -22,8 +22,9 @@ use crate::fsmeta::{self, Names};
 use crate::repo::Repository;
 
 /// Threads scanning ahead. Their work is mostly waiting on the disk, so more than the
-/// cores keeps more requests in flight.
-pub const THREADS: usize = 4;
+/// cores keeps more requests in flight (on the bench's virtual disk a cold no-change run
+/// took 1.4 s with four, 1.1 s with eight).
+pub const THREADS: usize = 8;
 /// Entries scanned but not yet walked (each some hundreds of bytes): bounds memory in a
 /// tree of many or large directories.
 const AHEAD: usize = 8192;
