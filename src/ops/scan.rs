@@ -189,7 +189,14 @@ impl<'a> Scanner<'a> {
                 }
                 *st = State::Running;
             }
-            let listing = self.scan_dir(&slot.dir, &mut names);
+            // A panic here would leave the walker waiting on this slot for ever.
+            let listing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.scan_dir(&slot.dir, &mut names)
+            }))
+            .unwrap_or_else(|_| Listing {
+                entries: Vec::new(),
+                error: Some(format!("{}: scanning failed", slot.dir.path.display())),
+            });
             *lock(&self.ahead) += listing.entries.len() + 1;
             *lock(&slot.state) = State::Done(listing);
             slot.done.notify_all();
