@@ -165,7 +165,8 @@ impl<'a> Scanner<'a> {
     pub fn close(&self) {
         lock(&self.queue).1 = true;
         self.wake.notify_all();
-        // Under the lock a thread checks `closed` with before it waits for room.
+        // Threads check `closed` under this lock before they wait for room, so the
+        // wake-up cannot fall between their check and their wait.
         let _ahead = lock(&self.ahead);
         self.room.notify_all();
     }
