@@ -173,12 +173,7 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
         .ok_or_else(|| VaultError::Usage("--chunk-size: give 1K to 4M".into()))?
         & !1;
     let opts = InitOptions {
-        chunker: ChunkerParams {
-            min_size: avg / 2,
-            avg_size: avg,
-            max_size: avg.saturating_mul(8).min(16 << 20),
-            ..ChunkerParams::default()
-        },
+        chunker: ChunkerParams::with_avg(avg),
         pack_size: u32::try_from(a.pack_size)
             .map_err(|_| VaultError::Usage("--pack-size must be under 4 GiB".into()))?,
         compression_level: a.compression,

@@ -23,15 +23,23 @@ pub struct ChunkerParams {
     pub normalization: u8,
 }
 
-impl Default for ChunkerParams {
-    fn default() -> Self {
+impl ChunkerParams {
+    /// FastCDC v2020 around an average chunk size: at least half of it, at most eight
+    /// times it (and 16 MiB), normalization 1.
+    pub fn with_avg(avg: u32) -> Self {
         ChunkerParams {
             algorithm: "fastcdc-v2020".into(),
-            min_size: 64 * 1024,
-            avg_size: 128 * 1024,
-            max_size: 1024 * 1024,
+            min_size: avg / 2,
+            avg_size: avg,
+            max_size: avg.saturating_mul(8).min(16 << 20),
             normalization: 1,
         }
+    }
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        ChunkerParams::with_avg(128 * 1024)
     }
 }
 

@@ -152,6 +152,12 @@ impl Trie {
         t.children.clear();
     }
 
+    /// The part of `trie` below its entry `name`: None where the walk takes all of it.
+    fn below<'t>(trie: Option<&'t Trie>, name: &OsString) -> Option<&'t Trie> {
+        trie.filter(|t| !t.source)
+            .and_then(|t| t.children.get(name))
+    }
+
     /// The names to scan in this directory: None for all of it (a source).
     fn only(&self) -> Option<Vec<OsString>> {
         (!self.source).then(|| self.children.keys().cloned().collect())
@@ -404,9 +410,7 @@ impl Walker<'_, '_> {
         let ahead = self.scan_ahead(path, dev, &listing.entries, trie);
         let mut entries = Vec::with_capacity(listing.entries.len());
         for (scanned, slot) in listing.entries.into_iter().zip(ahead) {
-            let sub_trie = trie
-                .filter(|t| !t.source)
-                .and_then(|t| t.children.get(&scanned.name));
+            let sub_trie = Trie::below(trie, &scanned.name);
             let child = path.join(&scanned.name);
             if let Some(e) = self.entry(&child, scanned, slot, dev, sub_trie)? {
                 entries.push(e);
@@ -435,9 +439,7 @@ impl Walker<'_, '_> {
             let Found::Node(node) = &e.found else {
                 continue;
             };
-            let sub_trie = trie
-                .filter(|t| !t.source)
-                .and_then(|t| t.children.get(&e.name));
+            let sub_trie = Trie::below(trie, &e.name);
             if node.kind != NodeType::Dir
                 || sub_trie.is_some_and(|t| !t.source)
                 || self.crosses(node, dev, sub_trie)
