@@ -100,10 +100,16 @@ pub(super) fn open(g: &Global) -> Result<Repository> {
 
 /// Opens the repository with its index, reading from mirrors where it fails.
 pub(super) fn open_indexed(g: &Global) -> Result<Repository> {
-    let mut repo = open(g)?;
-    mirrors::attach(&mut repo, g);
+    let mut repo = open_mirrored(g)?;
     repo.load_index()?;
     warn_damaged_index(&repo);
+    Ok(repo)
+}
+
+/// Opens the repository, reading from mirrors where it fails, without its index yet.
+fn open_mirrored(g: &Global) -> Result<Repository> {
+    let mut repo = open(g)?;
+    mirrors::attach(&mut repo, g);
     Ok(repo)
 }
 
@@ -202,14 +208,15 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
 
 pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let a_sync = a.sync;
-    let mut repo = open_indexed(g)?;
+    let mut repo = open_mirrored(g)?;
     let _lock = if a.dry_run {
         None
     } else {
         take_lock(g, &repo, false, "backup")?
     };
-    // The index may have changed while we waited for the lock.
+    // Loaded once the lock is held: the index may change while we wait for it.
     repo.load_index()?;
+    warn_damaged_index(&repo);
     if !a.dry_run {
         // Blobs of packs an interrupted run left behind are reused; index them first, so
         // the new snapshot never depends on a pack that no index file lists.

@@ -9,9 +9,12 @@
 //!    ▼                            sealers (compress, encrypt) ──▶ packer ──▶ uploaders
 //! finalizer (waits for each directory's files, writes its tree blob) ──▶ packer
 //!
+//! Files go to the readers, and chunks to the sealers, in batches, and a directory's
+//! files come back to the finalizer with one wake-up (see handoff.rs).
+//!
 //! Unchanged files (same size, mtime, ctime and inode as in the parent snapshot) reuse the
-//! parent's blob list without being opened. Memory is bounded by the queue sizes, not by
-//! the size or number of files.
+//! parent's blob list without being opened. Memory is bounded by the queue and batch
+//! sizes, not by the size or number of files.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -28,6 +31,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::exclude::Excludes;
+use super::handoff::{Batcher, Gather, Promise};
 use super::scan::{self, Found, Listing, Scanned, Scanner, Slot};
 use crate::error::VaultError;
 use crate::format::Id;
@@ -116,18 +120,31 @@ struct FileJob {
     path: PathBuf,
     node: Node,
     is_new: bool,
-    reply: Sender<Option<Node>>,
+    done: Promise<Node>,
 }
 
 enum Entry {
     Ready(Node),
-    Pending(Receiver<Option<Node>>),
+    /// A file with the readers: its node comes back through the directory's `Gather`.
+    Pending,
     Subdir(Node, usize),
 }
 
 struct DirTask {
     job: usize,
     entries: Vec<Entry>,
+    files: Arc<Gather<Node>>,
+}
+
+/// Files to a reader per batch, at most: few enough that the readers share a directory.
+const FILES_PER_BATCH: usize = 32;
+/// File bytes per batch, at most: a large file goes nearly alone.
+const FILE_BYTES_PER_BATCH: u64 = 8 << 20;
+/// Chunk bytes per batch to the sealers.
+const CHUNK_BYTES_PER_BATCH: u64 = 1 << 20;
+
+fn chunk_batcher(tx: Sender<Vec<Chunk>>) -> Batcher<Chunk> {
+    Batcher::new(tx, usize::MAX, CHUNK_BYTES_PER_BATCH)
 }
 
 /// Source paths as a trie of absolute components, so that /home/a and /home/b share /home.
@@ -250,7 +267,7 @@ pub fn backup(
     let workers = thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 8);
-    let (chunk_tx, chunk_rx) = bounded::<Chunk>(workers * 2);
+    let (chunk_tx, chunk_rx) = bounded::<Vec<Chunk>>(workers * 2);
     let sealers: Vec<_> = (0..workers)
         .map(|_| {
             let (rx, sh) = (chunk_rx.clone(), shared.clone());
@@ -258,20 +275,20 @@ pub fn backup(
         })
         .collect();
     drop(chunk_rx);
-    let (file_tx, file_rx) = bounded::<FileJob>(workers * 4);
+    let (file_tx, file_rx) = bounded::<Vec<FileJob>>(workers * 2);
     // Twice as many readers as cores: a reader waiting for the disk leaves its core to
     // the others.
     let readers: Vec<_> = (0..workers * 2)
         .map(|_| {
             let (rx, tx, sh) = (file_rx.clone(), chunk_tx.clone(), shared.clone());
-            thread::spawn(move || read_loop(rx, tx, sh))
+            thread::spawn(move || read_loop(rx, chunk_batcher(tx), sh))
         })
         .collect();
     drop(file_rx);
     let (dir_tx, dir_rx) = bounded::<DirTask>(1024);
     let finalizer = {
         let (sh, ctx) = (shared.clone(), chunk_tx.clone());
-        thread::spawn(move || finalize_loop(dir_rx, ctx, sh))
+        thread::spawn(move || finalize_loop(dir_rx, chunk_batcher(ctx), sh))
     };
 
     let walk = thread::scope(|s| {
@@ -286,12 +303,12 @@ pub fn backup(
             scanner: &scanner,
             one_fs: opts.one_file_system,
             names: Names::default(),
-            file_tx,
+            files_out: Batcher::new(file_tx, FILES_PER_BATCH, FILE_BYTES_PER_BATCH),
             dir_tx,
             next_job: 0,
         };
         match &opts.stdin_filename {
-            Some(name) => walker.stdin(name, chunk_tx.clone()),
+            Some(name) => walker.stdin(name, chunk_batcher(chunk_tx.clone())),
             None => walker.root(&sources, parent_tree),
         }
     });
@@ -372,7 +389,7 @@ struct Walker<'s, 'r> {
     scanner: &'s Scanner<'r>,
     one_fs: bool,
     names: Names,
-    file_tx: Sender<FileJob>,
+    files_out: Batcher<FileJob>,
     dir_tx: Sender<DirTask>,
     next_job: usize,
 }
@@ -408,19 +425,28 @@ impl Walker<'_, '_> {
             self.warn_error(e);
         }
         let ahead = self.scan_ahead(path, dev, &listing.entries, trie);
+        let files = Arc::new(Gather::default());
         let mut entries = Vec::with_capacity(listing.entries.len());
         for (scanned, slot) in listing.entries.into_iter().zip(ahead) {
             let sub_trie = Trie::below(trie, &scanned.name);
             let child = path.join(&scanned.name);
-            if let Some(e) = self.entry(&child, scanned, slot, dev, sub_trie)? {
+            if let Some(e) = self.entry(&child, scanned, slot, dev, sub_trie, &files)? {
                 entries.push(e);
             }
         }
+        // The finalizer will wait for this directory's files: none may stay behind here.
+        self.files_out
+            .flush()
+            .map_err(|_| anyhow!("file readers stopped"))?;
         let job = self.next_job;
         self.next_job += 1;
         self.shared.stat(|s| s.dirs += 1);
         self.dir_tx
-            .send(DirTask { job, entries })
+            .send(DirTask {
+                job,
+                entries,
+                files,
+            })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
     }
@@ -472,6 +498,7 @@ impl Walker<'_, '_> {
         slot: Option<Arc<Slot>>,
         dev: Option<u64>,
         trie: Option<&Trie>,
+        files: &Arc<Gather<Node>>,
     ) -> Result<Option<Entry>> {
         let node = match scanned.found {
             Found::Node(node) => node,
@@ -506,7 +533,7 @@ impl Walker<'_, '_> {
                 };
                 Ok(Some(Entry::Subdir(node, job)))
             }
-            NodeType::File => Ok(Some(self.file(path, node, old.as_ref())?)),
+            NodeType::File => Ok(Some(self.file(path, node, old.as_ref(), files)?)),
             _ => {
                 self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(Entry::Ready(node)))
@@ -521,12 +548,19 @@ impl Walker<'_, '_> {
             .send(DirTask {
                 job,
                 entries: Vec::new(),
+                files: Arc::default(),
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
     }
 
-    fn file(&mut self, path: &Path, mut node: Node, old: Option<&Node>) -> Result<Entry> {
+    fn file(
+        &mut self,
+        path: &Path,
+        mut node: Node,
+        old: Option<&Node>,
+        files: &Arc<Gather<Node>>,
+    ) -> Result<Entry> {
         if let Some(o) = old
             && o.kind == NodeType::File
             && o.size == node.size
@@ -545,20 +579,20 @@ impl Walker<'_, '_> {
             self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
             return Ok(Entry::Ready(node));
         }
-        let (tx, rx) = bounded(1);
+        let size = node.size;
         let job = FileJob {
             path: path.to_path_buf(),
             node,
             is_new: old.is_none(),
-            reply: tx,
+            done: files.promise(),
         };
-        self.file_tx
-            .send(job)
+        self.files_out
+            .push(job, size)
             .map_err(|_| anyhow!("file readers stopped"))?;
-        Ok(Entry::Pending(rx))
+        Ok(Entry::Pending)
     }
 
-    fn stdin(&mut self, name: &str, chunks: Sender<Chunk>) -> Result<usize> {
+    fn stdin(&mut self, name: &str, mut chunks: Batcher<Chunk>) -> Result<usize> {
         let mut node = Node::new(name.as_bytes().to_vec(), NodeType::File);
         node.mode = 0o644;
         node.uid = nix::unistd::getuid().as_raw();
@@ -566,8 +600,11 @@ impl Walker<'_, '_> {
         let now = jiff::Timestamp::now().as_nanosecond() as i64;
         node.mtime_ns = now;
         node.ctime_ns = now;
-        let (content, size) = chunk_stream(&self.shared, &mut std::io::stdin().lock(), &chunks)
+        let (content, size) = chunk_stream(&self.shared, &mut std::io::stdin().lock(), &mut chunks)
             .context("reading standard input")?;
+        chunks
+            .flush()
+            .map_err(|_| anyhow!("blob sealers stopped"))?;
         node.content = content;
         node.size = size;
         self.shared.stat(|s| {
@@ -580,6 +617,7 @@ impl Walker<'_, '_> {
             .send(DirTask {
                 job,
                 entries: vec![Entry::Ready(node)],
+                files: Arc::default(),
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
@@ -588,7 +626,11 @@ impl Walker<'_, '_> {
 
 /// Reads `src` to the end, chunks it, and queues chunks new to the repository for sealing.
 /// Returns the blob ids in order and the number of bytes read.
-fn chunk_stream(sh: &Shared, src: &mut dyn Read, out: &Sender<Chunk>) -> Result<(Vec<Id>, u64)> {
+fn chunk_stream(
+    sh: &Shared,
+    src: &mut dyn Read,
+    out: &mut Batcher<Chunk>,
+) -> Result<(Vec<Id>, u64)> {
     // One buffer per reading thread, reused from file to file: a fresh multi-megabyte
     // buffer per file cost more than reading a small file does.
     thread_local! {
@@ -607,7 +649,7 @@ fn chunk_stream(sh: &Shared, src: &mut dyn Read, out: &Sender<Chunk>) -> Result<
 fn chunk_into(
     sh: &Shared,
     src: &mut dyn Read,
-    out: &Sender<Chunk>,
+    out: &mut Batcher<Chunk>,
     buf: &mut Vec<u8>,
 ) -> Result<(Vec<Id>, u64)> {
     // Reads come in steps of this size; the buffer grows beyond it only while no cut is
@@ -629,12 +671,13 @@ fn chunk_into(
                 let id = sh.keys.blob_id(BlobType::Data as u8, data);
                 ids.push(id);
                 if sh.dedup.claim(id) {
-                    out.send(Chunk {
+                    let chunk = Chunk {
                         id,
                         blob_type: BlobType::Data,
                         data: data.to_vec(),
-                    })
-                    .map_err(|_| anyhow!("blob sealers stopped"))?;
+                    };
+                    out.push(chunk, cut as u64)
+                        .map_err(|_| anyhow!("blob sealers stopped"))?;
                 }
                 start += cut;
             }
@@ -704,7 +747,7 @@ fn open_noatime(path: &Path) -> std::io::Result<File> {
     }
 }
 
-fn read_file(sh: &Shared, job: &mut FileJob, chunks: &Sender<Chunk>) -> Result<()> {
+fn read_file(sh: &Shared, job: &mut FileJob, chunks: &mut Batcher<Chunk>) -> Result<()> {
     let file = open_noatime(&job.path)?;
     let md = file.metadata()?;
     let extents = fsmeta::sparse_extents(&file, &md);
@@ -749,9 +792,9 @@ fn read_file(sh: &Shared, job: &mut FileJob, chunks: &Sender<Chunk>) -> Result<(
     Ok(())
 }
 
-fn read_loop(rx: Receiver<FileJob>, chunks: Sender<Chunk>, sh: Arc<Shared>) {
-    for mut job in rx {
-        let r = read_file(&sh, &mut job, &chunks);
+fn read_loop(rx: Receiver<Vec<FileJob>>, mut chunks: Batcher<Chunk>, sh: Arc<Shared>) {
+    for mut job in rx.into_iter().flatten() {
+        let r = read_file(&sh, &mut job, &mut chunks);
         sh.counters.files.fetch_add(1, Ordering::Relaxed);
         let reply = match r {
             Ok(()) => {
@@ -779,18 +822,18 @@ fn read_loop(rx: Receiver<FileJob>, chunks: Sender<Chunk>, sh: Arc<Shared>) {
                 None
             }
         };
-        let _ = job.reply.send(reply);
+        job.done.keep(reply);
     }
 }
 
 /// Seals queued chunks; small data chunks are gathered into bundles. After a failure it
 /// keeps draining the queue, so that no reader blocks forever, and reports the first
 /// error at the end.
-fn seal_loop(rx: Receiver<Chunk>, sh: Arc<Shared>) -> Result<()> {
+fn seal_loop(rx: Receiver<Vec<Chunk>>, sh: Arc<Shared>) -> Result<()> {
     let mut first_err = None;
     let mut bundle: Vec<Chunk> = Vec::new();
     let mut bundled = 0;
-    for c in rx {
+    for c in rx.into_iter().flatten() {
         if first_err.is_some() {
             continue;
         }
@@ -854,17 +897,18 @@ fn added(sh: &Shared, raw: u64, stored: u64, blobs: u64) {
 /// its parent (at the end: only the root).
 fn finalize_loop(
     rx: Receiver<DirTask>,
-    chunks: Sender<Chunk>,
+    mut chunks: Batcher<Chunk>,
     sh: Arc<Shared>,
 ) -> Result<HashMap<usize, Id>> {
     let mut done: HashMap<usize, Id> = HashMap::new();
     for task in rx {
         let mut tree = Tree::default();
+        let mut read = task.files.wait().into_iter();
         for e in task.entries {
             match e {
                 Entry::Ready(n) => tree.nodes.push(n),
-                Entry::Pending(rx) => {
-                    if let Ok(Some(n)) = rx.recv() {
+                Entry::Pending => {
+                    if let Some(Some(n)) = read.next() {
                         tree.nodes.push(n);
                     }
                 }
@@ -880,16 +924,21 @@ fn finalize_loop(
         let bytes = tree.encode();
         let id = sh.keys.blob_id(BlobType::Tree as u8, &bytes);
         if sh.dedup.claim(id) {
+            let size = bytes.len() as u64;
+            let chunk = Chunk {
+                id,
+                blob_type: BlobType::Tree,
+                data: bytes,
+            };
             chunks
-                .send(Chunk {
-                    id,
-                    blob_type: BlobType::Tree,
-                    data: bytes,
-                })
+                .push(chunk, size)
                 .map_err(|_| anyhow!("blob sealers stopped"))?;
         }
         done.insert(task.job, id);
     }
+    chunks
+        .flush()
+        .map_err(|_| anyhow!("blob sealers stopped"))?;
     if done.is_empty() {
         bail!("backup produced no tree");
     }

@@ -9,6 +9,7 @@ pub mod exclude;
 pub mod export;
 pub mod find;
 pub mod forget;
+pub mod handoff;
 pub mod image;
 pub mod ls;
 pub mod problem;
