@@ -653,8 +653,10 @@ fn chunk_into(
     buf: &mut Vec<u8>,
 ) -> Result<(Vec<Id>, u64)> {
     // Reads come in steps of this size; the buffer grows beyond it only while no cut is
-    // found (up to the maximum chunk size).
-    const STEP: usize = 4 << 20;
+    // found (up to the maximum chunk size). Each reader holds its buffer for the whole
+    // run, so a larger step costs resident memory (4 MiB cost 15 MB over four readers)
+    // without saving measurable time.
+    const STEP: usize = 1 << 20;
     let max = sh.chunker.max_size();
     let mut start = 0;
     let mut eof = false;
