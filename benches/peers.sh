@@ -108,11 +108,14 @@ step() { # tool step action [warm]
     "$(du -sm "$out/repo-$tool" 2> /dev/null | cut -f1)" | tee -a "$results"
 }
 printf 'tool\tstep\twall_s\tcpu_s\tmaxrss_mb\trepo_mb\n'
-# The machine's own limits, on the first generation (the first backup's input) and the last.
+# The machine's own limits: reading the first two generations (the backups that read
+# every file), compressing the first, copying the last.
 copy_gen "$corpus/gen1"
 step limit read-gen1 read
 "$0" _do warm limit "$out" # zstd's limit is its computing alone: the bytes are cached
 step limit zstd-gen1 zstd warm
+copy_gen "$corpus/gen2" # the upgrade backup reads every file too
+step limit read-gen2 read
 rm -rf "$out/restore"; mkdir -p "$out/restore"
 copy_gen "$corpus/gen3"
 step limit copy-gen3 copy

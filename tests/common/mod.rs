@@ -19,10 +19,16 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
+        // Backups store the source's ancestors too, so a test that expects a second
+        // backup to add nothing needs them unchanged: in a directory of their own, not in
+        // /tmp itself, whose mtime every compiler and process making a temporary file
+        // changes.
+        let base = std::env::temp_dir().join("vault-tests");
+        std::fs::create_dir_all(&base).expect("create the tests' directory");
         Env {
             dir: tempfile::Builder::new()
                 .prefix("vault-test")
-                .tempdir()
+                .tempdir_in(&base)
                 .expect("tempdir"),
         }
     }
