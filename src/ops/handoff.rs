@@ -8,16 +8,15 @@
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use anyhow::{Result, anyhow};
 use crossbeam_channel::Sender;
-
-/// The receiving side has gone: the stage after this one stopped.
-#[derive(Debug)]
-pub struct Closed;
 
 /// Items sent in batches: a batch goes when it holds `max_items` items or `max_weight`
 /// (bytes, say) of them, on `flush`, and when the batcher is dropped, so that nothing
 /// pushed is ever lost silently.
 pub struct Batcher<T> {
+    /// The stage that receives the batches, named in the error once it has stopped.
+    to: &'static str,
     tx: Sender<Vec<T>>,
     items: Vec<T>,
     weight: u64,
@@ -26,8 +25,9 @@ pub struct Batcher<T> {
 }
 
 impl<T> Batcher<T> {
-    pub fn new(tx: Sender<Vec<T>>, max_items: usize, max_weight: u64) -> Self {
+    pub fn new(to: &'static str, tx: Sender<Vec<T>>, max_items: usize, max_weight: u64) -> Self {
         Batcher {
+            to,
             tx,
             items: Vec::new(),
             weight: 0,
@@ -36,7 +36,7 @@ impl<T> Batcher<T> {
         }
     }
 
-    pub fn push(&mut self, item: T, weight: u64) -> Result<(), Closed> {
+    pub fn push(&mut self, item: T, weight: u64) -> Result<()> {
         self.items.push(item);
         self.weight += weight;
         if self.items.len() >= self.max_items || self.weight >= self.max_weight {
@@ -48,14 +48,14 @@ impl<T> Batcher<T> {
 
     /// Sends what is held now; call it before waiting on anything that may wait on
     /// these items.
-    pub fn flush(&mut self) -> Result<(), Closed> {
+    pub fn flush(&mut self) -> Result<()> {
         if self.items.is_empty() {
             return Ok(());
         }
         self.weight = 0;
         self.tx
             .send(std::mem::take(&mut self.items))
-            .map_err(|_| Closed)
+            .map_err(|_| anyhow!("{} stopped", self.to))
     }
 }
 
@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn batches_go_when_full_on_flush_and_on_drop() {
         let (tx, rx) = bounded(8);
-        let mut b = Batcher::new(tx, 3, 100);
+        let mut b = Batcher::new("test", tx, 3, 100);
         for i in 0..4 {
             b.push(i, 1).unwrap();
         }
@@ -181,7 +181,7 @@ mod tests {
     fn a_closed_receiver_is_reported() {
         let (tx, rx) = bounded::<Vec<u8>>(1);
         drop(rx);
-        let mut b = Batcher::new(tx, 1, 1);
+        let mut b = Batcher::new("test", tx, 1, 1);
         assert!(b.push(1, 1).is_err());
     }
 
