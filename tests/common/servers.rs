@@ -60,6 +60,17 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
     }
 }
 
+/// Whether whatever listens on `port` opens with an SSH version line.
+fn greets_with_ssh(port: u16) -> bool {
+    use std::io::Read;
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = [0u8; 4];
+    c.read_exact(&mut head).is_ok() && &head == b"SSH-"
+}
+
 /// A running server process, killed when dropped.
 pub struct Server {
     child: Child,
@@ -158,23 +169,13 @@ impl Sftp {
             assert!(status.success());
         }
         std::fs::copy(dir.join("userkey.pub"), dir.join("authorized_keys")).unwrap();
-        let port = free_port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nAuthorizedKeysFile {d}/authorized_keys\n\
-             PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             StrictModes no\nPidFile {d}/sshd.pid\nSubsystem sftp internal-sftp\n",
-            d = dir.display()
-        );
-        std::fs::write(dir.join("sshd_config"), config).unwrap();
         std::fs::create_dir_all("/run/sshd").ok(); // privilege separation directory
-        let mut cmd = Command::new(sshd);
-        cmd.arg("-f")
-            .arg(dir.join("sshd_config"))
-            .args(["-D", "-e"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().expect("start sshd");
-        wait_for_port(port, &mut child, "sshd");
+        // A port found free may be taken before sshd binds it (by a client's ephemeral
+        // port, or a server of a test running alongside); sshd then exits, or another
+        // server answers. Only an SSH greeting from our own sshd will do.
+        let (cmd, child, port) = (0..5)
+            .find_map(|_| Self::spawn(&sshd, dir))
+            .expect("sshd did not start on any of 5 free ports");
         Some(Sftp {
             server: Server {
                 child,
@@ -183,6 +184,41 @@ impl Sftp {
             },
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// sshd started on a free port and greeting; None if it could not have that port.
+    fn spawn(sshd: &Path, dir: &Path) -> Option<(Command, Child, u16)> {
+        let port = free_port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nAuthorizedKeysFile {d}/authorized_keys\n\
+             PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             StrictModes no\nPidFile {d}/sshd.pid\nSubsystem sftp internal-sftp\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("sshd_config"), config).unwrap();
+        let _ = std::fs::remove_file(dir.join("sshd.pid"));
+        let mut cmd = Command::new(sshd);
+        cmd.arg("-f")
+            .arg(dir.join("sshd_config"))
+            .args(["-D", "-e"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().expect("start sshd");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return None; // the port was taken
+            }
+            // sshd writes its pid file once it listens: then the greeting is its own.
+            let pid = std::fs::read_to_string(dir.join("sshd.pid")).unwrap_or_default();
+            if pid.trim() == child.id().to_string() && greets_with_ssh(port) {
+                return Some((cmd, child, port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// A repository URL at `path` on the server (an absolute path of this machine).
