@@ -23,7 +23,7 @@ use vault::format::chunker::Chunker;
 use vault::format::config::ChunkerParams;
 use vault::format::crypto::{Keys, MasterKey};
 use vault::format::pack::{self, BlobEntry, BlobType, PackBuilder, SealedBlob};
-use vault::repo::index::MasterIndex;
+use vault::repo::index::IndexBuilder;
 
 const MIB: usize = 1024 * 1024;
 /// The zstd level of a repository made by a plain `vault init` (`--compression`'s
@@ -231,7 +231,7 @@ fn index_lookup(c: &mut Criterion) {
     const LOOKUPS: usize = 10_000;
     let mut rng = XorShift::new(8);
     let ids: Vec<Id> = (0..IDS).map(|_| rng.id()).collect();
-    let mut index = MasterIndex::default();
+    let mut index = IndexBuilder::with_capacity(IDS);
     for blobs in ids.chunks(PER_PACK) {
         let entries: Vec<BlobEntry> = blobs
             .iter()
@@ -248,6 +248,7 @@ fn index_lookup(c: &mut Criterion) {
             .collect();
         index.add_pack(rng.id(), &entries);
     }
+    let index = index.finish();
     assert_eq!(index.len(), IDS);
     let present: Vec<Id> = ids.iter().step_by(IDS / LOOKUPS).copied().collect();
     let mut rng = XorShift::new(9);

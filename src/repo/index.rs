@@ -138,37 +138,60 @@ pub struct Loc {
     pub flags: u8,
 }
 
+/// Every blob the repository holds, as one table sorted by id.
+///
+/// A hash map of the bench's 115 000 blobs took 15 MB (it had just doubled) and 20 ms of
+/// hashing to build; the sorted table takes 56 bytes a blob and one sort. Blob ids are
+/// keyed hashes, evenly spread, so the top bits of an id say where in the table it is:
+/// `starts` holds the first position of each run of ids sharing their top bits, and a
+/// lookup searches only that run (a handful of entries).
 #[derive(Default)]
 pub struct MasterIndex {
     packs: Vec<Id>,
     pack_ids: HashMap<Id, u32>,
     /// Per pack (by position in `packs`): its size and blob count as its index entry says.
     pack_info: Vec<(u64, u32)>,
-    blobs: HashMap<Id, Loc>,
+    blobs: Vec<(Id, Loc)>,
+    /// `starts[b]..starts[b + 1]`: the blobs whose ids' top `bits` bits are `b`.
+    starts: Vec<u32>,
+    bits: u32,
     /// Index files that contributed, and those superseded by others.
     pub files: Vec<Id>,
     /// Packs that no readable index file lists, known from their own headers.
     pub unindexed: Vec<PackBlobs>,
 }
 
-impl MasterIndex {
+/// Collects index files and pack headers, then sorts them into a [`MasterIndex`].
+#[derive(Default)]
+pub struct IndexBuilder(MasterIndex);
+
+impl IndexBuilder {
+    /// A builder with room for `blobs` entries (the table's final size, if known, spares
+    /// it growing by doubling).
+    pub fn with_capacity(blobs: usize) -> IndexBuilder {
+        let mut b = IndexBuilder::default();
+        b.0.blobs.reserve_exact(blobs);
+        b
+    }
+
     pub fn add_file(&mut self, id: Id, file: &IndexFile) {
-        self.files.push(id);
+        self.0.files.push(id);
         for p in &file.packs {
             self.add_pack(p.pack, &p.blobs);
         }
     }
 
     pub fn add_pack(&mut self, pack: Id, blobs: &[BlobEntry]) {
-        let next = self.packs.len() as u32;
-        let pi = *self.pack_ids.entry(pack).or_insert_with(|| {
-            self.packs.push(pack);
-            self.pack_info
+        let mi = &mut self.0;
+        let next = mi.packs.len() as u32;
+        let pi = *mi.pack_ids.entry(pack).or_insert_with(|| {
+            mi.packs.push(pack);
+            mi.pack_info
                 .push((pack::stored_size(blobs), blobs.len() as u32));
             next
         });
-        for b in blobs {
-            self.blobs.entry(b.id).or_insert(Loc {
+        mi.blobs.extend(blobs.iter().map(|b| {
+            let loc = Loc {
                 pack: pi,
                 offset: b.offset,
                 length: b.length,
@@ -176,17 +199,58 @@ impl MasterIndex {
                 inner: b.inner,
                 blob_type: b.blob_type,
                 flags: b.flags,
-            });
-        }
+            };
+            (b.id, loc)
+        }));
     }
 
     pub fn add_unindexed(&mut self, pack: Id, blobs: Vec<BlobEntry>) {
         self.add_pack(pack, &blobs);
-        self.unindexed.push(PackBlobs { pack, blobs });
+        self.0.unindexed.push(PackBlobs { pack, blobs });
+    }
+
+    pub fn pack_ids(&self) -> HashSet<Id> {
+        self.0.pack_ids()
+    }
+
+    pub fn finish(self) -> MasterIndex {
+        let mut mi = self.0;
+        // Of a blob stored twice, the copy in the pack added first is the one kept.
+        mi.blobs
+            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
+        mi.blobs.dedup_by(|later, first| later.0 == first.0);
+        mi.blobs.shrink_to_fit();
+        // About four blobs a run: the table costs a byte a blob.
+        mi.bits = (mi.blobs.len() / 4).max(1).ilog2().min(24);
+        mi.starts = vec![0; (1 << mi.bits) + 1];
+        for (id, _) in &mi.blobs {
+            mi.starts[top_bits(id, mi.bits) + 1] += 1;
+        }
+        for b in 1..mi.starts.len() {
+            mi.starts[b] += mi.starts[b - 1];
+        }
+        mi
+    }
+}
+
+fn top_bits(id: &Id, bits: u32) -> usize {
+    let head = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
+    (u64::from(head) >> (32 - bits)) as usize
+}
+
+impl MasterIndex {
+    fn loc(&self, id: &Id) -> Option<&Loc> {
+        if self.blobs.is_empty() {
+            return None;
+        }
+        let b = top_bits(id, self.bits);
+        let run = &self.blobs[self.starts[b] as usize..self.starts[b + 1] as usize];
+        let i = run.binary_search_by(|(x, _)| x.cmp(id)).ok()?;
+        Some(&run[i].1)
     }
 
     pub fn get(&self, id: &Id) -> Option<(Id, BlobEntry)> {
-        let l = self.blobs.get(id)?;
+        let l = self.loc(id)?;
         Some((
             self.packs[l.pack as usize],
             BlobEntry {
@@ -202,11 +266,11 @@ impl MasterIndex {
     }
 
     pub fn contains(&self, id: &Id) -> bool {
-        self.blobs.contains_key(id)
+        self.loc(id).is_some()
     }
 
     pub fn raw_len(&self, id: &Id) -> Option<u32> {
-        self.blobs.get(id).map(|l| l.raw_len)
+        self.loc(id).map(|l| l.raw_len)
     }
 
     pub fn len(&self) -> usize {
@@ -243,5 +307,76 @@ impl MasterIndex {
             .filter(|(_, l)| wanted.contains(&l.pack))
             .filter_map(|(id, _)| self.get(id))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: Id, offset: u32) -> BlobEntry {
+        BlobEntry {
+            blob_type: BlobType::Data,
+            flags: 0,
+            id,
+            offset,
+            length: 10,
+            raw_len: 7,
+            inner: 0,
+        }
+    }
+
+    fn file(packs: Vec<(Id, Vec<BlobEntry>)>) -> IndexFile {
+        IndexFile {
+            supersedes: Vec::new(),
+            packs: packs
+                .into_iter()
+                .map(|(pack, blobs)| PackBlobs { pack, blobs })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn finds_every_blob_and_nothing_else() {
+        for n in [0usize, 1, 3, 8, 100, 5000] {
+            let ids: Vec<Id> = (0..n).map(|_| Id::random()).collect();
+            let (p1, p2) = (Id::random(), Id::random());
+            let half = n / 2;
+            let mut b = IndexBuilder::default();
+            b.add_file(
+                Id::random(),
+                &file(vec![
+                    (p1, ids[..half].iter().map(|id| entry(*id, 1)).collect()),
+                    (p2, ids[half..].iter().map(|id| entry(*id, 2)).collect()),
+                ]),
+            );
+            let mi = b.finish();
+            assert_eq!(mi.len(), n);
+            for (i, id) in ids.iter().enumerate() {
+                let (pack, e) = mi.get(id).expect("indexed blob found");
+                assert_eq!(pack, if i < half { p1 } else { p2 });
+                assert_eq!((e.id, e.raw_len), (*id, 7));
+            }
+            for _ in 0..100 {
+                assert!(!mi.contains(&Id::random()));
+            }
+            // Ids at the edges of the id space, where the lookup table starts and ends.
+            assert!(!mi.contains(&Id([0; 32])) && !mi.contains(&Id([0xff; 32])));
+        }
+    }
+
+    #[test]
+    fn a_blob_stored_twice_is_found_in_the_pack_added_first() {
+        let id = Id::random();
+        let (p1, p2) = (Id::random(), Id::random());
+        let mut b = IndexBuilder::default();
+        b.add_file(Id::random(), &file(vec![(p1, vec![entry(id, 5)])]));
+        b.add_unindexed(p2, vec![entry(id, 9)]);
+        let mi = b.finish();
+        assert_eq!(mi.len(), 1);
+        let (pack, e) = mi.get(&id).unwrap();
+        assert_eq!((pack, e.offset), (p1, 5));
+        assert_eq!(mi.unindexed.len(), 1);
+        assert_eq!(mi.packs().count(), 2);
     }
 }

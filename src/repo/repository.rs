@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, CONFIG_PATH, FileKind, is_not_found, is_storage_error};
 use super::cache::Cache;
-use super::index::MasterIndex;
+use super::index::{IndexBuilder, MasterIndex};
 use crate::error::VaultError;
 use crate::format::config::{ChunkerParams, Config, REPO_VERSION};
 use crate::format::crypto::{Keys, MasterKey};
@@ -259,13 +259,27 @@ impl Repository {
     /// restore of everything the others describe.
     pub fn load_index(&mut self) -> Result<()> {
         let ids = self.backend.list(FileKind::Index)?;
+        // The data listing (for packs no index lists) waits on the backend while the index
+        // files are decrypted and decoded. (Decoding them on several threads too saved a
+        // few milliseconds but kept 3 MB more resident: each thread's allocator arena.)
+        let (packs, opened) = std::thread::scope(|s| {
+            let packs = s.spawn(|| self.backend.list(FileKind::Data));
+            let opened: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    self.read_cached("index", FileKind::Index, id)
+                        .and_then(|bytes| Ok(IndexFile::open(&self.keys, &bytes)?))
+                })
+                .collect();
+            let packs = packs
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("listing the data packs panicked")));
+            (packs, opened)
+        });
         let mut files = Vec::with_capacity(ids.len());
         let mut superseded = HashSet::new();
         self.damaged_index.clear();
-        for id in &ids {
-            let opened = self
-                .read_cached("index", FileKind::Index, id)
-                .and_then(|bytes| Ok(IndexFile::open(&self.keys, &bytes)?));
+        for (id, opened) in ids.iter().zip(opened) {
             match opened {
                 Ok(f) => {
                     superseded.extend(f.supersedes.iter().copied());
@@ -275,27 +289,27 @@ impl Repository {
                 Err(e) => self.damaged_index.push((*id, crate::error::one_line(&e))),
             }
         }
-        let mut mi = MasterIndex::default();
-        self.superseded = superseded.clone();
-        for (id, f) in &files {
-            if !superseded.contains(id) {
-                mi.add_file(*id, f);
-            }
+        files.retain(|(id, _)| !superseded.contains(id));
+        let mut mi = IndexBuilder::with_capacity(files.iter().map(|(_, f)| f.blob_count()).sum());
+        for (id, f) in files {
+            mi.add_file(id, &f);
         }
-        self.index_from_headers(&mut mi)?;
+        self.superseded = superseded;
+        self.index_from_headers(&mut mi, packs?);
+        let index = mi.finish();
         if let Some(c) = &self.cache {
             c.retain("index", &ids.into_iter().collect());
         }
-        self.index = Arc::new(mi);
+        self.index = Arc::new(index);
         Ok(())
     }
 
     /// Packs in no (readable) index file: left by an interrupted backup, or described by
     /// a damaged index file. Their own headers say what they hold, so their blobs stay
     /// usable; `adopt_unindexed` writes them into an index file.
-    fn index_from_headers(&self, mi: &mut MasterIndex) -> Result<()> {
+    fn index_from_headers(&self, mi: &mut IndexBuilder, packs: Vec<Id>) {
         let known = mi.pack_ids();
-        for pack in self.backend.list(FileKind::Data)? {
+        for pack in packs {
             if known.contains(&pack) {
                 continue;
             }
@@ -303,7 +317,6 @@ impl Repository {
                 mi.add_unindexed(pack, blobs);
             }
         }
-        Ok(())
     }
 
     /// Writes an index file for the packs that only their headers describe, so that
