@@ -55,14 +55,26 @@ impl fmt::Debug for Id {
 
 impl Serialize for Id {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        // On the stack: trees hold an id for every chunk of every file.
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut hex).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
     }
 }
 
 impl<'de> Deserialize<'de> for Id {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Id, D::Error> {
-        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        Id::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected 64 hex digits"))
+        struct HexId;
+        impl serde::de::Visitor<'_> for HexId {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Id, E> {
+                Id::from_hex(s).ok_or_else(|| E::custom("expected 64 hex digits"))
+            }
+        }
+        d.deserialize_str(HexId)
     }
 }
 
@@ -76,5 +88,15 @@ mod tests {
         assert_eq!(Id::from_hex(&id.to_hex()), Some(id));
         assert_eq!(id.short().len(), 8);
         assert!(Id::from_hex("zz").is_none());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let id = Id::of_stored(b"abc");
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(json, format!("\"{}\"", id.to_hex()));
+        assert_eq!(serde_json::from_str::<Id>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<Id>("\"abc\"").is_err());
+        assert!(serde_json::from_str::<Id>("7").is_err());
     }
 }

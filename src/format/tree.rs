@@ -13,18 +13,17 @@ use super::id::Id;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct RawBytes(pub Vec<u8>);
 
+/// The form of a name that is not UTF-8.
 #[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum RawRepr {
-    Utf8(String),
-    Raw { b64: String },
+struct Base64 {
+    b64: String,
 }
 
 impl Serialize for RawBytes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match std::str::from_utf8(&self.0) {
             Ok(v) => s.serialize_str(v),
-            Err(_) => RawRepr::Raw {
+            Err(_) => Base64 {
                 b64: B64.encode(&self.0),
             }
             .serialize(s),
@@ -34,13 +33,35 @@ impl Serialize for RawBytes {
 
 impl<'de> Deserialize<'de> for RawBytes {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        match RawRepr::deserialize(d)? {
-            RawRepr::Utf8(s) => Ok(RawBytes(s.into_bytes())),
-            RawRepr::Raw { b64 } => B64
-                .decode(b64)
-                .map(RawBytes)
-                .map_err(serde::de::Error::custom),
+        // A visitor rather than an untagged enum, which buffers every value before it
+        // tries the variants: every name in every tree comes through here.
+        struct Raw;
+        impl<'de> serde::de::Visitor<'de> for Raw {
+            type Value = RawBytes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(r#"a string or {"b64": ...}"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<RawBytes, E> {
+                Ok(RawBytes(v.as_bytes().to_vec()))
+            }
+            fn visit_string<E: serde::de::Error>(
+                self,
+                v: String,
+            ) -> std::result::Result<RawBytes, E> {
+                Ok(RawBytes(v.into_bytes()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<RawBytes, A::Error> {
+                let Base64 { b64 } =
+                    Base64::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                B64.decode(b64)
+                    .map(RawBytes)
+                    .map_err(serde::de::Error::custom)
+            }
         }
+        d.deserialize_any(Raw)
     }
 }
 
