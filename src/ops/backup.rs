@@ -127,13 +127,18 @@ enum Entry {
     Ready(Node),
     /// A file with the readers: its node comes back through the directory's `Gather`.
     Pending,
-    Subdir(Node, usize),
+    /// A directory's node, the job that makes its tree, and its tree in the parent
+    /// snapshot.
+    Subdir(Node, usize, Option<Id>),
 }
 
 struct DirTask {
     job: usize,
     entries: Vec<Entry>,
     files: Arc<Gather<Node>>,
+    /// The directory's tree in the parent snapshot, while nothing in it differs from it
+    /// but maybe its subdirectories' trees, which the finalizer compares.
+    same_as: Option<Id>,
 }
 
 /// Files to a reader per batch, at most: few enough that the readers share a directory.
@@ -241,7 +246,9 @@ pub fn backup(
 
     let parent = find_parent(repo, opts, &host, &paths, &warn);
     let scanner = Scanner::new(repo, &excludes, opts.exclude_caches, warn.clone());
-    let parent_tree = parent.as_ref().and_then(|(_, s)| scanner.old_tree(&s.tree));
+    let parent_tree = parent
+        .as_ref()
+        .and_then(|(_, s)| Some((s.tree, scanner.old_tree(&s.tree)?)));
 
     let index = repo.index();
     let shared = Arc::new(Shared {
@@ -406,7 +413,7 @@ impl Walker<'_, '_> {
     }
 
     /// Walks the sources from the root, whose tree in the parent snapshot is `old`.
-    fn root(&mut self, sources: &[PathBuf], old: Option<Tree>) -> Result<usize> {
+    fn root(&mut self, sources: &[PathBuf], old: Option<(Id, Tree)>) -> Result<usize> {
         let mut trie = Trie::default();
         for s in sources {
             trie.insert(s);
@@ -423,22 +430,34 @@ impl Walker<'_, '_> {
         &mut self,
         path: &Path,
         dev: Option<u64>,
-        listing: Listing,
+        mut listing: Listing,
         trie: Option<&Trie>,
     ) -> Result<usize> {
-        if let Some(e) = listing.error {
+        if let Some(e) = listing.error.take() {
             self.warn_error(e);
         }
-        let ahead = self.scan_ahead(path, dev, &listing.entries, trie);
+        let ahead = self.scan_ahead(path, dev, &listing, trie);
         let files = Arc::new(Gather::default());
         let mut entries = Vec::with_capacity(listing.entries.len());
-        for (scanned, slot) in listing.entries.into_iter().zip(ahead) {
+        let mut same_as = listing
+            .old_tree
+            .filter(|_| listing.old_nodes.len() == listing.entries.len());
+        let Listing {
+            entries: scanned,
+            old_nodes,
+            ..
+        } = listing;
+        for (scanned, slot) in scanned.into_iter().zip(ahead) {
             let sub_trie = Trie::below(trie, &scanned.name);
             let child = path.join(&scanned.name);
-            if let Some(e) = self.entry(&child, scanned, slot, dev, sub_trie, &files)? {
-                entries.push(e);
+            let old = scanned.old.map(|i| &old_nodes[i]);
+            let e = self.entry(&child, scanned, old, slot, dev, sub_trie, &files)?;
+            if !unchanged(e.as_ref(), old) {
+                same_as = None;
             }
+            entries.extend(e);
         }
+        drop(old_nodes);
         // The finalizer will wait for this directory's files: none may stay behind here.
         self.files_out.flush()?;
         let job = self.next_job;
@@ -449,6 +468,7 @@ impl Walker<'_, '_> {
                 job,
                 entries,
                 files,
+                same_as,
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
@@ -459,9 +479,10 @@ impl Walker<'_, '_> {
         &self,
         path: &Path,
         dev: Option<u64>,
-        entries: &[Scanned],
+        listing: &Listing,
         trie: Option<&Trie>,
     ) -> Vec<Option<Arc<Slot>>> {
+        let entries = &listing.entries;
         let mut dirs = Vec::new();
         let mut at = Vec::new();
         for (i, e) in entries.iter().enumerate() {
@@ -477,7 +498,7 @@ impl Walker<'_, '_> {
             }
             dirs.push(scan::Dir {
                 path: path.join(&e.name),
-                old: e.old.as_ref().and_then(|o| o.subtree),
+                old: listing.old(e).and_then(|o| o.subtree),
             });
             at.push(i);
         }
@@ -494,10 +515,12 @@ impl Walker<'_, '_> {
         self.one_fs && trie.is_none() && dev.is_some_and(|d| d != node.dev)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
         path: &Path,
         scanned: Scanned,
+        old: Option<&Node>,
         slot: Option<Arc<Slot>>,
         dev: Option<u64>,
         trie: Option<&Trie>,
@@ -514,7 +537,6 @@ impl Walker<'_, '_> {
                 return Ok(None);
             }
         };
-        let old = scanned.old;
         match node.kind {
             NodeType::Dir => {
                 let job = if self.crosses(&node, dev, trie) {
@@ -525,7 +547,7 @@ impl Walker<'_, '_> {
                         None => {
                             let old = old
                                 .and_then(|o| o.subtree)
-                                .and_then(|id| self.scanner.old_tree(&id));
+                                .and_then(|id| Some((id, self.scanner.old_tree(&id)?)));
                             let only = trie.and_then(Trie::only);
                             self.scanner.scan(path, only, old, &mut self.names)
                         }
@@ -534,9 +556,9 @@ impl Walker<'_, '_> {
                     let dev = dev.unwrap_or(node.dev);
                     self.dir(path, in_source.then_some(dev), listing, trie)?
                 };
-                Ok(Some(Entry::Subdir(node, job)))
+                Ok(Some(Entry::Subdir(node, job, old.and_then(|o| o.subtree))))
             }
-            NodeType::File => Ok(Some(self.file(path, node, old.as_ref(), files)?)),
+            NodeType::File => Ok(Some(self.file(path, node, old, files)?)),
             _ => {
                 self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
                 Ok(Some(Entry::Ready(node)))
@@ -552,6 +574,7 @@ impl Walker<'_, '_> {
                 job,
                 entries: Vec::new(),
                 files: Arc::default(),
+                same_as: None,
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
@@ -617,6 +640,7 @@ impl Walker<'_, '_> {
                 job,
                 entries: vec![Entry::Ready(node)],
                 files: Arc::default(),
+                same_as: None,
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
@@ -893,6 +917,23 @@ fn added(sh: &Shared, raw: u64, stored: u64, blobs: u64) {
     });
 }
 
+/// Whether a directory entry is what it was in the parent snapshot (a subdirectory's
+/// tree aside, which is not known yet).
+fn unchanged(e: Option<&Entry>, old: Option<&Node>) -> bool {
+    match (e, old) {
+        (Some(Entry::Ready(n)), Some(o)) => n == o,
+        (Some(Entry::Subdir(n, ..)), Some(o)) => {
+            o.subtree.is_some()
+                && n.subtree.is_none()
+                && Node {
+                    subtree: None,
+                    ..o.clone()
+                } == *n
+        }
+        _ => false,
+    }
+}
+
 /// Builds tree blobs in post-order; returns the tree id of each job not yet consumed by
 /// its parent (at the end: only the root).
 fn finalize_loop(
@@ -903,6 +944,7 @@ fn finalize_loop(
     let mut done: HashMap<usize, Id> = HashMap::new();
     for task in rx {
         let mut tree = Tree::default();
+        let mut same_as = task.same_as;
         let mut read = task.files.wait().into_iter();
         for e in task.entries {
             match e {
@@ -912,14 +954,22 @@ fn finalize_loop(
                         tree.nodes.push(n);
                     }
                 }
-                Entry::Subdir(mut n, job) => {
+                Entry::Subdir(mut n, job, old) => {
                     let id = done
                         .remove(&job)
                         .ok_or_else(|| anyhow!("subtree {job} finished out of order"))?;
+                    if old != Some(id) {
+                        same_as = None;
+                    }
                     n.subtree = Some(id);
                     tree.nodes.push(n);
                 }
             }
+        }
+        // An unchanged directory is its old tree, already stored: nothing to encode.
+        if let Some(id) = same_as.filter(|id| sh.dedup.index.contains(id)) {
+            done.insert(task.job, id);
+            continue;
         }
         let bytes = tree.encode();
         let id = sh.keys.blob_id(BlobType::Tree as u8, &bytes);

@@ -11,6 +11,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -43,8 +44,8 @@ pub enum Found {
 pub struct Scanned {
     pub name: OsString,
     pub found: Found,
-    /// The same name's node in the parent snapshot's tree of this directory.
-    pub old: Option<Node>,
+    /// Where the same name's node is in `Listing::old_nodes`.
+    pub old: Option<usize>,
 }
 
 #[derive(Default)]
@@ -53,6 +54,18 @@ pub struct Listing {
     pub entries: Vec<Scanned>,
     /// Why the directory could not be listed (then there are no entries).
     pub error: Option<String>,
+    /// The directory's tree in the parent snapshot, and its entries. Entries point into
+    /// them rather than each holding a copy: a listing waiting to be walked then costs
+    /// half the memory.
+    pub old_tree: Option<Id>,
+    pub old_nodes: Vec<Node>,
+}
+
+impl Listing {
+    /// An entry's node in the parent snapshot.
+    pub fn old(&self, e: &Scanned) -> Option<&Node> {
+        e.old.map(|i| &self.old_nodes[i])
+    }
 }
 
 /// A directory to scan whole.
@@ -195,8 +208,8 @@ impl<'a> Scanner<'a> {
                 self.scan_dir(&slot.dir, &mut names)
             }))
             .unwrap_or_else(|_| Listing {
-                entries: Vec::new(),
                 error: Some(format!("{}: scanning failed", slot.dir.path.display())),
+                ..Listing::default()
             });
             *lock(&self.ahead) += listing.entries.len() + 1;
             *lock(&slot.state) = State::Done(listing);
@@ -232,7 +245,7 @@ impl<'a> Scanner<'a> {
     }
 
     fn scan_dir(&self, dir: &Dir, names: &mut Names) -> Listing {
-        let old = dir.old.as_ref().and_then(|id| self.old_tree(id));
+        let old = dir.old.and_then(|id| Some((id, self.old_tree(&id)?)));
         self.scan(&dir.path, None, old, names)
     }
 
@@ -251,12 +264,12 @@ impl<'a> Scanner<'a> {
     }
 
     /// Scans `path`: all of it, or only the names in `only` (the way down to a backup
-    /// source, which no exclude applies to).
+    /// source, which no exclude applies to). `old` is its tree in the parent snapshot.
     pub fn scan(
         &self,
         path: &Path,
         only: Option<Vec<OsString>>,
-        old: Option<Tree>,
+        old: Option<(Id, Tree)>,
         names: &mut Names,
     ) -> Listing {
         let whole = only.is_none();
@@ -270,8 +283,8 @@ impl<'a> Scanner<'a> {
                     .collect(),
                 Err(e) => {
                     return Listing {
-                        entries: Vec::new(),
                         error: Some(format!("{}: cannot list directory: {e}", path.display())),
+                        ..Listing::default()
                     };
                 }
             },
@@ -279,12 +292,14 @@ impl<'a> Scanner<'a> {
         if whole && self.exclude_caches && is_cache_dir(path) {
             listed.retain(|(n, _)| n == "CACHEDIR.TAG");
         }
-        listed.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut olds = old
-            .map(|t| t.nodes)
-            .unwrap_or_default()
-            .into_iter()
-            .peekable();
+        // Stat'ed in inode order: on ext4 and its kin, inodes numbered close together
+        // share inode-table blocks, so a directory not in the page cache costs fewer and
+        // more sequential reads than in name order.
+        listed.sort_unstable_by_key(|(_, d)| d.as_ref().map_or(0, |d| d.ino()));
+        let (old_tree, old_nodes) = match old {
+            Some((id, t)) => (Some(id), t.nodes),
+            None => (None, Vec::new()),
+        };
         let mut entries = Vec::with_capacity(listed.len());
         for (name, dirent) in listed {
             let child = path.join(&name);
@@ -299,13 +314,13 @@ impl<'a> Scanner<'a> {
             {
                 continue;
             }
-            while olds
-                .next_if(|n| n.name.0.as_slice() < name.as_bytes())
-                .is_some()
-            {}
-            let old = olds.next_if(|n| n.name.0.as_slice() == name.as_bytes());
+            // A tree's names are sorted and unique (Tree::decode checks).
+            let old = old_nodes
+                .binary_search_by(|n| n.name.0.as_slice().cmp(name.as_bytes()))
+                .ok();
+            let old_node = old.map(|i| &old_nodes[i]);
             let found = match md {
-                Ok(md) => match fsmeta::node_from(&child, &name, &md, names, old.as_ref()) {
+                Ok(md) => match fsmeta::node_from(&child, &name, &md, names, old_node) {
                     Ok(node) => Found::Node(node),
                     Err(e) => Found::Failed(crate::error::one_line(&e)),
                 },
@@ -314,9 +329,12 @@ impl<'a> Scanner<'a> {
             };
             entries.push(Scanned { name, found, old });
         }
+        entries.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         Listing {
             entries,
             error: None,
+            old_tree,
+            old_nodes,
         }
     }
 }
