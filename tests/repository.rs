@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
+use vault::format::Id;
 
 /// Written once by vault 0.1.0 (format version 1) and never regenerated: every future
 /// version must still open and restore it.
@@ -579,4 +580,94 @@ every = "30d"
     let (code, _, err) = vault(&["config", "check"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("sorces") && err.contains("line 3"), "{err}");
+}
+
+/// The cached tree packs of the test's repository, by name, with their bytes.
+fn cached_packs(env: &Env) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for repo_dir in fs::read_dir(env.path("cache")).unwrap().flatten() {
+        let Ok(packs) = fs::read_dir(repo_dir.path().join("packs")) else {
+            continue;
+        };
+        for p in packs.flatten() {
+            let name = p.file_name().to_string_lossy().into_owned();
+            out.push((name, fs::read(p.path()).unwrap()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Trees are cached a whole tree pack at a time, from the backup that writes them; a
+/// damaged cached pack costs a download and never a wrong answer; a pack that prune
+/// deletes leaves the cache too.
+#[test]
+fn tree_packs_are_cached_whole_and_a_damaged_copy_is_fetched_again() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("a/b")).unwrap();
+    fs::write(src.join("a/b/f"), "first").unwrap();
+    let s = src.to_str().unwrap();
+    env.ok(&["backup", s]);
+    let cached = cached_packs(&env);
+    assert!(!cached.is_empty(), "backup cached no tree pack");
+    let listing = env.ok(&["ls", "latest"]);
+    assert!(listing.contains("a/b/f"), "{listing}");
+    assert_eq!(cached_packs(&env), cached);
+    for (name, bytes) in &cached {
+        assert_eq!(
+            &Id::of_stored(bytes).to_hex(),
+            name,
+            "a cached pack is the pack"
+        );
+        let stored = fs::read(env.repo().join("data").join(&name[..2]).join(name)).unwrap();
+        assert_eq!(
+            &stored, bytes,
+            "cached pack {name} differs from the stored one"
+        );
+    }
+
+    // Damage every cached pack: the trees come from the repository again.
+    let cache_dir = fs::read_dir(env.path("cache")).unwrap().flatten();
+    for d in cache_dir {
+        for p in fs::read_dir(d.path().join("packs"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let mut b = fs::read(p.path()).unwrap();
+            let mid = b.len() / 2;
+            b[mid] ^= 0x40;
+            fs::write(p.path(), b).unwrap();
+        }
+    }
+    assert_eq!(env.ok(&["ls", "latest"]), listing);
+    assert_eq!(
+        cached_packs(&env),
+        cached,
+        "the damaged packs were fetched again"
+    );
+
+    // A second backup with every directory changed; the first snapshot's trees go.
+    fs::write(src.join("a/b/f"), "second").unwrap();
+    env.ok(&["backup", s]);
+    env.ok(&["ls", "latest"]);
+    env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    let stored: Vec<String> = walkdir(&env.repo().join("data"))
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    let now = cached_packs(&env);
+    assert!(!now.is_empty());
+    for (name, _) in &now {
+        assert!(
+            stored.contains(name),
+            "pack {name} was pruned but is still cached"
+        );
+    }
+    assert!(
+        cached.iter().any(|(n, _)| !stored.contains(n)),
+        "prune deleted none of the first snapshot's tree packs: the test proves nothing"
+    );
 }

@@ -265,7 +265,8 @@ pub fn backup(
             &repo.keys,
             repo.config.pack_size,
             opts.dry_run,
-        ),
+        )
+        .caching_trees(repo.cache.clone()),
         counters,
         stats: Mutex::new(Summary::default()),
         warn: warn.clone(),

@@ -178,7 +178,9 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
     }
     stats.bytes_freed = (freed_whole + stats.bytes_repacked).saturating_sub(stats.bytes_written);
     if let Some(c) = &repo.cache {
-        c.retain("trees", &used);
+        for id in &gone {
+            c.remove("packs", id);
+        }
     }
     Ok(stats)
 }

@@ -1,6 +1,7 @@
-//! The local cache of immutable objects (index files, snapshots, tree blobs), under the
-//! XDG cache directory. Every entry is checked on read (by its hash, or for sealed tree
-//! blobs by decryption), so a damaged cache can cost a download but never correctness.
+//! The local cache of immutable objects (index files, snapshots, whole tree packs), under
+//! the XDG cache directory. Every entry is checked on read (by its hash, or for a blob
+//! read out of a cached pack by decryption), so a damaged cache can cost a download but
+//! never correctness.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -49,10 +50,14 @@ impl Cache {
         }
     }
 
-    /// An entry whose bytes authenticate themselves (sealed blobs, keyed by blob id): the
-    /// caller checks them and calls `remove` when they fail.
-    pub fn get_sealed(&self, kind: &str, id: &Id) -> Option<Vec<u8>> {
-        fs::read(self.path(kind, id)).ok()
+    /// `len` bytes at `offset` of an entry whose parts authenticate themselves (sealed
+    /// blobs in a pack): the caller checks them and calls `remove` when they fail.
+    pub fn get_range(&self, kind: &str, id: &Id, offset: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(self.path(kind, id)).ok()?;
+        let mut buf = vec![0; len];
+        f.read_exact_at(&mut buf, offset).ok()?;
+        Some(buf)
     }
 
     pub fn remove(&self, kind: &str, id: &Id) {
@@ -85,6 +90,11 @@ impl Cache {
                 let _ = fs::remove_file(e.path());
             }
         }
+    }
+
+    /// Drops every cached object of `kind` (one that is no longer cached at all).
+    pub fn drop_kind(&self, kind: &str) {
+        let _ = fs::remove_dir_all(self.dir.join(kind));
     }
 
     pub fn dir(&self) -> &Path {

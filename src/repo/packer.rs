@@ -12,6 +12,7 @@ use anyhow::{Result, anyhow};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::backend::{Backend, FileKind};
+use super::cache::Cache;
 use crate::format::Id;
 use crate::format::crypto::Keys;
 use crate::format::index::{IndexFile, PackBlobs};
@@ -27,6 +28,8 @@ const FLUSH_EVERY: Duration = Duration::from_secs(60);
 struct Upload {
     bytes: Vec<u8>,
     pack: PackBlobs,
+    /// Where to keep a copy: tree packs, which the next backup reads as its parent.
+    cache: Option<Cache>,
 }
 
 /// Packs uploaded but not yet in an index file.
@@ -90,6 +93,7 @@ pub struct Packer {
     packs: AtomicU64,
     bytes: Arc<AtomicU64>,
     dry_run: bool,
+    cache: Option<Cache>,
 }
 
 impl Packer {
@@ -132,7 +136,15 @@ impl Packer {
             packs: AtomicU64::new(0),
             bytes,
             dry_run,
+            cache: None,
         }
+    }
+
+    /// Keeps a copy of each tree pack written in `cache`, where reading trees looks
+    /// first: otherwise the next backup would download every tree it just wrote.
+    pub fn caching_trees(mut self, cache: Option<Cache>) -> Packer {
+        self.cache = cache;
+        self
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -176,10 +188,12 @@ impl Packer {
     fn ship(&self, b: PackBuilder) -> Result<()> {
         let (bytes, id, blobs) = b.finish(&self.keys);
         self.packs.fetch_add(1, Ordering::Relaxed);
+        let trees = blobs.iter().all(|b| b.blob_type == BlobType::Tree);
         let tx = self.tx.as_ref().expect("packer already finished");
         tx.send(Upload {
             bytes,
             pack: PackBlobs { pack: id, blobs },
+            cache: self.cache.clone().filter(|_| trees),
         })
         .map_err(|_| anyhow!("uploaders stopped"))?;
         Ok(())
@@ -227,6 +241,11 @@ fn upload_loop(
         let r = if dry_run {
             Ok(())
         } else {
+            // Cached first, as the upload takes the bytes; a copy of a pack whose upload
+            // then fails is dropped when the next run finds no index listing it.
+            if let Some(c) = &up.cache {
+                c.put("packs", &up.pack.pack, &up.bytes);
+            }
             backend
                 .write(&FileKind::Data.path(&up.pack.pack), up.bytes)
                 .and_then(|_| sink.push(up.pack))

@@ -299,6 +299,8 @@ impl Repository {
         let index = mi.finish();
         if let Some(c) = &self.cache {
             c.retain("index", &ids.into_iter().collect());
+            c.retain("packs", &index.pack_ids());
+            c.drop_kind("trees"); // single tree blobs, as earlier builds cached them
         }
         self.index = Arc::new(index);
         Ok(())
@@ -358,17 +360,6 @@ impl Repository {
     // ---- blobs and trees ----
 
     pub fn read_blob(&self, blob_type: BlobType, id: &Id) -> Result<Vec<u8>> {
-        // Trees are read again and again (ls, diff, versions, parents of backups): keep
-        // their sealed bytes locally. Data blobs are not cached.
-        let cache = self.cache.as_ref().filter(|_| blob_type == BlobType::Tree);
-        if let (Some(c), Some((_, entry))) = (cache, self.index.get(id))
-            && let Some(stored) = c.get_sealed("trees", id)
-        {
-            match pack::open_blob(&self.keys, &entry, &stored) {
-                Ok(plain) => return Ok(plain),
-                Err(_) => c.remove("trees", id),
-            }
-        }
         let (pack_id, entry) = self.index.get(id).ok_or_else(|| {
             anyhow!(
                 "{} blob {} is not in the index",
@@ -384,14 +375,17 @@ impl Repository {
                 blob_type.name()
             );
         }
+        if blob_type == BlobType::Tree
+            && let Some(plain) = self.read_cached_tree(&pack_id, &entry)
+        {
+            return Ok(plain);
+        }
         // Each copy in turn (this backend, then mirrors) until one holds the blob intact.
         let path = FileKind::Data.path(&pack_id);
-        let (stored, plain) = self
-            .backend
+        self.backend
             .read_with(|b| {
                 let stored = b.read_range(&path, entry.offset.into(), entry.length.into())?;
-                let plain = pack::open_blob(&self.keys, &entry, &stored)?;
-                Ok((stored, plain))
+                Ok(pack::open_blob(&self.keys, &entry, &stored)?)
             })
             .map_err(|e| {
                 e.context(format!(
@@ -400,11 +394,39 @@ impl Repository {
                     id.short(),
                     pack_id.short()
                 ))
-            })?;
-        if let Some(c) = cache {
-            c.put("trees", id, &stored);
+            })
+    }
+
+    /// A tree out of the local cache of tree packs, the pack fetched whole into it first
+    /// if need be. Trees are read again and again (parents of backups, ls, diff,
+    /// versions), and a directory's tree is usually next to its neighbours': one cached
+    /// pack makes a cold walk of a snapshot a few sequential reads rather than one per
+    /// directory. None when there is no cache or the pack cannot be cached (the caller
+    /// then reads the blob alone, from whichever copy holds it intact).
+    fn read_cached_tree(&self, pack_id: &Id, entry: &pack::BlobEntry) -> Option<Vec<u8>> {
+        let c = self.cache.as_ref()?;
+        let (offset, len) = (u64::from(entry.offset), entry.length as usize);
+        if let Some(stored) = c.get_range("packs", pack_id, offset, len) {
+            match pack::open_blob(&self.keys, entry, &stored) {
+                Ok(plain) => return Some(plain),
+                Err(_) => c.remove("packs", pack_id),
+            }
         }
-        Ok(plain)
+        let path = FileKind::Data.path(pack_id);
+        // A pack's name is the hash of its bytes: any copy that matches is the pack.
+        let whole = self
+            .backend
+            .read_with(|b| {
+                let bytes = b.read(&path)?;
+                if Id::of_stored(&bytes) != *pack_id {
+                    bail!("pack {} does not match its name", pack_id.short());
+                }
+                Ok(bytes)
+            })
+            .ok()?;
+        c.put("packs", pack_id, &whole);
+        let stored = whole.get(offset as usize..offset as usize + len)?;
+        pack::open_blob(&self.keys, entry, stored).ok()
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
