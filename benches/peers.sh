@@ -5,7 +5,8 @@
 # once more with no change, then restore the newest snapshot. The page cache is dropped
 # before every step (where permitted), every restore is compared byte for byte with the
 # source, and "limit" rows time what the machine itself allows: reading every file cold,
-# zstd at vault's level on all cores over the same bytes, and `cp -a` of the tree.
+# zstd at vault's level on all cores over the same bytes, reading every file's metadata
+# cold (what a run that finds nothing changed cannot avoid), and `cp -a` of the tree.
 #
 # Usage: benches/peers.sh [-c CORPUS_DIR] [-o OUT_DIR] [TOOL...]
 #   defaults: -c /var/tmp/vault-bench/corpus -o /var/tmp/vault-bench/run, all five tools
@@ -47,6 +48,7 @@ if [[ ${1:-} == _do ]]; then # internal: _do ACTION TOOL OUT
     zstd:limit) tar -C "$src" -cf - . | zstd -q -"$LEVEL" -T0 > /dev/null ;;
     warm:limit) tar -C "$src" -cf - . | cat > /dev/null ;;
     copy:limit) cp -a "$src" "$out/restore/" ;;
+    stat:limit) find "$src" -printf '%s %T@ %C@ %i\n' > /dev/null ;;
     *) echo "unknown $action:$tool" >&2; exit 2 ;;
   esac
   exit
@@ -109,7 +111,8 @@ step() { # tool step action [warm]
 }
 printf 'tool\tstep\twall_s\tcpu_s\tmaxrss_mb\trepo_mb\n'
 # The machine's own limits: reading the first two generations (the backups that read
-# every file), compressing the first, copying the last.
+# every file), compressing the first, the metadata of the last (all a no-change run must
+# read) and copying it.
 copy_gen "$corpus/gen1"
 step limit read-gen1 read
 "$0" _do warm limit "$out" # zstd's limit is its computing alone: the bytes are cached
@@ -118,6 +121,7 @@ copy_gen "$corpus/gen2" # the upgrade backup reads every file too
 step limit read-gen2 read
 rm -rf "$out/restore"; mkdir -p "$out/restore"
 copy_gen "$corpus/gen3"
+step limit stat-gen3 stat
 step limit copy-gen3 copy
 rm -rf "$out/restore"
 for tool in "${tools[@]}"; do

@@ -4,7 +4,8 @@
 For each step: every tool's wall seconds, CPU seconds, peak RSS and repository size;
 then vault's ratio to the best peer (wall, RSS) and, for the first two backups and the
 restore, to the machine's limit (max of cold read and zstd for the first backup, cold
-read for the upgrade, which reads every file again, cp -a for a restore). Usage: table.py results.tsv
+read for the upgrade, which reads every file again, a cold walk reading every file's
+metadata for the no-change run, cp -a for a restore). Usage: table.py results.tsv
 """
 import sys
 from collections import defaultdict
@@ -19,7 +20,7 @@ for r in rows:
     tool, step, wall, cpu, rss, repo = (r + [""] * 6)[:6]
     data[step][tool] = (float(wall), float(cpu), int(rss), int(repo) if repo else None)
 
-steps = [s for s in data if not s.startswith(("read", "zstd", "copy"))]
+steps = [s for s in data if not s.startswith(("read", "zstd", "stat", "copy"))]
 tools = sorted({t for s in steps for t in data[s]}, key=lambda t: (t != "vault", t))
 limit = data
 lim = {}
@@ -27,6 +28,8 @@ if "read-gen1" in data and "zstd-gen1" in data:
     lim["backup-gen1"] = max(data["read-gen1"]["limit"][0], data["zstd-gen1"]["limit"][0])
 if "read-gen2" in data:
     lim["backup-gen2"] = data["read-gen2"]["limit"][0]
+if "stat-gen3" in data:
+    lim["backup-nochange"] = data["stat-gen3"]["limit"][0]
 if "copy-gen3" in data:
     lim["restore"] = data["copy-gen3"]["limit"][0]
 
@@ -54,7 +57,7 @@ if sizes:
     best = min(peers.items(), key=lambda kv: kv[1]) if peers else None
     ratio = f"{sizes['vault'] / best[1]:.2f}x ({best[0]})" if "vault" in sizes and best else "-"
     print(f"| repository size | {line} | {ratio} | - |")
-for s in ("read-gen1", "zstd-gen1", "read-gen2", "copy-gen3"):
+for s in ("read-gen1", "zstd-gen1", "read-gen2", "stat-gen3", "copy-gen3"):
     if s in data:
         print(f"\nlimit {s}: {data[s]['limit'][0]:.2f} s wall, {data[s]['limit'][1]:.2f} s CPU")
 for t in sorted(broken):
