@@ -401,7 +401,8 @@ fn copy_used(
     if repack.is_empty() {
         return Ok(Vec::new());
     }
-    let packer = Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, false);
+    let packer = Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, false)
+        .caching_trees(repo.cache.clone());
     for id in repack {
         let p = &packs[id];
         let bytes = repo.backend.read(&FileKind::Data.path(id))?;

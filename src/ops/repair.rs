@@ -138,7 +138,8 @@ pub fn repair_snapshots(
         &repo.keys,
         repo.config.pack_size,
         opts.dry_run,
-    );
+    )
+    .caching_trees(repo.cache.clone());
     let mut rw = Rewriter {
         repo,
         lost: &report.lost,

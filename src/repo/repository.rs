@@ -58,6 +58,10 @@ pub struct Repository {
     pub damaged_index: Vec<(Id, String)>,
     /// Index files that others supersede (as of the last `load_index`).
     pub superseded: HashSet<Id>,
+    /// Held while a tree pack is fetched into the cache (the scanner threads that all
+    /// miss it at once must not all download it, and hold it in memory, at once); it
+    /// holds the packs that could not be fetched whole, not to be tried again.
+    fetching_trees: std::sync::Mutex<HashSet<Id>>,
 }
 
 pub fn now_rfc3339() -> String {
@@ -135,6 +139,7 @@ impl Repository {
             index: Arc::new(MasterIndex::default()),
             damaged_index: Vec::new(),
             superseded: HashSet::new(),
+            fetching_trees: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -174,6 +179,7 @@ impl Repository {
             index: Arc::new(MasterIndex::default()),
             damaged_index: Vec::new(),
             superseded: HashSet::new(),
+            fetching_trees: std::sync::Mutex::new(HashSet::new()),
         })
     }
 
@@ -406,11 +412,23 @@ impl Repository {
     fn read_cached_tree(&self, pack_id: &Id, entry: &pack::BlobEntry) -> Option<Vec<u8>> {
         let c = self.cache.as_ref()?;
         let (offset, len) = (u64::from(entry.offset), entry.length as usize);
-        if let Some(stored) = c.get_range("packs", pack_id, offset, len) {
-            match pack::open_blob(&self.keys, entry, &stored) {
-                Ok(plain) => return Some(plain),
-                Err(_) => c.remove("packs", pack_id),
+        let cached = || {
+            let stored = c.get_range("packs", pack_id, offset, len)?;
+            let plain = pack::open_blob(&self.keys, entry, &stored);
+            if plain.is_err() {
+                c.remove("packs", pack_id);
             }
+            plain.ok()
+        };
+        if let Some(plain) = cached() {
+            return Some(plain);
+        }
+        let mut unfetchable = self.fetching_trees.lock().ok()?;
+        if let Some(plain) = cached() {
+            return Some(plain); // fetched while this thread waited
+        }
+        if unfetchable.contains(pack_id) {
+            return None;
         }
         let path = FileKind::Data.path(pack_id);
         // A pack's name is the hash of its bytes: any copy that matches is the pack.
@@ -422,6 +440,9 @@ impl Repository {
                     bail!("pack {} does not match its name", pack_id.short());
                 }
                 Ok(bytes)
+            })
+            .inspect_err(|_| {
+                unfetchable.insert(*pack_id);
             })
             .ok()?;
         c.put("packs", pack_id, &whole);
