@@ -246,9 +246,7 @@ pub fn backup(
 
     let parent = find_parent(repo, opts, &host, &paths, &warn);
     let scanner = Scanner::new(repo, &excludes, opts.exclude_caches, warn.clone());
-    let parent_tree = parent
-        .as_ref()
-        .and_then(|(_, s)| Some((s.tree, scanner.old_tree(&s.tree)?)));
+    let parent_tree = parent.as_ref().and_then(|(_, s)| scanner.old_tree(s.tree));
 
     let index = repo.index();
     let shared = Arc::new(Shared {
@@ -443,22 +441,17 @@ impl Walker<'_, '_> {
         let mut same_as = listing
             .old_tree
             .filter(|_| listing.old_nodes.len() == listing.entries.len());
-        let Listing {
-            entries: scanned,
-            old_nodes,
-            ..
-        } = listing;
-        for (scanned, slot) in scanned.into_iter().zip(ahead) {
+        for (scanned, slot) in std::mem::take(&mut listing.entries).into_iter().zip(ahead) {
             let sub_trie = Trie::below(trie, &scanned.name);
             let child = path.join(&scanned.name);
-            let old = scanned.old.map(|i| &old_nodes[i]);
+            let old = listing.old(&scanned);
             let e = self.entry(&child, scanned, old, slot, dev, sub_trie, &files)?;
             if !unchanged(e.as_ref(), old) {
                 same_as = None;
             }
             entries.extend(e);
         }
-        drop(old_nodes);
+        drop(listing);
         // The finalizer will wait for this directory's files: none may stay behind here.
         self.files_out.flush()?;
         let job = self.next_job;
@@ -548,7 +541,7 @@ impl Walker<'_, '_> {
                         None => {
                             let old = old
                                 .and_then(|o| o.subtree)
-                                .and_then(|id| Some((id, self.scanner.old_tree(&id)?)));
+                                .and_then(|id| self.scanner.old_tree(id));
                             let only = trie.and_then(Trie::only);
                             self.scanner.scan(path, only, old, &mut self.names)
                         }

@@ -245,14 +245,15 @@ impl<'a> Scanner<'a> {
     }
 
     fn scan_dir(&self, dir: &Dir, names: &mut Names) -> Listing {
-        let old = dir.old.and_then(|id| Some((id, self.old_tree(&id)?)));
+        let old = dir.old.and_then(|id| self.old_tree(id));
         self.scan(&dir.path, None, old, names)
     }
 
-    /// The parent snapshot's tree of a directory; unreadable, its files are read again.
-    pub fn old_tree(&self, id: &Id) -> Option<Tree> {
-        match self.repo.load_tree(id) {
-            Ok(t) => Some(t),
+    /// The parent snapshot's tree of a directory, with its id; unreadable, its files are
+    /// read again.
+    pub fn old_tree(&self, id: Id) -> Option<(Id, Tree)> {
+        match self.repo.load_tree(&id) {
+            Ok(t) => Some((id, t)),
             Err(e) => {
                 (self.warn)(format!(
                     "parent tree unreadable, reading its files again: {}",
