@@ -671,3 +671,28 @@ fn tree_packs_are_cached_whole_and_a_damaged_copy_is_fetched_again() {
         "prune deleted none of the first snapshot's tree packs: the test proves nothing"
     );
 }
+
+/// A tree pack whose stored copy no longer matches its name is never cached: its trees
+/// are read one by one, each checked on its own.
+#[test]
+fn a_tree_pack_that_does_not_match_its_name_is_not_cached() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(src.join("a")).unwrap();
+    fs::write(src.join("a/f"), "data").unwrap();
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let listing = env.ok(&["ls", "latest"]);
+    let cached = cached_packs(&env);
+    assert!(!cached.is_empty());
+    fs::remove_dir_all(env.path("cache")).unwrap();
+    // The pack's last byte is in its header, which reading a blob by the index skips.
+    for (name, _) in &cached {
+        let p = env.repo().join("data").join(&name[..2]).join(name);
+        let mut b = fs::read(&p).unwrap();
+        *b.last_mut().unwrap() ^= 1;
+        fs::write(&p, b).unwrap();
+    }
+    assert_eq!(env.ok(&["ls", "latest"]), listing);
+    assert!(cached_packs(&env).is_empty(), "a damaged pack was cached");
+}
