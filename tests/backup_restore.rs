@@ -188,8 +188,10 @@ fn unchanged_second_backup_reads_nothing_and_dedups() {
 
 /// Directories are scanned ahead of the walk on several threads; the trees must come out
 /// as one thread would make them. A tree wider than the scanners may run ahead (8192
-/// entries), with excluded names and symlinks at every level, backed up twice: the
-/// second run reads nothing and writes the very same root tree, and the restore is exact.
+/// entries), with excluded names and symlinks at every level, sibling directories large
+/// enough to be stat'ed on several threads and one larger than the scanners' whole bound,
+/// backed up twice: the second run reads nothing and writes the very same root tree, and
+/// the restore is exact.
 #[test]
 fn parallel_scan_builds_the_same_trees_every_time() {
     let env = Env::new();
@@ -206,18 +208,36 @@ fn parallel_scan_builds_the_same_trees_every_time() {
             std::os::unix::fs::symlink("../f000", d.join("deep/link")).unwrap();
         }
     }
+    let wide = [
+        ("big0", 1500),
+        ("big1", 1500),
+        ("big2", 2000),
+        ("huge", 8300),
+    ];
+    for (name, n) in wide {
+        let d = src.join("wide").join(name);
+        fs::create_dir_all(&d).unwrap();
+        for f in 0..n {
+            fs::write(d.join(format!("w{f:05}")), format!("{name} {f}")).unwrap();
+        }
+        for f in 0..10 {
+            fs::write(d.join(format!("x{f}.tmp")), "excluded").unwrap();
+        }
+        std::os::unix::fs::symlink("w00000", d.join("link")).unwrap();
+    }
+    let files = 12 * 9 * 91 + wide.iter().map(|(_, n)| n + 1).sum::<i32>();
     env.init(&[]);
     let s = src.to_str().unwrap();
     let first = env.backup_json(&[s, "--exclude", "*.tmp"]);
-    assert_eq!(first["summary"]["files_new"], 12 * 9 * 91);
+    assert_eq!(first["summary"]["files_new"], files - 4); // symlinks are not new files
     let second = env.backup_json(&[s, "--exclude", "*.tmp"]);
     assert_eq!(second["summary"]["bytes_read"], 0);
-    assert_eq!(second["summary"]["files_unchanged"], 12 * 9 * 91);
+    assert_eq!(second["summary"]["files_unchanged"], files - 4);
     let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
     assert_eq!(snaps[0]["tree"], snaps[1]["tree"], "same tree both times");
     let target = env.restore_verified("r");
     let mut want = snapshot_of(&src);
-    want.retain(|k, _| !k.ends_with(b"skip.tmp"));
+    want.retain(|k, _| !k.ends_with(b".tmp"));
     assert_eq!(snapshot_of(&Env::restored(&target, &src)), want);
 }
 

@@ -180,8 +180,11 @@ impl Tree {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Tree> {
-        let t: Tree =
+        let mut t: Tree =
             serde_json::from_slice(bytes).map_err(|e| FormatError::malformed("tree", e))?;
+        // Grown by doubling, a large directory's nodes took up to twice their room, and a
+        // parent tree stays in memory while its directory is walked.
+        t.nodes.shrink_to_fit();
         if t.nodes.windows(2).any(|w| w[0].name >= w[1].name) {
             return Err(FormatError::malformed(
                 "tree",
