@@ -215,7 +215,7 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         take_lock(g, &repo, false, "backup")?
     };
     // Loaded once the lock is held: the index may change while we wait for it.
-    repo.load_index()?;
+    repo.load_index_for_backup()?;
     warn_damaged_index(&repo);
     if !a.dry_run {
         // Blobs of packs an interrupted run left behind are reused; index them first, so

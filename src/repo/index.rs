@@ -152,6 +152,9 @@ pub struct MasterIndex {
     /// Per pack (by position in `packs`): its size and blob count as its index entry says.
     pack_info: Vec<(u64, u32)>,
     blobs: Vec<(Id, Loc)>,
+    /// Data blobs known only to exist, by the first half of their ids, sorted (see
+    /// [`IndexBuilder::data_ids_only`]).
+    data_ids: Vec<[u8; 16]>,
     /// `starts[b]..starts[b + 1]`: the blobs whose ids' top `bits` bits are `b`.
     starts: Vec<u32>,
     bits: u32,
@@ -163,26 +166,43 @@ pub struct MasterIndex {
 
 /// Collects index files and pack headers, then sorts them into a [`MasterIndex`].
 #[derive(Default)]
-pub struct IndexBuilder(MasterIndex);
+pub struct IndexBuilder {
+    mi: MasterIndex,
+    data_ids_only: bool,
+}
 
 impl IndexBuilder {
     /// A builder with room for `blobs` entries (the table's final size, if known, spares
     /// it growing by doubling).
     pub fn with_capacity(blobs: usize) -> IndexBuilder {
         let mut b = IndexBuilder::default();
-        b.0.blobs.reserve_exact(blobs);
+        b.mi.blobs.reserve_exact(blobs);
+        b
+    }
+
+    /// A builder that keeps of data blobs only that they exist, by the first 16 bytes of
+    /// their ids: 16 bytes a blob instead of 56, for a backup, which never reads a data
+    /// blob and only asks whether one is stored. Two blobs' keyed ids sharing 128 bits
+    /// are as unlikely as a collision of the ids themselves is assumed to be. Trees keep
+    /// their places, to be read.
+    pub fn data_ids_only(blobs: usize) -> IndexBuilder {
+        let mut b = IndexBuilder {
+            data_ids_only: true,
+            ..IndexBuilder::default()
+        };
+        b.mi.data_ids.reserve_exact(blobs);
         b
     }
 
     pub fn add_file(&mut self, id: Id, file: &IndexFile) {
-        self.0.files.push(id);
+        self.mi.files.push(id);
         for p in &file.packs {
             self.add_pack(p.pack, &p.blobs);
         }
     }
 
     pub fn add_pack(&mut self, pack: Id, blobs: &[BlobEntry]) {
-        let mi = &mut self.0;
+        let mi = &mut self.mi;
         let next = mi.packs.len() as u32;
         let pi = *mi.pack_ids.entry(pack).or_insert_with(|| {
             mi.packs.push(pack);
@@ -190,7 +210,11 @@ impl IndexBuilder {
                 .push((pack::stored_size(blobs), blobs.len() as u32));
             next
         });
-        mi.blobs.extend(blobs.iter().map(|b| {
+        for b in blobs {
+            if self.data_ids_only && b.blob_type == BlobType::Data {
+                mi.data_ids.push(half(&b.id));
+                continue;
+            }
             let loc = Loc {
                 pack: pi,
                 offset: b.offset,
@@ -200,21 +224,24 @@ impl IndexBuilder {
                 blob_type: b.blob_type,
                 flags: b.flags,
             };
-            (b.id, loc)
-        }));
+            mi.blobs.push((b.id, loc));
+        }
     }
 
     pub fn add_unindexed(&mut self, pack: Id, blobs: Vec<BlobEntry>) {
         self.add_pack(pack, &blobs);
-        self.0.unindexed.push(PackBlobs { pack, blobs });
+        self.mi.unindexed.push(PackBlobs { pack, blobs });
     }
 
     pub fn pack_ids(&self) -> HashSet<Id> {
-        self.0.pack_ids()
+        self.mi.pack_ids()
     }
 
     pub fn finish(self) -> MasterIndex {
-        let mut mi = self.0;
+        let mut mi = self.mi;
+        mi.data_ids.sort_unstable();
+        mi.data_ids.dedup();
+        mi.data_ids.shrink_to_fit();
         // Of a blob stored twice, the copy in the pack added first is the one kept.
         mi.blobs
             .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
@@ -233,6 +260,12 @@ impl IndexBuilder {
     }
 }
 
+fn half(id: &Id) -> [u8; 16] {
+    let mut h = [0; 16];
+    h.copy_from_slice(&id.0[..16]);
+    h
+}
+
 fn top_bits(id: &Id, bits: u32) -> usize {
     let head = u32::from_be_bytes([id.0[0], id.0[1], id.0[2], id.0[3]]);
     (u64::from(head) >> (32 - bits)) as usize
@@ -249,6 +282,8 @@ impl MasterIndex {
         Some(&run[i].1)
     }
 
+    /// Where a blob is; None for a data blob in an index built with
+    /// [`IndexBuilder::data_ids_only`].
     pub fn get(&self, id: &Id) -> Option<(Id, BlobEntry)> {
         let l = self.loc(id)?;
         Some((
@@ -266,7 +301,7 @@ impl MasterIndex {
     }
 
     pub fn contains(&self, id: &Id) -> bool {
-        self.loc(id).is_some()
+        self.loc(id).is_some() || self.data_ids.binary_search(&half(id)).is_ok()
     }
 
     pub fn raw_len(&self, id: &Id) -> Option<u32> {
@@ -274,11 +309,11 @@ impl MasterIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.blobs.len()
+        self.blobs.len() + self.data_ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.blobs.is_empty()
+        self.len() == 0
     }
 
     pub fn pack_ids(&self) -> HashSet<Id> {
@@ -378,5 +413,39 @@ mod tests {
         assert_eq!((pack, e.offset), (p1, 5));
         assert_eq!(mi.unindexed.len(), 1);
         assert_eq!(mi.packs().count(), 2);
+    }
+
+    #[test]
+    fn a_backup_index_knows_data_blobs_exist_and_where_trees_are() {
+        let data: Vec<Id> = (0..500).map(|_| Id::random()).collect();
+        let trees: Vec<Id> = (0..20).map(|_| Id::random()).collect();
+        let (p1, p2) = (Id::random(), Id::random());
+        let tree_entries = trees.iter().map(|id| BlobEntry {
+            blob_type: BlobType::Tree,
+            ..entry(*id, 3)
+        });
+        let mut b = IndexBuilder::data_ids_only(data.len());
+        b.add_file(
+            Id::random(),
+            &file(vec![
+                (p1, data.iter().map(|id| entry(*id, 1)).collect()),
+                (p2, tree_entries.collect()),
+            ]),
+        );
+        // Stored twice: counted once.
+        b.add_unindexed(Id::random(), vec![entry(data[0], 4)]);
+        let mi = b.finish();
+        assert_eq!(mi.len(), data.len() + trees.len());
+        for id in &data {
+            assert!(mi.contains(id));
+            assert!(mi.get(id).is_none(), "a data blob's place is not kept");
+        }
+        for id in &trees {
+            assert_eq!(mi.get(id).expect("a tree is found").0, p2);
+        }
+        for _ in 0..100 {
+            assert!(!mi.contains(&Id::random()));
+        }
+        assert_eq!(mi.packs().count(), 3);
     }
 }

@@ -264,6 +264,16 @@ impl Repository {
     /// file is skipped and recorded in `damaged_index`: one bad file must not stop the
     /// restore of everything the others describe.
     pub fn load_index(&mut self) -> Result<()> {
+        self.load_index_with(IndexBuilder::with_capacity)
+    }
+
+    /// Loads the index as a backup needs it: data blobs only known to exist (a third of
+    /// the memory; see [`IndexBuilder::data_ids_only`]), trees with their places.
+    pub fn load_index_for_backup(&mut self) -> Result<()> {
+        self.load_index_with(IndexBuilder::data_ids_only)
+    }
+
+    fn load_index_with(&mut self, builder: fn(usize) -> IndexBuilder) -> Result<()> {
         let ids = self.backend.list(FileKind::Index)?;
         // The data listing (for packs no index lists) waits on the backend while the index
         // files are decrypted and decoded. (Decoding them on several threads too saved a
@@ -296,7 +306,7 @@ impl Repository {
             }
         }
         files.retain(|(id, _)| !superseded.contains(id));
-        let mut mi = IndexBuilder::with_capacity(files.iter().map(|(_, f)| f.blob_count()).sum());
+        let mut mi = builder(files.iter().map(|(_, f)| f.blob_count()).sum());
         for (id, f) in files {
             mi.add_file(id, &f);
         }
