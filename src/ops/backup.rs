@@ -123,18 +123,10 @@ struct FileJob {
     done: Promise<Node>,
 }
 
-enum Entry {
-    Ready(Node),
-    /// A file with the readers: its node comes back through the directory's `Gather`.
-    Pending,
-    /// A directory's node, the job that makes its tree, and its tree in the parent
-    /// snapshot.
-    Subdir(Node, usize, Option<Id>),
-}
-
 struct DirTask {
     job: usize,
-    entries: Vec<Entry>,
+    /// As walked: see [`Found`].
+    entries: Vec<Scanned>,
     files: Arc<Gather<Node>>,
     /// The directory's tree in the parent snapshot, while nothing in it differs from it
     /// but maybe its subdirectories' trees, which the finalizer compares.
@@ -437,19 +429,19 @@ impl Walker<'_, '_> {
         }
         let ahead = self.scan_ahead(path, dev, &listing, trie);
         let files = Arc::new(Gather::default());
-        let mut entries = Vec::with_capacity(listing.entries.len());
         let mut same_as = listing
             .old_tree
             .filter(|_| listing.old_nodes.len() == listing.entries.len());
-        for (scanned, slot) in std::mem::take(&mut listing.entries).into_iter().zip(ahead) {
+        let mut entries = std::mem::take(&mut listing.entries);
+        for (scanned, slot) in entries.iter_mut().zip(ahead) {
             let sub_trie = Trie::below(trie, &scanned.name);
             let child = path.join(&scanned.name);
-            let old = listing.old(&scanned);
-            let e = self.entry(&child, scanned, old, slot, dev, sub_trie, &files)?;
-            if !unchanged(e.as_ref(), old) {
+            let old = listing.old(scanned);
+            let found = std::mem::replace(&mut scanned.found, Found::Vanished);
+            scanned.found = self.entry(&child, found, old, slot, dev, sub_trie, &files)?;
+            if !unchanged(&scanned.found, old) {
                 same_as = None;
             }
-            entries.extend(e);
         }
         drop(listing);
         // The finalizer will wait for this directory's files: none may stay behind here.
@@ -509,26 +501,28 @@ impl Walker<'_, '_> {
         self.one_fs && trie.is_none() && dev.is_some_and(|d| d != node.dev)
     }
 
+    /// Walks one scanned entry; returns it as walked (see [`Found`]).
     #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
         path: &Path,
-        scanned: Scanned,
+        found: Found,
         old: Option<&Node>,
         slot: Option<Arc<Slot>>,
         dev: Option<u64>,
         trie: Option<&Trie>,
         files: &Arc<Gather<Node>>,
-    ) -> Result<Option<Entry>> {
-        let node = match scanned.found {
+    ) -> Result<Found> {
+        let mut node = match found {
             Found::Node(node) => node,
-            Found::Vanished => {
-                (self.shared.warn)(format!("{}: vanished during backup", path.display()));
-                return Ok(None);
-            }
             Found::Failed(msg) => {
                 self.warn_error(msg);
-                return Ok(None);
+                return Ok(Found::Vanished);
+            }
+            // Vanished: a scan finds nothing else.
+            _ => {
+                (self.shared.warn)(format!("{}: vanished during backup", path.display()));
+                return Ok(Found::Vanished);
             }
         };
         match node.kind {
@@ -550,12 +544,13 @@ impl Walker<'_, '_> {
                     let dev = dev.unwrap_or(node.dev);
                     self.dir(path, in_source.then_some(dev), listing, trie)?
                 };
-                Ok(Some(Entry::Subdir(node, job, old.and_then(|o| o.subtree))))
+                node.subtree = old.and_then(|o| o.subtree);
+                Ok(Found::Subdir(node, job))
             }
-            NodeType::File => Ok(Some(self.file(path, node, old, files)?)),
+            NodeType::File => self.file(path, node, old, files),
             _ => {
                 self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
-                Ok(Some(Entry::Ready(node)))
+                Ok(Found::Node(node))
             }
         }
     }
@@ -580,7 +575,7 @@ impl Walker<'_, '_> {
         mut node: Node,
         old: Option<&Node>,
         files: &Arc<Gather<Node>>,
-    ) -> Result<Entry> {
+    ) -> Result<Found> {
         if let Some(o) = old
             && o.kind == NodeType::File
             && o.size == node.size
@@ -597,7 +592,7 @@ impl Walker<'_, '_> {
                 s.bytes_total += node.size;
             });
             self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
-            return Ok(Entry::Ready(node));
+            return Ok(Found::Node(node));
         }
         let size = node.size;
         let job = FileJob {
@@ -607,7 +602,7 @@ impl Walker<'_, '_> {
             done: files.promise(),
         };
         self.files_out.push(job, size)?;
-        Ok(Entry::Pending)
+        Ok(Found::Pending)
     }
 
     fn stdin(&mut self, name: &str, mut chunks: Batcher<Chunk>) -> Result<usize> {
@@ -632,7 +627,11 @@ impl Walker<'_, '_> {
         self.dir_tx
             .send(DirTask {
                 job,
-                entries: vec![Entry::Ready(node)],
+                entries: vec![Scanned {
+                    name: name.into(),
+                    found: Found::Node(node),
+                    old: None,
+                }],
                 files: Arc::default(),
                 same_as: None,
             })
@@ -913,17 +912,11 @@ fn added(sh: &Shared, raw: u64, stored: u64, blobs: u64) {
 
 /// Whether a directory entry is what it was in the parent snapshot (a subdirectory's
 /// tree aside, which is not known yet).
-fn unchanged(e: Option<&Entry>, old: Option<&Node>) -> bool {
-    match (e, old) {
-        (Some(Entry::Ready(n)), Some(o)) => n == o,
-        (Some(Entry::Subdir(n, ..)), Some(o)) => {
-            o.subtree.is_some()
-                && n.subtree.is_none()
-                && Node {
-                    subtree: None,
-                    ..o.clone()
-                } == *n
-        }
+fn unchanged(walked: &Found, old: Option<&Node>) -> bool {
+    match (walked, old) {
+        (Found::Node(n), Some(o)) => n == o,
+        // The node's subtree is still the old one's.
+        (Found::Subdir(n, _), Some(o)) => o.subtree.is_some() && n == o,
         _ => false,
     }
 }
@@ -941,23 +934,23 @@ fn finalize_loop(
         let mut same_as = task.same_as;
         let mut read = task.files.wait().into_iter();
         for e in task.entries {
-            match e {
-                Entry::Ready(n) => tree.nodes.push(n),
-                Entry::Pending => {
+            match e.found {
+                Found::Node(n) => tree.nodes.push(n),
+                Found::Pending => {
                     if let Some(Some(n)) = read.next() {
                         tree.nodes.push(n);
                     }
                 }
-                Entry::Subdir(mut n, job, old) => {
+                Found::Subdir(mut n, job) => {
                     let id = done
                         .remove(&job)
                         .ok_or_else(|| anyhow!("subtree {job} finished out of order"))?;
-                    if old != Some(id) {
+                    if n.subtree.replace(id) != Some(id) {
                         same_as = None;
                     }
-                    n.subtree = Some(id);
                     tree.nodes.push(n);
                 }
+                Found::Vanished | Found::Failed(_) => {}
             }
         }
         // An unchanged directory is its old tree, already stored: nothing to encode.

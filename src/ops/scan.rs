@@ -41,15 +41,23 @@ const AHEAD: usize = 8192;
 const SPLIT_AT: usize = 1024;
 const SPLIT_THREADS: usize = 4;
 
-/// What became of one directory entry.
+/// What became of one directory entry: as scanned, then as walked. The walk turns each
+/// entry into what the tree finalizer needs in place, so a directory's entries are held
+/// once, not once scanned and again walked.
 #[allow(clippy::large_enum_variant)] // nearly every entry is a node: boxing costs more
 pub enum Found {
-    /// Its node (content not yet filled in).
+    /// Its node (scanned: content not yet filled in; walked: complete).
     Node(Node),
-    /// It was deleted between the listing and the stat.
+    /// It was deleted between the listing and the stat; walked: also any entry left out.
     Vanished,
     /// It could not be stat'ed or read; one line naming it.
     Failed(String),
+    /// Walked: a file with the readers, whose node comes back through the directory's
+    /// gather.
+    Pending,
+    /// Walked: a subdirectory and the job that makes its tree. Until the finalizer puts
+    /// the new tree id in, the node's `subtree` is the parent snapshot's.
+    Subdir(Node, usize),
 }
 
 pub struct Scanned {
