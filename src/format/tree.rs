@@ -2,6 +2,9 @@
 //! unchanged directory always yields the same tree blob. Names, symlink targets and xattr
 //! names are raw bytes: a JSON string when they are UTF-8, `{"b64": ...}` otherwise.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
@@ -71,6 +74,79 @@ impl RawBytes {
     }
 }
 
+/// A user or group name, shared: nearly every node of a tree carries one of a few, and
+/// a string of its own each cost two allocations a node, in the trees a backup holds
+/// while it walks.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Owner(Arc<str>);
+
+impl Owner {
+    pub fn new(name: &str) -> Owner {
+        Owner(name.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The same name as one decoded lately on this thread, shared with it.
+    fn interned(name: &str) -> Owner {
+        const RECENT: usize = 8;
+        thread_local! {
+            static SEEN: RefCell<Vec<Owner>> = const { RefCell::new(Vec::new()) };
+        }
+        SEEN.with_borrow_mut(|seen| {
+            if let Some(o) = seen.iter().find(|o| o.as_str() == name) {
+                return o.clone();
+            }
+            let o = Owner::new(name);
+            if seen.len() == RECENT {
+                seen.remove(0);
+            }
+            seen.push(o.clone());
+            o
+        })
+    }
+}
+
+impl From<&str> for Owner {
+    fn from(name: &str) -> Owner {
+        Owner::new(name)
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Owner {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Name;
+        impl serde::de::Visitor<'_> for Name {
+            type Value = Owner;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a user or group name")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> std::result::Result<Owner, E> {
+                Ok(Owner::interned(v))
+            }
+        }
+        d.deserialize_str(Name)
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeType {
@@ -102,10 +178,10 @@ pub struct Node {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub user: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub group: String,
+    #[serde(default, skip_serializing_if = "Owner::is_empty")]
+    pub user: Owner,
+    #[serde(default, skip_serializing_if = "Owner::is_empty")]
+    pub group: Owner,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -140,8 +216,8 @@ impl Node {
             mode: 0,
             uid: 0,
             gid: 0,
-            user: String::new(),
-            group: String::new(),
+            user: Owner::default(),
+            group: Owner::default(),
             mtime_ns: 0,
             ctime_ns: 0,
             size: 0,
@@ -222,5 +298,28 @@ mod tests {
         assert_eq!(dec.nodes[0].name.0, b"a");
         assert!(dec.find(&[b'b', 0xff, 0xfe]).is_some());
         assert_eq!(t.clone().encode(), enc, "encoding is deterministic");
+    }
+
+    #[test]
+    fn owners_are_plain_strings_and_shared_once_decoded() {
+        let mut t = Tree {
+            nodes: ["a", "b"]
+                .map(|n| {
+                    let mut node = Node::new(n.as_bytes().to_vec(), NodeType::File);
+                    node.user = Owner::new("alice");
+                    node
+                })
+                .to_vec(),
+        };
+        let enc = t.encode();
+        let s = String::from_utf8(enc.clone()).unwrap();
+        assert!(
+            s.contains(r#""user":"alice""#) && !s.contains("group"),
+            "{s}"
+        );
+        let dec = Tree::decode(&enc).unwrap();
+        assert_eq!(dec, t);
+        assert_eq!(dec.nodes[1].group.as_str(), "");
+        assert!(Arc::ptr_eq(&dec.nodes[0].user.0, &dec.nodes[1].user.0));
     }
 }

@@ -13,37 +13,37 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
-use crate::format::tree::{Node, NodeType, RawBytes, Xattr};
+use crate::format::tree::{Node, NodeType, Owner, RawBytes, Xattr};
 
 /// Caches uid/gid to name lookups, which hit NSS and are slow per file.
 #[derive(Default)]
 pub struct Names {
-    users: HashMap<u32, String>,
-    groups: HashMap<u32, String>,
+    users: HashMap<u32, Owner>,
+    groups: HashMap<u32, Owner>,
 }
 
 impl Names {
-    fn user(&mut self, uid: u32) -> String {
+    fn user(&mut self, uid: u32) -> Owner {
         self.users
             .entry(uid)
             .or_insert_with(|| {
                 nix::unistd::User::from_uid(uid.into())
                     .ok()
                     .flatten()
-                    .map(|u| u.name)
+                    .map(|u| Owner::new(&u.name))
                     .unwrap_or_default()
             })
             .clone()
     }
 
-    fn group(&mut self, gid: u32) -> String {
+    fn group(&mut self, gid: u32) -> Owner {
         self.groups
             .entry(gid)
             .or_insert_with(|| {
                 nix::unistd::Group::from_gid(gid.into())
                     .ok()
                     .flatten()
-                    .map(|g| g.name)
+                    .map(|g| Owner::new(&g.name))
                     .unwrap_or_default()
             })
             .clone()
