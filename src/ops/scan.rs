@@ -374,11 +374,44 @@ impl<'a> Scanner<'a> {
             Some((id, t)) => (Some(id), t.nodes),
             None => (None, Vec::new()),
         };
-        let mut entries = if listed.len() < SPLIT_AT {
-            self.stat_all(path, listed, whole, &old_nodes, names)
+        let (mut entries, dirents): (Vec<Scanned>, Vec<_>) = listed
+            .into_iter()
+            .map(|(name, d)| {
+                let s = Scanned {
+                    name,
+                    found: Found::Vanished,
+                    old: None,
+                };
+                (s, d)
+            })
+            .unzip();
+        let mut excluded = vec![false; entries.len()];
+        if entries.len() < SPLIT_AT {
+            let run = (&mut entries[..], &dirents[..], &mut excluded[..]);
+            self.stat_run(path, run, whole, &old_nodes, names);
         } else {
-            self.stat_split(path, listed, whole, &old_nodes)
-        };
+            // Large directories are stat'ed on several threads, in runs of neighbouring
+            // inodes: one thread, waiting on each inode-table block in turn, made the
+            // bench's directories of 6 000 to 10 000 files the longest waits of a cold
+            // walk. Each fills its part of the entries in place.
+            let per = entries.len().div_ceil(SPLIT_THREADS);
+            let old_nodes = &old_nodes;
+            std::thread::scope(|s| {
+                let runs = entries
+                    .chunks_mut(per)
+                    .zip(dirents.chunks(per))
+                    .zip(excluded.chunks_mut(per));
+                for ((e, d), x) in runs {
+                    s.spawn(move || {
+                        let names = &mut Names::default();
+                        self.stat_run(path, (e, d, x), whole, old_nodes, names);
+                    });
+                }
+            });
+        }
+        drop(dirents);
+        let mut excluded = excluded.into_iter();
+        entries.retain(|_| !excluded.next().unwrap_or(false));
         entries.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         Listing {
             entries,
@@ -388,50 +421,19 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Stats a large directory's entries on several threads, in runs of neighbouring
-    /// inodes: one thread, waiting on each inode-table block in turn, made the bench's
-    /// directories of 6 000 to 10 000 files the longest waits of a cold walk.
-    fn stat_split(
+    /// Stats a run of entries of `path` one by one, in the order given, into their
+    /// `found` and `old`; marks those an exclude matches (when `whole`).
+    fn stat_run(
         &self,
         path: &Path,
-        mut listed: Vec<Listed>,
-        whole: bool,
-        old_nodes: &[Node],
-    ) -> Vec<Scanned> {
-        let per = listed.len().div_ceil(SPLIT_THREADS);
-        let mut runs = Vec::with_capacity(SPLIT_THREADS);
-        while listed.len() > per {
-            runs.push(listed.split_off(listed.len() - per));
-        }
-        runs.push(listed);
-        std::thread::scope(|s| {
-            let handles: Vec<_> = runs
-                .into_iter()
-                .map(|run| {
-                    s.spawn(move || {
-                        self.stat_all(path, run, whole, old_nodes, &mut Names::default())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-                .collect()
-        })
-    }
-
-    /// Stats `listed` entries of `path` one by one, in the order given.
-    fn stat_all(
-        &self,
-        path: &Path,
-        listed: Vec<Listed>,
+        (entries, dirents, excluded): (&mut [Scanned], &[Option<std::fs::DirEntry>], &mut [bool]),
         whole: bool,
         old_nodes: &[Node],
         names: &mut Names,
-    ) -> Vec<Scanned> {
-        let mut entries = Vec::with_capacity(listed.len());
-        for (name, dirent) in listed {
-            let child = path.join(&name);
+    ) {
+        for ((e, dirent), excluded) in entries.iter_mut().zip(dirents).zip(excluded) {
+            let name = &e.name;
+            let child = path.join(name);
             // Listed entries stat relative to their directory, which spares the kernel a
             // walk down the whole path for every file.
             let md = match &dirent {
@@ -443,6 +445,7 @@ impl<'a> Scanner<'a> {
                     .as_ref()
                     .is_ok_and(|m| self.excludes.excluded(&child, m.is_dir()))
             {
+                *excluded = true;
                 continue;
             }
             // A tree's names are sorted and unique (Tree::decode checks).
@@ -450,16 +453,15 @@ impl<'a> Scanner<'a> {
                 .binary_search_by(|n| n.name.0.as_slice().cmp(name.as_bytes()))
                 .ok();
             let old_node = old.map(|i| &old_nodes[i]);
-            let found = match md {
-                Ok(md) => match fsmeta::node_from(&child, &name, &md, names, old_node) {
+            e.found = match md {
+                Ok(md) => match fsmeta::node_from(&child, name, &md, names, old_node) {
                     Ok(node) => Found::Node(node),
                     Err(e) => Found::Failed(crate::error::one_line(&e)),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::Vanished,
-                Err(e) => Found::Failed(format!("{}: {e}", child.display())),
+                Err(err) => Found::Failed(format!("{}: {err}", child.display())),
             };
-            entries.push(Scanned { name, found, old });
+            e.old = old;
         }
-        entries
     }
 }
