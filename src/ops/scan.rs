@@ -184,7 +184,7 @@ impl<'a> Scanner<'a> {
             match std::mem::replace(&mut *st, State::Taken) {
                 State::Queued => {
                     drop(st);
-                    return self.scan_dir(&slot.dir, names);
+                    return self.scan_dir(&slot.dir, names, |_| true);
                 }
                 State::Running => {
                     *st = State::Running;
@@ -250,17 +250,13 @@ impl<'a> Scanner<'a> {
     /// Scans a requested directory ahead of the walk, once admitted; `admitted` is set to
     /// the entries it was admitted with. Closed, the listing is empty: nobody takes it.
     fn scan_ahead(&self, slot: &Slot, admitted: &mut usize, names: &mut Names) -> Listing {
-        let listed = match self.list(&slot.dir.path, None) {
-            Ok(listed) => listed,
-            Err(listing) => return listing,
-        };
-        let n = listed.len() + 1;
-        if !self.admit(slot, n) {
-            return Listing::default();
-        }
-        *admitted = n;
-        let old = slot.dir.old.and_then(|id| self.old_tree(id));
-        self.fill(&slot.dir.path, listed, true, old, names)
+        self.scan_dir(&slot.dir, names, |n| {
+            let admit = self.admit(slot, n);
+            if admit {
+                *admitted = n;
+            }
+            admit
+        })
     }
 
     /// Waits until `n` more entries fit ahead of the walk (or nothing is ahead, or the
@@ -292,14 +288,18 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn scan_dir(&self, dir: &Dir, names: &mut Names) -> Listing {
-        match self.list(&dir.path, None) {
-            Ok(listed) => {
-                let old = dir.old.and_then(|id| self.old_tree(id));
-                self.fill(&dir.path, listed, true, old, names)
-            }
-            Err(listing) => listing,
+    /// Scans a requested directory whole, once `admit` lets through the entries listed
+    /// (plus one for the directory); an empty listing when it does not.
+    fn scan_dir(&self, dir: &Dir, names: &mut Names, admit: impl FnOnce(usize) -> bool) -> Listing {
+        let listed = match self.list(&dir.path, None) {
+            Ok(listed) => listed,
+            Err(listing) => return listing,
+        };
+        if !admit(listed.len() + 1) {
+            return Listing::default();
         }
+        let old = dir.old.and_then(|id| self.old_tree(id));
+        self.fill(&dir.path, listed, true, old, names)
     }
 
     /// The parent snapshot's tree of a directory, with its id; unreadable, its files are
