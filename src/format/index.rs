@@ -167,6 +167,11 @@ impl IndexFile {
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<IndexFile> {
         IndexFile::decode(&object::open(keys, Kind::Index, stored)?)
     }
+
+    /// [`IndexFile::open`] for bytes the caller gives up: decrypted where they lie.
+    pub fn open_owned(keys: &Keys, stored: Vec<u8>) -> Result<IndexFile> {
+        IndexFile::decode(&object::open_owned(keys, Kind::Index, stored)?)
+    }
 }
 
 #[cfg(test)]

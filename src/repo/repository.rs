@@ -253,7 +253,7 @@ impl Repository {
             .iter()
             .map(|id| {
                 let bytes = self.read_cached("index", FileKind::Index, id)?;
-                let f = IndexFile::open(&self.keys, &bytes)
+                let f = IndexFile::open_owned(&self.keys, bytes)
                     .map_err(|e| anyhow!(e).context(format!("index {}", id.short())))?;
                 Ok((*id, f))
             })
@@ -284,7 +284,7 @@ impl Repository {
                 .iter()
                 .map(|id| {
                     self.read_cached("index", FileKind::Index, id)
-                        .and_then(|bytes| Ok(IndexFile::open(&self.keys, &bytes)?))
+                        .and_then(|bytes| Ok(IndexFile::open_owned(&self.keys, bytes)?))
                 })
                 .collect();
             let packs = packs
