@@ -186,11 +186,80 @@ fn unchanged_second_backup_reads_nothing_and_dedups() {
     assert_eq!(snaps.as_array().unwrap().len(), 3);
 }
 
+/// How many snapshots hold each distinct tree of directory `dir`, oldest first. Its
+/// own tree, not the snapshot's root: the root also holds the ancestors' metadata, which
+/// other tests change as they make their directories next to them.
+fn tree_versions(env: &Env, dir: &Path) -> Vec<u64> {
+    let out = env.ok(&["versions", dir.to_str().unwrap(), "--json"]);
+    let versions: serde_json::Value = serde_json::from_str(&out).unwrap();
+    versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["snapshots"].as_u64().unwrap())
+        .collect()
+}
+
+/// Files edited in place leave their directories' metadata as it was, so the directories
+/// above them scan as unchanged and the backup lets go of their parent trees; once an
+/// edited file's tree turns out to differ, theirs are built again from the parent
+/// snapshot's. Every entry must come through: the restore is exact, and a backup with
+/// nothing changed writes the source's tree again.
+#[test]
+fn edits_below_unchanged_directories_keep_every_other_entry() {
+    let env = Env::new();
+    let src = env.path("src");
+    build_tree(&src);
+    // Next to the directory whose tree will change: taken from the parent tree again.
+    fs::write(src.join("deep/a/b/sibling"), b"sibling").unwrap();
+    let wide = src.join("deep/a/wide"); // stat'ed on several threads
+    fs::create_dir_all(&wide).unwrap();
+    for f in 0..1500 {
+        fs::write(wide.join(format!("w{f:04}")), format!("wide {f}")).unwrap();
+    }
+    env.init(&[]);
+    let s = src.to_str().unwrap();
+    let first = env.backup_json(&[s]);
+    let edit_in_place = |p: &Path, with: &[u8]| {
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.write_all(with).unwrap();
+    };
+    edit_in_place(&src.join("deep/a/b/c/leaf"), b"LEAF");
+    edit_in_place(&wide.join("w0700"), b"WIDE");
+    // A directory whose mode alone changed: its parent's new tree is built from the
+    // parent tree it kept.
+    fs::set_permissions(src.join("docs"), fs::Permissions::from_mode(0o700)).unwrap();
+
+    let second = env.backup_json(&[s]);
+    assert_eq!(second["summary"]["files_changed"], 2);
+    assert_eq!(
+        second["summary"]["bytes_read"],
+        4 + 8,
+        "the edited files alone"
+    );
+    let files = first["summary"]["files_new"].as_u64().unwrap();
+    assert_eq!(second["summary"]["files_unchanged"], files - 2);
+    let third = env.backup_json(&[s]);
+    assert_eq!(third["summary"]["bytes_read"], 0);
+    assert_eq!(
+        tree_versions(&env, &src),
+        [1, 2],
+        "the source's tree changed once, then nothing changed"
+    );
+
+    let target = env.restore_verified("r");
+    assert_eq!(
+        snapshot_of(&Env::restored(&target, &src)),
+        snapshot_of(&src)
+    );
+}
+
 /// Directories are scanned ahead of the walk on several threads; the trees must come out
 /// as one thread would make them. A tree wider than the scanners may run ahead (8192
 /// entries), with excluded names and symlinks at every level, sibling directories large
 /// enough to be stat'ed on several threads and one larger than the scanners' whole bound,
-/// backed up twice: the second run reads nothing and writes the very same root tree, and
+/// backed up twice: the second run reads nothing and writes the very same tree, and
 /// the restore is exact.
 #[test]
 fn parallel_scan_builds_the_same_trees_every_time() {
@@ -233,8 +302,7 @@ fn parallel_scan_builds_the_same_trees_every_time() {
     let second = env.backup_json(&[s, "--exclude", "*.tmp"]);
     assert_eq!(second["summary"]["bytes_read"], 0);
     assert_eq!(second["summary"]["files_unchanged"], files - 4);
-    let snaps: serde_json::Value = serde_json::from_str(&env.ok(&["snapshots", "--json"])).unwrap();
-    assert_eq!(snaps[0]["tree"], snaps[1]["tree"], "same tree both times");
+    assert_eq!(tree_versions(&env, &src), [2], "the same tree both times");
     let target = env.restore_verified("r");
     let mut want = snapshot_of(&src);
     want.retain(|k, _| !k.ends_with(b".tmp"));

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
 
 use super::error::{FormatError, Result};
@@ -256,10 +257,13 @@ impl Tree {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Tree> {
-        let mut t: Tree =
-            serde_json::from_slice(bytes).map_err(|e| FormatError::malformed("tree", e))?;
-        // Grown by doubling, a large directory's nodes took up to twice their room, and a
-        // parent tree stays in memory while its directory is walked.
+        // Room for the nodes is made once: grown by doubling, a large directory's nodes
+        // took up to twice their room, next to its JSON.
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let mut t = Room(named_objects(bytes))
+            .deserialize(&mut de)
+            .and_then(|t| de.end().map(|()| t))
+            .map_err(|e| FormatError::malformed("tree", e))?;
         t.nodes.shrink_to_fit();
         if t.nodes.windows(2).any(|w| w[0].name >= w[1].name) {
             return Err(FormatError::malformed(
@@ -278,9 +282,270 @@ impl Tree {
     }
 }
 
+/// A tree kept as its JSON, each node decoded when it is asked for. A backup holds the
+/// parent snapshot's tree of each directory it scans and looks its entries up by name:
+/// decoded whole, a large directory's nodes took more room than its JSON, and the two
+/// were held at once, which made the peak of a no-change backup's memory.
+pub struct LazyTree {
+    json: Vec<u8>,
+    /// Each node's JSON, in order.
+    nodes: Vec<LazyNode>,
+    /// The nodes' names, one after the other.
+    names: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+struct LazyNode {
+    start: usize,
+    end: usize,
+    /// Where its name ends in `names`, and the next node's starts.
+    name_end: usize,
+}
+
+impl LazyTree {
+    /// Checks a tree as [`Tree::decode`] does, but for each node's fields, which
+    /// [`LazyTree::node`] checks when it decodes the node.
+    pub fn decode(json: Vec<u8>) -> Result<LazyTree> {
+        match LazyTree::index(json) {
+            Ok(t) => Ok(t),
+            // Not as vault writes trees (other spacing, other order): decoded whole, and
+            // kept as vault would write it.
+            Err(json) => LazyTree::index(Tree::decode(&json)?.encode())
+                .map_err(|_| FormatError::malformed("tree", "does not encode canonically")),
+        }
+    }
+
+    /// Finds the nodes in a tree's JSON as vault writes it: `{"nodes":[...]}` without
+    /// spaces, each node's name first, the names sorted and unique. Gives the JSON back
+    /// when it is not so.
+    fn index(json: Vec<u8>) -> std::result::Result<LazyTree, Vec<u8>> {
+        const HEAD: &[u8] = br#"{"nodes":["#;
+        if !json.starts_with(HEAD) {
+            return Err(json);
+        }
+        let mut t = LazyTree {
+            json: Vec::new(),
+            nodes: Vec::with_capacity(named_objects(&json)),
+            names: Vec::new(),
+        };
+        let mut at = HEAD.len();
+        if json.get(at) == Some(&b']') {
+            at += 1;
+        } else {
+            loop {
+                let Some((end, name)) = node_at(&json, at) else {
+                    return Err(json);
+                };
+                if let Some(last) = t.nodes.len().checked_sub(1)
+                    && t.name(last) >= name.0.as_slice()
+                {
+                    return Err(json); // not sorted, or a name twice
+                }
+                t.names.extend_from_slice(&name.0);
+                let name_end = t.names.len();
+                t.nodes.push(LazyNode {
+                    start: at,
+                    end,
+                    name_end,
+                });
+                at = end + 1;
+                match json.get(end) {
+                    Some(b',') => {}
+                    Some(b']') => break,
+                    _ => return Err(json),
+                }
+            }
+        }
+        if json.get(at..) != Some(b"}".as_slice()) {
+            return Err(json);
+        }
+        t.json = json;
+        Ok(t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn name(&self, i: usize) -> &[u8] {
+        let start = i.checked_sub(1).map_or(0, |p| self.nodes[p].name_end);
+        &self.names[start..self.nodes[i].name_end]
+    }
+
+    /// The position of the node named `name`.
+    pub fn find(&self, name: &[u8]) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.nodes.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            match self.name(mid).cmp(name) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => return Some(mid),
+            }
+        }
+        None
+    }
+
+    /// The node at position `i`, decoded.
+    pub fn node(&self, i: usize) -> Result<Node> {
+        let n = self.nodes[i];
+        serde_json::from_slice(&self.json[n.start..n.end])
+            .map_err(|e| FormatError::malformed("tree node", e))
+    }
+}
+
+/// How many objects in a tree's JSON start with a name, a little more than its nodes
+/// (xattrs do too, and are rare): room for its nodes. None takes fewer than 24 bytes,
+/// which bounds what crafted JSON can make room for.
+fn named_objects(json: &[u8]) -> usize {
+    memchr::memmem::find_iter(json, br#"{"name":"#)
+        .count()
+        .min(json.len() / 24)
+}
+
+/// The end of the node whose JSON starts at `at`, and its name, read from its start,
+/// where vault writes it; None when the node is not so.
+fn node_at(json: &[u8], at: usize) -> Option<(usize, RawBytes)> {
+    let node = json.get(at..)?;
+    let named = node.strip_prefix(br#"{"name":"#)?;
+    let name = RawBytes::deserialize(&mut serde_json::Deserializer::from_slice(named)).ok()?;
+    let mut values =
+        serde_json::Deserializer::from_slice(node).into_iter::<serde::de::IgnoredAny>();
+    values.next()?.ok()?;
+    Some((at + values.byte_offset(), name))
+}
+
+/// Decodes a [`Tree`] into a nodes vector with room for this many.
+struct Room(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Room {
+    type Value = Tree;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> std::result::Result<Tree, D::Error> {
+        d.deserialize_struct("Tree", &["nodes"], self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Room {
+    type Value = Tree;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(r#"a tree, {"nodes": [...]}"#)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Tree, A::Error> {
+        let mut nodes = None;
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "nodes" if nodes.is_some() => {
+                    return Err(serde::de::Error::duplicate_field("nodes"));
+                }
+                "nodes" => nodes = Some(map.next_value_seed(NodesRoom(self.0))?),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let nodes = nodes.ok_or_else(|| serde::de::Error::missing_field("nodes"))?;
+        Ok(Tree { nodes })
+    }
+}
+
+/// The nodes of a tree, into a vector with room for this many.
+struct NodesRoom(usize);
+
+impl<'de> serde::de::DeserializeSeed<'de> for NodesRoom {
+    type Value = Vec<Node>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        d: D,
+    ) -> std::result::Result<Vec<Node>, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NodesRoom {
+    type Value = Vec<Node>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of nodes")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Vec<Node>, A::Error> {
+        let mut nodes = Vec::with_capacity(self.0);
+        while let Some(n) = seq.next_element()? {
+            nodes.push(n);
+        }
+        Ok(nodes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A tree kept as its JSON finds each node where the decoded tree has it and decodes
+    /// it the same, whatever its name; JSON not as vault writes it is read all the same;
+    /// what Tree::decode refuses, it refuses.
+    #[test]
+    fn a_lazy_tree_finds_and_decodes_each_node_as_the_tree_holds_it() {
+        let mut t = Tree {
+            nodes: (0..300u64)
+                .map(|i| {
+                    let mut n = Node::new(format!("n{i:03}").into_bytes(), NodeType::File);
+                    n.size = i;
+                    n.content = vec![Id::random()];
+                    n
+                })
+                .collect(),
+        };
+        t.nodes.push(Node::new(vec![b'z', 0xff], NodeType::Dir));
+        t.nodes
+            .push(Node::new("quote\"d \\ é".into(), NodeType::Symlink));
+        t.nodes[5].xattrs = vec![Xattr {
+            name: RawBytes(b"user.a".to_vec()),
+            value: "eA==".into(),
+        }];
+        let enc = t.encode(); // sorted now
+        let lazy = LazyTree::decode(enc.clone()).unwrap();
+        assert_eq!(lazy.len(), t.nodes.len());
+        for (i, n) in t.nodes.iter().enumerate() {
+            assert_eq!(lazy.find(&n.name.0), Some(i));
+            assert_eq!(&lazy.node(i).unwrap(), n);
+        }
+        assert_eq!(lazy.find(b"n0000"), None);
+        assert_eq!(lazy.find(b""), None);
+        assert_eq!(lazy.find(b"zz"), None);
+
+        let spaced = serde_json::to_vec_pretty(&t).unwrap();
+        let relaxed = LazyTree::decode(spaced).unwrap();
+        assert_eq!(relaxed.find(&[b'z', 0xff]), Some(t.nodes.len() - 1));
+        assert_eq!(relaxed.node(7).unwrap(), t.nodes[7]);
+        assert!(
+            LazyTree::decode(Tree::default().encode())
+                .unwrap()
+                .is_empty()
+        );
+
+        let mut twice = t.clone();
+        twice.nodes.insert(1, t.nodes[0].clone());
+        assert!(LazyTree::decode(serde_json::to_vec(&twice).unwrap()).is_err());
+        twice.nodes.swap(0, 2);
+        assert!(LazyTree::decode(serde_json::to_vec(&twice).unwrap()).is_err());
+        assert!(LazyTree::decode(enc[..enc.len() - 1].to_vec()).is_err());
+        assert!(LazyTree::decode([&enc[..], b"x"].concat()).is_err());
+    }
 
     #[test]
     fn non_utf8_names_round_trip() {

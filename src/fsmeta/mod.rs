@@ -50,24 +50,23 @@ impl Names {
     }
 }
 
-fn kind_of(md: &Metadata) -> NodeType {
-    use std::os::unix::fs::FileTypeExt;
-    let ft = md.file_type();
-    if ft.is_dir() {
-        NodeType::Dir
-    } else if ft.is_symlink() {
-        NodeType::Symlink
-    } else if ft.is_fifo() {
-        NodeType::Fifo
-    } else if ft.is_char_device() {
-        NodeType::Chardev
-    } else if ft.is_block_device() {
-        NodeType::Blockdev
-    } else if ft.is_socket() {
-        NodeType::Socket
-    } else {
-        NodeType::File
+/// An entry's lstat, as `fstatat` gives it relative to its directory.
+pub use nix::sys::stat::FileStat;
+
+fn kind_of(st: &FileStat) -> NodeType {
+    match st.st_mode & libc::S_IFMT {
+        libc::S_IFDIR => NodeType::Dir,
+        libc::S_IFLNK => NodeType::Symlink,
+        libc::S_IFIFO => NodeType::Fifo,
+        libc::S_IFCHR => NodeType::Chardev,
+        libc::S_IFBLK => NodeType::Blockdev,
+        libc::S_IFSOCK => NodeType::Socket,
+        _ => NodeType::File,
     }
+}
+
+pub fn is_dir(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
 
 fn ns(secs: i64, nsec: i64) -> i64 {
@@ -83,32 +82,35 @@ fn ns(secs: i64, nsec: i64) -> i64 {
 pub fn node_from(
     path: &Path,
     name: &OsStr,
-    md: &Metadata,
+    st: &FileStat,
     names: &mut Names,
     known: Option<&Node>,
 ) -> Result<Node> {
-    let kind = kind_of(md);
+    let kind = kind_of(st);
     let mut n = Node::new(name.as_bytes().to_vec(), kind);
-    n.mode = md.mode() & 0o7777;
-    n.uid = md.uid();
-    n.gid = md.gid();
-    n.user = names.user(md.uid());
-    n.group = names.group(md.gid());
-    n.mtime_ns = ns(md.mtime(), md.mtime_nsec());
-    n.ctime_ns = ns(md.ctime(), md.ctime_nsec());
-    n.inode = md.ino();
-    n.dev = md.dev();
+    n.mode = st.st_mode & 0o7777;
+    n.uid = st.st_uid;
+    n.gid = st.st_gid;
+    n.user = names.user(st.st_uid);
+    n.group = names.group(st.st_gid);
+    n.mtime_ns = ns(st.st_mtime, st.st_mtime_nsec);
+    n.ctime_ns = ns(st.st_ctime, st.st_ctime_nsec);
+    n.inode = st.st_ino;
+    n.dev = st.st_dev;
     match kind {
         NodeType::File => {
-            n.size = md.size();
-            n.links = md.nlink();
+            n.size = u64::try_from(st.st_size).unwrap_or(0);
+            #[allow(clippy::useless_conversion)] // nlink_t is narrower on some targets
+            {
+                n.links = u64::from(st.st_nlink);
+            }
         }
         NodeType::Symlink => {
             let t = std::fs::read_link(path)
                 .with_context(|| format!("{}: reading symlink", path.display()))?;
             n.target = Some(RawBytes(t.as_os_str().as_bytes().to_vec()));
         }
-        NodeType::Chardev | NodeType::Blockdev => n.rdev = md.rdev(),
+        NodeType::Chardev | NodeType::Blockdev => n.rdev = st.st_rdev,
         _ => {}
     }
     n.xattrs = match known {

@@ -39,7 +39,7 @@ use crate::format::chunker::Chunker;
 use crate::format::crypto::Keys;
 use crate::format::pack::{BUNDLE_BELOW, BUNDLE_TARGET, BlobType, seal_blob, seal_bundle};
 use crate::format::snapshot::{SNAPSHOT_VERSION, Snapshot, Summary};
-use crate::format::tree::{Node, NodeType, Tree};
+use crate::format::tree::{LazyTree, Node, NodeType, Tree};
 use crate::fsmeta::{self, Names};
 use crate::repo::Repository;
 use crate::repo::index::MasterIndex;
@@ -131,6 +131,9 @@ struct DirTask {
     /// The directory's tree in the parent snapshot, while nothing in it differs from it
     /// but maybe its subdirectories' trees, which the finalizer compares.
     same_as: Option<Id>,
+    /// Where the finalizer finds the nodes of the `Same` entries: see [`Listing`].
+    old_tree: Option<Id>,
+    old_nodes: Option<LazyTree>,
 }
 
 /// Files to a reader per batch, at most: few enough that the readers share a directory.
@@ -284,42 +287,42 @@ pub fn backup(
         .collect();
     drop(file_rx);
     let (dir_tx, dir_rx) = bounded::<DirTask>(1024);
-    let finalizer = {
-        let (sh, ctx) = (shared.clone(), chunk_tx.clone());
-        thread::spawn(move || finalize_loop(dir_rx, chunk_batcher(ctx), sh))
-    };
-
-    let walk = thread::scope(|s| {
+    let (walk, finished) = thread::scope(|s| {
+        let finalizer = {
+            let (sh, ctx) = (shared.clone(), chunk_tx.clone());
+            s.spawn(move || finalize_loop(dir_rx, chunk_batcher(ctx), sh, repo))
+        };
         for _ in 0..scan::THREADS {
             s.spawn(|| scanner.run());
         }
-        // Closed however the walk ends, or the scope would wait on its threads forever.
-        let _close = scanner.closer();
-        let mut walker = Walker {
-            shared: shared.clone(),
-            index,
-            scanner: &scanner,
-            one_fs: opts.one_file_system,
-            names: Names::default(),
-            files_out: Batcher::new(
-                "file readers",
-                file_tx,
-                FILES_PER_BATCH,
-                FILE_BYTES_PER_BATCH,
-            ),
-            dir_tx,
-            next_job: 0,
+        let walk = {
+            // Closed however the walk ends, or the scope would wait on its threads forever.
+            let _close = scanner.closer();
+            let mut walker = Walker {
+                shared: shared.clone(),
+                scanner: &scanner,
+                one_fs: opts.one_file_system,
+                names: Names::default(),
+                files_out: Batcher::new(
+                    "file readers",
+                    file_tx,
+                    FILES_PER_BATCH,
+                    FILE_BYTES_PER_BATCH,
+                ),
+                dir_tx,
+                next_job: 0,
+            };
+            match &opts.stdin_filename {
+                Some(name) => walker.stdin(name, chunk_batcher(chunk_tx.clone())),
+                None => walker.root(&sources, parent_tree),
+            }
         };
-        match &opts.stdin_filename {
-            Some(name) => walker.stdin(name, chunk_batcher(chunk_tx.clone())),
-            None => walker.root(&sources, parent_tree),
-        }
+        // The walker is gone, and with it the directories' sender: the finalizer ends.
+        (walk, finalizer.join())
     });
     drop(chunk_tx);
     let root_job = walk?;
-    let finished = finalizer
-        .join()
-        .map_err(|_| anyhow!("tree finalizer panicked"))?;
+    let finished = finished.map_err(|_| anyhow!("tree finalizer panicked"))?;
     for r in readers {
         r.join().map_err(|_| anyhow!("file reader panicked"))?;
     }
@@ -388,7 +391,6 @@ fn find_parent(
 
 struct Walker<'s, 'r> {
     shared: Arc<Shared>,
-    index: Arc<MasterIndex>,
     scanner: &'s Scanner<'r>,
     one_fs: bool,
     names: Names,
@@ -404,7 +406,7 @@ impl Walker<'_, '_> {
     }
 
     /// Walks the sources from the root, whose tree in the parent snapshot is `old`.
-    fn root(&mut self, sources: &[PathBuf], old: Option<(Id, Tree)>) -> Result<usize> {
+    fn root(&mut self, sources: &[PathBuf], old: Option<(Id, LazyTree)>) -> Result<usize> {
         let mut trie = Trie::default();
         for s in sources {
             trie.insert(s);
@@ -429,21 +431,13 @@ impl Walker<'_, '_> {
         }
         let ahead = self.scan_ahead(path, dev, &listing, trie);
         let files = Arc::new(Gather::default());
-        let mut same_as = listing
-            .old_tree
-            .filter(|_| listing.old_nodes.len() == listing.entries.len());
         let mut entries = std::mem::take(&mut listing.entries);
         for (scanned, slot) in entries.iter_mut().zip(ahead) {
             let sub_trie = Trie::below(trie, &scanned.name);
-            let child = path.join(&scanned.name);
-            let old = listing.old(scanned);
             let found = std::mem::replace(&mut scanned.found, Found::Vanished);
-            scanned.found = self.entry(&child, found, old, slot, dev, sub_trie, &files)?;
-            if !unchanged(&scanned.found, old) {
-                same_as = None;
-            }
+            let at = (path, &*scanned);
+            scanned.found = self.entry(at, found, slot, dev, sub_trie, &files)?;
         }
-        drop(listing);
         // The finalizer will wait for this directory's files: none may stay behind here.
         self.files_out.flush()?;
         let job = self.next_job;
@@ -454,7 +448,9 @@ impl Walker<'_, '_> {
                 job,
                 entries,
                 files,
-                same_as,
+                same_as: listing.old_tree.filter(|_| listing.as_before),
+                old_tree: listing.old_tree,
+                old_nodes: listing.old_nodes,
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
@@ -484,7 +480,7 @@ impl Walker<'_, '_> {
             }
             dirs.push(scan::Dir {
                 path: path.join(&e.name),
-                old: listing.old(e).and_then(|o| o.subtree),
+                old: node.subtree,
             });
             at.push(i);
         }
@@ -501,58 +497,88 @@ impl Walker<'_, '_> {
         self.one_fs && trie.is_none() && dev.is_some_and(|d| d != node.dev)
     }
 
-    /// Walks one scanned entry; returns it as walked (see [`Found`]).
-    #[allow(clippy::too_many_arguments)]
+    /// Walks one scanned entry of directory `at.0`; returns it as walked (see [`Found`]).
     fn entry(
         &mut self,
-        path: &Path,
+        (dir, scanned): (&Path, &Scanned),
         found: Found,
-        old: Option<&Node>,
         slot: Option<Arc<Slot>>,
         dev: Option<u64>,
         trie: Option<&Trie>,
         files: &Arc<Gather<Node>>,
     ) -> Result<Found> {
-        let mut node = match found {
+        let path = || dir.join(&scanned.name);
+        let node = match found {
             Found::Node(node) => node,
+            Found::Same { file, size } => {
+                if file {
+                    log::debug!("unchanged {}", path().display());
+                    self.unchanged_file(size);
+                } else {
+                    self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
+                }
+                return Ok(found);
+            }
             Found::Failed(msg) => {
-                self.warn_error(msg);
+                self.warn_error(msg.into());
                 return Ok(Found::Vanished);
             }
             // Vanished: a scan finds nothing else.
             _ => {
-                (self.shared.warn)(format!("{}: vanished during backup", path.display()));
+                (self.shared.warn)(format!("{}: vanished during backup", path().display()));
                 return Ok(Found::Vanished);
             }
         };
         match node.kind {
             NodeType::Dir => {
+                let path = path();
                 let job = if self.crosses(&node, dev, trie) {
                     self.empty_dir()?
                 } else {
                     let listing = match slot {
                         Some(slot) => self.scanner.take(&slot, &mut self.names),
                         None => {
-                            let old = old
-                                .and_then(|o| o.subtree)
-                                .and_then(|id| self.scanner.old_tree(id));
+                            let old = node.subtree.and_then(|id| self.scanner.old_tree(id));
                             let only = trie.and_then(Trie::only);
-                            self.scanner.scan(path, only, old, &mut self.names)
+                            self.scanner.scan(&path, only, old, &mut self.names)
                         }
                     };
                     let in_source = trie.is_none_or(|t| t.source);
                     let dev = dev.unwrap_or(node.dev);
-                    self.dir(path, in_source.then_some(dev), listing, trie)?
+                    self.dir(&path, in_source.then_some(dev), listing, trie)?
                 };
-                node.subtree = old.and_then(|o| o.subtree);
                 Ok(Found::Subdir(node, job))
             }
-            NodeType::File => self.file(path, node, old, files),
+            NodeType::File if scanned.same => {
+                log::debug!("unchanged {}", path().display());
+                self.unchanged_file(node.size);
+                Ok(Found::Node(node))
+            }
+            NodeType::File => {
+                let size = node.size;
+                let job = FileJob {
+                    path: path(),
+                    node: *node,
+                    is_new: scanned.old.is_none(),
+                    done: files.promise(),
+                };
+                self.files_out.push(job, size)?;
+                Ok(Found::Pending)
+            }
             _ => {
                 self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
                 Ok(Found::Node(node))
             }
         }
+    }
+
+    /// Counts a file whose content is its node's in the parent snapshot.
+    fn unchanged_file(&self, size: u64) {
+        self.shared.stat(|s| {
+            s.files_unchanged += 1;
+            s.bytes_total += size;
+        });
+        self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
     }
 
     fn empty_dir(&mut self) -> Result<usize> {
@@ -564,45 +590,11 @@ impl Walker<'_, '_> {
                 entries: Vec::new(),
                 files: Arc::default(),
                 same_as: None,
+                old_tree: None,
+                old_nodes: None,
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
-    }
-
-    fn file(
-        &mut self,
-        path: &Path,
-        mut node: Node,
-        old: Option<&Node>,
-        files: &Arc<Gather<Node>>,
-    ) -> Result<Found> {
-        if let Some(o) = old
-            && o.kind == NodeType::File
-            && o.size == node.size
-            && o.mtime_ns == node.mtime_ns
-            && o.ctime_ns == node.ctime_ns
-            && o.inode == node.inode
-            && o.content.iter().all(|id| self.index.contains(id))
-        {
-            node.content = o.content.clone();
-            node.extents = o.extents.clone();
-            log::debug!("unchanged {}", path.display());
-            self.shared.stat(|s| {
-                s.files_unchanged += 1;
-                s.bytes_total += node.size;
-            });
-            self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
-            return Ok(Found::Node(node));
-        }
-        let size = node.size;
-        let job = FileJob {
-            path: path.to_path_buf(),
-            node,
-            is_new: old.is_none(),
-            done: files.promise(),
-        };
-        self.files_out.push(job, size)?;
-        Ok(Found::Pending)
     }
 
     fn stdin(&mut self, name: &str, mut chunks: Batcher<Chunk>) -> Result<usize> {
@@ -629,11 +621,14 @@ impl Walker<'_, '_> {
                 job,
                 entries: vec![Scanned {
                     name: name.into(),
-                    found: Found::Node(node),
+                    found: Found::Node(Box::new(node)),
                     old: None,
+                    same: false,
                 }],
                 files: Arc::default(),
                 same_as: None,
+                old_tree: None,
+                old_nodes: None,
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
         Ok(job)
@@ -910,15 +905,44 @@ fn added(sh: &Shared, raw: u64, stored: u64, blobs: u64) {
     });
 }
 
-/// Whether a directory entry is what it was in the parent snapshot (a subdirectory's
-/// tree aside, which is not known yet).
-fn unchanged(walked: &Found, old: Option<&Node>) -> bool {
-    match (walked, old) {
-        (Found::Node(n), Some(o)) => n == o,
-        // The node's subtree is still the old one's.
-        (Found::Subdir(n, _), Some(o)) => o.subtree.is_some() && n == o,
-        _ => false,
+/// A walked directory's tree: its entries' nodes, those `Same` taken from the parent
+/// snapshot's tree (loaded again when the listing let go of it).
+fn new_tree(task: DirTask, repo: &Repository) -> Result<Tree> {
+    let takes_old = task
+        .entries
+        .iter()
+        .any(|e| matches!(e.found, Found::Same { .. }));
+    let old = match (task.old_nodes, task.old_tree) {
+        (Some(old), _) => Some(old),
+        (None, Some(id)) if takes_old => Some(
+            repo.load_tree_lazy(&id)
+                .with_context(|| format!("parent snapshot's tree {} unreadable", id.short()))?,
+        ),
+        _ => None,
+    };
+    let mut nodes = Vec::with_capacity(task.entries.len());
+    for e in task.entries {
+        match e.found {
+            Found::Node(n) => nodes.push(*n),
+            Found::Same { .. } => {
+                let (Some(i), Some(old)) = (e.old, &old) else {
+                    bail!(
+                        "{}: not in the parent snapshot's tree",
+                        e.name.to_string_lossy()
+                    );
+                };
+                let node = old.node(i).with_context(|| {
+                    format!(
+                        "{}: in the parent snapshot's tree",
+                        e.name.to_string_lossy()
+                    )
+                })?;
+                nodes.push(node);
+            }
+            _ => {}
+        }
     }
+    Ok(Tree { nodes })
 }
 
 /// Builds tree blobs in post-order; returns the tree id of each job not yet consumed by
@@ -927,20 +951,18 @@ fn finalize_loop(
     rx: Receiver<DirTask>,
     mut chunks: Batcher<Chunk>,
     sh: Arc<Shared>,
+    repo: &Repository,
 ) -> Result<HashMap<usize, Id>> {
     let mut done: HashMap<usize, Id> = HashMap::new();
-    for task in rx {
-        let mut tree = Tree::default();
+    for mut task in rx {
         let mut same_as = task.same_as;
         let mut read = task.files.wait().into_iter();
-        for e in task.entries {
-            match e.found {
-                Found::Node(n) => tree.nodes.push(n),
-                Found::Pending => {
-                    if let Some(Some(n)) = read.next() {
-                        tree.nodes.push(n);
-                    }
-                }
+        for e in &mut task.entries {
+            e.found = match std::mem::replace(&mut e.found, Found::Vanished) {
+                Found::Pending => match read.next() {
+                    Some(Some(n)) => Found::Node(Box::new(n)),
+                    _ => Found::Vanished,
+                },
                 Found::Subdir(mut n, job) => {
                     let id = done
                         .remove(&job)
@@ -948,16 +970,18 @@ fn finalize_loop(
                     if n.subtree.replace(id) != Some(id) {
                         same_as = None;
                     }
-                    tree.nodes.push(n);
+                    Found::Node(n)
                 }
-                Found::Vanished | Found::Failed(_) => {}
-            }
+                found => found,
+            };
         }
         // An unchanged directory is its old tree, already stored: nothing to encode.
         if let Some(id) = same_as.filter(|id| sh.dedup.index.contains(id)) {
             done.insert(task.job, id);
             continue;
         }
+        let job = task.job;
+        let mut tree = new_tree(task, repo)?;
         let bytes = tree.encode();
         let id = sh.keys.blob_id(BlobType::Tree as u8, &bytes);
         if sh.dedup.claim(id) {
@@ -969,7 +993,7 @@ fn finalize_loop(
             };
             chunks.push(chunk, size)?;
         }
-        done.insert(task.job, id);
+        done.insert(job, id);
     }
     chunks.flush()?;
     if done.is_empty() {

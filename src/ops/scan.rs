@@ -11,11 +11,17 @@
 //! Entries scanned ahead of the walk are bounded. A thread lists a directory's names
 //! first and is admitted to stat them (and to decode its old tree) only while the
 //! entries ahead stay under [`AHEAD`]; one directory larger than that is admitted alone,
-//! or at once when the walker is waiting for it.
+//! or at once when the walker is waiting for it. A listing that has to wait for room is
+//! dropped and read again once admitted, rather than held.
+//!
+//! Each entry is compared with its node in the parent snapshot as it is stat'ed. An entry
+//! as it was is kept as a marker, not a node, and the old tree is let go of unless the
+//! directory's new tree will differ from it: an unchanged tree is held while it is walked
+//! or waits to be as little more than its names.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirEntryExt;
+use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,9 +29,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use super::backup::Warn;
 use super::exclude::{Excludes, is_cache_dir};
 use crate::format::Id;
-use crate::format::tree::{Node, Tree};
+use crate::format::tree::{LazyTree, Node, NodeType};
 use crate::fsmeta::{self, Names};
 use crate::repo::Repository;
+use crate::repo::index::MasterIndex;
 
 /// Threads scanning ahead. Their work is mostly waiting on the disk, so more than the
 /// cores keeps more requests in flight (on the bench's virtual disk a cold no-change run
@@ -44,27 +51,45 @@ const SPLIT_THREADS: usize = 4;
 /// What became of one directory entry: as scanned, then as walked. The walk turns each
 /// entry into what the tree finalizer needs in place, so a directory's entries are held
 /// once, not once scanned and again walked.
-#[allow(clippy::large_enum_variant)] // nearly every entry is a node: boxing costs more
 pub enum Found {
-    /// Its node (scanned: content not yet filled in; walked: complete).
-    Node(Node),
+    /// Not a directory, and as it was in the parent snapshot: its node there is its node
+    /// (`size` when a file).
+    Same { file: bool, size: u64 },
+    /// Its node. Scanned, a file's content is filled in only when `Scanned::same`; a
+    /// directory's `subtree` is its tree in the parent snapshot.
+    Node(Box<Node>),
     /// It was deleted between the listing and the stat; walked: also any entry left out.
     Vanished,
     /// It could not be stat'ed or read; one line naming it.
-    Failed(String),
+    Failed(Box<str>),
     /// Walked: a file with the readers, whose node comes back through the directory's
     /// gather.
     Pending,
     /// Walked: a subdirectory and the job that makes its tree. Until the finalizer puts
     /// the new tree id in, the node's `subtree` is the parent snapshot's.
-    Subdir(Node, usize),
+    Subdir(Box<Node>, usize),
 }
 
 pub struct Scanned {
     pub name: OsString,
     pub found: Found,
-    /// Where the same name's node is in `Listing::old_nodes`.
+    /// Where the same name's node is in the parent snapshot's tree.
     pub old: Option<usize>,
+    /// A file's node: its content is the old node's, unchanged (only its metadata
+    /// differs). A directory's: its node is the old one, but maybe for the tree, which
+    /// the walk makes.
+    pub same: bool,
+}
+
+impl Scanned {
+    /// Whether the entry is as it was in the parent snapshot (a directory's tree aside).
+    fn as_before(&self) -> bool {
+        match &self.found {
+            Found::Same { .. } => true,
+            Found::Node(n) => n.kind == NodeType::Dir && self.same,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -73,17 +98,23 @@ pub struct Listing {
     pub entries: Vec<Scanned>,
     /// Why the directory could not be listed (then there are no entries).
     pub error: Option<String>,
-    /// The directory's tree in the parent snapshot, and its entries. Entries point into
-    /// them rather than each holding a copy: a listing waiting to be walked then costs
-    /// half the memory.
+    /// The directory's tree in the parent snapshot.
     pub old_tree: Option<Id>,
-    pub old_nodes: Vec<Node>,
+    /// Whether the new tree can be the old one: the same names, each as it was (the
+    /// subdirectories' trees aside, which the walk makes).
+    pub as_before: bool,
+    /// The old tree, kept when the new tree will differ from it and takes some of its
+    /// nodes (the `Same` entries). Otherwise it is not held: it is loaded again should a
+    /// subdirectory's tree turn out to differ.
+    pub old_nodes: Option<LazyTree>,
 }
 
 impl Listing {
-    /// An entry's node in the parent snapshot.
-    pub fn old(&self, e: &Scanned) -> Option<&Node> {
-        e.old.map(|i| &self.old_nodes[i])
+    fn failed(error: String) -> Listing {
+        Listing {
+            error: Some(error),
+            ..Listing::default()
+        }
     }
 }
 
@@ -111,11 +142,12 @@ pub struct Slot {
     wanted: AtomicBool,
 }
 
-/// A name to scan, with its directory entry when it was listed.
-type Listed = (OsString, Option<std::fs::DirEntry>);
+/// A name to scan, with its inode number when it was listed (else 0).
+type Listed = (OsString, u64);
 
 pub struct Scanner<'a> {
     repo: &'a Repository,
+    index: Arc<MasterIndex>,
     excludes: &'a Excludes,
     exclude_caches: bool,
     warn: Warn,
@@ -146,6 +178,7 @@ impl<'a> Scanner<'a> {
     ) -> Self {
         Scanner {
             repo,
+            index: repo.index(),
             excludes,
             exclude_caches,
             warn,
@@ -184,7 +217,7 @@ impl<'a> Scanner<'a> {
             match std::mem::replace(&mut *st, State::Taken) {
                 State::Queued => {
                     drop(st);
-                    return self.scan_dir(&slot.dir, names, |_| true);
+                    return self.scan_dir(&slot.dir, names, |_, _| true);
                 }
                 State::Running => {
                     *st = State::Running;
@@ -238,9 +271,8 @@ impl<'a> Scanner<'a> {
             let listing = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 self.scan_ahead(&slot, &mut admitted, &mut names)
             }))
-            .unwrap_or_else(|_| Listing {
-                error: Some(format!("{}: scanning failed", slot.dir.path.display())),
-                ..Listing::default()
+            .unwrap_or_else(|_| {
+                Listing::failed(format!("{}: scanning failed", slot.dir.path.display()))
             });
             *lock(&slot.state) = State::Done(listing, admitted);
             slot.done.notify_all();
@@ -250,8 +282,8 @@ impl<'a> Scanner<'a> {
     /// Scans a requested directory ahead of the walk, once admitted; `admitted` is set to
     /// the entries it was admitted with. Closed, the listing is empty: nobody takes it.
     fn scan_ahead(&self, slot: &Slot, admitted: &mut usize, names: &mut Names) -> Listing {
-        self.scan_dir(&slot.dir, names, |n| {
-            let admit = self.admit(slot, n);
+        self.scan_dir(&slot.dir, names, |n, wait| {
+            let admit = self.admit(slot, n, wait);
             if admit {
                 *admitted = n;
             }
@@ -259,9 +291,10 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// Waits until `n` more entries fit ahead of the walk (or nothing is ahead, or the
-    /// walker waits for this one) and counts them; false once closed.
-    fn admit(&self, slot: &Slot, n: usize) -> bool {
+    /// Counts `n` more entries ahead of the walk if they fit (or nothing is ahead, or the
+    /// walker waits for this one); when they do not, waits for room if `wait`, else says
+    /// false. False once closed.
+    fn admit(&self, slot: &Slot, n: usize, wait: bool) -> bool {
         let mut ahead = lock(&self.ahead);
         loop {
             if lock(&self.queue).1 {
@@ -270,6 +303,9 @@ impl<'a> Scanner<'a> {
             if *ahead == 0 || *ahead + n <= AHEAD || slot.wanted.load(Ordering::Relaxed) {
                 *ahead += n;
                 return true;
+            }
+            if !wait {
+                return false;
             }
             ahead = self.room.wait(ahead).expect("scanner poisoned");
         }
@@ -288,15 +324,29 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Scans a requested directory whole, once `admit` lets through the entries listed
-    /// (plus one for the directory); an empty listing when it does not.
-    fn scan_dir(&self, dir: &Dir, names: &mut Names, admit: impl FnOnce(usize) -> bool) -> Listing {
-        let listed = match self.list(&dir.path, None) {
+    /// Scans a requested directory whole, once `admit(n, wait)` lets through the entries
+    /// listed (plus one for the directory): at once, or else after waiting for room, with
+    /// the listing dropped meanwhile and read again. An empty listing when it does not.
+    fn scan_dir(
+        &self,
+        dir: &Dir,
+        names: &mut Names,
+        mut admit: impl FnMut(usize, bool) -> bool,
+    ) -> Listing {
+        let mut listed = match self.list(&dir.path, None) {
             Ok(listed) => listed,
-            Err(listing) => return listing,
+            Err(error) => return Listing::failed(error),
         };
-        if !admit(listed.len() + 1) {
-            return Listing::default();
+        let n = listed.len() + 1;
+        if !admit(n, false) {
+            drop(listed);
+            if !admit(n, true) {
+                return Listing::default();
+            }
+            listed = match self.list(&dir.path, None) {
+                Ok(listed) => listed,
+                Err(error) => return Listing::failed(error),
+            };
         }
         let old = dir.old.and_then(|id| self.old_tree(id));
         self.fill(&dir.path, listed, true, old, names)
@@ -304,8 +354,8 @@ impl<'a> Scanner<'a> {
 
     /// The parent snapshot's tree of a directory, with its id; unreadable, its files are
     /// read again.
-    pub fn old_tree(&self, id: Id) -> Option<(Id, Tree)> {
-        match self.repo.load_tree(&id) {
+    pub fn old_tree(&self, id: Id) -> Option<(Id, LazyTree)> {
+        match self.repo.load_tree_lazy(&id) {
             Ok(t) => Some((id, t)),
             Err(e) => {
                 (self.warn)(format!(
@@ -323,32 +373,29 @@ impl<'a> Scanner<'a> {
         &self,
         path: &Path,
         only: Option<Vec<OsString>>,
-        old: Option<(Id, Tree)>,
+        old: Option<(Id, LazyTree)>,
         names: &mut Names,
     ) -> Listing {
         let whole = only.is_none();
         match self.list(path, only) {
             Ok(listed) => self.fill(path, listed, whole, old, names),
-            Err(listing) => listing,
+            Err(error) => Listing::failed(error),
         }
     }
 
-    /// The names to scan in `path`, with their directory entries when listed; a listing
-    /// with the error when it cannot be listed.
-    fn list(&self, path: &Path, only: Option<Vec<OsString>>) -> Result<Vec<Listed>, Listing> {
+    /// The names to scan in `path`, with their inode numbers when listed; why it cannot
+    /// be listed.
+    fn list(&self, path: &Path, only: Option<Vec<OsString>>) -> Result<Vec<Listed>, String> {
         let whole = only.is_none();
         let mut listed: Vec<Listed> = match only {
-            Some(only) => only.into_iter().map(|n| (n, None)).collect(),
+            Some(only) => only.into_iter().map(|n| (n, 0)).collect(),
+            // Names and inode numbers only: a directory entry kept until the stat held
+            // its name twice.
             None => match std::fs::read_dir(path) {
                 Ok(rd) => rd
-                    .filter_map(|e| e.ok().map(|e| (e.file_name(), Some(e))))
+                    .filter_map(|e| e.ok().map(|e| (e.file_name(), e.ino())))
                     .collect(),
-                Err(e) => {
-                    return Err(Listing {
-                        error: Some(format!("{}: cannot list directory: {e}", path.display())),
-                        ..Listing::default()
-                    });
-                }
+                Err(e) => return Err(format!("{}: cannot list directory: {e}", path.display())),
             },
         };
         if whole && self.exclude_caches && is_cache_dir(path) {
@@ -363,105 +410,163 @@ impl<'a> Scanner<'a> {
         path: &Path,
         mut listed: Vec<Listed>,
         whole: bool,
-        old: Option<(Id, Tree)>,
+        old: Option<(Id, LazyTree)>,
         names: &mut Names,
     ) -> Listing {
         // Stat'ed in inode order: on ext4 and its kin, inodes numbered close together
         // share inode-table blocks, so a directory not in the page cache costs fewer and
         // more sequential reads than in name order.
-        listed.sort_unstable_by_key(|(_, d)| d.as_ref().map_or(0, |d| d.ino()));
+        listed.sort_unstable_by_key(|&(_, ino)| ino);
         let (old_tree, old_nodes) = match old {
-            Some((id, t)) => (Some(id), t.nodes),
-            None => (None, Vec::new()),
+            Some((id, t)) => (Some(id), Some(t)),
+            None => (None, None),
         };
-        let (mut entries, dirents): (Vec<Scanned>, Vec<_>) = listed
+        let mut entries: Vec<Scanned> = listed
             .into_iter()
-            .map(|(name, d)| {
-                let s = Scanned {
-                    name,
-                    found: Found::Vanished,
-                    old: None,
-                };
-                (s, d)
+            .map(|(name, _)| Scanned {
+                name,
+                found: Found::Vanished,
+                old: None,
+                same: false,
             })
-            .unzip();
+            .collect();
+        // Entries are stat'ed relative to their directory, which spares the kernel a walk
+        // down the whole path for every file. O_PATH: a directory on the way to a source
+        // may be searchable but not readable.
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(path)
+            .ok();
+        let dir = dir.as_ref();
         let mut excluded = vec![false; entries.len()];
         if entries.len() < SPLIT_AT {
-            let run = (&mut entries[..], &dirents[..], &mut excluded[..]);
-            self.stat_run(path, run, whole, &old_nodes, names);
+            let run = (&mut entries[..], &mut excluded[..]);
+            self.stat_run((path, dir), run, whole, old_nodes.as_ref(), names);
         } else {
             // Large directories are stat'ed on several threads, in runs of neighbouring
             // inodes: one thread, waiting on each inode-table block in turn, made the
             // bench's directories of 6 000 to 10 000 files the longest waits of a cold
             // walk. Each fills its part of the entries in place.
             let per = entries.len().div_ceil(SPLIT_THREADS);
-            let old_nodes = &old_nodes;
+            let old_nodes = old_nodes.as_ref();
             std::thread::scope(|s| {
-                let runs = entries
-                    .chunks_mut(per)
-                    .zip(dirents.chunks(per))
-                    .zip(excluded.chunks_mut(per));
-                for ((e, d), x) in runs {
+                let runs = entries.chunks_mut(per).zip(excluded.chunks_mut(per));
+                for run in runs {
                     s.spawn(move || {
                         let names = &mut Names::default();
-                        self.stat_run(path, (e, d, x), whole, old_nodes, names);
+                        self.stat_run((path, dir), run, whole, old_nodes, names);
                     });
                 }
             });
         }
-        drop(dirents);
         let mut excluded = excluded.into_iter();
         entries.retain(|_| !excluded.next().unwrap_or(false));
         entries.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+        let as_before = old_nodes.as_ref().is_some_and(|o| o.len() == entries.len())
+            && entries.iter().all(Scanned::as_before);
+        let takes_old = entries
+            .iter()
+            .any(|e| matches!(e.found, Found::Same { .. }));
         Listing {
             entries,
             error: None,
             old_tree,
-            old_nodes,
+            as_before,
+            old_nodes: old_nodes.filter(|_| !as_before && takes_old),
         }
     }
 
-    /// Stats a run of entries of `path` one by one, in the order given, into their
-    /// `found` and `old`; marks those an exclude matches (when `whole`).
+    /// Stats a run of entries of `path` (open as `dir`) one by one, in the order given,
+    /// into their `found` and `old`; marks those an exclude matches (when `whole`).
     fn stat_run(
         &self,
-        path: &Path,
-        (entries, dirents, excluded): (&mut [Scanned], &[Option<std::fs::DirEntry>], &mut [bool]),
+        (path, dir): (&Path, Option<&std::fs::File>),
+        (entries, excluded): (&mut [Scanned], &mut [bool]),
         whole: bool,
-        old_nodes: &[Node],
+        old_nodes: Option<&LazyTree>,
         names: &mut Names,
     ) {
-        for ((e, dirent), excluded) in entries.iter_mut().zip(dirents).zip(excluded) {
+        use nix::fcntl::AtFlags;
+        use nix::sys::stat::{fstatat, lstat};
+        for (e, excluded) in entries.iter_mut().zip(excluded) {
             let name = &e.name;
             let child = path.join(name);
-            // Listed entries stat relative to their directory, which spares the kernel a
-            // walk down the whole path for every file.
-            let md = match &dirent {
-                Some(d) => d.metadata(),
-                None => std::fs::symlink_metadata(&child),
-            };
+            let md = match dir {
+                Some(d) => fstatat(d, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW),
+                None => lstat(&child),
+            }
+            .map_err(std::io::Error::from);
             if whole
                 && md
                     .as_ref()
-                    .is_ok_and(|m| self.excludes.excluded(&child, m.is_dir()))
+                    .is_ok_and(|m| self.excludes.excluded(&child, fsmeta::is_dir(m)))
             {
                 *excluded = true;
                 continue;
             }
-            // A tree's names are sorted and unique (Tree::decode checks).
-            let old = old_nodes
-                .binary_search_by(|n| n.name.0.as_slice().cmp(name.as_bytes()))
-                .ok();
-            let old_node = old.map(|i| &old_nodes[i]);
+            // An old node that does not decode is as good as none: the entry is read
+            // again.
+            let old = old_nodes.and_then(|t| t.find(name.as_bytes()));
+            let old_node = old.and_then(|i| old_nodes?.node(i).ok());
             e.found = match md {
-                Ok(md) => match fsmeta::node_from(&child, name, &md, names, old_node) {
-                    Ok(node) => Found::Node(node),
-                    Err(e) => Found::Failed(crate::error::one_line(&e)),
+                Ok(md) => match fsmeta::node_from(&child, name, &md, names, old_node.as_ref()) {
+                    Ok(node) => {
+                        let (found, same) = self.compare(node, old_node.as_ref());
+                        e.same = same;
+                        found
+                    }
+                    Err(e) => Found::Failed(crate::error::one_line(&e).into()),
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::Vanished,
-                Err(err) => Found::Failed(format!("{}: {err}", child.display())),
+                Err(err) => Found::Failed(format!("{}: {err}", child.display()).into()),
             };
             e.old = old;
         }
+    }
+
+    /// An entry's node next to its node in the parent snapshot: what was found, and
+    /// whether it is the same (see [`Scanned::same`]).
+    fn compare(&self, mut node: Node, old: Option<&Node>) -> (Found, bool) {
+        let Some(o) = old else {
+            return (Found::Node(Box::new(node)), false);
+        };
+        let same = match node.kind {
+            NodeType::Dir => {
+                node.subtree = o.subtree;
+                o.subtree.is_some() && node == *o
+            }
+            // A file whose size, times and inode are unchanged has its old content, as
+            // long as the repository still holds all of it.
+            NodeType::File => {
+                let unchanged = o.kind == NodeType::File
+                    && o.size == node.size
+                    && o.mtime_ns == node.mtime_ns
+                    && o.ctime_ns == node.ctime_ns
+                    && o.inode == node.inode
+                    && o.content.iter().all(|id| self.index.contains(id));
+                if !unchanged {
+                    return (Found::Node(Box::new(node)), false);
+                }
+                node.content = o.content.clone();
+                node.extents = o.extents.clone();
+                if node == *o {
+                    let size = node.size;
+                    return (Found::Same { file: true, size }, true);
+                }
+                true
+            }
+            _ if node == *o => {
+                return (
+                    Found::Same {
+                        file: false,
+                        size: 0,
+                    },
+                    true,
+                );
+            }
+            _ => false,
+        };
+        (Found::Node(Box::new(node)), same)
     }
 }

@@ -18,7 +18,7 @@ use crate::format::keyfile::{self, KeyFile, KeyPayload};
 use crate::format::mirror::{ExportRecord, ForgetRecord, MirrorDef};
 use crate::format::pack::{self, BlobType};
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::Tree;
+use crate::format::tree::{LazyTree, Tree};
 use crate::format::{FormatError, Id};
 
 /// How the user proves they may open the repository.
@@ -463,6 +463,13 @@ impl Repository {
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
         let bytes = self.read_blob(BlobType::Tree, id)?;
         Tree::decode(&bytes).map_err(|e| anyhow!(e).context(format!("tree {}", id.short())))
+    }
+
+    /// A tree kept as its JSON, for looking up a few nodes or each once (see
+    /// [`LazyTree`]).
+    pub fn load_tree_lazy(&self, id: &Id) -> Result<LazyTree> {
+        let bytes = self.read_blob(BlobType::Tree, id)?;
+        LazyTree::decode(bytes).map_err(|e| anyhow!(e).context(format!("tree {}", id.short())))
     }
 
     /// Reads a pack's header: the authoritative list of what it holds. Tries each copy;
