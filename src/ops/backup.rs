@@ -497,7 +497,7 @@ impl Walker<'_, '_> {
         self.one_fs && trie.is_none() && dev.is_some_and(|d| d != node.dev)
     }
 
-    /// Walks one scanned entry of directory `at.0`; returns it as walked (see [`Found`]).
+    /// Walks one scanned entry of directory `dir`; returns it as walked (see [`Found`]).
     fn entry(
         &mut self,
         (dir, scanned): (&Path, &Scanned),
