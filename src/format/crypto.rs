@@ -93,10 +93,9 @@ impl Cipher {
 
     /// Opens `nonce || ciphertext || tag`; fails on any modification or the wrong key.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-        let mut buf = sealed.to_vec();
-        let plain = self.open_in_place(aad, &mut buf)?.len();
-        buf.copy_within(NONCE_LEN..NONCE_LEN + plain, 0);
-        buf.truncate(plain);
+        let (nonce, body, tag) = split_sealed(sealed)?;
+        let mut buf = body.to_vec();
+        self.decrypt(aad, nonce, &mut buf, tag)?;
         Ok(buf)
     }
 
@@ -104,21 +103,39 @@ impl Cipher {
     /// the ciphertext's part of `sealed`. Spares a copy of a large object (an index file)
     /// its bytes are read into.
     pub fn open_in_place<'b>(&self, aad: &[u8], sealed: &'b mut [u8]) -> Result<&'b mut [u8]> {
-        if sealed.len() < OVERHEAD {
-            return Err(FormatError::Truncated(
-                "sealed message shorter than its overhead",
-            ));
-        }
-        let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-        let at = rest.len() - TAG_LEN;
-        let (body, tag) = rest.split_at_mut(at);
-        let nonce: [u8; NONCE_LEN] = (&*nonce).try_into().map_err(|_| FormatError::BadMac)?;
-        let tag: [u8; TAG_LEN] = (&*tag).try_into().map_err(|_| FormatError::BadMac)?;
-        self.0
-            .decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut *body).into(), &tag.into())
-            .map_err(|_| FormatError::BadMac)?;
+        let (nonce, body, tag) = split_sealed(sealed)?;
+        let (nonce, tag) = (*nonce, *tag);
+        let at = NONCE_LEN..NONCE_LEN + body.len();
+        let body = &mut sealed[at];
+        self.decrypt(aad, &nonce, body, &tag)?;
         Ok(body)
     }
+
+    fn decrypt(
+        &self,
+        aad: &[u8],
+        nonce: &[u8; NONCE_LEN],
+        body: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<()> {
+        self.0
+            .decrypt_inout_detached(&Nonce::from(*nonce), aad, body.into(), &(*tag).into())
+            .map_err(|_| FormatError::BadMac)
+    }
+}
+
+/// The parts of `nonce || ciphertext || tag`.
+fn split_sealed(sealed: &[u8]) -> Result<(&[u8; NONCE_LEN], &[u8], &[u8; TAG_LEN])> {
+    if sealed.len() < OVERHEAD {
+        return Err(FormatError::Truncated(
+            "sealed message shorter than its overhead",
+        ));
+    }
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let nonce = nonce.try_into().map_err(|_| FormatError::BadMac)?;
+    let tag = tag.try_into().map_err(|_| FormatError::BadMac)?;
+    Ok((nonce, body, tag))
 }
 
 /// The working keys of an open repository.

@@ -908,13 +908,9 @@ fn added(sh: &Shared, raw: u64, stored: u64, blobs: u64) {
 /// A walked directory's tree: its entries' nodes, those `Same` taken from the parent
 /// snapshot's tree (loaded again when the listing let go of it).
 fn new_tree(task: DirTask, repo: &Repository) -> Result<Tree> {
-    let takes_old = task
-        .entries
-        .iter()
-        .any(|e| matches!(e.found, Found::Same { .. }));
     let old = match (task.old_nodes, task.old_tree) {
         (Some(old), _) => Some(old),
-        (None, Some(id)) if takes_old => Some(
+        (None, Some(id)) if scan::takes_old(&task.entries) => Some(
             repo.load_tree_lazy(&id)
                 .with_context(|| format!("parent snapshot's tree {} unreadable", id.short()))?,
         ),

@@ -92,6 +92,14 @@ impl Scanned {
     }
 }
 
+/// Whether a directory's new tree takes nodes from its old one: those of its `Same`
+/// entries.
+pub fn takes_old(entries: &[Scanned]) -> bool {
+    entries
+        .iter()
+        .any(|e| matches!(e.found, Found::Same { .. }))
+}
+
 #[derive(Default)]
 pub struct Listing {
     /// Sorted by name bytes, excluded entries left out.
@@ -465,9 +473,7 @@ impl<'a> Scanner<'a> {
         entries.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
         let as_before = old_nodes.as_ref().is_some_and(|o| o.len() == entries.len())
             && entries.iter().all(Scanned::as_before);
-        let takes_old = entries
-            .iter()
-            .any(|e| matches!(e.found, Found::Same { .. }));
+        let takes_old = takes_old(&entries);
         Listing {
             entries,
             error: None,
