@@ -550,3 +550,49 @@ file = "{creds}"
     assert!(err.contains("offsite.env line 2"), "{err}");
     assert!(!err.contains("this-is-secret"), "{err}");
 }
+
+/// A pack that reads damaged on the primary, and that the mirror lacks, stops the sync
+/// before the index files and snapshots that refer to it: the mirror stays a complete
+/// repository of what it had, and catches up once the pack reads right again.
+#[test]
+fn a_damaged_pack_the_mirror_lacks_is_never_referred_to_there() {
+    let env = Env::new();
+    let src = env.source_with_file(bytes(1, 300_000));
+    let src = src.to_str().unwrap();
+    let mirror = env.path("mirror");
+    let mirror = mirror.to_str().unwrap();
+    env.init(&[]);
+    env.ok(&["mirror", "add", "copy", mirror, "--no-sync"]);
+    env.ok(&["backup", "-q", src]);
+    env.ok(&["sync", "-q"]);
+    let before = walkdir(&env.repo().join("data"));
+    fs::write(Path::new(src).join("g"), bytes(2, 300_000)).unwrap();
+    env.ok(&["backup", "-q", src]);
+    let new = walkdir(&env.repo().join("data"))
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let good = fs::read(&new).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 1;
+    fs::write(&new, bad).unwrap();
+
+    let out = env.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reads damaged here"), "{err}");
+    let snaps = |repo: &str| {
+        env.json(&["snapshots", "--repo", repo], 0)
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(snaps(mirror), 1, "the new snapshot waits for its pack");
+    env.ok(&["check", "--read-data", "--repo", mirror]);
+
+    fs::write(&new, good).unwrap();
+    env.ok(&["sync", "-q"]);
+    assert_eq!(snaps(mirror), 2);
+    env.ok(&["check", "--read-data", "--repo", mirror]);
+}

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use crossbeam_channel::bounded;
 use serde::Serialize;
 
@@ -59,9 +59,9 @@ pub fn intact(kind: FileKind, id: &Id, bytes: &[u8]) -> bool {
     crate::repo::backend::intact(&kind.path(id), bytes)
 }
 
-/// What `to` lacks of kind `kind`: objects missing, or at a size other than `from`'s.
-fn missing(from: &Backend, to: &Backend, kind: FileKind) -> Result<Vec<(Id, u64)>> {
-    let have: HashMap<Id, u64> = to.list_sized(kind)?.into_iter().collect();
+/// What a target holding `have` lacks of kind `kind`: objects missing, or at a size
+/// other than `from`'s.
+fn missing(from: &Backend, have: &HashMap<Id, u64>, kind: FileKind) -> Result<Vec<(Id, u64)>> {
     Ok(from
         .list_sized(kind)?
         .into_iter()
@@ -157,12 +157,40 @@ pub fn sync(repo: &Repository, mirror: &Backend, counters: &Counters) -> Result<
     // The config first would make a half-copied mirror look like a repository; keys
     // first, then everything, then the config last.
     for kind in ORDER {
-        let todo = missing(&primary, mirror, kind)?;
+        let have: HashMap<Id, u64> = mirror.list_sized(kind)?.into_iter().collect();
+        let todo = missing(&primary, &have, kind)?;
+        let before = report.damaged_at_source.len();
         copy_objects(&primary, mirror, kind, &todo, &mut report, counters)?;
+        refuse_dangling(kind, &report.damaged_at_source[before..], &have, mirror)?;
     }
     copy_config(&primary, mirror, &mut report)?;
     delete_gone(repo, mirror, &mut report)?;
     Ok(report)
+}
+
+/// Stops the sync when a pack or index file was not copied because it reads damaged
+/// here and the mirror holds no copy of it: the index files and snapshots still to be
+/// copied may refer to it, and would leave the mirror naming data it lacks. (A mirror
+/// holding some copy already is no worse off; other kinds have no dependents to stop.)
+fn refuse_dangling(
+    kind: FileKind,
+    damaged: &[String],
+    have: &HashMap<Id, u64>,
+    mirror: &Backend,
+) -> Result<()> {
+    if !matches!(kind, FileKind::Data | FileKind::Index) {
+        return Ok(());
+    }
+    let lacking = damaged
+        .iter()
+        .find(|path| FileKind::of_path(path).is_none_or(|(_, id)| !have.contains_key(&id)));
+    match lacking {
+        None => Ok(()),
+        Some(path) => bail!(
+            "{path} reads damaged here and {} has no copy of it, so nothing that refers to it was copied; `vault check --read-data` tells whether the damage is real",
+            mirror.location()
+        ),
+    }
 }
 
 /// Deletes from the mirror what the primary removed on purpose, and nothing else.
@@ -231,7 +259,8 @@ pub struct Behind {
 pub fn behind(primary: &Backend, mirror: &Backend) -> Result<Behind> {
     let mut b = Behind::default();
     for kind in ORDER {
-        for (_, size) in missing(primary, mirror, kind)? {
+        let have = mirror.list_sized(kind)?.into_iter().collect();
+        for (_, size) in missing(primary, &have, kind)? {
             b.objects += 1;
             b.bytes += size;
         }

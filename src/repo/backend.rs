@@ -70,7 +70,7 @@ impl FileKind {
     ];
 
     /// The kind and id of the object at `path`, when it is one.
-    fn of_path(path: &str) -> Option<(FileKind, Id)> {
+    pub(crate) fn of_path(path: &str) -> Option<(FileKind, Id)> {
         let kind = Self::ALL.into_iter().find(|k| path.starts_with(k.dir()))?;
         let id = Id::from_hex(path.rsplit('/').next()?)?;
         (kind.path(&id) == path).then_some((kind, id))
