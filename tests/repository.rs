@@ -236,6 +236,32 @@ fn unreadable_file_is_skipped_with_exit_3() {
     assert!(ls.contains("ok.txt") && !ls.contains("secret.txt"));
 }
 
+/// A source below a directory its user may search but not list backs up whole: the
+/// ancestors are stat'ed through the search permission alone.
+#[test]
+fn a_source_below_a_searchable_unreadable_directory_backs_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let src = env.path("outer/src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::write(src.join("sub/f.txt"), b"inside").unwrap();
+    fs::set_permissions(env.path("outer"), fs::Permissions::from_mode(0o711)).unwrap();
+    common::assert_ok(&as_nobody(&env, &["init"]));
+    let out = as_nobody(&env, &["backup", "--json", src.to_str().unwrap()]);
+    common::assert_ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["summary"]["errors"], 0, "{v}");
+    let target = env.path("restored");
+    let out = as_nobody(
+        &env,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    common::assert_ok(&out);
+    let got = fs::read(Env::restored(&target, &src).join("sub/f.txt")).unwrap();
+    assert_eq!(got, b"inside");
+}
+
 #[test]
 fn file_changing_during_backup_is_reported() {
     let env = Env::new();

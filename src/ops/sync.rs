@@ -3,10 +3,12 @@
 //! `sync` brings a mirror up to date with the primary: objects the mirror lacks (or holds
 //! at another size) are copied in dependency order — keys, mirror definitions, forget
 //! records, packs, index files, manifests, snapshots — so the mirror is a consistent
-//! repository at every instant. It deletes on the mirror only what authentic objects
-//! say is gone: snapshots named by a forget record, index files superseded by an index
-//! file it already holds, packs no index file on either side still lists. A backend that
-//! merely lost files can never make sync delete them elsewhere.
+//! repository at every instant (a pack or index file that reads damaged here, and that
+//! the mirror lacks, stops the copy before whatever may refer to it). It deletes on the
+//! mirror only what authentic objects say is gone: snapshots named by a forget record,
+//! index files superseded by an index file it already holds, packs no index file on
+//! either side still lists. A backend that merely lost files can never make sync delete
+//! them elsewhere.
 //!
 //! `repair --from` copies the other way: every object the primary lacks or holds damaged
 //! (checked without the key) comes back from a mirror that holds it intact.
