@@ -72,7 +72,13 @@ fuzz_target!(|data: &[u8]| {
                 raw_len,
                 inner: 0,
             };
-            match pack::open_blob(keys, &entry, &stored) {
+            let opened = pack::open_blob(keys, &entry, &stored);
+            assert_eq!(
+                opened.as_ref().ok(),
+                pack::open_blob_owned(keys, &entry, stored.clone()).as_ref().ok(),
+                "opening in place gives what opening a copy gives"
+            );
+            match opened {
                 Ok(plain) => assert_eq!(plain.len(), raw_len as usize),
                 Err(_) => assert!(
                     flags & FLAG_ZSTD != 0 || payload.len() != raw_len as usize,

@@ -3,6 +3,8 @@
 //! a bundle: several small blobs compressed and sealed together, because small files
 //! compress several times better side by side than one by one.
 
+use std::borrow::Cow;
+
 use super::crypto::{Keys, OVERHEAD};
 use super::error::{FormatError, Result};
 use super::id::Id;
@@ -225,10 +227,27 @@ pub fn open_blob(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8
     let payload = keys
         .cipher
         .open(&blob_aad(entry.blob_type, &entry.id), stored)?;
+    plaintext(keys, entry, Cow::Owned(payload))
+}
+
+/// [`open_blob`] for bytes the caller gives up: a blob alone is decrypted where it
+/// lies, sparing a copy of it (a large directory's tree is megabytes).
+pub fn open_blob_owned(keys: &Keys, entry: &BlobEntry, mut stored: Vec<u8>) -> Result<Vec<u8>> {
+    if entry.bundled() {
+        return open_blob(keys, entry, &stored);
+    }
+    let payload = keys
+        .cipher
+        .open_in_place(&blob_aad(entry.blob_type, &entry.id), &mut stored)?;
+    plaintext(keys, entry, Cow::Borrowed(&*payload))
+}
+
+/// A blob's plaintext from its decrypted payload, checked against its id.
+fn plaintext(keys: &Keys, entry: &BlobEntry, payload: Cow<'_, [u8]>) -> Result<Vec<u8>> {
     let data = if entry.flags & FLAG_ZSTD != 0 {
         object::decompress(&payload, entry.raw_len as usize)?
     } else {
-        payload
+        payload.into_owned()
     };
     verify(keys, entry, &data)?;
     Ok(data)
@@ -540,6 +559,7 @@ mod tests {
         for (e, d) in parsed.iter().zip(&datas) {
             let s = &bytes[e.offset as usize..(e.offset + e.length) as usize];
             assert_eq!(&open_blob(&keys, e, s).unwrap(), d);
+            assert_eq!(&open_blob_owned(&keys, e, s.to_vec()).unwrap(), d);
             assert_eq!(&opener.open(&keys, e, s).unwrap(), d);
         }
         // A member placed at another member's bytes fails its keyed hash.
@@ -547,6 +567,7 @@ mod tests {
         moved.inner = 0;
         let s = &bytes[moved.offset as usize..(moved.offset + moved.length) as usize];
         assert!(open_blob(&keys, &moved, s).is_err());
+        assert!(open_blob_owned(&keys, &moved, s.to_vec()).is_err());
         // Members claiming more than their bundle holds are refused, not sliced past.
         moved.inner = 5000;
         assert!(open_blob(&keys, &moved, s).is_err());
@@ -583,10 +604,13 @@ mod tests {
         for (e, d) in parsed.iter().zip(&datas) {
             let s = &bytes[e.offset as usize..(e.offset + e.length) as usize];
             assert_eq!(&open_blob(&keys, e, s).unwrap(), d);
+            assert_eq!(&open_blob_owned(&keys, e, s.to_vec()).unwrap(), d);
         }
         let mut swapped = parsed[1];
         swapped.id = parsed[0].id;
         let s = &bytes[swapped.offset as usize..(swapped.offset + swapped.length) as usize];
         assert_eq!(open_blob(&keys, &swapped, s), Err(FormatError::BadMac));
+        let owned = open_blob_owned(&keys, &swapped, s.to_vec());
+        assert_eq!(owned, Err(FormatError::BadMac));
     }
 }

@@ -319,6 +319,7 @@ impl Repository {
             c.drop_kind("trees"); // single tree blobs, as earlier builds cached them
         }
         self.index = Arc::new(index);
+        release_free_memory();
         Ok(())
     }
 
@@ -401,7 +402,7 @@ impl Repository {
         self.backend
             .read_with(|b| {
                 let stored = b.read_range(&path, entry.offset.into(), entry.length.into())?;
-                Ok(pack::open_blob(&self.keys, &entry, &stored)?)
+                Ok(pack::open_blob_owned(&self.keys, &entry, stored)?)
             })
             .map_err(|e| {
                 e.context(format!(
@@ -424,7 +425,7 @@ impl Repository {
         let (offset, len) = (u64::from(entry.offset), entry.length as usize);
         let cached = || {
             let stored = c.get_range("packs", pack_id, offset, len)?;
-            let plain = pack::open_blob(&self.keys, entry, &stored);
+            let plain = pack::open_blob_owned(&self.keys, entry, stored);
             if plain.is_err() {
                 c.remove("packs", pack_id);
             }
@@ -713,4 +714,16 @@ fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey
         msg.push_str(&format!("; damaged key files: {}", damaged.join(", ")));
     }
     Err(VaultError::WrongPassword(msg).into())
+}
+
+/// Hands the allocator's free pages back to the system. Loading the index frees more
+/// than it keeps (each file's bytes, its decoded entries), and glibc would keep those
+/// pages resident through the rest of the command: about 2 MB of the no-change backup's
+/// peak.
+fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system; any thread may call it.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
