@@ -175,8 +175,7 @@ fn keys_add_list_passwd_remove_and_raw_key_file() {
     // A raw key file opens the repository without any password.
     let raw = with3(&["key", "export", "--raw"]);
     fs::write(env.path("raw.key"), &raw.stdout).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(env.path("raw.key"), fs::Permissions::from_mode(0o600)).unwrap();
+    chmod(&env.path("raw.key"), 0o600);
     let out = env
         .cmd()
         .env_remove("VAULT_PASSWORD")
@@ -207,17 +206,21 @@ fn as_nobody(env: &Env, args: &[&str]) -> std::process::Output {
     c.output().unwrap()
 }
 
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
 #[test]
 fn unreadable_file_is_skipped_with_exit_3() {
-    use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    chmod(env.dir.path(), 0o777);
     let src = env.path("src");
     fs::create_dir_all(src.join("locked-dir")).unwrap();
     fs::write(src.join("ok.txt"), b"fine").unwrap();
     fs::write(src.join("secret.txt"), b"no").unwrap();
-    fs::set_permissions(src.join("secret.txt"), fs::Permissions::from_mode(0o000)).unwrap();
-    fs::set_permissions(src.join("locked-dir"), fs::Permissions::from_mode(0o000)).unwrap();
+    chmod(&src.join("secret.txt"), 0o000);
+    chmod(&src.join("locked-dir"), 0o000);
     let out = as_nobody(&env, &["init"]);
     common::assert_ok(&out);
     let out = as_nobody(&env, &["backup", "--json", src.to_str().unwrap()]);
@@ -240,13 +243,12 @@ fn unreadable_file_is_skipped_with_exit_3() {
 /// ancestors are stat'ed through the search permission alone.
 #[test]
 fn a_source_below_a_searchable_unreadable_directory_backs_up() {
-    use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
-    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    chmod(env.dir.path(), 0o777);
     let src = env.path("outer/src");
     fs::create_dir_all(src.join("sub")).unwrap();
     fs::write(src.join("sub/f.txt"), b"inside").unwrap();
-    fs::set_permissions(env.path("outer"), fs::Permissions::from_mode(0o711)).unwrap();
+    chmod(&env.path("outer"), 0o711);
     common::assert_ok(&as_nobody(&env, &["init"]));
     let out = as_nobody(&env, &["backup", "--json", src.to_str().unwrap()]);
     common::assert_ok(&out);

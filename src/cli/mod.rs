@@ -186,7 +186,8 @@ pub enum Command {
     Mirror(MirrorCommand),
     /// Bring every mirror (or one) up to date with this repository.
     ///
-    /// Exit 3 when a mirror could not be reached (it catches up next time).
+    /// Exit 3 when a mirror could not be reached (it catches up next time), or when an
+    /// object reads damaged here (a mirror lacking it gets nothing that refers to it).
     /// Example: vault sync --mirror offsite
     Sync(SyncArgs),
     /// Every copy of the repository: reachable, complete, behind by how much; then how safe
