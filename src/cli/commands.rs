@@ -445,6 +445,9 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         overwrite: a.overwrite,
         verify: a.verify,
         only: None,
+        no_owner: a.no_owner,
+        no_xattrs: a.no_xattrs,
+        no_special: a.no_special,
     };
     let counters = Arc::new(restore::Counters::default());
     let c = counters.clone();

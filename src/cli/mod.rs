@@ -125,6 +125,15 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot (or part of it) into a directory.
     ///
+    /// Run as root, restore sets owners (uid and gid), setuid and setgid bits, modes,
+    /// extended attributes, times, FIFOs and device nodes as the snapshot has them;
+    /// --no-owner, --no-xattrs and --no-special leave them out. As another user, files
+    /// belong to that user and lose setuid and setgid bits. Restore never follows a
+    /// symlink it did not make: a symlink or other non-directory where a directory goes
+    /// is an error, or is replaced with --overwrite. Files and directories are created
+    /// private and given their modes once written, so none is ever more open than the
+    /// snapshot says, even if the restore is killed.
+    ///
     /// Example: vault restore latest --target /tmp/r --include ~/Documents
     ///          vault restore --at yesterday --target /tmp/r
     Restore(RestoreArgs),
@@ -348,6 +357,16 @@ pub struct RestoreArgs {
     /// Re-read every restored file and compare it with the snapshot
     #[arg(long)]
     pub verify: bool,
+    /// Leave restored files owned by the restoring user, and drop setuid and setgid bits
+    /// (the default when not run as root)
+    #[arg(long)]
+    pub no_owner: bool,
+    /// Do not restore extended attributes
+    #[arg(long)]
+    pub no_xattrs: bool,
+    /// Do not restore FIFOs or device nodes
+    #[arg(long)]
+    pub no_special: bool,
     #[command(flatten)]
     pub filter: SnapshotFilter,
 }

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -174,56 +174,167 @@ pub fn sparse_extents(file: &File, md: &Metadata) -> Option<Vec<[u64; 2]>> {
     Some(extents)
 }
 
-/// Applies ownership (when root), mode, xattrs and times to a restored path.
-/// Returns the first problem, if any, after trying everything.
-pub fn apply(path: &Path, node: &Node, as_root: bool) -> Result<()> {
-    use nix::unistd::{Gid, Uid};
+/// Which of a node's metadata a restore applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Apply {
+    /// Set owners (root only, and not with `--no-owner`). Without owners, setuid and
+    /// setgid bits are dropped too: a restored program must not run as its restorer.
+    pub owners: bool,
+    pub xattrs: bool,
+}
+
+impl Apply {
+    fn mode(&self, node: &Node) -> u32 {
+        if self.owners {
+            node.mode & 0o7777
+        } else {
+            node.mode & 0o1777
+        }
+    }
+}
+
+fn time_of(node: &Node) -> nix::sys::time::TimeSpec {
+    nix::sys::time::TimeSpec::new(
+        node.mtime_ns.div_euclid(1_000_000_000),
+        node.mtime_ns.rem_euclid(1_000_000_000),
+    )
+}
+
+fn owner_ids(node: &Node) -> (Option<nix::unistd::Uid>, Option<nix::unistd::Gid>) {
+    (
+        Some(nix::unistd::Uid::from_raw(node.uid)),
+        Some(nix::unistd::Gid::from_raw(node.gid)),
+    )
+}
+
+fn xattr_values<'a>(node: &'a Node, problems: &mut Vec<String>) -> Vec<(&'a OsStr, Vec<u8>)> {
+    node.xattrs
+        .iter()
+        .filter_map(|x| match B64.decode(&x.value) {
+            Ok(v) => Some((OsStr::from_bytes(&x.name.0), v)),
+            Err(_) => {
+                problems.push(format!("xattr {}: value is not base64", x.name.lossy()));
+                None
+            }
+        })
+        .collect()
+}
+
+fn first_problem(problems: Vec<String>) -> Result<()> {
+    match problems.into_iter().next() {
+        None => Ok(()),
+        Some(p) => anyhow::bail!("{p}"),
+    }
+}
+
+/// Applies owners, xattrs, mode and times to a restored file or directory through its
+/// open descriptor: whatever its name now points to, these reach only the object restore
+/// made. Owners go first, since chown clears setuid bits. Returns the first problem after
+/// trying everything.
+pub fn apply_fd(file: &File, node: &Node, how: Apply) -> Result<()> {
     let mut problems = Vec::new();
-    let is_link = node.kind == NodeType::Symlink;
-    // Fifos and devices are never opened here: opening a FIFO blocks until a writer comes.
-    if as_root {
-        let r = nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            Some(Uid::from_raw(node.uid)),
-            Some(Gid::from_raw(node.gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        );
-        if let Err(e) = r {
+    if how.owners {
+        let (u, g) = owner_ids(node);
+        if let Err(e) = nix::unistd::fchown(file, u, g) {
             problems.push(format!("chown: {e}"));
         }
     }
-    for x in &node.xattrs {
-        let Ok(value) = B64.decode(&x.value) else {
-            problems.push("xattr value is not base64".to_string());
-            continue;
-        };
-        if let Err(e) = xattr::set(path, OsStr::from_bytes(&x.name.0), &value) {
-            problems.push(format!("xattr {}: {e}", x.name.lossy()));
+    if how.xattrs {
+        use xattr::FileExt;
+        for (name, value) in xattr_values(node, &mut problems) {
+            if let Err(e) = file.set_xattr(name, &value) {
+                problems.push(format!("xattr {}: {e}", name.to_string_lossy()));
+            }
         }
     }
-    if !is_link
-        && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))
-    {
+    let mode = nix::sys::stat::Mode::from_bits_truncate(how.mode(node) as libc::mode_t);
+    if let Err(e) = nix::sys::stat::fchmod(file, mode) {
         problems.push(format!("chmod: {e}"));
     }
-    // utimensat on the path itself: never opens it (a FIFO would block) nor follows links.
-    let t = nix::sys::time::TimeSpec::new(
-        node.mtime_ns.div_euclid(1_000_000_000),
-        node.mtime_ns.rem_euclid(1_000_000_000),
-    );
-    let r = nix::sys::stat::utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &t,
-        &t,
-        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-    );
-    if let Err(e) = r {
+    let t = time_of(node);
+    if let Err(e) = nix::sys::stat::futimens(file, &t, &t) {
         problems.push(format!("times: {e}"));
     }
-    match problems.first() {
-        None => Ok(()),
-        Some(p) => anyhow::bail!("{}: {}", path.display(), p),
+    first_problem(problems)
+}
+
+/// Applies a symlink's, FIFO's or device's metadata. Such an entry cannot be opened for
+/// writing (a FIFO would block), so it is pinned with an O_PATH descriptor that does not
+/// follow it, checked to be the kind restore made, and changed through that descriptor
+/// (via its /proc/self/fd name where the kernel has no descriptor call). A symlink's own
+/// times and xattrs are set with no-follow calls relative to its directory.
+pub fn apply_special(dir: &File, name: &OsStr, node: &Node, how: Apply) -> Result<()> {
+    use nix::fcntl::{AtFlags, OFlag};
+    let pinned = nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .context("opening it")?;
+    let st = nix::sys::stat::fstat(&pinned).context("stat")?;
+    if kind_of(&st) != node.kind {
+        anyhow::bail!("replaced by something else while restoring");
     }
+    let is_link = node.kind == NodeType::Symlink;
+    let proc_self = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    let in_dir = Path::new("/proc/self/fd")
+        .join(dir.as_raw_fd().to_string())
+        .join(name);
+    let mut problems = Vec::new();
+    if how.owners {
+        let (u, g) = owner_ids(node);
+        if let Err(e) = nix::unistd::fchownat(
+            &pinned,
+            "",
+            u,
+            g,
+            AtFlags::AT_EMPTY_PATH | AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            problems.push(format!("chown: {e}"));
+        }
+    }
+    if how.xattrs {
+        for (xname, value) in xattr_values(node, &mut problems) {
+            let r = if is_link {
+                xattr::set(&in_dir, xname, &value)
+            } else {
+                xattr::set_deref(&proc_self, xname, &value)
+            };
+            if let Err(e) = r {
+                problems.push(format!("xattr {}: {e}", xname.to_string_lossy()));
+            }
+        }
+    }
+    let t = time_of(node);
+    let times = if is_link {
+        nix::sys::stat::utimensat(
+            dir,
+            name,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+    } else {
+        let mode = nix::sys::stat::Mode::from_bits_truncate(how.mode(node) as libc::mode_t);
+        if let Err(e) = nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            proc_self.as_str(),
+            mode,
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        ) {
+            problems.push(format!("chmod: {e}"));
+        }
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            proc_self.as_str(),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        )
+    };
+    if let Err(e) = times {
+        problems.push(format!("times: {e}"));
+    }
+    first_problem(problems)
 }

@@ -1,11 +1,22 @@
-//! Restore: plan every file from the trees, then read each needed pack once (several at a
-//! time) and write each blob to every place that needs it; metadata last, directories
-//! deepest first so their times survive the writes below them.
+//! Restore, streamed and bounded. The snapshot is walked depth-first with an explicit
+//! stack, the target alongside it through directory descriptors, and files are written a
+//! window at a time: each window's packs are read once, several at a time, in ranges.
+//! Memory is the depth of the tree plus one window, whatever the tree's shape.
+//!
+//! A hostile target cannot redirect it. Every entry is reached relative to a directory
+//! restore opened itself with O_NOFOLLOW, so a symlink planted at any component, or
+//! swapped in while restore runs, is never followed; a non-directory to overwrite is
+//! unlinked and created anew (O_EXCL), never written through. Files are created with
+//! their owner bits only, directories 0700, and their modes, owners, xattrs and times are
+//! applied through the open descriptor once the contents are written (directories after
+//! everything in them), so nothing is ever more open than the snapshot says, even after
+//! a kill.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,14 +24,18 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, anyhow, bail};
 use crossbeam_channel::bounded;
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::Mode;
 
 use super::walk;
 use crate::format::Id;
 use crate::format::pack::{self, BlobEntry, BlobType};
 use crate::format::tree::{Node, NodeType};
-use crate::fsmeta;
+use crate::fsmeta::{self, Apply};
 use crate::repo::{FileKind, Repository};
 
+#[derive(Default)]
 pub struct RestoreOptions {
     pub target: PathBuf,
     pub includes: Vec<String>,
@@ -30,6 +45,11 @@ pub struct RestoreOptions {
     /// Restore exactly these snapshot paths (and the directories above them) instead of
     /// matching patterns; for sampling, where names may hold glob characters.
     pub only: Option<HashSet<PathBuf>>,
+    /// Leave owners as the restoring user (and drop setuid/setgid bits).
+    pub no_owner: bool,
+    pub no_xattrs: bool,
+    /// Leave out FIFOs and device nodes.
+    pub no_special: bool,
 }
 
 #[derive(Default)]
@@ -45,19 +65,6 @@ pub struct RestoreResult {
     pub bytes: u64,
     /// One line per file or directory that could not be restored (or verified).
     pub errors: Vec<String>,
-}
-
-struct Item {
-    path: PathBuf,
-    node: Node,
-}
-
-/// One file's data stream: blobs laid out over its data extents.
-struct FilePlan {
-    item: usize,
-    extents: Vec<[u64; 2]>,
-    /// Blob placements not yet written; a file is complete at zero.
-    pending: AtomicUsize,
 }
 
 /// A full disk (or quota) ends the whole restore: every later write would fail the same
@@ -148,69 +155,215 @@ impl Matcher {
     }
 }
 
-/// Collects the nodes to restore, in pre-order (parents before children). Directories
-/// whose tree cannot be read are restored empty and reported in `lost`.
-fn plan_items(
-    repo: &Repository,
-    root: &Id,
-    m: &Matcher,
-    lost: &mut Vec<String>,
-) -> Result<Vec<Item>> {
-    let mut items: Vec<Item> = Vec::new();
-    // Directories that are not included themselves but may lead to included paths are
-    // kept tentatively, and dropped at the end if nothing below them was included.
-    let mut keep: Vec<bool> = Vec::new();
-    let mut parent: Vec<Option<usize>> = Vec::new();
-    let mut dir_index: HashMap<PathBuf, usize> = HashMap::new();
-    let mut visit = |path: &Path, node: &Node| {
-        let dir = node.kind == NodeType::Dir;
-        if m.excluded(path, dir) {
-            return Ok(false);
-        }
-        let inc = m.included(path, dir);
-        if inc || (dir && m.may_contain(path)) {
-            parent.push(path.parent().and_then(|p| dir_index.get(p).copied()));
-            if dir {
-                dir_index.insert(path.to_path_buf(), items.len());
-            }
-            items.push(Item {
-                path: path.to_path_buf(),
-                node: node.clone(),
-            });
-            keep.push(inc);
-        }
-        Ok(dir)
-    };
-    let mut bad = |path: &Path, e: anyhow::Error| {
-        if path == Path::new("/") {
-            return Err(e.context("the snapshot's root tree is unreadable"));
-        }
-        lost.push(format!(
-            "{}: not restored: {}",
-            path.display(),
-            crate::error::one_line(&e)
-        ));
-        Ok(())
-    };
-    walk::walk_lenient(repo, root, Path::new("/"), &mut visit, &mut bad)?;
-    // Children come after their parents, so one backward pass propagates "needed" upward.
-    for i in (0..items.len()).rev() {
-        if keep[i]
-            && let Some(p) = parent[i]
-        {
-            keep[p] = true;
-        }
-    }
-    Ok(items
-        .into_iter()
-        .zip(keep)
-        .filter(|(_, k)| *k)
-        .map(|(i, _)| i)
-        .collect())
+
+/// A directory of the target that restore holds open, with the identity it had when
+/// opened: a directory reopened through ".." must be the same one.
+struct Dir {
+    file: File,
+    dev: u64,
+    ino: u64,
 }
 
-fn local(target: &Path, snap_path: &Path) -> PathBuf {
-    target.join(snap_path.strip_prefix("/").unwrap_or(snap_path))
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+impl Dir {
+    fn from_fd(fd: std::os::fd::OwnedFd) -> nix::Result<Dir> {
+        let st = nix::sys::stat::fstat(&fd)?;
+        Ok(Dir {
+            file: File::from(fd),
+            dev: st.st_dev,
+            ino: st.st_ino,
+        })
+    }
+
+    /// The directory `name` in `self`, never through a symlink.
+    fn open(&self, name: &OsStr) -> nix::Result<Dir> {
+        Dir::from_fd(nix::fcntl::openat(&self.file, name, DIR_FLAGS, Mode::empty())?)
+    }
+
+    /// The target itself: the one path restore follows as given.
+    fn open_target(path: &Path) -> Result<Dir> {
+        let fd = nix::fcntl::open(path, DIR_FLAGS.difference(OFlag::O_NOFOLLOW), Mode::empty())
+            .with_context(|| format!("restore target {}", path.display()))?;
+        Ok(Dir::from_fd(fd)?)
+    }
+
+    fn unlink(&self, name: &OsStr) -> nix::Result<()> {
+        nix::unistd::unlinkat(&self.file, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+    }
+}
+
+/// Removes a non-directory at `name` so that something new can be made there; a
+/// directory is kept (and reported), never emptied.
+fn replace(dir: &Dir, name: &OsStr) -> std::io::Result<()> {
+    let st = nix::sys::stat::fstatat(&dir.file, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    if fsmeta::is_dir(&st) {
+        return Err(std::io::Error::other(
+            "a directory is in the way; not replaced",
+        ));
+    }
+    Ok(dir.unlink(name)?)
+}
+
+/// Makes one entry with `make`; with `overwrite`, a non-directory already there is
+/// replaced, without it the existing entry is reported and left alone.
+fn make_entry(
+    dir: &Dir,
+    name: &OsStr,
+    overwrite: bool,
+    make: impl Fn() -> nix::Result<()>,
+) -> std::io::Result<()> {
+    match make() {
+        Err(Errno::EEXIST) if overwrite => {
+            replace(dir, name)?;
+            Ok(make()?)
+        }
+        Err(Errno::EEXIST) => Err(std::io::Error::other(
+            "something appeared there during the restore; not overwritten",
+        )),
+        r => Ok(r?),
+    }
+}
+
+/// A new regular file, readable and writable through the returned descriptor only: its
+/// mode is the snapshot's owner bits until the contents are in.
+fn create_file(dir: &Dir, name: &OsStr, mode: u32, overwrite: bool) -> std::io::Result<File> {
+    let flags = OFlag::O_RDWR
+        | OFlag::O_CREAT
+        | OFlag::O_EXCL
+        | OFlag::O_NOFOLLOW
+        | OFlag::O_CLOEXEC;
+    let made = Mutex::new(None);
+    make_entry(dir, name, overwrite, || {
+        let fd = nix::fcntl::openat(
+            &dir.file,
+            name,
+            flags,
+            Mode::from_bits_truncate((mode & 0o700) as libc::mode_t),
+        )?;
+        *made.lock().expect("poisoned") = Some(File::from(fd));
+        Ok(())
+    })?;
+    Ok(made.into_inner().expect("poisoned").expect("made"))
+}
+
+/// The directory `name` in `dir`: made 0700, or opened if one is there. A non-directory
+/// in its place is replaced with `overwrite`, an error without.
+fn make_dir(dir: &Dir, name: &OsStr, overwrite: bool) -> std::io::Result<Dir> {
+    match nix::sys::stat::mkdirat(&dir.file, name, Mode::S_IRWXU) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match dir.open(name) {
+        Err(Errno::ENOTDIR | Errno::ELOOP) if overwrite => {
+            replace(dir, name)?;
+            nix::sys::stat::mkdirat(&dir.file, name, Mode::S_IRWXU)?;
+            Ok(dir.open(name)?)
+        }
+        Err(Errno::ENOTDIR | Errno::ELOOP) => Err(std::io::Error::other(
+            "a non-directory (perhaps a symlink) is in the way; not followed or replaced",
+        )),
+        r => Ok(r?),
+    }
+}
+
+fn name_of(node: &Node) -> &OsStr {
+    OsStr::from_bytes(&node.name.0)
+}
+
+/// A file whose contents this window writes.
+struct WinFile {
+    path: PathBuf,
+    dir: Arc<Dir>,
+    file: File,
+    node: Node,
+    extents: Vec<[u64; 2]>,
+    /// Blob placements not yet written; a file is complete at zero.
+    pending: AtomicUsize,
+}
+
+/// A hard link made in this window, to a file that may still fail.
+struct WinLink {
+    path: PathBuf,
+    dir: Arc<Dir>,
+    key: (u64, u64),
+}
+
+/// A directory whose metadata waits until everything in it is written.
+struct WinDir {
+    path: PathBuf,
+    dir: Arc<Dir>,
+    node: Node,
+}
+
+type PackPlan = HashMap<Id, Vec<(BlobEntry, Vec<Target>)>>;
+
+/// What restore holds between two flushes.
+#[derive(Default)]
+struct Window {
+    files: Vec<WinFile>,
+    links: Vec<WinLink>,
+    dirs: Vec<WinDir>,
+    by_pack: PackPlan,
+    blob_slot: HashMap<Id, (Id, usize)>,
+    placements: usize,
+    bytes: u64,
+}
+
+impl Window {
+    /// Files (each an open descriptor) and directories held; blob placements and bytes
+    /// planned. Large enough that each pack range is read once in the common case.
+    const FILES: usize = 384;
+    const DIRS: usize = 256;
+    const PLACEMENTS: usize = 1 << 16;
+    const BYTES: u64 = 256 << 20;
+
+    fn full(&self) -> bool {
+        self.files.len() >= Self::FILES
+            || self.dirs.len() >= Self::DIRS
+            || self.placements >= Self::PLACEMENTS
+            || self.bytes >= Self::BYTES
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not in the target yet: made when something in it is restored.
+    Pending,
+    Made,
+    Failed,
+}
+
+/// One directory of the walk: its remaining entries, and its place in the target.
+struct Frame {
+    entries: std::vec::IntoIter<Node>,
+    /// The directory's own node; None for the snapshot's root (the target itself).
+    node: Option<Node>,
+    state: State,
+    /// Open while among the deepest [`Restorer::OPEN_DIRS`] made directories.
+    dir: Option<Arc<Dir>>,
+    ident: (u64, u64),
+}
+
+struct Restorer<'a> {
+    repo: &'a Repository,
+    opts: &'a RestoreOptions,
+    m: Matcher,
+    apply: Apply,
+    counters: Arc<Counters>,
+    target: Arc<Dir>,
+    stack: Vec<Frame>,
+    /// The snapshot path of the top frame.
+    path: PathBuf,
+    window: Window,
+    /// The first restored name of each hard-linked inode, as (dev, inode).
+    links: HashMap<(u64, u64), PathBuf>,
+    failed_links: HashSet<(u64, u64)>,
+    result: RestoreResult,
+    lost: Vec<String>,
 }
 
 pub fn restore(
@@ -220,253 +373,535 @@ pub fn restore(
     counters: Arc<Counters>,
 ) -> Result<RestoreResult> {
     let m = Matcher::new(opts)?;
-    let mut lost = Vec::new();
-    let items = plan_items(repo, root, &m, &mut lost)?;
+    let root_tree = repo
+        .load_tree(root)
+        .context("the snapshot's root tree is unreadable")?;
     if !opts.overwrite {
-        refuse_existing(&items, &opts.target)?;
+        refuse_existing(repo, &root_tree.nodes, &m, &opts.target)?;
     }
-    fs::create_dir_all(&opts.target)
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.target)
         .with_context(|| format!("restore target {}", opts.target.display()))?;
-    let mut result = RestoreResult::default();
-    let errors = Mutex::new(HashMap::<usize, String>::new());
-    let full = Mutex::new(None);
-    let (files, by_pack) = create_nodes(repo, &items, &opts.target, &errors)?;
-    write_packs(
-        repo,
-        &items,
-        &files,
-        by_pack,
-        &opts.target,
-        &errors,
-        &counters,
-        &full,
-    );
-    if let Some(e) = full.into_inner().expect("full poisoned") {
-        for f in &files {
-            if f.pending.load(Ordering::Relaxed) > 0 {
-                let _ = fs::remove_file(local(&opts.target, &items[f.item].path));
-            }
-        }
-        return Err(e);
-    }
-    let mut errors = errors.into_inner().expect("errors poisoned");
-    propagate_link_errors(&items, &mut errors);
-    #[allow(clippy::map_entry)] // the insert is conditional on verification failing
-    for f in &files {
-        if errors.contains_key(&f.item) {
-            // Never leave a partly written file that looks complete.
-            let _ = fs::remove_file(local(&opts.target, &items[f.item].path));
-        } else if opts.verify
-            && let Err(e) = verify_file(repo, &items[f.item], &f.extents, &opts.target)
-        {
-            errors.insert(f.item, crate::error::one_line(&e));
-        }
-    }
+    raise_fd_limit();
+    let target = Arc::new(Dir::open_target(&opts.target)?);
     let as_root = nix::unistd::geteuid().is_root();
-    for (i, it) in items.iter().enumerate().rev() {
-        if errors.contains_key(&i) {
-            continue;
-        }
-        match it.node.kind {
-            NodeType::Dir => result.dirs += 1,
-            NodeType::File => {
-                result.files += 1;
-                result.bytes += it.node.size;
-            }
-            _ => result.files += 1,
-        }
-        if let Err(e) = fsmeta::apply(&local(&opts.target, &it.path), &it.node, as_root) {
-            result.errors.push(format!(
-                "{}: metadata: {}",
-                it.path.display(),
-                crate::error::one_line(&e)
-            ));
-        }
-    }
-    if log::log_enabled!(log::Level::Info) {
-        for (_, it) in items
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !errors.contains_key(i))
-        {
-            log::info!("restored {}", it.path.display());
-        }
-    }
-    let mut errs: Vec<(usize, String)> = errors.into_iter().collect();
-    errs.sort();
-    result.errors.extend(
-        errs.into_iter()
-            .map(|(i, e)| format!("{}: not restored: {e}", items[i].path.display())),
-    );
-    result.errors.extend(lost);
+    let mut r = Restorer {
+        repo,
+        opts,
+        m,
+        apply: Apply {
+            owners: as_root && !opts.no_owner,
+            xattrs: !opts.no_xattrs,
+        },
+        counters,
+        stack: vec![Frame {
+            entries: root_tree.nodes.into_iter(),
+            node: None,
+            state: State::Made,
+            ident: (target.dev, target.ino),
+            dir: Some(target.clone()),
+        }],
+        target,
+        path: PathBuf::from("/"),
+        window: Window::default(),
+        links: HashMap::new(),
+        failed_links: HashSet::new(),
+        result: RestoreResult::default(),
+        lost: Vec::new(),
+    };
+    r.run()?;
+    let mut result = r.result;
+    result.errors.append(&mut r.lost);
     Ok(result)
 }
 
-/// Hard links share their first name's data: when that failed, every link failed.
-fn propagate_link_errors(items: &[Item], errors: &mut HashMap<usize, String>) {
-    let failed: HashMap<(u64, u64), String> = errors
-        .iter()
-        .filter(|(i, _)| items[**i].node.links > 1 && items[**i].node.inode != 0)
-        .map(|(i, e)| ((items[*i].node.dev, items[*i].node.inode), e.clone()))
-        .collect();
-    if failed.is_empty() {
-        return;
-    }
-    for (i, it) in items.iter().enumerate() {
-        if it.node.kind == NodeType::File
-            && it.node.links > 1
-            && it.node.inode != 0
-            && let Some(e) = failed.get(&(it.node.dev, it.node.inode))
-        {
-            errors
-                .entry(i)
-                .or_insert_with(|| format!("hard link to a file that failed: {e}"));
+/// Each window holds a descriptor per file: allow as many as the hard limit permits.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write and read only the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < 4096 {
+            lim.rlim_cur = lim.rlim_max.min(4096);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }
 
-fn refuse_existing(items: &[Item], target: &Path) -> Result<()> {
-    let existing: Vec<&Item> = items
-        .iter()
-        .filter(|it| {
-            it.node.kind != NodeType::Dir && fs::symlink_metadata(local(target, &it.path)).is_ok()
-        })
-        .collect();
-    if let Some(first) = existing.first() {
+impl Restorer<'_> {
+    /// Made directories kept open below the top of the stack; the others are reopened
+    /// through ".." on the way back up, so any depth costs a fixed number of descriptors.
+    const OPEN_DIRS: usize = 64;
+
+    fn run(&mut self) -> Result<()> {
+        while let Some(top) = self.stack.last_mut() {
+            match top.entries.next() {
+                Some(node) => self.entry(node)?,
+                None => self.leave()?,
+            }
+            if self.window.full() {
+                self.flush()?;
+            }
+        }
+        self.flush()
+    }
+
+    fn entry(&mut self, node: Node) -> Result<()> {
+        if !walk::safe_name(&node.name.0) {
+            self.lost.push(format!(
+                "{}: not restored: the snapshot holds an unsafe name {:?} here (skipped)",
+                self.path.display(),
+                node.name.lossy()
+            ));
+            return Ok(());
+        }
+        let path = self.path.join(name_of(&node));
+        let is_dir = node.kind == NodeType::Dir;
+        if self.m.excluded(&path, is_dir) {
+            return Ok(());
+        }
+        let included = self.m.included(&path, is_dir);
+        if is_dir {
+            if included || self.m.may_contain(&path) {
+                self.enter(node, path, included)?;
+            }
+            return Ok(());
+        }
+        let special = matches!(
+            node.kind,
+            NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev
+        );
+        if !included || node.kind == NodeType::Socket || (special && self.opts.no_special) {
+            return Ok(());
+        }
+        let Some(dir) = self.parent_dir(&path)? else {
+            return Ok(());
+        };
+        if let Err(e) = self.make(&dir, node, &path) {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && no_space(io)
+            {
+                return Err(self.stop_full(&path, io));
+            }
+            self.result.errors.push(format!(
+                "{}: not restored: {}",
+                path.display(),
+                crate::error::one_line(&e)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Descends into a directory; it is made at once when included, else when something
+    /// below it is. An unreadable tree leaves it empty and is reported.
+    fn enter(&mut self, node: Node, path: PathBuf, included: bool) -> Result<()> {
+        let entries = match node.subtree {
+            Some(sub) => match self.repo.load_tree(&sub) {
+                Ok(t) => t.nodes,
+                Err(e) => {
+                    self.lost.push(format!(
+                        "{}: not restored: {}",
+                        path.display(),
+                        crate::error::one_line(&e.context(format!("contents of {}", path.display())))
+                    ));
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        self.stack.push(Frame {
+            entries: entries.into_iter(),
+            node: Some(node),
+            state: State::Pending,
+            dir: None,
+            ident: (0, 0),
+        });
+        self.path = path;
+        if included {
+            self.made_to(self.stack.len() - 1)?;
+        }
+        Ok(())
+    }
+
+    /// The directory that holds the next entry, made if it was pending; None when it
+    /// could not be made (already reported).
+    fn parent_dir(&mut self, path: &Path) -> Result<Option<Arc<Dir>>> {
+        let top = self.stack.len() - 1;
+        match self.made_to(top)? {
+            true => Ok(self.stack[top].dir.clone()),
+            false => {
+                self.result.errors.push(format!(
+                    "{}: not restored: its directory could not be made",
+                    path.display()
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes every pending directory of the stack up to `level`; whether it exists.
+    fn made_to(&mut self, level: usize) -> Result<bool> {
+        let first = (0..=level)
+            .find(|&i| self.stack[i].state != State::Made)
+            .unwrap_or(level + 1);
+        for i in first..=level {
+            if self.stack[i].state == State::Failed {
+                return Ok(false);
+            }
+            let parent = self.stack[i - 1].dir.clone().expect("the parent is open");
+            let node = self.stack[i].node.as_ref().expect("a directory's node");
+            match make_dir(&parent, name_of(node), self.opts.overwrite) {
+                Ok(d) => {
+                    let frame = &mut self.stack[i];
+                    frame.state = State::Made;
+                    frame.ident = (d.dev, d.ino);
+                    frame.dir = Some(Arc::new(d));
+                    if i >= Self::OPEN_DIRS {
+                        self.stack[i - Self::OPEN_DIRS].dir = None;
+                    }
+                }
+                Err(e) => {
+                    let dir_path = self.ancestor_path(i);
+                    if no_space(&e) {
+                        return Err(self.stop_full(&dir_path, &e));
+                    }
+                    self.stack[i].state = State::Failed;
+                    self.result.errors.push(format!(
+                        "{}: not restored: {e}",
+                        dir_path.display()
+                    ));
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The snapshot path of stack level `i` (the top is `self.path`).
+    fn ancestor_path(&self, i: usize) -> PathBuf {
+        let up = self.stack.len() - 1 - i;
+        self.path.ancestors().nth(up).unwrap_or(Path::new("/")).to_path_buf()
+    }
+
+    /// Leaves the top directory: its metadata waits in the window for what is in it.
+    fn leave(&mut self) -> Result<()> {
+        let frame = self.stack.pop().expect("a frame to leave");
+        let path = std::mem::replace(&mut self.path, PathBuf::new());
+        self.path = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let (Some(node), State::Made) = (frame.node, frame.state) else {
+            return Ok(());
+        };
+        let dir = frame.dir.expect("the top directory is open");
+        if let Some(parent) = self.stack.last_mut()
+            && parent.dir.is_none()
+        {
+            let up = dir.open(OsStr::new("..")).map_err(anyhow::Error::from);
+            match up {
+                Ok(d) if (d.dev, d.ino) == parent.ident => parent.dir = Some(Arc::new(d)),
+                _ => bail!(
+                    "restore stopped: the directory above {} was moved or replaced while restoring",
+                    path.display()
+                ),
+            }
+        }
+        self.window.dirs.push(WinDir { path, dir, node });
+        Ok(())
+    }
+
+    /// Makes one non-directory entry in `dir`.
+    fn make(&mut self, dir: &Arc<Dir>, node: Node, path: &Path) -> Result<()> {
+        let name = name_of(&node);
+        let overwrite = self.opts.overwrite;
+        match node.kind {
+            NodeType::File => return self.make_file(dir, node, path),
+            NodeType::Symlink => {
+                let t = node
+                    .target
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("symlink without target"))?;
+                let t = OsStr::from_bytes(&t.0);
+                make_entry(dir, name, overwrite, || {
+                    nix::unistd::symlinkat(t, &dir.file, name)
+                })?;
+            }
+            NodeType::Fifo => make_entry(dir, name, overwrite, || {
+                nix::unistd::mkfifoat(&dir.file, name, Mode::S_IRUSR | Mode::S_IWUSR)
+            })?,
+            NodeType::Chardev | NodeType::Blockdev => {
+                let kind = if node.kind == NodeType::Chardev {
+                    nix::sys::stat::SFlag::S_IFCHR
+                } else {
+                    nix::sys::stat::SFlag::S_IFBLK
+                };
+                make_entry(dir, name, overwrite, || {
+                    nix::sys::stat::mknodat(
+                        &dir.file,
+                        name,
+                        kind,
+                        Mode::S_IRUSR | Mode::S_IWUSR,
+                        node.rdev as _,
+                    )
+                })?;
+            }
+            NodeType::Dir | NodeType::Socket => unreachable!("handled by the walk"),
+        }
+        self.result.files += 1;
+        self.counters.files.fetch_add(1, Ordering::Relaxed);
+        log::info!("restored {}", path.display());
+        if let Err(e) = fsmeta::apply_special(&dir.file, name, &node, self.apply) {
+            self.metadata_error(path, &e);
+        }
+        Ok(())
+    }
+
+    fn metadata_error(&mut self, path: &Path, e: &anyhow::Error) {
+        self.result.errors.push(format!(
+            "{}: metadata: {}",
+            path.display(),
+            crate::error::one_line(e)
+        ));
+    }
+
+    fn make_file(&mut self, dir: &Arc<Dir>, node: Node, path: &Path) -> Result<()> {
+        let name = name_of(&node);
+        let extents = checked_extents(&node)?;
+        // Hard links are known by (dev, inode); inode 0 means "not recorded".
+        let key = (node.dev, node.inode);
+        if node.links > 1 && node.inode != 0 {
+            if let Some(first) = self.links.get(&key) {
+                if self.failed_links.contains(&key) {
+                    bail!("hard link to a file that failed");
+                }
+                let (from, from_name) = self.open_parent(first)?;
+                make_entry(dir, name, self.opts.overwrite, || {
+                    nix::unistd::linkat(&from.file, from_name.as_os_str(), &dir.file, name, AtFlags::empty())
+                })?;
+                self.window.links.push(WinLink {
+                    path: path.to_path_buf(),
+                    dir: dir.clone(),
+                    key,
+                });
+                return Ok(());
+            }
+            self.links.insert(key, path.to_path_buf());
+        }
+        let index = self.repo.index();
+        let mut planned = Vec::with_capacity(node.content.len());
+        for id in &node.content {
+            let (pack_id, entry) = index
+                .get(id)
+                .ok_or_else(|| anyhow!("data blob {} is missing from the index", id.short()))?;
+            planned.push((*id, pack_id, entry));
+        }
+        let file = create_file(dir, name, node.mode, self.opts.overwrite)?;
+        if let Err(e) = file.set_len(node.size) {
+            let _ = dir.unlink(name);
+            return Err(e.into());
+        }
+        let w = &mut self.window;
+        let at = w.files.len();
+        let mut offset = 0u64;
+        for (id, pack_id, entry) in planned {
+            let slot = *w.blob_slot.entry(id).or_insert_with(|| {
+                let v = w.by_pack.entry(pack_id).or_default();
+                v.push((entry, Vec::new()));
+                (pack_id, v.len() - 1)
+            });
+            w.by_pack.get_mut(&slot.0).expect("pack planned")[slot.1]
+                .1
+                .push(Target {
+                    file: at,
+                    stream_offset: offset,
+                });
+            offset += u64::from(entry.raw_len);
+        }
+        w.placements += node.content.len();
+        w.bytes += node.size;
+        w.files.push(WinFile {
+            path: path.to_path_buf(),
+            dir: dir.clone(),
+            file,
+            pending: AtomicUsize::new(node.content.len()),
+            extents,
+            node,
+        });
+        Ok(())
+    }
+
+    /// The directory holding the restored snapshot path `p`, reached from the target
+    /// without following any symlink, and the name in it.
+    fn open_parent(&self, p: &Path) -> Result<(Dir, PathBuf)> {
+        let comps = walk::components(p);
+        let (last, dirs) = comps.split_last().ok_or_else(|| anyhow!("no name"))?;
+        let mut dir = self.target.open(OsStr::new("."))?;
+        for c in dirs {
+            dir = dir.open(OsStr::from_bytes(c))?;
+        }
+        Ok((dir, PathBuf::from(OsStr::from_bytes(last))))
+    }
+
+    /// A full disk ends the restore: the window's files are not complete, so they go.
+    fn stop_full(&mut self, path: &Path, e: &std::io::Error) -> anyhow::Error {
+        for f in &self.window.files {
+            let _ = f.dir.unlink(name_of(&f.node));
+        }
+        self.window.files.clear();
+        no_space_error(path, &self.opts.target, e)
+    }
+
+    /// Writes the window's files, then applies their metadata and that of the
+    /// directories left since the last flush, deepest first.
+    fn flush(&mut self) -> Result<()> {
+        let w = std::mem::take(&mut self.window);
+        let errors = Mutex::new(HashMap::<usize, String>::new());
+        let full = Mutex::new(None);
+        write_packs(
+            self.repo,
+            &w.files,
+            &self.opts.target,
+            w.by_pack,
+            &errors,
+            &self.counters,
+            &full,
+        );
+        if let Some(e) = full.into_inner().expect("full poisoned") {
+            for f in &w.files {
+                if f.pending.load(Ordering::Relaxed) > 0 {
+                    let _ = f.dir.unlink(name_of(&f.node));
+                }
+            }
+            return Err(e);
+        }
+        let mut errors = errors.into_inner().expect("errors poisoned");
+        for (i, f) in w.files.iter().enumerate() {
+            if !errors.contains_key(&i)
+                && self.opts.verify
+                && let Err(e) = verify_file(self.repo, f)
+            {
+                errors.insert(i, crate::error::one_line(&e));
+            }
+            if let Some(e) = errors.get(&i) {
+                // Never leave a partly written file that looks complete.
+                let _ = f.dir.unlink(name_of(&f.node));
+                if f.node.links > 1 && f.node.inode != 0 {
+                    self.failed_links.insert((f.node.dev, f.node.inode));
+                }
+                self.result
+                    .errors
+                    .push(format!("{}: not restored: {e}", f.path.display()));
+                continue;
+            }
+            self.result.files += 1;
+            self.result.bytes += f.node.size;
+            self.counters.files.fetch_add(1, Ordering::Relaxed);
+            log::info!("restored {}", f.path.display());
+            if let Err(e) = fsmeta::apply_fd(&f.file, &f.node, self.apply) {
+                self.metadata_error(&f.path, &e);
+            }
+        }
+        drop(w.files);
+        for l in &w.links {
+            if self.failed_links.contains(&l.key) {
+                if let Some(name) = l.path.file_name() {
+                    let _ = l.dir.unlink(name);
+                }
+                self.result.errors.push(format!(
+                    "{}: not restored: hard link to a file that failed",
+                    l.path.display()
+                ));
+            } else {
+                self.result.files += 1;
+            }
+        }
+        for d in &w.dirs {
+            self.result.dirs += 1;
+            if let Err(e) = fsmeta::apply_fd(&d.dir.file, &d.node, self.apply) {
+                self.metadata_error(&d.path, &e);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file's data extents, refused unless they lie in order, apart, within its size:
+/// anything else is a damaged or forged tree.
+fn checked_extents(node: &Node) -> Result<Vec<[u64; 2]>> {
+    let extents = node.data_extents();
+    let mut end = 0u64;
+    for &[off, len] in &extents {
+        let next = off.checked_add(len).filter(|&e| off >= end && e <= node.size);
+        match next {
+            Some(e) => end = e,
+            None => bail!("its extents overlap or reach past its size (damaged tree)"),
+        }
+    }
+    Ok(extents)
+}
+
+/// Without --overwrite, a restore that would replace anything is refused before it
+/// writes: the snapshot is walked beside the target (through descriptors, never through
+/// a symlink), and each non-directory it would make that exists already, or a
+/// non-directory where it would make a directory, counts.
+fn refuse_existing(repo: &Repository, root: &[Node], m: &Matcher, target: &Path) -> Result<()> {
+    let Ok(top) = Dir::open_target(target) else {
+        return Ok(()); // no target yet: nothing in the way
+    };
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut stack: Vec<(std::vec::IntoIter<Node>, PathBuf, Dir)> =
+        vec![(root.to_vec().into_iter(), PathBuf::from("/"), top)];
+    while let Some((entries, base, dir)) = stack.last_mut() {
+        let Some(node) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        if !walk::safe_name(&node.name.0) {
+            continue;
+        }
+        let path = base.join(name_of(&node));
+        let is_dir = node.kind == NodeType::Dir;
+        if m.excluded(&path, is_dir) {
+            continue;
+        }
+        let included = m.included(&path, is_dir);
+        if !is_dir {
+            let there = nix::sys::stat::fstatat(&dir.file, name_of(&node), AtFlags::AT_SYMLINK_NOFOLLOW);
+            if included && node.kind != NodeType::Socket && there.is_ok() {
+                found.push(path);
+            }
+            continue;
+        }
+        if !included && !m.may_contain(&path) {
+            continue;
+        }
+        match dir.open(name_of(&node)) {
+            Ok(sub) => {
+                let entries = match node.subtree {
+                    Some(id) => repo.load_tree(&id).map(|t| t.nodes).unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                stack.push((entries.into_iter(), path, sub));
+            }
+            Err(Errno::ENOTDIR | Errno::ELOOP) if included => found.push(path),
+            Err(_) => {}
+        }
+    }
+    if let Some(first) = found.first() {
         bail!(
             "{} would be overwritten ({} existing file(s) in {}): restore elsewhere or pass --overwrite",
-            local(target, &first.path).display(),
-            existing.len(),
+            local(target, first).display(),
+            found.len(),
             target.display()
         );
     }
     Ok(())
 }
 
-type PackPlan = HashMap<Id, Vec<(BlobEntry, Vec<Target>)>>;
-
-/// Creates directories, empty files at their final size, links and special files; plans
-/// every data blob by pack.
-fn create_nodes(
-    repo: &Repository,
-    items: &[Item],
-    target: &Path,
-    errors: &Mutex<HashMap<usize, String>>,
-) -> Result<(Vec<FilePlan>, PackPlan)> {
-    let index = repo.index();
-    let mut files = Vec::new();
-    let mut by_pack: PackPlan = HashMap::new();
-    let mut blob_slot: HashMap<Id, (Id, usize)> = HashMap::new();
-    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let fail = |i: usize, e: String| {
-        errors.lock().expect("poisoned").insert(i, e);
-    };
-    for (i, it) in items.iter().enumerate() {
-        let p = local(target, &it.path);
-        let n = &it.node;
-        let r: Result<()> = (|| {
-            match n.kind {
-                NodeType::Dir => {
-                    fs::create_dir_all(&p)?;
-                    return Ok(());
-                }
-                NodeType::File => {}
-                NodeType::Symlink => {
-                    let t = n
-                        .target
-                        .as_ref()
-                        .ok_or_else(|| anyhow!("symlink without target"))?;
-                    let _ = fs::remove_file(&p);
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&t.0), &p)?;
-                    return Ok(());
-                }
-                NodeType::Fifo => {
-                    let _ = fs::remove_file(&p);
-                    nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
-                    return Ok(());
-                }
-                NodeType::Chardev | NodeType::Blockdev => {
-                    let kind = if n.kind == NodeType::Chardev {
-                        nix::sys::stat::SFlag::S_IFCHR
-                    } else {
-                        nix::sys::stat::SFlag::S_IFBLK
-                    };
-                    let _ = fs::remove_file(&p);
-                    nix::sys::stat::mknod(
-                        &p,
-                        kind,
-                        nix::sys::stat::Mode::from_bits_truncate(0o600),
-                        n.rdev as _,
-                    )?;
-                    return Ok(());
-                }
-                NodeType::Socket => return Ok(()), // a socket has no content; its listener recreates it
-            }
-            if n.data_extents()
-                .iter()
-                .any(|&[off, len]| off.checked_add(len).is_none_or(|end| end > n.size))
-            {
-                bail!("its extents reach past its size (damaged tree)");
-            }
-            // Hard links are known by (dev, inode); inode 0 means "not recorded".
-            if n.links > 1 && n.inode != 0 {
-                if let Some(first) = links.get(&(n.dev, n.inode)) {
-                    let _ = fs::remove_file(&p);
-                    fs::hard_link(first, &p)?;
-                    return Ok(());
-                }
-                links.insert((n.dev, n.inode), p.clone());
-            }
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&p)?;
-            f.set_len(n.size)?;
-            let file = files.len();
-            let mut offset = 0u64;
-            let mut placements = 0;
-            for id in &n.content {
-                let (pack_id, entry) = index
-                    .get(id)
-                    .ok_or_else(|| anyhow!("data blob {} is missing from the index", id.short()))?;
-                let slot = *blob_slot.entry(*id).or_insert_with(|| {
-                    let v = by_pack.entry(pack_id).or_default();
-                    v.push((entry, Vec::new()));
-                    (pack_id, v.len() - 1)
-                });
-                by_pack.get_mut(&slot.0).expect("pack planned")[slot.1]
-                    .1
-                    .push(Target {
-                        file,
-                        stream_offset: offset,
-                    });
-                offset += u64::from(entry.raw_len);
-                placements += 1;
-            }
-            files.push(FilePlan {
-                item: i,
-                extents: n.data_extents(),
-                pending: AtomicUsize::new(placements),
-            });
-            Ok(())
-        })();
-        if let Err(e) = r {
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && no_space(io)
-            {
-                for f in &files {
-                    let _ = fs::remove_file(local(target, &items[f.item].path));
-                }
-                return Err(no_space_error(&p, target, io));
-            }
-            if n.kind == NodeType::Dir {
-                return Err(e.context(format!("creating {}", p.display())));
-            }
-            fail(i, crate::error::one_line(&e));
-        }
-    }
-    Ok((files, by_pack))
+fn local(target: &Path, snap_path: &Path) -> PathBuf {
+    target.join(snap_path.strip_prefix("/").unwrap_or(snap_path))
 }
 
 /// Writes `data`, which starts at `stream_offset` of a file's data stream, into the file's
@@ -506,17 +941,18 @@ fn write_stream(
 
 /// Reads each pack once, in ranges that cover its needed blobs, on several threads.
 /// Stops early once `full` holds a disk-full error.
-#[allow(clippy::too_many_arguments)]
 fn write_packs(
     repo: &Repository,
-    items: &[Item],
-    files: &[FilePlan],
-    by_pack: PackPlan,
+    files: &[WinFile],
     target: &Path,
+    by_pack: PackPlan,
     errors: &Mutex<HashMap<usize, String>>,
     counters: &Counters,
     full: &Mutex<Option<anyhow::Error>>,
 ) {
+    if by_pack.is_empty() {
+        return;
+    }
     // A local disk keeps one thread per core busy; a remote backend needs two per core
     // to hide each request's latency. Each thread holds one range and its blobs.
     let per_core = if repo.backend.is_remote() { 2 } else { 1 };
@@ -524,20 +960,28 @@ fn write_packs(
         .map_or(2, |n| n.get())
         .clamp(2, 8)
         * per_core;
+    let workers = workers.min(by_pack.len());
     let (tx, rx) = bounded::<(Id, Vec<(BlobEntry, Vec<Target>)>)>(workers);
+    let ctx = GroupCtx {
+        repo,
+        files,
+        target,
+        errors,
+        counters,
+        full,
+    };
     std::thread::scope(|s| {
         for _ in 0..workers {
             let rx = rx.clone();
+            let ctx = &ctx;
             s.spawn(move || {
                 for (pack_id, mut blobs) in rx {
                     blobs.sort_by_key(|(e, _)| e.offset);
                     for group in coalesce(&blobs) {
-                        if full.lock().expect("full poisoned").is_some() {
+                        if ctx.full.lock().expect("full poisoned").is_some() {
                             break;
                         }
-                        restore_group(
-                            repo, items, files, &pack_id, group, target, errors, counters, full,
-                        );
+                        ctx.restore_group(&pack_id, group);
                     }
                 }
             });
@@ -575,150 +1019,131 @@ fn coalesce(blobs: &[(BlobEntry, Vec<Target>)]) -> Vec<&[(BlobEntry, Vec<Target>
     out
 }
 
-#[allow(clippy::too_many_arguments)]
-fn restore_group(
-    repo: &Repository,
-    items: &[Item],
-    files: &[FilePlan],
-    pack_id: &Id,
-    group: &[(BlobEntry, Vec<Target>)],
-    target: &Path,
-    errors: &Mutex<HashMap<usize, String>>,
-    counters: &Counters,
-    full: &Mutex<Option<anyhow::Error>>,
-) {
-    let fail_all = |targets: &[Target], msg: &str| {
-        let mut e = errors.lock().expect("poisoned");
+/// What the writing threads share.
+struct GroupCtx<'a> {
+    repo: &'a Repository,
+    files: &'a [WinFile],
+    target: &'a Path,
+    errors: &'a Mutex<HashMap<usize, String>>,
+    counters: &'a Counters,
+    full: &'a Mutex<Option<anyhow::Error>>,
+}
+
+impl GroupCtx<'_> {
+    fn fail(&self, targets: &[Target], msg: &str) {
+        let mut e = self.errors.lock().expect("poisoned");
         for t in targets {
-            e.entry(files[t.file].item)
-                .or_insert_with(|| msg.to_string());
+            e.entry(t.file).or_insert_with(|| msg.to_string());
         }
-    };
-    let first = u64::from(group[0].0.offset);
-    let last = group.last().expect("non-empty group");
-    let end = u64::from(last.0.offset) + u64::from(last.0.length);
-    let bytes = repo
-        .backend
-        .read_range(&FileKind::Data.path(pack_id), first, end - first);
-    let mut opener = pack::BlobOpener::default();
-    let mut open_files = OpenFiles::default();
-    for (entry, targets) in group {
-        let opened = match &bytes {
-            Ok(b) => {
-                let o = (u64::from(entry.offset) - first) as usize;
-                opener
-                    .open(&repo.keys, entry, &b[o..o + entry.length as usize])
-                    .map_err(anyhow::Error::from)
-            }
-            Err(e) => Err(anyhow!(
-                "pack {} unreadable: {}",
-                pack_id.short(),
-                crate::error::one_line(e)
-            )),
-        };
-        // Bytes damaged on the way read right the next time, and a damaged or missing
-        // copy here may be intact on a mirror: read_blob tries both before giving up.
-        let opened = match opened {
-            Err(_) => repo.read_blob(BlobType::Data, &entry.id).or(opened),
-            ok => ok,
-        };
-        let data = match opened {
-            Ok(d) => d,
-            Err(e) => {
-                fail_all(
-                    targets,
-                    &format!(
-                        "data blob {} in pack {}: {}",
-                        entry.id.short(),
-                        pack_id.short(),
-                        crate::error::one_line(&e)
-                    ),
-                );
-                continue;
-            }
-        };
-        for t in targets {
-            let fp = &files[t.file];
-            if errors.lock().expect("poisoned").contains_key(&fp.item) {
-                continue;
-            }
-            let path = local(target, &items[fp.item].path);
-            let r = open_files
-                .get(t.file, &path)
-                .and_then(|f| write_stream(f, &fp.extents, t.stream_offset, &data));
-            match r {
-                Ok(()) => {
-                    fp.pending.fetch_sub(1, Ordering::Relaxed);
-                    counters
-                        .bytes
-                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Reads one range of a pack and writes each of its blobs wherever it goes.
+    fn restore_group(&self, pack_id: &Id, group: &[(BlobEntry, Vec<Target>)]) {
+        let repo = self.repo;
+        let first = u64::from(group[0].0.offset);
+        let last = group.last().expect("non-empty group");
+        let end = u64::from(last.0.offset) + u64::from(last.0.length);
+        let bytes = repo
+            .backend
+            .read_range(&FileKind::Data.path(pack_id), first, end - first);
+        let mut opener = pack::BlobOpener::default();
+        for (entry, targets) in group {
+            let opened = match &bytes {
+                Ok(b) => {
+                    let o = (u64::from(entry.offset) - first) as usize;
+                    opener
+                        .open(&repo.keys, entry, &b[o..o + entry.length as usize])
+                        .map_err(anyhow::Error::from)
                 }
-                Err(e) if no_space(&e) => {
-                    full.lock()
-                        .expect("full poisoned")
-                        .get_or_insert_with(|| no_space_error(&path, target, &e));
+                Err(e) => Err(anyhow!(
+                    "pack {} unreadable: {}",
+                    pack_id.short(),
+                    crate::error::one_line(e)
+                )),
+            };
+            // Bytes damaged on the way read right the next time, and a damaged or missing
+            // copy here may be intact on a mirror: read_blob tries both before giving up.
+            let opened = match opened {
+                Err(_) => repo.read_blob(BlobType::Data, &entry.id).or(opened),
+                ok => ok,
+            };
+            let data = match opened {
+                Ok(d) => d,
+                Err(e) => {
+                    self.fail(
+                        targets,
+                        &format!(
+                            "data blob {} in pack {}: {}",
+                            entry.id.short(),
+                            pack_id.short(),
+                            crate::error::one_line(&e)
+                        ),
+                    );
+                    continue;
+                }
+            };
+            for t in targets {
+                if !self.write(t, &data) {
                     return;
                 }
-                Err(e) => fail_all(
-                    std::slice::from_ref(t),
-                    &format!("writing {}: {e}", path.display()),
-                ),
             }
         }
     }
-}
 
-/// The files a restore group wrote to last, kept open: a file's consecutive blobs sit
-/// next to each other in a pack, and small chunks would otherwise cost an open per blob.
-#[derive(Default)]
-struct OpenFiles(Vec<(usize, fs::File)>);
-
-impl OpenFiles {
-    const KEEP: usize = 4;
-
-    fn get(&mut self, file: usize, path: &Path) -> std::io::Result<&fs::File> {
-        let at = match self.0.iter().position(|(f, _)| *f == file) {
-            Some(at) => at,
-            None => {
-                if self.0.len() == Self::KEEP {
-                    self.0.remove(0);
-                }
-                self.0
-                    .push((file, OpenOptions::new().write(true).open(path)?));
-                self.0.len() - 1
+    /// Writes one placement; false once the disk is full.
+    fn write(&self, t: &Target, data: &[u8]) -> bool {
+        let fp = &self.files[t.file];
+        if self.errors.lock().expect("poisoned").contains_key(&t.file) {
+            return true;
+        }
+        match write_stream(&fp.file, &fp.extents, t.stream_offset, data) {
+            Ok(()) => {
+                fp.pending.fetch_sub(1, Ordering::Relaxed);
+                self.counters
+                    .bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
             }
-        };
-        Ok(&self.0[at].1)
+            Err(e) if no_space(&e) => {
+                self.full
+                    .lock()
+                    .expect("full poisoned")
+                    .get_or_insert_with(|| no_space_error(&fp.path, self.target, &e));
+                return false;
+            }
+            Err(e) => self.fail(
+                std::slice::from_ref(t),
+                &format!("writing {}: {e}", fp.path.display()),
+            ),
+        }
+        true
     }
 }
 
-/// Re-reads a restored file and checks every blob's keyed hash.
-fn verify_file(repo: &Repository, it: &Item, extents: &[[u64; 2]], target: &Path) -> Result<()> {
-    let path = local(target, &it.path);
-    let f = fs::File::open(&path).with_context(|| format!("verify {}", path.display()))?;
-    let md = f.metadata()?;
-    if md.len() != it.node.size {
+/// Re-reads a restored file through its descriptor and checks every blob's keyed hash.
+fn verify_file(repo: &Repository, f: &WinFile) -> Result<()> {
+    let md = f.file.metadata()?;
+    if md.len() != f.node.size {
         bail!(
             "verify: {} has size {}, snapshot says {}",
-            path.display(),
+            f.path.display(),
             md.len(),
-            it.node.size
+            f.node.size
         );
     }
     let index = repo.index();
     let mut stream = 0u64;
-    for id in &it.node.content {
+    for id in &f.node.content {
         let len = u64::from(
             index
                 .raw_len(id)
                 .ok_or_else(|| anyhow!("blob {} not in index", id.short()))?,
         );
         let mut buf = vec![0u8; len as usize];
-        read_stream(&f, extents, stream, &mut buf)?;
+        read_stream(&f.file, &f.extents, stream, &mut buf)?;
         if repo.keys.blob_id(0, &buf) != *id {
             bail!(
                 "verify: {} differs from the snapshot at offset {}",
-                path.display(),
+                f.path.display(),
                 stream
             );
         }

@@ -78,6 +78,7 @@ pub fn verify(
         overwrite: false,
         verify: true,
         only,
+        ..RestoreOptions::default()
     };
     let r = restore::restore(repo, &root, &ropts, restore_counters)?;
     out.files_restored = r.files;
