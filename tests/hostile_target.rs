@@ -314,3 +314,141 @@ fn no_owner_no_xattrs_and_no_special_leave_those_out() {
     assert!(fs::symlink_metadata(r.join("fifo")).is_err());
     assert_eq!(fs::read(r.join("prog")).unwrap(), b"#!/bin/sh\n");
 }
+
+/// Writes a snapshot whose trees a key holder crafted: a file `f` of 256 KiB at the
+/// bottom, and above it `depth` levels that each hold two directories, `a` and `b`, with
+/// the same subtree. It expands to 2^depth files from a few kilobytes of trees.
+fn self_repeating_snapshot(env: &Env, depth: usize) -> String {
+    use vault::format::pack::{BlobType, seal_blob};
+    use vault::format::snapshot::{SNAPSHOT_VERSION, Snapshot};
+    use vault::format::tree::{Node, NodeType, Tree};
+    use vault::repo::packer::Packer;
+    use vault::repo::{Backend, Repository, Secret};
+    let backend = Backend::open(env.repo().to_str().unwrap()).unwrap();
+    let repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).unwrap();
+    let packer = Packer::new(&repo.backend, &repo.keys, 4 << 20, false);
+    let data = bytes(depth as u64, 256 << 10);
+    let data_id = repo.keys.blob_id(BlobType::Data as u8, &data);
+    packer
+        .add(seal_blob(&repo.keys, BlobType::Data, data_id, &data, 3))
+        .unwrap();
+    let save = |mut tree: Tree| {
+        let bytes = tree.encode();
+        let id = repo.keys.blob_id(BlobType::Tree as u8, &bytes);
+        packer
+            .add(seal_blob(&repo.keys, BlobType::Tree, id, &bytes, 3))
+            .unwrap();
+        id
+    };
+    let mut file = Node::new(b"f".to_vec(), NodeType::File);
+    file.mode = 0o644;
+    file.size = data.len() as u64;
+    file.content = vec![data_id];
+    let mut id = save(Tree { nodes: vec![file] });
+    let dir = |name: &[u8], sub| {
+        let mut d = Node::new(name.to_vec(), NodeType::Dir);
+        d.mode = 0o755;
+        d.subtree = Some(sub);
+        d
+    };
+    for _ in 0..depth {
+        id = save(Tree {
+            nodes: vec![dir(b"a", id), dir(b"b", id)],
+        });
+    }
+    let root = save(Tree {
+        nodes: vec![dir(b"x", id)],
+    });
+    packer.finish().unwrap();
+    let snap = Snapshot {
+        version: SNAPSHOT_VERSION,
+        time: vault::repo::repository::now_rfc3339(),
+        host: "crafted".into(),
+        user: "mallory".into(),
+        paths: vec!["/x".into()],
+        tags: Vec::new(),
+        parent: None,
+        tree: root,
+        excludes: Vec::new(),
+        program: "crafted".into(),
+        summary: Default::default(),
+        original: None,
+    };
+    repo.save_snapshot(&snap).unwrap().to_hex()
+}
+
+/// A legitimately repeated subtree restores whole; a crafted one that expands to 2^40
+/// files fills the disk and stops there with one clear line, in bounded memory, instead
+/// of planning forever.
+#[test]
+fn a_self_repeating_tree_restores_until_the_disk_is_full_then_stops() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small file system needs root");
+        assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+        return;
+    }
+    let env = Env::new();
+    env.init(&[]);
+    let small = self_repeating_snapshot(&env, 3);
+    let target = env.path("small");
+    env.ok(&["restore", &small, "--target", target.to_str().unwrap()]);
+    let files = common::walkdir(&target.join("x"));
+    let leaves: Vec<_> = files.iter().filter(|p| p.ends_with("f")).collect();
+    assert_eq!(leaves.len(), 8, "2^3 copies of f: {files:?}");
+    for f in leaves {
+        assert_eq!(fs::read(f).unwrap(), bytes(3, 256 << 10));
+    }
+
+    let huge = self_repeating_snapshot(&env, 40);
+    let disk = env.path("disk");
+    fs::create_dir_all(&disk).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "vault-test", disk.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a tmpfs");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(disk.clone());
+    let mut child = env
+        .cmd()
+        .args(["restore", &huge, "--target", disk.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if let Ok(st) = fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            let rss = st
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+                .unwrap_or(0);
+            peak_kib = peak_kib.max(rss);
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            child.kill().unwrap();
+            panic!("the restore did not stop on a full disk within 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device") && err.contains("free space"), "{err}");
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(peak_kib < 200 * 1024, "memory stayed bounded: {peak_kib} KiB");
+    // What is left is complete: every file there has all its content.
+    for p in common::walkdir(&disk).iter().filter(|p| p.ends_with("f")) {
+        assert_eq!(fs::read(p).unwrap(), bytes(40, 256 << 10), "{p:?}");
+    }
+    eprintln!("stopped after {:?}, peak {peak_kib} KiB", start.elapsed());
+}
