@@ -71,7 +71,10 @@ fn a_symlink_planted_at_a_component_is_never_followed() {
     fs::create_dir_all(&outside).unwrap();
     chmod(&outside, 0o755);
     // One planted at the first component (TARGET/tmp) and one deep down.
-    for plant in [PathBuf::from("tmp"), src.join("private").strip_prefix("/").unwrap().to_path_buf()] {
+    for plant in [
+        PathBuf::from("tmp"),
+        src.join("private").strip_prefix("/").unwrap().to_path_buf(),
+    ] {
         let target = env.path(&format!("t-{}", plant.components().count()));
         let at = target.join(&plant);
         fs::create_dir_all(at.parent().unwrap()).unwrap();
@@ -80,10 +83,16 @@ fn a_symlink_planted_at_a_component_is_never_followed() {
         let _ = err;
         assert!(modes(&outside).is_empty(), "restore wrote through {at:?}");
         env.ok(&restore_args(&target, &["--overwrite"]));
-        assert!(modes(&outside).is_empty(), "--overwrite wrote through {at:?}");
+        assert!(
+            modes(&outside).is_empty(),
+            "--overwrite wrote through {at:?}"
+        );
         assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o7777, 0o755);
         let md = fs::symlink_metadata(&at).unwrap();
-        assert!(md.is_dir(), "the symlink at {at:?} is replaced by a directory");
+        assert!(
+            md.is_dir(),
+            "the symlink at {at:?} is replaced by a directory"
+        );
         assert_eq!(
             fs::read(Env::restored(&target, &src).join("private/key")).unwrap(),
             b"secret key"
@@ -246,11 +255,18 @@ fn nothing_is_more_open_than_its_snapshot_mode_during_or_after_a_killed_restore(
         polls += 1;
     }
     assert!(child.wait().unwrap().success());
-    assert!(polls > 3 && seen_private, "the poll saw the restore ({polls} polls)");
+    assert!(
+        polls > 3 && seen_private,
+        "the poll saw the restore ({polls} polls)"
+    );
     assert_never_wider(&modes(&target), &expected, "after the restore");
     // The finished restore has exactly the snapshot's modes.
     for (p, want) in &expected {
-        assert_eq!(fs::symlink_metadata(p).unwrap().mode() & 0o7777, *want, "{p:?}");
+        assert_eq!(
+            fs::symlink_metadata(p).unwrap().mode() & 0o7777,
+            *want,
+            "{p:?}"
+        );
     }
 
     let killed = env.path("killed");
@@ -282,7 +298,10 @@ fn nothing_is_more_open_than_its_snapshot_mode_during_or_after_a_killed_restore(
 fn no_owner_no_xattrs_and_no_special_leave_those_out() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: needs root to own files as another user");
-        assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
         return;
     }
     let env = Env::new();
@@ -293,7 +312,11 @@ fn no_owner_no_xattrs_and_no_special_leave_those_out() {
     std::os::unix::fs::chown(&prog, Some(1234), Some(2345)).unwrap();
     chmod(&prog, 0o6755);
     set_xattr(&prog, "user.note", b"kept");
-    nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(
+        &src.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
     env.init(&[]);
     env.ok(&["backup", src.to_str().unwrap()]);
 
@@ -301,12 +324,21 @@ fn no_owner_no_xattrs_and_no_special_leave_those_out() {
     env.ok(&restore_args(&full, &[]));
     let r = Env::restored(&full, &src);
     let md = fs::metadata(r.join("prog")).unwrap();
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1234, 2345, 0o6755));
-    assert_eq!(xattr::get(r.join("prog"), "user.note").unwrap().as_deref(), Some(&b"kept"[..]));
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (1234, 2345, 0o6755)
+    );
+    assert_eq!(
+        xattr::get(r.join("prog"), "user.note").unwrap().as_deref(),
+        Some(&b"kept"[..])
+    );
     assert!(fs::symlink_metadata(r.join("fifo")).is_ok());
 
     let plain = env.path("plain");
-    env.ok(&restore_args(&plain, &["--no-owner", "--no-xattrs", "--no-special"]));
+    env.ok(&restore_args(
+        &plain,
+        &["--no-owner", "--no-xattrs", "--no-special"],
+    ));
     let r = Env::restored(&plain, &src);
     let md = fs::metadata(r.join("prog")).unwrap();
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (0, 0, 0o0755));
@@ -315,10 +347,42 @@ fn no_owner_no_xattrs_and_no_special_leave_those_out() {
     assert_eq!(fs::read(r.join("prog")).unwrap(), b"#!/bin/sh\n");
 }
 
+/// A tmpfs mounted for one test (root only), gone with it.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, options: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                options,
+                "vault-test",
+                at.to_str().unwrap(),
+            ])
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "mount a tmpfs (tests run as root in CI)");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
 /// Writes a snapshot whose trees a key holder crafted: a file `f` of 256 KiB at the
-/// bottom, and above it `depth` levels that each hold two directories, `a` and `b`, with
-/// the same subtree. It expands to 2^depth files from a few kilobytes of trees.
-fn self_repeating_snapshot(env: &Env, depth: usize) -> String {
+/// bottom, and above it `depth` levels that each hold a directory of each of `names`,
+/// all with the same subtree. With two names it expands to 2^depth files from a few
+/// kilobytes of trees.
+fn crafted_snapshot(env: &Env, depth: usize, names: &[&[u8]]) -> String {
     use vault::format::pack::{BlobType, seal_blob};
     use vault::format::snapshot::{SNAPSHOT_VERSION, Snapshot};
     use vault::format::tree::{Node, NodeType, Tree};
@@ -353,7 +417,7 @@ fn self_repeating_snapshot(env: &Env, depth: usize) -> String {
     };
     for _ in 0..depth {
         id = save(Tree {
-            nodes: vec![dir(b"a", id), dir(b"b", id)],
+            nodes: names.iter().map(|n| dir(n, id)).collect(),
         });
     }
     let root = save(Tree {
@@ -384,12 +448,15 @@ fn self_repeating_snapshot(env: &Env, depth: usize) -> String {
 fn a_self_repeating_tree_restores_until_the_disk_is_full_then_stops() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: mounting a small file system needs root");
-        assert!(std::env::var_os("CI").is_none(), "CI runs the tests as root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
         return;
     }
     let env = Env::new();
     env.init(&[]);
-    let small = self_repeating_snapshot(&env, 3);
+    let small = crafted_snapshot(&env, 3, &[b"a", b"b"]);
     let target = env.path("small");
     env.ok(&["restore", &small, "--target", target.to_str().unwrap()]);
     let files = common::walkdir(&target.join("x"));
@@ -399,21 +466,9 @@ fn a_self_repeating_tree_restores_until_the_disk_is_full_then_stops() {
         assert_eq!(fs::read(f).unwrap(), bytes(3, 256 << 10));
     }
 
-    let huge = self_repeating_snapshot(&env, 40);
+    let huge = crafted_snapshot(&env, 40, &[b"a", b"b"]);
     let disk = env.path("disk");
-    fs::create_dir_all(&disk).unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "vault-test", disk.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(mounted.success(), "mount a tmpfs");
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(disk.clone());
+    let _unmount = Tmpfs::mount(&disk, "size=24m");
     let mut child = env
         .cmd()
         .args(["restore", &huge, "--target", disk.to_str().unwrap()])
@@ -443,12 +498,82 @@ fn a_self_repeating_tree_restores_until_the_disk_is_full_then_stops() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("No space left on device") && err.contains("free space"), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("free space"),
+        "{err}"
+    );
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(peak_kib < 200 * 1024, "memory stayed bounded: {peak_kib} KiB");
+    assert!(
+        peak_kib < 200 * 1024,
+        "memory stayed bounded: {peak_kib} KiB"
+    );
     // What is left is complete: every file there has all its content.
     for p in common::walkdir(&disk).iter().filter(|p| p.ends_with("f")) {
         assert_eq!(fs::read(p).unwrap(), bytes(40, 256 << 10), "{p:?}");
     }
     eprintln!("stopped after {:?}, peak {peak_kib} KiB", start.elapsed());
+}
+
+/// A chain of 30 000 directories (a path of 60 000 bytes, far past PATH_MAX) restores
+/// whole: restore goes down and back up through directory descriptors, not paths.
+#[test]
+fn a_30000_deep_tree_restores_whole() {
+    let env = Env::new();
+    env.init(&[]);
+    let start = Instant::now();
+    let deep = crafted_snapshot(&env, 30_000, &[b"d"]);
+    eprintln!("crafted in {:?}", start.elapsed());
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a file system that can drop 30 000 levels at once needs root");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root"
+        );
+        return;
+    }
+    // On a tmpfs: removing 30 000 levels from ext4 takes a minute, unmounting none.
+    let target = env.path("t");
+    let _unmount = Tmpfs::mount(&target, "size=64m");
+    let start = Instant::now();
+    let out = env.ok(&["restore", &deep, "--target", target.to_str().unwrap()]);
+    eprintln!("restored in {:?}: {out}", start.elapsed());
+    assert!(out.contains("1 files, 30001 dirs"), "{out}");
+    // Walk down by descriptor, as no path can reach the bottom.
+    let mut dir = fs::File::open(target.join("x")).unwrap();
+    let mut depth = 0;
+    loop {
+        let fd = nix::fcntl::openat(
+            &dir,
+            "d",
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_NOFOLLOW,
+            nix::sys::stat::Mode::empty(),
+        );
+        match fd {
+            Ok(fd) => {
+                dir = fs::File::from(fd);
+                depth += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    assert_eq!(depth, 30_000);
+    eprintln!("walked in {:?}", start.elapsed());
+    let leaf = nix::fcntl::openat(
+        &dir,
+        "f",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut fs::File::from(leaf), &mut got).unwrap();
+    assert_eq!(got, bytes(30_000, 256 << 10));
+    // The directories got their mode (0755) on the way back up, the deepest included.
+    assert_eq!(
+        fs::metadata(target.join("x/d")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(nix::sys::stat::fstat(&dir).unwrap().st_mode & 0o7777, 0o755);
 }

@@ -155,7 +155,6 @@ impl Matcher {
     }
 }
 
-
 /// A directory of the target that restore holds open, with the identity it had when
 /// opened: a directory reopened through ".." must be the same one.
 struct Dir {
@@ -181,7 +180,12 @@ impl Dir {
 
     /// The directory `name` in `self`, never through a symlink.
     fn open(&self, name: &OsStr) -> nix::Result<Dir> {
-        Dir::from_fd(nix::fcntl::openat(&self.file, name, DIR_FLAGS, Mode::empty())?)
+        Dir::from_fd(nix::fcntl::openat(
+            &self.file,
+            name,
+            DIR_FLAGS,
+            Mode::empty(),
+        )?)
     }
 
     /// The target itself: the one path restore follows as given.
@@ -231,11 +235,8 @@ fn make_entry(
 /// A new regular file, readable and writable through the returned descriptor only: its
 /// mode is the snapshot's owner bits until the contents are in.
 fn create_file(dir: &Dir, name: &OsStr, mode: u32, overwrite: bool) -> std::io::Result<File> {
-    let flags = OFlag::O_RDWR
-        | OFlag::O_CREAT
-        | OFlag::O_EXCL
-        | OFlag::O_NOFOLLOW
-        | OFlag::O_CLOEXEC;
+    let flags =
+        OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let made = Mutex::new(None);
     make_entry(dir, name, overwrite, || {
         let fd = nix::fcntl::openat(
@@ -506,7 +507,9 @@ impl Restorer<'_> {
                     self.lost.push(format!(
                         "{}: not restored: {}",
                         path.display(),
-                        crate::error::one_line(&e.context(format!("contents of {}", path.display())))
+                        crate::error::one_line(
+                            &e.context(format!("contents of {}", path.display()))
+                        )
                     ));
                     Vec::new()
                 }
@@ -570,10 +573,9 @@ impl Restorer<'_> {
                         return Err(self.stop_full(&dir_path, &e));
                     }
                     self.stack[i].state = State::Failed;
-                    self.result.errors.push(format!(
-                        "{}: not restored: {e}",
-                        dir_path.display()
-                    ));
+                    self.result
+                        .errors
+                        .push(format!("{}: not restored: {e}", dir_path.display()));
                     return Ok(false);
                 }
             }
@@ -584,7 +586,11 @@ impl Restorer<'_> {
     /// The snapshot path of stack level `i` (the top is `self.path`).
     fn ancestor_path(&self, i: usize) -> PathBuf {
         let up = self.stack.len() - 1 - i;
-        self.path.ancestors().nth(up).unwrap_or(Path::new("/")).to_path_buf()
+        self.path
+            .ancestors()
+            .nth(up)
+            .unwrap_or(Path::new("/"))
+            .to_path_buf()
     }
 
     /// Leaves the top directory: its metadata waits in the window for what is in it.
@@ -678,7 +684,13 @@ impl Restorer<'_> {
                 }
                 let (from, from_name) = self.open_parent(first)?;
                 make_entry(dir, name, self.opts.overwrite, || {
-                    nix::unistd::linkat(&from.file, from_name.as_os_str(), &dir.file, name, AtFlags::empty())
+                    nix::unistd::linkat(
+                        &from.file,
+                        from_name.as_os_str(),
+                        &dir.file,
+                        name,
+                        AtFlags::empty(),
+                    )
                 })?;
                 self.window.links.push(WinLink {
                     path: path.to_path_buf(),
@@ -833,7 +845,9 @@ fn checked_extents(node: &Node) -> Result<Vec<[u64; 2]>> {
     let extents = node.data_extents();
     let mut end = 0u64;
     for &[off, len] in &extents {
-        let next = off.checked_add(len).filter(|&e| off >= end && e <= node.size);
+        let next = off
+            .checked_add(len)
+            .filter(|&e| off >= end && e <= node.size);
         match next {
             Some(e) => end = e,
             None => bail!("its extents overlap or reach past its size (damaged tree)"),
@@ -868,7 +882,8 @@ fn refuse_existing(repo: &Repository, root: &[Node], m: &Matcher, target: &Path)
         }
         let included = m.included(&path, is_dir);
         if !is_dir {
-            let there = nix::sys::stat::fstatat(&dir.file, name_of(&node), AtFlags::AT_SYMLINK_NOFOLLOW);
+            let there =
+                nix::sys::stat::fstatat(&dir.file, name_of(&node), AtFlags::AT_SYMLINK_NOFOLLOW);
             if included && node.kind != NodeType::Socket && there.is_ok() {
                 found.push(path);
             }
