@@ -378,7 +378,7 @@ pub fn restore(
         .load_tree(root)
         .context("the snapshot's root tree is unreadable")?;
     if !opts.overwrite {
-        refuse_existing(repo, &root_tree.nodes, &m, &opts.target)?;
+        refuse_existing(repo, root_tree.nodes.clone(), &m, &opts.target)?;
     }
     fs::DirBuilder::new()
         .recursive(true)
@@ -860,13 +860,13 @@ fn checked_extents(node: &Node) -> Result<Vec<[u64; 2]>> {
 /// writes: the snapshot is walked beside the target (through descriptors, never through
 /// a symlink), and each non-directory it would make that exists already, or a
 /// non-directory where it would make a directory, counts.
-fn refuse_existing(repo: &Repository, root: &[Node], m: &Matcher, target: &Path) -> Result<()> {
+fn refuse_existing(repo: &Repository, root: Vec<Node>, m: &Matcher, target: &Path) -> Result<()> {
     let Ok(top) = Dir::open_target(target) else {
         return Ok(()); // no target yet: nothing in the way
     };
     let mut found: Vec<PathBuf> = Vec::new();
     let mut stack: Vec<(std::vec::IntoIter<Node>, PathBuf, Dir)> =
-        vec![(root.to_vec().into_iter(), PathBuf::from("/"), top)];
+        vec![(root.into_iter(), PathBuf::from("/"), top)];
     while let Some((entries, base, dir)) = stack.last_mut() {
         let Some(node) = entries.next() else {
             stack.pop();
