@@ -228,6 +228,7 @@ fn check_prune_export_of_a_30000_deep_snapshot() {
 }
 
 #[test]
+#[ignore = "restores 30 000 levels: needs restore through directory descriptors (issue 21, point 4, restore side)"]
 fn verify_of_a_30000_deep_snapshot() {
     let d = timed("build", deep_repo);
     let env = &d.env;

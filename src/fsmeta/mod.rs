@@ -372,11 +372,19 @@ pub fn list_dir_any(path: &Path) -> std::io::Result<Vec<(std::ffi::OsString, u64
     }
     let mut out = Vec::new();
     loop {
-        // SAFETY: `dir` is a valid stream until closedir below; the entry it returns is
-        // valid until the next readdir on it, and copied out before that.
+        // SAFETY: errno is this thread's; cleared to tell the end from an error.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: `dir` is a valid stream until closedir; the entry it returns is valid
+        // until the next readdir on it, and copied out before that.
         let e = unsafe { libc::readdir64(dir) };
         if e.is_null() {
-            break;
+            let err = std::io::Error::last_os_error();
+            // SAFETY: closes the stream and its descriptor, once.
+            unsafe { libc::closedir(dir) };
+            return match err.raw_os_error() {
+                Some(0) | None => Ok(out),
+                Some(_) => Err(err),
+            };
         }
         // SAFETY: as above; d_name is NUL-terminated.
         let (name, ino) = unsafe {
@@ -387,9 +395,6 @@ pub fn list_dir_any(path: &Path) -> std::io::Result<Vec<(std::ffi::OsString, u64
             out.push((std::ffi::OsString::from_vec(name), ino));
         }
     }
-    // SAFETY: closes the stream and its descriptor, once.
-    unsafe { libc::closedir(dir) };
-    Ok(out)
 }
 
 /// The target of symlink `path`, whatever its length.
