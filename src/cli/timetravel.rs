@@ -257,23 +257,29 @@ pub fn cmd_find(g: &Global, a: FindArgs) -> Result<i32> {
     let mut out = std::io::stdout().lock();
     let mut total = 0;
     for (id, s) in &snaps {
-        let hits = finder.find(&s.tree, below.as_deref().unwrap_or(Path::new("/")))?;
-        if hits.is_empty() {
-            continue;
-        }
-        total += hits.len();
+        let below = below.as_deref().unwrap_or(Path::new("/"));
         if g.json {
-            groups.push(
-                json!({"snapshot": id.to_hex(), "time": s.time, "host": s.host, "matches": hits}),
-            );
+            let hits = finder.find(&s.tree, below)?;
+            total += hits.len();
+            if !hits.is_empty() {
+                groups.push(
+                    json!({"snapshot": id.to_hex(), "time": s.time, "host": s.host, "matches": hits}),
+                );
+            }
             continue;
         }
-        let when = s
-            .timestamp()
-            .map(select::local_time)
-            .unwrap_or_else(|_| s.time.clone());
-        writeln!(out, "snapshot {} of {when} ({}):", id.short(), s.host)?;
-        for m in hits {
+        // Printed as found: a snapshot may hold more matches than fit in memory.
+        let mut first = true;
+        finder.each(&s.tree, below, &mut |m| {
+            if first {
+                first = false;
+                let when = s
+                    .timestamp()
+                    .map(select::local_time)
+                    .unwrap_or_else(|_| s.time.clone());
+                writeln!(out, "snapshot {} of {when} ({}):", id.short(), s.host)?;
+            }
+            total += 1;
             writeln!(
                 out,
                 "  {}  {:>10}  {}",
@@ -281,7 +287,8 @@ pub fn cmd_find(g: &Global, a: FindArgs) -> Result<i32> {
                 human_bytes(m.size),
                 m.path
             )?;
-        }
+            Ok(())
+        })?;
     }
     if g.json {
         print_json(&serde_json::Value::Array(groups))?;

@@ -65,6 +65,10 @@ fn kind_of(st: &FileStat) -> NodeType {
     }
 }
 
+mod longpath;
+pub use longpath::{is_long, list_dir_any, lstat_any, open_any};
+use longpath::{read_link_any, read_xattrs_long};
+
 pub fn is_dir(st: &FileStat) -> bool {
     st.st_mode & libc::S_IFMT == libc::S_IFDIR
 }
@@ -106,7 +110,7 @@ pub fn node_from(
             }
         }
         NodeType::Symlink => {
-            let t = std::fs::read_link(path)
+            let t = read_link_any(path)
                 .with_context(|| format!("{}: reading symlink", path.display()))?;
             n.target = Some(RawBytes(t.as_os_str().as_bytes().to_vec()));
         }
@@ -117,6 +121,7 @@ pub fn node_from(
         Some(k) if k.kind == kind && k.inode == n.inode && k.ctime_ns == n.ctime_ns => {
             k.xattrs.clone()
         }
+        _ if is_long(path) => read_xattrs_long(path, kind),
         _ => read_xattrs(path),
     };
     Ok(n)

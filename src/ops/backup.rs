@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -389,6 +390,42 @@ fn find_parent(
         })
 }
 
+/// A directory being walked: its entries (each turned into what the finalizer needs as
+/// it is walked), the scans asked for its subdirectories, and its node in its parent.
+struct DirFrame<'t> {
+    entries: Vec<Scanned>,
+    /// The rest of the directory's listing (its entries taken out).
+    listing: Listing,
+    ahead: Vec<Option<Arc<Slot>>>,
+    /// The next entry to walk.
+    next: usize,
+    dev: Option<u64>,
+    trie: Option<&'t Trie>,
+    files: Arc<Gather<Node>>,
+    /// The directory's node, for its parent once its tree's job is known (None: root).
+    node: Option<Box<Node>>,
+    /// The length of the walk's path before this directory's name.
+    mark: usize,
+}
+
+impl DirFrame<'_> {
+    /// The index of the next entry to walk, if any.
+    fn next_entry(&mut self) -> Option<usize> {
+        let i = self.next;
+        (i < self.entries.len()).then(|| {
+            self.next += 1;
+            i
+        })
+    }
+}
+
+/// What walking one entry gives: the entry as walked, or a directory to enter with its
+/// listing and the device its source is on.
+enum Walked {
+    Done(Found),
+    Enter(Box<Node>, Listing, Option<u64>),
+}
+
 struct Walker<'s, 'r> {
     shared: Arc<Shared>,
     scanner: &'s Scanner<'r>,
@@ -414,46 +451,102 @@ impl Walker<'_, '_> {
         let listing = self
             .scanner
             .scan(Path::new("/"), trie.only(), old, &mut self.names);
-        self.dir(Path::new("/"), None, listing, Some(&trie))
+        self.walk(listing, Some(&trie))
     }
 
-    /// Walks one directory from its listing; `trie` limits it to the source paths below
-    /// it (None: all). Returns the job number whose tree id the finalizer will produce.
-    fn dir(
+    /// Walks the tree from the root's listing, depth first in name order; `trie` limits it
+    /// to the source paths (None: all). Returns the job number whose tree id the finalizer
+    /// will produce. The walk keeps its own stack, a directory's entries per level, and
+    /// one path that grows and shrinks with it, so any depth works in memory that grows
+    /// with the depth only.
+    fn walk(&mut self, listing: Listing, trie: Option<&Trie>) -> Result<usize> {
+        let mut path = super::walk::SnapPath::new(Path::new("/"));
+        let mut stack = vec![self.open_dir(path.as_path(), None, listing, trie, None, 0)];
+        loop {
+            let top = stack
+                .last_mut()
+                .expect("a directory until the root is done");
+            let Some(i) = top.next_entry() else {
+                let done = stack.pop().expect("a directory");
+                path.cut(done.mark);
+                let (node, job) = self.close_dir(done)?;
+                match stack.last_mut() {
+                    Some(parent) => {
+                        parent.entries[parent.next - 1].found =
+                            Found::Subdir(node.expect("a subdirectory's node"), job)
+                    }
+                    None => return Ok(job),
+                }
+                continue;
+            };
+            let (dev, files) = (top.dev, top.files.clone());
+            let scanned = &mut top.entries[i];
+            let sub_trie = Trie::below(top.trie, &scanned.name);
+            let found = std::mem::replace(&mut scanned.found, Found::Vanished);
+            let slot = top.ahead[i].take();
+            let mark = path.push(scanned.name.as_bytes());
+            let at = (path.as_path(), &*scanned);
+            match self.entry(at, found, slot, dev, sub_trie, &files)? {
+                Walked::Done(found) => {
+                    scanned.found = found;
+                    path.cut(mark);
+                }
+                Walked::Enter(node, listing, dev) => {
+                    let dir =
+                        self.open_dir(path.as_path(), dev, listing, sub_trie, Some(node), mark);
+                    stack.push(dir);
+                }
+            }
+        }
+    }
+
+    /// Starts walking a directory from its listing: asks for its subdirectories' scans.
+    fn open_dir<'t>(
         &mut self,
         path: &Path,
         dev: Option<u64>,
         mut listing: Listing,
-        trie: Option<&Trie>,
-    ) -> Result<usize> {
+        trie: Option<&'t Trie>,
+        node: Option<Box<Node>>,
+        mark: usize,
+    ) -> DirFrame<'t> {
         if let Some(e) = listing.error.take() {
             self.warn_error(e);
         }
         let ahead = self.scan_ahead(path, dev, &listing, trie);
-        let files = Arc::new(Gather::default());
-        let mut entries = std::mem::take(&mut listing.entries);
-        for (scanned, slot) in entries.iter_mut().zip(ahead) {
-            let sub_trie = Trie::below(trie, &scanned.name);
-            let found = std::mem::replace(&mut scanned.found, Found::Vanished);
-            let at = (path, &*scanned);
-            scanned.found = self.entry(at, found, slot, dev, sub_trie, &files)?;
+        DirFrame {
+            entries: std::mem::take(&mut listing.entries),
+            listing,
+            ahead,
+            next: 0,
+            dev,
+            trie,
+            files: Arc::new(Gather::default()),
+            node,
+            mark,
         }
+    }
+
+    /// Hands a walked directory to the finalizer; returns its node (None for the root)
+    /// and the job number its tree id will come under.
+    fn close_dir(&mut self, d: DirFrame) -> Result<(Option<Box<Node>>, usize)> {
         // The finalizer will wait for this directory's files: none may stay behind here.
         self.files_out.flush()?;
         let job = self.next_job;
         self.next_job += 1;
         self.shared.stat(|s| s.dirs += 1);
+        let listing = d.listing;
         self.dir_tx
             .send(DirTask {
                 job,
-                entries,
-                files,
+                entries: d.entries,
+                files: d.files,
                 same_as: listing.old_tree.filter(|_| listing.as_before),
                 old_tree: listing.old_tree,
                 old_nodes: listing.old_nodes,
             })
             .map_err(|_| anyhow!("tree finalizer stopped"))?;
-        Ok(job)
+        Ok((d.node, job))
     }
 
     /// Asks the scanner for the subdirectories this walk will enter whole, in order.
@@ -497,77 +590,75 @@ impl Walker<'_, '_> {
         self.one_fs && trie.is_none() && dev.is_some_and(|d| d != node.dev)
     }
 
-    /// Walks one scanned entry of directory `dir`; returns it as walked (see [`Found`]).
+    /// Walks one scanned entry at `path`: returns it as walked (see [`Found`]), or the
+    /// listing of a directory to enter.
     fn entry(
         &mut self,
-        (dir, scanned): (&Path, &Scanned),
+        (path, scanned): (&Path, &Scanned),
         found: Found,
         slot: Option<Arc<Slot>>,
         dev: Option<u64>,
         trie: Option<&Trie>,
         files: &Arc<Gather<Node>>,
-    ) -> Result<Found> {
-        let path = || dir.join(&scanned.name);
+    ) -> Result<Walked> {
         let node = match found {
             Found::Node(node) => node,
             Found::Same { file, size } => {
                 if file {
-                    log::debug!("unchanged {}", path().display());
+                    log::debug!("unchanged {}", path.display());
                     self.unchanged_file(size);
                 } else {
                     self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
                 }
-                return Ok(found);
+                return Ok(Walked::Done(found));
             }
             Found::Failed(msg) => {
                 self.warn_error(msg.into());
-                return Ok(Found::Vanished);
+                return Ok(Walked::Done(Found::Vanished));
             }
             // Vanished: a scan finds nothing else.
             _ => {
-                (self.shared.warn)(format!("{}: vanished during backup", path().display()));
-                return Ok(Found::Vanished);
+                (self.shared.warn)(format!("{}: vanished during backup", path.display()));
+                return Ok(Walked::Done(Found::Vanished));
             }
         };
         match node.kind {
             NodeType::Dir => {
-                let path = path();
-                let job = if self.crosses(&node, dev, trie) {
-                    self.empty_dir()?
-                } else {
-                    let listing = match slot {
-                        Some(slot) => self.scanner.take(&slot, &mut self.names),
-                        None => {
-                            let old = node.subtree.and_then(|id| self.scanner.old_tree(id));
-                            let only = trie.and_then(Trie::only);
-                            self.scanner.scan(&path, only, old, &mut self.names)
-                        }
-                    };
-                    let in_source = trie.is_none_or(|t| t.source);
-                    let dev = dev.unwrap_or(node.dev);
-                    self.dir(&path, in_source.then_some(dev), listing, trie)?
+                if self.crosses(&node, dev, trie) {
+                    let job = self.empty_dir()?;
+                    return Ok(Walked::Done(Found::Subdir(node, job)));
+                }
+                let listing = match slot {
+                    Some(slot) => self.scanner.take(&slot, &mut self.names),
+                    None => {
+                        let old = node.subtree.and_then(|id| self.scanner.old_tree(id));
+                        let only = trie.and_then(Trie::only);
+                        self.scanner.scan(path, only, old, &mut self.names)
+                    }
                 };
-                Ok(Found::Subdir(node, job))
+                let in_source = trie.is_none_or(|t| t.source);
+                let dev = dev.unwrap_or(node.dev);
+                Ok(Walked::Enter(node, listing, in_source.then_some(dev)))
             }
             NodeType::File if scanned.same => {
-                log::debug!("unchanged {}", path().display());
+                log::debug!("unchanged {}", path.display());
                 self.unchanged_file(node.size);
-                Ok(Found::Node(node))
+                Ok(Walked::Done(Found::Node(node)))
             }
             NodeType::File => {
                 let size = node.size;
                 let job = FileJob {
-                    path: path(),
+                    path: path.to_path_buf(),
                     node: *node,
                     is_new: scanned.old.is_none(),
                     done: files.promise(),
                 };
                 self.files_out.push(job, size)?;
-                Ok(Found::Pending)
+                Ok(Walked::Done(Found::Pending))
             }
             _ => {
                 self.shared.counters.files.fetch_add(1, Ordering::Relaxed);
-                Ok(Found::Node(node))
+                Ok(Walked::Done(Found::Node(node)))
             }
         }
     }
@@ -745,6 +836,16 @@ impl Read for ExtentReader<'_> {
 }
 
 fn open_noatime(path: &Path) -> std::io::Result<File> {
+    if fsmeta::is_long(path) {
+        use nix::fcntl::OFlag;
+        let r = fsmeta::open_any(path, OFlag::O_RDONLY | OFlag::O_NOATIME | OFlag::O_NOFOLLOW);
+        return match r {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                fsmeta::open_any(path, OFlag::O_RDONLY | OFlag::O_NOFOLLOW)
+            }
+            r => r,
+        };
+    }
     let r = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOATIME | libc::O_NOFOLLOW)

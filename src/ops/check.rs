@@ -383,6 +383,15 @@ fn check_manifests(repo: &Repository, problems: &mut Problems) -> Result<()> {
     Ok(())
 }
 
+/// One tree being checked: the nodes still to check, where its path ends, and whether
+/// everything checked below it so far was sound.
+struct CheckFrame {
+    id: Id,
+    nodes: std::vec::IntoIter<Node>,
+    mark: usize,
+    ok: bool,
+}
+
 struct TreeCheck<'a> {
     repo: &'a Repository,
     index: std::sync::Arc<crate::repo::index::MasterIndex>,
@@ -419,42 +428,87 @@ impl TreeCheck<'_> {
     }
 
     /// Checks tree `id` at `path`; returns whether it and everything below is sound.
+    /// The walk keeps its own stack (one loaded tree per level) instead of recursing, so
+    /// any depth works.
     fn tree(&mut self, id: &Id, path: &Path) -> bool {
-        if self.clean.get(id) == Some(&true) {
-            return true;
+        let mut path = walk::SnapPath::new(path);
+        let mut stack: Vec<CheckFrame> = Vec::new();
+        if let Some(ok) = self.enter(id, &path, path.mark(), &mut stack) {
+            return ok;
         }
-        if !self.usable(id) {
-            return self.blob_problem(BlobType::Tree, id, path);
-        }
-        self.counters.trees.fetch_add(1, Ordering::Relaxed);
-        let tree = match self.repo.load_tree(id) {
-            Ok(t) => t,
-            Err(e) => {
-                let i = self.problems.add("tree blob", Some(id), one_line(&e));
-                let place = self.place(path);
-                self.problems.affect(i, place);
-                self.clean.insert(*id, false);
-                return false;
-            }
-        };
-        let mut ok = true;
-        for node in &tree.nodes {
+        let mut root_ok = true;
+        while let Some(frame) = stack.last_mut() {
+            let Some(node) = frame.nodes.next() else {
+                let done = stack.pop().expect("a frame");
+                path.cut(done.mark);
+                self.clean.insert(done.id, done.ok);
+                match stack.last_mut() {
+                    Some(parent) => parent.ok &= done.ok,
+                    None => root_ok = done.ok,
+                }
+                continue;
+            };
             if !walk::safe_name(&node.name.0) {
                 let i = self.problems.add(
                     "tree blob",
-                    Some(id),
+                    Some(&frame.id),
                     format!("holds an unsafe name {:?}", node.name.lossy()),
                 );
-                let place = self.place(path);
+                frame.ok = false;
+                let place = self.place(path.as_path());
                 self.problems.affect(i, place);
-                ok = false;
                 continue;
             }
-            let child = walk::join(path, &node.name.0);
-            ok &= self.node(node, &child);
+            let mark = path.push(&node.name.0);
+            let ok = match (node.kind, node.subtree) {
+                (NodeType::Dir, Some(sub)) => match self.enter(&sub, &path, mark, &mut stack) {
+                    Some(ok) => ok,
+                    None => continue, // its frame reports to this one when done
+                },
+                _ => self.node(&node, path.as_path()),
+            };
+            path.cut(mark);
+            if let Some(frame) = stack.last_mut() {
+                frame.ok &= ok;
+            }
         }
-        self.clean.insert(*id, ok);
-        ok
+        root_ok
+    }
+
+    /// Starts checking tree `id` at `path`: its result when known at once (already
+    /// checked clean, missing, unreadable), or None when its frame was stacked.
+    fn enter(
+        &mut self,
+        id: &Id,
+        path: &walk::SnapPath,
+        mark: usize,
+        stack: &mut Vec<CheckFrame>,
+    ) -> Option<bool> {
+        if self.clean.get(id) == Some(&true) {
+            return Some(true);
+        }
+        if !self.usable(id) {
+            return Some(self.blob_problem(BlobType::Tree, id, path.as_path()));
+        }
+        self.counters.trees.fetch_add(1, Ordering::Relaxed);
+        match self.repo.load_tree(id) {
+            Ok(t) => {
+                stack.push(CheckFrame {
+                    id: *id,
+                    nodes: t.nodes.into_iter(),
+                    mark,
+                    ok: true,
+                });
+                None
+            }
+            Err(e) => {
+                let i = self.problems.add("tree blob", Some(id), one_line(&e));
+                let place = self.place(path.as_path());
+                self.problems.affect(i, place);
+                self.clean.insert(*id, false);
+                Some(false)
+            }
+        }
     }
 
     fn node(&mut self, node: &Node, path: &Path) -> bool {

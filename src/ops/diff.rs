@@ -2,6 +2,7 @@
 //! and skips every subtree whose id is the same on both sides, so it reads only the
 //! trees that differ, never file data.
 
+use std::iter::Peekable;
 use std::path::Path;
 
 use anyhow::Result;
@@ -65,6 +66,16 @@ struct Differ<'a> {
     repo: &'a Repository,
     out: &'a mut dyn FnMut(Change),
     stats: DiffStats,
+    path: walk::SnapPath,
+    stack: Vec<Frame>,
+}
+
+/// A pair of directories being compared: the nodes still to compare on each side, and
+/// where their path ends.
+struct Frame {
+    a: Peekable<std::vec::IntoIter<Node>>,
+    b: Peekable<std::vec::IntoIter<Node>>,
+    mark: usize,
 }
 
 pub fn diff(repo: &Repository, a: &Id, b: &Id, out: &mut dyn FnMut(Change)) -> Result<DiffStats> {
@@ -72,8 +83,11 @@ pub fn diff(repo: &Repository, a: &Id, b: &Id, out: &mut dyn FnMut(Change)) -> R
         repo,
         out,
         stats: DiffStats::default(),
+        path: walk::SnapPath::new(Path::new("/")),
+        stack: Vec::new(),
     };
-    d.trees(Some(a), Some(b), Path::new("/"))?;
+    d.push(Some(a), Some(b), d.path.mark())?;
+    d.run()?;
     Ok(d.stats)
 }
 
@@ -99,39 +113,55 @@ impl Differ<'_> {
         }
     }
 
-    fn trees(&mut self, a: Option<&Id>, b: Option<&Id>, path: &Path) -> Result<()> {
-        if a.is_some() && a == b {
-            return Ok(());
+    /// Stacks the comparison of trees `a` and `b` (at the current path, cut back to `mark`
+    /// when done) unless they are the same; returns whether it did.
+    fn push(&mut self, a: Option<&Id>, b: Option<&Id>, mark: usize) -> Result<bool> {
+        if a == b {
+            return Ok(false);
         }
         let (ta, tb) = (self.load(a)?, self.load(b)?);
-        let (mut i, mut j) = (0, 0);
-        while i < ta.nodes.len() || j < tb.nodes.len() {
-            let (na, nb) = (ta.nodes.get(i), tb.nodes.get(j));
-            let order = match (na, nb) {
+        self.stack.push(Frame {
+            a: ta.nodes.into_iter().peekable(),
+            b: tb.nodes.into_iter().peekable(),
+            mark,
+        });
+        Ok(true)
+    }
+
+    /// Compares the stacked trees in name order, depth first, with the stack in memory
+    /// instead of on the native stack, so any depth works.
+    fn run(&mut self) -> Result<()> {
+        while let Some(f) = self.stack.last_mut() {
+            let order = match (f.a.peek(), f.b.peek()) {
+                (None, None) => {
+                    let mark = f.mark;
+                    self.stack.pop();
+                    self.path.cut(mark);
+                    continue;
+                }
                 (Some(x), Some(y)) => x.name.0.cmp(&y.name.0),
                 (Some(_), None) => std::cmp::Ordering::Less,
-                _ => std::cmp::Ordering::Greater,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
             };
             match order {
                 std::cmp::Ordering::Less => {
-                    i += 1;
-                    self.one_side(na.expect("left"), path, ChangeKind::Removed)?;
+                    let n = f.a.next().expect("peeked");
+                    self.one_side(n, ChangeKind::Removed)?;
                 }
                 std::cmp::Ordering::Greater => {
-                    j += 1;
-                    self.one_side(nb.expect("right"), path, ChangeKind::Added)?;
+                    let n = f.b.next().expect("peeked");
+                    self.one_side(n, ChangeKind::Added)?;
                 }
                 std::cmp::Ordering::Equal => {
-                    i += 1;
-                    j += 1;
-                    self.both(na.expect("left"), nb.expect("right"), path)?;
+                    let (a, b) = (f.a.next().expect("peeked"), f.b.next().expect("peeked"));
+                    self.both(a, b)?;
                 }
             }
         }
         Ok(())
     }
 
-    fn emit(&mut self, change: ChangeKind, path: &Path, a: Option<&Node>, b: Option<&Node>) {
+    fn emit(&mut self, change: ChangeKind, a: Option<&Node>, b: Option<&Node>) {
         let kind = b.or(a).map_or(NodeType::File, |n| n.kind);
         let size = |n: Option<&Node>| n.filter(|n| n.kind == NodeType::File).map(|n| n.size);
         let s = &mut self.stats;
@@ -147,7 +177,7 @@ impl Differ<'_> {
         s.bytes_removed += before.unwrap_or(0).saturating_sub(after.unwrap_or(0));
         (self.out)(Change {
             change,
-            path: path.to_string_lossy().into_owned(),
+            path: self.path.as_path().to_string_lossy().into_owned(),
             kind,
             size_before: before,
             size_after: after,
@@ -155,44 +185,54 @@ impl Differ<'_> {
     }
 
     /// A node present on one side only: it and everything below it.
-    fn one_side(&mut self, n: &Node, base: &Path, change: ChangeKind) -> Result<()> {
-        let path = walk::join(base, &n.name.0);
+    fn one_side(&mut self, n: Node, change: ChangeKind) -> Result<()> {
+        let mark = self.path.push(&n.name.0);
         let (a, b) = match change {
-            ChangeKind::Removed => (Some(n), None),
-            _ => (None, Some(n)),
+            ChangeKind::Removed => (Some(&n), None),
+            _ => (None, Some(&n)),
         };
-        self.emit(change, &path, a, b);
-        if let (NodeType::Dir, Some(sub)) = (n.kind, n.subtree.as_ref()) {
-            match change {
-                ChangeKind::Removed => self.trees(Some(sub), None, &path)?,
-                _ => self.trees(None, Some(sub), &path)?,
-            }
+        self.emit(change, a, b);
+        let pushed = match (n.kind, n.subtree.as_ref(), change) {
+            (NodeType::Dir, Some(sub), ChangeKind::Removed) => self.push(Some(sub), None, mark)?,
+            (NodeType::Dir, Some(sub), _) => self.push(None, Some(sub), mark)?,
+            _ => false,
+        };
+        if !pushed {
+            self.path.cut(mark);
         }
         Ok(())
     }
 
-    fn both(&mut self, a: &Node, b: &Node, base: &Path) -> Result<()> {
-        let path = walk::join(base, &a.name.0);
-        if a.kind != b.kind {
-            self.emit(ChangeKind::Type, &path, Some(a), Some(b));
-            if a.kind == NodeType::Dir {
-                self.trees(a.subtree.as_ref(), None, &path)?;
-            }
+    fn both(&mut self, a: Node, b: Node) -> Result<()> {
+        let mark = self.path.push(&a.name.0);
+        let pushed = if a.kind != b.kind {
+            self.emit(ChangeKind::Type, Some(&a), Some(&b));
+            // The stack runs last in first: the new side is stacked first so that the old
+            // side's removals come out before its additions.
+            let mut pushed = false;
             if b.kind == NodeType::Dir {
-                self.trees(None, b.subtree.as_ref(), &path)?;
+                pushed |= self.push(None, b.subtree.as_ref(), mark)?;
             }
-            return Ok(());
-        }
-        if a.kind == NodeType::Dir {
-            if !same_metadata(a, b) {
-                self.emit(ChangeKind::Metadata, &path, Some(a), Some(b));
+            if a.kind == NodeType::Dir {
+                let m = if pushed { self.path.mark() } else { mark };
+                pushed |= self.push(a.subtree.as_ref(), None, m)?;
             }
-            return self.trees(a.subtree.as_ref(), b.subtree.as_ref(), &path);
-        }
-        if !same_content(a, b) {
-            self.emit(ChangeKind::Modified, &path, Some(a), Some(b));
-        } else if !same_metadata(a, b) {
-            self.emit(ChangeKind::Metadata, &path, Some(a), Some(b));
+            pushed
+        } else if a.kind == NodeType::Dir {
+            if !same_metadata(&a, &b) {
+                self.emit(ChangeKind::Metadata, Some(&a), Some(&b));
+            }
+            self.push(a.subtree.as_ref(), b.subtree.as_ref(), mark)?
+        } else {
+            if !same_content(&a, &b) {
+                self.emit(ChangeKind::Modified, Some(&a), Some(&b));
+            } else if !same_metadata(&a, &b) {
+                self.emit(ChangeKind::Metadata, Some(&a), Some(&b));
+            }
+            false
+        };
+        if !pushed {
+            self.path.cut(mark);
         }
         Ok(())
     }

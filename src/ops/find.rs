@@ -3,7 +3,7 @@
 //! skipped when another snapshot shares them, so a long history costs little more than
 //! one snapshot.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -51,12 +51,26 @@ pub struct Match {
     pub mtime: String,
 }
 
-/// Finds matches in one snapshot at a time; `memo` (shared across snapshots) remembers
-/// which subtrees hold none.
+/// Finds matches in one snapshot at a time; `no_match` (shared across snapshots)
+/// remembers which subtrees hold none.
 pub struct Finder<'a> {
     repo: &'a Repository,
     pattern: &'a Pattern,
-    has_match: HashMap<(Id, std::path::PathBuf), bool>,
+    /// Subtrees (with, for whole-path patterns, a hash of where they sit) known to hold no
+    /// match. Cleared when full, so that a huge history or a self-repeating tree cannot
+    /// grow it without bound; it is only a shortcut.
+    no_match: HashSet<(Id, [u8; 32])>,
+}
+
+const NO_MATCH_LIMIT: usize = 1 << 18;
+
+/// One directory being searched: the nodes still to look at, where its path ends, and
+/// whether anything below it matched so far.
+struct Frame {
+    key: (Id, [u8; 32]),
+    nodes: std::vec::IntoIter<Node>,
+    mark: usize,
+    found: bool,
 }
 
 impl<'a> Finder<'a> {
@@ -64,60 +78,123 @@ impl<'a> Finder<'a> {
         Finder {
             repo,
             pattern,
-            has_match: HashMap::new(),
+            no_match: HashSet::new(),
         }
     }
 
     /// Matches in the snapshot with root tree `root`, at or below `below`.
     pub fn find(&mut self, root: &Id, below: &Path) -> Result<Vec<Match>> {
         let mut out = Vec::new();
-        match walk::find(self.repo, root, below) {
-            Ok(Found::Root(id)) => {
-                self.tree(&id, below, &mut out)?;
-            }
-            Ok(Found::Node(n)) => {
-                self.node(&n, below, &mut out)?;
-            }
-            Err(_) => {} // not in this snapshot
-        }
+        self.each(root, below, &mut |m| {
+            out.push(m);
+            Ok(())
+        })?;
         Ok(out)
     }
 
-    fn node(&mut self, n: &Node, path: &Path, out: &mut Vec<Match>) -> Result<bool> {
-        let mut found = false;
-        if self.pattern.matches(path) {
-            out.push(Match {
-                path: path.to_string_lossy().into_owned(),
-                kind: n.kind,
-                size: n.size,
-                mtime: fmt_ns(n.mtime_ns),
-            });
-            found = true;
+    /// Like `find`, but hands each match to `out` as it is found (depth-first in name
+    /// order), so a search of any size holds memory for the depth of the tree only.
+    pub fn each(
+        &mut self,
+        root: &Id,
+        below: &Path,
+        out: &mut dyn FnMut(Match) -> Result<()>,
+    ) -> Result<()> {
+        let mut path = walk::SnapPath::new(below);
+        let mut stack = Vec::new();
+        match walk::find(self.repo, root, below) {
+            Ok(Found::Root(id)) => {
+                self.enter(&id, &path, path.mark(), &mut stack)?;
+            }
+            Ok(Found::Node(n)) => {
+                if self.pattern.matches(path.as_path()) {
+                    out(self.matched(path.as_path(), &n))?;
+                }
+                if let (NodeType::Dir, Some(sub)) = (n.kind, n.subtree) {
+                    self.enter(&sub, &path, path.mark(), &mut stack)?;
+                }
+            }
+            Err(_) => return Ok(()), // not in this snapshot
         }
-        if let (NodeType::Dir, Some(sub)) = (n.kind, n.subtree) {
-            found |= self.tree(&sub, path, out)?;
-        }
-        Ok(found)
+        self.search(&mut path, &mut stack, out)
     }
 
-    fn tree(&mut self, id: &Id, path: &Path, out: &mut Vec<Match>) -> Result<bool> {
+    fn search(
+        &mut self,
+        path: &mut walk::SnapPath,
+        stack: &mut Vec<Frame>,
+        out: &mut dyn FnMut(Match) -> Result<()>,
+    ) -> Result<()> {
+        while let Some(frame) = stack.last_mut() {
+            let Some(n) = frame.nodes.next() else {
+                let done = stack.pop().expect("a frame");
+                path.cut(done.mark);
+                if !done.found {
+                    if self.no_match.len() >= NO_MATCH_LIMIT {
+                        self.no_match.clear();
+                    }
+                    self.no_match.insert(done.key);
+                }
+                if let Some(parent) = stack.last_mut() {
+                    parent.found |= done.found;
+                }
+                continue;
+            };
+            if !walk::safe_name(&n.name.0) {
+                continue;
+            }
+            let mark = path.push(&n.name.0);
+            if self.pattern.matches(path.as_path()) {
+                frame.found = true;
+                out(self.matched(path.as_path(), &n))?;
+            }
+            let entered = match (n.kind, n.subtree) {
+                (NodeType::Dir, Some(sub)) => self.enter(&sub, path, mark, stack)?,
+                _ => false,
+            };
+            if !entered {
+                path.cut(mark);
+            }
+        }
+        Ok(())
+    }
+
+    fn matched(&self, path: &Path, n: &Node) -> Match {
+        Match {
+            path: path.to_string_lossy().into_owned(),
+            kind: n.kind,
+            size: n.size,
+            mtime: fmt_ns(n.mtime_ns),
+        }
+    }
+
+    /// Pushes tree `id` (at `path`) unless it is known to hold no match; returns whether
+    /// it did.
+    fn enter(
+        &mut self,
+        id: &Id,
+        path: &walk::SnapPath,
+        mark: usize,
+        stack: &mut Vec<Frame>,
+    ) -> Result<bool> {
         // Whole-path patterns depend on where the tree sits, so the key includes it.
-        let key = if self.pattern.whole_path {
-            (*id, path.to_path_buf())
+        let place = if self.pattern.whole_path {
+            use std::os::unix::ffi::OsStrExt;
+            *blake3::hash(path.as_path().as_os_str().as_bytes()).as_bytes()
         } else {
-            (*id, std::path::PathBuf::new())
+            [0; 32]
         };
-        if self.has_match.get(&key) == Some(&false) {
+        let key = (*id, place);
+        if self.no_match.contains(&key) {
             return Ok(false);
         }
         let tree = self.repo.load_tree(id)?;
-        let mut found = false;
-        for n in &tree.nodes {
-            if walk::safe_name(&n.name.0) {
-                found |= self.node(n, &walk::join(path, &n.name.0), out)?;
-            }
-        }
-        self.has_match.insert(key, found);
-        Ok(found)
+        stack.push(Frame {
+            key,
+            nodes: tree.nodes.into_iter(),
+            mark,
+            found: false,
+        });
+        Ok(true)
     }
 }

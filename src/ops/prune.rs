@@ -16,7 +16,7 @@ use crate::error::one_line;
 use crate::format::Id;
 use crate::format::index::{IndexFile, PackBlobs};
 use crate::format::pack::{self, BlobEntry, BlobType, SealedBlob};
-use crate::format::tree::NodeType;
+use crate::format::tree::{Node, NodeType};
 use crate::repo::index::replace_index;
 use crate::repo::packer::Packer;
 use crate::repo::{FileKind, Repository};
@@ -207,6 +207,9 @@ fn used_blobs(
     Ok(used)
 }
 
+/// Adds tree `id` (at `path`) and every blob below it to `used`. The walk keeps its own
+/// stack (one loaded tree per level) instead of recursing, so any depth works; a tree
+/// already in `used` is not walked again, so a tree repeating one subtree costs its depth.
 pub(crate) fn mark_tree(
     repo: &Repository,
     id: &Id,
@@ -214,33 +217,53 @@ pub(crate) fn mark_tree(
     used: &mut HashSet<Id>,
     counters: &Counters,
 ) -> Result<()> {
-    if !used.insert(*id) {
-        return Ok(()); // this subtree is already marked
-    }
-    counters.trees.fetch_add(1, Ordering::Relaxed);
-    let tree = repo.load_tree(id).map_err(|e| {
-        anyhow!(
-            "{}: {} cannot be read, so prune cannot know what it references; run `vault check` and `vault repair snapshots` first",
-            one_line(&e),
-            path.display()
-        )
-    })?;
-    for n in &tree.nodes {
+    let mut path = crate::ops::walk::SnapPath::new(path);
+    let mut stack: Vec<(std::vec::IntoIter<Node>, usize)> = Vec::new();
+    mark_one(repo, id, &path, path.mark(), used, counters, &mut stack)?;
+    while let Some((nodes, _)) = stack.last_mut() {
+        let Some(n) = nodes.next() else {
+            let (_, mark) = stack.pop().expect("a frame");
+            path.cut(mark);
+            continue;
+        };
         match (n.kind, n.subtree) {
             (NodeType::Dir, Some(sub)) => {
-                mark_tree(
-                    repo,
-                    &sub,
-                    &crate::ops::walk::join(path, &n.name.0),
-                    used,
-                    counters,
-                )?;
+                let mark = path.push(&n.name.0);
+                if !mark_one(repo, &sub, &path, mark, used, counters, &mut stack)? {
+                    path.cut(mark);
+                }
             }
             (NodeType::File, _) => used.extend(n.content.iter().copied()),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Marks tree `id` and stacks its nodes, unless it was marked before; returns whether
+/// it stacked them.
+fn mark_one(
+    repo: &Repository,
+    id: &Id,
+    path: &crate::ops::walk::SnapPath,
+    mark: usize,
+    used: &mut HashSet<Id>,
+    counters: &Counters,
+    stack: &mut Vec<(std::vec::IntoIter<Node>, usize)>,
+) -> Result<bool> {
+    if !used.insert(*id) {
+        return Ok(false); // this subtree is already marked
+    }
+    counters.trees.fetch_add(1, Ordering::Relaxed);
+    let tree = repo.load_tree(id).map_err(|e| {
+        anyhow!(
+            "{}: {} cannot be read, so prune cannot know what it references; run `vault check` and `vault repair snapshots` first",
+            one_line(&e),
+            path.as_path().display()
+        )
+    })?;
+    stack.push((tree.nodes.into_iter(), mark));
+    Ok(true)
 }
 
 /// Every pack with every entry the index (or, for unindexed packs, the header) lists.

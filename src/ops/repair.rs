@@ -18,7 +18,7 @@ use crate::format::Id;
 use crate::format::index::PackBlobs;
 use crate::format::pack::{BlobType, seal_blob};
 use crate::format::snapshot::Snapshot;
-use crate::format::tree::{NodeType, Tree};
+use crate::format::tree::{Node, NodeType, Tree};
 use crate::repo::index::replace_index;
 use crate::repo::packer::Packer;
 use crate::repo::{FileKind, Repository};
@@ -189,6 +189,29 @@ pub fn repair_snapshots(
     Ok(result)
 }
 
+/// One tree being rewritten: its nodes still to look at, those kept, what was dropped
+/// below it, and the directory node waiting for its rewritten subtree.
+struct RewriteFrame {
+    id: Id,
+    todo: std::vec::IntoIter<Node>,
+    kept: Vec<Node>,
+    dropped: Vec<PathBuf>,
+    waiting: Option<Node>,
+}
+
+impl RewriteFrame {
+    /// Takes the result of the subtree of the waiting directory node.
+    fn adopt(&mut self, (new, below): (Id, Vec<PathBuf>)) {
+        let Some(mut node) = self.waiting.take() else {
+            return;
+        };
+        let name = PathBuf::from(std::ffi::OsStr::from_bytes(&node.name.0));
+        self.dropped.extend(below.into_iter().map(|b| name.join(b)));
+        node.subtree = Some(new);
+        self.kept.push(node);
+    }
+}
+
 struct Rewriter<'a> {
     repo: &'a Repository,
     lost: &'a HashSet<Id>,
@@ -218,18 +241,67 @@ impl Rewriter<'_> {
     }
 
     /// The rewritten tree and the paths dropped below it (relative), memoized so that a
-    /// subtree shared by many snapshots is rewritten once and reported for each.
+    /// subtree shared by many snapshots is rewritten once and reported for each. The walk
+    /// keeps its own stack (one tree per level) instead of recursing, so any depth works.
     fn rewrite(&mut self, id: &Id) -> Result<(Id, Vec<PathBuf>)> {
+        let mut stack: Vec<RewriteFrame> = Vec::new();
+        if let Some(done) = self.start(id, &mut stack)? {
+            return Ok(done);
+        }
+        loop {
+            let frame = stack.last_mut().expect("a frame until the root is done");
+            let Some(node) = frame.todo.next() else {
+                let done = stack.pop().expect("a frame");
+                let result = self.finish(done)?;
+                match stack.last_mut() {
+                    Some(parent) => parent.adopt(result),
+                    None => return Ok(result),
+                }
+                continue;
+            };
+            match (node.kind, node.subtree) {
+                (NodeType::Dir, Some(sub)) => {
+                    frame.waiting = Some(node);
+                    if let Some(result) = self.start(&sub, &mut stack)? {
+                        stack.last_mut().expect("the parent").adopt(result);
+                    }
+                }
+                (NodeType::File, _) if !node.content.iter().all(|b| self.usable(b)) => {
+                    frame
+                        .dropped
+                        .push(PathBuf::from(std::ffi::OsStr::from_bytes(&node.name.0)));
+                }
+                _ => frame.kept.push(node),
+            }
+        }
+    }
+
+    /// The result for tree `id` when known at once (memoized, or unreadable), or None when
+    /// its frame was stacked.
+    fn start(
+        &mut self,
+        id: &Id,
+        stack: &mut Vec<RewriteFrame>,
+    ) -> Result<Option<(Id, Vec<PathBuf>)>> {
         if let Some(done) = self.memo.get(id) {
-            return Ok(done.clone());
+            return Ok(Some(done.clone()));
         }
         let loaded = if self.usable(id) {
             self.repo.load_tree(id).map_err(|e| one_line(&e))
         } else {
             Err("tree blob lost".to_string())
         };
-        let mut tree = match loaded {
-            Ok(t) => t,
+        match loaded {
+            Ok(tree) => {
+                stack.push(RewriteFrame {
+                    id: *id,
+                    kept: Vec::with_capacity(tree.nodes.len()),
+                    todo: tree.nodes.into_iter(),
+                    dropped: Vec::new(),
+                    waiting: None,
+                });
+                Ok(None)
+            }
             Err(why) => {
                 let empty = self.save(Tree::default())?;
                 let done = (
@@ -237,35 +309,20 @@ impl Rewriter<'_> {
                     vec![PathBuf::from(format!("(directory listing lost: {why})"))],
                 );
                 self.memo.insert(*id, done.clone());
-                return Ok(done);
+                Ok(Some(done))
             }
-        };
-        let mut dropped = Vec::new();
-        let mut kept = Vec::with_capacity(tree.nodes.len());
-        for mut node in std::mem::take(&mut tree.nodes) {
-            let name = PathBuf::from(std::ffi::OsStr::from_bytes(&node.name.0));
-            match (node.kind, node.subtree) {
-                (NodeType::Dir, Some(sub)) => {
-                    let (new, below) = self.rewrite(&sub)?;
-                    dropped.extend(below.into_iter().map(|b| name.join(b)));
-                    node.subtree = Some(new);
-                }
-                (NodeType::File, _) if !node.content.iter().all(|b| self.usable(b)) => {
-                    dropped.push(name);
-                    continue;
-                }
-                _ => {}
-            }
-            kept.push(node);
         }
-        tree.nodes = kept;
-        let new = if dropped.is_empty() {
-            *id
+    }
+
+    /// Saves a finished tree if anything below it was dropped, and memoizes the result.
+    fn finish(&mut self, f: RewriteFrame) -> Result<(Id, Vec<PathBuf>)> {
+        let new = if f.dropped.is_empty() {
+            f.id
         } else {
-            self.save(tree)?
+            self.save(Tree { nodes: f.kept })?
         };
-        self.memo.insert(*id, (new, dropped.clone()));
-        Ok((new, dropped))
+        self.memo.insert(f.id, (new, f.dropped.clone()));
+        Ok((new, f.dropped))
     }
 
     fn save(&mut self, mut tree: Tree) -> Result<Id> {

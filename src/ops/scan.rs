@@ -21,7 +21,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirEntryExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -399,10 +399,8 @@ impl<'a> Scanner<'a> {
             Some(only) => only.into_iter().map(|n| (n, 0)).collect(),
             // Names and inode numbers only: a directory entry kept until the stat held
             // its name twice.
-            None => match std::fs::read_dir(path) {
-                Ok(rd) => rd
-                    .filter_map(|e| e.ok().map(|e| (e.file_name(), e.ino())))
-                    .collect(),
+            None => match fsmeta::list_dir_any(path) {
+                Ok(listed) => listed,
                 Err(e) => return Err(format!("{}: cannot list directory: {e}", path.display())),
             },
         };
@@ -441,11 +439,16 @@ impl<'a> Scanner<'a> {
         // Entries are stat'ed relative to their directory, which spares the kernel a walk
         // down the whole path for every file. O_PATH: a directory on the way to a source
         // may be searchable but not readable.
-        let dir = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-            .open(path)
-            .ok();
+        let dir = if fsmeta::is_long(path) {
+            use nix::fcntl::OFlag;
+            fsmeta::open_any(path, OFlag::O_PATH | OFlag::O_DIRECTORY).ok()
+        } else {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                .open(path)
+                .ok()
+        };
         let dir = dir.as_ref();
         let mut excluded = vec![false; entries.len()];
         if entries.len() < SPLIT_AT {
@@ -494,15 +497,15 @@ impl<'a> Scanner<'a> {
         names: &mut Names,
     ) {
         use nix::fcntl::AtFlags;
-        use nix::sys::stat::{fstatat, lstat};
+        use nix::sys::stat::fstatat;
         for (e, excluded) in entries.iter_mut().zip(excluded) {
             let name = &e.name;
             let child = path.join(name);
             let md = match dir {
-                Some(d) => fstatat(d, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW),
-                None => lstat(&child),
-            }
-            .map_err(std::io::Error::from);
+                Some(d) => fstatat(d, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(std::io::Error::from),
+                None => fsmeta::lstat_any(&child),
+            };
             if whole
                 && md
                     .as_ref()
