@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Instant;
 
-use common::{Env, PASSWORD};
+use common::{Env, TreeWriter, crafted_dir as dir, open_repo as open};
 use vault::format::Id;
 use vault::format::pack::{BlobType, seal_blob};
 use vault::format::tree::{Node, NodeType, Tree};
@@ -23,49 +23,6 @@ use vault::repo::{Backend, Repository, Secret};
 
 const DEPTH: usize = 30_000;
 const LEAF: &[u8] = b"the leaf's content, 30 000 levels down\n";
-
-fn open(env: &Env) -> Repository {
-    let backend = Backend::open(env.repo().to_str().expect("utf-8")).expect("backend");
-    let mut repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).expect("open");
-    repo.cache = None;
-    repo.load_index().expect("index");
-    repo
-}
-
-/// Writes tree blobs into packs and finally an index.
-struct TreeWriter<'a> {
-    repo: &'a Repository,
-    packer: Packer,
-}
-
-impl<'a> TreeWriter<'a> {
-    fn new(repo: &'a Repository) -> TreeWriter<'a> {
-        let packer = Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, false);
-        TreeWriter { repo, packer }
-    }
-
-    fn put(&self, nodes: Vec<Node>) -> Id {
-        let mut tree = Tree { nodes };
-        let bytes = tree.encode();
-        let id = self.repo.keys.blob_id(BlobType::Tree as u8, &bytes);
-        let level = self.repo.config.compression_level;
-        let blob = seal_blob(&self.repo.keys, BlobType::Tree, id, &bytes, level);
-        self.packer.add(blob).expect("add tree");
-        id
-    }
-
-    fn finish(self) {
-        self.packer.finish().expect("finish packs");
-    }
-}
-
-fn dir(name: &[u8], sub: Id) -> Node {
-    let mut n = Node::new(name.to_vec(), NodeType::Dir);
-    n.mode = 0o755;
-    n.mtime_ns = 1_700_000_000_000_000_000;
-    n.subtree = Some(sub);
-    n
-}
 
 /// A chain of `depth` directories `d` above a tree holding `leaf`; returns the root tree.
 fn chain(w: &TreeWriter, depth: usize, leaf: Vec<Node>) -> Id {
@@ -228,7 +185,6 @@ fn check_prune_export_of_a_30000_deep_snapshot() {
 }
 
 #[test]
-#[ignore = "restores 30 000 levels: needs restore through directory descriptors (issue 21, point 4, restore side)"]
 fn verify_of_a_30000_deep_snapshot() {
     let d = timed("build", deep_repo);
     let env = &d.env;

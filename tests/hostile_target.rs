@@ -383,47 +383,15 @@ impl Drop for Tmpfs {
 /// all with the same subtree. With two names it expands to 2^depth files from a few
 /// kilobytes of trees.
 fn crafted_snapshot(env: &Env, depth: usize, names: &[&[u8]]) -> String {
-    use vault::format::pack::{BlobType, seal_blob};
     use vault::format::snapshot::{SNAPSHOT_VERSION, Snapshot};
-    use vault::format::tree::{Node, NodeType, Tree};
-    use vault::repo::packer::Packer;
-    use vault::repo::{Backend, Repository, Secret};
-    let backend = Backend::open(env.repo().to_str().unwrap()).unwrap();
-    let repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).unwrap();
-    let packer = Packer::new(&repo.backend, &repo.keys, 4 << 20, false);
-    let data = bytes(depth as u64, 256 << 10);
-    let data_id = repo.keys.blob_id(BlobType::Data as u8, &data);
-    packer
-        .add(seal_blob(&repo.keys, BlobType::Data, data_id, &data, 3))
-        .unwrap();
-    let save = |mut tree: Tree| {
-        let bytes = tree.encode();
-        let id = repo.keys.blob_id(BlobType::Tree as u8, &bytes);
-        packer
-            .add(seal_blob(&repo.keys, BlobType::Tree, id, &bytes, 3))
-            .unwrap();
-        id
-    };
-    let mut file = Node::new(b"f".to_vec(), NodeType::File);
-    file.mode = 0o644;
-    file.size = data.len() as u64;
-    file.content = vec![data_id];
-    let mut id = save(Tree { nodes: vec![file] });
-    let dir = |name: &[u8], sub| {
-        let mut d = Node::new(name.to_vec(), NodeType::Dir);
-        d.mode = 0o755;
-        d.subtree = Some(sub);
-        d
-    };
+    let repo = open_repo(env);
+    let w = TreeWriter::new(&repo);
+    let mut id = w.put(vec![w.file(b"f", &bytes(depth as u64, 256 << 10))]);
     for _ in 0..depth {
-        id = save(Tree {
-            nodes: names.iter().map(|n| dir(n, id)).collect(),
-        });
+        id = w.put(names.iter().map(|n| crafted_dir(n, id)).collect());
     }
-    let root = save(Tree {
-        nodes: vec![dir(b"x", id)],
-    });
-    packer.finish().unwrap();
+    let root = w.put(vec![crafted_dir(b"x", id)]);
+    w.finish();
     let snap = Snapshot {
         version: SNAPSHOT_VERSION,
         time: vault::repo::repository::now_rfc3339(),

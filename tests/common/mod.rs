@@ -313,3 +313,69 @@ pub fn bundled_blobs(repo: &Path, password: &str) -> (usize, usize) {
     let all = r.index().blobs_in_packs(&r.index().pack_ids());
     (all.iter().filter(|(_, e)| e.bundled()).count(), all.len())
 }
+
+use vault::format::Id;
+use vault::format::pack::{BlobType, seal_blob};
+use vault::format::tree::{Node, NodeType, Tree};
+use vault::repo::packer::Packer;
+use vault::repo::{Backend, Repository, Secret};
+
+/// The test's repository opened through the library, without a cache, index loaded.
+pub fn open_repo(env: &Env) -> Repository {
+    let backend = Backend::open(env.repo().to_str().expect("utf-8")).expect("backend");
+    let mut repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).expect("open");
+    repo.cache = None;
+    repo.load_index().expect("index");
+    repo
+}
+
+/// Writes crafted tree (and data) blobs into packs and finally an index, as a key
+/// holder's own client could.
+pub struct TreeWriter<'a> {
+    repo: &'a Repository,
+    packer: Packer,
+}
+
+impl<'a> TreeWriter<'a> {
+    pub fn new(repo: &'a Repository) -> TreeWriter<'a> {
+        let packer = Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, false);
+        TreeWriter { repo, packer }
+    }
+
+    pub fn put(&self, nodes: Vec<Node>) -> Id {
+        let mut tree = Tree { nodes };
+        let bytes = tree.encode();
+        let id = self.repo.keys.blob_id(BlobType::Tree as u8, &bytes);
+        let level = self.repo.config.compression_level;
+        let blob = seal_blob(&self.repo.keys, BlobType::Tree, id, &bytes, level);
+        self.packer.add(blob).expect("add tree");
+        id
+    }
+
+    /// Stores `data` as one data blob; returns the file node `name` holding it.
+    pub fn file(&self, name: &[u8], data: &[u8]) -> Node {
+        let id = self.repo.keys.blob_id(BlobType::Data as u8, data);
+        let level = self.repo.config.compression_level;
+        let blob = seal_blob(&self.repo.keys, BlobType::Data, id, data, level);
+        self.packer.add(blob).expect("add data");
+        let mut n = Node::new(name.to_vec(), NodeType::File);
+        n.mode = 0o644;
+        n.size = data.len() as u64;
+        n.content = vec![id];
+        n
+    }
+
+    pub fn finish(self) {
+        self.packer.finish().expect("finish packs");
+    }
+}
+
+/// A directory node named `name` whose listing is tree `sub`.
+pub fn crafted_dir(name: &[u8], sub: Id) -> Node {
+    let mut n = Node::new(name.to_vec(), NodeType::Dir);
+    n.mode = 0o755;
+    n.mtime_ns = 1_700_000_000_000_000_000;
+    n.subtree = Some(sub);
+    n
+}
+
