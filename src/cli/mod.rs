@@ -753,6 +753,7 @@ pub fn main() -> i32 {
         }
     };
     logger::init(cli.global.verbose, cli.global.quiet);
+    crate::repo::location::private_local_writes();
     let cli = match profile::apply(cli) {
         Ok(c) => c,
         Err(e) => {

@@ -285,8 +285,17 @@ fn shared_with_group(dir: &std::path::Path) -> bool {
     std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o047 == 0o040)
 }
 
+/// Whether opening a local location sets the process's umask: the vault program asks
+/// for it (`private_local_writes`); a program using the library keeps its own umask.
+static UMASK_ON_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Set once a local location asked for privacy: the strictest wins for the process.
 static PRIVATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every local repository opened from now on private (see `private_writes`).
+pub fn private_local_writes() {
+    UMASK_ON_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+}
 
 /// A local repository's files hold the key files and every pack: they are created 0600
 /// and directories 0700 (0640 and 0750 for a group's repository, where new directories
@@ -296,6 +305,9 @@ static PRIVATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// it applies the snapshot's own) no more open than the repository.
 fn private_writes(group: bool) {
     use std::sync::atomic::Ordering;
+    if !UMASK_ON_OPEN.load(Ordering::SeqCst) {
+        return;
+    }
     if !group {
         PRIVATE.store(true, Ordering::SeqCst);
     }
