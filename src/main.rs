@@ -1,7 +1,33 @@
 fn main() {
+    no_core_dumps();
     #[cfg(target_env = "gnu")]
     tune_allocator();
     std::process::exit(vault::cli::main());
+}
+
+/// Nearly every command derives or reads the repository's key (and holds the password
+/// first): a core file would carry them to disk, where any process allowed to read crash
+/// dumps finds them, and a same-user process could read them from memory through
+/// /proc/PID/mem or ptrace. Both are turned off before anything is read. Children (hooks,
+/// the password command) start dumpable again (execve resets it) but keep the core limit.
+fn no_core_dumps() {
+    let none = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain system calls on this process, with a valid rlimit; no memory is
+    // shared with them past the call.
+    let (limit, dumpable) = unsafe {
+        (
+            libc::setrlimit(libc::RLIMIT_CORE, &none),
+            libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0),
+        )
+    };
+    if limit != 0 || dumpable != 0 {
+        eprintln!(
+            "vault: warning: could not turn core dumps off; a crash may write the key to disk"
+        );
+    }
 }
 
 #[cfg(target_env = "gnu")]

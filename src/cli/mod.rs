@@ -77,11 +77,13 @@ pub struct Global {
     /// Do not lock the repository (for read-only media)
     #[arg(long, global = true)]
     pub no_lock: bool,
-    /// Run this shell command after the command succeeds (exit 0); it gets VAULT_COMMAND,
-    /// VAULT_EXIT_CODE and VAULT_MESSAGE in its environment
+    /// Run this shell command after the command succeeds (exit 0). Its environment is
+    /// VAULT_COMMAND, VAULT_EXIT_CODE and VAULT_MESSAGE, plus only PATH, HOME, USER,
+    /// LOGNAME, LANG, LC_* and TZ from vault's own: no password, key or storage secret
     #[arg(long, global = true, value_name = "CMD")]
     pub on_success: Option<String>,
-    /// Run this shell command after the command fails or is partial (exit code not 0)
+    /// Run this shell command after the command fails or is partial (exit code not 0);
+    /// same environment as --on-success
     #[arg(long, global = true, value_name = "CMD")]
     pub on_failure: Option<String>,
     /// Append one line per run (time, command, exit code, message) to this file
@@ -629,7 +631,8 @@ pub enum ScheduleCommand {
     /// Write a systemd service and timer running `vault run PROFILE` (user units, or
     /// system units as root), or print a crontab line with --cron.
     Install {
-        /// Profile name
+        /// Profile name: 1 to 64 ASCII letters, digits, '-', '_' or '.', not starting
+        /// with '-' or '.' (it becomes part of unit file names and command lines)
         profile: String,
         /// Time of day, HH:MM (local)
         #[arg(long, default_value = "02:30")]
@@ -649,6 +652,7 @@ pub enum ScheduleCommand {
     },
     /// Remove a profile's service and timer.
     Remove {
+        /// Profile name (same characters as for install)
         profile: String,
         #[arg(long, value_name = "DIR")]
         unit_dir: Option<PathBuf>,
@@ -768,6 +772,7 @@ pub fn main() -> i32 {
         }
     };
     logger::init(cli.global.verbose, cli.global.quiet);
+    crate::repo::location::private_local_writes();
     let cli = match profile::apply(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -817,10 +822,22 @@ fn append_log(path: &std::path::Path, command: &str, code: i32, message: &str) {
     }
 }
 
+/// The only variables of vault's own environment a hook sees (besides VAULT_COMMAND,
+/// VAULT_EXIT_CODE and VAULT_MESSAGE). A hook is often a mail or chat command written by
+/// someone else; vault's environment holds the repository password and storage keys.
+const HOOK_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ"];
+
+fn hook_env_allowed(name: &std::ffi::OsStr) -> bool {
+    let name = name.to_string_lossy();
+    HOOK_ENV.contains(&name.as_ref()) || name.starts_with("LC_")
+}
+
 /// Runs a monitoring hook; its failure is reported but never changes vault's exit code.
 fn run_hook(cmd: &str, command: &str, code: i32, message: &str) {
     let status = std::process::Command::new("sh")
         .args(["-c", cmd])
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| hook_env_allowed(k)))
         .env("VAULT_COMMAND", command)
         .env("VAULT_EXIT_CODE", code.to_string())
         .env("VAULT_MESSAGE", message)

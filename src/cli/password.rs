@@ -7,37 +7,42 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::format::crypto::MasterKey;
 use crate::repo::Secret;
 use crate::repo::repository::RawKeyFile;
 
-fn trim_newline(mut v: Vec<u8>) -> Vec<u8> {
+/// A password, wiped from memory when dropped.
+pub type Password = Zeroizing<Vec<u8>>;
+
+fn trim_newline(mut v: Password) -> Password {
     while matches!(v.last(), Some(b'\n' | b'\r')) {
         v.pop();
     }
     v
 }
 
-fn read_password_file(path: &Path) -> Result<Vec<u8>> {
+fn read_password_file(path: &Path) -> Result<Password> {
     let v = std::fs::read(path).with_context(|| format!("password file {}", path.display()))?;
-    Ok(trim_newline(v))
+    Ok(trim_newline(Zeroizing::new(v)))
 }
 
-fn run_password_command(cmd: &str) -> Result<Vec<u8>> {
+fn run_password_command(cmd: &str) -> Result<Password> {
     let out = std::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("VAULT_PASSWORD_COMMAND could not be started")?;
+    let stdout = Zeroizing::new(out.stdout);
     if !out.status.success() {
         bail!(
             "VAULT_PASSWORD_COMMAND failed ({}); check the command",
             out.status
         );
     }
-    Ok(trim_newline(out.stdout))
+    Ok(trim_newline(stdout))
 }
 
 /// The password from the first source that is set; `what` names it in the prompt.
@@ -46,7 +51,7 @@ pub fn password(
     command: Option<&str>,
     what: &str,
     confirm: bool,
-) -> Result<Vec<u8>> {
+) -> Result<Password> {
     if let Some(f) = file {
         return read_password_file(f);
     }
@@ -55,22 +60,25 @@ pub fn password(
     }
     if let Some(p) = std::env::var_os("VAULT_PASSWORD") {
         use std::os::unix::ffi::OsStringExt;
-        return Ok(p.into_vec());
+        return Ok(Zeroizing::new(p.into_vec()));
     }
     prompt(what, confirm)
 }
 
-pub fn prompt(what: &str, confirm: bool) -> Result<Vec<u8>> {
+pub fn prompt(what: &str, confirm: bool) -> Result<Password> {
     if !std::io::stdin().is_terminal() {
         bail!(
             "no password for {what}: set VAULT_PASSWORD_FILE, VAULT_PASSWORD_COMMAND or VAULT_PASSWORD (or --password-file), or run on a terminal"
         );
     }
-    let p = rpassword::prompt_password(format!("password for {what}: "))
-        .context("reading the password")?;
+    let p = Zeroizing::new(
+        rpassword::prompt_password(format!("password for {what}: "))
+            .context("reading the password")?,
+    );
     if confirm {
-        let again =
-            rpassword::prompt_password("repeat the password: ").context("reading the password")?;
+        let again = Zeroizing::new(
+            rpassword::prompt_password("repeat the password: ").context("reading the password")?,
+        );
         if again != p {
             bail!("the passwords differ; nothing was written");
         }
@@ -78,7 +86,7 @@ pub fn prompt(what: &str, confirm: bool) -> Result<Vec<u8>> {
     if p.is_empty() {
         bail!("empty password; nothing was written");
     }
-    Ok(p.into_bytes())
+    Ok(Zeroizing::new(p.as_bytes().to_vec()))
 }
 
 /// A raw master key file written by `vault key export --raw`.
@@ -91,15 +99,20 @@ pub fn raw_key(path: &Path) -> Result<MasterKey> {
             path.display()
         );
     }
-    let bytes = std::fs::read(path).with_context(|| format!("key file {}", path.display()))?;
-    let raw: RawKeyFile = serde_json::from_slice(&bytes)
+    let bytes = Zeroizing::new(
+        std::fs::read(path).with_context(|| format!("key file {}", path.display()))?,
+    );
+    let mut raw: RawKeyFile = serde_json::from_slice(&bytes)
         .with_context(|| format!("key file {}: not a vault raw key file", path.display()))?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(raw.master_key)
-        .ok()
-        .and_then(|k| <[u8; 32]>::try_from(k).ok())
-        .with_context(|| format!("key file {}: damaged", path.display()))?;
-    Ok(MasterKey::from_bytes(key))
+    let decoded = base64::engine::general_purpose::STANDARD.decode(&raw.master_key);
+    raw.master_key.zeroize();
+    let decoded = Zeroizing::new(decoded.unwrap_or_default());
+    let mut key = Zeroizing::new([0u8; 32]);
+    if decoded.len() != key.len() {
+        bail!("key file {}: damaged", path.display());
+    }
+    key.copy_from_slice(&decoded);
+    Ok(MasterKey::from_bytes(*key))
 }
 
 /// The secret that opens an existing repository.
@@ -107,18 +120,39 @@ pub fn secret(password_file: Option<&Path>, command: Option<&str>, repo: &str) -
     if let Some(k) = std::env::var_os("VAULT_KEY_FILE").filter(|v| !v.is_empty()) {
         return Ok(Secret::Master(raw_key(Path::new(&k))?));
     }
-    Ok(Secret::Password(password(
-        password_file,
-        command,
-        &format!("repository {repo}"),
-        false,
-    )?))
+    let pw = password(password_file, command, &format!("repository {repo}"), false)?;
+    Ok(Secret::Password(pw.to_vec()))
 }
 
+/// `Secret` is the repository layer's; its password is wiped here, where passwords are
+/// made, so that every way a password reaches memory is in this file.
+impl Drop for Secret {
+    fn drop(&mut self) {
+        if let Secret::Password(p) = self {
+            p.zeroize();
+        }
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for Secret {}
+
 /// A new password (key add, key passwd): from its own file, or a confirmed prompt.
-pub fn new_password(file: Option<&Path>, what: &str) -> Result<Vec<u8>> {
+pub fn new_password(file: Option<&Path>, what: &str) -> Result<Password> {
     match file {
         Some(f) => read_password_file(f),
         None => prompt(what, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Zeroizing cannot be watched end to end without reading freed memory; what can be
+    /// checked is that each type holding a password or key wipes it when dropped.
+    #[test]
+    fn secrets_zeroize_on_drop() {
+        fn wipes<T: zeroize::ZeroizeOnDrop>() {}
+        wipes::<super::Password>();
+        wipes::<crate::repo::Secret>();
+        wipes::<crate::format::crypto::MasterKey>();
     }
 }

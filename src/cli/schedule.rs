@@ -32,18 +32,123 @@ fn parse_at(at: &str) -> Result<(u8, u8)> {
     Ok((h, m))
 }
 
-/// The command the scheduler runs: this binary, the config in use, the profile.
-fn command_line(g: &Global, profile: &str) -> Result<String> {
-    let exe = std::env::current_exe().context("finding the vault binary")?;
-    let mut cmd = format!("{} run {profile}", exe.display());
-    if let Some(c) = &g.config {
-        cmd = format!(
-            "{} --config {} run {profile}",
-            exe.display(),
-            std::path::absolute(c)?.display()
-        );
+/// Profile names end up in unit file names, unit text and shell lines: only characters
+/// that mean nothing to systemd, cron or a shell are accepted.
+fn check_profile_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        return Ok(());
     }
-    Ok(cmd)
+    Err(VaultError::Usage(format!(
+        "profile name {name:?} cannot be scheduled: use 1 to 64 ASCII letters, digits, \
+         '-', '_' or '.', not starting with '-' or '.' (rename the profile in the config file)"
+    ))
+    .into())
+}
+
+/// The command the scheduler runs, one argument per item: this binary, the config in
+/// use, the profile.
+fn command_line(g: &Global, profile: &str) -> Result<Vec<String>> {
+    let exe = std::env::current_exe().context("finding the vault binary")?;
+    let mut argv = vec![text_arg(&exe, "the vault binary's path")?];
+    if let Some(c) = &g.config {
+        argv.push("--config".into());
+        argv.push(text_arg(&std::path::absolute(c)?, "--config")?);
+    }
+    argv.extend(["run".to_string(), profile.to_string()]);
+    Ok(argv)
+}
+
+/// A path as it can be written into a unit or crontab line: UTF-8, no control character
+/// (a newline would end the line, whatever the quoting).
+fn text_arg(p: &Path, what: &str) -> Result<String> {
+    match p.to_str() {
+        Some(s) if !s.chars().any(char::is_control) => Ok(s.to_string()),
+        _ => Err(VaultError::Usage(format!(
+            "{what} {p:?} cannot be scheduled: it is not UTF-8 or holds a control character; \
+             move it to a plain path"
+        ))
+        .into()),
+    }
+}
+
+/// Characters no systemd, cron or shell rule gives a meaning to in the middle of a word.
+fn plain(arg: &str) -> bool {
+    !arg.is_empty()
+        && arg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./:=@+,-".contains(&b))
+}
+
+/// The ExecStart= value for `argv`: each argument double-quoted with C escapes when it
+/// is not plain, `%` (specifiers) doubled everywhere and `$` (variable expansion) in the
+/// arguments. systemd expands no variable in the program's path, and refuses one
+/// holding a quote or backslash, so such a path is refused here instead.
+fn exec_start(argv: &[String]) -> Result<String> {
+    let (exe, args) = argv.split_first().ok_or_else(|| anyhow!("no command"))?;
+    if exe.contains(['"', '\'', '\\', '$']) {
+        return Err(VaultError::Usage(format!(
+            "the vault binary's path {exe:?} holds a quote, backslash or '$', which systemd \
+             cannot run: install vault in another directory, or use --cron"
+        ))
+        .into());
+    }
+    let mut line = systemd_quote(exe, false);
+    for a in args {
+        line.push(' ');
+        line.push_str(&systemd_quote(a, true));
+    }
+    Ok(line)
+}
+
+fn systemd_quote(arg: &str, dollars: bool) -> String {
+    if plain(arg) {
+        return arg.to_string();
+    }
+    let mut q = String::from("\"");
+    for c in arg.chars() {
+        match c {
+            '"' | '\\' => {
+                q.push('\\');
+                q.push(c);
+            }
+            '%' => q.push_str("%%"),
+            '$' if dollars => q.push_str("$$"),
+            _ => q.push(c),
+        }
+    }
+    q.push('"');
+    q
+}
+
+/// One word of a crontab command: single-quoted for `sh -c` when it is not plain. Cron
+/// turns an unescaped `%` into a newline, so each `%` goes outside the quotes as `\%`
+/// (cron drops the backslash, the shell then sees a bare `%`).
+fn cron_quote(arg: &str) -> String {
+    if plain(arg) {
+        return arg.to_string();
+    }
+    let mut q = String::from("'");
+    for c in arg.chars() {
+        match c {
+            '\'' => q.push_str("'\\''"),
+            '%' => q.push_str("'\\%'"),
+            _ => q.push(c),
+        }
+    }
+    q.push('\'');
+    q
+}
+
+fn crontab_command(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| cron_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What a schedule command did, printed as text or `--json`.
@@ -84,15 +189,17 @@ pub fn schedule(g: &Global, s: ScheduleCommand) -> Result<i32> {
             cron,
             unit_dir: dir,
         } => {
+            check_profile_name(&profile)?;
             super::profile::profile(g, &profile)?; // the profile must exist
             let (h, m) = parse_at(&at)?;
-            let cmd = command_line(g, &profile)?;
+            let argv = command_line(g, &profile)?;
             if cron {
                 Outcome {
-                    crontab: Some(format!("{m} {h} * * * {cmd}")),
+                    crontab: Some(format!("{m} {h} * * * {}", crontab_command(&argv))),
                     ..Outcome::default()
                 }
             } else {
+                let cmd = exec_start(&argv)?;
                 install(&unit_dir(dir)?, &profile, h, m, &cmd)?
             }
         }
@@ -103,7 +210,10 @@ pub fn schedule(g: &Global, s: ScheduleCommand) -> Result<i32> {
         ScheduleCommand::Remove {
             profile,
             unit_dir: dir,
-        } => remove(&unit_dir(dir)?, &profile)?,
+        } => {
+            check_profile_name(&profile)?;
+            remove(&unit_dir(dir)?, &profile)?
+        }
     };
     if g.json {
         println!("{}", serde_json::to_string(&outcome)?);

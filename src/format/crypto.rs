@@ -3,6 +3,7 @@
 
 use aes_gcm_siv::aead::{AeadInOut, KeyInit};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::error::{FormatError, Result};
 use super::id::Id;
@@ -41,18 +42,27 @@ impl MasterKey {
     }
 
     pub fn derive(&self) -> Keys {
-        let enc = blake3::derive_key(CTX_ENC, &self.0);
-        let id = blake3::derive_key(CTX_ID, &self.0);
-        let seed = blake3::derive_key(CTX_CHUNKER, &self.0);
+        let enc = Zeroizing::new(blake3::derive_key(CTX_ENC, &self.0));
+        let seed = Zeroizing::new(blake3::derive_key(CTX_CHUNKER, &self.0));
         let mut seed8 = [0u8; 8];
         seed8.copy_from_slice(&seed[..8]);
         Keys {
             cipher: Cipher::new(&enc),
-            id_key: id,
+            id_key: blake3::derive_key(CTX_ID, &self.0),
             chunker_seed: u64::from_le_bytes(seed8),
         }
     }
 }
+
+/// Key bytes are wiped when dropped, so that memory reused later (or swapped out, or
+/// read from a core file) does not hold them.
+impl Drop for MasterKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for MasterKey {}
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -146,6 +156,16 @@ pub struct Keys {
     pub chunker_seed: u64,
 }
 
+/// The cipher wipes its own round keys (aes's "zeroize" feature); the id key is wiped
+/// here. The chunker seed is not a secret that opens anything.
+impl Drop for Keys {
+    fn drop(&mut self) {
+        self.id_key.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for Keys {}
+
 impl Keys {
     /// The id of a blob: keyed BLAKE3 over its type byte and plaintext, so the storage
     /// provider never sees a plain content hash and a tree can never pose as data.
@@ -175,6 +195,16 @@ mod tests {
         bad[14] ^= 1;
         assert_eq!(keys.cipher.open(b"aad", &bad), Err(FormatError::BadMac));
         assert!(keys.cipher.open(b"aad", &sealed[..10]).is_err());
+    }
+
+    /// What can be checked of zeroizing without reading freed memory: every type that
+    /// holds key bytes wipes them on drop.
+    #[test]
+    fn key_types_zeroize_on_drop() {
+        fn wipes<T: ZeroizeOnDrop>() {}
+        wipes::<MasterKey>();
+        wipes::<Keys>();
+        wipes::<aes::Aes256>(); // inside Aes256GcmSiv: its round keys
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::crypto::{Cipher, MasterKey, fill_random};
 use super::error::{FormatError, Result};
@@ -66,15 +67,30 @@ pub struct KeyPayload {
 
 impl KeyPayload {
     pub fn master(&self) -> Result<MasterKey> {
-        let raw = B64
-            .decode(&self.master_key)
-            .map_err(|e| FormatError::malformed("key payload", e))?;
-        let arr: [u8; 32] = raw
-            .try_into()
-            .map_err(|_| FormatError::malformed("key payload", "master key is not 32 bytes"))?;
-        Ok(MasterKey::from_bytes(arr))
+        let raw = Zeroizing::new(
+            B64.decode(&self.master_key)
+                .map_err(|e| FormatError::malformed("key payload", e))?,
+        );
+        let mut arr = Zeroizing::new([0u8; 32]);
+        if raw.len() != arr.len() {
+            return Err(FormatError::malformed(
+                "key payload",
+                "master key is not 32 bytes",
+            ));
+        }
+        arr.copy_from_slice(&raw);
+        Ok(MasterKey::from_bytes(*arr))
     }
 }
+
+/// The payload carries the master key in base64: wiped like the key itself.
+impl Drop for KeyPayload {
+    fn drop(&mut self) {
+        self.master_key.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for KeyPayload {}
 
 impl KdfParams {
     /// Checks the algorithm and the parameter ranges without deriving; returns the salt.
@@ -117,8 +133,8 @@ fn derive(password: &[u8], kdf: &KdfParams) -> Result<Cipher> {
     let salt = kdf.check()?;
     let params = scrypt::Params::new(kdf.log_n, kdf.r, kdf.p)
         .map_err(|e| FormatError::malformed("key file", e))?;
-    let mut kek = [0u8; 32];
-    scrypt::scrypt(password, &salt, &params, &mut kek)
+    let mut kek = Zeroizing::new([0u8; 32]);
+    scrypt::scrypt(password, &salt, &params, kek.as_mut())
         .map_err(|e| FormatError::malformed("key file", e))?;
     Ok(Cipher::new(&kek))
 }
@@ -158,8 +174,9 @@ impl KeyFile {
             salt: B64.encode(salt),
         };
         let cipher = derive(password, &kdf)?;
-        let body =
-            serde_json::to_vec(payload).map_err(|e| FormatError::malformed("key payload", e))?;
+        let body = Zeroizing::new(
+            serde_json::to_vec(payload).map_err(|e| FormatError::malformed("key payload", e))?,
+        );
         Ok(KeyFile {
             version: KEYFILE_VERSION,
             kdf,
@@ -195,7 +212,7 @@ impl KeyFile {
         let sealed = B64
             .decode(&self.sealed)
             .map_err(|e| FormatError::malformed("key file", e))?;
-        let body = cipher.open(AAD, &sealed)?;
+        let body = Zeroizing::new(cipher.open(AAD, &sealed)?);
         serde_json::from_slice(&body).map_err(|e| FormatError::malformed("key payload", e))
     }
 }
@@ -218,6 +235,12 @@ pub fn encode_master(key: &MasterKey) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_payload_zeroizes_on_drop() {
+        fn wipes<T: ZeroizeOnDrop>() {}
+        wipes::<KeyPayload>();
+    }
 
     #[test]
     fn create_open_wrong_password() {

@@ -23,13 +23,13 @@ impl Cache {
             None => dirs::cache_dir()?.join("vault"),
         };
         let dir = base.join(repo_id);
-        fs::create_dir_all(&dir).ok()?;
+        private_dir(&dir).ok()?;
         let tag = base.join("CACHEDIR.TAG");
         if !tag.exists() {
             // Marks the cache so that backup tools (vault's --exclude-caches included) skip it.
-            let _ = fs::write(
+            let _ = private_file(
                 &tag,
-                "Signature: 8a477f597d28d172789f06886806bc55\n# vault cache directory\n",
+                b"Signature: 8a477f597d28d172789f06886806bc55\n# vault cache directory\n",
             );
         }
         Some(Cache { dir })
@@ -67,10 +67,10 @@ impl Cache {
     pub fn put(&self, kind: &str, id: &Id, bytes: &[u8]) {
         let p = self.path(kind, id);
         if let Some(parent) = p.parent() {
-            let _ = fs::create_dir_all(parent);
+            let _ = private_dir(parent);
         }
         let tmp = p.with_extension("tmp");
-        if fs::write(&tmp, bytes).is_ok() {
+        if private_file(&tmp, bytes).is_ok() {
             let _ = fs::rename(&tmp, &p);
         }
     }
@@ -100,4 +100,33 @@ impl Cache {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// The cache holds copies of index files, snapshots and tree packs (sealed, but their
+/// count and sizes still tell about the data): directories 0700, whatever the umask. A repository's
+/// cache directory made by an older vault is narrowed too, which closes everything below.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o7700))?;
+    }
+    Ok(())
+}
+
+/// Cache files are 0600, whatever the umask.
+fn private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
 }

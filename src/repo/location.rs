@@ -262,6 +262,7 @@ fn remote_layers(op: Operator) -> Operator {
 }
 
 fn local(abs: &std::path::Path) -> Result<Opened> {
+    private_writes(shared_with_group(abs));
     let root = abs.to_string_lossy().into_owned();
     let tmp = abs.join("tmp");
     let b = opendal::services::Fs::default()
@@ -274,6 +275,48 @@ fn local(abs: &std::path::Path) -> Result<Opened> {
         remote: false,
         atomic_writes: true,
     })
+}
+
+/// Whether a local repository is kept for a backup group: its directory lets its group
+/// read it and others nothing (0750, 0770, 2770). A directory that does not exist yet, or
+/// one open to everyone (0755 under the usual umask), gets a private repository.
+fn shared_with_group(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o047 == 0o040)
+}
+
+/// Whether opening a local location sets the process's umask: the vault program asks
+/// for it (`private_local_writes`); a program using the library keeps its own umask.
+static UMASK_ON_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Set once a local location asked for privacy: the strictest wins for the process.
+static PRIVATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes every local repository opened from now on private (see `private_writes`).
+pub fn private_local_writes() {
+    UMASK_ON_OPEN.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// A local repository's files hold the key files and every pack: they are created 0600
+/// and directories 0700 (0640 and 0750 for a group's repository, where new directories
+/// inherit a setgid group). opendal's fs service creates files 0666 and directories 0777
+/// less the umask, so the umask is what decides; it is process-wide, which also makes
+/// whatever else this process writes (cache, exports, restore's temporary modes before
+/// it applies the snapshot's own) no more open than the repository.
+fn private_writes(group: bool) {
+    use std::sync::atomic::Ordering;
+    if !UMASK_ON_OPEN.load(Ordering::SeqCst) {
+        return;
+    }
+    if !group {
+        PRIVATE.store(true, Ordering::SeqCst);
+    }
+    let mask = if PRIVATE.load(Ordering::SeqCst) {
+        0o077
+    } else {
+        0o027
+    };
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
 }
 
 fn s3(url: &Url, q: &HashMap<String, String>, creds: &Creds) -> Result<Operator> {
