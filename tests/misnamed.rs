@@ -301,11 +301,9 @@ fn reads_fall_over_only_to_a_mirror_copy_that_matches_its_name() {
     assert!(got == bytes(3, 120_000), "the mirror's intact copy is read");
 }
 
-/// Writes a config whose repository id is `id`, sealed with the repository's key: what a
-/// key holder can do.
-fn forge_config_id(env: &Env, id: &str) {
-    let backend = Backend::open(env.repo().to_str().unwrap()).unwrap();
-    let repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).unwrap();
+/// Writes a config whose repository id is `id`, sealed with the repository's key (`repo`,
+/// opened before any forgery): what a key holder can do.
+fn forge_config_id(env: &Env, repo: &Repository, id: &str) {
     let mut config = repo.config.clone();
     config.id = id.to_string();
     fs::write(env.repo().join("config"), config.seal(&repo.keys)).unwrap();
@@ -331,8 +329,10 @@ fn a_forged_config_id_fails_every_command_and_creates_nothing() {
     // shared directory of all tests.
     let cache = env.path("home/cache");
     let absolute = outside.join("abs");
+    let backend = Backend::open(env.repo().to_str().unwrap()).unwrap();
+    let repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).unwrap();
     for id in ["../../x".to_string(), absolute.to_str().unwrap().to_string()] {
-        forge_config_id(env, &id);
+        forge_config_id(env, &repo, &id);
         let before = tree_of(env.dir.path());
         let target = env.path("restored");
         let src = f.src.to_str().unwrap();
