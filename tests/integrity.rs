@@ -375,11 +375,14 @@ fn run_case(kind: Kind, damage: Damage) {
             .unwrap();
         no_panic(&out, &format!("{case}: restore"));
         let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(1), "{case}: restore must refuse: {err}");
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{case}: restore must refuse: {err}"
+        );
         let partner = t.partner.file_name().unwrap().to_str().unwrap()[..8].to_string();
         assert!(
-            (err.contains(&t.name) || err.contains(&partner))
-                && err.contains("swapped or forged"),
+            (err.contains(&t.name) || err.contains(&partner)) && err.contains("swapped or forged"),
             "{case}: restore must name the swapped object: {err}"
         );
         assert!(!dir.exists(), "{case}: a refused restore writes nothing");

@@ -16,8 +16,7 @@ use common::{Env, PASSWORD, bytes, copy_tree};
 use vault::format::Id;
 use vault::repo::{Backend, FileKind, Repository, Secret};
 
-const WHAT_TO_RUN: &str =
-    "stored bytes do not match its name (swapped or forged); run `vault check` and `vault repair --from MIRROR`";
+const WHAT_TO_RUN: &str = "stored bytes do not match its name (swapped or forged); run `vault check` and `vault repair --from MIRROR`";
 
 /// A repository with two snapshots of `src` (the file `f` changed between them), each
 /// backup writing its own index file; and an intact copy of it, `copy`, for repair.
@@ -70,7 +69,9 @@ impl Fixture {
     fn run(&self, cache: Cache, args: &[&str]) -> Output {
         let mut c = self.env.cmd();
         if let Cache::Cold = cache {
-            let fresh = self.env.path(&format!("cold-cache-{}", Id::random().short()));
+            let fresh = self
+                .env
+                .path(&format!("cold-cache-{}", Id::random().short()));
             c.env("VAULT_CACHE_DIR", fresh);
         }
         c.args(args).output().unwrap()
@@ -105,7 +106,11 @@ impl Fixture {
     fn copy_over(&self, kind: FileKind, from: &Id, to: &Id) {
         let bytes = fs::read(self.object(kind, from)).unwrap();
         let old = fs::read(self.object(kind, to)).unwrap();
-        assert_ne!(bytes.len(), old.len(), "the fixture's objects differ in length");
+        assert_ne!(
+            bytes.len(),
+            old.len(),
+            "the fixture's objects differ in length"
+        );
         fs::write(self.object(kind, to), bytes).unwrap();
     }
 
@@ -169,7 +174,10 @@ fn every_reader_refuses(f: &Fixture, cache: Cache, what: &str, snapshot: &Id) {
     refused(&out, what, &format!("{cache:?}: prune"));
     let out = f.run(cache, &["forget", "--keep-last", "1", "--prune"]);
     refused(&out, what, &format!("{cache:?}: forget --prune"));
-    assert!(f.repo_state() == before, "{cache:?}: a refused command changed the repository");
+    assert!(
+        f.repo_state() == before,
+        "{cache:?}: a refused command changed the repository"
+    );
 }
 
 /// check and audit report the object; repair from the intact copy brings it back, and
@@ -179,8 +187,9 @@ fn reported_and_repaired(f: &Fixture, kind: &str, id: &Id) {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "check must fail: {err}");
     assert!(
-        err.lines().any(|l| l.contains(&format!("{kind} {}", id.short()))
-            && l.contains("swapped or forged")),
+        err.lines()
+            .any(|l| l.contains(&format!("{kind} {}", id.short()))
+                && l.contains("swapped or forged")),
         "check must name {kind} {} as swapped or forged: {err}",
         id.short()
     );
@@ -199,14 +208,16 @@ fn reported_and_repaired(f: &Fixture, kind: &str, id: &Id) {
         id.short()
     );
 
-    f.env
-        .ok(&["repair", "--from", f.copy.to_str().unwrap()]);
+    f.env.ok(&["repair", "--from", f.copy.to_str().unwrap()]);
     f.env.ok(&["check"]);
     let target = f.env.path("restored-after-repair");
     f.env
         .ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
     let got = fs::read(Env::restored(&target, &f.src.join("f"))).unwrap();
-    assert!(got == bytes(3, 120_000), "latest restores the newest content");
+    assert!(
+        got == bytes(3, 120_000),
+        "latest restores the newest content"
+    );
 }
 
 /// The attack of the issue: the older snapshot's file copied over the newer one's name.
@@ -331,7 +342,10 @@ fn a_forged_config_id_fails_every_command_and_creates_nothing() {
     let absolute = outside.join("abs");
     let backend = Backend::open(env.repo().to_str().unwrap()).unwrap();
     let repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).unwrap();
-    for id in ["../../x".to_string(), absolute.to_str().unwrap().to_string()] {
+    for id in [
+        "../../x".to_string(),
+        absolute.to_str().unwrap().to_string(),
+    ] {
         forge_config_id(env, &repo, &id);
         let before = tree_of(env.dir.path());
         let target = env.path("restored");
@@ -355,7 +369,11 @@ fn a_forged_config_id_fails_every_command_and_creates_nothing() {
                 .output()
                 .unwrap();
             let err = stderr(&out);
-            assert_ne!(out.status.code(), Some(0), "{id}: {args:?} must fail: {err}");
+            assert_ne!(
+                out.status.code(),
+                Some(0),
+                "{id}: {args:?} must fail: {err}"
+            );
             assert!(
                 err.contains("repository id is not 64 lowercase hex digits"),
                 "{id}: {args:?} must say what is wrong: {err}"
@@ -367,7 +385,10 @@ fn a_forged_config_id_fails_every_command_and_creates_nothing() {
             .filter(|p| !before.contains(p) && !p.starts_with(&cache))
             .filter(|p| !p.starts_with(env.repo().join("locks")))
             .collect();
-        assert!(created.is_empty(), "{id}: created outside the cache: {created:?}");
+        assert!(
+            created.is_empty(),
+            "{id}: created outside the cache: {created:?}"
+        );
         assert!(!env.path("x").exists() && !absolute.exists());
     }
 }

@@ -265,14 +265,20 @@ fn reference_reader_refuses_misnamed_snapshots_and_index_files() {
             .arg(env.repo())
             .arg("--password-file")
             .arg(&password)
-            .args([OsStr::new("restore"), OsStr::new("latest"), target.as_os_str()])
+            .args([
+                OsStr::new("restore"),
+                OsStr::new("latest"),
+                target.as_os_str(),
+            ])
             .output()
             .expect("run python3");
         let err = String::from_utf8_lossy(&out.stderr);
         let short = &name.file_name().unwrap().to_str().unwrap()[..8];
         assert_eq!(out.status.code(), Some(1), "the reader must refuse: {err}");
         assert!(
-            err.contains(&format!("{what} {short}: stored bytes do not match its name")),
+            err.contains(&format!(
+                "{what} {short}: stored bytes do not match its name"
+            )),
             "the reader must name {what} {short}: {err}"
         );
         assert!(!target.exists(), "nothing restored");

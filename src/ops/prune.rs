@@ -19,8 +19,8 @@ use crate::format::pack::{self, BlobEntry, BlobType, SealedBlob};
 use crate::format::tree::NodeType;
 use crate::repo::index::replace_index;
 use crate::repo::packer::Packer;
-use crate::repo::{FileKind, Repository};
 use crate::repo::repository::is_misnamed;
+use crate::repo::{FileKind, Repository};
 
 #[derive(Clone, Copy, Debug)]
 pub enum MaxUnused {
