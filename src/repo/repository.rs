@@ -422,9 +422,9 @@ impl Repository {
         Ok(n)
     }
 
-    /// Fails with the first misnamed index file, if the last `load_index` found one:
-    /// every command but check, audit and repair calls this before it relies on the
-    /// repository's contents.
+    /// Fails with the first misnamed index file, if the last `load_index` found one.
+    /// Choosing a snapshot (`select::list`, so restore, dump, ls, forget, ...) and prune
+    /// call it; check, audit and repair do not, to report and replace the file.
     pub fn refuse_misnamed(&self) -> Result<()> {
         match self.misnamed_index.first() {
             Some(id) => Err(Misnamed {
