@@ -232,3 +232,66 @@ fn an_export_restores_with_its_own_copy_of_the_reader() {
         snapshot_of(&Env::restored(&target, &src))
     );
 }
+
+/// The reader refuses a snapshot or index file whose bytes open but do not hash to its
+/// name (spec §10 "Name mismatch"), as vault does: another object's bytes under the
+/// name would otherwise be read as that object.
+#[test]
+fn reference_reader_refuses_misnamed_snapshots_and_index_files() {
+    if !python_ready() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.source_with_file(bytes(1, 20_000));
+    env.init(&[]);
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    fs::write(src.join("f"), bytes(2, 30_000)).unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let password = env.path("password");
+    fs::write(&password, PASSWORD).unwrap();
+    let ids = |dir: &str| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(env.repo().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        v.sort();
+        v
+    };
+    let refuses = |what: &str, name: &Path| {
+        let target = env.path("by-reader");
+        let out = Command::new("python3")
+            .arg(reader_script())
+            .arg("--repo")
+            .arg(env.repo())
+            .arg("--password-file")
+            .arg(&password)
+            .args([
+                OsStr::new("restore"),
+                OsStr::new("latest"),
+                target.as_os_str(),
+            ])
+            .output()
+            .expect("run python3");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let short = &name.file_name().unwrap().to_str().unwrap()[..8];
+        assert_eq!(out.status.code(), Some(1), "the reader must refuse: {err}");
+        assert!(
+            err.contains(&format!(
+                "{what} {short}: stored bytes do not match its name"
+            )),
+            "the reader must name {what} {short}: {err}"
+        );
+        assert!(!target.exists(), "nothing restored");
+    };
+    for dir in ["snapshots", "index"] {
+        let files = ids(dir);
+        assert!(files.len() >= 2, "{dir}: {files:?}");
+        let (first, second) = (&files[0], &files[1]);
+        let kept = fs::read(second).unwrap();
+        fs::copy(first, second).unwrap();
+        refuses(dir.trim_end_matches('s'), second);
+        fs::write(second, kept).unwrap();
+    }
+    // Put back, both read again.
+    reader(&env.repo(), &password, &[OsStr::new("snapshots")]);
+}

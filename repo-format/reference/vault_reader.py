@@ -46,6 +46,13 @@ def warn(msg):
     print(f"vault_reader: warning: {msg}", file=sys.stderr)
 
 
+def refuse_misnamed(what, name, raw):
+    """§10 "Name mismatch": an object that opens but does not hash to its name is another
+    object under this name (swapped or forged); reading on would pass it off as this one."""
+    check(blake3.blake3(raw).hexdigest() == name.lower(),
+          f"{what} {name[:8]}: stored bytes do not match its name (swapped or forged)")
+
+
 # ---------------------------------------------------------------- primitives (§2, §4)
 
 def aead_open(key, aad, m):
@@ -114,6 +121,8 @@ class Repo:
         except InvalidTag:
             raise FormatError("config does not open: key file of another repository?")
         check(config["version"] in (1, 2), f"unsupported repository version {config['version']}")
+        check(isinstance(config.get("id"), str) and re.fullmatch(r"[0-9a-f]{64}", config["id"]),
+              "config: repository id is not 64 lowercase hex digits")  # §5
         self.index = self.load_index()
 
     def path(self, *parts):
@@ -254,10 +263,12 @@ class Repo:
         for name in self.list_ids("index"):
             raw = self.read("index", name)
             try:
-                check(blake3.blake3(raw).hexdigest() == name.lower(), "name mismatch")
-                files[name.lower()] = self.parse_index(open_object(self.enc, b"index", raw))
+                body = self.parse_index(open_object(self.enc, b"index", raw))
             except (FormatError, InvalidTag, zstandard.ZstdError) as e:
                 warn(f"skipping damaged index file {name}: {str(e) or 'tag mismatch'}")
+                continue
+            refuse_misnamed("index", name, raw)
+            files[name.lower()] = body
         superseded = {sid.hex() for sup, _ in files.values() for sid in sup}
         index, indexed_packs = {}, set()
         for name, (_, packs) in sorted(files.items()):
@@ -291,11 +302,13 @@ class Repo:
         """[(id hex, snapshot dict)] oldest first (§10 "Order")."""
         out = []
         for name in self.list_ids("snapshots"):
+            raw = self.read("snapshots", name)
             try:
-                snap = json.loads(open_object(self.enc, b"snapshot", self.read("snapshots", name)))
+                snap = json.loads(open_object(self.enc, b"snapshot", raw))
             except (FormatError, InvalidTag, zstandard.ZstdError) as e:
                 warn(f"skipping unreadable snapshot {name}: {str(e) or 'tag mismatch'}")
                 continue
+            refuse_misnamed("snapshot", name, raw)
             check(snap["version"] == 1, f"snapshot {name}: unsupported version")
             out.append((name.lower(), snap))
         out.sort(key=lambda s: (parse_time_ns(s[1]["time"]), "original" in s[1], s[0]))

@@ -46,7 +46,8 @@ impl Default for ChunkerParams {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub version: u32,
-    /// Random, names the local cache directory.
+    /// Random, names the local cache directory: so it is exactly 64 lowercase hex
+    /// digits (see [`is_repo_id`]), never anything a path could be made of.
     pub id: String,
     pub chunker: ChunkerParams,
     /// Target size of a pack file in bytes.
@@ -56,6 +57,13 @@ pub struct Config {
     pub created: String,
 }
 
+/// Whether `id` is a repository id as init writes it: 64 lowercase hex digits. The id
+/// names a directory of the local cache; a key holder who wrote `../..` or an absolute
+/// path there would otherwise choose where every host's vault creates and deletes files.
+pub fn is_repo_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 impl Config {
     pub fn validate(&self) -> Result<()> {
         if !(OLDEST_VERSION..=REPO_VERSION).contains(&self.version) {
@@ -63,6 +71,12 @@ impl Config {
                 what: "repository",
                 version: self.version,
             });
+        }
+        if !is_repo_id(&self.id) {
+            return Err(FormatError::malformed(
+                "config",
+                "repository id is not 64 lowercase hex digits (forged or damaged): copy `config` back from a mirror or an export",
+            ));
         }
         let c = &self.chunker;
         let ok = c.algorithm == "fastcdc-v2020"
@@ -100,5 +114,26 @@ impl Config {
             serde_json::from_slice(&body).map_err(|e| FormatError::malformed("config", e))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_id_is_64_lowercase_hex_and_nothing_else() {
+        assert!(is_repo_id(&"0123456789abcdef".repeat(4)));
+        for bad in [
+            String::new(),
+            "../../x".into(),
+            "/tmp/abs".into(),
+            "0123456789ABCDEF".repeat(4),
+            format!("{}/", "a".repeat(63)),
+            "a".repeat(65),
+            format!("..{}", "a".repeat(62)),
+        ] {
+            assert!(!is_repo_id(&bad), "{bad:?}");
+        }
     }
 }

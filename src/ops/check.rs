@@ -20,6 +20,7 @@ use crate::format::manifest::Manifest;
 use crate::format::pack::{self, BlobEntry, BlobType};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Node, NodeType};
+use crate::repo::repository::MISNAMED;
 use crate::repo::{FileKind, Repository};
 
 #[derive(Default)]
@@ -332,8 +333,9 @@ fn check_snapshots(
     Ok(())
 }
 
-/// Reads a snapshot, reporting a name that does not match its bytes even when they are
-/// authentic (and then still checking its trees).
+/// Reads a snapshot, reporting a name that does not match its bytes: as misnamed
+/// (swapped or forged) when they are authentic, whose trees are then still checked (every
+/// other command refuses it), else as damaged.
 fn load_snapshot(repo: &Repository, id: &Id, problems: &mut Problems) -> Option<Snapshot> {
     let bytes = match repo.backend.read(&FileKind::Snapshot.path(id)) {
         Ok(b) => b,
@@ -346,16 +348,22 @@ fn load_snapshot(repo: &Repository, id: &Id, problems: &mut Problems) -> Option<
             return None;
         }
     };
-    if Id::of_stored(&bytes) != *id {
-        problems.add(
-            "snapshot",
-            Some(id),
-            "content does not match its name (damaged)",
-        );
-    }
+    let named = Id::of_stored(&bytes) == *id;
     match Snapshot::open(&repo.keys, &bytes) {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if !named {
+                problems.add("snapshot", Some(id), MISNAMED);
+            }
+            Some(s)
+        }
         Err(e) => {
+            if !named {
+                problems.add(
+                    "snapshot",
+                    Some(id),
+                    "content does not match its name (damaged)",
+                );
+            }
             problems.add("snapshot", Some(id), e.to_string());
             None
         }

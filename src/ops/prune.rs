@@ -19,6 +19,7 @@ use crate::format::pack::{self, BlobEntry, BlobType, SealedBlob};
 use crate::format::tree::{Node, NodeType};
 use crate::repo::index::replace_index;
 use crate::repo::packer::Packer;
+use crate::repo::repository::is_misnamed;
 use crate::repo::{FileKind, Repository};
 
 #[derive(Clone, Copy, Debug)]
@@ -94,6 +95,7 @@ impl PackUse {
 }
 
 pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneStats> {
+    repo.refuse_misnamed()?;
     if let Some((id, why)) = repo.damaged_index.first() {
         bail!(
             "index {} is damaged ({why}): run `vault repair index` before pruning",
@@ -195,6 +197,9 @@ fn used_blobs(
     let mut used = HashSet::new();
     for id in repo.backend.list(FileKind::Snapshot)? {
         let snap = repo.load_snapshot(&id).map_err(|e| {
+            if is_misnamed(&e) {
+                return e; // its own message says what to run
+            }
             anyhow!(
                 "{}: prune cannot know what it references; forget it (`vault forget {}`) or repair first",
                 one_line(&e),

@@ -9,6 +9,7 @@ use crate::error::VaultError;
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
 use crate::repo::Repository;
+use crate::repo::repository::is_misnamed;
 
 #[derive(Default, Clone, Debug)]
 pub struct Filter {
@@ -91,16 +92,21 @@ pub fn at_time(
 }
 
 /// Readable snapshots matching `filter`, oldest first; damaged ones are reported by `warn`.
+/// A misnamed snapshot or index file (another object's bytes under its name) fails the
+/// whole listing: skipped like a damaged one, it would leave an older snapshot to pass
+/// for `latest`, or another's content to pass for the one asked for.
 pub fn list(
     repo: &Repository,
     filter: &Filter,
     warn: &dyn Fn(String),
 ) -> Result<Vec<(Id, Snapshot)>> {
+    repo.refuse_misnamed()?;
     let mut out = Vec::new();
     for (id, s) in repo.snapshots()? {
         match s {
             Ok(s) if filter.matches(&s) => out.push((id, s)),
             Ok(_) => {}
+            Err(e) if is_misnamed(&e) => return Err(e),
             Err(e) => warn(crate::error::one_line(&e)),
         }
     }

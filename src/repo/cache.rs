@@ -17,6 +17,11 @@ impl Cache {
     /// The cache for one repository, or None when no cache directory is available or
     /// caching is disabled with VAULT_CACHE_DIR="" .
     pub fn for_repo(repo_id: &str) -> Option<Cache> {
+        // The id comes from storage: only a real id may become a directory name (config
+        // decoding refuses any other; this keeps the cache safe whatever the caller).
+        if !crate::format::config::is_repo_id(repo_id) {
+            return None;
+        }
         let base = match std::env::var_os("VAULT_CACHE_DIR") {
             Some(v) if v.is_empty() => return None,
             Some(v) => PathBuf::from(v),
@@ -39,8 +44,15 @@ impl Cache {
         self.dir.join(kind).join(id.to_hex())
     }
 
-    pub fn get(&self, kind: &str, id: &Id) -> Option<Vec<u8>> {
+    /// The cached object named `id`, if its bytes hash to that name and, when `stored_len`
+    /// is given, it is as long as the stored object of that name. A stored object of
+    /// another length holds other bytes (swapped, forged, or replaced by a repair): the
+    /// caller must read and judge what is stored rather than be served the cached copy.
+    pub fn get(&self, kind: &str, id: &Id, stored_len: Option<u64>) -> Option<Vec<u8>> {
         let p = self.path(kind, id);
+        if stored_len.is_some_and(|n| fs::metadata(&p).ok().map(|m| m.len()) != Some(n)) {
+            return None;
+        }
         let bytes = fs::read(&p).ok()?;
         if Id::of_stored(&bytes) == *id {
             Some(bytes)

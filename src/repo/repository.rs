@@ -36,6 +36,61 @@ pub struct RawKeyFile {
     pub master_key: String,
 }
 
+/// An object whose stored bytes are a whole, authentic object (they open with the key)
+/// but do not hash to its name: another object copied over it (swapped) or one a key
+/// holder wrote under a name of their choosing (forged). Never used: its bytes may be an
+/// older snapshot or index standing in for the real one. Only `check`, `audit` and
+/// `repair` go on past it, to report and replace it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{what} {}: {}; run `vault check` and `vault repair --from MIRROR`",
+    id.short(),
+    MISNAMED
+)]
+pub struct Misnamed {
+    /// "snapshot" or "index".
+    pub what: &'static str,
+    pub id: Id,
+}
+
+/// What is wrong with a misnamed object, as reports word it.
+pub const MISNAMED: &str = "stored bytes do not match its name (swapped or forged)";
+
+/// Whether `e` is (or was caused by) a [`Misnamed`] object.
+pub fn is_misnamed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Misnamed>())
+}
+
+/// No copy of a hash-named object read whole had bytes that hash to its name.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: content does not match its name (damaged)", id.short())]
+struct NameMismatch {
+    what: &'static str,
+    id: Id,
+}
+
+/// A kind of hash-named object read whole: where it is stored and cached, and what
+/// messages call it.
+#[derive(Clone, Copy)]
+struct Named {
+    kind: FileKind,
+    cache: &'static str,
+    what: &'static str,
+}
+
+impl Named {
+    const SNAPSHOT: Named = Named {
+        kind: FileKind::Snapshot,
+        cache: "snapshots",
+        what: "snapshot",
+    };
+    const INDEX: Named = Named {
+        kind: FileKind::Index,
+        cache: "index",
+        what: "index",
+    };
+}
+
 pub struct InitOptions {
     pub chunker: ChunkerParams,
     pub pack_size: u32,
@@ -56,6 +111,9 @@ pub struct Repository {
     /// Index files that could not be read at the last `load_index`, and why; their
     /// blobs count as absent until `vault repair index` rebuilds them.
     pub damaged_index: Vec<(Id, String)>,
+    /// Those of `damaged_index` that are misnamed (see [`Misnamed`]): commands other than
+    /// check, audit and repair refuse to run while there is one (`refuse_misnamed`).
+    pub misnamed_index: Vec<Id>,
     /// Index files that others supersede (as of the last `load_index`).
     pub superseded: HashSet<Id>,
     /// Held while a tree pack is fetched into the cache (the scanner threads that all
@@ -138,6 +196,7 @@ impl Repository {
             cache,
             index: Arc::new(MasterIndex::default()),
             damaged_index: Vec::new(),
+            misnamed_index: Vec::new(),
             superseded: HashSet::new(),
             fetching_trees: std::sync::Mutex::new(HashSet::new()),
         })
@@ -178,6 +237,7 @@ impl Repository {
             cache,
             index: Arc::new(MasterIndex::default()),
             damaged_index: Vec::new(),
+            misnamed_index: Vec::new(),
             superseded: HashSet::new(),
             fetching_trees: std::sync::Mutex::new(HashSet::new()),
         })
@@ -252,9 +312,9 @@ impl Repository {
             .files
             .iter()
             .map(|id| {
-                let bytes = self.read_cached("index", FileKind::Index, id)?;
-                let f = IndexFile::open_owned(&self.keys, bytes)
-                    .map_err(|e| anyhow!(e).context(format!("index {}", id.short())))?;
+                let f = self.open_named(Named::INDEX, id, None, |b| {
+                    IndexFile::open_owned(&self.keys, b)
+                })?;
                 Ok((*id, f))
             })
             .collect()
@@ -274,17 +334,19 @@ impl Repository {
     }
 
     fn load_index_with(&mut self, builder: fn(usize) -> IndexBuilder) -> Result<()> {
-        let ids = self.backend.list(FileKind::Index)?;
+        let sized = self.backend.list_sized(FileKind::Index)?;
+        let ids: Vec<Id> = sized.iter().map(|(id, _)| *id).collect();
         // The data listing (for packs no index lists) waits on the backend while the index
         // files are decrypted and decoded. (Decoding them on several threads too saved a
         // few milliseconds but kept 3 MB more resident: each thread's allocator arena.)
         let (packs, opened) = std::thread::scope(|s| {
             let packs = s.spawn(|| self.backend.list(FileKind::Data));
-            let opened: Vec<_> = ids
+            let opened: Vec<_> = sized
                 .iter()
-                .map(|id| {
-                    self.read_cached("index", FileKind::Index, id)
-                        .and_then(|bytes| Ok(IndexFile::open_owned(&self.keys, bytes)?))
+                .map(|(id, size)| {
+                    self.open_named(Named::INDEX, id, Some(*size), |b| {
+                        IndexFile::open_owned(&self.keys, b)
+                    })
                 })
                 .collect();
             let packs = packs
@@ -295,6 +357,7 @@ impl Repository {
         let mut files = Vec::with_capacity(ids.len());
         let mut superseded = HashSet::new();
         self.damaged_index.clear();
+        self.misnamed_index.clear();
         for (id, opened) in ids.iter().zip(opened) {
             match opened {
                 Ok(f) => {
@@ -302,6 +365,10 @@ impl Repository {
                     files.push((*id, f));
                 }
                 Err(e) if is_not_found(&e) => {} // deleted since the listing (prune)
+                Err(e) if is_misnamed(&e) => {
+                    self.misnamed_index.push(*id);
+                    self.damaged_index.push((*id, MISNAMED.into()));
+                }
                 Err(e) => self.damaged_index.push((*id, crate::error::one_line(&e))),
             }
         }
@@ -355,23 +422,78 @@ impl Repository {
         Ok(n)
     }
 
-    fn read_cached(&self, cache_kind: &str, kind: FileKind, id: &Id) -> Result<Vec<u8>> {
-        if let Some(b) = self.cache.as_ref().and_then(|c| c.get(cache_kind, id)) {
-            return Ok(b);
+    /// Fails with the first misnamed index file, if the last `load_index` found one.
+    /// Choosing a snapshot (`select::list`, so restore, dump, ls, forget, ...) and prune
+    /// call it; check, audit and repair do not, to report and replace the file.
+    pub fn refuse_misnamed(&self) -> Result<()> {
+        match self.misnamed_index.first() {
+            Some(id) => Err(Misnamed {
+                what: Named::INDEX.what,
+                id: *id,
+            }
+            .into()),
+            None => Ok(()),
         }
-        let bytes =
-            self.backend
-                .read_verified(&kind.path(id), &|b| Id::of_stored(b) == *id, &|| {
-                    anyhow!(
-                        "{} {}: content does not match its name (damaged)",
-                        cache_kind,
-                        id.short()
-                    )
-                })?;
+    }
+
+    /// Reads a hash-named object whole: from the cache when it holds the object at the
+    /// length stored (`stored_len`, or asked of the storage when None), else from the
+    /// first copy (this backend, then the mirrors) whose bytes hash to its name, which is
+    /// then cached. A copy that does not hash to the name is damaged, wherever it lies.
+    fn read_named(&self, named: Named, id: &Id, stored_len: Option<u64>) -> Result<Vec<u8>> {
+        let path = named.kind.path(id);
         if let Some(c) = &self.cache {
-            c.put(cache_kind, id, &bytes);
+            // Without a length the storage is asked for one; an unreachable storage
+            // leaves the cached copy, which hashes to the name, to be used.
+            let len = stored_len.or_else(|| self.backend.size(&path).ok());
+            if let Some(b) = c.get(named.cache, id, len) {
+                return Ok(b);
+            }
+        }
+        let bytes = self
+            .backend
+            .read_verified(&path, &|b| Id::of_stored(b) == *id, &|| {
+                NameMismatch {
+                    what: named.what,
+                    id: *id,
+                }
+                .into()
+            })?;
+        if let Some(c) = &self.cache {
+            c.put(named.cache, id, &bytes);
         }
         Ok(bytes)
+    }
+
+    /// Reads (see `read_named`) and opens a hash-named object. When no copy hashes to
+    /// the name, this backend's bytes are still opened to tell the two cases apart:
+    /// bytes that open are an authentic object under another's name, refused as
+    /// [`Misnamed`]; bytes that do not are damaged.
+    fn open_named<T>(
+        &self,
+        named: Named,
+        id: &Id,
+        stored_len: Option<u64>,
+        open: impl Fn(Vec<u8>) -> std::result::Result<T, FormatError>,
+    ) -> Result<T> {
+        let damaged = |e: FormatError| {
+            anyhow!(e).context(format!("{} {} is damaged", named.what, id.short()))
+        };
+        match self.read_named(named, id, stored_len) {
+            Ok(bytes) => open(bytes).map_err(damaged),
+            Err(e) if e.is::<NameMismatch>() => {
+                let bytes = self.backend.alone().read(&named.kind.path(id))?;
+                match open(bytes) {
+                    Ok(_) => Err(Misnamed {
+                        what: named.what,
+                        id: *id,
+                    }
+                    .into()),
+                    Err(fe) => Err(damaged(fe)),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     // ---- blobs and trees ----
@@ -589,41 +711,27 @@ impl Repository {
         Ok(id)
     }
 
-    /// Loads a snapshot. One whose bytes do not hash to its name but still authenticate
-    /// (two snapshot files swapped, say) is genuine and is used; `check` reports the name.
+    /// Loads a snapshot. One whose bytes do not hash to its name is never used: bytes
+    /// that still open are another snapshot under its name (refused as [`Misnamed`]),
+    /// others are damaged; `check` reports both.
     pub fn load_snapshot(&self, id: &Id) -> Result<Snapshot> {
-        let bytes = match self.cache.as_ref().and_then(|c| c.get("snapshots", id)) {
-            Some(b) => b,
-            None => {
-                let path = FileKind::Snapshot.path(id);
-                let verified =
-                    self.backend
-                        .read_verified(&path, &|b| Id::of_stored(b) == *id, &|| {
-                            anyhow!("snapshot {}: no copy matches its name", id.short())
-                        });
-                match verified {
-                    Ok(b) => {
-                        if let Some(c) = &self.cache {
-                            c.put("snapshots", id, &b);
-                        }
-                        b
-                    }
-                    // Misnamed but perhaps authentic: opening decides.
-                    Err(_) => self.backend.read(&path)?,
-                }
-            }
-        };
-        Snapshot::open(&self.keys, &bytes)
-            .map_err(|e| anyhow!(e).context(format!("snapshot {} is damaged", id.short())))
+        self.load_snapshot_sized(id, None)
+    }
+
+    /// `load_snapshot`, with the stored length when a listing gave it.
+    fn load_snapshot_sized(&self, id: &Id, stored_len: Option<u64>) -> Result<Snapshot> {
+        self.open_named(Named::SNAPSHOT, id, stored_len, |b| {
+            Snapshot::open(&self.keys, &b)
+        })
     }
 
     /// All snapshots, oldest first. Damaged ones are returned as errors for the caller to report.
     pub fn snapshots(&self) -> Result<Vec<(Id, Result<Snapshot>)>> {
         let mut out: Vec<(Id, Result<Snapshot>)> = self
             .backend
-            .list(FileKind::Snapshot)?
+            .list_sized(FileKind::Snapshot)?
             .into_iter()
-            .map(|id| (id, self.load_snapshot(&id)))
+            .map(|(id, len)| (id, self.load_snapshot_sized(&id, Some(len))))
             .collect();
         // Compare instants, not strings: RFC 3339 text drops trailing zeros of fractions.
         // A repaired snapshot keeps its original's time and sorts right after it.
