@@ -15,11 +15,9 @@ use std::time::Instant;
 
 use common::{Env, TreeWriter, crafted_dir as dir, open_repo as open};
 use vault::format::Id;
-use vault::format::pack::{BlobType, seal_blob};
-use vault::format::tree::{Node, NodeType, Tree};
+use vault::format::tree::Node;
 use vault::ops::walk::{self, Found};
-use vault::repo::packer::Packer;
-use vault::repo::{Backend, Repository, Secret};
+use vault::repo::Repository;
 
 const DEPTH: usize = 30_000;
 const LEAF: &[u8] = b"the leaf's content, 30 000 levels down\n";

@@ -242,6 +242,24 @@ impl Node {
             None => Vec::new(),
         }
     }
+
+    /// The data extents, refused unless sorted, disjoint and inside the size: readers
+    /// subtract positions to fill holes, which would wrap (and write for ever) on any
+    /// other layout, so anything else is a damaged or forged node.
+    pub fn checked_extents(&self) -> std::result::Result<Vec<[u64; 2]>, &'static str> {
+        let extents = self.data_extents();
+        let mut pos = 0u64;
+        for &[off, len] in &extents {
+            if off < pos {
+                return Err("its extents overlap or are out of order");
+            }
+            match off.checked_add(len) {
+                Some(end) if end <= self.size => pos = end,
+                _ => return Err("its extents reach past its size"),
+            }
+        }
+        Ok(extents)
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]

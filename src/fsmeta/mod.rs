@@ -66,6 +66,7 @@ fn kind_of(st: &FileStat) -> NodeType {
 }
 
 mod longpath;
+pub mod remove;
 pub use longpath::{is_long, list_dir_any, lstat_any, open_any};
 use longpath::{read_link_any, read_xattrs_long};
 

@@ -25,14 +25,14 @@ pub fn dump(repo: &Repository, root: &Id, path: &Path, out: &mut dyn Write) -> R
             path.display()
         ),
     };
-    let extents = node.data_extents();
-    if let Err(why) = check_extents(&extents, node.size) {
-        bail!(
+    let extents = match node.checked_extents() {
+        Ok(e) => e,
+        Err(why) => bail!(
             "{}: damaged tree node ({why}); take the file from another snapshot (`vault versions {}`)",
             path.display(),
             path.display()
-        );
-    }
+        ),
+    };
     let zeros = vec![0u8; 1 << 16];
     let mut pos = 0u64;
     let mut blobs = node.content.iter();
@@ -60,22 +60,6 @@ pub fn dump(repo: &Repository, root: &Id, path: &Path, out: &mut dyn Write) -> R
     write_zeros(out, &zeros, node.size - pos)?;
     out.flush().context("writing output")?;
     Ok(node.size)
-}
-
-/// Extents must be sorted, disjoint and inside the size: the zero-filling between them
-/// subtracts positions, which would wrap (and write for ever) on any other layout.
-fn check_extents(extents: &[[u64; 2]], size: u64) -> Result<(), &'static str> {
-    let mut pos = 0u64;
-    for &[off, len] in extents {
-        if off < pos {
-            return Err("its extents overlap or are out of order");
-        }
-        match off.checked_add(len) {
-            Some(end) if end <= size => pos = end,
-            _ => return Err("its extents reach past its size"),
-        }
-    }
-    Ok(())
 }
 
 fn write_zeros(out: &mut dyn Write, zeros: &[u8], mut n: u64) -> Result<()> {

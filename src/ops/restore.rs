@@ -674,7 +674,9 @@ impl Restorer<'_> {
 
     fn make_file(&mut self, dir: &Arc<Dir>, node: Node, path: &Path) -> Result<()> {
         let name = name_of(&node);
-        let extents = checked_extents(&node)?;
+        let extents = node
+            .checked_extents()
+            .map_err(|why| anyhow!("damaged tree node: {why}"))?;
         // Hard links are known by (dev, inode); inode 0 means "not recorded".
         let key = (node.dev, node.inode);
         if node.links > 1 && node.inode != 0 {
@@ -837,23 +839,6 @@ impl Restorer<'_> {
         }
         Ok(())
     }
-}
-
-/// A file's data extents, refused unless they lie in order, apart, within its size:
-/// anything else is a damaged or forged tree.
-fn checked_extents(node: &Node) -> Result<Vec<[u64; 2]>> {
-    let extents = node.data_extents();
-    let mut end = 0u64;
-    for &[off, len] in &extents {
-        let next = off
-            .checked_add(len)
-            .filter(|&e| off >= end && e <= node.size);
-        match next {
-            Some(e) => end = e,
-            None => bail!("its extents overlap or reach past its size (damaged tree)"),
-        }
-    }
-    Ok(extents)
 }
 
 /// Without --overwrite, a restore that would replace anything is refused before it

@@ -80,7 +80,18 @@ pub fn verify(
         only,
         ..RestoreOptions::default()
     };
-    let r = restore::restore(repo, &root, &ropts, restore_counters)?;
+    let r = restore::restore(repo, &root, &ropts, restore_counters);
+    // The restore may be deeper than recursive removal reaches (tempfile's gives up
+    // silently), so it is removed here; tempfile removes the empty directory.
+    if let Err(e) = crate::fsmeta::remove::remove_tree(&ropts.target)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        log::warn!(
+            "could not remove the temporary restore {}: {e}",
+            ropts.target.display()
+        );
+    }
+    let r = r?;
     out.files_restored = r.files;
     out.bytes_restored = r.bytes;
     out.ok &= r.errors.is_empty();

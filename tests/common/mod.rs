@@ -378,4 +378,3 @@ pub fn crafted_dir(name: &[u8], sub: Id) -> Node {
     n.subtree = Some(sub);
     n
 }
-
