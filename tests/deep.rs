@@ -55,8 +55,9 @@ struct Deep {
     bare: String,
 }
 
-/// A repository with a real backup of one file, and two 30 000-deep snapshots.
-fn deep_repo() -> Deep {
+/// A repository with a real backup of one file: the repository, the snapshot and the
+/// file's node, for crafted snapshots to copy.
+fn backed_up_leaf() -> (Env, Repository, Id, Box<Node>) {
     let env = Env::new();
     env.init(&[]);
     let src = env.source_with_file(LEAF);
@@ -67,6 +68,12 @@ fn deep_repo() -> Deep {
     let Found::Node(f) = walk::find(&repo, &snap.tree, &src.join("f")).expect("f") else {
         panic!("f is a file")
     };
+    (env, repo, orig, f)
+}
+
+/// A repository with a real backup of one file, and two 30 000-deep snapshots.
+fn deep_repo() -> Deep {
+    let (env, repo, orig, f) = backed_up_leaf();
     let w = TreeWriter::new(&repo);
     let deep = chain(&w, DEPTH, vec![*f]);
     let bare = chain(&w, DEPTH, Vec::new());
@@ -203,16 +210,7 @@ fn verify_of_a_30000_deep_snapshot() {
 /// A small snapshot whose every level holds two directories sharing one subtree: 2^64
 /// paths from 65 trees.
 fn repeating_repo(levels: usize) -> (Env, String) {
-    let env = Env::new();
-    env.init(&[]);
-    let src = env.source_with_file(LEAF);
-    env.ok(&["backup", "-q", src.to_str().expect("utf-8")]);
-    let repo = open(&env);
-    let (orig, snap) = repo.snapshots().expect("list").remove(0);
-    let snap = snap.expect("snapshot");
-    let Found::Node(f) = walk::find(&repo, &snap.tree, &src.join("f")).expect("f") else {
-        panic!("f is a file")
-    };
+    let (env, repo, orig, f) = backed_up_leaf();
     let w = TreeWriter::new(&repo);
     let mut id = w.put(vec![*f]);
     for _ in 0..levels {

@@ -9,11 +9,8 @@ use std::fs::File;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
-
 use super::FileStat;
-use crate::format::tree::{NodeType, RawBytes, Xattr};
+use crate::format::tree::{NodeType, Xattr};
 
 /// Paths of this length or more are reached through an ancestor's descriptor.
 const LONG_PATH: usize = 4000;
@@ -200,18 +197,8 @@ pub(super) fn read_xattrs_long(path: &Path, kind: NodeType) -> Vec<Xattr> {
     let Ok(file) = open_any(path, flags) else {
         return Vec::new();
     };
-    let Ok(list) = file.list_xattr() else {
-        return Vec::new();
-    };
-    let mut out: Vec<Xattr> = list
-        .filter_map(|name| {
-            let value = file.get_xattr(&name).ok().flatten()?;
-            Some(Xattr {
-                name: RawBytes(name.as_bytes().to_vec()),
-                value: B64.encode(value),
-            })
-        })
-        .collect();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    match file.list_xattr() {
+        Ok(list) => super::xattrs_of(list, |name| file.get_xattr(name)),
+        Err(_) => Vec::new(),
+    }
 }

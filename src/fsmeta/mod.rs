@@ -131,12 +131,21 @@ pub fn node_from(
 /// Extended attributes of `path` (not following symlinks). File systems without xattr
 /// support simply have none.
 pub fn read_xattrs(path: &Path) -> Vec<Xattr> {
-    let Ok(list) = xattr::list(path) else {
-        return Vec::new();
-    };
-    let mut out: Vec<Xattr> = list
+    match xattr::list(path) {
+        Ok(list) => xattrs_of(list, |name| xattr::get(path, name)),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The xattrs `names` lists, each value read with `get` (one that vanished is left out),
+/// sorted by name as trees store them.
+fn xattrs_of(
+    names: impl Iterator<Item = std::ffi::OsString>,
+    get: impl Fn(&OsStr) -> std::io::Result<Option<Vec<u8>>>,
+) -> Vec<Xattr> {
+    let mut out: Vec<Xattr> = names
         .filter_map(|name| {
-            let value = xattr::get(path, &name).ok().flatten()?;
+            let value = get(&name).ok().flatten()?;
             Some(Xattr {
                 name: RawBytes(name.as_bytes().to_vec()),
                 value: B64.encode(value),
