@@ -47,6 +47,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Repair(r) => integrity::repair(&g, r),
         Command::Unlock(a) => unlock(&g, a.remove_all),
         Command::Run { profile } => super::run::run(&g, &profile),
+        Command::Upgrade => super::retention::upgrade(&g),
         Command::Schedule(s) => super::schedule::schedule(&g, s),
         Command::Config(super::ConfigCommand::Check) => {
             let msg = super::profile::check(&g)?;
@@ -267,7 +268,7 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     }));
     let p = progress.clone();
     let warn: backup::Warn = Arc::new(move |m: String| p.println(&format!("vault: {m}")));
-    let r = backup::backup(&repo, &opts, counters, warn);
+    let r = backup::backup(&mut repo, &opts, counters, warn);
     if let Ok(p) = Arc::try_unwrap(progress) {
         p.finish();
     }

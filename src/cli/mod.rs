@@ -231,6 +231,14 @@ pub enum Command {
     /// Example: vault config check
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Raise the repository to this vault's format (3: prune runs beside backups).
+    ///
+    /// Writes one format record; nothing else changes. Vaults older than format 3 can no
+    /// longer be trusted to prune it (they would delete at once, under a lock that newer
+    /// backups do not wait for): upgrade every host first.
+    ///
+    /// Example: vault upgrade
+    Upgrade,
     /// Print a shell completion script.
     ///
     /// Example: vault completions bash > /etc/bash_completion.d/vault
@@ -494,6 +502,11 @@ pub struct PruneOpts {
     /// Repack at most this much in one run
     #[arg(long, value_name = "SIZE", value_parser = progress::parse_size)]
     pub max_repack: Option<u64>,
+    /// Format 3: unused packs are marked once this old, and marked packs deleted once
+    /// marked this long (s, m, h or d). Safety never depends on it: a backup that
+    /// outlives it revives or re-uploads what it needs
+    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_wait)]
+    pub grace: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -744,7 +757,8 @@ pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use s, m or h)")),
+        "d" => 86400,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use s, m, h or d)")),
     };
     // Checked: a huge count would overflow (a panic in debug builds, a silently wrong
     // wait in release builds).

@@ -177,13 +177,16 @@ pub fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
 
 fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
     let mut repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, true, "prune")?;
+    // Two-phase prune runs beside backups; only other prunes and exclusive operations
+    // wait for it. Before format 3, prune deletes at once and excludes everything.
+    let _lock = take_lock(g, &repo, !repo.two_phase(), "prune")?;
     // What it decides from must be read after the lock is held.
     repo.load_index()?;
     let opts = prune_op::PruneOptions {
         max_unused: o.max_unused,
         max_repack: o.max_repack,
         dry_run,
+        grace: o.grace,
     };
     let counters = Arc::new(prune_op::Counters::default());
     let c = counters.clone();
@@ -199,6 +202,8 @@ fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
     let s = r?;
     if g.json {
         print_json(&json!({"dry_run": dry_run, "stats": s}))?;
+    } else if !g.quiet && s.two_phase {
+        print_two_phase(&s, dry_run);
     } else if !g.quiet {
         println!(
             "prune{}: {} snapshots use {} blobs; {} of {} packs deleted, {} repacked ({}) into {} new; {} {}; {} unused left",
@@ -214,6 +219,63 @@ fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
             if dry_run { "would be freed" } else { "freed" },
             human_bytes(s.bytes_unused_after)
         );
+    }
+    Ok(exit::OK)
+}
+
+/// Two-phase prune's summary; a dry run also says each pack's state.
+fn print_two_phase(s: &prune_op::PruneStats, dry_run: bool) {
+    let verb = |done: &'static str, would: &'static str| if dry_run { would } else { done };
+    if dry_run {
+        for l in &s.plan {
+            let mut line = format!(
+                "  {}  {:>9}  {}",
+                &l.pack.to_hex()[..8],
+                human_bytes(l.size),
+                l.state.describe()
+            );
+            if let Some(t) = &l.since {
+                line.push_str(&format!(", since {t}"));
+            }
+            if let Some(t) = &l.after {
+                line.push_str(&format!(", next step after {t}"));
+            }
+            println!("{line}");
+        }
+    }
+    println!(
+        "prune{}: {} snapshots use {} blobs in {} packs; {} {} ({}), {} {}, {} {}, {} {}; {} unused left (marked packs go once the grace period has passed)",
+        if dry_run { " (dry run)" } else { "" },
+        s.snapshots,
+        s.blobs_used,
+        s.packs,
+        s.packs_deleted,
+        verb("packs deleted", "packs would be deleted"),
+        human_bytes(s.bytes_freed),
+        s.packs_repacked,
+        verb("repacked", "would be repacked"),
+        s.packs_marked,
+        verb("marked", "would be marked"),
+        s.packs_revived,
+        verb("revived", "would be revived"),
+        human_bytes(s.bytes_unused_after)
+    );
+}
+
+pub fn upgrade(g: &Global) -> Result<i32> {
+    let mut repo = super::commands::open(g)?;
+    let _lock = take_lock(g, &repo, true, "upgrade")?;
+    let before = repo.upgrade()?;
+    if g.json {
+        print_json(&json!({"format": repo.format, "was": before}))?;
+    } else if !g.quiet {
+        match before {
+            Some(v) => println!(
+                "repository upgraded from format {v} to {}: prune now runs beside backups",
+                repo.format
+            ),
+            None => println!("repository is already format {}", repo.format),
+        }
     }
     Ok(exit::OK)
 }

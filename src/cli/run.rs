@@ -92,6 +92,7 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
             opts: PruneOpts {
                 max_unused: crate::ops::prune::MaxUnused::Percent(5.0),
                 max_repack: None,
+                grace: std::time::Duration::from_secs(24 * 3600),
             },
             dry_run: false,
         };

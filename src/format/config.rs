@@ -7,9 +7,10 @@ use super::error::{FormatError, Result};
 use super::object::{self, Kind};
 
 /// The version `init` writes. Version 2 adds bundles (several small blobs sealed as one
-/// unit in a pack); version 1 repositories are read, and written without bundles, so that
-/// older vaults can still read them.
-pub const REPO_VERSION: u32 = 2;
+/// unit in a pack); version 3 adds two-phase prune (marks, revivals, deletions, format
+/// records). Older repositories are read, and written as their version allows, so that
+/// older vaults can still read them; `vault upgrade` raises one with a format record.
+pub const REPO_VERSION: u32 = 3;
 const OLDEST_VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

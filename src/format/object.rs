@@ -25,6 +25,10 @@ pub enum Kind {
     Mirror,
     Forget,
     Export,
+    Mark,
+    Revival,
+    Deletion,
+    Format,
 }
 
 impl Kind {
@@ -37,6 +41,10 @@ impl Kind {
             Kind::Mirror => b"vault object v1 mirror",
             Kind::Forget => b"vault object v1 forget",
             Kind::Export => b"vault object v1 export",
+            Kind::Mark => b"vault object v1 mark",
+            Kind::Revival => b"vault object v1 revival",
+            Kind::Deletion => b"vault object v1 deletion",
+            Kind::Format => b"vault object v1 format",
         }
     }
 }

@@ -55,6 +55,8 @@ enum Class {
     Mirror,
     Forget,
     Export,
+    /// Two-phase prune's marks, revivals and deletions, and format records (§12a).
+    Record,
     /// What an offline export carries beside the repository (README, manifest, ...).
     ExportExtra,
     Temp,
@@ -80,6 +82,7 @@ fn classify(path: &str) -> (Class, Option<Id>) {
         "mirrors" => Class::Mirror,
         "forgotten" => Class::Forget,
         "exports" => Class::Export,
+        "marks" | "revivals" | "deletions" | "format" => Class::Record,
         d if d.starts_with("data/") && name.get(..2) == Some(&d[5..]) => Class::Pack,
         _ => Class::Extra,
     };
@@ -102,6 +105,7 @@ impl Class {
             Class::Mirror => "mirror definition",
             Class::Forget => "forget record",
             Class::Export => "export record",
+            Class::Record => "prune or format record",
             Class::ExportExtra => "export file",
             Class::Temp | Class::Extra => "file",
         }

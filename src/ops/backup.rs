@@ -197,12 +197,56 @@ fn clean_path(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Backs up, then publishes the snapshot once everything it references is confirmed
+/// live (format 3, see `confirm`). When prunes deleted blobs it relied on (it ran past
+/// two grace periods), it reads the source again without a parent, against the index as
+/// it is now, at most twice.
 pub fn backup(
-    repo: &Repository,
+    repo: &mut Repository,
     opts: &BackupOptions,
     counters: Arc<Counters>,
     warn: Warn,
 ) -> Result<BackupResult> {
+    let mut with_parent = true;
+    for attempt in 0.. {
+        let snapshot = build(repo, opts, counters.clone(), warn.clone(), with_parent)?;
+        if opts.dry_run {
+            return Ok(BackupResult {
+                snapshot_id: None,
+                snapshot,
+            });
+        }
+        let lost = match super::confirm::publish(repo, &snapshot)? {
+            super::confirm::Outcome::Published(id) => {
+                return Ok(BackupResult {
+                    snapshot_id: Some(id),
+                    snapshot,
+                });
+            }
+            super::confirm::Outcome::Lost(n) => n,
+        };
+        if opts.stdin_filename.is_some() || attempt == 2 {
+            bail!(
+                "{lost} blob(s) this backup references were deleted by a prune while it ran, and the source cannot be read again; nothing was published: run the backup again"
+            );
+        }
+        warn(format!(
+            "{lost} blob(s) this backup references were deleted by a prune while it ran (it outlived the grace period): reading the source again"
+        ));
+        repo.load_index_for_backup()?;
+        with_parent = false;
+    }
+    unreachable!("the loop returns")
+}
+
+/// One pass over the sources: packs and index files written, the snapshot not yet.
+fn build(
+    repo: &Repository,
+    opts: &BackupOptions,
+    counters: Arc<Counters>,
+    warn: Warn,
+    with_parent: bool,
+) -> Result<Snapshot> {
     let start = Instant::now();
     let host = opts.host.clone().unwrap_or_else(hostname);
     let sources: Vec<PathBuf> = if opts.stdin_filename.is_some() {
@@ -240,7 +284,11 @@ pub fn backup(
     }
     let excludes = Excludes::new(&opts.excludes, &opts.exclude_files)?;
 
-    let parent = find_parent(repo, opts, &host, &paths, &warn);
+    let parent = if with_parent {
+        find_parent(repo, opts, &host, &paths, &warn)
+    } else {
+        None
+    };
     let scanner = Scanner::new(repo, &excludes, opts.exclude_caches, warn.clone());
     let parent_tree = parent.as_ref().and_then(|(_, s)| scanner.old_tree(s.tree));
 
@@ -352,15 +400,7 @@ pub fn backup(
         summary,
         original: None,
     };
-    let snapshot_id = if opts.dry_run {
-        None
-    } else {
-        Some(repo.save_snapshot(&snapshot)?)
-    };
-    Ok(BackupResult {
-        snapshot_id,
-        snapshot,
-    })
+    Ok(snapshot)
 }
 
 fn find_parent(

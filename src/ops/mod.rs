@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backup;
 pub mod check;
+pub mod confirm;
 pub mod diff;
 pub mod dump;
 pub mod exclude;
@@ -21,6 +22,7 @@ pub mod select;
 pub mod subset;
 pub mod sync;
 pub mod timespec;
+pub mod twophase;
 pub mod verify;
 pub mod versions;
 pub mod walk;

@@ -51,6 +51,9 @@ pub struct PruneOptions {
     /// At most this many bytes of packs are repacked in one run.
     pub max_repack: Option<u64>,
     pub dry_run: bool,
+    /// Two-phase prune (format 3): a pack is marked only once it is this old, and a mark
+    /// deletes only once it is this old (storage's clock where it reports one).
+    pub grace: std::time::Duration,
 }
 
 #[derive(Default)]
@@ -77,24 +80,40 @@ pub struct PruneStats {
     pub bytes_unused_after: u64,
     pub index_files_written: u64,
     pub index_files_removed: u64,
+    /// Two-phase prune: packs marked, revived (used again), and records removed.
+    pub two_phase: bool,
+    pub packs_marked: u64,
+    pub packs_revived: u64,
+    pub records_removed: u64,
+    /// Per pack that is not simply in use: its state (two-phase prune).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub plan: Vec<super::twophase::PackPlan>,
 }
 
 /// One pack and what prune decided for it.
-struct PackUse {
-    blobs: Vec<BlobEntry>,
+pub(super) struct PackUse {
+    pub(super) blobs: Vec<BlobEntry>,
     /// Which entries are the copy of a used blob that the repository keeps.
-    used: Vec<bool>,
-    size: u64,
-    used_bytes: u64,
+    pub(super) used: Vec<bool>,
+    pub(super) size: u64,
+    pub(super) used_bytes: u64,
 }
 
 impl PackUse {
-    fn unused_bytes(&self) -> u64 {
+    pub(super) fn unused_bytes(&self) -> u64 {
         self.size.saturating_sub(self.used_bytes)
     }
 }
 
 pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneStats> {
+    if repo.two_phase() {
+        return super::twophase::prune(repo, opts, counters);
+    }
+    prune_at_once(repo, opts, counters)
+}
+
+/// Whether prune may start: no index file or snapshot it cannot read.
+pub(super) fn refuse_unknown(repo: &Repository) -> Result<()> {
     repo.refuse_misnamed()?;
     if let Some((id, why)) = repo.damaged_index.first() {
         bail!(
@@ -102,8 +121,17 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
             id.short()
         );
     }
+    Ok(())
+}
+
+/// Prune of a repository before format 3, under the exclusive lock: what is unused goes
+/// in this run.
+fn prune_at_once(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneStats> {
+    refuse_unknown(repo)?;
     let mut stats = PruneStats::default();
-    let used = used_blobs(repo, counters, &mut stats)?;
+    let mut used = HashSet::new();
+    let snapshots = repo.backend.list(FileKind::Snapshot)?;
+    mark_snapshots(repo, &snapshots, &mut used, counters, &mut stats)?;
     stats.blobs_used = used.len() as u64;
     let mut packs = pack_usage(repo, &used)?;
     stats.packs = packs.len() as u64;
@@ -116,7 +144,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
         .map(|(id, _)| *id)
         .collect();
     let doomed: HashSet<Id> = delete.iter().copied().collect();
-    let repack = choose_repacks(&packs, &doomed, opts);
+    let repack = choose_repacks(&packs, &doomed, opts, &|_| true);
     let gone: HashSet<Id> = doomed.iter().chain(&repack).copied().collect();
     stats.packs_deleted = delete.len() as u64;
     stats.packs_repacked = repack.len() as u64;
@@ -187,29 +215,31 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
     Ok(stats)
 }
 
-/// Every blob a snapshot references. Any snapshot or tree that cannot be read stops
-/// prune: what it references is unknown, and deleting it would lose data.
-fn used_blobs(
+/// Adds every blob snapshots `ids` reference to `used`. Any snapshot or tree that cannot
+/// be read stops prune: what it references is unknown, and deleting it would lose data.
+/// A snapshot gone since the listing was forgotten meanwhile, and references nothing.
+pub(super) fn mark_snapshots(
     repo: &Repository,
+    ids: &[Id],
+    used: &mut HashSet<Id>,
     counters: &Counters,
     stats: &mut PruneStats,
-) -> Result<HashSet<Id>> {
-    let mut used = HashSet::new();
-    for id in repo.backend.list(FileKind::Snapshot)? {
-        let snap = repo.load_snapshot(&id).map_err(|e| {
-            if is_misnamed(&e) {
-                return e; // its own message says what to run
-            }
-            anyhow!(
+) -> Result<()> {
+    for id in ids {
+        let snap = match repo.load_snapshot(id) {
+            Ok(s) => s,
+            Err(e) if crate::repo::backend::is_not_found(&e) => continue,
+            Err(e) if is_misnamed(&e) => return Err(e), // its own message says what to run
+            Err(e) => bail!(
                 "{}: prune cannot know what it references; forget it (`vault forget {}`) or repair first",
                 one_line(&e),
                 id.short()
-            )
-        })?;
+            ),
+        };
         stats.snapshots += 1;
-        mark_tree(repo, &snap.tree, Path::new("/"), &mut used, counters)?;
+        mark_tree(repo, &snap.tree, Path::new("/"), used, counters)?;
     }
-    Ok(used)
+    Ok(())
 }
 
 /// Adds tree `id` (at `path`) and every blob below it to `used`. The walk keeps its own
@@ -272,7 +302,7 @@ fn mark_one(
 }
 
 /// Every pack with every entry the index (or, for unindexed packs, the header) lists.
-fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMap<Id, PackUse>> {
+pub(super) fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMap<Id, PackUse>> {
     let index = repo.index();
     let stored: HashMap<Id, u64> = repo
         .backend
@@ -357,14 +387,15 @@ fn used_bytes(blobs: &[BlobEntry], used: &[bool]) -> u64 {
 
 /// The partly used packs to repack, most wasteful first, until what stays unused is
 /// within `max_unused` (and no more than `max_repack` bytes are rewritten).
-fn choose_repacks(
+pub(super) fn choose_repacks(
     packs: &HashMap<Id, PackUse>,
     delete: &HashSet<Id>,
     opts: &PruneOptions,
+    eligible: &dyn Fn(&Id) -> bool,
 ) -> Vec<Id> {
     let mut partial: Vec<(&Id, &PackUse)> = packs
         .iter()
-        .filter(|(id, p)| !delete.contains(id) && p.unused_bytes() > 0)
+        .filter(|(id, p)| !delete.contains(id) && p.unused_bytes() > 0 && eligible(id))
         .collect();
     let kept_size: u64 = packs
         .iter()
@@ -419,7 +450,7 @@ fn rebundle(repo: &Repository, packer: &Packer, members: &[(BlobType, Id, Vec<u8
 
 /// Copies the used blobs of `repack` into new packs. Each is opened first: a damaged blob
 /// stops prune before anything is deleted. Returns the index files the packer wrote.
-fn copy_used(
+pub(super) fn copy_used(
     repo: &Repository,
     packs: &HashMap<Id, PackUse>,
     repack: &[Id],

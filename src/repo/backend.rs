@@ -31,6 +31,10 @@ pub enum FileKind {
     Mirror,
     Forget,
     Export,
+    Mark,
+    Revival,
+    Deletion,
+    Format,
 }
 
 impl FileKind {
@@ -45,6 +49,10 @@ impl FileKind {
             FileKind::Mirror => "mirrors/",
             FileKind::Forget => "forgotten/",
             FileKind::Export => "exports/",
+            FileKind::Mark => "marks/",
+            FileKind::Revival => "revivals/",
+            FileKind::Deletion => "deletions/",
+            FileKind::Format => "format/",
         }
     }
 
@@ -57,7 +65,7 @@ impl FileKind {
         }
     }
 
-    const ALL: [FileKind; 9] = [
+    const ALL: [FileKind; 13] = [
         FileKind::Key,
         FileKind::Data,
         FileKind::Index,
@@ -67,6 +75,10 @@ impl FileKind {
         FileKind::Mirror,
         FileKind::Forget,
         FileKind::Export,
+        FileKind::Mark,
+        FileKind::Revival,
+        FileKind::Deletion,
+        FileKind::Format,
     ];
 
     /// The kind and id of the object at `path`, when it is one.
@@ -446,9 +458,36 @@ impl Backend {
             .collect())
     }
 
+    /// Like `list_sized`, with the time the storage says each object was last written
+    /// (None where it does not say).
+    pub fn list_timed(&self, kind: FileKind) -> Result<Vec<(Id, u64, Option<jiff::Timestamp>)>> {
+        Ok(self
+            .list_entries(kind.dir())?
+            .into_iter()
+            .filter_map(|(path, size, time)| {
+                let name = path.rsplit('/').next().unwrap_or(&path);
+                Id::from_hex(name).map(|id| (id, size, time))
+            })
+            .collect())
+    }
+
+    /// When the storage says `path` was last written; None when it does not say.
+    pub fn modified(&self, path: &str) -> Result<Option<jiff::Timestamp>> {
+        let meta = self.op.stat(path).map_err(|e| self.wrap(path, e))?;
+        Ok(meta.last_modified().map(Into::into))
+    }
+
     /// Every file below `dir` ("" for the whole repository), recursively: its path
     /// relative to the root, and its size.
     pub fn list_files(&self, dir: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_entries(dir)?
+            .into_iter()
+            .map(|(path, size, _)| (path, size))
+            .collect())
+    }
+
+    fn list_entries(&self, dir: &str) -> Result<Vec<(String, u64, Option<jiff::Timestamp>)>> {
         let opts = opendal::options::ListOptions {
             recursive: true,
             ..Default::default()
@@ -461,7 +500,14 @@ impl Backend {
         Ok(entries
             .into_iter()
             .filter(|e| !e.metadata().is_dir())
-            .map(|e| (e.path().to_string(), e.metadata().content_length()))
+            .map(|e| {
+                let m = e.metadata();
+                (
+                    e.path().to_string(),
+                    m.content_length(),
+                    m.last_modified().map(Into::into),
+                )
+            })
             .collect())
     }
 
@@ -475,7 +521,7 @@ impl Backend {
 }
 
 /// The directories of a repository (spec §1), as `init` creates them.
-pub const LAYOUT_DIRS: [&str; 10] = [
+pub const LAYOUT_DIRS: [&str; 14] = [
     "keys",
     "data",
     "index",
@@ -483,6 +529,10 @@ pub const LAYOUT_DIRS: [&str; 10] = [
     "mirrors",
     "forgotten",
     "exports",
+    "format",
+    "marks",
+    "revivals",
+    "deletions",
     "snapshots",
     "locks",
     "tmp",

@@ -194,6 +194,11 @@ impl IndexBuilder {
         b
     }
 
+    /// Records that index file `id` contributed, its packs being added one by one.
+    pub fn add_file_id(&mut self, id: Id) {
+        self.mi.files.push(id);
+    }
+
     pub fn add_file(&mut self, id: Id, file: &IndexFile) {
         self.mi.files.push(id);
         for p in &file.packs {

@@ -6,6 +6,7 @@ pub mod faults;
 pub mod index;
 pub mod location;
 pub mod lock;
+pub mod marks;
 pub mod packer;
 pub mod repository;
 

@@ -72,10 +72,10 @@ struct NameMismatch {
 /// A kind of hash-named object read whole: where it is stored and cached, and what
 /// messages call it.
 #[derive(Clone, Copy)]
-struct Named {
-    kind: FileKind,
-    cache: &'static str,
-    what: &'static str,
+pub(super) struct Named {
+    pub(super) kind: FileKind,
+    pub(super) cache: &'static str,
+    pub(super) what: &'static str,
 }
 
 impl Named {
@@ -104,6 +104,8 @@ pub struct Repository {
     pub keys: Keys,
     master: MasterKey,
     pub config: Config,
+    /// The format version: the config's, or higher after `vault upgrade` (§18).
+    pub format: u32,
     /// The key file that opened the repository (None for a raw master key).
     pub key_id: Option<Id>,
     pub cache: Option<Cache>,
@@ -116,6 +118,8 @@ pub struct Repository {
     pub misnamed_index: Vec<Id>,
     /// Index files that others supersede (as of the last `load_index`).
     pub superseded: HashSet<Id>,
+    /// Marks, revivals and deletions as the last `load_index` found them.
+    pub marks: super::marks::PruneState,
     /// Held while a tree pack is fetched into the cache (the scanner threads that all
     /// miss it at once must not all download it, and hold it in memory, at once); it
     /// holds the packs that could not be fetched whole, not to be tried again.
@@ -191,6 +195,7 @@ impl Repository {
             backend,
             keys,
             master,
+            format: config.version,
             config,
             key_id: Some(key_id),
             cache,
@@ -198,6 +203,7 @@ impl Repository {
             damaged_index: Vec::new(),
             misnamed_index: Vec::new(),
             superseded: HashSet::new(),
+            marks: Default::default(),
             fetching_trees: std::sync::Mutex::new(HashSet::new()),
         })
     }
@@ -228,10 +234,12 @@ impl Repository {
             Err(e) => return Err(anyhow!(e).context(format!("{loc}/config is damaged"))),
         };
         let cache = Cache::for_repo(&config.id);
+        let format = super::marks::format_version(&backend, &keys, config.version)?;
         Ok(Repository {
             backend,
             keys,
             master,
+            format,
             config,
             key_id,
             cache,
@@ -239,6 +247,7 @@ impl Repository {
             damaged_index: Vec::new(),
             misnamed_index: Vec::new(),
             superseded: HashSet::new(),
+            marks: Default::default(),
             fetching_trees: std::sync::Mutex::new(HashSet::new()),
         })
     }
@@ -324,16 +333,29 @@ impl Repository {
     /// file is skipped and recorded in `damaged_index`: one bad file must not stop the
     /// restore of everything the others describe.
     pub fn load_index(&mut self) -> Result<()> {
-        self.load_index_with(IndexBuilder::with_capacity)
+        self.load_index_with(IndexBuilder::with_capacity, false)
     }
 
     /// Loads the index as a backup needs it: data blobs only known to exist (a third of
     /// the memory; see [`IndexBuilder::data_ids_only`]), trees with their places.
     pub fn load_index_for_backup(&mut self) -> Result<()> {
-        self.load_index_with(IndexBuilder::data_ids_only)
+        self.load_index_with(IndexBuilder::data_ids_only, true)
     }
 
-    fn load_index_with(&mut self, builder: fn(usize) -> IndexBuilder) -> Result<()> {
+    /// Loads the index as a backup confirming its snapshot needs it: like
+    /// `load_index_for_backup`, but with packs being deleted, whose blobs it may copy.
+    pub fn load_index_for_confirm(&mut self) -> Result<()> {
+        self.load_index_with(IndexBuilder::data_ids_only, false)
+    }
+
+    /// `for_backup`: packs being deleted are left out, so that nothing new comes to
+    /// rely on them; readers keep them, after every other copy, while they last.
+    fn load_index_with(
+        &mut self,
+        builder: fn(usize) -> IndexBuilder,
+        for_backup: bool,
+    ) -> Result<()> {
+        self.marks = self.prune_state()?;
         let sized = self.backend.list_sized(FileKind::Index)?;
         let ids: Vec<Id> = sized.iter().map(|(id, _)| *id).collect();
         // The data listing (for packs no index lists) waits on the backend while the index
@@ -374,11 +396,32 @@ impl Repository {
         }
         files.retain(|(id, _)| !superseded.contains(id));
         let mut mi = builder(files.iter().map(|(_, f)| f.blob_count()).sum());
-        for (id, f) in files {
-            mi.add_file(id, &f);
+        let (marked, deleting) = (self.marks.marked(), self.marks.deleting());
+        // Of a blob stored twice, the copy in the pack added first is used: packs in
+        // force first, then marked ones, then those being deleted.
+        let tier = |p: &Id| match (deleting.contains(p), marked.contains_key(p)) {
+            (true, _) => 2,
+            (false, true) => 1,
+            (false, false) => 0,
+        };
+        for (id, _) in &files {
+            mi.add_file_id(*id);
+        }
+        for t in 0..if for_backup { 2 } else { 3 } {
+            for p in files.iter().flat_map(|(_, f)| &f.packs) {
+                if tier(&p.pack) == t {
+                    mi.add_pack(p.pack, &p.blobs);
+                }
+            }
         }
         self.superseded = superseded;
-        self.index_from_headers(&mut mi, packs?);
+        let packs: Vec<Id> = packs?;
+        let (dying, packs): (Vec<Id>, Vec<Id>) =
+            packs.into_iter().partition(|p| deleting.contains(p));
+        self.index_from_headers(&mut mi, packs);
+        if !for_backup {
+            self.index_from_headers_dying(&mut mi, dying);
+        }
         let index = mi.finish();
         if let Some(c) = &self.cache {
             c.retain("index", &ids.into_iter().collect());
@@ -401,6 +444,19 @@ impl Repository {
             }
             if let Ok(blobs) = self.read_pack_header(&pack) {
                 mi.add_unindexed(pack, blobs);
+            }
+        }
+    }
+
+    /// Packs being deleted that no index file lists, for readers: used after every
+    /// other copy, and never adopted into an index file.
+    fn index_from_headers_dying(&self, mi: &mut IndexBuilder, packs: Vec<Id>) {
+        let known = mi.pack_ids();
+        for pack in packs {
+            if !known.contains(&pack)
+                && let Ok(blobs) = self.read_pack_header(&pack)
+            {
+                mi.add_pack(pack, &blobs);
             }
         }
     }
@@ -469,7 +525,7 @@ impl Repository {
     /// the name, this backend's bytes are still opened to tell the two cases apart:
     /// bytes that open are an authentic object under another's name, refused as
     /// [`Misnamed`]; bytes that do not are damaged.
-    fn open_named<T>(
+    pub(super) fn open_named<T>(
         &self,
         named: Named,
         id: &Id,

@@ -1,0 +1,216 @@
+//! A backup's last step in a format-3 repository (spec §17 "Backup"): before it publishes
+//! its snapshot it confirms that every blob the snapshot references has a copy in a pack
+//! that is live. A pack that a prune marked is revived (a revival record; no data moves);
+//! a blob whose only copies are in packs being deleted is copied, as stored, into a new
+//! pack while one still exists. It then looks for deletion records once more: only after
+//! its revivals are written, since a prune looks for revivals only after its deletion
+//! record is (see `twophase`). After the snapshot is written it looks once more, for a
+//! prune that announced a deletion between; what such a prune may delete is copied too.
+//!
+//! A blob with no copy left at all (a backup suspended past two grace periods while
+//! prunes ran) cannot be confirmed: the caller reads the source again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::prune::{Counters, mark_tree};
+use crate::format::Id;
+use crate::format::pack::{self, BlobEntry, BlobOpener};
+use crate::format::prune::{DeletionRecord, Revived};
+use crate::format::snapshot::Snapshot;
+use crate::repo::marks::PruneState;
+use crate::repo::packer::Packer;
+use crate::repo::{FileKind, Repository};
+
+/// How many times the records are looked at again when prunes keep announcing
+/// deletions; past this the backup fails rather than loop.
+const ROUNDS: usize = 5;
+
+pub enum Outcome {
+    Published(Id),
+    /// This many referenced blobs have no copy left; nothing was published.
+    Lost(usize),
+}
+
+/// What a snapshot needs before it may be published.
+#[derive(Default)]
+struct Needs {
+    revive: BTreeMap<Id, Vec<Id>>,
+    /// Blobs to copy, with every place a copy may still be read from.
+    copy: HashMap<Id, Vec<(Id, BlobEntry)>>,
+}
+
+/// Publishes `snap` once everything it references is confirmed live.
+pub fn publish(repo: &mut Repository, snap: &Snapshot) -> Result<Outcome> {
+    if !repo.two_phase() {
+        return Ok(Outcome::Published(repo.save_snapshot(snap)?));
+    }
+    let mut seen = None;
+    for _ in 0..ROUNDS {
+        let state = repo.prune_state()?;
+        let lost = satisfy(repo, snap, &state)?;
+        if lost > 0 {
+            return Ok(Outcome::Lost(lost));
+        }
+        // Only now, with the revivals written, do deletion records tell the truth.
+        let after = repo.deletion_records()?;
+        if after.keys().all(|id| state.deletions.contains_key(id)) {
+            seen = Some(after);
+            break;
+        }
+    }
+    let Some(seen) = seen else {
+        anyhow::bail!(
+            "prunes kept announcing deletions while this backup confirmed its packs; nothing was published: run it again"
+        );
+    };
+    let id = repo.save_snapshot(snap)?;
+    if !newer(&repo.deletion_records()?, &seen) {
+        return Ok(Outcome::Published(id));
+    }
+    // A prune announced a deletion while the snapshot was written: it may not have
+    // seen the snapshot, so what it deletes must have another copy.
+    let state = repo.prune_state()?;
+    let lost = satisfy(repo, snap, &state)?;
+    if lost > 0 {
+        repo.backend.delete(&FileKind::Snapshot.path(&id))?;
+        return Ok(Outcome::Lost(lost));
+    }
+    Ok(Outcome::Published(id))
+}
+
+fn newer(now: &BTreeMap<Id, DeletionRecord>, seen: &BTreeMap<Id, DeletionRecord>) -> bool {
+    now.keys().any(|id| !seen.contains_key(id))
+}
+
+/// Revives and copies what `snap` needs under `state`; returns how many blobs have no
+/// copy left.
+fn satisfy(repo: &mut Repository, snap: &Snapshot, state: &PruneState) -> Result<usize> {
+    let needs = needs(repo, snap, state)?;
+    if !needs.revive.is_empty() {
+        let revived = needs
+            .revive
+            .into_iter()
+            .map(|(mark, packs)| Revived { mark, packs })
+            .collect();
+        repo.save_revival(revived)?;
+    }
+    copy(repo, &needs.copy)
+}
+
+/// Which marks to revive and which blobs to copy for `snap` to be safe under `state`.
+fn needs(repo: &mut Repository, snap: &Snapshot, state: &PruneState) -> Result<Needs> {
+    let marked = state.marked();
+    let dying = state.deleting();
+    if marked.is_empty() && dying.is_empty() {
+        return Ok(Needs::default());
+    }
+    // Index as it is now: the backup's own new packs included.
+    repo.load_index_for_confirm()?;
+    let listed = repo.index().pack_ids();
+    if !listed
+        .iter()
+        .any(|p| marked.contains_key(p) || dying.contains(p))
+    {
+        return Ok(Needs::default());
+    }
+    let at_risk = blobs_at_risk(repo, &marked, &dying)?;
+    if at_risk.is_empty() {
+        return Ok(Needs::default());
+    }
+    let mut referenced = HashSet::new();
+    mark_tree(
+        repo,
+        &snap.tree,
+        Path::new("/"),
+        &mut referenced,
+        &Counters::default(),
+    )?;
+    let mut needs = Needs::default();
+    for (blob, places) in at_risk {
+        if !referenced.contains(&blob) {
+            continue;
+        }
+        // A marked pack that is not being deleted is revived; else the blob is copied.
+        match places.iter().find(|(p, _)| !dying.contains(p)) {
+            Some((p, _)) => {
+                for m in marked.get(p).into_iter().flatten() {
+                    let packs = needs.revive.entry(*m).or_default();
+                    if !packs.contains(p) {
+                        packs.push(*p);
+                    }
+                }
+            }
+            None => {
+                needs.copy.insert(blob, places);
+            }
+        }
+    }
+    Ok(needs)
+}
+
+/// Every blob whose copies all lie in marked or dying packs, with those copies.
+fn blobs_at_risk(
+    repo: &Repository,
+    marked: &HashMap<Id, Vec<Id>>,
+    dying: &HashSet<Id>,
+) -> Result<HashMap<Id, Vec<(Id, BlobEntry)>>> {
+    let risky = |p: &Id| marked.contains_key(p) || dying.contains(p);
+    let files = repo.index_files()?;
+    let index = repo.index();
+    let all = files
+        .iter()
+        .flat_map(|(_, f)| &f.packs)
+        .chain(&index.unindexed);
+    let mut places: HashMap<Id, Vec<(Id, BlobEntry)>> = HashMap::new();
+    for p in all.clone().filter(|p| risky(&p.pack)) {
+        for b in &p.blobs {
+            places.entry(b.id).or_default().push((p.pack, b.clone()));
+        }
+    }
+    for p in all.filter(|p| !risky(&p.pack)) {
+        for b in &p.blobs {
+            places.remove(&b.id);
+        }
+    }
+    Ok(places)
+}
+
+/// Copies each blob, as stored, from the first place it can still be read into a new
+/// pack; returns how many could be read nowhere.
+fn copy(repo: &Repository, blobs: &HashMap<Id, Vec<(Id, BlobEntry)>>) -> Result<usize> {
+    if blobs.is_empty() {
+        return Ok(0);
+    }
+    let packer = Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, false)
+        .caching_trees(repo.cache.clone());
+    let mut lost = 0;
+    for (id, places) in blobs {
+        let plain = places.iter().find_map(|(pack, e)| {
+            let stored = repo
+                .backend
+                .read_range(
+                    &FileKind::Data.path(pack),
+                    u64::from(e.offset),
+                    u64::from(e.length),
+                )
+                .ok()?;
+            BlobOpener::default().open(&repo.keys, e, &stored).ok()
+        });
+        match plain {
+            Some(plain) => {
+                let blob_type = places[0].1.blob_type;
+                let level = repo.config.compression_level;
+                packer.add(pack::seal_blob(&repo.keys, blob_type, *id, &plain, level))?;
+            }
+            None => lost += 1,
+        }
+    }
+    packer.finish()?;
+    if lost > 0 {
+        log::warn!("{lost} blob(s) this backup references were deleted by a prune meanwhile");
+    }
+    Ok(lost)
+}
