@@ -134,8 +134,16 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             None => String::new(),
         };
         let head = head(r.problems.len());
+        let marks = if s.packs_marked + s.packs_deleting > 0 {
+            format!(
+                " ({} marked by prune, {} being deleted)",
+                s.packs_marked, s.packs_deleting
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "check: {head}: {} snapshots, {} trees, {} packs, {} blobs, {} index files, {} keys{read}",
+            "check: {head}: {} snapshots, {} trees, {} packs{marks}, {} blobs, {} index files, {} keys{read}",
             s.snapshots, s.trees, s.packs, s.blobs, s.index_files, s.keys
         );
     }

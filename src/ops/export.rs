@@ -71,7 +71,7 @@ pub fn export(
     dest.create_layout()?;
     report.packs = needed.len() as u64;
     let mut copy = CopyReport::default();
-    for kind in [FileKind::Key, FileKind::Data] {
+    for kind in [FileKind::Key, FileKind::Format, FileKind::Data] {
         let have: HashSet<Id> = dest.list(kind)?.into_iter().collect();
         let todo: Vec<(Id, u64)> = match kind {
             FileKind::Data => needed

@@ -28,11 +28,15 @@ use crate::repo::index::delete_index_file;
 use crate::repo::{Backend, FileKind, Repository};
 
 /// Copy order: whatever an object refers to is on the target before it.
-const ORDER: [FileKind; 8] = [
+const ORDER: [FileKind; 12] = [
     FileKind::Key,
+    FileKind::Format,
     FileKind::Mirror,
     FileKind::Forget,
     FileKind::Export,
+    FileKind::Mark,
+    FileKind::Revival,
+    FileKind::Deletion,
     FileKind::Data,
     FileKind::Index,
     FileKind::Manifest,
@@ -235,10 +239,23 @@ fn delete_gone(repo: &Repository, mirror: &Backend, report: &mut CopyReport) -> 
         return Ok(()); // the primary's view is incomplete: delete no pack
     }
     let packs = on_primary(FileKind::Data)?;
+    // Format 3: a pack is gone on purpose only when a deletion record names it too.
+    let deleted = repo.two_phase().then(|| repo.marks.deleting());
     for id in mirror.list(FileKind::Data)? {
-        if !packs.contains(&id) && !listed.contains(&id) {
+        let on_purpose = deleted.as_ref().is_none_or(|d| d.contains(&id));
+        if !packs.contains(&id) && !listed.contains(&id) && on_purpose {
             mirror.delete(&FileKind::Data.path(&id))?;
             report.deleted += 1;
+        }
+    }
+    // Marks the primary dropped (their packs gone or revived), then the revivals.
+    for kind in [FileKind::Mark, FileKind::Revival] {
+        let here = on_primary(kind)?;
+        for id in mirror.list(kind)? {
+            if !here.contains(&id) {
+                mirror.delete(&kind.path(&id))?;
+                report.deleted += 1;
+            }
         }
     }
     let index_left: HashSet<Id> = mirror.list(FileKind::Index)?.into_iter().collect();
