@@ -286,6 +286,7 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
             "parent": r.snapshot.parent.map(|i| i.to_hex()),
             "paths": r.snapshot.paths,
             "summary": s,
+            "confirmed": r.confirmed,
         }))?;
     } else if !g.quiet {
         let files = s.files_new + s.files_changed + s.files_unchanged;

@@ -77,6 +77,7 @@ pub struct Counters {
 pub struct BackupResult {
     pub snapshot_id: Option<Id>,
     pub snapshot: Snapshot,
+    pub confirmed: super::confirm::Confirmed,
 }
 
 /// Blobs already stored or claimed by this run; claiming is atomic so two files with the
@@ -208,19 +209,23 @@ pub fn backup(
     warn: Warn,
 ) -> Result<BackupResult> {
     let mut with_parent = true;
+    let mut confirmed = super::confirm::Confirmed::default();
     for attempt in 0.. {
         let snapshot = build(repo, opts, counters.clone(), warn.clone(), with_parent)?;
+        confirmed.passes += 1;
         if opts.dry_run {
             return Ok(BackupResult {
                 snapshot_id: None,
                 snapshot,
+                confirmed,
             });
         }
-        let lost = match super::confirm::publish(repo, &snapshot)? {
+        let lost = match super::confirm::publish(repo, &snapshot, &mut confirmed)? {
             super::confirm::Outcome::Published(id) => {
                 return Ok(BackupResult {
                     snapshot_id: Some(id),
                     snapshot,
+                    confirmed,
                 });
             }
             super::confirm::Outcome::Lost(n) => n,

@@ -28,6 +28,17 @@ use crate::repo::{FileKind, Repository};
 /// deletions; past this the backup fails rather than loop.
 const ROUNDS: usize = 5;
 
+/// What confirming took: for `backup --json`, and for tests to see the race happen.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Confirmed {
+    /// Packs revived: marked by a prune, relied on by this snapshot.
+    pub packs_revived: u64,
+    /// Blobs copied out of packs a prune is deleting.
+    pub blobs_copied: u64,
+    /// Passes over the source (more than 1 when a prune deleted what a pass relied on).
+    pub passes: u64,
+}
+
 pub enum Outcome {
     Published(Id),
     /// This many referenced blobs have no copy left; nothing was published.
@@ -43,14 +54,14 @@ struct Needs {
 }
 
 /// Publishes `snap` once everything it references is confirmed live.
-pub fn publish(repo: &mut Repository, snap: &Snapshot) -> Result<Outcome> {
+pub fn publish(repo: &mut Repository, snap: &Snapshot, done: &mut Confirmed) -> Result<Outcome> {
     if !repo.two_phase() {
         return Ok(Outcome::Published(repo.save_snapshot(snap)?));
     }
     let mut seen = None;
     for _ in 0..ROUNDS {
         let state = repo.prune_state()?;
-        let lost = satisfy(repo, snap, &state)?;
+        let lost = satisfy(repo, snap, &state, done)?;
         if lost > 0 {
             return Ok(Outcome::Lost(lost));
         }
@@ -73,7 +84,7 @@ pub fn publish(repo: &mut Repository, snap: &Snapshot) -> Result<Outcome> {
     // A prune announced a deletion while the snapshot was written: it may not have
     // seen the snapshot, so what it deletes must have another copy.
     let state = repo.prune_state()?;
-    let lost = satisfy(repo, snap, &state)?;
+    let lost = satisfy(repo, snap, &state, done)?;
     if lost > 0 {
         repo.backend.delete(&FileKind::Snapshot.path(&id))?;
         return Ok(Outcome::Lost(lost));
@@ -87,8 +98,14 @@ fn newer(now: &BTreeMap<Id, DeletionRecord>, seen: &BTreeMap<Id, DeletionRecord>
 
 /// Revives and copies what `snap` needs under `state`; returns how many blobs have no
 /// copy left.
-fn satisfy(repo: &mut Repository, snap: &Snapshot, state: &PruneState) -> Result<usize> {
+fn satisfy(
+    repo: &mut Repository,
+    snap: &Snapshot,
+    state: &PruneState,
+    done: &mut Confirmed,
+) -> Result<usize> {
     let needs = needs(repo, snap, state)?;
+    done.packs_revived += needs.revive.values().map(|p| p.len() as u64).sum::<u64>();
     if !needs.revive.is_empty() {
         let revived = needs
             .revive
@@ -97,7 +114,9 @@ fn satisfy(repo: &mut Repository, snap: &Snapshot, state: &PruneState) -> Result
             .collect();
         repo.save_revival(revived)?;
     }
-    copy(repo, &needs.copy)
+    let lost = copy(repo, &needs.copy)?;
+    done.blobs_copied += (needs.copy.len() - lost) as u64;
+    Ok(lost)
 }
 
 /// Which marks to revive and which blobs to copy for `snap` to be safe under `state`.

@@ -320,6 +320,12 @@ pub(super) fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMa
         if packs.contains_key(&p.pack) {
             continue;
         }
+        // A pack a prune deleted that an index file written meanwhile still lists
+        // (a backup listing the packs it uploaded) is gone on purpose: the next index
+        // rewrite drops it.
+        if !stored.contains_key(&p.pack) && repo.marks.deleting().contains(&p.pack) {
+            continue;
+        }
         let size = *stored.get(&p.pack).ok_or_else(|| {
             anyhow!(
                 "pack {} is in the index but missing from storage: run `vault check` before pruning",

@@ -273,7 +273,14 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
         counters,
         &mut stats,
     )?;
-    delete_packs(repo, &delete, &new_index_files, &mut stats)?;
+    // Packs deleted earlier that an index file still lists go from the index too.
+    let listed_gone: Vec<Id> = repo
+        .index()
+        .packs()
+        .map(|(id, _, _)| id)
+        .filter(|id| !packs.contains_key(id) && state.deleting().contains(id))
+        .collect();
+    delete_packs(repo, &delete, &listed_gone, &new_index_files, &mut stats)?;
     stats.bytes_freed = size_of(&delete);
     let mut to_mark = with_state(&plan, PackState::Mark);
     to_mark.extend(&repack);
@@ -371,13 +378,14 @@ fn fence(
 fn delete_packs(
     repo: &Repository,
     delete: &[Id],
+    listed_gone: &[Id],
     new_index_files: &[Id],
     stats: &mut PruneStats,
 ) -> Result<()> {
-    if delete.is_empty() {
+    if delete.is_empty() && listed_gone.is_empty() {
         return Ok(());
     }
-    let gone: HashSet<&Id> = delete.iter().collect();
+    let gone: HashSet<&Id> = delete.iter().chain(listed_gone).collect();
     let mut keep: HashMap<Id, PackBlobs> = HashMap::new();
     let mut old: Vec<Id> = repo.index().files.clone();
     for (id, f) in repo.index_files()? {
