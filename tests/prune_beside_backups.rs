@@ -83,7 +83,10 @@ fn restores_as(env: &Env, id: &str, src: &Path, tree: &BTreeMap<Vec<u8>, String>
     let _ = fs::remove_dir_all(&target);
     env.ok(&["restore", id, "--target", target.to_str().unwrap()]);
     let got = snapshot_of(&Env::restored(&target, src));
-    assert!(got == *tree, "{ctx}: snapshot {id} does not restore its source");
+    assert!(
+        got == *tree,
+        "{ctx}: snapshot {id} does not restore its source"
+    );
     fs::remove_dir_all(&target).unwrap();
 }
 
@@ -98,8 +101,14 @@ fn paused_backup(env: &Env, src: &Path, after: usize) -> Child {
         .unwrap();
     let start = Instant::now();
     while packs(&env.repo()) < before + after {
-        assert!(child.try_wait().unwrap().is_none(), "the backup finished before it was paused");
-        assert!(start.elapsed() < Duration::from_secs(60), "the backup wrote no packs");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup finished before it was paused"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the backup wrote no packs"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
     kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP).unwrap();
@@ -165,7 +174,10 @@ fn a_backup_that_relies_on_marked_packs_revives_them() {
     let first = prune(&env, "1s");
     assert!(first["packs_marked"].as_u64().unwrap() >= 10, "{first}");
     let out = resume(child);
-    assert!(out["confirmed"]["packs_revived"].as_u64().unwrap() >= 10, "{out}");
+    assert!(
+        out["confirmed"]["packs_revived"].as_u64().unwrap() >= 10,
+        "{out}"
+    );
     assert_eq!(out["confirmed"]["passes"], 1, "{out}");
     let id = out["snapshot"].as_str().unwrap();
     // With no grace at all, two prunes (mark, delete) must still keep every pack it uses.
@@ -295,7 +307,10 @@ fn forget_and_prune_again_and_again_beside_four_hosts_lose_nothing() {
         }
         assert!(ids.len() >= 4, "{ctx}: a host's newest snapshot is gone");
     }
-    assert!(deleted > 0, "no prune deleted anything: the test proved nothing");
+    assert!(
+        deleted > 0,
+        "no prune deleted anything: the test proved nothing"
+    );
     eprintln!(
         "four hosts: {published} backups published beside 12 forgets and 16 prunes; {deleted} packs deleted, \
          {revived} revived by backups, {passes} passes; every snapshot restored; {:.1}s",
@@ -335,9 +350,7 @@ fn backup_and_prune_killed_at_every_write_lose_nothing() {
     fs::rename(env.repo(), &template).unwrap();
     let reset = || {
         let _ = fs::remove_dir_all(env.repo());
-        for h in ["cache"] {
-            let _ = fs::remove_dir_all(env.path(h));
-        }
+        let _ = fs::remove_dir_all(env.path("cache"));
         common::copy_tree(&template, &env.repo());
     };
     let ops: [&[&str]; 2] = [
@@ -367,7 +380,10 @@ fn backup_and_prune_killed_at_every_write_lose_nothing() {
             env.ok(&["unlock", "-q"]);
             check_clean(&env, &ctx);
             // The next runs finish the job: nothing that a published snapshot uses goes.
-            let id = env.backup_json(&[&s])["snapshot"].as_str().unwrap().to_string();
+            let id = env.backup_json(&[&s])["snapshot"]
+                .as_str()
+                .unwrap()
+                .to_string();
             prune(&env, "0s");
             prune(&env, "0s");
             check_clean(&env, &ctx);

@@ -38,7 +38,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Sync(a) => mirrors::sync(&g, a.mirror.as_deref()),
         Command::Status(a) => mirrors::status(&g, &a.export_max_age),
         Command::Export(a) => export::export(&g, a),
-        Command::Forget(a) => retention::forget(&g, a),
+        Command::Forget(a) => retention::forget(&g, *a),
         Command::Prune(a) => retention::prune(&g, a),
         Command::Key(k) => key(&g, k),
         Command::Check(a) => integrity::check(&g, a),
@@ -186,6 +186,7 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
         compression_level: a.compression,
         kdf_log_n: default_log_n(),
         label: a.label,
+        version: a.format_version,
     };
     let pw = password::password(
         g.password_file.as_deref(),

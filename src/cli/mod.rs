@@ -158,7 +158,7 @@ pub enum Command {
     /// Remove snapshots by a retention policy, or by id.
     ///
     /// Example: vault forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
-    Forget(ForgetArgs),
+    Forget(Box<ForgetArgs>),
     /// Delete the data no snapshot uses and reclaim its space (exclusive lock).
     ///
     /// Example: vault prune --max-unused 5% --max-repack 1G
@@ -268,6 +268,12 @@ pub struct InitArgs {
     /// Label of the first key
     #[arg(long, default_value = "initial")]
     pub label: String,
+    /// Repository format: 3 (prune beside backups), or 2 or 1 for a repository that older
+    /// vaults must read (1: no bundles; before 3, prune deletes at once under an
+    /// exclusive lock). `vault upgrade` raises it later
+    #[arg(long, default_value_t = crate::format::config::REPO_VERSION,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::format::config::REPO_VERSION)))]
+    pub format_version: u32,
 }
 
 #[derive(Args, Debug)]

@@ -145,6 +145,9 @@ mod tests {
             time: "t".into(),
             features: vec![],
         };
-        assert_eq!(FormatRecord::open(&keys, &f.seal(&keys)).unwrap().version, 9);
+        assert_eq!(
+            FormatRecord::open(&keys, &f.seal(&keys)).unwrap().version,
+            9
+        );
     }
 }

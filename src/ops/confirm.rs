@@ -186,7 +186,7 @@ fn blobs_at_risk(
     let mut places: HashMap<Id, Vec<(Id, BlobEntry)>> = HashMap::new();
     for p in all.clone().filter(|p| risky(&p.pack)) {
         for b in &p.blobs {
-            places.entry(b.id).or_default().push((p.pack, b.clone()));
+            places.entry(b.id).or_default().push((p.pack, *b));
         }
     }
     for p in all.filter(|p| !risky(&p.pack)) {

@@ -126,7 +126,11 @@ pub(super) fn refuse_unknown(repo: &Repository) -> Result<()> {
 
 /// Prune of a repository before format 3, under the exclusive lock: what is unused goes
 /// in this run.
-fn prune_at_once(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneStats> {
+fn prune_at_once(
+    repo: &Repository,
+    opts: &PruneOptions,
+    counters: &Counters,
+) -> Result<PruneStats> {
     refuse_unknown(repo)?;
     let mut stats = PruneStats::default();
     let mut used = HashSet::new();

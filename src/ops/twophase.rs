@@ -190,7 +190,9 @@ fn plan(
                 }
             }
             (false, false, None) => match written {
-                Some(t) if !ages.older_than(t, opts.grace) => line(PackState::Young, Some(t), Some(t)),
+                Some(t) if !ages.older_than(t, opts.grace) => {
+                    line(PackState::Young, Some(t), Some(t))
+                }
                 _ => line(PackState::Mark, written, None),
             },
         };
@@ -219,12 +221,15 @@ fn plan(
             after: None,
         });
     }
-    out.sort_by(|a, b| (a.state as u8, a.pack).cmp(&(b.state as u8, b.pack)));
+    out.sort_by_key(|a| (a.state as u8, a.pack));
     out
 }
 
 fn with_state(plan: &[PackPlan], s: PackState) -> Vec<Id> {
-    plan.iter().filter(|l| l.state == s).map(|l| l.pack).collect()
+    plan.iter()
+        .filter(|l| l.state == s)
+        .map(|l| l.pack)
+        .collect()
 }
 
 pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneStats> {
@@ -253,13 +258,17 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
         let delete = with_state(&plan, PackState::Delete);
         stats.packs_deleted = delete.len() as u64;
         stats.bytes_freed = size_of(&delete);
-        stats.packs_marked =
-            (with_state(&plan, PackState::Mark).len() + repack.len()) as u64;
+        stats.packs_marked = (with_state(&plan, PackState::Mark).len() + repack.len()) as u64;
         stats.packs_revived = with_state(&plan, PackState::Revive).len() as u64;
         stats.plan = plan;
         return Ok(stats);
     }
-    revive(repo, &state, &with_state(&plan, PackState::Revive), &mut stats)?;
+    revive(
+        repo,
+        &state,
+        &with_state(&plan, PackState::Revive),
+        &mut stats,
+    )?;
     let mut repacked = repack.clone();
     repacked.extend(&rescue);
     let new_index_files = copy_used(repo, &packs, &repacked, counters, &mut stats)?;
@@ -305,7 +314,12 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
 }
 
 /// Revives marked packs that snapshots use again (every mark in force on them).
-fn revive(repo: &Repository, state: &PruneState, packs: &[Id], stats: &mut PruneStats) -> Result<()> {
+fn revive(
+    repo: &Repository,
+    state: &PruneState,
+    packs: &[Id],
+    stats: &mut PruneStats,
+) -> Result<()> {
     if packs.is_empty() {
         return Ok(());
     }
@@ -341,7 +355,11 @@ fn fence(
     stats: &mut PruneStats,
 ) -> Result<Vec<Id>> {
     let dying = state.deleting();
-    let fresh: Vec<Id> = delete.iter().filter(|p| !dying.contains(p)).copied().collect();
+    let fresh: Vec<Id> = delete
+        .iter()
+        .filter(|p| !dying.contains(p))
+        .copied()
+        .collect();
     if fresh.is_empty() {
         return Ok(delete);
     }
@@ -365,9 +383,10 @@ fn fence(
             let revived_now = marked
                 .get(p)
                 .is_some_and(|ms| ms.iter().any(|m| revived.contains(&(*m, *p))));
-            let used_now = packs[p].blobs.iter().any(|b| {
-                used.contains(&b.id) && index.get(&b.id).is_none_or(|(at, _)| at == *p)
-            });
+            let used_now = packs[p]
+                .blobs
+                .iter()
+                .any(|b| used.contains(&b.id) && index.get(&b.id).is_none_or(|(at, _)| at == *p));
             !revived_now && !used_now
         })
         .collect())
@@ -434,8 +453,7 @@ fn collect_records(repo: &Repository, state: &PruneState) -> Result<u64> {
     let mut removed = 0;
     let mut gone_marks = HashSet::new();
     for (id, m) in &state.marks {
-        if m
-            .packs
+        if m.packs
             .iter()
             .all(|p| !present.contains(p) || revived.contains(&(*id, *p)))
         {

@@ -11,7 +11,7 @@ use super::backend::{Backend, CONFIG_PATH, FileKind, is_not_found, is_storage_er
 use super::cache::Cache;
 use super::index::{IndexBuilder, MasterIndex};
 use crate::error::VaultError;
-use crate::format::config::{ChunkerParams, Config, REPO_VERSION};
+use crate::format::config::{ChunkerParams, Config};
 use crate::format::crypto::{Keys, MasterKey};
 use crate::format::index::IndexFile;
 use crate::format::keyfile::{self, KeyFile, KeyPayload};
@@ -97,6 +97,8 @@ pub struct InitOptions {
     pub compression_level: i32,
     pub kdf_log_n: u8,
     pub label: String,
+    /// The config's format version (REPO_VERSION, or older for older vaults).
+    pub version: u32,
 }
 
 pub struct Repository {
@@ -171,7 +173,7 @@ impl Repository {
         }
         clear_failed_init(&backend)?;
         let config = Config {
-            version: REPO_VERSION,
+            version: opts.version,
             id: Id::random().to_hex(),
             chunker: opts.chunker.clone(),
             pack_size: opts.pack_size,
