@@ -7,13 +7,14 @@ use std::sync::atomic::Ordering;
 use anyhow::{Result, anyhow};
 use serde_json::json;
 
-use super::commands::{filter, open_indexed, print_json, take_lock, warn_stderr};
+use super::commands::{ensure_held, filter, open_indexed, print_json, take_lock, warn_stderr};
 use super::progress::{Progress, human_bytes};
 use super::{ForgetArgs, Global, PruneArgs, PruneOpts};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::ops::forget::{self, Policy};
 use crate::ops::{prune as prune_op, select};
+use crate::repo::lock::LockKind;
 use crate::repo::{FileKind, Repository};
 
 fn span(flag: &str, v: &Option<String>) -> Result<Option<jiff::Span>> {
@@ -93,7 +94,7 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
     let _lock = if a.dry_run {
         None
     } else {
-        take_lock(g, &repo, true, "forget")?
+        take_lock(g, &repo, LockKind::Shared, "forget")?
     };
     let remove: Vec<Id> = if a.ids.is_empty() {
         let snaps = select::list(&repo, &filter(&a.filter), &warn_stderr)?;
@@ -109,6 +110,7 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
         by_ids(&repo, &a.ids)?
     };
     if !a.dry_run && !remove.is_empty() {
+        ensure_held(&_lock)?;
         // The record first: it is what lets sync remove these from the mirrors too.
         repo.save_forget_record(&remove)?;
         for id in &remove {
@@ -177,7 +179,7 @@ pub fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
 
 fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
     let mut repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, true, "prune")?;
+    let _lock = take_lock(g, &repo, LockKind::Prune, "prune")?;
     // What it decides from must be read after the lock is held.
     repo.load_index()?;
     let opts = prune_op::PruneOptions {
