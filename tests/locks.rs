@@ -199,8 +199,6 @@ fn a_lock_from_another_pid_namespace_with_the_same_host_name_stays_live() {
         !Path::new(&format!("/proc/{pid}")).exists(),
         "pid {pid} must not exist here, or this test proves nothing"
     );
-    assert!(!l.pid_ns.is_empty() && !l.boot_id.is_empty() && l.process.is_some());
-    assert!(!h[0].is_dead() && !h[0].from_older_vault());
 
     // Plain unlock removes only dead locks: this one is kept.
     let out = env.ok(&["unlock"]);
@@ -216,6 +214,10 @@ fn a_lock_from_another_pid_namespace_with_the_same_host_name_stays_live() {
         "{err}"
     );
     assert_eq!(common::walkdir(&env.repo().join("index")), index_before);
+    let h = holders(&repo);
+    let l = h[0].lock.as_ref().unwrap();
+    assert!(!l.pid_ns.is_empty() && !l.boot_id.is_empty() && l.process.is_some());
+    assert!(!h[0].is_dead() && !h[0].from_older_vault());
     // Shared locks coexist.
     let src = env.source_with_file(b"x");
     env.ok(&["backup", "-q", src.to_str().unwrap()]);
