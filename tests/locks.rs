@@ -521,3 +521,137 @@ fn unlock_stale_removes_only_a_lock_watched_unchanged() {
     assert!(lock_files(&env).is_empty());
     assert_eq!(env.files_in("snapshots"), 1);
 }
+
+/// A lock object as another process (or an older vault) would write it.
+fn plant(repo: &Repository, l: &vault::format::lock::Lock) -> vault::format::Id {
+    let id = vault::format::Id::random();
+    repo.backend
+        .write(&vault::repo::FileKind::Lock.path(&id), l.seal(&repo.keys))
+        .unwrap();
+    id
+}
+
+fn planted(
+    host: &str,
+    pid: u32,
+    exclusive: bool,
+    kind: Option<&str>,
+    process: Option<&str>,
+) -> vault::format::lock::Lock {
+    vault::format::lock::Lock {
+        host: host.into(),
+        pid,
+        user: "someone".into(),
+        time: jiff::Timestamp::now().to_string(),
+        exclusive,
+        command: "repair index".into(),
+        kind: kind.map(String::from),
+        process: process.map(String::from),
+        boot_id: String::new(),
+        pid_ns: String::new(),
+        started: String::new(),
+        seq: 1,
+    }
+}
+
+#[test]
+fn a_lock_of_an_older_vault_is_never_judged_dead() {
+    let env = Env::new();
+    env.init(&[]);
+    let repo = repo_of(&env);
+    // This host's name and a pid that does not exist here: the old rule called it dead.
+    let host = vault::repo::repository::hostname();
+    let pid = pid_absent_here();
+    plant(&repo, &planted(&host, pid, false, None, None));
+    let h = holders(&repo);
+    assert!(h[0].from_older_vault() && !h[0].is_dead());
+    assert!(
+        h[0].describe().contains("older vault"),
+        "{}",
+        h[0].describe()
+    );
+    let out = env.ok(&["unlock"]);
+    assert!(out.contains("0 lock(s) removed"), "{out}");
+    // Shared (`exclusive: false`, no `kind`): a backup runs beside it, repair index not.
+    let src = env.source_with_file(b"x");
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let out = env.run(&["repair", "index"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(11), "{err}");
+    assert!(err.contains("older vault"), "{err}");
+}
+
+#[test]
+fn lock_wait_passes_only_a_lock_it_watched_unchanged() {
+    if !unshare_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init(&[]);
+    let repo = repo_of(&env);
+    let refresh = [("VAULT_LOCK_REFRESH_SECS", "0.2")];
+    let alive = Holder::start(
+        &env,
+        &repo,
+        Wrap::PidNs {
+            pid: pid_absent_here(),
+        },
+        &refresh,
+    );
+    let short = |args: &[&str]| {
+        let start = Instant::now();
+        let out = env
+            .cmd()
+            .env("VAULT_LOCK_STALE_SECS", "1.5")
+            .args(args)
+            .output()
+            .unwrap();
+        (out, start.elapsed())
+    };
+    // Refreshed all along: waiting longer than the threshold never passes it.
+    let (out, took) = short(&["--lock-wait", "5s", "repair", "index"]);
+    assert_eq!(
+        out.status.code(),
+        Some(11),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(took >= Duration::from_secs(5), "gave up after {took:?}");
+    alive.kill();
+    // Its holder was killed in another namespace: without waiting, still locked.
+    let (out, _) = short(&["repair", "index"]);
+    assert_eq!(
+        out.status.code(),
+        Some(11),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Waiting, it is passed once watched unchanged for the threshold.
+    let (out, took) = short(&["--lock-wait", "30s", "repair", "index"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("ignoring stale"), "{err}");
+    assert!(took >= Duration::from_millis(1500), "passed after {took:?}");
+}
+
+#[test]
+fn renew_fails_when_a_conflicting_lock_appeared_meanwhile() {
+    let env = Env::new();
+    env.init(&[]);
+    let repo = repo_of(&env);
+    let guard = lock::acquire(&repo, lock::LockKind::Prune, "prune").unwrap();
+    guard.ensure_held().unwrap();
+    guard.renew().unwrap();
+    // Another process judged ours stale and took a prune lock of its own.
+    let theirs = planted("elsewhere", 7, true, Some("prune"), Some("00ff"));
+    let id = plant(&repo, &theirs);
+    let err = guard.renew().unwrap_err();
+    assert_eq!(vault::error::exit_code(&err), 11, "{err:#}");
+    assert!(format!("{err:#}").contains("elsewhere"), "{err:#}");
+    repo.backend
+        .delete(&vault::repo::FileKind::Lock.path(&id))
+        .unwrap();
+    guard.renew().unwrap();
+    drop(guard);
+    assert!(lock_files(&env).is_empty(), "release deletes what it wrote");
+}
