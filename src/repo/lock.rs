@@ -320,16 +320,24 @@ pub fn human(d: Duration) -> String {
 
 /// Fails with exit code 11 when another process holds a lock that conflicts with
 /// `kind` and is neither dead nor watched stale.
+///
+/// `own` is the path of the own newest object: skipped even when its read came back
+/// damaged.
 fn check_conflicts(
     backend: &Backend,
     keys: &Keys,
     kind: LockKind,
     watch: &mut Watch,
+    own: &str,
 ) -> Result<()> {
     let locks = list_locks(backend, keys)?;
     watch.observe(&locks);
     for other in &locks {
-        if other.is_ours() || !kind.conflicts_with(other.kind()) {
+        let own_object = other
+            .objects
+            .iter()
+            .any(|id| FileKind::Lock.path(id) == own);
+        if own_object || other.is_ours() || !kind.conflicts_with(other.kind()) {
             continue;
         }
         if other.is_dead() {
@@ -463,11 +471,13 @@ impl LockGuard {
     /// lock (exit code 11 if one does); on success the lock counts as held again.
     pub fn renew(&self) -> Result<()> {
         self.held.refresh()?;
+        let own = locked(&self.held.objects).current.clone();
         check_conflicts(
             &self.held.backend,
             &self.held.keys,
             self.held.template.kind(),
             &mut Watch::new(),
+            &own,
         )?;
         locked(&self.held.health).lapsed = None;
         Ok(())
@@ -558,7 +568,7 @@ pub fn acquire_watching(
     held.objects
         .get_mut()
         .unwrap_or_else(|e| e.into_inner())
-        .current = first;
+        .current = first.clone();
     let mut guard = LockGuard {
         held: Arc::new(held),
         location,
@@ -566,7 +576,7 @@ pub fn acquire_watching(
         refresher: None,
     };
     // On failure the guard drops, deleting the own lock again.
-    check_conflicts(&repo.backend, &repo.keys, kind, watch)?;
+    check_conflicts(&repo.backend, &repo.keys, kind, watch, &first)?;
     guard.start_refresher();
     Ok(guard)
 }
