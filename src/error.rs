@@ -24,6 +24,9 @@ pub enum VaultError {
     AlreadyExists(String),
     #[error("repository is locked: {0}")]
     Locked(String),
+    /// The own lock went unrefreshed too long: stopped before publishing.
+    #[error("{0}")]
+    LockLapsed(String),
     #[error("wrong password for repository {0}: no key file opens with it")]
     WrongPassword(String),
     #[error("{0}")]
@@ -35,7 +38,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         if let Some(v) = cause.downcast_ref::<VaultError>() {
             return match v {
                 VaultError::NoRepository(_) => exit::NO_REPOSITORY,
-                VaultError::Locked(_) => exit::LOCKED,
+                VaultError::Locked(_) | VaultError::LockLapsed(_) => exit::LOCKED,
                 VaultError::WrongPassword(_) => exit::WRONG_PASSWORD,
                 VaultError::Usage(_) => exit::USAGE,
                 VaultError::AlreadyExists(_) => exit::ERROR,

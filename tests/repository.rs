@@ -346,7 +346,7 @@ fn live_lock_makes_writers_exit_11_and_write_nothing() {
     let repo = Repository::open(backend, &Secret::Password(PASSWORD.into())).unwrap();
 
     // An exclusive lock (as prune or repair index hold) stops a backup.
-    let guard = lock::acquire(&repo, true, "test").unwrap();
+    let guard = lock::acquire(&repo, lock::LockKind::Exclusive, "test").unwrap();
     let before = repo_listing(&env);
     let out = env.run(&["backup", src.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(11));
@@ -360,7 +360,7 @@ fn live_lock_makes_writers_exit_11_and_write_nothing() {
     drop(guard);
 
     // A shared lock (a running backup) stops an exclusive operation but not a reader.
-    let guard = lock::acquire(&repo, false, "backup").unwrap();
+    let guard = lock::acquire(&repo, lock::LockKind::Shared, "backup").unwrap();
     env.expect(&["repair", "index"], 11);
     env.ok(&["snapshots"]);
     drop(guard);
@@ -368,7 +368,7 @@ fn live_lock_makes_writers_exit_11_and_write_nothing() {
     env.ok(&["repair", "index"]);
 
     // --lock-wait: a writer waits for the lock instead of giving up.
-    let guard = lock::acquire(&repo, true, "test").unwrap();
+    let guard = lock::acquire(&repo, lock::LockKind::Exclusive, "test").unwrap();
     let release = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(3));
         drop(guard);

@@ -18,7 +18,7 @@ use crate::error::{VaultError, exit, exit_code};
 use crate::format::Id;
 use crate::format::config::ChunkerParams;
 use crate::ops::{backup, dump, ls, restore, select};
-use crate::repo::lock::{self, LockGuard};
+use crate::repo::lock::{self, LockGuard, LockKind};
 use crate::repo::repository::{InitOptions, default_log_n};
 use crate::repo::{Backend, Repository};
 
@@ -45,7 +45,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Audit(a) => integrity::audit(&g, a),
         Command::Verify(a) => integrity::verify(&g, a),
         Command::Repair(r) => integrity::repair(&g, r),
-        Command::Unlock(a) => unlock(&g, a.remove_all),
+        Command::Unlock(a) => unlock(&g, &a),
         Command::Run { profile } => super::run::run(&g, &profile),
         Command::Upgrade => super::retention::upgrade(&g),
         Command::Schedule(s) => super::schedule::schedule(&g, s),
@@ -126,15 +126,17 @@ pub(super) fn warn_damaged_index(repo: &Repository) {
 pub(super) fn take_lock(
     g: &Global,
     repo: &Repository,
-    exclusive: bool,
+    kind: LockKind,
     command: &str,
 ) -> Result<Option<LockGuard>> {
     if g.no_lock {
         return Ok(None);
     }
     let deadline = g.lock_wait.map(|w| std::time::Instant::now() + w);
+    // Kept across retries: a lock watched unchanged for the stale threshold may be passed.
+    let mut watch = lock::Watch::new();
     loop {
-        match lock::acquire(repo, exclusive, command) {
+        match lock::acquire_watching(repo, kind, command, &mut watch) {
             Ok(guard) => return Ok(Some(guard)),
             Err(e)
                 if exit_code(&e) == exit::LOCKED
@@ -146,6 +148,12 @@ pub(super) fn take_lock(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Before a step that cannot be taken back: fails (exit code 11) when the lock went
+/// unrefreshed so long that another process may have judged it stale.
+pub(super) fn ensure_held(lock: &Option<LockGuard>) -> Result<()> {
+    lock.as_ref().map_or(Ok(()), LockGuard::ensure_held)
 }
 
 pub(super) fn filter(f: &SnapshotFilter) -> select::Filter {
@@ -214,7 +222,7 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let _lock = if a.dry_run {
         None
     } else {
-        take_lock(g, &repo, false, "backup")?
+        take_lock(g, &repo, LockKind::Shared, "backup")?
     };
     // Loaded once the lock is held: the index may change while we wait for it.
     repo.load_index_for_backup()?;
@@ -368,7 +376,7 @@ fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
 
 fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, false, "ls")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "ls")?;
     let (spec, path) = timetravel::split_args(a.args, &a.at, false)?;
     let covers: Vec<PathBuf> = path.iter().cloned().collect();
     let (_, snap) = timetravel::choose(g, &repo, spec.as_deref(), &a.at, &a.filter, &covers)?;
@@ -418,7 +426,7 @@ fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
 
 fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, false, "restore")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "restore")?;
     // With --at, the snapshot must hold the literal paths asked for.
     let covers: Vec<PathBuf> = a
         .includes
@@ -486,7 +494,7 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
 
 fn cmd_dump(g: &Global, a: DumpArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, false, "dump")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "dump")?;
     let (spec, path) = timetravel::split_args(a.args, &a.at, true)?;
     let path = path.expect("split_args requires the path");
     let (_, snap) = timetravel::choose(
@@ -607,16 +615,31 @@ fn key_list(g: &Global, repo: &Repository) -> Result<()> {
     Ok(())
 }
 
-fn unlock(g: &Global, all: bool) -> Result<i32> {
+fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
     let repo = open(g)?;
-    let removed = lock::unlock(&repo, all)?;
-    if g.json {
-        print_json(&json!({"removed": removed}))?;
-    } else if !g.quiet {
-        for r in &removed {
-            println!("removed {r}");
+    let mode = if a.remove_all {
+        lock::UnlockMode::All
+    } else if a.stale {
+        lock::UnlockMode::Stale
+    } else {
+        lock::UnlockMode::Dead
+    };
+    let quiet = g.quiet || g.json;
+    let r = lock::unlock(&repo, mode, &|line| {
+        if !quiet {
+            eprintln!("{line}");
         }
-        println!("{} lock(s) removed", removed.len());
+    })?;
+    if g.json {
+        print_json(&json!({"removed": r.removed, "kept": r.kept}))?;
+    } else if !g.quiet {
+        for l in &r.removed {
+            println!("removed {l}");
+        }
+        for l in &r.kept {
+            println!("kept {l}");
+        }
+        println!("{} lock(s) removed", r.removed.len());
     }
     Ok(exit::OK)
 }

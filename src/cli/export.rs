@@ -15,6 +15,7 @@ use crate::format::Id;
 use crate::format::mirror::{EXPORT_VERSION, ExportRecord};
 use crate::format::snapshot::Snapshot;
 use crate::ops::{export as export_op, forget, image, select};
+use crate::repo::lock::LockKind;
 use crate::repo::repository::now_rfc3339;
 use crate::repo::{Backend, Repository};
 
@@ -72,7 +73,7 @@ pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
         return verify_image(g, img);
     }
     let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, false, "export")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "export")?;
     let chosen = choose(&repo, a.snapshots.as_deref())?;
     if chosen.is_empty() {
         return Err(VaultError::Usage("no snapshot selected: nothing to export".into()).into());

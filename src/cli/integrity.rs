@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use super::commands::{
-    filter, location, open, print_json, take_lock, warn_damaged_index, warn_stderr,
+    ensure_held, filter, location, open, print_json, take_lock, warn_damaged_index, warn_stderr,
 };
 use super::progress::{Progress, human_bytes};
 use super::{AuditArgs, CheckArgs, Global, RepairArgs, RepairCommand, VerifyArgs};
@@ -16,6 +16,7 @@ use crate::format::Id;
 use crate::ops::problem::Problem;
 use crate::ops::subset::Subset;
 use crate::ops::{audit, check, repair, restore, select, verify};
+use crate::repo::lock::LockKind;
 use crate::repo::{Backend, FileKind, Repository};
 
 /// Opens the repository with its index read from storage, never from the local cache:
@@ -96,7 +97,7 @@ fn verdict(problems: usize) -> i32 {
 
 pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
     let repo = open_uncached(g)?;
-    let _lock = take_lock(g, &repo, false, "check")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "check")?;
     let subset = if a.read_data {
         Some(Subset::All)
     } else {
@@ -191,7 +192,7 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
 
 pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
     let repo = open_uncached(g)?;
-    let _lock = take_lock(g, &repo, false, "verify")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "verify")?;
     let snaps = select::list(&repo, &filter(&a.filter), &warn_stderr)?;
     let chosen = if snaps.is_empty() && a.snapshot == "latest" {
         None
@@ -277,10 +278,10 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
     repo.cache = None;
     match r {
         RepairCommand::Index => {
-            let _lock = take_lock(g, &repo, true, "repair index")?;
+            let _lock = take_lock(g, &repo, LockKind::Exclusive, "repair index")?;
             // Read after locking: the old index is the fallback for unreadable headers.
             repo.load_index()?;
-            let res = repair::repair_index(&repo)?;
+            let res = repair::repair_index(&repo, &|| ensure_held(&_lock))?;
             for u in &res.unreadable_headers {
                 eprintln!("vault: warning: {u}");
             }
@@ -298,7 +299,7 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
             let _lock = if a.dry_run {
                 None
             } else {
-                take_lock(g, &repo, false, "repair snapshots")?
+                take_lock(g, &repo, LockKind::Shared, "repair snapshots")?
             };
             repo.load_index()?;
             warn_damaged_index(&repo);

@@ -13,6 +13,7 @@ use super::{Global, MirrorAddArgs, MirrorCommand};
 use crate::error::{VaultError, exit};
 use crate::format::mirror::{MIRROR_VERSION, MirrorDef};
 use crate::ops::sync;
+use crate::repo::lock::LockKind;
 use crate::repo::repository::now_rfc3339;
 use crate::repo::{Backend, Repository};
 
@@ -177,7 +178,7 @@ fn save_state(repo: &Repository, state: &BTreeMap<String, String>) {
 
 pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
     let mut repo = open(g)?;
-    let _lock = take_lock(g, &repo, false, "sync")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "sync")?;
     repo.load_index()?;
     let defs: Vec<MirrorDef> = repo
         .mirror_defs()?
@@ -416,7 +417,7 @@ pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
             .ok_or_else(|| anyhow!("no mirror named {from} (see `vault mirror list`)"))?
     };
     let _lock = match &opened {
-        Ok(repo) => take_lock(g, repo, false, "repair")?,
+        Ok(repo) => take_lock(g, repo, LockKind::Shared, "repair")?,
         Err(_) => None, // a repository that does not open cannot hold a lock either
     };
     let opened = opened.map(|r| {

@@ -246,9 +246,13 @@ pub enum Command {
         /// bash, zsh, fish, elvish or powershell
         shell: clap_complete::Shell,
     },
-    /// Remove stale locks left by processes that died.
+    /// Remove locks left by processes that died.
     ///
-    /// Example: vault unlock
+    /// Without options, only locks whose process is gone from this machine, boot and PID
+    /// namespace; a lock from anywhere else is removed only with --stale, after watching
+    /// it unchanged for 30 minutes, or with --remove-all.
+    ///
+    /// Example: vault unlock --stale
     Unlock(UnlockArgs),
 }
 
@@ -747,7 +751,14 @@ pub struct RepairSnapshotsArgs {
 
 #[derive(Args, Debug)]
 pub struct UnlockArgs {
-    /// Remove every lock, not just stale ones
+    /// Also watch the other locks for the stale threshold (30 min) and remove those
+    /// that did not change meanwhile: locks of processes that died on another machine,
+    /// in another container or PID namespace, or before a reboot. For tests,
+    /// VAULT_LOCK_STALE_SECS and VAULT_LOCK_REFRESH_SECS shorten the threshold and the
+    /// refresh interval (5 min)
+    #[arg(long, conflicts_with = "remove_all")]
+    pub stale: bool,
+    /// Remove every lock, whether its process still runs or not
     #[arg(long)]
     pub remove_all: bool,
 }

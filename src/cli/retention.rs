@@ -7,13 +7,14 @@ use std::sync::atomic::Ordering;
 use anyhow::{Result, anyhow};
 use serde_json::json;
 
-use super::commands::{filter, open_indexed, print_json, take_lock, warn_stderr};
+use super::commands::{ensure_held, filter, open_indexed, print_json, take_lock, warn_stderr};
 use super::progress::{Progress, human_bytes};
 use super::{ForgetArgs, Global, PruneArgs, PruneOpts};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::ops::forget::{self, Policy};
 use crate::ops::{prune as prune_op, select};
+use crate::repo::lock::LockKind;
 use crate::repo::{FileKind, Repository};
 
 fn span(flag: &str, v: &Option<String>) -> Result<Option<jiff::Span>> {
@@ -93,7 +94,7 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
     let _lock = if a.dry_run {
         None
     } else {
-        take_lock(g, &repo, true, "forget")?
+        take_lock(g, &repo, LockKind::Shared, "forget")?
     };
     let remove: Vec<Id> = if a.ids.is_empty() {
         let snaps = select::list(&repo, &filter(&a.filter), &warn_stderr)?;
@@ -109,6 +110,7 @@ pub fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
         by_ids(&repo, &a.ids)?
     };
     if !a.dry_run && !remove.is_empty() {
+        ensure_held(&_lock)?;
         // The record first: it is what lets sync remove these from the mirrors too.
         repo.save_forget_record(&remove)?;
         for id in &remove {
@@ -179,7 +181,12 @@ fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
     let mut repo = open_indexed(g)?;
     // Two-phase prune runs beside backups; only other prunes and exclusive operations
     // wait for it. Before format 3, prune deletes at once and excludes everything.
-    let _lock = take_lock(g, &repo, !repo.two_phase(), "prune")?;
+    let kind = if repo.two_phase() {
+        LockKind::Prune
+    } else {
+        LockKind::Exclusive
+    };
+    let _lock = take_lock(g, &repo, kind, "prune")?;
     // What it decides from must be read after the lock is held.
     repo.load_index()?;
     let opts = prune_op::PruneOptions {
@@ -264,7 +271,7 @@ fn print_two_phase(s: &prune_op::PruneStats, dry_run: bool) {
 
 pub fn upgrade(g: &Global) -> Result<i32> {
     let mut repo = super::commands::open(g)?;
-    let _lock = take_lock(g, &repo, true, "upgrade")?;
+    let _lock = take_lock(g, &repo, LockKind::Exclusive, "upgrade")?;
     let before = repo.upgrade()?;
     if g.json {
         print_json(&json!({"format": repo.format, "was": before}))?;

@@ -16,6 +16,7 @@ use crate::format::Id;
 use crate::format::snapshot::Snapshot;
 use crate::ops::{diff, find, select, timespec, versions};
 use crate::repo::Repository;
+use crate::repo::lock::LockKind;
 use crate::repo::repository::hostname;
 
 fn parse_time(spec: &str) -> Result<jiff::Timestamp> {
@@ -128,7 +129,7 @@ fn history(
 
 pub fn cmd_versions(g: &Global, a: VersionsArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, false, "versions")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "versions")?;
     let path = absolute(&a.path);
     let fl = at_filter(&a.filter, std::slice::from_ref(&path));
     let snaps = history(&repo, fl, a.until.as_deref())?;
@@ -185,7 +186,7 @@ pub fn cmd_versions(g: &Global, a: VersionsArgs) -> Result<i32> {
 
 pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, false, "diff")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "diff")?;
     if a.snapshots.len() + a.at.len() != 2 {
         return Err(VaultError::Usage(
             "diff needs two snapshots: `vault diff A B`, `vault diff A --at TIME` or `vault diff --at T1 --at T2`".into(),
@@ -241,7 +242,7 @@ pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
 
 pub fn cmd_find(g: &Global, a: FindArgs) -> Result<i32> {
     let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, false, "find")?;
+    let _lock = take_lock(g, &repo, LockKind::Shared, "find")?;
     let pattern = find::Pattern::new(&a.pattern)
         .map_err(|e| VaultError::Usage(crate::error::one_line(&e)))?;
     let below = a.below.as_deref().map(absolute);

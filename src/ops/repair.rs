@@ -33,8 +33,13 @@ pub struct RepairIndexResult {
     pub unreadable_headers: Vec<String>,
 }
 
-/// Rebuilds the index from every pack's header. The caller holds the exclusive lock.
-pub fn repair_index(repo: &Repository) -> Result<RepairIndexResult> {
+/// Rebuilds the index from every pack's header. The caller holds the exclusive lock;
+/// `before_publish` runs before the first index file is written (the caller checks there
+/// that its lock is still held).
+pub fn repair_index(
+    repo: &Repository,
+    before_publish: &dyn Fn() -> Result<()>,
+) -> Result<RepairIndexResult> {
     let old: Vec<Id> = repo.backend.list(FileKind::Index)?;
     let mut packs: Vec<Id> = repo.backend.list(FileKind::Data)?;
     packs.sort();
@@ -64,6 +69,7 @@ pub fn repair_index(repo: &Repository) -> Result<RepairIndexResult> {
     rebuilt.sort_by_key(|p| p.pack);
     result.packs = rebuilt.len() as u64;
     result.blobs = rebuilt.iter().map(|p| p.blobs.len() as u64).sum();
+    before_publish()?;
     let (written, removed) = replace_index(&repo.backend, &repo.keys, rebuilt, &old)?;
     result.index_files_written = written;
     result.index_files_removed = removed;

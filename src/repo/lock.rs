@@ -1,11 +1,19 @@
-//! Repository locks. Backup and restore take shared locks; operations that delete take an
-//! exclusive one. A lock is a small sealed file in locks/, refreshed every five minutes
-//! while held and removed when released.
+//! Repository locks (spec §15). Backups and readers take shared locks, prune a prune
+//! lock, repair index an exclusive one. A lock is a small sealed object in locks/; while
+//! held, a new object with a higher `seq` replaces it every five minutes (create-only:
+//! none is ever rewritten), and release deletes what the holder wrote.
+//!
+//! No clock of another machine is ever compared with ours: a lock is dead only when it
+//! names this very machine, boot and PID namespace and its process is gone, and stale
+//! only when this process has itself watched it unchanged for the stale threshold.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use crossbeam_channel::{Sender, bounded};
 
 use super::backend::{Backend, FileKind};
@@ -14,43 +22,92 @@ use crate::error::VaultError;
 use crate::format::Id;
 use crate::format::crypto::Keys;
 use crate::format::lock::Lock;
+pub use crate::format::lock::LockKind;
 
+/// A lock this process watched unchanged for this long is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
 const REFRESH_EVERY: Duration = Duration::from_secs(5 * 60);
+/// For tests only: shorten the stale threshold and the refresh interval (seconds,
+/// fractions allowed).
+pub const STALE_VAR: &str = "VAULT_LOCK_STALE_SECS";
+pub const REFRESH_VAR: &str = "VAULT_LOCK_REFRESH_SECS";
 
-/// Why a lock may be ignored, if it may.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Staleness {
-    Live,
-    /// Its process on this host no longer exists: certainly abandoned.
-    DeadProcess,
-    /// Not refreshed for 30 minutes.
-    Expired,
-    Unreadable(String),
+fn secs_from_env(var: &str, default: Duration) -> Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(default)
 }
 
-pub struct LockInfo {
-    pub id: Id,
-    pub lock: Option<Lock>,
-    pub staleness: Staleness,
+pub fn stale_after() -> Duration {
+    secs_from_env(STALE_VAR, STALE_AFTER)
 }
 
-impl LockInfo {
-    pub fn describe(&self) -> String {
-        match &self.lock {
-            Some(l) => format!(
-                "{} lock {} held by `{}` (pid {} on {} as {}, refreshed {})",
-                if l.exclusive { "exclusive" } else { "shared" },
-                self.id.short(),
-                l.command,
-                l.pid,
-                l.host,
-                l.user,
-                l.time
-            ),
-            None => format!("lock {} (unreadable)", self.id.short()),
-        }
+/// At most a third of the stale threshold, so that a holder gets two more tries after a
+/// failed refresh before its own limit.
+pub fn refresh_every() -> Duration {
+    secs_from_env(REFRESH_VAR, REFRESH_EVERY).min(stale_after() / 3)
+}
+
+/// How long a holder goes on without a successful refresh: one refresh interval less
+/// than the stale threshold, so it stops before anyone may judge its lock stale.
+pub fn hold_limit() -> Duration {
+    stale_after().saturating_sub(refresh_every())
+}
+
+/// CLOCK_BOOTTIME: never set back, and it runs while the machine is suspended, so a
+/// suspended holder counts as not refreshed.
+fn boottime() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the timespec it is handed.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        static START: LazyLock<std::time::Instant> = LazyLock::new(std::time::Instant::now);
+        return START.elapsed();
     }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// This process as locks name it.
+struct Me {
+    process: String,
+    boot_id: String,
+    pid_ns: String,
+}
+
+static ME: LazyLock<Me> = LazyLock::new(|| {
+    let mut b = [0u8; 16];
+    crate::format::crypto::fill_random(&mut b);
+    Me {
+        process: hex::encode(b),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+        pid_ns: std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .and_then(|p| p.to_str().map(String::from))
+            .unwrap_or_default(),
+    }
+});
+
+/// Process-wide, so that a later lock of this process supersedes leftovers of an
+/// earlier one whose release could not delete them.
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Repositories this process holds a lock on: readers see one lock per process, so a
+/// process holds at most one per repository.
+static HELD: LazyLock<Mutex<HashSet<String>>> = LazyLock::new(|| Mutex::new(HashSet::new()));
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -64,60 +121,315 @@ fn process_alive(pid: u32) -> bool {
     }
 }
 
-fn staleness(lock: &Lock) -> Staleness {
-    if lock.host == hostname() && !process_alive(lock.pid) {
-        return Staleness::DeadProcess;
+/// Dead only when the lock names this machine, boot and PID namespace, all known, and
+/// no process has its pid: another container with the same host name, another boot or a
+/// lock of an older vault never qualifies.
+fn is_dead(l: &Lock) -> bool {
+    let me = &*ME;
+    l.process.is_some()
+        && !me.boot_id.is_empty()
+        && !me.pid_ns.is_empty()
+        && !l.host.is_empty()
+        && l.host == hostname()
+        && l.boot_id == me.boot_id
+        && l.pid_ns == me.pid_ns
+        && !process_alive(l.pid)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Live,
+    /// Its process is gone from this machine, boot and PID namespace.
+    Dead,
+    /// Cannot be read: counts as a live exclusive lock.
+    Unreadable(String),
+}
+
+/// One holder: its newest object, and every object of it still stored.
+pub struct LockInfo {
+    pub id: Id,
+    pub objects: Vec<Id>,
+    pub lock: Option<Lock>,
+    pub status: Status,
+}
+
+/// What a watcher compares: any change means the holder is alive.
+type Fingerprint = (Id, u64, String);
+
+impl LockInfo {
+    pub fn kind(&self) -> LockKind {
+        self.lock.as_ref().map_or(LockKind::Exclusive, Lock::kind)
     }
-    let age = lock
-        .time
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .and_then(|t| jiff::Timestamp::now().duration_since(t).try_into().ok())
-        .unwrap_or(Duration::MAX);
-    if age > STALE_AFTER {
-        Staleness::Expired
-    } else {
-        Staleness::Live
+
+    /// Written by a vault without process ids: whether it still runs cannot be told
+    /// except by watching it.
+    pub fn from_older_vault(&self) -> bool {
+        self.lock.as_ref().is_some_and(|l| l.process.is_none())
+    }
+
+    pub fn is_dead(&self) -> bool {
+        self.status == Status::Dead
+    }
+
+    fn is_ours(&self) -> bool {
+        self.lock
+            .as_ref()
+            .is_some_and(|l| l.process.as_deref() == Some(ME.process.as_str()))
+    }
+
+    fn holder(&self) -> String {
+        match self.lock.as_ref().and_then(|l| l.process.clone()) {
+            Some(p) => p,
+            None => format!("object {}", self.id.to_hex()),
+        }
+    }
+
+    fn fingerprint(&self) -> Fingerprint {
+        match &self.lock {
+            Some(l) => (self.id, l.seq, l.time.clone()),
+            None => (self.id, 0, String::new()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let Some(l) = &self.lock else {
+            return format!("lock {} (unreadable)", self.id.short());
+        };
+        let when = if self.from_older_vault() {
+            format!("refreshed {}; written by an older vault", l.time)
+        } else {
+            format!("since {}, refresh {}", l.started, l.seq)
+        };
+        format!(
+            "{} lock {} held by `{}` (pid {} on {} as {}, {when})",
+            l.kind().name(),
+            self.id.short(),
+            l.command,
+            l.pid,
+            l.host,
+            l.user
+        )
     }
 }
 
-pub fn list_locks(backend: &Backend, keys: &Keys) -> Result<Vec<LockInfo>> {
-    let mut out = Vec::new();
-    for id in backend.list(FileKind::Lock)? {
-        let info = match backend.read(&FileKind::Lock.path(&id)) {
-            Ok(b) => match Lock::open(keys, &b) {
-                Ok(l) => LockInfo {
-                    id,
-                    staleness: staleness(&l),
-                    lock: Some(l),
-                },
-                Err(e) => LockInfo {
-                    id,
-                    lock: None,
-                    staleness: Staleness::Unreadable(e.to_string()),
-                },
-            },
-            // Released between list and read.
-            Err(e) if super::backend::is_not_found(&e) => continue,
-            // Whether a lock the storage would not hand over is live is unknown: neither
-            // ignore it nor call it stale (which `unlock` would delete).
-            Err(e) if super::backend::is_storage_error(&e) => {
-                return Err(e.context(format!("reading lock {}", id.short())));
+fn read_lock(backend: &Backend, keys: &Keys, id: Id) -> Result<Option<LockInfo>> {
+    let info = |lock, status| LockInfo {
+        id,
+        objects: vec![id],
+        lock,
+        status,
+    };
+    Ok(Some(match backend.read(&FileKind::Lock.path(&id)) {
+        Ok(b) => match Lock::open(keys, &b) {
+            Ok(l) => {
+                let status = if is_dead(&l) {
+                    Status::Dead
+                } else {
+                    Status::Live
+                };
+                info(Some(l), status)
             }
-            Err(e) => LockInfo {
-                id,
-                lock: None,
-                staleness: Staleness::Unreadable(crate::error::one_line(&e)),
-            },
+            Err(e) => info(None, Status::Unreadable(e.to_string())),
+        },
+        // Released between list and read.
+        Err(e) if super::backend::is_not_found(&e) => return Ok(None),
+        // Whether a lock the storage would not hand over is live is unknown: neither
+        // ignore it nor call it dead (which `unlock` would delete).
+        Err(e) if super::backend::is_storage_error(&e) => {
+            return Err(e.context(format!("reading lock {}", id.short())));
+        }
+        Err(e) => info(None, Status::Unreadable(crate::error::one_line(&e))),
+    }))
+}
+
+/// Every holder, one entry per process (its newest `seq` speaks for it).
+pub fn list_locks(backend: &Backend, keys: &Keys) -> Result<Vec<LockInfo>> {
+    let mut by_holder: HashMap<String, LockInfo> = HashMap::new();
+    for id in backend.list(FileKind::Lock)? {
+        let Some(info) = read_lock(backend, keys, id)? else {
+            continue;
         };
-        out.push(info);
+        match by_holder.entry(info.holder()) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(info);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                let old = o.get_mut();
+                let newer = info.lock.as_ref().map(|l| (l.seq, info.id))
+                    > old.lock.as_ref().map(|l| (l.seq, old.id));
+                let mut objects = std::mem::take(&mut old.objects);
+                objects.extend(info.objects.iter().copied());
+                if newer {
+                    *old = info;
+                }
+                old.objects = objects;
+            }
+        }
     }
+    let mut out: Vec<LockInfo> = by_holder.into_values().collect();
+    out.sort_by_key(|i| i.id);
     Ok(out)
 }
 
-pub struct LockGuard {
+/// What this process has seen of other locks, on its own clock.
+#[derive(Default)]
+pub struct Watch {
+    seen: HashMap<String, (Fingerprint, Duration)>,
+}
+
+impl Watch {
+    pub fn new() -> Watch {
+        Watch::default()
+    }
+
+    /// Records the locks as they are now; a holder that changed starts over.
+    pub fn observe(&mut self, locks: &[LockInfo]) {
+        let now = boottime();
+        let mut next = HashMap::new();
+        for info in locks {
+            let fp = info.fingerprint();
+            let since = match self.seen.get(&info.holder()) {
+                Some((old, t)) if *old == fp => *t,
+                _ => now,
+            };
+            next.insert(info.holder(), (fp, since));
+        }
+        self.seen = next;
+    }
+
+    /// How long this process has seen `info` exactly as it is.
+    pub fn unchanged_for(&self, info: &LockInfo) -> Duration {
+        match self.seen.get(&info.holder()) {
+            Some((fp, since)) if *fp == info.fingerprint() => boottime().saturating_sub(*since),
+            _ => Duration::ZERO,
+        }
+    }
+
+    pub fn is_stale(&self, info: &LockInfo) -> bool {
+        self.unchanged_for(info) > stale_after()
+    }
+}
+
+pub fn human(d: Duration) -> String {
+    if d >= Duration::from_secs(120) {
+        format!("{} min", d.as_secs() / 60)
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// Fails with exit code 11 when another process holds a lock that conflicts with
+/// `kind` and is neither dead nor watched stale.
+///
+/// `own` is the path of the own newest object: skipped even when its read came back
+/// damaged.
+fn check_conflicts(
+    backend: &Backend,
+    keys: &Keys,
+    kind: LockKind,
+    watch: &mut Watch,
+    own: &str,
+) -> Result<()> {
+    let locks = list_locks(backend, keys)?;
+    watch.observe(&locks);
+    for other in &locks {
+        let own_object = other
+            .objects
+            .iter()
+            .any(|id| FileKind::Lock.path(id) == own);
+        if own_object || other.is_ours() || !kind.conflicts_with(other.kind()) {
+            continue;
+        }
+        if other.is_dead() {
+            eprintln!(
+                "vault: ignoring dead {} (its process is gone from this machine; `vault unlock` removes it)",
+                other.describe()
+            );
+        } else if watch.is_stale(other) {
+            eprintln!(
+                "vault: ignoring stale {} (unchanged for {} while this process watched it)",
+                other.describe(),
+                human(watch.unchanged_for(other))
+            );
+        } else {
+            return Err(VaultError::Locked(format!(
+                "{}; wait for it to finish (--lock-wait), or if its process is gone (another machine or container), run `vault unlock --stale`",
+                other.describe()
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Whether the holder kept its lock refreshed.
+struct Health {
+    /// CLOCK_BOOTTIME when the last successful write began.
+    last_ok: Duration,
+    /// Set for good once a refresh came later than the hold limit: someone may have
+    /// judged the lock stale meanwhile. Only `renew` clears it.
+    lapsed: Option<Duration>,
+}
+
+struct Objects {
+    current: String,
+    /// Superseded objects whose delete failed; retried at release.
+    leftovers: Vec<String>,
+}
+
+struct Held {
     backend: Backend,
-    path: String,
+    keys: Keys,
+    template: Lock,
+    objects: Mutex<Objects>,
+    health: Mutex<Health>,
+}
+
+impl Held {
+    fn write_object(&self) -> Result<String> {
+        let mut l = self.template.clone();
+        l.seq = SEQ.fetch_add(1, Ordering::SeqCst) + 1;
+        l.time = now_rfc3339();
+        let path = FileKind::Lock.path(&Id::random());
+        self.backend.write(&path, l.seal(&self.keys))?;
+        Ok(path)
+    }
+
+    /// A new object first, then the old one goes: the holder never vanishes, and no
+    /// object is rewritten (storage that forbids deletes keeps the old ones, which
+    /// readers ignore for the higher `seq`).
+    fn refresh(&self) -> Result<()> {
+        let mut objects = locked(&self.objects);
+        let start = boottime();
+        let path = self.write_object()?;
+        {
+            let mut h = locked(&self.health);
+            let gap = start.saturating_sub(h.last_ok);
+            if gap > hold_limit() && h.lapsed.is_none() {
+                h.lapsed = Some(gap);
+            }
+            h.last_ok = start;
+        }
+        let old = std::mem::replace(&mut objects.current, path);
+        if self.backend.delete(&old).is_err() {
+            objects.leftovers.push(old);
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} lock of `{}` (process {})",
+            self.template.kind().name(),
+            self.template.command,
+            &ME.process[..8]
+        )
+    }
+}
+
+pub struct LockGuard {
+    held: Arc<Held>,
+    location: String,
     stop: Option<Sender<()>>,
     refresher: Option<JoinHandle<()>>,
 }
@@ -128,90 +440,220 @@ impl Drop for LockGuard {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        let _ = self.backend.delete(&self.path);
+        let objects = locked(&self.held.objects);
+        for p in std::iter::once(&objects.current).chain(&objects.leftovers) {
+            let _ = self.held.backend.delete(p);
+        }
+        locked(&HELD).remove(&self.location);
     }
 }
 
-/// Takes a lock; fails with exit code 11 when a conflicting live lock exists.
-/// The own lock is written first and the others read after, so two racing processes
-/// cannot both miss each other.
-pub fn acquire(repo: &Repository, exclusive: bool, command: &str) -> Result<LockGuard> {
-    let backend = repo.backend.clone();
-    let mut lock = Lock {
+impl LockGuard {
+    /// Fails (exit code 11) once the lock went longer than the hold limit without a
+    /// successful refresh: another process may have judged it stale. Call it right
+    /// before each step that cannot be taken back.
+    pub fn ensure_held(&self) -> Result<()> {
+        let h = locked(&self.held.health);
+        let gap = boottime().saturating_sub(h.last_ok);
+        let gap = h.lapsed.map_or(gap, |l| l.max(gap));
+        if h.lapsed.is_some() || gap > hold_limit() {
+            return Err(VaultError::LockLapsed(format!(
+                "{} could not be refreshed for {}; nothing was published; run again",
+                self.held.describe(),
+                human(gap)
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Refreshes now and checks again that no other process holds a conflicting live
+    /// lock (exit code 11 if one does); on success the lock counts as held again.
+    pub fn renew(&self) -> Result<()> {
+        self.held.refresh()?;
+        let own = locked(&self.held.objects).current.clone();
+        check_conflicts(
+            &self.held.backend,
+            &self.held.keys,
+            self.held.template.kind(),
+            &mut Watch::new(),
+            &own,
+        )?;
+        locked(&self.held.health).lapsed = None;
+        Ok(())
+    }
+
+    pub fn kind(&self) -> LockKind {
+        self.held.template.kind()
+    }
+
+    fn start_refresher(&mut self) {
+        let (tx, rx) = bounded::<()>(0);
+        let held = self.held.clone();
+        self.stop = Some(tx);
+        self.refresher = Some(std::thread::spawn(move || {
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(refresh_every())
+            {
+                if let Err(e) = held.refresh() {
+                    eprintln!(
+                        "vault: warning: cannot refresh the {}: {} (it stops before publishing anything once this lasts {})",
+                        held.describe(),
+                        crate::error::one_line(&e),
+                        human(hold_limit())
+                    );
+                }
+            }
+        }));
+    }
+}
+
+/// Takes a lock; fails with exit code 11 when a conflicting lock of another process is
+/// neither dead nor stale. The own lock is written first and the others read after, so
+/// two racing processes cannot both miss each other.
+pub fn acquire(repo: &Repository, kind: LockKind, command: &str) -> Result<LockGuard> {
+    acquire_watching(repo, kind, command, &mut Watch::new())
+}
+
+/// `acquire`, remembering in `watch` what it saw: a caller that retries with the same
+/// watch may pass a lock it has watched unchanged for the stale threshold.
+pub fn acquire_watching(
+    repo: &Repository,
+    kind: LockKind,
+    command: &str,
+    watch: &mut Watch,
+) -> Result<LockGuard> {
+    let location = repo.location().to_string();
+    if !locked(&HELD).insert(location.clone()) {
+        return Err(anyhow!(
+            "this process already holds a lock on {location} (a bug: release it first)"
+        ));
+    }
+    let template = Lock {
         host: hostname(),
         pid: std::process::id(),
         user: username(),
-        time: now_rfc3339(),
-        exclusive,
+        time: String::new(),
+        exclusive: kind != LockKind::Shared,
         command: command.to_string(),
+        kind: Some(kind.name().to_string()),
+        process: Some(ME.process.clone()),
+        boot_id: ME.boot_id.clone(),
+        pid_ns: ME.pid_ns.clone(),
+        started: now_rfc3339(),
+        seq: 0,
     };
-    let id = Id::random();
-    let path = FileKind::Lock.path(&id);
-    backend.write(&path, lock.seal(&repo.keys))?;
+    let start = boottime();
+    let mut held = Held {
+        backend: repo.backend.clone(),
+        keys: repo.keys.clone(),
+        template,
+        objects: Mutex::new(Objects {
+            current: String::new(),
+            leftovers: Vec::new(),
+        }),
+        health: Mutex::new(Health {
+            last_ok: start,
+            lapsed: None,
+        }),
+    };
+    let first = held.write_object();
+    let first = match first {
+        Ok(p) => p,
+        Err(e) => {
+            locked(&HELD).remove(&location);
+            return Err(e);
+        }
+    };
+    held.objects
+        .get_mut()
+        .unwrap_or_else(|e| e.into_inner())
+        .current = first.clone();
     let mut guard = LockGuard {
-        backend: backend.clone(),
-        path: path.clone(),
+        held: Arc::new(held),
+        location,
         stop: None,
         refresher: None,
     };
-    for other in list_locks(&backend, &repo.keys)? {
-        if other.id == id {
-            continue;
-        }
-        let other_exclusive = other.lock.as_ref().is_none_or(|l| l.exclusive);
-        if !(exclusive || other_exclusive) {
-            continue;
-        }
-        match &other.staleness {
-            Staleness::Live => {
-                return Err(VaultError::Locked(format!(
-                    "{}; wait for it to finish",
-                    other.describe()
-                ))
-                .into());
-            }
-            Staleness::DeadProcess => {
-                eprintln!(
-                    "vault: ignoring stale {} (its process is gone; `vault unlock` removes it)",
-                    other.describe()
-                );
-            }
-            Staleness::Expired | Staleness::Unreadable(_) if exclusive => {
-                return Err(VaultError::Locked(format!(
-                    "{} looks stale; if no vault process uses the repository, run `vault unlock`",
-                    other.describe()
-                ))
-                .into());
-            }
-            _ => eprintln!("vault: warning: stale {}", other.describe()),
-        }
-    }
-    let (tx, rx) = bounded::<()>(0);
-    let keys = repo.keys.clone();
-    guard.stop = Some(tx);
-    guard.refresher = Some(std::thread::spawn(move || {
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = rx.recv_timeout(REFRESH_EVERY)
-        {
-            lock.time = now_rfc3339();
-            if let Err(e) = backend.write(&path, lock.seal(&keys)) {
-                eprintln!(
-                    "vault: warning: cannot refresh lock: {}",
-                    crate::error::one_line(&e)
-                );
-            }
-        }
-    }));
+    // On failure the guard drops, deleting the own lock again.
+    check_conflicts(&repo.backend, &repo.keys, kind, watch, &first)?;
+    guard.start_refresher();
     Ok(guard)
 }
 
-/// Removes stale locks (or all with `all`); returns what was removed.
-pub fn unlock(repo: &Repository, all: bool) -> Result<Vec<String>> {
-    let mut removed = Vec::new();
-    for info in list_locks(&repo.backend, &repo.keys)? {
-        if all || info.staleness != Staleness::Live {
-            repo.backend.delete(&FileKind::Lock.path(&info.id))?;
-            removed.push(info.describe());
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnlockMode {
+    /// Locks whose process is gone from this machine, boot and PID namespace.
+    Dead,
+    /// Those, and locks watched unchanged for the stale threshold.
+    Stale,
+    /// Every lock.
+    All,
+}
+
+#[derive(Default)]
+pub struct Unlocked {
+    pub removed: Vec<String>,
+    /// Watched and seen refreshed (or appeared meanwhile): kept.
+    pub kept: Vec<String>,
+}
+
+fn remove(repo: &Repository, info: &LockInfo) -> Result<()> {
+    for id in &info.objects {
+        match repo.backend.delete(&FileKind::Lock.path(id)) {
+            Err(e) if !super::backend::is_not_found(&e) => return Err(e),
+            _ => {}
         }
     }
-    Ok(removed)
+    Ok(())
+}
+
+/// Removes dead locks, with `Stale` also those that stay unchanged while this process
+/// watches them for the stale threshold (`waiting` hears what it waits for), with `All`
+/// every lock.
+pub fn unlock(repo: &Repository, mode: UnlockMode, waiting: &dyn Fn(String)) -> Result<Unlocked> {
+    let mut out = Unlocked::default();
+    let mut watched = Vec::new();
+    for info in list_locks(&repo.backend, &repo.keys)? {
+        if mode == UnlockMode::All || info.is_dead() {
+            remove(repo, &info)?;
+            out.removed.push(info.describe());
+        } else {
+            watched.push(info);
+        }
+    }
+    if mode != UnlockMode::Stale || watched.is_empty() {
+        out.kept = watched.iter().map(LockInfo::describe).collect();
+        return Ok(out);
+    }
+    let threshold = stale_after();
+    waiting(format!(
+        "watching {} lock(s) for {}; those that do not change meanwhile are removed:",
+        watched.len(),
+        human(threshold)
+    ));
+    for w in &watched {
+        waiting(format!("  {}", w.describe()));
+    }
+    let mut watch = Watch::new();
+    watch.observe(&watched);
+    let began = boottime();
+    let poll = (threshold / 20).clamp(Duration::from_millis(50), Duration::from_secs(10));
+    let now = loop {
+        std::thread::sleep(poll);
+        let now = list_locks(&repo.backend, &repo.keys)?;
+        watch.observe(&now);
+        if boottime().saturating_sub(began) > threshold {
+            break now;
+        }
+    };
+    for info in &now {
+        if info.is_dead() || watch.is_stale(info) {
+            remove(repo, info)?;
+            out.removed.push(info.describe());
+        } else {
+            out.kept.push(info.describe());
+        }
+    }
+    Ok(out)
 }
