@@ -186,11 +186,13 @@ fn a_forged_mirror_is_never_contacted_until_trusted_and_never_gets_generic_crede
     );
     assert!(cap.requests().is_empty());
 
-    let out = expect(
-        victim(&env, &["sync"]),
-        3,
-        "sync skips the untrusted mirror",
+    let out = victim(&env, &["sync"]);
+    assert!(
+        cap.requests().is_empty(),
+        "sync contacted it:\n{}",
+        cap.all()
     );
+    let out = expect(out, 3, "sync skips the untrusted mirror");
     untrusted_warning(&out, "evil");
     let out = expect(victim(&env, &["--json", "status"]), 0, "status");
     untrusted_warning(&out, "evil");
@@ -534,4 +536,58 @@ fn trust_lives_in_local_state_not_in_the_cache() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&file.display().to_string()), "{err}");
     assert!(cap.requests().is_empty());
+}
+
+#[test]
+fn a_profile_trusts_by_name_optionally_pinned_to_a_url() {
+    let env = Env::new();
+    repo_with_a_snapshot(&env);
+    let cap = Capture::start();
+    let url = format!(
+        "s3://bucket/evil?endpoint=http://127.0.0.1:{}&region=us-east-1",
+        cap.port
+    );
+    expect(
+        other_host(&env)
+            .args(["mirror", "add", "offsite", &url, "--no-sync"])
+            .output()
+            .unwrap(),
+        0,
+        "the other host adds its mirror",
+    );
+    let config = env.path("vault.toml");
+    let with_profile = |section: &str| -> Output {
+        std::fs::write(&config, format!("[profiles.p.mirrors.offsite]\n{section}")).unwrap();
+        env.cmd()
+            .envs(GENERIC)
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "--profile",
+                "p",
+                "sync",
+            ])
+            .output()
+            .unwrap()
+    };
+    // Pinned to another URL: the definition in force is not the one the user meant.
+    let out = expect(
+        with_profile("trust = true\nurl = \"s3://bucket/mine?region=eu\"\n"),
+        3,
+        "a pinned URL that differs",
+    );
+    untrusted_warning(&out, "offsite");
+    assert!(cap.requests().is_empty(), "{}", cap.all());
+    // Trusted by name: used, still without the generic keys.
+    expect(with_profile("trust = true\n"), 3, "the server refuses");
+    assert!(!cap.requests().is_empty());
+    no_generic_credentials(&cap);
+    // The profile opts in to the generic keys.
+    let pinned = format!("trust = true\nurl = \"{url}\"\ngeneric-credentials = true\n");
+    expect(with_profile(&pinned), 3, "the server refuses");
+    assert!(
+        cap.all().contains("Credential=GENERICKEYID7F3A/"),
+        "{}",
+        cap.all()
+    );
 }
