@@ -205,7 +205,13 @@ fn a_forged_mirror_is_never_contacted_until_trusted_and_never_gets_generic_crede
     assert_eq!(row["complete"], false, "{status}");
     std::fs::write(src.join("g"), b"more").unwrap();
     let out = victim(&env, &["backup", "-q", "--sync", src.to_str().unwrap()]);
-    expect(out, 3, "backup --sync skips the untrusted mirror");
+    let out = expect(out, 3, "backup --sync skips the untrusted mirror");
+    let err = stderr(&out);
+    assert_eq!(
+        err.lines().filter(|l| l.contains("mirror evil (")).count(),
+        1,
+        "one warning line: {err}"
+    );
     let list: serde_json::Value = serde_json::from_slice(
         &expect(victim(&env, &["--json", "mirror", "list"]), 0, "list").stdout,
     )

@@ -48,6 +48,20 @@ fn untrusted_line(d: &MirrorDef, redefined: bool) -> String {
     )
 }
 
+/// Names already reported as untrusted by this process: one line each, even when a
+/// command both reads through the mirrors and syncs.
+static REPORTED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+fn report_untrusted(d: &MirrorDef, redefined: bool) {
+    let first = REPORTED
+        .lock()
+        .map(|mut r| r.insert(d.name.clone()))
+        .unwrap_or(true);
+    if first {
+        warn_stderr(untrusted_line(d, redefined));
+    }
+}
+
 /// The mirrors this host trusts, with what each may be sent; each untrusted one is
 /// reported on stderr and left out. `any_untrusted` tells whether one was.
 pub(super) fn trusted_mirrors(repo: &Repository) -> Result<(Vec<(MirrorDef, Access)>, bool)> {
@@ -57,7 +71,7 @@ pub(super) fn trusted_mirrors(repo: &Repository) -> Result<(Vec<(MirrorDef, Acce
         match v {
             Verdict::Trusted(access) => trusted.push((d, access)),
             Verdict::Untrusted { redefined } => {
-                warn_stderr(untrusted_line(&d, redefined));
+                report_untrusted(&d, redefined);
                 any_untrusted = true;
             }
         }
@@ -190,7 +204,7 @@ fn untrust(g: &Global, repo: &Repository, name: &str) -> Result<i32> {
 fn in_force(repo: &Repository, name: &str) -> Result<MirrorDef> {
     if name == PRIMARY {
         return Err(VaultError::Usage(
-            "`primary` describes this repository itself: there is no mirror to trust".into(),
+            "`primary` describes this repository itself, not a mirror".into(),
         )
         .into());
     }
@@ -466,7 +480,7 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
             Verdict::Trusted(a) => *a,
             Verdict::Untrusted { redefined } => {
                 // Never contacted: neither complete nor counted.
-                warn_stderr(untrusted_line(d, *redefined));
+                report_untrusted(d, *redefined);
                 row["reachable"] = json!(false);
                 row["complete"] = json!(false);
                 row["error"] = json!(format!(

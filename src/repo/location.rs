@@ -519,4 +519,28 @@ mod tests {
         assert!(open("ftp://host/x").is_err());
         assert!(open("b2://bucket/x").is_err(), "b2 needs a bucket id");
     }
+
+    #[test]
+    fn only_loopback_is_plain_http_without_the_flag() {
+        for local in [
+            "http://127.0.0.1:9000",
+            "http://127.8.9.10",
+            "http://[::1]:80",
+            "http://[::ffff:127.0.0.1]",
+            "http://localhost:8080",
+            "http://LOCALHOST.",
+            "https://192.0.2.1",
+        ] {
+            assert!(!plain_remote_http(local), "{local}");
+        }
+        for remote in [
+            "http://192.0.2.1:9000",
+            "http://0.0.0.0:80",
+            "http://localhost.example.com",
+            "http://[2001:db8::1]",
+            "not a url",
+        ] {
+            assert!(plain_remote_http(remote), "{remote}");
+        }
+    }
 }
