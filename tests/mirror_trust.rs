@@ -226,6 +226,10 @@ fn a_forged_mirror_is_never_contacted_until_trusted_and_never_gets_generic_crede
     );
     assert_ne!(code(&out), Some(0));
     untrusted_warning(&out, "evil");
+    // Nor does check ask it whether it holds the missing packs.
+    let out = victim(&env, &["check"]);
+    assert_ne!(code(&out), Some(0));
+    untrusted_warning(&out, "evil");
     let out = expect(
         victim(&env, &["repair", "--from", "evil"]),
         2,

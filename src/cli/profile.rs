@@ -9,6 +9,7 @@
 //! tags = ["nightly"]
 //! prune = "7d"                            # how often `run` prunes: "always", "never", a span
 //! check = "1/7"                           # `run` reads a rotating 1/7 of the data
+//! insecure-http = false                   # true: credentials over plain http (not loopback)
 //! [profiles.nightly.retention]            # forget's options, without the dashes
 //! keep-daily = 7
 //! keep-weekly = 5
