@@ -277,13 +277,14 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
                 created: now_rfc3339(),
                 removed: false,
             };
-            repo.save_mirror_def(&def)?;
             if a.name != PRIMARY {
-                // The user added it here: this host uses it.
+                // The user adds it here: this host uses it. Recorded first, so that a
+                // state that cannot be written leaves nothing in the repository.
                 let mut store = Store::load(&repo.config.id)?;
                 store.trust(&def, access);
                 store.save()?;
             }
+            repo.save_mirror_def(&def)?;
             if g.json && (a.no_sync || a.name == PRIMARY) {
                 print_json(&json!({"added": def.name, "url": def.url}))?;
             } else if !g.quiet && !g.json {
