@@ -48,6 +48,8 @@ fn three() -> Option<Three> {
             "--vendor",
             "wasabi",
             "--no-sync",
+            // Its credentials are the usual AWS_* ones: the user says so.
+            "--generic-credentials",
         ],
         0,
     );
@@ -378,6 +380,7 @@ fn mirror_on_a_three_node_garage_cluster_survives_a_node_loss() {
             "--vendor",
             "garage",
             "--no-sync",
+            "--generic-credentials",
         ],
         0,
     );

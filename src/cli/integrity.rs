@@ -48,16 +48,8 @@ fn note_intact_copies(repo: &Repository, problems: &mut [Problem]) {
     if problems.is_empty() {
         return;
     }
-    let Ok(defs) = repo.mirror_defs() else { return };
-    let mirrors: Vec<(String, Backend)> = defs
-        .into_iter()
-        .filter(|d| d.name != "primary")
-        .filter_map(|d| {
-            Backend::open_mirror(&d.url, &d.name)
-                .ok()
-                .map(|b| (d.name, b))
-        })
-        .collect();
+    // Only the mirrors this host trusts are asked.
+    let mirrors = super::mirrors::trusted_backends(repo);
     for p in problems.iter_mut() {
         let kind = match p.object.as_str() {
             "pack" => FileKind::Data,

@@ -9,10 +9,12 @@ use serde_json::json;
 
 use super::commands::{location, open, print_json, take_lock, warn_stderr};
 use super::progress::{Progress, human_bytes};
+use super::trust::{Store, Verdict};
 use super::{Global, MirrorAddArgs, MirrorCommand};
 use crate::error::{VaultError, exit};
 use crate::format::mirror::{MIRROR_VERSION, MirrorDef};
 use crate::ops::sync;
+use crate::repo::location::Access;
 use crate::repo::lock::LockKind;
 use crate::repo::repository::now_rfc3339;
 use crate::repo::{Backend, Repository};
@@ -20,11 +22,84 @@ use crate::repo::{Backend, Repository};
 /// The name that describes the primary itself (vendor, region) rather than a mirror.
 const PRIMARY: &str = "primary";
 
-/// Reads fall back to the mirrors, per object. Mirrors that cannot be opened are
-/// reported and left out; a failure to read the definitions only warns.
+/// The mirrors in force (not `primary`), each with this host's verdict on it.
+fn judged(repo: &Repository) -> Result<Vec<(MirrorDef, Verdict)>> {
+    let store = Store::load(&repo.config.id)?;
+    Ok(repo
+        .mirror_defs()?
+        .into_iter()
+        .filter(|d| d.name != PRIMARY)
+        .map(|d| {
+            let v = store.verdict(&d);
+            (d, v)
+        })
+        .collect())
+}
+
+/// Why an untrusted mirror is not used, and what the user does about it: one line.
+fn untrusted_line(d: &MirrorDef, redefined: bool) -> String {
+    let why = if redefined {
+        "was redefined since this host trusted it"
+    } else {
+        "is not trusted on this host"
+    };
+    format!(
+        "mirror {} ({}) {why} and is skipped: check its URL, then `vault mirror trust {}`",
+        d.name, d.url, d.name
+    )
+}
+
+/// Names already reported as untrusted by this process: one line each, even when a
+/// command both reads through the mirrors and syncs.
+static REPORTED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+
+fn report_untrusted(d: &MirrorDef, redefined: bool) {
+    let first = REPORTED
+        .lock()
+        .map(|mut r| r.insert(d.name.clone()))
+        .unwrap_or(true);
+    if first {
+        warn_stderr(untrusted_line(d, redefined));
+    }
+}
+
+/// The mirrors this host trusts, with what each may be sent; each untrusted one is
+/// reported on stderr and left out. `any_untrusted` tells whether one was.
+pub(super) fn trusted_mirrors(repo: &Repository) -> Result<(Vec<(MirrorDef, Access)>, bool)> {
+    let mut trusted = Vec::new();
+    let mut any_untrusted = false;
+    for (d, v) in judged(repo)? {
+        match v {
+            Verdict::Trusted(access) => trusted.push((d, access)),
+            Verdict::Untrusted { redefined } => {
+                report_untrusted(&d, redefined);
+                any_untrusted = true;
+            }
+        }
+    }
+    Ok((trusted, any_untrusted))
+}
+
+/// The trusted mirrors that open, by name (mirrors that do not open are left out).
+pub(super) fn trusted_backends(repo: &Repository) -> Vec<(String, Backend)> {
+    let Ok((mirrors, _)) = trusted_mirrors(repo) else {
+        return Vec::new();
+    };
+    mirrors
+        .into_iter()
+        .filter_map(|(d, a)| {
+            Backend::open_mirror(&d.url, &d.name, a)
+                .ok()
+                .map(|b| (d.name, b))
+        })
+        .collect()
+}
+
+/// Reads fall back to the trusted mirrors, per object. Mirrors that cannot be opened are
+/// reported and left out; a failure to read the definitions or the trust only warns.
 pub(super) fn attach(repo: &mut Repository, g: &Global) {
-    let defs = match repo.mirror_defs() {
-        Ok(d) => d,
+    let mirrors = match trusted_mirrors(repo) {
+        Ok((m, _)) => m,
         Err(e) => {
             warn_stderr(format!(
                 "cannot read the mirror list: {}",
@@ -34,8 +109,8 @@ pub(super) fn attach(repo: &mut Repository, g: &Global) {
         }
     };
     let mut backends = Vec::new();
-    for d in defs.iter().filter(|d| d.name != PRIMARY) {
-        match Backend::open_mirror(&d.url, &d.name) {
+    for (d, access) in &mirrors {
+        match Backend::open_mirror(&d.url, &d.name, *access) {
             Ok(b) => backends.push(b),
             Err(e) if !g.quiet => {
                 warn_stderr(format!("mirror {}: {}", d.name, crate::error::one_line(&e)))
@@ -45,6 +120,109 @@ pub(super) fn attach(repo: &mut Repository, g: &Global) {
     }
     if !backends.is_empty() {
         repo.backend = repo.backend.clone().with_fallbacks(backends);
+    }
+}
+
+/// What `mirror add` / `mirror trust` record for the mirror, from their flags.
+fn access_from(g: &Global, generic_credentials: bool) -> Access {
+    Access {
+        generic_credentials,
+        insecure_http: g.insecure_http,
+    }
+}
+
+/// `mirror trust NAME`: the definition in force, as the user sees it printed.
+fn trust(g: &Global, repo: &Repository, name: &str, generic: bool) -> Result<i32> {
+    let def = in_force(repo, name)?;
+    let access = access_from(g, generic);
+    Backend::open_mirror(&def.url, &def.name, access)?; // a refused location fails here
+    let mut store = Store::load(&repo.config.id)?;
+    store.trust(&def, access);
+    store.save()?;
+    if g.json {
+        print_json(&json!({
+            "trusted": def.name, "url": def.url, "vendor": def.vendor, "region": def.region,
+            "generic_credentials": access.generic_credentials,
+            "insecure_http": access.insecure_http,
+        }))?;
+    } else if !g.quiet {
+        println!(
+            "trusted mirror {} at {} (vendor {}, region {}){}{}",
+            def.name,
+            def.url,
+            or_none(&def.vendor),
+            or_none(&def.region),
+            if access.generic_credentials {
+                "; it may use the generic credentials"
+            } else {
+                ""
+            },
+            if access.insecure_http {
+                "; credentials may go to it over plain http"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(exit::OK)
+}
+
+fn or_none(s: &str) -> &str {
+    if s.is_empty() { "none" } else { s }
+}
+
+fn untrust(g: &Global, repo: &Repository, name: &str) -> Result<i32> {
+    let mut store = Store::load(&repo.config.id)?;
+    let was = store.untrust(name);
+    if was {
+        store.save()?;
+    }
+    let by_profile = repo
+        .mirror_defs()?
+        .iter()
+        .any(|d| d.name == name && Store::by_profile(d));
+    if g.json {
+        print_json(&json!({"untrusted": name, "was_trusted": was, "profile_trusts": by_profile}))?;
+    } else if !g.quiet {
+        println!(
+            "{}{}",
+            if was {
+                format!("mirror {name} is no longer trusted on this host")
+            } else {
+                format!("mirror {name} was not trusted on this host")
+            },
+            if by_profile {
+                " (but the profile in use trusts it: edit its `trust` key)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// The definition of `name` in force, a mirror rather than `primary`.
+fn in_force(repo: &Repository, name: &str) -> Result<MirrorDef> {
+    if name == PRIMARY {
+        return Err(VaultError::Usage(
+            "`primary` describes this repository itself, not a mirror".into(),
+        )
+        .into());
+    }
+    repo.mirror_defs()?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| anyhow!("no mirror named {name} (see `vault mirror list`)"))
+}
+
+/// The definition of `name`, refused unless this host trusts it; with what it may be sent.
+fn trusted_def(repo: &Repository, name: &str) -> Result<(MirrorDef, Access)> {
+    let def = in_force(repo, name)?;
+    match Store::load(&repo.config.id)?.verdict(&def) {
+        Verdict::Trusted(a) => Ok((def, a)),
+        Verdict::Untrusted { redefined } => {
+            Err(VaultError::Usage(untrusted_line(&def, redefined)).into())
+        }
     }
 }
 
@@ -85,8 +263,10 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
                 .into());
             }
             let url = mirror_url(&a)?;
+            let access = access_from(g, a.generic_credentials);
             if a.name != PRIMARY {
-                Backend::open(&url)?; // a malformed location fails here, not at sync
+                // A malformed or refused location fails here, not at sync.
+                Backend::open_mirror(&url, &a.name, access)?;
             }
             let def = MirrorDef {
                 version: MIRROR_VERSION,
@@ -98,6 +278,13 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
                 created: now_rfc3339(),
                 removed: false,
             };
+            if a.name != PRIMARY {
+                // The user adds it here: this host uses it. Recorded first, so that a
+                // state that cannot be written leaves nothing in the repository.
+                let mut store = Store::load(&repo.config.id)?;
+                store.trust(&def, access);
+                store.save()?;
+            }
             repo.save_mirror_def(&def)?;
             if g.json && (a.no_sync || a.name == PRIMARY) {
                 print_json(&json!({"added": def.name, "url": def.url}))?;
@@ -112,18 +299,41 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
         }
         MirrorCommand::List => {
             let defs = repo.mirror_defs()?;
-            if g.json {
-                print_json(&serde_json::to_value(&defs)?)?;
-            } else {
-                for d in &defs {
+            let store = Store::load(&repo.config.id)?;
+            let mut rows = Vec::new();
+            for d in &defs {
+                let mut row = serde_json::to_value(d)?;
+                let (trusted, text) = match store.verdict(d) {
+                    _ if d.name == PRIMARY => (json!(null), "".to_string()),
+                    Verdict::Trusted(a) => {
+                        row["generic_credentials"] = json!(a.generic_credentials);
+                        row["insecure_http"] = json!(a.insecure_http);
+                        (json!(true), "trusted".to_string())
+                    }
+                    Verdict::Untrusted { .. } => (
+                        json!(false),
+                        format!("UNTRUSTED (`vault mirror trust {}`)", d.name),
+                    ),
+                };
+                row["trusted"] = trusted;
+                if !g.json {
                     println!(
-                        "{:<12}  {:<10}  {:<12}  {}",
+                        "{:<12}  {:<10}  {:<12}  {}  {text}",
                         d.name, d.vendor, d.region, d.url
                     );
                 }
+                rows.push(row);
+            }
+            if g.json {
+                print_json(&json!(rows))?;
             }
             Ok(exit::OK)
         }
+        MirrorCommand::Trust {
+            name,
+            generic_credentials,
+        } => trust(g, &repo, &name, generic_credentials),
+        MirrorCommand::Untrust { name } => untrust(g, &repo, &name),
         MirrorCommand::Remove { name } => {
             let Some(mut def) = repo.mirror_defs()?.into_iter().find(|d| d.name == name) else {
                 return Err(anyhow!("no mirror named {name} (see `vault mirror list`)"));
@@ -131,6 +341,10 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
             def.removed = true;
             def.created = now_rfc3339();
             repo.save_mirror_def(&def)?;
+            let mut store = Store::load(&repo.config.id)?;
+            if store.untrust(&name) {
+                store.save()?;
+            }
             if g.json {
                 print_json(&json!({"removed": name, "url": def.url}))?;
             } else if !g.quiet {
@@ -180,25 +394,28 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
     let mut repo = open(g)?;
     let _lock = take_lock(g, &repo, LockKind::Shared, "sync")?;
     repo.load_index()?;
-    let defs: Vec<MirrorDef> = repo
-        .mirror_defs()?
-        .into_iter()
-        .filter(|d| d.name != PRIMARY && only.is_none_or(|n| n == d.name))
-        .collect();
-    if defs.is_empty() {
-        return Err(anyhow!(match only {
-            Some(n) => format!("no mirror named {n} (see `vault mirror list`)"),
-            None => "no mirrors: add one with `vault mirror add NAME URL`".to_string(),
-        }));
+    let (defs, any_untrusted) = match only {
+        Some(n) => (vec![trusted_def(&repo, n)?], false),
+        None => trusted_mirrors(&repo)?,
+    };
+    if defs.is_empty() && !any_untrusted {
+        return Err(anyhow!(
+            "no mirrors: add one with `vault mirror add NAME URL`"
+        ));
     }
     let mut state = load_state(&repo);
-    let mut code = exit::OK;
+    // A mirror in force that this host does not use is a copy that does not keep up.
+    let mut code = if any_untrusted {
+        exit::PARTIAL
+    } else {
+        exit::OK
+    };
     let mut results = Vec::new();
-    for d in &defs {
+    for (d, access) in &defs {
         let (counters, progress) = copy_progress(g);
         let started = std::time::Instant::now();
-        let r =
-            Backend::open_mirror(&d.url, &d.name).and_then(|b| sync::sync(&repo, &b, &counters));
+        let r = Backend::open_mirror(&d.url, &d.name, *access)
+            .and_then(|b| sync::sync(&repo, &b, &counters));
         progress.finish();
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         match r {
@@ -247,6 +464,7 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
         .map_err(|e| VaultError::Usage(format!("--export-max-age: {e}")))?;
     let repo = open(g)?;
     let defs = repo.mirror_defs()?;
+    let judged = judged(&repo)?;
     let state = load_state(&repo);
     let primary_def = defs.iter().find(|d| d.name == PRIMARY);
     let primary = repo.backend.alone();
@@ -255,12 +473,28 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
         "vendor": primary_def.map(|d| d.vendor.clone()).unwrap_or_default(),
         "region": primary_def.map(|d| d.region.clone()).unwrap_or_default(),
     })];
-    for d in defs.iter().filter(|d| d.name != PRIMARY) {
-        let b = Backend::open_mirror(&d.url, &d.name).and_then(|m| sync::behind(&primary, &m));
+    for (d, verdict) in &judged {
         let mut row = json!({
             "name": d.name, "url": d.url, "vendor": d.vendor, "region": d.region,
-            "last_sync": state.get(&d.name),
+            "last_sync": state.get(&d.name), "trusted": matches!(verdict, Verdict::Trusted(_)),
         });
+        let access = match verdict {
+            Verdict::Trusted(a) => *a,
+            Verdict::Untrusted { redefined } => {
+                // Never contacted: neither complete nor counted.
+                report_untrusted(d, *redefined);
+                row["reachable"] = json!(false);
+                row["complete"] = json!(false);
+                row["error"] = json!(format!(
+                    "untrusted on this host: check its URL, then `vault mirror trust {}`",
+                    d.name
+                ));
+                rows.push(row);
+                continue;
+            }
+        };
+        let b =
+            Backend::open_mirror(&d.url, &d.name, access).and_then(|m| sync::behind(&primary, &m));
         match b {
             Ok(behind) => {
                 row["reachable"] = json!(true);
@@ -315,7 +549,9 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
         return Ok(exit::OK);
     }
     for r in &rows {
-        let state = if r["reachable"] != true {
+        let state = if r["trusted"] == false {
+            r["error"].as_str().unwrap_or("untrusted").to_string()
+        } else if r["reachable"] != true {
             format!("unreachable: {}", r["error"].as_str().unwrap_or(""))
         } else if r["complete"] == true {
             "complete".to_string()
@@ -400,6 +636,7 @@ fn export_age(
 pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
     let (loc, _) = location(g)?;
     let opened = open(g);
+    let mut access = Access::default();
     let url = if from.contains("://") || from.starts_with('/') {
         from.to_string()
     } else {
@@ -410,11 +647,9 @@ pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
                 crate::error::one_line(e)
             )
         })?;
-        repo.mirror_defs()?
-            .into_iter()
-            .find(|d| d.name == from)
-            .map(|d| d.url)
-            .ok_or_else(|| anyhow!("no mirror named {from} (see `vault mirror list`)"))?
+        let (def, a) = trusted_def(repo, from)?;
+        access = a;
+        def.url
     };
     let _lock = match &opened {
         Ok(repo) => take_lock(g, repo, LockKind::Shared, "repair")?,
@@ -429,7 +664,7 @@ pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
     let source = if from.contains("://") || from.starts_with('/') {
         Backend::open(&url)?
     } else {
-        Backend::open_mirror(&url, from)?
+        Backend::open_mirror(&url, from, access)?
     };
     let target = Backend::open(&loc)?;
     // What the repository removed on purpose must not come back: the source's own

@@ -14,6 +14,7 @@ mod retention;
 mod run;
 mod schedule;
 mod timetravel;
+pub mod trust;
 
 /// Forget's options from one string (`--snapshots`, profiles' retention); public for fuzzing.
 pub use export::parse_selection;
@@ -92,6 +93,10 @@ pub struct Global {
     /// When the repository is locked, wait this long for it (e.g. 10m) before exit 11
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
     pub lock_wait: Option<std::time::Duration>,
+    /// Let credentials travel over plain http (s3 endpoint=http://, webdav://) to a host
+    /// that is not loopback; with `mirror add` or `mirror trust`, recorded for that mirror
+    #[arg(long, global = true, env = "VAULT_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_http: bool,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -616,10 +621,28 @@ pub enum MirrorCommand {
     ///
     /// Credentials come from the environment, never from the URL or the repository.
     Add(MirrorAddArgs),
-    /// List the mirrors.
+    /// List the mirrors, and whether this host trusts each.
     List,
     /// Stop mirroring to NAME (its copy stays where it is).
     Remove {
+        /// Mirror name
+        name: String,
+    },
+    /// Use mirror NAME on this host: its definition in force, as printed.
+    ///
+    /// Any key holder can write a mirror definition, so each host uses a mirror only
+    /// after it was added or trusted there; a newer definition of the name (another URL)
+    /// must be trusted again. Check the URL first.
+    Trust {
+        /// Mirror name
+        name: String,
+        /// Let the usual AWS_*, VAULT_WEBDAV_*, ... variables serve as its credentials
+        /// when it has no VAULT_MIRROR_<NAME>_* ones
+        #[arg(long)]
+        generic_credentials: bool,
+    },
+    /// Stop using mirror NAME on this host (the repository keeps its definition).
+    Untrust {
         /// Mirror name
         name: String,
     },
@@ -647,6 +670,10 @@ pub struct MirrorAddArgs {
     /// Only record the mirror; copy at the next `vault sync`
     #[arg(long)]
     pub no_sync: bool,
+    /// Let the usual AWS_*, VAULT_WEBDAV_*, ... variables serve as its credentials on
+    /// this host when it has no VAULT_MIRROR_<NAME>_* ones
+    #[arg(long)]
+    pub generic_credentials: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -811,6 +838,9 @@ pub fn main() -> i32 {
             return error::exit_code(&e);
         }
     };
+    if cli.global.insecure_http {
+        crate::repo::location::allow_insecure_http();
+    }
     let hooks = (cli.global.on_success.clone(), cli.global.on_failure.clone());
     let log_file = cli.global.log_file.clone();
     let command = matches.subcommand_name().unwrap_or_default().to_string();

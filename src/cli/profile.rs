@@ -9,6 +9,7 @@
 //! tags = ["nightly"]
 //! prune = "7d"                            # how often `run` prunes: "always", "never", a span
 //! check = "1/7"                           # `run` reads a rotating 1/7 of the data
+//! insecure-http = false                   # true: credentials over plain http (not loopback)
 //! [profiles.nightly.retention]            # forget's options, without the dashes
 //! keep-daily = 7
 //! keep-weekly = 5
@@ -20,6 +21,10 @@
 //! [profiles.nightly.mirrors.offsite]      # a mirror's, by its `vault mirror add` name
 //! file = "/etc/vault/offsite.env"         # and/or variables to read them from:
 //! env = { AWS_ACCESS_KEY_ID = "OFFSITE_KEY_ID", AWS_SECRET_ACCESS_KEY = "OFFSITE_SECRET" }
+//! trust = true                            # use it on this host (as `vault mirror trust`)
+//! url = "s3://bucket/vault?region=eu"     # ... but only while its definition says this
+//! generic-credentials = false             # true: the usual AWS_* etc. may serve it
+//! insecure-http = false                   # true: credentials over plain http
 //! ```
 //! Command-line flags override the file.
 
@@ -69,9 +74,50 @@ pub struct Profile {
     pub on_failure: Option<String>,
     /// The repository's own storage credentials.
     pub credentials: Option<Credentials>,
-    /// Each mirror's storage credentials, by mirror name.
+    /// Credentials may travel over plain http to a host that is not loopback.
     #[serde(default)]
-    pub mirrors: BTreeMap<String, Credentials>,
+    pub insecure_http: bool,
+    /// Each mirror's storage credentials and trust, by mirror name.
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, MirrorSection>,
+}
+
+/// A mirror's section: its credentials, and whether this host uses it.
+#[derive(Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct MirrorSection {
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Use the mirror of this name (the user wrote the profile, so the name suffices)...
+    #[serde(default)]
+    pub trust: bool,
+    /// ... while its definition in force has this URL, when given.
+    pub url: Option<String>,
+    /// The usual AWS_*, VAULT_WEBDAV_*, ... variables may serve as its credentials.
+    #[serde(default)]
+    pub generic_credentials: bool,
+    /// Its credentials may travel over plain http to a host that is not loopback.
+    #[serde(default)]
+    pub insecure_http: bool,
+}
+
+impl MirrorSection {
+    fn credentials(&self) -> Credentials {
+        Credentials {
+            file: self.file.clone(),
+            env: self.env.clone(),
+        }
+    }
+
+    fn trust(&self) -> super::trust::ProfileTrust {
+        super::trust::ProfileTrust {
+            trust: self.trust,
+            url: self.url.clone(),
+            generic_credentials: self.generic_credentials,
+            insecure_http: self.insecure_http,
+        }
+    }
 }
 
 /// Storage credentials, kept out of the config file itself: from a file of `NAME=value`
@@ -156,11 +202,12 @@ fn provide_credentials(p: &Profile) -> Result<()> {
     if let Some(c) = &p.credentials {
         provide_credentials(None, c.resolve()?);
     }
-    for (name, c) in &p.mirrors {
-        let vars = c.resolve().map_err(|e| {
+    for (name, m) in &p.mirrors {
+        let vars = m.credentials().resolve().map_err(|e| {
             VaultError::Usage(format!("mirror {name}: {}", crate::error::one_line(&e)))
         })?;
         provide_credentials(Some(name), vars);
+        super::trust::from_profile(name, m.trust());
     }
     Ok(())
 }
@@ -243,6 +290,7 @@ pub fn apply(mut cli: Cli) -> Result<Cli> {
     if g.on_failure.is_none() {
         g.on_failure = p.on_failure.clone();
     }
+    g.insecure_http |= p.insecure_http;
     if let Command::Backup(a) = &mut cli.command {
         fill_backup(a, &p);
     }
@@ -321,8 +369,14 @@ pub fn check(g: &Global) -> Result<String> {
                 crate::ops::forget::parse_span(s).map_err(|e| bad(format!("{key}: {e}")))?;
             }
         }
-        let creds = p.credentials.iter().map(|c| ("credentials".to_string(), c));
-        let mirrors = p.mirrors.iter().map(|(m, c)| (format!("mirrors.{m}"), c));
+        let creds = p
+            .credentials
+            .iter()
+            .map(|c| ("credentials".to_string(), c.clone()));
+        let mirrors = p
+            .mirrors
+            .iter()
+            .map(|(m, c)| (format!("mirrors.{m}"), c.credentials()));
         for (key, c) in creds.chain(mirrors) {
             if let Some(f) = &c.file {
                 read_env_file(f)

@@ -96,6 +96,13 @@ impl MirrorDef {
         seal_json(keys, Kind::Mirror, self)
     }
 
+    /// What a host's trust binds to: the hash of the definition's content (name, URL,
+    /// vendor, region, labels, time), so that a newer definition of the same name, which
+    /// any key holder can write, is a different definition to trust.
+    pub fn fingerprint(&self) -> Id {
+        Id::of_stored(&serde_json::to_vec(self).expect("serializes"))
+    }
+
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<MirrorDef> {
         let d: MirrorDef = open_json(keys, Kind::Mirror, "mirror definition", stored)?;
         check_version("mirror definition", d.version, MIRROR_VERSION)?;

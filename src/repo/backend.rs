@@ -173,9 +173,14 @@ impl Backend {
         Self::from_opened(super::location::open(location)?)
     }
 
-    /// Opens the location of mirror `name`, preferring its own credential variables.
-    pub fn open_mirror(location: &str, name: &str) -> Result<Backend> {
-        Self::from_opened(super::location::open_mirror(location, name)?)
+    /// Opens the location of mirror `name` with its own credential variables, and the
+    /// usual ones or plain http only where `access` (this host's trust) allows them.
+    pub fn open_mirror(
+        location: &str,
+        name: &str,
+        access: super::location::Access,
+    ) -> Result<Backend> {
+        Self::from_opened(super::location::open_mirror(location, name, access)?)
     }
 
     fn from_opened(opened: super::location::Opened) -> Result<Backend> {

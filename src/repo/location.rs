@@ -1,8 +1,11 @@
 //! Repository locations: a local path or a URL, turned into an opendal operator.
-//! Locations never hold secrets; credentials come from the environment (a mirror's own
-//! `VAULT_MIRROR_<NAME>_*` variables first, then the usual
+//! Locations never hold secrets; credentials come from the environment: the usual
 //! `AWS_*`, `GOOGLE_APPLICATION_CREDENTIALS`, `AZURE_STORAGE_*`, `B2_*` variables, the
-//! ssh agent and `~/.ssh`, `VAULT_WEBDAV_USER` / `VAULT_WEBDAV_PASSWORD`).
+//! ssh agent and `~/.ssh`, `VAULT_WEBDAV_USER` / `VAULT_WEBDAV_PASSWORD` for the
+//! repository; a mirror's own `VAULT_MIRROR_<NAME>_*` variables for a mirror, which gets
+//! the usual ones only where the user opted in (`Access::generic_credentials`).
+//! Credentials never go over plain http to a host that is not loopback unless the user
+//! said so (`--insecure-http`, `Access::insecure_http`).
 //!
 //! ```text
 //! /srv/backup  or  fs:///srv/backup
@@ -32,10 +35,40 @@ pub struct Opened {
 
 /// Where credentials come from: the environment, where a mirror's own variables
 /// (`VAULT_MIRROR_<NAME>_<VAR>`, e.g. VAULT_MIRROR_OFFSITE_AWS_ACCESS_KEY_ID) come before
-/// the usual ones, so two mirrors at two vendors can hold two sets of credentials.
+/// the usual ones, so two mirrors at two vendors can hold two sets of credentials. A
+/// mirror's definition can be written by any key holder, so it falls back to the usual
+/// secret variables only when `generic` says the user opted in.
 struct Creds {
     prefix: Option<String>,
+    generic: bool,
 }
+
+/// What this host lets a location have, beyond its own credentials.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The usual variables (AWS_*, VAULT_WEBDAV_*, ...) may serve as its credentials.
+    pub generic_credentials: bool,
+    /// Credentials may travel over plain http to a host that is not loopback.
+    pub insecure_http: bool,
+}
+
+/// `--insecure-http` / VAULT_INSECURE_HTTP for this process: every location may get
+/// credentials over plain http.
+static INSECURE_HTTP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Lets credentials travel over plain http to any host, for every location opened from now on.
+pub fn allow_insecure_http() {
+    INSECURE_HTTP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Variables that locate storage but grant nothing: a mirror may always take them from
+/// the usual names.
+const NOT_SECRET: [&str; 4] = [
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AZURE_STORAGE_ACCOUNT",
+];
 
 /// Credentials handed over by a profile (from a file or other variables): they come
 /// before the environment's variables of the same name, since the profile names them
@@ -59,10 +92,52 @@ impl Creds {
                 .or_else(|| std::env::var(name).ok())
                 .filter(|v| !v.is_empty())
         };
+        let fallback = self.generic || NOT_SECRET.contains(&var);
         self.prefix
             .as_ref()
             .and_then(|p| one(&format!("{p}{var}")))
-            .or_else(|| one(var))
+            .or_else(|| fallback.then(|| one(var)).flatten())
+    }
+
+    /// Whether the storage library must be kept from finding credentials on its own
+    /// (environment, ~/.aws, instance metadata): it would hand a mirror the generic ones.
+    fn own_only(&self) -> bool {
+        !self.generic
+    }
+}
+
+/// Refuses to send credentials over plain http to a host that is not loopback, unless
+/// the user allowed it. `endpoint` is the http(s) URL the requests go to.
+fn plain_http_guard(location: &str, endpoint: &str, has_creds: bool, access: Access) -> Result<()> {
+    if !has_creds || !plain_remote_http(endpoint) {
+        return Ok(());
+    }
+    if access.insecure_http || INSECURE_HTTP.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(());
+    }
+    Err(crate::error::VaultError::Usage(format!(
+        "{location}: refusing to send credentials over plain http to {endpoint}: use https, or pass --insecure-http (VAULT_INSECURE_HTTP=1; for a mirror `vault mirror trust NAME --insecure-http`) if the network is private"
+    ))
+    .into())
+}
+
+/// An http:// endpoint (or one that does not parse) whose host is not loopback.
+fn plain_remote_http(endpoint: &str) -> bool {
+    match Url::parse(endpoint) {
+        Ok(u) => u.scheme() != "https" && !u.host().is_some_and(|h| is_loopback(&h)),
+        Err(_) => !endpoint.starts_with("https://"),
+    }
+}
+
+/// 127.0.0.0/8, ::1 (also as ::ffff:127.x.y.z) and localhost: traffic that never leaves
+/// the machine.
+pub fn is_loopback(host: &url::Host<&str>) -> bool {
+    match host {
+        url::Host::Domain(d) => d.trim_end_matches('.').eq_ignore_ascii_case("localhost"),
+        url::Host::Ipv4(a) => a.is_loopback(),
+        url::Host::Ipv6(a) => {
+            a.is_loopback() || a.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 
@@ -108,12 +183,17 @@ fn root_of(url: &Url) -> String {
 
 /// Opens `location` (a local path or one of the URLs above).
 pub fn open(location: &str) -> Result<Opened> {
-    open_with(location, None)
+    let access = Access {
+        generic_credentials: true,
+        insecure_http: false,
+    };
+    open_with(location, None, access)
 }
 
-/// Opens the location of the mirror `name`, with its own credentials when it has some.
-pub fn open_mirror(location: &str, name: &str) -> Result<Opened> {
-    open_with(location, Some(mirror_prefix(name)))
+/// Opens the location of the mirror `name`, with its own credentials, and the usual
+/// ones only where `access` allows them.
+pub fn open_mirror(location: &str, name: &str, access: Access) -> Result<Opened> {
+    open_with(location, Some(mirror_prefix(name)), access)
 }
 
 /// The URL schemes `open` knows, besides `fs://`.
@@ -151,8 +231,11 @@ pub fn parse(location: &str) -> Result<Location> {
     })
 }
 
-fn open_with(location: &str, prefix: Option<String>) -> Result<Opened> {
-    let creds = Creds { prefix };
+fn open_with(location: &str, prefix: Option<String>, access: Access) -> Result<Opened> {
+    let creds = Creds {
+        prefix,
+        generic: access.generic_credentials,
+    };
     let env = |v: &str| creds.get(v);
     let (scheme, url) = match parse(location)? {
         Location::Local(abs) => return local(&abs),
@@ -162,16 +245,21 @@ fn open_with(location: &str, prefix: Option<String>) -> Result<Opened> {
     let q = query(&url);
     let scheme = scheme.as_str();
     let op = match scheme {
-        "s3" => s3(&url, &q, &creds)?,
+        "s3" => s3(location, &url, &q, &creds, access)?,
         "sftp" => sftp(&url, &q)?,
-        "webdav" | "webdavs" => webdav(&url, &creds)?,
+        "webdav" | "webdavs" => webdav(location, &url, &creds, access)?,
         "gcs" => {
             let (bucket, root) = bucket_and_root(&url, "bucket")?;
             let mut b = opendal::services::Gcs::default()
                 .bucket(&bucket)
                 .root(&root);
-            if let Some(c) = env("GOOGLE_APPLICATION_CREDENTIALS") {
-                b = b.credential_path(&c);
+            if creds.own_only() {
+                b = b.disable_config_load().disable_vm_metadata();
+            }
+            match env("GOOGLE_APPLICATION_CREDENTIALS") {
+                Some(c) => b = b.credential_path(&c),
+                None if creds.own_only() => b = b.skip_signature(),
+                None => {}
             }
             Operator::new(b)?
         }
@@ -188,13 +276,17 @@ fn open_with(location: &str, prefix: Option<String>) -> Result<Opened> {
                 .get("endpoint")
                 .cloned()
                 .unwrap_or_else(|| format!("https://{account}.blob.core.windows.net"));
+            let key = env("AZURE_STORAGE_KEY");
+            plain_http_guard(location, &endpoint, key.is_some(), access)?;
             let mut b = opendal::services::Azblob::default()
                 .container(&container)
                 .root(&root)
                 .account_name(&account)
                 .endpoint(&endpoint);
-            if let Some(k) = env("AZURE_STORAGE_KEY") {
-                b = b.account_key(&k);
+            match key {
+                Some(k) => b = b.account_key(&k),
+                None if creds.own_only() => b = b.skip_signature(),
+                None => {}
             }
             Operator::new(b)?
         }
@@ -319,7 +411,13 @@ fn private_writes(group: bool) {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
 }
 
-fn s3(url: &Url, q: &HashMap<String, String>, creds: &Creds) -> Result<Operator> {
+fn s3(
+    location: &str,
+    url: &Url,
+    q: &HashMap<String, String>,
+    creds: &Creds,
+    access: Access,
+) -> Result<Operator> {
     let env = |v: &str| creds.get(v);
     let (bucket, root) = bucket_and_root(url, "bucket")?;
     let region = q
@@ -332,18 +430,29 @@ fn s3(url: &Url, q: &HashMap<String, String>, creds: &Creds) -> Result<Operator>
         .bucket(&bucket)
         .root(&root)
         .region(&region);
-    if let Some(e) = q
+    let key = env("AWS_ACCESS_KEY_ID").zip(env("AWS_SECRET_ACCESS_KEY"));
+    let endpoint = q
         .get("endpoint")
         .cloned()
-        .or_else(|| env("AWS_ENDPOINT_URL"))
-    {
-        b = b.endpoint(&e);
+        .or_else(|| env("AWS_ENDPOINT_URL"));
+    // Over plain http to another host, nothing the library would find on its own
+    // (~/.aws, the environment, instance metadata) may be sent either.
+    let plain = endpoint.as_deref().is_some_and(plain_remote_http);
+    if let Some(e) = &endpoint {
+        plain_http_guard(location, e, key.is_some(), access)?;
+        b = b.endpoint(e);
     }
     if q.get("virtual_host").is_some_and(|v| v == "true") {
         b = b.enable_virtual_host_style();
     }
-    if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-        b = b.access_key_id(&k).secret_access_key(&s);
+    let isolated = creds.own_only() || plain;
+    if isolated {
+        b = b.disable_config_load().disable_ec2_metadata();
+    }
+    match key {
+        Some((k, s)) => b = b.access_key_id(&k).secret_access_key(&s),
+        None if isolated => b = b.skip_signature(),
+        None => {}
     }
     Ok(Operator::new(b)?)
 }
@@ -369,7 +478,7 @@ fn sftp(url: &Url, q: &HashMap<String, String>) -> Result<Operator> {
     Ok(Operator::new(b)?)
 }
 
-fn webdav(url: &Url, creds: &Creds) -> Result<Operator> {
+fn webdav(location: &str, url: &Url, creds: &Creds, access: Access) -> Result<Operator> {
     let env = |v: &str| creds.get(v);
     let host = url
         .host_str()
@@ -383,10 +492,12 @@ fn webdav(url: &Url, creds: &Creds) -> Result<Operator> {
         Some(p) => format!("{http}://{host}:{p}"),
         None => format!("{http}://{host}"),
     };
+    let login = env("VAULT_WEBDAV_USER").zip(env("VAULT_WEBDAV_PASSWORD"));
+    plain_http_guard(location, &endpoint, login.is_some(), access)?;
     let mut b = opendal::services::Webdav::default()
         .endpoint(&endpoint)
         .root(&root_of(url));
-    if let (Some(u), Some(p)) = (env("VAULT_WEBDAV_USER"), env("VAULT_WEBDAV_PASSWORD")) {
+    if let Some((u, p)) = login {
         b = b.username(&u).password(&p);
     }
     Ok(Operator::new(b)?)
@@ -407,5 +518,29 @@ mod tests {
         assert!(open("s3:///no-bucket").is_err());
         assert!(open("ftp://host/x").is_err());
         assert!(open("b2://bucket/x").is_err(), "b2 needs a bucket id");
+    }
+
+    #[test]
+    fn only_loopback_is_plain_http_without_the_flag() {
+        for local in [
+            "http://127.0.0.1:9000",
+            "http://127.8.9.10",
+            "http://[::1]:80",
+            "http://[::ffff:127.0.0.1]",
+            "http://localhost:8080",
+            "http://LOCALHOST.",
+            "https://192.0.2.1",
+        ] {
+            assert!(!plain_remote_http(local), "{local}");
+        }
+        for remote in [
+            "http://192.0.2.1:9000",
+            "http://0.0.0.0:80",
+            "http://localhost.example.com",
+            "http://[2001:db8::1]",
+            "not a url",
+        ] {
+            assert!(plain_remote_http(remote), "{remote}");
+        }
     }
 }
