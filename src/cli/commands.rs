@@ -277,7 +277,10 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     }));
     let p = progress.clone();
     let warn: backup::Warn = Arc::new(move |m: String| p.println(&format!("vault: {m}")));
-    let r = backup::backup(&mut repo, &opts, counters, warn);
+    // A backup may outlive its lock's refreshes (a suspended laptop): it renews the lock
+    // before it confirms and publishes, and stops if another process now excludes it.
+    let held = || _lock.as_ref().map_or(Ok(()), |l| l.renew());
+    let r = backup::backup(&mut repo, &opts, counters, warn, &held);
     if let Ok(p) = Arc::try_unwrap(progress) {
         p.finish();
     }

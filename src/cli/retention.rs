@@ -187,6 +187,9 @@ fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
         LockKind::Exclusive
     };
     let _lock = take_lock(g, &repo, kind, "prune")?;
+    if repo.two_phase() {
+        refuse_older_vaults(&repo)?;
+    }
     // What it decides from must be read after the lock is held.
     repo.load_index()?;
     let opts = prune_op::PruneOptions {
@@ -204,7 +207,8 @@ fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
             c.packs_repacked.load(Ordering::Relaxed)
         )
     });
-    let r = prune_op::prune(&repo, &opts, &counters);
+    let held = || ensure_held(&_lock);
+    let r = prune_op::prune(&repo, &opts, &counters, &held);
     progress.finish();
     let s = r?;
     if g.json {
@@ -285,4 +289,21 @@ pub fn upgrade(g: &Global) -> Result<i32> {
         }
     }
     Ok(exit::OK)
+}
+
+/// A vault older than format 3 backs up without confirming its packs, relying on prune's
+/// exclusive lock: two-phase prune does not run beside one.
+fn refuse_older_vaults(repo: &crate::repo::Repository) -> Result<()> {
+    let locks = crate::repo::lock::list_locks(&repo.backend, &repo.keys)?;
+    let older = |l: &&crate::repo::lock::LockInfo| {
+        (l.from_older_vault() || l.lock.is_none()) && !l.is_dead()
+    };
+    match locks.iter().find(older) {
+        Some(l) => Err(VaultError::Locked(format!(
+            "{} is from a vault older than format 3 (or unreadable), which relies on prune not running beside it; wait for it, and upgrade vault on that host",
+            l.describe()
+        ))
+        .into()),
+        None => Ok(()),
+    }
 }

@@ -202,11 +202,15 @@ fn clean_path(p: &Path) -> Result<PathBuf> {
 /// live (format 3, see `confirm`). When prunes deleted blobs it relied on (it ran past
 /// two grace periods), it reads the source again without a parent, against the index as
 /// it is now, at most twice.
+/// `held` is asked right before the snapshot is confirmed and written: the caller
+/// renews its lock there (a backup's safety does not rest on it, but repair and key
+/// changes wait for it) and fails if it cannot.
 pub fn backup(
     repo: &mut Repository,
     opts: &BackupOptions,
     counters: Arc<Counters>,
     warn: Warn,
+    held: &dyn Fn() -> Result<()>,
 ) -> Result<BackupResult> {
     let mut with_parent = true;
     let mut confirmed = super::confirm::Confirmed::default();
@@ -220,6 +224,7 @@ pub fn backup(
                 confirmed,
             });
         }
+        held()?;
         let lost = match super::confirm::publish(repo, &snapshot, &mut confirmed)? {
             super::confirm::Outcome::Published(id) => {
                 return Ok(BackupResult {

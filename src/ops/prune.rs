@@ -105,10 +105,18 @@ impl PackUse {
     }
 }
 
-pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneStats> {
+/// `held` is asked before each step that cannot be taken back (records, deletions): the
+/// caller fails it when its lock could not be refreshed.
+pub fn prune(
+    repo: &Repository,
+    opts: &PruneOptions,
+    counters: &Counters,
+    held: &dyn Fn() -> Result<()>,
+) -> Result<PruneStats> {
     if repo.two_phase() {
-        return super::twophase::prune(repo, opts, counters);
+        return super::twophase::prune(repo, opts, counters, held);
     }
+    held()?;
     prune_at_once(repo, opts, counters)
 }
 

@@ -232,7 +232,12 @@ fn with_state(plan: &[PackPlan], s: PackState) -> Vec<Id> {
         .collect()
 }
 
-pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Result<PruneStats> {
+pub fn prune(
+    repo: &Repository,
+    opts: &PruneOptions,
+    counters: &Counters,
+    held: &dyn Fn() -> Result<()>,
+) -> Result<PruneStats> {
     refuse_unknown(repo)?;
     let mut stats = PruneStats {
         two_phase: true,
@@ -263,6 +268,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
         stats.plan = plan;
         return Ok(stats);
     }
+    held()?;
     revive(
         repo,
         &state,
@@ -289,6 +295,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, counters: &Counters) -> Res
         .map(|(id, _, _)| id)
         .filter(|id| !packs.contains_key(id) && state.deleting().contains(id))
         .collect();
+    held()?;
     delete_packs(repo, &delete, &listed_gone, &new_index_files, &mut stats)?;
     stats.bytes_freed = size_of(&delete);
     let mut to_mark = with_state(&plan, PackState::Mark);
