@@ -575,13 +575,18 @@ fn prune_killed_at_random_instants_loses_nothing() {
     for g in 1..=4 {
         f.backup(g);
     }
-    // Two generations forgotten: their packs go, packs shared with the kept ones are
-    // repacked (--max-unused 0%), so prune writes packs and index files and deletes both.
+    // Two-phase prune (no grace period): one generation forgotten and pruned, so its
+    // packs are marked (and packs shared with the kept ones repacked), then another
+    // forgotten. The prune that is killed deletes the marked packs (deletion record, new
+    // index, packs, old marks) and repacks and marks the second generation's.
+    vault(&f.env, &["forget", "-q", "--keep-last", "3"], 0, "fixture");
+    let prune = ["prune", "-q", "--grace", "0s", "--max-unused", "0%"];
+    vault(&f.env, &prune, 0, "fixture");
     vault(&f.env, &["forget", "-q", "--keep-last", "2"], 0, "fixture");
     let kept = snapshot_ids(&f.env, &f.env.repo(), "fixture");
     assert_eq!(kept.len(), 2);
     f.freeze();
-    let args = ["prune", "-q", "--max-unused", "0%"];
+    let args = prune;
     f.reset();
     let span = measure(&f.env, &args);
     let repo = f.env.repo();
@@ -602,8 +607,10 @@ fn prune_killed_at_random_instants_loses_nothing() {
         // Prune's lock is a prune lock: no conflict for check's shared one, no notice.
         f.check_after_kill(&repo, false, &mut t, &ctx);
         assert_eq!(snapshot_ids(&f.env, &repo, &ctx), kept, "{ctx}");
-        // Run again, prune finishes the job: nothing unused is left.
-        let out = vault(&f.env, &["--json", "prune", "--max-unused", "0%"], 0, &ctx);
+        // Run again (marks, then deletes), prune finishes the job: nothing unused is left.
+        let again = ["--json", "prune", "--grace", "0s", "--max-unused", "0%"];
+        vault(&f.env, &again, 0, &ctx);
+        let out = vault(&f.env, &again, 0, &ctx);
         let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(stats["stats"]["bytes_unused_after"], 0, "{ctx}: {stats}");
         check_read_data(&f.env, &repo, &ctx);
@@ -641,7 +648,11 @@ fn sync_killed_at_random_instants_loses_nothing() {
     // index files and a snapshot, and deletes a snapshot, index files and packs.
     f.backup(3);
     vault(&f.env, &["forget", "-q", "--keep-last", "2"], 0, "fixture");
-    vault(&f.env, &["prune", "-q", "--max-unused", "0%"], 0, "fixture");
+    for _ in 0..2 {
+        // Two-phase prune: marked, then deleted.
+        let prune = ["prune", "-q", "--grace", "0s", "--max-unused", "0%"];
+        vault(&f.env, &prune, 0, "fixture");
+    }
     let kept = snapshot_ids(&f.env, &f.env.repo(), "fixture");
     let before: BTreeSet<String> = f.gen_of.keys().cloned().collect();
     f.freeze();

@@ -681,7 +681,9 @@ fn tree_packs_are_cached_whole_and_a_damaged_copy_is_fetched_again() {
     fs::write(src.join("a/b/f"), "second").unwrap();
     env.ok(&["backup", s]);
     env.ok(&["ls", "latest"]);
-    env.ok(&["forget", "--keep-last", "1", "--prune"]);
+    // Two-phase prune: the first run marks, the second deletes.
+    env.ok(&["forget", "--keep-last", "1", "--prune", "--grace", "0s"]);
+    env.ok(&["prune", "--grace", "0s"]);
     let stored: Vec<String> = walkdir(&env.repo().join("data"))
         .iter()
         .filter_map(|p| Some(p.file_name()?.to_string_lossy().into_owned()))

@@ -103,7 +103,14 @@ fn forget_applies_policies_and_ids() {
 /// A repository with two snapshots where the second dropped half the files of the first,
 /// then the first forgotten: packs are partly used.
 fn churned(env: &Env) -> PathBuf {
-    env.init(&["--pack-size", "64K", "--chunk-size", "8K"]);
+    churned_as(env, &[])
+}
+
+/// `churned` in a repository made with `init` options `extra`.
+fn churned_as(env: &Env, extra: &[&str]) -> PathBuf {
+    let mut args = vec!["--pack-size", "64K", "--chunk-size", "8K"];
+    args.extend_from_slice(extra);
+    env.init(&args);
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
     for i in 0..120u64 {
@@ -148,35 +155,67 @@ fn prune_frees_space_and_kept_snapshots_restore_identically() {
     let env = Env::new();
     let src = churned(&env);
     let before = repo_bytes(&env);
-    let dry = env.json(&["prune", "--dry-run", "--max-unused", "0%"], 0);
+    // Two-phase (format 3): the first run repacks and marks, the second deletes what
+    // is still unused once the grace period (none here) has passed.
+    let prune = ["prune", "--grace", "0s", "--max-unused", "0%"];
+    let dry = env.json(&["prune", "--dry-run", "--grace", "0s", "--max-unused", "0%"], 0);
     assert_eq!(repo_bytes(&env), before, "a dry run changes nothing");
-    let s = env.json(&["prune", "--max-unused", "0%"], 0)["stats"].clone();
+    let s = env.json(&prune, 0)["stats"].clone();
     assert_eq!(s["packs_repacked"], dry["stats"]["packs_repacked"]);
     assert!(
         s["packs_repacked"].as_u64().unwrap() > 0,
         "half-used packs are repacked: {s}"
     );
+    assert_eq!(s["packs_deleted"], 0, "the first run only marks: {s}");
+    assert!(s["packs_marked"].as_u64().unwrap() > 0, "{s}");
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+    restores_exactly(&env, &src, "r0");
+    let s = env.json(&prune, 0)["stats"].clone();
     assert!(s["bytes_freed"].as_u64().unwrap() > 100_000, "{s}");
-    assert_eq!(s["bytes_unused_after"], 0);
+    assert_eq!(s["bytes_unused_after"], 0, "{s}");
     let after = repo_bytes(&env);
     assert!(after + 100_000 < before, "{before} -> {after}");
     assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
     restores_exactly(&env, &src, "r1");
     // Nothing left to do.
-    let again = env.json(&["prune"], 0)["stats"].clone();
+    let again = env.json(&prune, 0)["stats"].clone();
     assert_eq!(again["packs_deleted"], 0);
     assert_eq!(again["packs_repacked"], 0);
+    assert_eq!(again["packs_marked"], 0);
     // A generous limit repacks nothing.
     let env2 = Env::new();
     churned(&env2);
-    let lax = env2.json(&["prune", "--max-unused", "90%"], 0)["stats"].clone();
+    let lax = env2.json(&["prune", "--grace", "0s", "--max-unused", "90%"], 0)["stats"].clone();
     assert_eq!(lax["packs_repacked"], 0, "{lax}");
 }
 
 #[test]
+fn prune_of_a_format_2_repository_frees_space_at_once() {
+    // Repositories older vaults must read keep the prune they know: under an exclusive
+    // lock, what is unused goes in the same run.
+    let env = Env::new();
+    let src = churned_as(&env, &["--format-version", "2"]);
+    let before = repo_bytes(&env);
+    let s = env.json(&["prune", "--max-unused", "0%"], 0)["stats"].clone();
+    assert_eq!(s["two_phase"], false, "{s}");
+    assert!(s["packs_repacked"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["bytes_freed"].as_u64().unwrap() > 100_000, "{s}");
+    assert!(repo_bytes(&env) + 100_000 < before);
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+    restores_exactly(&env, &src, "r");
+    // `vault upgrade` makes it format 3: the next prune is two-phase.
+    assert!(env.ok(&["upgrade"]).contains("from format 2 to 3"));
+    let s = env.json(&["prune", "--grace", "0s"], 0)["stats"].clone();
+    assert_eq!(s["two_phase"], true, "{s}");
+    assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
+}
+
+#[test]
 fn prune_killed_after_any_write_leaves_a_valid_repository() {
+    // The prune of format 2 (at once); two-phase prune's kill points are in
+    // tests/prune_beside_backups.rs and tests/crash.rs.
     let template = Env::new();
-    let src = churned(&template);
+    let src = churned_as(&template, &["--format-version", "2"]);
     let mut points = 0;
     for n in 1..=80 {
         let env = Env::new();
@@ -212,6 +251,9 @@ fn prune_killed_after_any_write_leaves_a_valid_repository() {
 
 #[test]
 fn prune_racing_a_backup_loses_nothing() {
+    // Format 3: prune no longer waits for backups (it used to exit 11 here). It runs,
+    // twice and with no grace period at all, while a backup is writing, and the backup's
+    // snapshot still restores exactly.
     let env = Env::new();
     env.init(&[]);
     let src = env.path("src");
@@ -219,14 +261,14 @@ fn prune_racing_a_backup_loses_nothing() {
     for i in 0..6 {
         fs::write(src.join(format!("big{i}")), bytes(i, 24 << 20)).unwrap();
     }
-    let mut backup = env
+    let backup = env
         .cmd()
         .args(["backup", "-q", src.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the backup holds its lock, then try to prune.
+    // Wait until the backup holds its lock, then prune beside it.
     let start = Instant::now();
     while fs::read_dir(env.repo().join("locks")).unwrap().count() == 0 {
         assert!(
@@ -235,16 +277,23 @@ fn prune_racing_a_backup_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let prune = env.run(&["prune"]);
-    let status = backup.wait().unwrap();
-    assert!(status.success(), "the backup must finish");
-    assert_eq!(
-        prune.status.code(),
-        Some(11),
-        "prune must not run beside a backup: {}",
-        String::from_utf8_lossy(&prune.stderr)
+    for _ in 0..2 {
+        let prune = env.run(&["prune", "--grace", "0s"]);
+        assert_eq!(
+            prune.status.code(),
+            Some(0),
+            "prune runs beside a backup: {}",
+            String::from_utf8_lossy(&prune.stderr)
+        );
+    }
+    let out = backup.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the backup must finish: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    env.ok(&["prune"]);
+    env.ok(&["prune", "--grace", "0s"]);
+    env.ok(&["prune", "--grace", "0s"]);
     assert!(env.ok(&["check", "--read-data"]).contains("no errors"));
     restores_exactly(&env, &src, "r");
 }
