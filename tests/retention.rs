@@ -158,7 +158,10 @@ fn prune_frees_space_and_kept_snapshots_restore_identically() {
     // Two-phase (format 3): the first run repacks and marks, the second deletes what
     // is still unused once the grace period (none here) has passed.
     let prune = ["prune", "--grace", "0s", "--max-unused", "0%"];
-    let dry = env.json(&["prune", "--dry-run", "--grace", "0s", "--max-unused", "0%"], 0);
+    let dry = env.json(
+        &["prune", "--dry-run", "--grace", "0s", "--max-unused", "0%"],
+        0,
+    );
     assert_eq!(repo_bytes(&env), before, "a dry run changes nothing");
     let s = env.json(&prune, 0)["stats"].clone();
     assert_eq!(s["packs_repacked"], dry["stats"]["packs_repacked"]);

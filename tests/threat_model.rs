@@ -29,7 +29,11 @@ fn is_layout_name(path: &str) -> bool {
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     match path.split('/').collect::<Vec<_>>()[..] {
         ["config"] => true,
-        ["keys" | "index" | "snapshots" | "manifests", id] => hex(id, 64),
+        [
+            "keys" | "index" | "snapshots" | "manifests" | "marks" | "revivals" | "deletions"
+            | "format",
+            id,
+        ] => hex(id, 64),
         ["data", fan, id] => hex(fan, 2) && hex(id, 64) && id.starts_with(fan),
         _ => false,
     }
