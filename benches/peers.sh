@@ -2,7 +2,8 @@
 # Side-by-side benchmark: vault, restic, rustic, borg and bupstash back up the same
 # generations of one source tree (benches/corpus.sh makes them: gen1, gen2 = an upgrade,
 # gen3 = small edits, each with a VM-like disk image) into local repositories, then run
-# once more with no change, then restore the newest snapshot. The page cache is dropped
+# once more with no change, then restore the newest snapshot, then forget the two oldest
+# of the four snapshots and prune. The page cache is dropped
 # before every step (where permitted), every restore is compared byte for byte with the
 # source, and "limit" rows time what the machine itself allows: reading every file cold,
 # zstd at vault's level on all cores over the same bytes, reading every file's metadata
@@ -44,6 +45,21 @@ if [[ ${1:-} == _do ]]; then # internal: _do ACTION TOOL OUT
     restore:borg) cd "$out/restore" && borg extract "$r::$(borg list --last 1 --short "$r")" ;;
     restore:bupstash) id=$(bupstash list --format=jsonl1 | tail -1 | python3 -c 'import json,sys;print(json.load(sys.stdin)["id"])') &&
       bupstash get "id=$id" | tar -x -C "$out/restore" ;;
+    # Half the snapshots (the two oldest of four) forgotten, then the space reclaimed.
+    # vault's prune is two-phase: with no grace period, one run marks and a second
+    # deletes, and both are timed, as what it takes to free the space.
+    forget:vault) "$VAULT" forget -q --repo "$r" --keep-last 2 ;;
+    forget:restic) restic forget -r "$r" --keep-last 2 ;;
+    forget:rustic) rustic forget -r "$r" --keep-last 2 ;;
+    forget:borg) borg prune --keep-last 2 "$r" ;;
+    forget:bupstash) for id in $(bupstash list --format=jsonl1 | head -2 |
+      python3 -c 'import json,sys;[print(json.loads(l)["id"]) for l in sys.stdin]'); do
+      bupstash rm "id=$id" || exit 1; done ;;
+    prune:vault) "$VAULT" prune --repo "$r" --grace 0s && "$VAULT" prune --repo "$r" --grace 0s ;;
+    prune:restic) restic prune -r "$r" ;;
+    prune:rustic) rustic prune -r "$r" ;;
+    prune:borg) borg compact "$r" ;;
+    prune:bupstash) bupstash gc ;;
     read:limit) find "$src" -type f -print0 | xargs -0 -P2 -n64 cat > /dev/null ;;
     zstd:limit) tar -C "$src" -cf - . | zstd -q -"$LEVEL" -T0 > /dev/null ;;
     warm:limit) tar -C "$src" -cf - . | cat > /dev/null ;;
@@ -141,6 +157,8 @@ for tool in "${tools[@]}"; do
     printf '%s\trestore-identical\tno\n' "$tool" >> "$results"
   fi
   rm -rf "$out/restore"
+  step "$tool" forget-half forget
+  step "$tool" prune prune
 done
 python3 "$here/table.py" "$results"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"

@@ -50,13 +50,19 @@ for step in steps:
     to_lim = f"{v[0] / lim[step]:.2f}x ({lim[step]:.2f} s)" if v and step in lim else "-"
     print(f"| {step} | " + " | ".join(cells) + f" | {ratio} | {to_lim} |")
 last = steps[-1] if steps else None
-sizes = {t: data[s][t][3] for s in steps for t in data[s] if data[s][t][3] is not None}
+# The size once everything is backed up; after prune it has its own line.
+kept = [s for s in steps if s not in ("forget-half", "prune")]
+sizes = {t: data[s][t][3] for s in kept for t in data[s] if data[s][t][3] is not None}
 if sizes:
     peers = {t: m for t, m in sizes.items() if t != "vault"}
     line = " | ".join(f"{sizes.get(t, '-')} MB" for t in tools)
     best = min(peers.items(), key=lambda kv: kv[1]) if peers else None
     ratio = f"{sizes['vault'] / best[1]:.2f}x ({best[0]})" if "vault" in sizes and best else "-"
     print(f"| repository size | {line} | {ratio} | - |")
+if "prune" in data:
+    after = {t: v[3] for t, v in data["prune"].items() if v[3] is not None}
+    line = " | ".join(f"{after.get(t, '-')} MB" for t in tools)
+    print(f"| size after forget + prune | {line} | - | - |")
 for s in ("read-gen1", "zstd-gen1", "read-gen2", "stat-gen3", "copy-gen3"):
     if s in data:
         print(f"\nlimit {s}: {data[s]['limit'][0]:.2f} s wall, {data[s]['limit'][1]:.2f} s CPU")
