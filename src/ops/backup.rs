@@ -215,6 +215,7 @@ pub fn backup(
     let mut with_parent = true;
     let mut confirmed = super::confirm::Confirmed::default();
     for attempt in 0.. {
+        let known: std::collections::BTreeSet<Id> = repo.marks.deletions.keys().copied().collect();
         let snapshot = build(repo, opts, counters.clone(), warn.clone(), with_parent)?;
         confirmed.passes += 1;
         if opts.dry_run {
@@ -225,7 +226,7 @@ pub fn backup(
             });
         }
         held()?;
-        let lost = match super::confirm::publish(repo, &snapshot, &mut confirmed)? {
+        let lost = match super::confirm::publish(repo, &snapshot, &known, &mut confirmed)? {
             super::confirm::Outcome::Published(id) => {
                 return Ok(BackupResult {
                     snapshot_id: Some(id),

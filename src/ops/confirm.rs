@@ -10,12 +10,10 @@
 //! A blob with no copy left at all (a backup suspended past two grace periods while
 //! prunes ran) cannot be confirmed: the caller reads the source again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use anyhow::Result;
 
-use super::prune::{Counters, mark_tree};
 use crate::format::Id;
 use crate::format::pack::{self, BlobEntry, BlobOpener};
 use crate::format::prune::{DeletionRecord, Revived};
@@ -48,20 +46,28 @@ pub enum Outcome {
 /// What a snapshot needs before it may be published.
 #[derive(Default)]
 struct Needs {
+    /// Referenced blobs that no index lists any more (their packs were deleted).
+    lost: usize,
     revive: BTreeMap<Id, Vec<Id>>,
     /// Blobs to copy, with every place a copy may still be read from.
     copy: HashMap<Id, Vec<(Id, BlobEntry)>>,
 }
 
 /// Publishes `snap` once everything it references is confirmed live.
-pub fn publish(repo: &mut Repository, snap: &Snapshot, done: &mut Confirmed) -> Result<Outcome> {
+/// `known`: the deletion records on record when the backup loaded its index.
+pub fn publish(
+    repo: &mut Repository,
+    snap: &Snapshot,
+    known: &BTreeSet<Id>,
+    done: &mut Confirmed,
+) -> Result<Outcome> {
     if !repo.two_phase() {
         return Ok(Outcome::Published(repo.save_snapshot(snap)?));
     }
     let mut seen = None;
     for _ in 0..ROUNDS {
         let state = repo.prune_state()?;
-        let lost = satisfy(repo, snap, &state, done)?;
+        let lost = satisfy(repo, snap, &state, known, done)?;
         if lost > 0 {
             return Ok(Outcome::Lost(lost));
         }
@@ -84,7 +90,7 @@ pub fn publish(repo: &mut Repository, snap: &Snapshot, done: &mut Confirmed) -> 
     // A prune announced a deletion while the snapshot was written: it may not have
     // seen the snapshot, so what it deletes must have another copy.
     let state = repo.prune_state()?;
-    let lost = satisfy(repo, snap, &state, done)?;
+    let lost = satisfy(repo, snap, &state, known, done)?;
     if lost > 0 {
         repo.backend.delete(&FileKind::Snapshot.path(&id))?;
         return Ok(Outcome::Lost(lost));
@@ -102,9 +108,13 @@ fn satisfy(
     repo: &mut Repository,
     snap: &Snapshot,
     state: &PruneState,
+    known: &BTreeSet<Id>,
     done: &mut Confirmed,
 ) -> Result<usize> {
-    let needs = needs(repo, snap, state)?;
+    let needs = needs(repo, snap, state, known)?;
+    if needs.lost > 0 {
+        return Ok(needs.lost);
+    }
     done.packs_revived += needs.revive.values().map(|p| p.len() as u64).sum::<u64>();
     if !needs.revive.is_empty() {
         let revived = needs
@@ -119,35 +129,47 @@ fn satisfy(
     Ok(lost)
 }
 
-/// Which marks to revive and which blobs to copy for `snap` to be safe under `state`.
-fn needs(repo: &mut Repository, snap: &Snapshot, state: &PruneState) -> Result<Needs> {
+/// Which marks to revive and which blobs to copy for `snap` to be safe under `state`;
+/// `known` are the deletion records the backup knew when it loaded its index.
+fn needs(
+    repo: &mut Repository,
+    snap: &Snapshot,
+    state: &PruneState,
+    known: &BTreeSet<Id>,
+) -> Result<Needs> {
     let marked = state.marked();
     let dying = state.deleting();
-    if marked.is_empty() && dying.is_empty() {
+    // A deletion the backup did not know of may have taken packs it relied on, which
+    // then no index lists any more: every reference is looked up.
+    let new_deletions = state.deletions.keys().any(|id| !known.contains(id));
+    if marked.is_empty() && !new_deletions && dying.is_empty() {
         return Ok(Needs::default());
     }
     // Index as it is now: the backup's own new packs included.
     repo.load_index_for_confirm()?;
-    let listed = repo.index().pack_ids();
-    if !listed
+    let risky_listed = repo
+        .index()
+        .pack_ids()
         .iter()
-        .any(|p| marked.contains_key(p) || dying.contains(p))
-    {
+        .any(|p| marked.contains_key(p) || dying.contains(p));
+    if !risky_listed && !new_deletions {
         return Ok(Needs::default());
     }
-    let at_risk = blobs_at_risk(repo, &marked, &dying)?;
-    if at_risk.is_empty() {
-        return Ok(Needs::default());
-    }
-    let mut referenced = HashSet::new();
-    mark_tree(
-        repo,
-        &snap.tree,
-        Path::new("/"),
-        &mut referenced,
-        &Counters::default(),
-    )?;
-    let mut needs = Needs::default();
+    let at_risk = if risky_listed {
+        blobs_at_risk(repo, &marked, &dying)?
+    } else {
+        HashMap::new()
+    };
+    let (referenced, missing_trees) = referenced(repo, &snap.tree);
+    let index = repo.index();
+    let mut needs = Needs {
+        lost: missing_trees
+            + referenced
+                .iter()
+                .filter(|b| !index.contains(b) && !at_risk.contains_key(b))
+                .count(),
+        ..Needs::default()
+    };
     for (blob, places) in at_risk {
         if !referenced.contains(&blob) {
             continue;
@@ -168,6 +190,29 @@ fn needs(repo: &mut Repository, snap: &Snapshot, state: &PruneState) -> Result<N
         }
     }
     Ok(needs)
+}
+
+/// Every blob the snapshot under `root` references, and how many of its trees no longer
+/// read (each is a loss: what is below it is unknown, and so it must be backed up again).
+fn referenced(repo: &Repository, root: &Id) -> (HashSet<Id>, usize) {
+    let mut seen = HashSet::from([*root]);
+    let mut stack = vec![*root];
+    let mut missing = 0;
+    while let Some(id) = stack.pop() {
+        let Ok(tree) = repo.load_tree(&id) else {
+            missing += 1;
+            continue;
+        };
+        for n in tree.nodes {
+            seen.extend(n.content.iter().copied());
+            if let Some(sub) = n.subtree
+                && seen.insert(sub)
+            {
+                stack.push(sub);
+            }
+        }
+    }
+    (seen, missing)
 }
 
 /// Every blob whose copies all lie in marked or dying packs, with those copies.
