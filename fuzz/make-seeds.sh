@@ -18,6 +18,14 @@ text() {
 }
 
 rm -rf corpus
+
+# prune_records: first byte picks the record (0 mark, 1 revival, 2 deletion, 3 format),
+# the second is stored_object's mode (1: the rest is sealed as the body).
+z=0000000000000000000000000000000000000000000000000000000000000000
+seed prune_records mark '\000\001' '{"version":1,"time":"2026-12-03T00:00:00Z","packs":["'"$z"'"]}'
+seed prune_records revival '\001\001' '{"version":1,"time":"2026-12-03T00:00:00Z","revived":[{"mark":"'"$z"'","packs":["'"$z"'"]}]}'
+seed prune_records deletion '\002\001' '{"version":1,"time":"2026-12-03T00:00:00Z","packs":["'"$z"'"]}'
+seed prune_records format '\003\001' '{"version":3,"time":"2026-12-03T00:00:00Z","features":["two-phase-prune"]}'
 # cli_parsers: 0 times, 1 sizes, 2 spans, 3 lock waits, 4 group-by, 5 max-unused,
 # 6 subsets, 7 exclude patterns, 8 ids, 9 mirror names. Time seeds use mode 0 (UTC clock)
 # and 10 (the clock in a zone with summer time).
