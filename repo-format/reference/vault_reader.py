@@ -13,6 +13,7 @@ import argparse
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -27,6 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 ENC_CONTEXT = "vault 2026-11-21 encryption key v1"  # §2.1
 IDK_CONTEXT = "vault 2026-11-21 blob id key v1"
+SEED_CONTEXT = "vault 2026-11-21 chunker seed v1"  # the XOR-seeded gear table, §16
+GEAR_CONTEXT = "vault 2026-12-03 chunker gear key v2"  # the PRF gear table ("prf-v2"), §16
 DATA, TREE = 0, 1  # blob types, §2.3
 BUNDLE = 2  # pack header / index flag: the blob is a member of a bundle, §6.4
 MAX_BUNDLE = 16 << 20  # largest bundle plaintext, §6.4
@@ -106,6 +109,78 @@ def parse_time_ns(s):
         tz = timezone(sign * timedelta(hours=int(m[8][1:3]), minutes=int(m[8][4:6])))
     whole = datetime(y, mo, d, h, mi, min(sec, 59), tzinfo=tz).timestamp()  # leap second: :59
     return int(whole) * 10**9 + int(((m[7] or "") + "000000000")[:9])
+
+
+# ---------------------------------------------------------------- chunking (§16)
+# Not needed to read; here so that an implementation written from the spec alone can be
+# checked against vault's boundaries (tests/reference_reader.rs).
+
+M64 = (1 << 64) - 1
+MASKS = [0, 0, 0, 0, 0,
+         0x0000000001804110, 0x0000000001803110, 0x0000000018035100, 0x0000001800035300,
+         0x0000019000353000, 0x0000590003530000, 0x0000d90003530000, 0x0000d90103530000,
+         0x0000d90303530000, 0x0000d90313530000, 0x0000d90f03530000, 0x0000d90303537000,
+         0x0000d90703537000, 0x0000d90707537000, 0x0000d91707537000, 0x0000d91747537000,
+         0x0000d91767537000, 0x0000d93767537000, 0x0000d93777537000, 0x0000d93777577000,
+         0x0000db3777577000]
+
+
+def gear_key(master):
+    return blake3.blake3(master, derive_key_context=GEAR_CONTEXT).digest()
+
+
+def gear_tables(master, gear=None):
+    """(G, G_LS) of the config's `chunker.gear`: None is the XOR-seeded table,
+    "prf-v2" the PRF table; any other value is refused, as vault refuses it."""
+    if gear is None:
+        seed = int.from_bytes(blake3.blake3(master, derive_key_context=SEED_CONTEXT)
+                              .digest()[:8], "little")
+        public = [int.from_bytes(hashlib.md5(bytes([i]) * 64).digest()[:8], "big")
+                  for i in range(256)]
+        g = [v ^ seed for v in public]
+    else:
+        check(gear == "prf-v2", f"chunker gear {gear!r} is unknown")
+        key = gear_key(master)
+        g = [int.from_bytes(blake3.blake3(bytes([i]), key=key).digest()[:8], "little")
+             for i in range(256)]
+    return g, [(v << 1) & M64 for v in g]
+
+
+def chunk_boundaries(data, chunker, master):
+    """Where each chunk of the stream `data` ends, for the config's `chunker` object."""
+    g, g_ls = gear_tables(master, chunker.get("gear"))
+    lo, avg, hi = chunker["min_size"], chunker["avg_size"], chunker["max_size"]
+    bits = round(math.log2(avg))
+    mask_s, mask_l = MASKS[bits + chunker["normalization"]], MASKS[bits - chunker["normalization"]]
+    ends, start = [], 0
+    while start < len(data):
+        rem = len(data) - start
+        chunk = rem
+        if rem > lo:
+            center = avg
+            if rem > hi:
+                rem = chunk = hi
+            elif rem < center:
+                center = rem
+            h, i = 0, lo // 2
+            for limit, m in ((center // 2, mask_s), (rem // 2, mask_l)):
+                m_ls, found = (m << 1) & M64, False
+                while i < limit and not found:
+                    a = start + 2 * i
+                    h = ((h << 2) + g_ls[data[a]]) & M64
+                    if h & m_ls == 0:
+                        chunk, found = 2 * i, True
+                        break
+                    h = (h + g[data[a + 1]]) & M64
+                    if h & m == 0:
+                        chunk, found = 2 * i + 1, True
+                        break
+                    i += 1
+                if found:
+                    break
+        start += max(chunk, 1)
+        ends.append(start)
+    return ends
 
 
 # ---------------------------------------------------------------- repository
