@@ -6,6 +6,10 @@ it lists snapshots and restores one; it never writes to the repository (no locks
 
     python3 vault_reader.py --repo DIR --password-file FILE snapshots
     python3 vault_reader.py --repo DIR --password-file FILE restore ID|PREFIX|latest TARGET
+    python3 vault_reader.py --repo DIR --password-file FILE chunks FILE
+
+`chunks` prints the blob id of each chunk of FILE as the repository's chunker cuts it
+(§16): not needed to read, it checks a chunker written from the spec against vault's.
 
 Dependencies: cryptography >= 42 (AES-GCM-SIV), blake3, zstandard.
 """
@@ -146,6 +150,21 @@ def gear_tables(master, gear=None):
     return g, [(v << 1) & M64 for v in g]
 
 
+def _gear_scan(data, start, i, limit, h, g, g_ls, m):
+    """One loop of the cut (§16): (cut, None, None) at a boundary, else (None, i, h)."""
+    m_ls = (m << 1) & M64
+    while i < limit:
+        a = start + 2 * i
+        h = ((h << 2) + g_ls[data[a]]) & M64
+        if h & m_ls == 0:
+            return 2 * i, None, None
+        h = (h + g[data[a + 1]]) & M64
+        if h & m == 0:
+            return 2 * i + 1, None, None
+        i += 1
+    return None, i, h
+
+
 def chunk_boundaries(data, chunker, master):
     """Where each chunk of the stream `data` ends, for the config's `chunker` object."""
     g, g_ls = gear_tables(master, chunker.get("gear"))
@@ -159,25 +178,17 @@ def chunk_boundaries(data, chunker, master):
         if rem > lo:
             center = avg
             if rem > hi:
-                rem = chunk = hi
+                rem = hi
             elif rem < center:
                 center = rem
             h, i = 0, lo // 2
+            chunk = rem
             for limit, m in ((center // 2, mask_s), (rem // 2, mask_l)):
-                m_ls, found = (m << 1) & M64, False
-                while i < limit and not found:
-                    a = start + 2 * i
-                    h = ((h << 2) + g_ls[data[a]]) & M64
-                    if h & m_ls == 0:
-                        chunk, found = 2 * i, True
-                        break
-                    h = (h + g[data[a + 1]]) & M64
-                    if h & m == 0:
-                        chunk, found = 2 * i + 1, True
-                        break
-                    i += 1
-                if found:
+                cut = _gear_scan(data, start, i, limit, h, g, g_ls, m)
+                if cut[0] is not None:
+                    chunk = cut[0]
                     break
+                i, h = cut[1], cut[2]
         start += max(chunk, 1)
         ends.append(start)
     return ends
@@ -188,13 +199,14 @@ def chunk_boundaries(data, chunker, master):
 class Repo:
     def __init__(self, root, password):
         self.root = root
-        master = self.master_key(password)
+        master = self.master = self.master_key(password)
         self.enc = blake3.blake3(master, derive_key_context=ENC_CONTEXT).digest()  # §2.1
         self.idk = blake3.blake3(master, derive_key_context=IDK_CONTEXT).digest()
         try:  # §5: a tag failure means the master key belongs to another repository
             config = json.loads(open_object(self.enc, b"config", self.read("config"), True))
         except InvalidTag:
             raise FormatError("config does not open: key file of another repository?")
+        self.config = config
         check(config["version"] in (1, 2), f"unsupported repository version {config['version']}")
         check(isinstance(config.get("id"), str) and re.fullmatch(r"[0-9a-f]{64}", config["id"]),
               "config: repository id is not 64 lowercase hex digits")  # §5
@@ -508,12 +520,22 @@ def main():
     rp = sub.add_parser("restore", help="restore a snapshot into TARGET (should be empty)")
     rp.add_argument("snapshot", help="full id, unique id prefix, or 'latest'")
     rp.add_argument("target")
+    cp = sub.add_parser("chunks", help="blob ids of FILE's chunks, as this repository cuts them")
+    cp.add_argument("file")
     args = ap.parse_args()
 
     with open(args.password_file, "rb") as f:
         password = f.read().rstrip(b"\r\n")  # §3.2: trailing CR/LF bytes are stripped
     try:
         repo = Repo(args.repo, password)
+        if args.command == "chunks":
+            with open(args.file, "rb") as f:
+                data = f.read()
+            start = 0
+            for end in chunk_boundaries(data, repo.config["chunker"], repo.master):
+                print(blob_id(repo.idk, DATA, data[start:end]).hex(), end - start)
+                start = end
+            return
         snaps = repo.snapshots()
         if args.command == "snapshots":
             for sid, s in snaps:
