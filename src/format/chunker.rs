@@ -243,16 +243,40 @@ mod tests {
         MasterKey::from_bytes(std::array::from_fn(|i| i as u8))
     }
 
-    /// Appendix A of the spec, so that spec and code cannot drift apart (the Python
-    /// reference implementation is held to the same numbers, tests/reference_reader.rs).
+    /// The spec's own text (repo-format/README.md), read at build time: the vectors
+    /// below are checked against it, so that spec and code cannot drift apart.
+    const SPEC: &str = include_str!("../../repo-format/README.md");
+
+    /// The numbers of the code block after `heading` in Appendix A.
+    fn spec_list(heading: &str) -> Vec<usize> {
+        let appendix = &SPEC[SPEC.find("## Appendix A").expect("Appendix A")..];
+        let after = &appendix[appendix.find(heading).expect(heading)..];
+        let block = after.split("```").nth(1).expect("a code block");
+        block
+            .split_whitespace()
+            .map(|n| n.parse().expect("a number"))
+            .collect()
+    }
+
+    /// Appendix A's row `| name | value |`.
+    fn spec_row(name: &str) -> &'static str {
+        let appendix = &SPEC[SPEC.find("## Appendix A").expect("Appendix A")..];
+        let row = appendix
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .expect(name);
+        row.trim_end_matches('|').rsplit('|').next().unwrap().trim()
+    }
+
+    /// Appendix A of the spec, which the Python reference implementation is held to as
+    /// well (tests/reference_reader.rs).
     #[test]
     fn spec_test_vectors() {
         let m = vector_master();
         let key = m.gear_key();
-        assert_eq!(
-            hex(key.as_bytes()),
-            "77f96419c2048b4a92d45e9783aeacc8fec33afebaa83bf623e8eaf246fc8d6a"
-        );
+        let key_hex = "77f96419c2048b4a92d45e9783aeacc8fec33afebaa83bf623e8eaf246fc8d6a";
+        assert_eq!(hex(key.as_bytes()), key_hex);
+        assert_eq!(spec_row("gear key"), format!("`{key_hex}`"));
         let prf = GearTables::prf(&key);
         assert_eq!(prf.entry(0), 0x360f6b2847d1e820);
         assert_eq!(prf.entry(1), 0x32578d2e293fc73e);
@@ -263,12 +287,25 @@ mod tests {
         assert_eq!(xor.entry(0), 0x744214dfe42c986e);
         assert_eq!(xor.entry(1), 0x3752401855409f34);
         assert_eq!(xor.entry(255), 0xe5a203888147ab53);
+        for (name, t) in [("PRF", &prf), ("XOR-seeded", &xor)] {
+            let want = [0, 1, 255]
+                .map(|i| format!("`{:#018x}`", t.entry(i)))
+                .join(", ");
+            assert_eq!(
+                spec_row(&format!("{name} table `G[0]`, `G[1]`, `G[255]`")),
+                want
+            );
+        }
 
         let data = vector_stream();
-        let old = Chunker::new(&params(None), &m).unwrap();
-        let new = Chunker::new(&params(Some(GEAR_PRF_V2)), &m).unwrap();
-        assert_eq!(old.boundaries(&data), VECTOR_XOR_ENDS);
-        assert_eq!(new.boundaries(&data), VECTOR_PRF_ENDS);
+        let old = Chunker::new(&params(None), &m).unwrap().boundaries(&data);
+        let new = Chunker::new(&params(Some(GEAR_PRF_V2)), &m)
+            .unwrap()
+            .boundaries(&data);
+        assert_eq!(old, VECTOR_XOR_ENDS);
+        assert_eq!(new, VECTOR_PRF_ENDS);
+        assert_eq!(old, spec_list("XOR-seeded table (config without `gear`)"));
+        assert_eq!(new, spec_list("PRF table (`\"gear\": \"prf-v2\"`)"));
     }
 
     fn hex(b: &[u8]) -> String {
