@@ -321,8 +321,9 @@ for name, gear in (("xor", None), ("prf", "prf-v2")):
 print(json.dumps(out))
 "#;
     let dir = reader_script().parent().unwrap().to_path_buf();
+    // -B: no __pycache__ written into the source tree.
     let out = Command::new("python3")
-        .args(["-c", script])
+        .args(["-B", "-c", script])
         .arg(&dir)
         .output()
         .expect("run python3");

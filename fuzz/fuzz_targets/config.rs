@@ -24,8 +24,15 @@ fuzz_target!(|data: &[u8]| {
         // A config without a gear (every repository before the PRF table) is written
         // again without one, and keeps the XOR-seeded table.
         let body = serde_json::to_string(&cfg).expect("config serializes");
-        assert_eq!(body.contains(r#""gear":"#), cfg.chunker.gear.is_some(), "{body}");
-        let gear = cfg.chunker.gear().expect("an opened config's gear is known");
+        assert_eq!(
+            body.contains(r#""gear":"#),
+            cfg.chunker.gear.is_some(),
+            "{body}"
+        );
+        let gear = cfg
+            .chunker
+            .gear()
+            .expect("an opened config's gear is known");
         assert_eq!(gear == Gear::XorSeed, cfg.chunker.gear.is_none());
         chunks_within_bounds(&cfg, data);
     }
