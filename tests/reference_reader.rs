@@ -295,3 +295,145 @@ fn reference_reader_refuses_misnamed_snapshots_and_index_files() {
     // Put back, both read again.
     reader(&env.repo(), &password, &[OsStr::new("snapshots")]);
 }
+
+/// The chunker the reader implements from §16 alone agrees with vault's on the stream of
+/// the spec's test vectors (Appendix A), for both gear tables.
+#[test]
+fn reference_chunker_agrees_on_the_spec_vectors() {
+    use vault::format::chunker::{Chunker, GearTables};
+    use vault::format::config::ChunkerParams;
+    use vault::format::crypto::MasterKey;
+    if !python_ready() {
+        return;
+    }
+    let script = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import blake3, vault_reader as v
+master = bytes(range(32))
+data = blake3.blake3(b"vault chunker test vector stream").digest(length=1 << 20)
+params = dict(min_size=2048, avg_size=8192, max_size=65536, normalization=1)
+out = {"gear_key": v.gear_key(master).hex()}
+for name, gear in (("xor", None), ("prf", "prf-v2")):
+    g, g_ls = v.gear_tables(master, gear)
+    out[name] = {"g": [g[0], g[1], g[255]], "g_ls": g_ls[255],
+                 "ends": v.chunk_boundaries(data, dict(params, gear=gear), master)}
+print(json.dumps(out))
+"#;
+    let dir = reader_script().parent().unwrap().to_path_buf();
+    // -B: no __pycache__ written into the source tree.
+    let out = Command::new("python3")
+        .args(["-B", "-c", script])
+        .arg(&dir)
+        .output()
+        .expect("run python3");
+    assert_ok(&out);
+    let py: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+
+    let master = MasterKey::from_bytes(std::array::from_fn(|i| i as u8));
+    let key = master.gear_key();
+    let hex: String = key.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(py["gear_key"], hex.as_str());
+    let mut data = vec![0u8; 1 << 20];
+    blake3::Hasher::new()
+        .update(b"vault chunker test vector stream")
+        .finalize_xof()
+        .fill(&mut data);
+    for (name, gear, tables) in [
+        ("xor", None, GearTables::xor_seed(master.chunker_seed())),
+        ("prf", Some("prf-v2"), GearTables::prf(&key)),
+    ] {
+        let g: Vec<u64> = [0, 1, 255].map(|i| tables.entry(i)).to_vec();
+        assert_eq!(py[name]["g"], serde_json::json!(g), "{name}");
+        assert_eq!(py[name]["g_ls"], tables.entry(255) << 1, "{name}");
+        let p = ChunkerParams {
+            algorithm: "fastcdc-v2020".into(),
+            min_size: 2048,
+            avg_size: 8192,
+            max_size: 65536,
+            normalization: 1,
+            gear: gear.map(String::from),
+        };
+        let ends = Chunker::new(&p, &master).unwrap().boundaries(&data);
+        assert!(ends.len() > 100, "{name}: {} chunks", ends.len());
+        assert_eq!(py[name]["ends"], serde_json::json!(ends), "{name}");
+    }
+}
+
+/// The blob ids of the reader's chunks of a file (`vault_reader.py chunks`).
+fn reader_chunk_ids(repo: &Path, password_file: &Path, file: &Path) -> Vec<vault::format::Id> {
+    reader(
+        repo,
+        password_file,
+        &[OsStr::new("chunks"), file.as_os_str()],
+    )
+    .lines()
+    .map(|l| {
+        let hex = l.split(' ').next().expect("an id");
+        vault::format::Id::from_hex(hex).expect("64 hex digits")
+    })
+    .collect()
+}
+
+fn data_blob_ids(repo: &vault::repo::Repository) -> std::collections::HashSet<vault::format::Id> {
+    let index = repo.index();
+    index
+        .blobs_in_packs(&index.pack_ids())
+        .into_iter()
+        .filter(|(_, e)| e.blob_type == vault::format::pack::BlobType::Data)
+        .map(|(_pack, e)| e.id)
+        .collect()
+}
+
+/// The reader, chunking with what the repository's config names (the PRF table in a new
+/// repository, the XOR-seeded one in the v1 fixture), names exactly the blobs vault
+/// stored for the same file.
+#[test]
+fn reference_chunker_names_the_blobs_vault_stored() {
+    if !python_ready() {
+        return;
+    }
+    // A new repository: the PRF table.
+    let env = Env::new();
+    env.init(&["--chunk-size", "8K"]);
+    let src = env.source_with_file(bytes(21, 1 << 20));
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let password = env.path("password");
+    fs::write(&password, PASSWORD).unwrap();
+    let ids = reader_chunk_ids(&env.repo(), &password, &src.join("f"));
+    assert!(ids.len() > 50, "{} chunks", ids.len());
+    let repo = open_repo(&env);
+    assert_eq!(repo.config.chunker.gear.as_deref(), Some("prf-v2"));
+    assert_eq!(data_blob_ids(&repo), ids.into_iter().collect());
+
+    // The v1 fixture: its config names no gear, the XOR-seeded table.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let fixture = env.path("fixture"); // a copy: opening it through the library may write
+    copy_tree(&fixtures.join("repo-v1"), &fixture);
+    let fixture_password = fixtures.join("repo-v1.password");
+    let target = env.path("r");
+    reader(
+        &fixture,
+        &fixture_password,
+        &[
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            target.as_os_str(),
+        ],
+    );
+    let pw = fs::read_to_string(&fixture_password).unwrap();
+    let backend = vault::repo::Backend::open(fixture.to_str().unwrap()).unwrap();
+    let secret = vault::repo::Secret::Password(pw.trim_end_matches('\n').into());
+    let mut repo = vault::repo::Repository::open(backend, &secret).expect("open the fixture");
+    repo.cache = None;
+    repo.load_index().expect("index");
+    let stored = data_blob_ids(&repo);
+    let mut chunks = 0;
+    for name in ["docs/random.bin", "docs/lorem.txt"] {
+        let file = target.join("tmp/vault-fixture-v1").join(name);
+        let ids = reader_chunk_ids(&fixture, &fixture_password, &file);
+        assert!(ids.iter().all(|id| stored.contains(id)), "{name}");
+        chunks += ids.len();
+    }
+    assert!(chunks > 10, "{chunks} chunks");
+}

@@ -48,7 +48,7 @@ fn id(n: u8) -> Id {
 fn config(out: &Out) {
     let cfg = Config {
         version: REPO_VERSION,
-        id: "5f3c0e8a9b2d4c6e8f1a3b5c7d9e0f21".into(),
+        id: "5f3c0e8a9b2d4c6e8f1a3b5c7d9e0f21".repeat(2),
         chunker: ChunkerParams::default(),
         pack_size: 16 << 20,
         compression_level: 3,
@@ -59,6 +59,23 @@ fn config(out: &Out) {
     out.seed("config", "body", 1, &body);
     out.seed("config", "payload-zstd", 2, &with_flag(1, &zstd(&body)));
     out.seed("config", "payload-plain", 2, &with_flag(0, &body));
+    // The gear tables (§16): none (the XOR-seeded table), the PRF table, an unknown one;
+    // chunks small enough that the input itself is cut.
+    for (name, gear) in [
+        ("gear-none", None),
+        ("gear-prf", Some("prf-v2")),
+        ("gear-unknown", Some("prf-v3")),
+    ] {
+        let mut c = cfg.clone();
+        c.chunker = ChunkerParams {
+            min_size: 64,
+            avg_size: 256,
+            max_size: 1024,
+            gear: gear.map(String::from),
+            ..ChunkerParams::default()
+        };
+        out.seed("config", name, 1, &serde_json::to_vec(&c).unwrap());
+    }
 }
 
 fn keyfile(out: &Out) {

@@ -6,6 +6,10 @@ it lists snapshots and restores one; it never writes to the repository (no locks
 
     python3 vault_reader.py --repo DIR --password-file FILE snapshots
     python3 vault_reader.py --repo DIR --password-file FILE restore ID|PREFIX|latest TARGET
+    python3 vault_reader.py --repo DIR --password-file FILE chunks FILE
+
+`chunks` prints the blob id of each chunk of FILE as the repository's chunker cuts it
+(§16): not needed to read, it checks a chunker written from the spec against vault's.
 
 Dependencies: cryptography >= 42 (AES-GCM-SIV), blake3, zstandard.
 """
@@ -13,6 +17,7 @@ import argparse
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -27,6 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 ENC_CONTEXT = "vault 2026-11-21 encryption key v1"  # §2.1
 IDK_CONTEXT = "vault 2026-11-21 blob id key v1"
+SEED_CONTEXT = "vault 2026-11-21 chunker seed v1"  # the XOR-seeded gear table, §16
+GEAR_CONTEXT = "vault 2026-12-03 chunker gear key v2"  # the PRF gear table ("prf-v2"), §16
 DATA, TREE = 0, 1  # blob types, §2.3
 BUNDLE = 2  # pack header / index flag: the blob is a member of a bundle, §6.4
 MAX_BUNDLE = 16 << 20  # largest bundle plaintext, §6.4
@@ -108,18 +115,98 @@ def parse_time_ns(s):
     return int(whole) * 10**9 + int(((m[7] or "") + "000000000")[:9])
 
 
+# ---------------------------------------------------------------- chunking (§16)
+# Not needed to read; here so that an implementation written from the spec alone can be
+# checked against vault's boundaries (tests/reference_reader.rs).
+
+M64 = (1 << 64) - 1
+MASKS = [0, 0, 0, 0, 0,
+         0x0000000001804110, 0x0000000001803110, 0x0000000018035100, 0x0000001800035300,
+         0x0000019000353000, 0x0000590003530000, 0x0000d90003530000, 0x0000d90103530000,
+         0x0000d90303530000, 0x0000d90313530000, 0x0000d90f03530000, 0x0000d90303537000,
+         0x0000d90703537000, 0x0000d90707537000, 0x0000d91707537000, 0x0000d91747537000,
+         0x0000d91767537000, 0x0000d93767537000, 0x0000d93777537000, 0x0000d93777577000,
+         0x0000db3777577000]
+
+
+def gear_key(master):
+    return blake3.blake3(master, derive_key_context=GEAR_CONTEXT).digest()
+
+
+def gear_tables(master, gear=None):
+    """(G, G_LS) of the config's `chunker.gear`: None is the XOR-seeded table,
+    "prf-v2" the PRF table; any other value is refused, as vault refuses it."""
+    if gear is None:
+        seed = int.from_bytes(blake3.blake3(master, derive_key_context=SEED_CONTEXT)
+                              .digest()[:8], "little")
+        public = [int.from_bytes(hashlib.md5(bytes([i]) * 64).digest()[:8], "big")
+                  for i in range(256)]
+        g = [v ^ seed for v in public]
+    else:
+        check(gear == "prf-v2", f"chunker gear {gear!r} is unknown")
+        key = gear_key(master)
+        g = [int.from_bytes(blake3.blake3(bytes([i]), key=key).digest()[:8], "little")
+             for i in range(256)]
+    return g, [(v << 1) & M64 for v in g]
+
+
+def _gear_scan(data, start, i, limit, h, g, g_ls, m):
+    """One loop of the cut (§16): (cut, None, None) at a boundary, else (None, i, h)."""
+    m_ls = (m << 1) & M64
+    while i < limit:
+        a = start + 2 * i
+        h = ((h << 2) + g_ls[data[a]]) & M64
+        if h & m_ls == 0:
+            return 2 * i, None, None
+        h = (h + g[data[a + 1]]) & M64
+        if h & m == 0:
+            return 2 * i + 1, None, None
+        i += 1
+    return None, i, h
+
+
+def chunk_boundaries(data, chunker, master):
+    """Where each chunk of the stream `data` ends, for the config's `chunker` object."""
+    g, g_ls = gear_tables(master, chunker.get("gear"))
+    lo, avg, hi = chunker["min_size"], chunker["avg_size"], chunker["max_size"]
+    bits = round(math.log2(avg))
+    mask_s, mask_l = MASKS[bits + chunker["normalization"]], MASKS[bits - chunker["normalization"]]
+    ends, start = [], 0
+    while start < len(data):
+        rem = len(data) - start
+        chunk = rem
+        if rem > lo:
+            center = avg
+            if rem > hi:
+                rem = hi
+            elif rem < center:
+                center = rem
+            h, i = 0, lo // 2
+            chunk = rem
+            for limit, m in ((center // 2, mask_s), (rem // 2, mask_l)):
+                cut = _gear_scan(data, start, i, limit, h, g, g_ls, m)
+                if cut[0] is not None:
+                    chunk = cut[0]
+                    break
+                i, h = cut[1], cut[2]
+        start += max(chunk, 1)
+        ends.append(start)
+    return ends
+
+
 # ---------------------------------------------------------------- repository
 
 class Repo:
     def __init__(self, root, password):
         self.root = root
-        master = self.master_key(password)
+        master = self.master = self.master_key(password)
         self.enc = blake3.blake3(master, derive_key_context=ENC_CONTEXT).digest()  # §2.1
         self.idk = blake3.blake3(master, derive_key_context=IDK_CONTEXT).digest()
         try:  # §5: a tag failure means the master key belongs to another repository
             config = json.loads(open_object(self.enc, b"config", self.read("config"), True))
         except InvalidTag:
             raise FormatError("config does not open: key file of another repository?")
+        self.config = config
         check(config["version"] in (1, 2), f"unsupported repository version {config['version']}")
         check(isinstance(config.get("id"), str) and re.fullmatch(r"[0-9a-f]{64}", config["id"]),
               "config: repository id is not 64 lowercase hex digits")  # §5
@@ -433,12 +520,22 @@ def main():
     rp = sub.add_parser("restore", help="restore a snapshot into TARGET (should be empty)")
     rp.add_argument("snapshot", help="full id, unique id prefix, or 'latest'")
     rp.add_argument("target")
+    cp = sub.add_parser("chunks", help="blob ids of FILE's chunks, as this repository cuts them")
+    cp.add_argument("file")
     args = ap.parse_args()
 
     with open(args.password_file, "rb") as f:
         password = f.read().rstrip(b"\r\n")  # §3.2: trailing CR/LF bytes are stripped
     try:
         repo = Repo(args.repo, password)
+        if args.command == "chunks":
+            with open(args.file, "rb") as f:
+                data = f.read()
+            start = 0
+            for end in chunk_boundaries(data, repo.config["chunker"], repo.master):
+                print(blob_id(repo.idk, DATA, data[start:end]).hex(), end - start)
+                start = end
+            return
         snaps = repo.snapshots()
         if args.command == "snapshots":
             for sid, s in snaps:

@@ -22,11 +22,29 @@ pub struct ChunkerParams {
     pub max_size: u32,
     /// FastCDC normalization level (0-3).
     pub normalization: u8,
+    /// The gear table (§16): absent in every config written before the PRF table
+    /// existed, which keep the XOR-seeded table (and so their deduplication); kept as
+    /// written so that such a config encodes again byte for byte. See [`Self::gear`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gear: Option<String>,
 }
+
+/// Which gear table a repository's chunker uses (§16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gear {
+    /// FastCDC's public table XORed with a 64-bit seed: configs without `gear`.
+    XorSeed,
+    /// Each entry a keyed BLAKE3 output under a 256-bit gear key: `"gear": "prf-v2"`.
+    PrfV2,
+}
+
+/// The config value that selects [`Gear::PrfV2`].
+pub const GEAR_PRF_V2: &str = "prf-v2";
 
 impl ChunkerParams {
     /// FastCDC v2020 around an average chunk size: at least half of it, at most eight
-    /// times it (and 16 MiB), normalization 1.
+    /// times it (and 16 MiB), normalization 1, the PRF gear table: what a new
+    /// repository gets.
     pub fn with_avg(avg: u32) -> Self {
         ChunkerParams {
             algorithm: "fastcdc-v2020".into(),
@@ -34,6 +52,24 @@ impl ChunkerParams {
             avg_size: avg,
             max_size: avg.saturating_mul(8).min(16 << 20),
             normalization: 1,
+            gear: Some(GEAR_PRF_V2.into()),
+        }
+    }
+
+    /// The gear table the config selects. A value this vault does not know is refused
+    /// rather than read as the old table: chunking with another table than the one the
+    /// repository was written with would silently stop deduplication.
+    pub fn gear(&self) -> Result<Gear> {
+        match self.gear.as_deref() {
+            None => Ok(Gear::XorSeed),
+            Some(GEAR_PRF_V2) => Ok(Gear::PrfV2),
+            Some(other) => Err(FormatError::malformed(
+                "config",
+                format!(
+                    "chunker gear {other:?} is unknown to this vault (it knows {GEAR_PRF_V2:?}, or none): \
+                     upgrade vault, or copy `config` back from a mirror or an export"
+                ),
+            )),
         }
     }
 }
@@ -96,6 +132,7 @@ impl Config {
         if !ok {
             return Err(FormatError::malformed("config", "parameters out of range"));
         }
+        c.gear()?;
         Ok(())
     }
 
@@ -121,6 +158,46 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(chunker: ChunkerParams) -> Config {
+        Config {
+            version: REPO_VERSION,
+            id: "ab".repeat(32),
+            chunker,
+            pack_size: 16 << 20,
+            compression_level: 3,
+            created: "2026-12-03T00:00:00Z".into(),
+        }
+    }
+
+    /// A config written before the gear field existed reads as the XOR-seeded table and
+    /// encodes again without the field, byte for byte.
+    #[test]
+    fn a_config_without_gear_keeps_the_xor_table_and_its_bytes() {
+        let old = br#"{"version":2,"id":"abababababababababababababababababababababababababababababababab","chunker":{"algorithm":"fastcdc-v2020","min_size":65536,"avg_size":131072,"max_size":1048576,"normalization":1},"pack_size":16777216,"compression_level":3,"created":"2026-11-21T20:57:44.509461693Z"}"#;
+        let cfg: Config = serde_json::from_slice(old).unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.chunker.gear(), Ok(Gear::XorSeed));
+        assert_eq!(serde_json::to_vec(&cfg).unwrap(), old.to_vec());
+    }
+
+    #[test]
+    fn new_configs_name_the_prf_table_and_unknown_ones_are_refused() {
+        let new = config(ChunkerParams::with_avg(1 << 17));
+        new.validate().unwrap();
+        assert_eq!(new.chunker.gear(), Ok(Gear::PrfV2));
+        let json = String::from_utf8(serde_json::to_vec(&new).unwrap()).unwrap();
+        assert!(
+            json.contains(r#""normalization":1,"gear":"prf-v2"}"#),
+            "{json}"
+        );
+        for bad in ["", "prf-v3", "PRF-V2", "xor-seed"] {
+            let mut p = ChunkerParams::with_avg(1 << 17);
+            p.gear = Some(bad.into());
+            let err = config(p).validate().unwrap_err().to_string();
+            assert!(err.contains("chunker gear") && !err.contains('\n'), "{err}");
+        }
+    }
 
     #[test]
     fn repo_id_is_64_lowercase_hex_and_nothing_else() {

@@ -16,6 +16,7 @@ pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 const CTX_ENC: &str = "vault 2026-11-21 encryption key v1";
 const CTX_ID: &str = "vault 2026-11-21 blob id key v1";
 const CTX_CHUNKER: &str = "vault 2026-11-21 chunker seed v1";
+const CTX_GEAR: &str = "vault 2026-12-03 chunker gear key v2";
 
 pub fn fill_random(buf: &mut [u8]) {
     // The OS RNG failing leaves no safe way to continue: every nonce and key depends on it.
@@ -43,14 +44,50 @@ impl MasterKey {
 
     pub fn derive(&self) -> Keys {
         let enc = Zeroizing::new(blake3::derive_key(CTX_ENC, &self.0));
-        let seed = Zeroizing::new(blake3::derive_key(CTX_CHUNKER, &self.0));
-        let mut seed8 = [0u8; 8];
-        seed8.copy_from_slice(&seed[..8]);
         Keys {
             cipher: Cipher::new(&enc),
             id_key: blake3::derive_key(CTX_ID, &self.0),
-            chunker_seed: u64::from_le_bytes(seed8),
         }
+    }
+
+    /// The 64-bit seed of the XOR-seeded gear table (§16), which repositories whose
+    /// config names no gear keep so that their blobs keep deduplicating.
+    pub fn chunker_seed(&self) -> u64 {
+        let seed = Zeroizing::new(blake3::derive_key(CTX_CHUNKER, &self.0));
+        let mut seed8 = Zeroizing::new([0u8; 8]);
+        seed8.copy_from_slice(&seed[..8]);
+        u64::from_le_bytes(*seed8)
+    }
+
+    /// The key of the PRF gear table (§16, config `"gear": "prf-v2"`). Derived only
+    /// where a chunker is built, not with the other working keys: most commands never
+    /// chunk.
+    pub fn gear_key(&self) -> GearKey {
+        GearKey(blake3::derive_key(CTX_GEAR, &self.0))
+    }
+}
+
+/// The 256-bit key whose keyed BLAKE3 gives each gear table entry. Whoever holds it
+/// can predict every chunk boundary, so it is wiped like the other keys.
+pub struct GearKey([u8; 32]);
+
+impl GearKey {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl Drop for GearKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for GearKey {}
+
+impl std::fmt::Debug for GearKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GearKey(<secret>)")
     }
 }
 
@@ -153,11 +190,11 @@ fn split_sealed(sealed: &[u8]) -> Result<(&[u8; NONCE_LEN], &[u8], &[u8; TAG_LEN
 pub struct Keys {
     pub cipher: Cipher,
     id_key: [u8; 32],
-    pub chunker_seed: u64,
 }
 
 /// The cipher wipes its own round keys (aes's "zeroize" feature); the id key is wiped
-/// here. The chunker seed is not a secret that opens anything.
+/// here. The chunker's secrets are not working keys: [`MasterKey::chunker_seed`] and
+/// [`MasterKey::gear_key`] derive them where a chunker is built.
 impl Drop for Keys {
     fn drop(&mut self) {
         self.id_key.zeroize();
@@ -204,6 +241,7 @@ mod tests {
         fn wipes<T: ZeroizeOnDrop>() {}
         wipes::<MasterKey>();
         wipes::<Keys>();
+        wipes::<GearKey>();
         wipes::<aes::Aes256>(); // inside Aes256GcmSiv: its round keys
     }
 

@@ -306,7 +306,7 @@ fn build(
     let index = repo.index();
     let shared = Arc::new(Shared {
         keys: repo.keys.clone(),
-        chunker: Chunker::new(&repo.config.chunker, repo.keys.chunker_seed),
+        chunker: Chunker::new(&repo.config.chunker, repo.master_key())?,
         level: repo.config.compression_level,
         bundles: repo.config.bundles(),
         dedup: Dedup {
