@@ -214,7 +214,9 @@ fn write_host(src: &Path, host: usize, round: u64) -> BTreeMap<Vec<u8>, String> 
     let _ = fs::remove_dir_all(src);
     fs::create_dir_all(src.join("d")).unwrap();
     fs::write(src.join("common"), bytes(round, 1 << 20)).unwrap();
-    for i in 0..3 {
+    // The host that is paused has more to do, so it is still running when paused.
+    let own = if host == 0 { 24 } else { 3 };
+    for i in 0..own {
         let seed = 10_000 * host as u64 + 100 * round + i;
         fs::write(src.join(format!("own{i}")), bytes(seed, 1 << 20)).unwrap();
     }
@@ -248,8 +250,10 @@ fn forget_and_prune_again_and_again_beside_four_hosts_lose_nothing() {
             .iter()
             .enumerate()
             .map(|(h, (name, wrap))| {
+                // The plain host logs its writes, so it can be paused once it has some.
+                let quiet = if h == 0 { "-vv" } else { "-q" };
                 host_cmd(&env, name, wrap)
-                    .args(["--json", "backup", "-q", "--host", name])
+                    .args(["--json", "backup", quiet, "--host", name])
                     .arg(&srcs[h])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
@@ -257,11 +261,29 @@ fn forget_and_prune_again_and_again_beside_four_hosts_lose_nothing() {
                     .unwrap()
             })
             .collect();
-        // The plain host's backup (a direct child, so SIGSTOP reaches it) is paused
-        // mid-way, in every other round from its first pack on, while forget and prune
-        // run and run again past the grace period.
-        std::thread::sleep(Duration::from_millis(50 + 40 * round));
-        let paused = kill(Pid::from_raw(children[0].id() as i32), Signal::SIGSTOP).is_ok();
+        // The plain host's backup (a direct child, so SIGSTOP reaches it) is paused once
+        // it has written 3 packs, while forget and prune run and run again past the grace
+        // period: its packs are marked, then deleted, and it must revive or re-read them.
+        let log = children[0].stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut all = String::new();
+            let mut packs = 0;
+            for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+                if line.contains("write ") && line.contains("data/") {
+                    packs += 1;
+                    if packs == 3 {
+                        let _ = tx.send(());
+                    }
+                }
+                all.push_str(&line);
+                all.push('\n');
+            }
+            all
+        });
+        let paused = rx.recv_timeout(Duration::from_secs(60)).is_ok()
+            && kill(Pid::from_raw(children[0].id() as i32), Signal::SIGSTOP).is_ok();
         for turn in 0..3 {
             let forget = env.run(&["forget", "-q", "--keep-last", "1"]);
             assert!(forget.status.success(), "{ctx}: forget: {forget:?}");
@@ -274,10 +296,11 @@ fn forget_and_prune_again_and_again_beside_four_hosts_lose_nothing() {
         if paused {
             kill(Pid::from_raw(children[0].id() as i32), Signal::SIGCONT).unwrap();
         }
-        let outs: Vec<Output> = children
+        let mut outs: Vec<Output> = children
             .drain(..)
             .map(|c| c.wait_with_output().unwrap())
             .collect();
+        outs[0].stderr = reader.join().unwrap().into_bytes();
         let _ = prune(&env, "1s");
         for (h, out) in outs.iter().enumerate() {
             assert!(
@@ -310,6 +333,10 @@ fn forget_and_prune_again_and_again_beside_four_hosts_lose_nothing() {
     assert!(
         deleted > 0,
         "no prune deleted anything: the test proved nothing"
+    );
+    assert!(
+        revived > 0 || passes > published,
+        "no backup revived or read again what a prune took: the race never happened"
     );
     eprintln!(
         "four hosts: {published} backups published beside 12 forgets and 16 prunes; {deleted} packs deleted, \

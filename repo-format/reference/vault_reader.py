@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference reader for vault repositories, format versions 1 and 2.
+"""Independent reference reader for vault repositories, format versions 1, 2 and 3.
 
 Written from repo-format/README.md alone (section numbers below refer to it). Read-only:
 it lists snapshots and restores one; it never writes to the repository (no locks, no cache).
@@ -207,7 +207,18 @@ class Repo:
         except InvalidTag:
             raise FormatError("config does not open: key file of another repository?")
         self.config = config
-        check(config["version"] in (1, 2), f"unsupported repository version {config['version']}")
+        check(config["version"] in (1, 2, 3), f"unsupported repository version {config['version']}")
+        # §12a: format records may raise the version; one this reader does not know is refused.
+        for name in self.list_ids("format"):
+            raw = self.read("format", name)
+            if blake3.blake3(raw).hexdigest() != name:
+                continue
+            try:
+                record = json.loads(open_object(self.enc, b"format", raw))
+            except (InvalidTag, FormatError, ValueError):
+                continue
+            check(record.get("version") in (1, 2, 3),
+                  f"repository format {record.get('version')} is newer than this reader knows")
         check(isinstance(config.get("id"), str) and re.fullmatch(r"[0-9a-f]{64}", config["id"]),
               "config: repository id is not 64 lowercase hex digits")  # §5
         self.index = self.load_index()

@@ -187,8 +187,13 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
         .filter(|v| (1024..=4 << 20).contains(v))
         .ok_or_else(|| VaultError::Usage("--chunk-size: give 1K to 4M".into()))?
         & !1;
+    let mut chunker = ChunkerParams::with_avg(avg);
+    if a.format_version < 3 {
+        // Older vaults know only the XOR-seeded table; with it they deduplicate alike.
+        chunker.gear = None;
+    }
     let opts = InitOptions {
-        chunker: ChunkerParams::with_avg(avg),
+        chunker,
         pack_size: u32::try_from(a.pack_size)
             .map_err(|_| VaultError::Usage("--pack-size must be under 4 GiB".into()))?,
         compression_level: a.compression,
