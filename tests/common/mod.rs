@@ -276,6 +276,34 @@ pub fn assert_fixture_restored(root: &Path) {
     assert_eq!(sparse.len(), 10 << 20);
 }
 
+/// Checks what a snapshot of `tests/fixtures/repo-v3` restored at `root` (the restore of
+/// `/tmp/vault-fixture-v3/<dir>`) against `repo-v3.expected`; returns how many entries.
+pub fn assert_fixture_v3_restored(root: &Path, dir: &str) -> usize {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let expected = std::fs::read_to_string(fixtures.join("repo-v3.expected")).unwrap();
+    let mut n = 0;
+    for line in expected.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let Some(rel) = parts[1].strip_prefix(&format!("{dir}/")) else {
+            continue;
+        };
+        let p = root.join(rel);
+        match parts[0] {
+            "file" => assert_eq!(
+                blake3::hash(&std::fs::read(&p).unwrap()).to_hex().as_str(),
+                parts[2],
+                "{}",
+                p.display()
+            ),
+            "link" => assert_eq!(std::fs::read_link(&p).unwrap().as_os_str(), parts[2]),
+            _ => unreachable!(),
+        }
+        n += 1;
+    }
+    assert!(n > 0, "nothing expected below {dir}");
+    n
+}
+
 /// Copies a directory tree, empty directories and file modes included.
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
