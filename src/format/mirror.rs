@@ -68,7 +68,7 @@ impl ExportRecord {
     }
 }
 
-fn seal_json<T: Serialize>(keys: &Keys, kind: Kind, v: &T) -> Vec<u8> {
+pub(super) fn seal_json<T: Serialize>(keys: &Keys, kind: Kind, v: &T) -> Vec<u8> {
     object::seal(keys, kind, &serde_json::to_vec(v).expect("serializes"))
 }
 
@@ -81,7 +81,7 @@ fn check_version(what: &'static str, version: u32, known: u32) -> Result<()> {
     }
 }
 
-fn open_json<T: for<'de> Deserialize<'de>>(
+pub(super) fn open_json<T: for<'de> Deserialize<'de>>(
     keys: &Keys,
     kind: Kind,
     what: &'static str,

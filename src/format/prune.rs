@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 use super::crypto::Keys;
 use super::error::{FormatError, Result};
 use super::id::Id;
-use super::object::{self, Kind};
+use super::mirror::{open_json, seal_json};
+use super::object::Kind;
 
 pub const RECORD_VERSION: u32 = 1;
 
@@ -57,20 +58,6 @@ pub struct FormatRecord {
     pub time: String,
     #[serde(default)]
     pub features: Vec<String>,
-}
-
-fn seal_json<T: Serialize>(keys: &Keys, kind: Kind, v: &T) -> Vec<u8> {
-    object::seal(keys, kind, &serde_json::to_vec(v).expect("serializes"))
-}
-
-fn open_json<T: for<'de> Deserialize<'de>>(
-    keys: &Keys,
-    kind: Kind,
-    what: &'static str,
-    stored: &[u8],
-) -> Result<T> {
-    let body = object::open(keys, kind, stored)?;
-    serde_json::from_slice(&body).map_err(|e| FormatError::malformed(what, e))
 }
 
 fn known(what: &'static str, version: u32) -> Result<()> {
