@@ -289,11 +289,12 @@ pub fn prune(
         &mut stats,
     )?;
     // Packs deleted earlier that an index file still lists go from the index too.
+    let dying = state.deleting();
     let listed_gone: Vec<Id> = repo
         .index()
         .packs()
         .map(|(id, _, _)| id)
-        .filter(|id| !packs.contains_key(id) && state.deleting().contains(id))
+        .filter(|id| !packs.contains_key(id) && dying.contains(id))
         .collect();
     held()?;
     delete_packs(repo, &delete, &listed_gone, &new_index_files, &mut stats)?;
