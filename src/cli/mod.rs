@@ -919,6 +919,10 @@ mod tests {
             Ok(std::time::Duration::from_secs(600))
         );
         assert!(super::parse_wait("9999999999999999999h").is_err());
-        assert!(super::parse_wait("5d").is_err());
+        assert_eq!(
+            super::parse_wait("2d"),
+            Ok(std::time::Duration::from_secs(2 * 86400))
+        );
+        assert!(super::parse_wait("5w").is_err());
     }
 }
