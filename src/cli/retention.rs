@@ -190,8 +190,11 @@ fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
     if repo.two_phase() {
         refuse_older_vaults(&repo)?;
     }
-    // What it decides from must be read after the lock is held.
-    repo.load_index()?;
+    // What it decides from must be read after the lock is held (two-phase prune reads
+    // the index again itself, after listing the snapshots).
+    if !repo.two_phase() {
+        repo.load_index()?;
+    }
     let opts = prune_op::PruneOptions {
         max_unused: o.max_unused,
         max_repack: o.max_repack,
@@ -208,7 +211,7 @@ fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
         )
     });
     let held = || ensure_held(&_lock);
-    let r = prune_op::prune(&repo, &opts, &counters, &held);
+    let r = prune_op::prune(&mut repo, &opts, &counters, &held);
     progress.finish();
     let s = r?;
     if g.json {

@@ -108,7 +108,7 @@ impl PackUse {
 /// `held` is asked before each step that cannot be taken back (records, deletions): the
 /// caller fails it when its lock could not be refreshed.
 pub fn prune(
-    repo: &Repository,
+    repo: &mut Repository,
     opts: &PruneOptions,
     counters: &Counters,
     held: &dyn Fn() -> Result<()>,

@@ -233,11 +233,15 @@ fn with_state(plan: &[PackPlan], s: PackState) -> Vec<Id> {
 }
 
 pub fn prune(
-    repo: &Repository,
+    repo: &mut Repository,
     opts: &PruneOptions,
     counters: &Counters,
     held: &dyn Fn() -> Result<()>,
 ) -> Result<PruneStats> {
+    // Snapshots first, then the index: a backup writes its packs and index files before
+    // its snapshot, so everything a listed snapshot references is in the index read after.
+    let snapshots = repo.backend.list(FileKind::Snapshot)?;
+    repo.load_index()?;
     refuse_unknown(repo)?;
     let mut stats = PruneStats {
         two_phase: true,
@@ -245,7 +249,6 @@ pub fn prune(
     };
     let state = repo.marks.clone();
     let ages = Ages::load(repo, &state, opts.dry_run)?;
-    let snapshots = repo.backend.list(FileKind::Snapshot)?;
     let mut used = HashSet::new();
     mark_snapshots(repo, &snapshots, &mut used, counters, &mut stats)?;
     stats.blobs_used = used.len() as u64;
@@ -353,7 +356,7 @@ fn revive(
 /// packs still free to delete.
 #[allow(clippy::too_many_arguments)]
 fn fence(
-    repo: &Repository,
+    repo: &mut Repository,
     state: &PruneState,
     delete: Vec<Id>,
     seen: &[Id],
@@ -380,6 +383,10 @@ fn fence(
         .filter(|id| !seen.contains(id))
         .collect();
     let mut more = PruneStats::default();
+    if !new.is_empty() {
+        // Their packs came after the index was read: read it again, after the listing.
+        repo.load_index()?;
+    }
     mark_snapshots(repo, &new, used, counters, &mut more)?;
     stats.snapshots += more.snapshots;
     let revived = repo.prune_state()?.revived();
