@@ -45,6 +45,10 @@ pub fn object_aad(kind: Kind) -> Vec<u8> {
         Kind::Mirror => "mirror",
         Kind::Forget => "forget",
         Kind::Export => "export",
+        Kind::Mark => "mark",
+        Kind::Revival => "revival",
+        Kind::Deletion => "deletion",
+        Kind::Format => "format",
     };
     format!("vault object v1 {name}").into_bytes()
 }
