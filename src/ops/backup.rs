@@ -202,6 +202,7 @@ fn clean_path(p: &Path) -> Result<PathBuf> {
 /// live (format 3, see `confirm`). When prunes deleted blobs it relied on (it ran past
 /// two grace periods), it reads the source again without a parent, against the index as
 /// it is now, at most twice.
+///
 /// `held` is asked right before the snapshot is confirmed and written: the caller
 /// renews its lock there (a backup's safety does not rest on it, but repair and key
 /// changes wait for it) and fails if it cannot.
