@@ -812,6 +812,39 @@ pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// Runs the CLI and returns the process exit code.
+/// Ctrl-C, SIGTERM and SIGHUP end vault after it removes what it put on storage for the
+/// time being (temporary objects, its locks; see `repo::cleanup`), within 20 seconds; a
+/// second signal ends it at once. Exit code 128 + the signal, as a shell reports it.
+fn on_interrupt_clean_up() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("vault-signals".into())
+        .spawn(move || {
+            let mut cleaning = false;
+            for sig in signals.forever() {
+                if cleaning {
+                    std::process::exit(128 + sig);
+                }
+                cleaning = true;
+                progress::eprint_line("vault: interrupted: removing temporary objects and locks");
+                let _ = std::thread::Builder::new()
+                    .name("vault-cleanup".into())
+                    .spawn(move || {
+                        let (tx, rx) = std::sync::mpsc::channel();
+                        std::thread::spawn(move || {
+                            crate::repo::cleanup::interrupt();
+                            let _ = tx.send(());
+                        });
+                        let _ = rx.recv_timeout(std::time::Duration::from_secs(20));
+                        std::process::exit(128 + sig);
+                    });
+            }
+        });
+}
+
 pub fn main() -> i32 {
     use clap::{CommandFactory, FromArgMatches};
     let parsed = Cli::command()
@@ -830,6 +863,7 @@ pub fn main() -> i32 {
         }
     };
     logger::init(cli.global.verbose, cli.global.quiet);
+    on_interrupt_clean_up();
     crate::repo::location::private_local_writes();
     let cli = match profile::apply(cli) {
         Ok(c) => c,
@@ -844,7 +878,15 @@ pub fn main() -> i32 {
     let hooks = (cli.global.on_success.clone(), cli.global.on_failure.clone());
     let log_file = cli.global.log_file.clone();
     let command = matches.subcommand_name().unwrap_or_default().to_string();
-    let (code, message) = match commands::run(cli) {
+    let result = commands::run(cli);
+    if crate::repo::cleanup::stopping() {
+        // The signal thread removes what is on storage and ends the process with the
+        // signal's code; the command's own error ("interrupted") is not the story.
+        loop {
+            std::thread::park();
+        }
+    }
+    let (code, message) = match result {
         Ok(code) => (code, String::new()),
         Err(e) => {
             let msg = error::one_line(&e);

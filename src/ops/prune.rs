@@ -85,6 +85,8 @@ pub struct PruneStats {
     pub packs_marked: u64,
     pub packs_revived: u64,
     pub records_removed: u64,
+    /// Temporary objects a killed process left in tmp/, removed once a day old.
+    pub tmp_removed: u64,
     /// Per pack that is not simply in use: its state (two-phase prune).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub plan: Vec<super::twophase::PackPlan>,
@@ -113,11 +115,40 @@ pub fn prune(
     counters: &Counters,
     held: &dyn Fn() -> Result<()>,
 ) -> Result<PruneStats> {
-    if repo.two_phase() {
-        return super::twophase::prune(repo, opts, counters, held);
+    let mut stats = if repo.two_phase() {
+        super::twophase::prune(repo, opts, counters, held)?
+    } else {
+        held()?;
+        prune_at_once(repo, opts, counters)?
+    };
+    if !opts.dry_run {
+        stats.tmp_removed = sweep_tmp(repo)?;
     }
-    held()?;
-    prune_at_once(repo, opts, counters)
+    Ok(stats)
+}
+
+/// How old a temporary object must be before prune takes it for a killed process's
+/// leftover: no write of one object takes this long.
+const TMP_LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes what processes killed mid-write left in tmp/ (an interrupted one removes its
+/// own), judged by the storage's clock, so a host with a skewed clock cannot take a
+/// running write's file.
+fn sweep_tmp(repo: &Repository) -> Result<u64> {
+    let now = super::twophase::storage_now(repo, false);
+    let mut removed = 0;
+    for (path, _, time) in repo.backend.list_files_timed("tmp/")? {
+        let old = time.is_some_and(|t| {
+            now.duration_since(t)
+                .try_into()
+                .is_ok_and(|age: std::time::Duration| age > TMP_LEFTOVER_AGE)
+        });
+        if old && repo.backend.delete(&path).is_ok() {
+            log::info!("removed {path}, left by a process killed mid-write");
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Whether prune may start: no index file or snapshot it cannot read.

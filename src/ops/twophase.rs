@@ -135,7 +135,7 @@ impl Ages {
 
 /// The storage's idea of now: the time it gives a small object written for the purpose.
 /// Where it gives none (or in a dry run, which writes nothing), this host's clock.
-fn storage_now(repo: &Repository, dry_run: bool) -> Timestamp {
+pub(super) fn storage_now(repo: &Repository, dry_run: bool) -> Timestamp {
     if dry_run {
         return Timestamp::now();
     }

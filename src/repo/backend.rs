@@ -10,6 +10,8 @@ use crate::format::Id;
 use crate::format::manifest::Manifest;
 use crate::format::object;
 
+use super::cleanup;
+
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -129,6 +131,11 @@ fn mutated() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
     }
 }
+
+/// A write refused because the process is being interrupted.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
 
 /// Why a storage call failed, when the caller must tell "absent" from "broken".
 #[derive(Debug, thiserror::Error)]
@@ -403,22 +410,52 @@ impl Backend {
     }
 
     /// Writes a whole object; on a local disk it appears atomically (temp file, fsync,
-    /// rename), so a kill never leaves half an object under its final name.
+    /// rename), so a kill never leaves half an object under its final name. Its
+    /// temporary name is known to `cleanup` while the write runs.
     pub fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
         log::debug!("write {} ({} bytes)", self.ctx(path), bytes.len());
-        if !self.atomic_writes {
-            let tmp = format!("tmp/{}.tmp", Id::random().to_hex());
-            self.op.write(&tmp, bytes).map_err(|e| self.wrap(&tmp, e))?;
-            return self
-                .op
-                .rename(&tmp, path)
-                .map(|_| mutated())
-                .map_err(|e| self.wrap(path, e));
+        if cleanup::stopping() {
+            return Err(anyhow::Error::new(Interrupted).context(self.ctx(path)));
         }
-        self.op
+        if !self.atomic_writes {
+            return self.write_via_tmp(path, bytes);
+        }
+        // The storage library names a local temporary file after the object.
+        let prefix = format!("{}.", path.rsplit('/').next().unwrap_or(path));
+        if !self.remote {
+            cleanup::track_tmp_prefix(self, &prefix);
+        }
+        let r = self
+            .op
             .write(path, bytes)
             .map(|_| mutated())
-            .map_err(|e| self.wrap(path, e))
+            .map_err(|e| self.wrap(path, e));
+        if !self.remote {
+            cleanup::untrack_tmp_prefix(self, &prefix);
+        }
+        r
+    }
+
+    /// Storage that shows a write before it is whole gets it under a temporary name
+    /// first; one that fails is removed rather than left for a later sweep.
+    fn write_via_tmp(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        let tmp = format!("tmp/{}.tmp", Id::random().to_hex());
+        cleanup::track(self, &tmp);
+        let r = self
+            .op
+            .write(&tmp, bytes)
+            .map_err(|e| self.wrap(&tmp, e))
+            .and_then(|_| {
+                self.op
+                    .rename(&tmp, path)
+                    .map(|_| mutated())
+                    .map_err(|e| self.wrap(path, e))
+            });
+        if r.is_err() {
+            let _ = self.op.delete(&tmp);
+        }
+        cleanup::untrack(self, &tmp);
+        r
     }
 
     pub fn delete(&self, path: &str) -> Result<()> {
@@ -427,6 +464,11 @@ impl Backend {
             .delete(path)
             .map(|_| mutated())
             .map_err(|e| self.wrap(path, e))
+    }
+
+    /// `delete` for `cleanup`: no crash hook, since it runs while the process ends.
+    pub(crate) fn delete_now(&self, path: &str) -> Result<()> {
+        self.op.delete(path).map_err(|e| self.wrap(path, e))
     }
 
     pub fn size(&self, path: &str) -> Result<u64> {
@@ -490,6 +532,14 @@ impl Backend {
             .into_iter()
             .map(|(path, size, _)| (path, size))
             .collect())
+    }
+
+    /// Like `list_files`, with the time the storage says each was last written.
+    pub fn list_files_timed(
+        &self,
+        dir: &str,
+    ) -> Result<Vec<(String, u64, Option<jiff::Timestamp>)>> {
+        self.list_entries(dir)
     }
 
     fn list_entries(&self, dir: &str) -> Result<Vec<(String, u64, Option<jiff::Timestamp>)>> {

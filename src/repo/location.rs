@@ -461,22 +461,23 @@ fn sftp(url: &Url, q: &HashMap<String, String>) -> Result<Operator> {
     let host = url
         .host_str()
         .ok_or_else(|| anyhow!("{url}: give a host, as in sftp://user@host:22/path"))?;
-    let endpoint = match url.port() {
-        Some(p) => format!("ssh://{host}:{p}"),
-        None => format!("ssh://{host}"),
+    let known = q.get("known_hosts").map_or("strict", String::as_str);
+    let known_hosts = super::sftp::KnownHosts::parse(known)
+        .ok_or_else(|| anyhow!("{url}: known_hosts={known} is not one of strict, add or accept"))?;
+    let config = super::sftp::SshSftpConfig {
+        host: host.to_string(),
+        port: url.port(),
+        user: (!url.username().is_empty()).then(|| url.username().to_string()),
+        key: q.get("key").cloned(),
+        known_hosts,
+        root: root_of(url),
+        connections: SFTP_CONNECTIONS,
     };
-    let mut b = opendal::services::Sftp::default()
-        .endpoint(&endpoint)
-        .root(&root_of(url))
-        .known_hosts_strategy(q.get("known_hosts").map_or("strict", String::as_str));
-    if !url.username().is_empty() {
-        b = b.user(url.username());
-    }
-    if let Some(k) = q.get("key") {
-        b = b.key(k);
-    }
-    Ok(Operator::new(b)?)
+    Ok(Operator::new(super::sftp::SshSftp::new(config))?)
 }
+
+/// SSH connections per SFTP location; each carries many requests in flight.
+const SFTP_CONNECTIONS: usize = 4;
 
 fn webdav(location: &str, url: &Url, creds: &Creds, access: Access) -> Result<Operator> {
     let env = |v: &str| creds.get(v);

@@ -392,7 +392,14 @@ impl Held {
         l.time = now_rfc3339();
         let path = FileKind::Lock.path(&Id::random());
         self.backend.write(&path, l.seal(&self.keys))?;
+        super::cleanup::track(&self.backend, &path);
         Ok(path)
+    }
+
+    fn delete_object(&self, path: &str) -> Result<()> {
+        self.backend.delete(path)?;
+        super::cleanup::untrack(&self.backend, path);
+        Ok(())
     }
 
     /// A new object first, then the old one goes: the holder never vanishes, and no
@@ -411,7 +418,7 @@ impl Held {
             h.last_ok = start;
         }
         let old = std::mem::replace(&mut objects.current, path);
-        if self.backend.delete(&old).is_err() {
+        if self.delete_object(&old).is_err() {
             objects.leftovers.push(old);
         }
         Ok(())
@@ -442,7 +449,7 @@ impl Drop for LockGuard {
         }
         let objects = locked(&self.held.objects);
         for p in std::iter::once(&objects.current).chain(&objects.leftovers) {
-            let _ = self.held.backend.delete(p);
+            let _ = self.held.delete_object(p);
         }
         locked(&HELD).remove(&self.location);
     }

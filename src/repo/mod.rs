@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod cache;
+pub mod cleanup;
 pub mod faults;
 pub mod index;
 pub mod location;
@@ -9,6 +10,7 @@ pub mod lock;
 pub mod marks;
 pub mod packer;
 pub mod repository;
+pub mod sftp;
 
 pub use backend::{Backend, FileKind};
 pub use repository::{Repository, Secret};

@@ -1,0 +1,99 @@
+//! What a running command has put on storage that only it may take away: temporary
+//! objects on their way to their names, and its lock objects. When the command is
+//! interrupted (Ctrl-C, SIGTERM, SIGHUP), `interrupt` removes them before the process
+//! exits, so an interrupted command leaves no temporary file and no lock for others to
+//! wait out. A `kill -9` still can: prune's repair of stray temporary files and the
+//! stale-lock rules cover that case.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+use super::Backend;
+
+/// How an object is left behind: by its exact path, or (local writes, whose temporary
+/// name the storage library picks) as any name in `tmp/` starting with a prefix.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Leftover {
+    Path(String),
+    TmpPrefix(String),
+}
+
+static TRACKED: LazyLock<Mutex<HashMap<(String, Leftover), Backend>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+fn tracked() -> MutexGuard<'static, HashMap<(String, Leftover), Backend>> {
+    TRACKED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether the process is being interrupted: writes started now would only be left
+/// behind.
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
+/// Remembers that `path` on `backend` exists because of this process until `untrack`.
+pub fn track(backend: &Backend, path: &str) {
+    let key = (backend.location().to_string(), Leftover::Path(path.into()));
+    tracked().insert(key, backend.alone());
+}
+
+pub fn untrack(backend: &Backend, path: &str) {
+    tracked().remove(&(backend.location().to_string(), Leftover::Path(path.into())));
+}
+
+/// Remembers that names in `tmp/` starting with `prefix` are this process's until
+/// `untrack_tmp_prefix`.
+pub fn track_tmp_prefix(backend: &Backend, prefix: &str) {
+    let key = (
+        backend.location().to_string(),
+        Leftover::TmpPrefix(prefix.into()),
+    );
+    tracked().insert(key, backend.alone());
+}
+
+pub fn untrack_tmp_prefix(backend: &Backend, prefix: &str) {
+    let key = (
+        backend.location().to_string(),
+        Leftover::TmpPrefix(prefix.into()),
+    );
+    tracked().remove(&key);
+}
+
+/// Stops new writes and removes everything tracked. Run twice a moment apart, since a
+/// write in flight when the first pass ran may land after it.
+pub fn interrupt() {
+    STOPPING.store(true, Ordering::SeqCst);
+    for pass in 0..2 {
+        if pass > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        let items: Vec<_> = tracked()
+            .iter()
+            .map(|((_, l), b)| (l.clone(), b.clone()))
+            .collect();
+        for (leftover, backend) in items {
+            remove(&backend, &leftover);
+        }
+    }
+}
+
+fn remove(backend: &Backend, leftover: &Leftover) {
+    match leftover {
+        Leftover::Path(p) => {
+            let _ = backend.delete_now(p);
+        }
+        Leftover::TmpPrefix(prefix) => {
+            let Ok(files) = backend.list_files("tmp/") else {
+                return;
+            };
+            for (path, _) in files {
+                let name = path.rsplit('/').next().unwrap_or(&path);
+                if name.starts_with(prefix.as_str()) {
+                    let _ = backend.delete_now(&path);
+                }
+            }
+        }
+    }
+}
