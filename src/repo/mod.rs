@@ -8,6 +8,7 @@ pub mod location;
 pub mod lock;
 pub mod marks;
 pub mod packer;
+pub mod remote;
 pub mod repository;
 
 pub use backend::{Backend, FileKind};
