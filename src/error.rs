@@ -3,6 +3,8 @@
 
 use thiserror::Error;
 
+use crate::repo::remote::RemoteError;
+
 /// Exit codes, identical across commands (README "Exit codes").
 pub mod exit {
     pub const OK: i32 = 0;
@@ -12,6 +14,9 @@ pub mod exit {
     pub const NO_REPOSITORY: i32 = 10;
     pub const LOCKED: i32 = 11;
     pub const WRONG_PASSWORD: i32 = 12;
+    /// A copy's storage failed: unreachable (refused, host not found, timeout, TLS, host
+    /// key), refused the credentials or the operation, full, archived, or a server error.
+    pub const STORAGE: i32 = 13;
 }
 
 #[derive(Debug, Error)]
@@ -35,6 +40,9 @@ pub enum VaultError {
 
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     for cause in err.chain() {
+        if let Some(r) = cause.downcast_ref::<RemoteError>() {
+            return r.kind.exit_code();
+        }
         if let Some(v) = cause.downcast_ref::<VaultError>() {
             return match v {
                 VaultError::NoRepository(_) => exit::NO_REPOSITORY,
@@ -46,6 +54,15 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         }
     }
     exit::ERROR
+}
+
+/// The storage library's full reports of the storage failures in `err` (for -v): the
+/// one-line message leaves them out.
+pub fn details(err: &anyhow::Error) -> Vec<String> {
+    err.chain()
+        .filter_map(|c| c.downcast_ref::<RemoteError>())
+        .map(|r| r.detail.clone())
+        .collect()
 }
 
 /// One line: the outermost context, then each cause, separated by ": ".

@@ -100,9 +100,10 @@ fn unreachable_backend_fails_with_one_clear_line() {
         .args(["snapshots", "--repo", &url])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(13), "storage failed");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("connection refused"), "{err}");
     assert!(
         err.contains("s3://bucket/vault"),
         "names the repository: {err}"

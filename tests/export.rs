@@ -252,13 +252,14 @@ fn a_full_disk_gives_one_clear_error() {
     );
     let _d = SmallDisk(disk.clone());
     let out = env.run(&["export", disk.join("archive").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(13), "storage failed: {err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(
-        err.contains("No space left on device") || err.contains("space"),
-        "{err}"
+    let dest = format!(
+        "export {}: out of space or over quota",
+        disk.join("archive").display()
     );
+    assert!(err.contains(&dest) && err.contains("free space"), "{err}");
     assert!(
         !disk.join("archive/MANIFEST").exists(),
         "an unfinished export has no MANIFEST"

@@ -89,7 +89,9 @@ pub(super) fn open(g: &Global) -> Result<Repository> {
     }
     // Fail fast on a missing repository, before asking for a password.
     if !backend.exists("config")? {
-        return Err(VaultError::NoRepository(loc).into());
+        return Err(backend
+            .why_absent()
+            .unwrap_or_else(|| VaultError::NoRepository(loc).into()));
     }
     let secret = password::secret(
         g.password_file.as_deref(),

@@ -84,7 +84,7 @@ pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
     let dir = a.dir.clone().expect("clap requires a directory");
     std::fs::create_dir_all(&dir).with_context(|| format!("export directory {}", dir.display()))?;
     let dir = std::path::absolute(&dir)?;
-    let dest = Backend::open(&dir.to_string_lossy())?;
+    let dest = Backend::open(&dir.to_string_lossy())?.labeled(format!("export {}", dir.display()));
     let (counters, progress) = super::mirrors::copy_progress(g);
     let r = export_op::export(&repo, &chosen, &dest, &dir, &counters);
     progress.finish();

@@ -42,6 +42,13 @@ fn print_findings(g: &Global, problems: &[Problem], warnings: &[String]) {
     }
 }
 
+/// What was left unread on a cold copy, in one line.
+fn print_skipped(g: &Global, skipped: &Option<String>) {
+    if let Some(note) = skipped.as_ref().filter(|_| !g.json && !g.quiet) {
+        eprintln!("vault: note: {note}");
+    }
+}
+
 /// Check judges this copy alone; for each damaged object it also says which mirror holds
 /// it intact, so the way out (`vault repair --from`) is plain.
 fn note_intact_copies(repo: &Repository, problems: &mut [Problem]) {
@@ -113,11 +120,13 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
     let mut r = r?;
     note_intact_copies(&repo, &mut r.problems);
     print_findings(g, &r.problems, &r.warnings);
+    print_skipped(g, &r.skipped);
     if g.json {
         print_json(&json!({"healthy": r.healthy(), "report": r}))?;
     } else if !g.quiet {
         let s = &r.stats;
         let read = match &subset {
+            _ if r.skipped.is_some() => "; trees and data not read (cold copy)".to_string(),
             Some(sub) => format!(
                 "; read {} ({} packs, {})",
                 sub.describe(),
@@ -160,7 +169,9 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
     progress.finish();
     let r = r?;
     if r.stats.objects == 0 {
-        return Err(VaultError::NoRepository(loc).into());
+        return Err(backend
+            .why_absent()
+            .unwrap_or_else(|| VaultError::NoRepository(loc).into()));
     }
     print_findings(g, &r.problems, &r.warnings);
     if g.json {
@@ -212,6 +223,7 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
     progress.finish();
     let r = r?;
     print_findings(g, &r.check.problems, &r.check.warnings);
+    print_skipped(g, &r.check.skipped);
     for e in &r.restore_errors {
         if !g.json {
             eprintln!("vault: error: restore: {e}");
@@ -221,6 +233,9 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
         print_json(&serde_json::to_value(&r)?)?;
     } else if !g.quiet {
         let restored = match &r.snapshot {
+            Some(id) if r.restore_skipped => {
+                format!("snapshot {} not restored (cold copy)", &id[..8])
+            }
             Some(id) => format!(
                 "restored {} of snapshot {} ({} files, {}){}",
                 if a.sample.is_some() {

@@ -447,6 +447,9 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
                     "vault: mirror {} skipped: {why}; it catches up at the next sync",
                     d.name
                 );
+                for detail in crate::error::details(&e) {
+                    log::info!("detail: {detail}");
+                }
                 results.push(json!({"mirror": d.name, "ok": false, "error": why}));
                 code = exit::PARTIAL;
             }
@@ -470,6 +473,7 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
     let primary = repo.backend.alone();
     let mut rows = vec![json!({
         "name": "primary", "url": repo.location(), "reachable": true, "complete": true,
+        "cold": primary.is_cold(),
         "vendor": primary_def.map(|d| d.vendor.clone()).unwrap_or_default(),
         "region": primary_def.map(|d| d.region.clone()).unwrap_or_default(),
     })];
@@ -493,8 +497,11 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
                 continue;
             }
         };
-        let b =
-            Backend::open_mirror(&d.url, &d.name, access).and_then(|m| sync::behind(&primary, &m));
+        // Listing only: a cold copy answers it like any other.
+        let b = Backend::open_mirror(&d.url, &d.name, access).and_then(|m| {
+            row["cold"] = json!(m.is_cold());
+            sync::behind(&primary, &m)
+        });
         match b {
             Ok(behind) => {
                 row["reachable"] = json!(true);
@@ -561,6 +568,11 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
                 r["missing_objects"],
                 human_bytes(r["missing_bytes"].as_u64().unwrap_or(0))
             )
+        };
+        let state = if r["cold"] == true {
+            format!("{state}; cold: its packs need a warm-up before a restore")
+        } else {
+            state
         };
         let last = r["last_sync"]
             .as_str()

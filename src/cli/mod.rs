@@ -33,7 +33,7 @@ use crate::error::{self, exit};
     version,
     about = "Encrypted, deduplicated, versioned backups",
     long_about = "Encrypted, deduplicated, versioned backups.\n\nExample:\n  vault init && vault backup ~/Documents && vault snapshots",
-    after_help = "Exit codes: 0 ok, 1 error (for check, audit and verify: damage found), 2 usage, 3 partial (some files skipped or not restored), 10 no repository, 11 locked, 12 wrong password."
+    after_help = "Exit codes: 0 ok, 1 error (for check, audit and verify: damage found), 2 usage, 3 partial (some files skipped or not restored), 10 no repository (or no bucket), 11 locked, 12 wrong password, 13 storage failed (unreachable, credentials or permission refused, full, archived, server error)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -878,6 +878,7 @@ pub fn main() -> i32 {
     let hooks = (cli.global.on_success.clone(), cli.global.on_failure.clone());
     let log_file = cli.global.log_file.clone();
     let command = matches.subcommand_name().unwrap_or_default().to_string();
+    let verbose = cli.global.verbose > 0;
     let result = commands::run(cli);
     if crate::repo::cleanup::stopping() {
         // The signal thread removes what is on storage and ends the process with the
@@ -891,6 +892,11 @@ pub fn main() -> i32 {
         Err(e) => {
             let msg = error::one_line(&e);
             eprintln!("vault: {msg}");
+            if verbose {
+                for d in error::details(&e) {
+                    eprintln!("vault: detail: {d}");
+                }
+            }
             (error::exit_code(&e), msg)
         }
     };

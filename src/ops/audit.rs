@@ -151,6 +151,10 @@ pub fn audit(backend: &Backend, packs: &Subset, counters: &Counters) -> Result<R
         );
     }
     pack_list.sort();
+    if backend.is_cold() {
+        report.warnings.push(backend.cold_note("vault audit"));
+        pack_list.clear();
+    }
     for (id, _) in packs.choose(&pack_list) {
         let hex = id.to_hex();
         to_hash.push((format!("data/{}/{hex}", &hex[..2]), Class::Pack, id));

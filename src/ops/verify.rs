@@ -34,6 +34,8 @@ pub struct VerifyReport {
     pub bytes_restored: u64,
     /// Files that could not be restored or did not match the snapshot.
     pub restore_errors: Vec<String>,
+    /// The restore was left out: the copy is cold (`check.skipped` says so).
+    pub restore_skipped: bool,
 }
 
 pub fn verify(
@@ -54,11 +56,16 @@ pub fn verify(
         files_restored: 0,
         bytes_restored: 0,
         restore_errors: Vec::new(),
+        restore_skipped: false,
     };
     let Some((snap_id, root)) = snapshot else {
         return Ok(out);
     };
     out.snapshot = Some(snap_id.to_hex());
+    if repo.backend.is_cold() {
+        out.restore_skipped = true;
+        return Ok(out);
+    }
     let only = match opts.sample {
         Some(n) => Some(sample_files(repo, &root, n)?),
         None => None,

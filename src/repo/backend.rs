@@ -1,7 +1,7 @@
 //! Storage access. Every byte goes through opendal, so the same code serves a local
 //! directory, s3, sftp, webdav, gcs, azblob and b2; nothing above this file assumes a path.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, Result};
 use opendal::{ErrorKind, blocking, options::ReadOptions};
@@ -11,6 +11,7 @@ use crate::format::manifest::Manifest;
 use crate::format::object;
 
 use super::cleanup;
+use super::remote::{CopyInfo, RemoteError, RemoteFailure, Service};
 
 static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
@@ -158,14 +159,22 @@ pub struct ShortRead {
 /// layer already retried, or a read that stayed short) rather than bytes that failed a
 /// check, which a new read may cure.
 pub fn is_storage_error(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.is::<opendal::Error>() || c.is::<NotFound>() || c.is::<ShortRead>())
+    e.chain().any(|c| {
+        c.is::<RemoteError>()
+            || c.is::<opendal::Error>()
+            || c.is::<NotFound>()
+            || c.is::<ShortRead>()
+    })
 }
 
 #[derive(Clone)]
 pub struct Backend {
     op: blocking::Operator,
+    /// Where packs are written when they go to another storage class than the rest.
+    packs_op: Option<blocking::Operator>,
     location: String,
+    /// How errors name this copy, and whether it is cold.
+    copy: Arc<CopyInfo>,
     remote: bool,
     /// Whether a write appears whole under its name; if not, writes go to `tmp/` first
     /// and are renamed into place.
@@ -177,7 +186,8 @@ pub struct Backend {
 impl Backend {
     /// Opens a location: a local path, `fs:///path`, or a remote URL (see `location`).
     pub fn open(location: &str) -> Result<Backend> {
-        Self::from_opened(super::location::open(location)?)
+        let opened = super::location::open(location).map_err(|e| open_error(location, None, e))?;
+        Self::from_opened(opened, None)
     }
 
     /// Opens the location of mirror `name` with its own credential variables, and the
@@ -187,15 +197,23 @@ impl Backend {
         name: &str,
         access: super::location::Access,
     ) -> Result<Backend> {
-        Self::from_opened(super::location::open_mirror(location, name, access)?)
+        let opened = super::location::open_mirror(location, name, access)
+            .map_err(|e| open_error(location, Some(name), e))?;
+        Self::from_opened(opened, Some(name))
     }
 
-    fn from_opened(opened: super::location::Opened) -> Result<Backend> {
+    fn from_opened(opened: super::location::Opened, mirror: Option<&str>) -> Result<Backend> {
         let _guard = RUNTIME.enter();
-        let op = blocking::Operator::new(opened.op)
-            .with_context(|| format!("repository {}", opened.display))?;
+        let copy = CopyInfo::new(&opened.display, mirror, opened.cold);
+        let op = blocking::Operator::new(opened.op).with_context(|| copy.label.clone())?;
+        let packs_op = match opened.packs_op {
+            Some(p) => Some(blocking::Operator::new(p).with_context(|| copy.label.clone())?),
+            None => None,
+        };
         Ok(Backend {
             op,
+            packs_op,
+            copy,
             location: opened.display,
             remote: opened.remote,
             atomic_writes: opened.atomic_writes,
@@ -297,17 +315,81 @@ impl Backend {
         &self.location
     }
 
+    /// The same copy, named `label` in errors instead of "repository LOCATION" (e.g.
+    /// "export /media/x").
+    pub fn labeled(mut self, label: String) -> Backend {
+        self.copy = self.copy.relabeled(label);
+        self
+    }
+
+    /// Whether this copy keeps its packs in a storage class that cannot serve reads at
+    /// once (`storage_class=GLACIER|DEEP_ARCHIVE` or `cold=true` in its location):
+    /// commands that only check do not read pack contents from it.
+    pub fn is_cold(&self) -> bool {
+        self.copy.cold
+    }
+
+    /// What a command that checks says when it leaves pack contents unread on a cold
+    /// copy (one line); `then` is the command that reads them after a warm-up.
+    pub fn cold_note(&self, then: &str) -> String {
+        format!(
+            "{} keeps its packs in a cold storage class: their contents (trees and file data) were not read; to check them, restore data/ to a warm class (aws s3api restore-object), then run `{then}` with cold=false added to the location",
+            self.copy.label
+        )
+    }
+
     fn ctx(&self, path: &str) -> String {
         format!("{}/{}", self.location.trim_end_matches('/'), path)
     }
 
     fn wrap(&self, path: &str, e: opendal::Error) -> anyhow::Error {
         if e.kind() == ErrorKind::NotFound {
-            anyhow::Error::new(NotFound {
+            return anyhow::Error::new(NotFound {
                 path: self.ctx(path),
-            })
-        } else {
-            anyhow::Error::new(e).context(self.ctx(path))
+            });
+        }
+        anyhow::Error::new(self.remote_error(path, &e))
+    }
+
+    /// The class of a failure at `path`. An S3 "access denied" without the code that
+    /// tells a refused credential from a refused operation (a HEAD request's answer has
+    /// no body) is asked once more, as a listing, whose answer has it.
+    fn remote_error(&self, path: &str, e: &opendal::Error) -> RemoteError {
+        let r = RemoteError::new(&self.copy, path, e);
+        if self.copy.service() != Service::S3 || !super::remote::needs_code(e) {
+            return r;
+        }
+        match self.list_root_error() {
+            Some(p) => match super::remote::classify(&p) {
+                RemoteFailure::Other => r,
+                kind => RemoteError::of_kind(&self.copy, path, kind, &p).told_apart(e),
+            },
+            None => r,
+        }
+    }
+
+    /// Whether a copy where the config is absent is missing its bucket or container
+    /// rather than a repository: an object store answers a read of a missing object in a
+    /// missing bucket as "not found", a listing with the reason.
+    pub fn why_absent(&self) -> Option<anyhow::Error> {
+        if !self.remote {
+            return None;
+        }
+        self.list_root_error()
+            .filter(|p| p.kind() != ErrorKind::NotFound)
+            .map(|p| anyhow::Error::new(RemoteError::new(&self.copy, "", &p)))
+    }
+
+    /// The error of listing the first entry of the root, if any: a request whose error
+    /// answer says why (a bucket that does not exist, a credential refused).
+    fn list_root_error(&self) -> Option<opendal::Error> {
+        let opts = opendal::options::ListOptions {
+            limit: Some(1),
+            ..Default::default()
+        };
+        match self.op.lister_options("", opts) {
+            Ok(mut l) => l.next().transpose().err(),
+            Err(e) => Some(e),
         }
     }
 
@@ -416,6 +498,13 @@ impl Backend {
         log::debug!("write {} ({} bytes)", self.ctx(path), bytes.len());
         if cleanup::stopping() {
             return Err(anyhow::Error::new(Interrupted).context(self.ctx(path)));
+        }
+        if let Some(packs) = self.packs_op.as_ref().filter(|_| path.starts_with("data/")) {
+            // Object stores only (writes appear whole): no temporary name.
+            return packs
+                .write(path, bytes)
+                .map(|_| mutated())
+                .map_err(|e| self.wrap(path, e));
         }
         if !self.atomic_writes {
             return self.write_via_tmp(path, bytes);
@@ -593,6 +682,20 @@ pub const LAYOUT_DIRS: [&str; 14] = [
     "tmp",
 ];
 
+/// An error of opening `location` (the storage library refusing its settings) as the
+/// copy's own one-line error; other errors (a location that does not parse) as they are.
+fn open_error(location: &str, mirror: Option<&str>, e: anyhow::Error) -> anyhow::Error {
+    let Some(oe) = e.chain().find_map(|c| c.downcast_ref::<opendal::Error>()) else {
+        return e;
+    };
+    let copy = CopyInfo::new(location, mirror, false);
+    let kind = match super::remote::classify(oe) {
+        RemoteFailure::Other => RemoteFailure::Location,
+        k => k,
+    };
+    anyhow::Error::new(RemoteError::of_kind(&copy, "", kind, oe))
+}
+
 pub fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<NotFound>().is_some())
 }
@@ -608,12 +711,17 @@ mod tests {
         let op = opendal::Operator::new(fs)
             .unwrap()
             .layer(FaultLayer::new(Plan::parse(faults).unwrap()));
-        Backend::from_opened(Opened {
-            op,
-            display: dir.display().to_string(),
-            remote: false,
-            atomic_writes: true,
-        })
+        Backend::from_opened(
+            Opened {
+                op,
+                packs_op: None,
+                display: dir.display().to_string(),
+                remote: false,
+                atomic_writes: true,
+                cold: false,
+            },
+            None,
+        )
         .unwrap()
     }
 
@@ -688,12 +796,17 @@ mod tests {
                 .with_min_delay(std::time::Duration::from_millis(1))
                 .with_max_delay(std::time::Duration::from_millis(2)),
         );
-        let b = Backend::from_opened(Opened {
-            op: retried,
-            display: String::new(),
-            remote: false,
-            atomic_writes: true,
-        })
+        let b = Backend::from_opened(
+            Opened {
+                op: retried,
+                packs_op: None,
+                display: String::new(),
+                remote: false,
+                atomic_writes: true,
+                cold: false,
+            },
+            None,
+        )
         .unwrap();
         for _ in 0..20 {
             assert_eq!(b.read(&path).unwrap(), bytes);

@@ -9,11 +9,16 @@
 //!
 //! ```text
 //! /srv/backup  or  fs:///srv/backup
-//! s3://bucket/prefix?endpoint=https://s3.example.com&region=eu-central-1[&virtual_host=true]
+//! s3://bucket/prefix?endpoint=https://s3.example.com&region=eu-central-1[&virtual_host=true][&storage_class=DEEP_ARCHIVE]
 //! sftp://user@host:2222/path/on/server[?key=~/.ssh/id_ed25519&known_hosts=strict|accept|add]
 //! webdav://host:port/path  (https: webdavs://)
 //! gcs://bucket/prefix   azblob://container/prefix?account=NAME   b2://bucket/prefix?bucket_id=ID
 //! ```
+//!
+//! Any remote location may add `cold=true` (its packs are in a storage class that must be
+//! restored before it is read, e.g. by a lifecycle rule) or `cold=false` (they are readable
+//! now, e.g. restored for a while); `storage_class=GLACIER` or `DEEP_ARCHIVE` implies
+//! `cold=true`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -28,9 +33,13 @@ use url::Url;
 /// temporary name (services whose writes are not atomic).
 pub struct Opened {
     pub op: Operator,
+    /// Where packs (`data/`) are written, when they go to another storage class.
+    pub packs_op: Option<Operator>,
     pub display: String,
     pub remote: bool,
     pub atomic_writes: bool,
+    /// Its packs cannot be read before they are restored from a cold storage class.
+    pub cold: bool,
 }
 
 /// Where credentials come from: the environment, where a mirror's own variables
@@ -244,8 +253,10 @@ fn open_with(location: &str, prefix: Option<String>, access: Access) -> Result<O
     opendal::install_default(); // the HTTP transport of every HTTP-based service
     let q = query(&url);
     let scheme = scheme.as_str();
+    let class = storage_class(location, scheme, &q)?;
+    let cold = coldness(location, &q, class.as_deref())?;
     let op = match scheme {
-        "s3" => s3(location, &url, &q, &creds, access)?,
+        "s3" => s3(location, &url, &q, &creds, access, None)?,
         "sftp" => sftp(&url, &q)?,
         "webdav" | "webdavs" => webdav(location, &url, &creds, access)?,
         "gcs" => {
@@ -306,8 +317,23 @@ fn open_with(location: &str, prefix: Option<String>, access: Access) -> Result<O
         }
         other => unreachable!("parse accepts only the remote schemes, not {other}"),
     };
+    // Packs go to the storage class asked for; the config, keys, index, snapshots and
+    // locks, which every command reads, stay in the bucket's default class.
+    let packs_op = match &class {
+        Some(c) => Some(remote_layers(with_faults(s3(
+            location,
+            &url,
+            &q,
+            &creds,
+            access,
+            Some(c),
+        )?)?)),
+        None => None,
+    };
     Ok(Opened {
         op: remote_layers(with_faults(op)?),
+        packs_op,
+        cold,
         display: location.to_string(),
         remote: true,
         // Object stores publish an object whole; file-like remote services do not.
@@ -363,9 +389,11 @@ fn local(abs: &std::path::Path) -> Result<Opened> {
     let op = Operator::new(b).with_context(|| format!("repository {root}"))?;
     Ok(Opened {
         op: local_layers(with_faults(op)?),
+        packs_op: None,
         display: root,
         remote: false,
         atomic_writes: true,
+        cold: false,
     })
 }
 
@@ -411,12 +439,56 @@ fn private_writes(group: bool) {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
 }
 
+/// The `storage_class=` of an s3:// location: the S3 name of a class (STANDARD_IA,
+/// GLACIER_IR, GLACIER, DEEP_ARCHIVE, ...), which packs are written in.
+fn storage_class(
+    location: &str,
+    scheme: &str,
+    q: &HashMap<String, String>,
+) -> Result<Option<String>> {
+    let Some(class) = q.get("storage_class") else {
+        return Ok(None);
+    };
+    let usage = |m: String| anyhow::Error::new(crate::error::VaultError::Usage(m));
+    if scheme != "s3" {
+        return Err(usage(format!(
+            "{location}: storage_class= is for s3:// locations (other services keep the class their bucket or container sets)"
+        )));
+    }
+    let valid = !class.is_empty()
+        && class
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(usage(format!(
+            "{location}: storage_class={class:?} is not an S3 storage class name (e.g. STANDARD_IA, GLACIER_IR, GLACIER, DEEP_ARCHIVE)"
+        )));
+    }
+    Ok(Some(class.clone()))
+}
+
+/// Whether a location's packs are cold: `cold=` when given, else whether its storage
+/// class needs a restore before a read (GLACIER and DEEP_ARCHIVE; GLACIER_IR does not).
+fn coldness(location: &str, q: &HashMap<String, String>, class: Option<&str>) -> Result<bool> {
+    match q.get("cold").map(String::as_str) {
+        None => Ok(matches!(class, Some("GLACIER" | "DEEP_ARCHIVE"))),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(v) => Err(crate::error::VaultError::Usage(format!(
+            "{location}: cold={v:?}: give cold=true or cold=false"
+        ))
+        .into()),
+    }
+}
+
+/// An S3 operator; with `class`, every object it writes goes to that storage class.
 fn s3(
     location: &str,
     url: &Url,
     q: &HashMap<String, String>,
     creds: &Creds,
     access: Access,
+    class: Option<&str>,
 ) -> Result<Operator> {
     let env = |v: &str| creds.get(v);
     let (bucket, root) = bucket_and_root(url, "bucket")?;
@@ -444,6 +516,9 @@ fn s3(
     }
     if q.get("virtual_host").is_some_and(|v| v == "true") {
         b = b.enable_virtual_host_style();
+    }
+    if let Some(c) = class {
+        b = b.default_storage_class(c);
     }
     let isolated = creds.own_only() || plain;
     if isolated {
@@ -519,6 +594,36 @@ mod tests {
         assert!(open("s3:///no-bucket").is_err());
         assert!(open("ftp://host/x").is_err());
         assert!(open("b2://bucket/x").is_err(), "b2 needs a bucket id");
+    }
+
+    #[test]
+    fn storage_class_and_cold_parse() {
+        let s3 = "s3://bucket/p?endpoint=http://127.0.0.1:9000&region=eu";
+        let o = open(s3).unwrap();
+        assert!(!o.cold && o.packs_op.is_none());
+        let o = open(&format!("{s3}&storage_class=DEEP_ARCHIVE")).unwrap();
+        assert!(o.cold && o.packs_op.is_some(), "packs go to the class");
+        assert!(open(&format!("{s3}&storage_class=GLACIER")).unwrap().cold);
+        let ir = open(&format!("{s3}&storage_class=GLACIER_IR")).unwrap();
+        assert!(!ir.cold, "instant retrieval serves reads at once");
+        assert!(ir.packs_op.is_some());
+        let warm = open(&format!("{s3}&storage_class=DEEP_ARCHIVE&cold=false")).unwrap();
+        assert!(!warm.cold, "cold=false: restored for now");
+        assert!(open(&format!("{s3}&cold=true")).unwrap().cold);
+        assert!(open("webdav://127.0.0.1:8080/x?cold=true").unwrap().cold);
+        for bad in [
+            format!("{s3}&storage_class=deep archive"),
+            format!("{s3}&storage_class="),
+            format!("{s3}&cold=maybe"),
+            "webdav://127.0.0.1:8080/x?storage_class=GLACIER".to_string(),
+        ] {
+            let e = open(&bad).err().unwrap_or_else(|| panic!("{bad} opened"));
+            assert_eq!(
+                crate::error::exit_code(&e),
+                crate::error::exit::USAGE,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

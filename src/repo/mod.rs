@@ -9,6 +9,7 @@ pub mod location;
 pub mod lock;
 pub mod marks;
 pub mod packer;
+pub mod remote;
 pub mod repository;
 pub mod sftp;
 

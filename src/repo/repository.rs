@@ -214,7 +214,12 @@ impl Repository {
         let loc = backend.location().to_string();
         let cfg_bytes = match backend.read(CONFIG_PATH) {
             Ok(b) => b,
-            Err(e) if is_not_found(&e) => return Err(VaultError::NoRepository(loc).into()),
+            Err(e) if is_not_found(&e) => {
+                // A missing bucket reads as a missing config: say which.
+                return Err(backend
+                    .why_absent()
+                    .unwrap_or_else(|| VaultError::NoRepository(loc).into()));
+            }
             Err(e) => return Err(e.context("reading the repository config")),
         };
         let (master, key_id) = match secret {

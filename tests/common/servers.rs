@@ -39,6 +39,11 @@ fn require(program: &str) -> Option<PathBuf> {
     }
 }
 
+/// A loopback port nothing listens on (free a moment ago).
+pub fn closed_port() -> u16 {
+    free_port()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -387,15 +392,22 @@ pub struct WebDav {
 
 impl WebDav {
     pub fn start(root: &Path) -> Option<WebDav> {
+        Self::start_with_login(root, None)
+    }
+
+    /// A server that asks for this user and password (basic authentication).
+    pub fn start_with_login(root: &Path, login: Option<(&str, &str)>) -> Option<WebDav> {
         let bin = require("rclone")?;
         std::fs::create_dir_all(root).unwrap();
         let port = free_port();
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "webdav"])
             .arg(root)
-            .args(["--addr", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .args(["--addr", &format!("127.0.0.1:{port}")]);
+        if let Some((user, pass)) = login {
+            cmd.args(["--user", user, "--pass", pass]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let mut child = cmd.spawn().expect("start rclone serve webdav");
         wait_for_port(port, &mut child, "rclone serve webdav");
         Some(WebDav {
