@@ -376,8 +376,10 @@ fn sftp_changed_host_key() {
     };
     let _forget = ForgetHost(sftp.server.port);
     let accept = sftp.url(&env.path("remote/vault"));
-    // The first connection records the server's key (there is no repository yet).
-    let out = env.run(&["snapshots", "--repo", &accept]);
+    // The first connection records the server's key (there is no repository yet);
+    // `accept` takes any key and records none.
+    let add = accept.replace("known_hosts=accept", "known_hosts=add");
+    let out = env.run(&["snapshots", "--repo", &add]);
     assert_eq!(out.status.code(), Some(NO_REPOSITORY), "{}", stderr(&out));
     // The server comes back on the same port with another key.
     sftp.server.stop();
@@ -395,8 +397,8 @@ fn sftp_changed_host_key() {
     // known_hosts=add must stay ssh's accept-new in the new service for the second URL.
     for url in [
         accept.replace("known_hosts=accept", "known_hosts=strict"),
-        // Adds new hosts, never a changed key (`accept` takes any key).
-        accept.replace("known_hosts=accept", "known_hosts=add"),
+        // Adds new hosts, never a changed key.
+        add.clone(),
     ] {
         fails(
             sftp_env(&env),
