@@ -109,16 +109,14 @@ impl Builder for SshSftp {
             return Err(Error::new(ErrorKind::ConfigInvalid, "sftp: no host"));
         }
         let root = PathBuf::from(if c.root.is_empty() { "." } else { &c.root });
-        let slots = (0..c.connections.max(1))
-            .map(|_| tokio::sync::Mutex::new(None))
-            .collect();
         Ok(SftpService {
             core: Arc::new(Core {
                 info: ServiceInfo::new("sftp", &c.root, ""),
                 root,
                 config: c,
-                slots,
-                next: AtomicUsize::new(0),
+                conns: Mutex::new(Vec::new()),
+                first: tokio::sync::Mutex::new(()),
+                opening: AtomicUsize::new(0),
                 failing: Mutex::new(None),
             }),
         })
@@ -139,11 +137,21 @@ struct Core {
     info: ServiceInfo,
     root: PathBuf,
     config: SshSftpConfig,
-    slots: Vec<tokio::sync::Mutex<Option<Arc<Conn>>>>,
-    next: AtomicUsize,
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Held while opening a connection when none is open, so that the requests waiting
+    /// for it share the one it opens.
+    first: tokio::sync::Mutex<()>,
+    /// Connections being opened in the background.
+    opening: AtomicUsize,
     /// Since when every attempt to connect has failed, and the last failure.
     failing: Mutex<Option<(Instant, Error)>>,
 }
+
+/// Requests in flight on the least busy connection before another is opened beside it.
+/// One connection carries any number of requests, but SSH's flow-control window caps
+/// each connection's bytes per round trip, so bulk transfers want more than one; a
+/// command that makes few requests pays for one handshake only.
+const BUSY: usize = 4;
 
 /// How long connecting may keep failing before the server counts as gone: past this,
 /// requests fail at once instead of each waiting out its own retries, so a command whose
@@ -161,6 +169,7 @@ struct Conn {
     child: Mutex<Child>,
     stderr: Arc<Mutex<Vec<String>>>,
     dead: AtomicBool,
+    inflight: AtomicUsize,
 }
 
 impl Debug for Conn {
@@ -175,6 +184,21 @@ impl Drop for Conn {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+struct InFlight<'a>(&'a Conn);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a Conn) -> InFlight<'a> {
+        c.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -199,37 +223,62 @@ impl Core {
         }
     }
 
-    /// A live connection: connections are opened lazily up to the configured number and
-    /// handed out in turn; one that died is replaced.
-    async fn conn(&self) -> Result<Arc<Conn>> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let mut slot = self.slots[i].lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| c.alive()) {
-            return Ok(c.clone());
+    /// The least busy live connection. The first is opened on demand; more are opened
+    /// in the background, up to the configured number, while every one is busy.
+    async fn conn(self: &Arc<Self>) -> Result<Arc<Conn>> {
+        if let Some(c) = self.least_busy() {
+            return Ok(c);
         }
-        *slot = None;
+        let _one = self.first.lock().await;
+        if let Some(c) = self.least_busy() {
+            return Ok(c);
+        }
         if let Some(gone) = self.gone() {
             return Err(gone);
         }
-        match connect(&self.config).await {
-            Ok(c) => {
-                *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                let c = Arc::new(c);
-                *slot = Some(c.clone());
-                Ok(c)
-            }
+        let c = Arc::new(self.open().await?);
+        locked(&self.conns).push(c.clone());
+        Ok(c)
+    }
+
+    fn least_busy(self: &Arc<Self>) -> Option<Arc<Conn>> {
+        let mut conns = locked(&self.conns);
+        conns.retain(|c| c.alive());
+        let c = conns
+            .iter()
+            .min_by_key(|c| c.inflight.load(Ordering::Relaxed))?
+            .clone();
+        let room = conns.len() + self.opening.load(Ordering::Relaxed) < self.config.connections;
+        if c.inflight.load(Ordering::Relaxed) >= BUSY && room && self.gone().is_none() {
+            self.opening.fetch_add(1, Ordering::Relaxed);
+            let core = self.clone();
+            tokio::spawn(async move {
+                if let Ok(c) = core.open().await {
+                    locked(&core.conns).push(Arc::new(c));
+                }
+                core.opening.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+        Some(c)
+    }
+
+    /// Opens a connection, keeping count of how long connecting has been failing.
+    async fn open(&self) -> Result<Conn> {
+        let r = connect(&self.config).await;
+        let mut f = locked(&self.failing);
+        match &r {
+            Ok(_) => *f = None,
             Err(e) => {
-                let mut f = self.failing.lock().unwrap_or_else(|e| e.into_inner());
                 let since = f.as_ref().map_or_else(Instant::now, |(t, _)| *t);
-                *f = Some((since, clone_error(&e)));
-                Err(e)
+                *f = Some((since, clone_error(e)));
             }
         }
+        r
     }
 
     /// The last connection error, for good, once connecting has failed for GIVE_UP_AFTER.
     fn gone(&self) -> Option<Error> {
-        let f = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let f = locked(&self.failing);
         let (since, e) = f.as_ref()?;
         (since.elapsed() > GIVE_UP_AFTER)
             .then(|| Error::new(e.kind(), e.message().to_string()).with_operation("connect"))
@@ -237,16 +286,17 @@ impl Core {
 
     /// Runs `f` on a connection, and marks the connection dead when the failure was the
     /// connection's rather than the server's answer about a file.
-    async fn with<T, F, Fut>(&self, what: &'static str, path: &str, f: F) -> Result<T>
+    async fn with<T, F, Fut>(self: &Arc<Self>, what: &'static str, path: &str, f: F) -> Result<T>
     where
         F: FnOnce(Arc<Conn>) -> Fut,
         Fut: Future<Output = std::result::Result<T, openssh_sftp_client::Error>>,
     {
         let conn = self.conn().await?;
-        match f(conn.clone()).await {
-            Ok(v) => Ok(v),
-            Err(e) => Err(self.error(&conn, what, path, e)),
-        }
+        // Counted down however the request ends, a timeout's cancellation included.
+        let counted = InFlight::new(&conn);
+        let r = f(conn.clone()).await;
+        drop(counted);
+        r.map_err(|e| self.error(&conn, what, path, e))
     }
 
     fn error(
@@ -280,6 +330,10 @@ impl Core {
             }
         }
     }
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn clone_error(e: &Error) -> Error {
@@ -403,6 +457,7 @@ async fn connect(c: &SshSftpConfig) -> Result<Conn> {
             child: Mutex::new(child),
             stderr,
             dead: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
         }),
         Err(e) => Err(connect_error(&mut child, &stderr, e).await),
     }
