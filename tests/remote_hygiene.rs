@@ -28,7 +28,7 @@ fn ssh_processes(port: u16) -> Vec<String> {
         let is_ssh = args
             .first()
             .is_some_and(|a| Path::new(a).file_name().is_some_and(|n| n == "ssh"));
-        if is_ssh && args.iter().any(|a| *a == port) {
+        if is_ssh && args.contains(&port) {
             found.push(args.join(" "));
         }
     }
