@@ -62,6 +62,11 @@ impl Cache {
         }
     }
 
+    /// Whether an entry of that length is cached (unchecked: `get` checks).
+    pub fn has(&self, kind: &str, id: &Id, len: u64) -> bool {
+        fs::metadata(self.path(kind, id)).is_ok_and(|m| m.len() == len)
+    }
+
     /// `len` bytes at `offset` of an entry whose parts authenticate themselves (sealed
     /// blobs in a pack): the caller checks them and calls `remove` when they fail.
     pub fn get_range(&self, kind: &str, id: &Id, offset: u64, len: usize) -> Option<Vec<u8>> {
