@@ -7,7 +7,8 @@ use clap::CommandFactory;
 const EXIT_CODES: &str = "0 ok; 1 error (for check, audit, verify: damage found); 2 usage; \
 3 partial (some files skipped or not restored, or a mirror unreachable); 10 no repository \
 (or no bucket); 11 locked; 12 wrong password; 13 storage failed (unreachable, credentials or \
-permission refused, full, archived in a cold storage class, server error).";
+permission refused, full, archived in a cold storage class, server error); 130, 143, 129 \
+interrupted by Ctrl-C, SIGTERM or SIGHUP (its temporary objects and locks removed).";
 
 /// Every page: file name and roff source.
 pub fn pages() -> Vec<(String, Vec<u8>)> {
