@@ -9,6 +9,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod proxy;
 pub mod servers;
 
 pub const PASSWORD: &str = "correct horse battery staple";
