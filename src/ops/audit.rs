@@ -214,7 +214,8 @@ fn check_lock(backend: &Backend, id: &Id, warnings: &mut Vec<String>) {
     }
 }
 
-/// Reads and hashes objects on two threads; a name that does not match is damage.
+/// Reads and hashes objects on as many threads as the backend takes requests at once
+/// (`Backend::connections`); a name that does not match is damage.
 fn hash_all(
     backend: &Backend,
     objects: &[(String, Class, Id)],
@@ -222,9 +223,10 @@ fn hash_all(
     counters: &Counters,
 ) {
     let found: Mutex<Vec<(Class, Id, String)>> = Mutex::new(Vec::new());
-    let (tx, rx) = bounded::<&(String, Class, Id)>(4);
+    let readers = backend.connections().clamp(1, objects.len().max(1));
+    let (tx, rx) = bounded::<&(String, Class, Id)>(readers * 2);
     std::thread::scope(|s| {
-        for _ in 0..2 {
+        for _ in 0..readers {
             let (rx, found) = (rx.clone(), &found);
             s.spawn(move || {
                 for (path, class, id) in rx {

@@ -179,7 +179,8 @@ fn check_keys(repo: &Repository, problems: &mut Problems, stats: &mut Stats) -> 
     Ok(())
 }
 
-/// Reads each chosen pack whole (two at a time) and verifies its name, header and blobs.
+/// Reads each chosen pack whole, as many at once as the backend takes requests
+/// (`Backend::connections`), and verifies its name, header and blobs.
 fn read_packs(
     repo: &Repository,
     packs: &[(Id, u64)],
@@ -188,9 +189,10 @@ fn read_packs(
     counters: &Counters,
 ) {
     let found: Mutex<Vec<PackFinding>> = Mutex::new(Vec::new());
-    let (tx, rx) = bounded::<Id>(4);
+    let readers = repo.backend.connections().clamp(1, packs.len().max(1));
+    let (tx, rx) = bounded::<Id>(readers * 2);
     std::thread::scope(|s| {
-        for _ in 0..2 {
+        for _ in 0..readers {
             let rx = rx.clone();
             let found = &found;
             s.spawn(move || {

@@ -953,14 +953,10 @@ fn write_packs(
     if by_pack.is_empty() {
         return;
     }
-    // A local disk keeps one thread per core busy; a remote backend needs two per core
-    // to hide each request's latency. Each thread holds one range and its blobs.
-    let per_core = if repo.backend.is_remote() { 2 } else { 1 };
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 8)
-        * per_core;
-    let workers = workers.min(by_pack.len());
+    // A thread per request the backend takes at once (one per core on a local disk,
+    // more on a remote backend to hide each request's latency: `--connections`). Each
+    // thread holds one range (at most 2 MiB) and its blobs.
+    let workers = repo.backend.connections().clamp(1, by_pack.len());
     let (tx, rx) = bounded::<(Id, Vec<(BlobEntry, Vec<Target>)>)>(workers);
     let ctx = GroupCtx {
         repo,

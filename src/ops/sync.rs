@@ -43,8 +43,6 @@ const ORDER: [FileKind; 12] = [
     FileKind::Snapshot,
 ];
 
-const COPIERS: usize = 4;
-
 #[derive(Default)]
 pub struct Counters {
     pub objects: AtomicU64,
@@ -88,9 +86,10 @@ pub fn copy_objects(
     let damaged: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let copied = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
-    let (tx, rx) = bounded::<Id>(COPIERS);
+    let copiers = from.connections().max(to.connections()).max(1);
+    let (tx, rx) = bounded::<Id>(copiers);
     std::thread::scope(|s| {
-        for _ in 0..COPIERS {
+        for _ in 0..copiers.min(objects.len()) {
             let rx = rx.clone();
             let (failed, damaged, copied, bytes) = (&failed, &damaged, &copied, &bytes);
             s.spawn(move || {

@@ -163,6 +163,8 @@ pub struct Backend {
     /// Whether a write appears whole under its name; if not, writes go to `tmp/` first
     /// and are renamed into place.
     atomic_writes: bool,
+    /// Requests it may have in flight (see `connections`).
+    connections: usize,
     /// Mirrors to read from, in order, when this backend fails to deliver an object.
     fallbacks: Vec<Backend>,
 }
@@ -192,6 +194,7 @@ impl Backend {
             location: opened.display,
             remote: opened.remote,
             atomic_writes: opened.atomic_writes,
+            connections: opened.connections,
             fallbacks: Vec::new(),
         })
     }
@@ -284,6 +287,12 @@ impl Backend {
 
     pub fn is_remote(&self) -> bool {
         self.remote
+    }
+
+    /// How many requests this backend may have in flight (`--connections`, a mirror's
+    /// own setting, or its kind's default): loops doing its I/O run that many at once.
+    pub fn connections(&self) -> usize {
+        self.connections
     }
 
     pub fn location(&self) -> &str {
@@ -563,6 +572,7 @@ mod tests {
             display: dir.display().to_string(),
             remote: false,
             atomic_writes: true,
+            connections: 2,
         })
         .unwrap()
     }
@@ -643,6 +653,7 @@ mod tests {
             display: String::new(),
             remote: false,
             atomic_writes: true,
+            connections: 2,
         })
         .unwrap();
         for _ in 0..20 {

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod cache;
 pub mod faults;
 pub mod index;
+pub mod limits;
 pub mod location;
 pub mod lock;
 pub mod marks;
