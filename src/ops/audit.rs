@@ -22,6 +22,8 @@ use crate::repo::Backend;
 pub struct Counters {
     pub objects: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// The size of the objects to hash (0 until they are listed).
+    pub bytes_to_read: AtomicU64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -156,6 +158,11 @@ pub fn audit(backend: &Backend, packs: &Subset, counters: &Counters) -> Result<R
         to_hash.push((format!("data/{}/{hex}", &hex[..2]), Class::Pack, id));
     }
     report.stats.objects_hashed = to_hash.len() as u64;
+    let size = to_hash
+        .iter()
+        .map(|(_, class, id)| sizes.get(&(*class, *id)).copied().unwrap_or(0))
+        .sum();
+    counters.bytes_to_read.store(size, Ordering::Relaxed);
     hash_all(backend, &to_hash, &mut problems, counters);
     let mut ctx = ManifestCheck {
         backend,

@@ -33,6 +33,8 @@ pub struct CheckOptions {
 pub struct Counters {
     pub packs_read: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// The size of the packs to read (0 until they are chosen, or without --read-data).
+    pub bytes_to_read: AtomicU64,
     pub trees: AtomicU64,
 }
 
@@ -159,6 +161,8 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
             .collect();
         packs.sort();
         let chosen = subset.choose(&packs);
+        let size = chosen.iter().map(|(_, n)| n).sum();
+        counters.bytes_to_read.store(size, Ordering::Relaxed);
         read_packs(repo, &chosen, &mut problems, &mut lost, counters);
     }
     check_snapshots(repo, &mut problems, &lost, &mut report.stats, counters)?;
