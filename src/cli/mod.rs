@@ -109,8 +109,9 @@ pub struct Global {
     pub limit_download: Option<String>,
     /// Requests in flight per backend, 1 to 256 (default: 8 for s3, gcs, azblob, b2 and
     /// WebDAV, 4 for SFTP, one per core from 2 to 8 for a local directory). Restore,
-    /// sync, check --read-data, audit and repair run that many transfers at once;
-    /// backup uploads that many packs at once, at most 64 MiB of them
+    /// sync, check --read-data, audit and repair index run that many transfers at once;
+    /// backup uploads that many packs at once to a remote backend, holding at most
+    /// 64 MiB of them
     #[arg(long, global = true, value_name = "N", env = "VAULT_CONNECTIONS")]
     pub connections: Option<String>,
 }
