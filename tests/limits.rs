@@ -332,22 +332,18 @@ fn a_mirror_has_its_own_limit() {
     ]);
 }
 
-/// Over HTTP (an S3 server on this machine): both directions paced, one connection
-/// enough for everything, sixteen too.
-#[test]
-fn an_s3_repository_is_paced_too() {
-    let env = Env::new();
-    let Some(s3) = common::servers::S3::start(&env.path("s3")) else {
-        return;
-    };
-    let url = s3.url("vault");
-    let src = env.source_with_file(bytes(5, 8 * MIB));
+/// A remote repository at `url` paced both ways, with one connection enough for a
+/// restore and sixteen for a check.
+fn paced_over(env: &Env, name: &str, url: &str, vars: &[(&str, &str)]) {
+    let src = env.path(&format!("src-{name}"));
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), bytes(5, 8 * MIB)).unwrap();
     let run = |args: &[&str]| {
         let start = Instant::now();
         let out = env
             .cmd()
-            .envs(s3.env())
-            .env("VAULT_REPOSITORY", &url)
+            .envs(vars.iter().copied())
+            .env("VAULT_REPOSITORY", url)
             .args(args)
             .output()
             .unwrap();
@@ -364,9 +360,9 @@ fn an_s3_repository_is_paced_too() {
     ]);
     assert!(
         up >= Duration::from_secs(3),
-        "8 MiB up at 2 MiB/s in {up:?}"
+        "{name}: 8 MiB up at 2 MiB/s in {up:?}"
     );
-    let target = env.path("r");
+    let target = env.path(&format!("r-{name}"));
     let down = run(&[
         "--limit-download",
         "2M",
@@ -380,12 +376,43 @@ fn an_s3_repository_is_paced_too() {
     ]);
     assert!(
         down >= Duration::from_secs(3),
-        "8 MiB down at 2 MiB/s in {down:?}"
+        "{name}: 8 MiB down at 2 MiB/s in {down:?}"
     );
     assert_eq!(
         snapshot_of(&Env::restored(&target, &src)),
         snapshot_of(&src)
     );
     run(&["--connections", "16", "check", "--read-data", "-q"]);
-    eprintln!("s3: 8 MiB up in {up:?}, down in {down:?}, at 2 MiB/s");
+    eprintln!("{name}: 8 MiB up in {up:?}, down in {down:?}, at 2 MiB/s");
+}
+
+/// Over HTTP to an object store: writes go in multipart parts of at least 5 MiB.
+#[test]
+fn an_s3_repository_is_paced_too() {
+    let env = Env::new();
+    let Some(s3) = common::servers::S3::start(&env.path("s3")) else {
+        return;
+    };
+    paced_over(&env, "s3", &s3.url("vault"), &s3.env());
+}
+
+/// WebDAV takes an object in one request: paced whole.
+#[test]
+fn a_webdav_repository_is_paced_too() {
+    let env = Env::new();
+    let Some(dav) = common::servers::WebDav::start(&env.path("dav")) else {
+        return;
+    };
+    paced_over(&env, "webdav", &dav.url("vault"), &[]);
+}
+
+/// SFTP is a stream: paced in small pieces, as a local file is.
+#[test]
+fn an_sftp_repository_is_paced_too() {
+    let env = Env::new();
+    let Some(sftp) = common::servers::Sftp::start(&env.path("sshd")) else {
+        return;
+    };
+    let url = sftp.url(&env.path("remote/vault"));
+    paced_over(&env, "sftp", &url, &[]);
 }

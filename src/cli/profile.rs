@@ -95,25 +95,29 @@ pub struct Profile {
     pub connections: Option<Setting>,
 }
 
-/// A setting written as a number or a string.
+/// A setting written as a number or a string, kept as written for the parser that
+/// judges it (and names it in its error).
 #[derive(Deserialize, Debug, Clone)]
-#[serde(untagged)]
-pub enum Setting {
-    Number(u64),
-    Text(String),
-}
+#[serde(try_from = "toml::Value")]
+pub struct Setting(String);
 
-impl Setting {
-    pub fn text(&self) -> String {
-        match self {
-            Setting::Number(n) => n.to_string(),
-            Setting::Text(s) => s.clone(),
+impl TryFrom<toml::Value> for Setting {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Setting, String> {
+        match v {
+            toml::Value::String(s) => Ok(Setting(s)),
+            toml::Value::Integer(n) => Ok(Setting(n.to_string())),
+            toml::Value::Float(f) => Ok(Setting(f.to_string())),
+            other => Err(format!(
+                "{other}: give a number or a string such as \"10M\""
+            )),
         }
     }
 }
 
 fn text(s: &Option<Setting>) -> Option<String> {
-    s.as_ref().map(Setting::text)
+    s.as_ref().map(|s| s.0.clone())
 }
 
 /// The limits a section sets, or a usage error naming `section` and the key.

@@ -129,8 +129,11 @@ impl Bucket {
         }
     }
 
-    /// Waits until `n` bytes may go.
+    /// Waits until `n` bytes may go (nothing, such as a stream's end, goes at once).
     pub async fn pace(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
         let wait = self.take_at(n as u64, Instant::now());
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
