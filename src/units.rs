@@ -40,6 +40,43 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((v * mult as f64) as u64)
 }
 
+/// Parses a transfer rate in bytes per second, as restic, rclone and kopia users write
+/// it: `500K`, `10M`, `1.5G`, with an optional `iB`/`B` and `/s` (`10MiB/s`), in binary
+/// units; `B` alone means bytes; a bare number means KiB/s (restic's `--limit-upload`).
+/// `0` is returned as 0: no limit.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "{s:?} is not a rate: give bytes per second as 500K, 10M or 1G (binary units, \
+             optional iB and /s), or a bare number of KiB/s; 0 for no limit"
+        )
+    };
+    let t = s.trim();
+    let t = t
+        .strip_suffix("/s")
+        .or_else(|| t.strip_suffix("/S"))
+        .unwrap_or(t)
+        .trim_end();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "k" | "kb" | "kib" => 1 << 10,
+        "b" => 1,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = v * mult as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 || (bytes > 0.0 && bytes < 1.0) {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +89,22 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("x").is_err());
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500K"), Ok(500 << 10));
+        assert_eq!(parse_rate("10M"), Ok(10 << 20));
+        assert_eq!(parse_rate("10MiB/s"), Ok(10 << 20));
+        assert_eq!(parse_rate("10MB/s"), Ok(10 << 20));
+        assert_eq!(parse_rate("1G"), Ok(1 << 30));
+        assert_eq!(parse_rate("1.5m"), Ok(3 << 19));
+        assert_eq!(parse_rate("800"), Ok(800 << 10), "a bare number is KiB/s");
+        assert_eq!(parse_rate("800/s"), Ok(800 << 10));
+        assert_eq!(parse_rate("4096B"), Ok(4096));
+        assert_eq!(parse_rate("0"), Ok(0), "no limit");
+        for bad in ["10Q", "", "M", "-1M", "1e3", "fast", "10M/h", "0.1B"] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 }

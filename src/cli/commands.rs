@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result, anyhow};
 use serde_json::json;
 
-use super::progress::{Progress, human_bytes};
+use super::progress::{Meter, Progress, human_bytes};
 use super::{
     BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
     SnapshotFilter,
@@ -274,11 +274,24 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     };
     let counters = Arc::new(backup::Counters::default());
     let c = counters.clone();
+    let mut meter = Meter::new();
     let progress = Arc::new(Progress::start(g.quiet || g.json, move || {
+        // The total is known once the walk has found every file to read.
+        let total = c
+            .scanned
+            .load(Ordering::Relaxed)
+            .then(|| c.to_read.load(Ordering::Relaxed));
+        let read = c.bytes_read.load(Ordering::Relaxed);
+        // Everything read, the last packs are still on their way (paced, or far away).
+        let tail = if total.is_some_and(|t| read >= t) {
+            ", writing the last packs"
+        } else {
+            ""
+        };
         format!(
-            "{} files, {} read, {} new",
+            "{} files, read {}; {} new{tail}",
             c.files.load(Ordering::Relaxed),
-            human_bytes(c.bytes_read.load(Ordering::Relaxed)),
+            meter.line(read, total),
             human_bytes(c.bytes_added.load(Ordering::Relaxed))
         )
     }));
@@ -471,11 +484,39 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         no_special: a.no_special,
     };
     let counters = Arc::new(restore::Counters::default());
+    // A whole snapshot is as large as its summary says (a repaired one is smaller);
+    // restore counts any other selection itself.
+    let whole = opts.includes.is_empty() && opts.excludes.is_empty();
+    if whole && snap.original.is_none() {
+        counters
+            .total
+            .store(snap.summary.bytes_total, Ordering::Relaxed);
+    }
     let c = counters.clone();
+    let mut meter = Meter::new();
     let progress = Progress::start(g.quiet || g.json, move || {
-        format!("{} written", human_bytes(c.bytes.load(Ordering::Relaxed)))
+        let total = c.total.load(Ordering::Relaxed);
+        format!(
+            "{} files restored, {}",
+            c.files.load(Ordering::Relaxed),
+            meter.line(c.bytes.load(Ordering::Relaxed), Some(total))
+        )
     });
-    let r = restore::restore(&repo, &snap.tree, &opts, counters);
+    // Any other selection is counted beside the restore, for a display only.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let r = std::thread::scope(|s| {
+        if progress.shown() && counters.total.load(Ordering::Relaxed) == 0 {
+            let (repo, opts, stop, c) = (&repo, &opts, &stop, &counters);
+            s.spawn(move || {
+                if let Some(n) = restore::planned_bytes(repo, &snap.tree, opts, stop) {
+                    c.total.store(n, Ordering::Relaxed);
+                }
+            });
+        }
+        let r = restore::restore(&repo, &snap.tree, &opts, counters.clone());
+        stop.store(true, Ordering::Relaxed);
+        r
+    });
     progress.finish();
     let r = r?;
     for e in &r.errors {

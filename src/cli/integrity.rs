@@ -9,13 +9,14 @@ use serde_json::json;
 use super::commands::{
     ensure_held, filter, location, open, print_json, take_lock, warn_damaged_index, warn_stderr,
 };
-use super::progress::{Progress, human_bytes};
+use super::progress::{Granular, Meter, Progress, human_bytes};
 use super::{AuditArgs, CheckArgs, Global, RepairArgs, RepairCommand, VerifyArgs};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::ops::problem::Problem;
 use crate::ops::subset::Subset;
 use crate::ops::{audit, check, repair, restore, select, verify};
+use crate::repo::limits::transferred;
 use crate::repo::lock::LockKind;
 use crate::repo::{Backend, FileKind, Repository};
 
@@ -107,13 +108,20 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
     };
     let counters = Arc::new(check::Counters::default());
     let c = counters.clone();
+    let (mut meter, mut granular) = (Meter::new(), Granular::default());
     let progress = Progress::start(g.quiet || g.json, move || {
-        format!(
-            "{} trees, {} packs read ({})",
-            c.trees.load(Ordering::Relaxed),
-            c.packs_read.load(Ordering::Relaxed),
-            human_bytes(c.bytes_read.load(Ordering::Relaxed))
-        )
+        let total = c.bytes_to_read.load(Ordering::Relaxed);
+        let read = if total > 0 {
+            let done = granular.done(transferred().0, c.bytes_read.load(Ordering::Relaxed), total);
+            format!(
+                ", {} packs read, {}",
+                c.packs_read.load(Ordering::Relaxed),
+                meter.line(done, Some(total))
+            )
+        } else {
+            String::new()
+        };
+        format!("{} trees{read}", c.trees.load(Ordering::Relaxed))
     });
     let r = check::check(&repo, &opts, &counters);
     progress.finish();
@@ -157,11 +165,14 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
     let backend = Backend::open(&loc)?;
     let counters = Arc::new(audit::Counters::default());
     let c = counters.clone();
+    let (mut meter, mut read) = (Meter::new(), Granular::default());
     let progress = Progress::start(g.quiet || g.json, move || {
+        let total = c.bytes_to_read.load(Ordering::Relaxed);
+        let done = read.done(transferred().0, c.bytes_read.load(Ordering::Relaxed), total);
         format!(
-            "{} objects hashed ({})",
+            "{} objects hashed, {}",
             c.objects.load(Ordering::Relaxed),
-            human_bytes(c.bytes_read.load(Ordering::Relaxed))
+            meter.line(done, Some(total))
         )
     });
     let subset = a.read_data_subset.unwrap_or(Subset::All);
@@ -211,13 +222,28 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
     let cc = Arc::new(check::Counters::default());
     let rc = Arc::new(restore::Counters::default());
     let (c1, c2) = (cc.clone(), rc.clone());
+    let (mut reading, mut restoring) = (Meter::new(), Meter::new());
+    let mut read = Granular::default();
     let progress = Progress::start(g.quiet || g.json, move || {
-        format!(
-            "{} trees checked, {} packs read, {} restored",
-            c1.trees.load(Ordering::Relaxed),
-            c1.packs_read.load(Ordering::Relaxed),
-            human_bytes(c2.bytes.load(Ordering::Relaxed))
-        )
+        let restored = c2.bytes.load(Ordering::Relaxed);
+        let total = c2.total.load(Ordering::Relaxed);
+        if restored == 0 && total == 0 {
+            // Still checking.
+            let to_read = c1.bytes_to_read.load(Ordering::Relaxed);
+            let objects = c1.bytes_read.load(Ordering::Relaxed);
+            format!(
+                "{} trees checked, {} packs read, {}",
+                c1.trees.load(Ordering::Relaxed),
+                c1.packs_read.load(Ordering::Relaxed),
+                reading.line(read.done(transferred().0, objects, to_read), Some(to_read))
+            )
+        } else {
+            format!(
+                "{} files restored to compare, {}",
+                c2.files.load(Ordering::Relaxed),
+                restoring.line(restored, Some(total))
+            )
+        }
     });
     let r = verify::verify(&repo, chosen, &opts, &cc, rc);
     progress.finish();

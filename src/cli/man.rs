@@ -52,6 +52,12 @@ The part of the data \fBrun\fR reads: "1/7" (default; a different seventh each r
 .TP
 \fBon\-success\fR, \fBon\-failure\fR
 Hook commands, as \fB\-\-on\-success\fR and \fB\-\-on\-failure\fR.
+.TP
+\fBlimit\-upload\fR, \fBlimit\-download\fR, \fBconnections\fR
+Limits for every backend of a command, as \fB\-\-limit\-upload\fR,
+\fB\-\-limit\-download\fR and \fB\-\-connections\fR (which override them): rates as
+strings such as "10M" or "500KiB/s", or bare numbers of KiB/s, 0 for no limit;
+connections a number from 1 to 256.
 .SH [profiles.NAME.retention]
 forget's options without the dashes: keep\-last, keep\-hourly, keep\-daily, keep\-weekly,
 keep\-monthly, keep\-yearly (numbers), keep\-within and keep\-within\-daily etc. (spans such as
@@ -78,6 +84,10 @@ as AWS_ACCESS_KEY_ID=... and AWS_SECRET_ACCESS_KEY=...; keep it mode 600.
 \fBenv\fR
 A table naming the environment variable each credential is read from, e.g.
 { AWS_ACCESS_KEY_ID = "OFFSITE_KEY_ID", AWS_SECRET_ACCESS_KEY = "OFFSITE_SECRET" }.
+.TP
+\fBlimit\-upload\fR, \fBlimit\-download\fR, \fBconnections\fR
+In a mirror's section: that mirror's own limits, which win over the command's (the
+flags or the profile's) for it; 0 lifts a rate limit for it alone.
 .SH EXAMPLE
 .nf
 [profiles.nightly]
@@ -85,11 +95,13 @@ repository = "/srv/backup"
 password\-file = "/etc/vault/password"
 sources = ["/home", "/etc"]
 exclude = ["*.tmp"]
+limit\-upload = "10M"
 [profiles.nightly.retention]
 keep\-daily = 7
 keep\-weekly = 5
 [profiles.nightly.mirrors.offsite]
 file = "/etc/vault/offsite.env"
+limit\-upload = "1M"
 .fi
 .SH SEE ALSO
 vault(1), vault\-run(1), vault\-schedule(1)

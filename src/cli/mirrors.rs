@@ -8,7 +8,7 @@ use anyhow::{Result, anyhow};
 use serde_json::json;
 
 use super::commands::{location, open, print_json, take_lock, warn_stderr};
-use super::progress::{Progress, human_bytes};
+use super::progress::{Granular, Meter, Progress, human_bytes};
 use super::trust::{Store, Verdict};
 use super::{Global, MirrorAddArgs, MirrorCommand};
 use crate::error::{VaultError, exit};
@@ -362,11 +362,15 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
 pub(super) fn copy_progress(g: &Global) -> (Arc<sync::Counters>, Progress) {
     let counters = Arc::new(sync::Counters::default());
     let c = counters.clone();
+    let (mut meter, mut written) = (Meter::new(), Granular::default());
     let progress = Progress::start(g.quiet || g.json, move || {
+        let total = c.total.load(Ordering::Relaxed);
+        let moved = crate::repo::limits::transferred().1;
+        let done = written.done(moved, c.bytes.load(Ordering::Relaxed), total);
         format!(
-            "{} objects copied ({})",
+            "{} objects copied, {}",
             c.objects.load(Ordering::Relaxed),
-            human_bytes(c.bytes.load(Ordering::Relaxed))
+            meter.line(done, Some(total))
         )
     });
     (counters, progress)

@@ -97,6 +97,73 @@ pub struct Global {
     /// that is not loopback; with `mirror add` or `mirror trust`, recorded for that mirror
     #[arg(long, global = true, env = "VAULT_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_http: bool,
+    /// Cap what is written to each backend at RATE bytes per second: 500K, 10M, 1G
+    /// (binary units; iB or B and /s may follow, as in 10MiB/s), or a bare number of
+    /// KiB/s as restic's --limit-upload takes it; 0 for no limit. Applies to every
+    /// backend of the command, a local directory too; a mirror's profile section may set
+    /// its own
+    #[arg(long, global = true, value_name = "RATE", env = "VAULT_LIMIT_UPLOAD")]
+    pub limit_upload: Option<String>,
+    /// Cap what is read from each backend at RATE bytes per second, as --limit-upload
+    #[arg(long, global = true, value_name = "RATE", env = "VAULT_LIMIT_DOWNLOAD")]
+    pub limit_download: Option<String>,
+    /// Requests in flight per backend, 1 to 256 (default: 8 for s3, gcs, azblob, b2,
+    /// WebDAV and SFTP, one per core from 2 to 8 for a local directory). Restore,
+    /// sync, check --read-data, audit and repair index run that many transfers at once;
+    /// backup uploads that many packs at once to a remote backend, holding at most
+    /// 64 MiB of them
+    #[arg(long, global = true, value_name = "N", env = "VAULT_CONNECTIONS")]
+    pub connections: Option<String>,
+}
+
+impl Global {
+    /// The limits the command line (or the environment, or the profile) sets for every
+    /// backend of the command.
+    pub fn limits(&self) -> Result<crate::repo::limits::Limits, error::VaultError> {
+        parse_limits(
+            self.limit_upload.as_deref(),
+            self.limit_download.as_deref(),
+            self.connections.as_deref(),
+            &|key| format!("--{key} (VAULT_{})", key.to_uppercase().replace('-', "_")),
+        )
+    }
+}
+
+/// Limits from their settings as written; `name` turns a setting's key (`limit-upload`)
+/// into how the user gave it, for a one-line usage error.
+pub fn parse_limits(
+    upload: Option<&str>,
+    download: Option<&str>,
+    connections: Option<&str>,
+    name: &dyn Fn(&str) -> String,
+) -> Result<crate::repo::limits::Limits, error::VaultError> {
+    use crate::repo::limits::MAX_CONNECTIONS;
+    let usage = |key: &str, why: String| error::VaultError::Usage(format!("{}: {why}", name(key)));
+    let rate = |key: &str, v: Option<&str>| {
+        v.map(|v| crate::units::parse_rate(v).map_err(|e| usage(key, e)))
+            .transpose()
+    };
+    let connections = connections
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
+                .ok_or_else(|| {
+                    usage(
+                        "connections",
+                        format!(
+                            "{v:?} is not a number of requests in flight: give a whole number from 1 to {MAX_CONNECTIONS}"
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
+    Ok(crate::repo::limits::Limits {
+        upload: rate("limit-upload", upload)?,
+        download: rate("limit-download", download)?,
+        connections,
+    })
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -874,6 +941,13 @@ pub fn main() -> i32 {
     };
     if cli.global.insecure_http {
         crate::repo::location::allow_insecure_http();
+    }
+    match cli.global.limits() {
+        Ok(l) => crate::repo::location::set_limits(l),
+        Err(e) => {
+            eprintln!("vault: {e}");
+            return exit::USAGE;
+        }
     }
     let hooks = (cli.global.on_success.clone(), cli.global.on_failure.clone());
     let log_file = cli.global.log_file.clone();

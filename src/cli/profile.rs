@@ -10,6 +10,9 @@
 //! prune = "7d"                            # how often `run` prunes: "always", "never", a span
 //! check = "1/7"                           # `run` reads a rotating 1/7 of the data
 //! insecure-http = false                   # true: credentials over plain http (not loopback)
+//! limit-upload = "10M"                    # bytes/s to every backend, as --limit-upload
+//! limit-download = "50M"                  # ... and from it, as --limit-download
+//! connections = 8                         # requests in flight per backend, as --connections
 //! [profiles.nightly.retention]            # forget's options, without the dashes
 //! keep-daily = 7
 //! keep-weekly = 5
@@ -25,6 +28,9 @@
 //! url = "s3://bucket/vault?region=eu"     # ... but only while its definition says this
 //! generic-credentials = false             # true: the usual AWS_* etc. may serve it
 //! insecure-http = false                   # true: credentials over plain http
+//! limit-upload = "1M"                     # this mirror's own limits, over the command's:
+//! limit-download = 0                      # 0 for none; a bare number is KiB/s
+//! connections = 4
 //! ```
 //! Command-line flags override the file.
 
@@ -80,6 +86,57 @@ pub struct Profile {
     /// Each mirror's storage credentials and trust, by mirror name.
     #[serde(default)]
     pub mirrors: BTreeMap<String, MirrorSection>,
+    /// Limits for every backend of a command, as the flags of the same names (which
+    /// override them): rates as strings ("10M") or bare numbers of KiB/s.
+    #[serde(alias = "limit_upload")]
+    pub limit_upload: Option<Setting>,
+    #[serde(alias = "limit_download")]
+    pub limit_download: Option<Setting>,
+    pub connections: Option<Setting>,
+}
+
+/// A setting written as a number or a string, kept as written for the parser that
+/// judges it (and names it in its error).
+#[derive(Deserialize, Debug, Clone)]
+#[serde(try_from = "toml::Value")]
+pub struct Setting(String);
+
+impl TryFrom<toml::Value> for Setting {
+    type Error = String;
+
+    fn try_from(v: toml::Value) -> Result<Setting, String> {
+        match v {
+            toml::Value::String(s) => Ok(Setting(s)),
+            toml::Value::Integer(n) => Ok(Setting(n.to_string())),
+            toml::Value::Float(f) => Ok(Setting(f.to_string())),
+            other => Err(format!(
+                "{other}: give a number or a string such as \"10M\""
+            )),
+        }
+    }
+}
+
+fn text(s: &Option<Setting>) -> Option<String> {
+    s.as_ref().map(|s| s.0.clone())
+}
+
+/// The limits a section sets, or a usage error naming `section` and the key.
+fn parse_limits(
+    [upload, download, connections]: [&Option<Setting>; 3],
+    section: &str,
+) -> Result<crate::repo::limits::Limits> {
+    Ok(super::parse_limits(
+        text(upload).as_deref(),
+        text(download).as_deref(),
+        text(connections).as_deref(),
+        &|key| format!("{section}{key}"),
+    )?)
+}
+
+impl Profile {
+    fn limits(&self) -> [&Option<Setting>; 3] {
+        [&self.limit_upload, &self.limit_download, &self.connections]
+    }
 }
 
 /// A mirror's section: its credentials, and whether this host uses it.
@@ -100,9 +157,19 @@ pub struct MirrorSection {
     /// Its credentials may travel over plain http to a host that is not loopback.
     #[serde(default)]
     pub insecure_http: bool,
+    /// Its own limits: what they set overrides the command's for this mirror.
+    #[serde(alias = "limit_upload")]
+    pub limit_upload: Option<Setting>,
+    #[serde(alias = "limit_download")]
+    pub limit_download: Option<Setting>,
+    pub connections: Option<Setting>,
 }
 
 impl MirrorSection {
+    fn limits(&self) -> [&Option<Setting>; 3] {
+        [&self.limit_upload, &self.limit_download, &self.connections]
+    }
+
     fn credentials(&self) -> Credentials {
         Credentials {
             file: self.file.clone(),
@@ -196,8 +263,8 @@ fn valid_var_name(k: &str) -> bool {
         && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// Hands the profile's credentials to the storage layer.
-fn provide_credentials(p: &Profile) -> Result<()> {
+/// Hands the profile's credentials, and its mirrors' own limits, to the storage layer.
+fn provide_credentials(profile: &str, p: &Profile) -> Result<()> {
     use crate::repo::location::provide_credentials;
     if let Some(c) = &p.credentials {
         provide_credentials(None, c.resolve()?);
@@ -206,7 +273,9 @@ fn provide_credentials(p: &Profile) -> Result<()> {
         let vars = m.credentials().resolve().map_err(|e| {
             VaultError::Usage(format!("mirror {name}: {}", crate::error::one_line(&e)))
         })?;
+        let limits = parse_limits(m.limits(), &format!("profile {profile}: mirrors.{name}."))?;
         provide_credentials(Some(name), vars);
+        crate::repo::location::set_mirror_limits(name, limits);
         super::trust::from_profile(name, m.trust());
     }
     Ok(())
@@ -273,8 +342,19 @@ pub fn apply(mut cli: Cli) -> Result<Cli> {
         return Ok(cli);
     };
     let p = profile(&cli.global, &name)?;
-    provide_credentials(&p)?;
+    provide_credentials(&name, &p)?;
+    // Checked here, to name the profile; the flags (or variables) override them.
+    parse_limits(p.limits(), &format!("profile {name}: "))?;
     let g = &mut cli.global;
+    if g.limit_upload.is_none() {
+        g.limit_upload = text(&p.limit_upload);
+    }
+    if g.limit_download.is_none() {
+        g.limit_download = text(&p.limit_download);
+    }
+    if g.connections.is_none() {
+        g.connections = text(&p.connections);
+    }
     if g.repo.is_none() {
         g.repo = p.repository.clone();
     }
@@ -390,6 +470,10 @@ pub fn check(g: &Global) -> Result<String> {
             {
                 return Err(bad(format!("{key}.env: {k:?} is not a variable name")));
             }
+        }
+        parse_limits(p.limits(), "").map_err(|e| bad(e.to_string()))?;
+        for (m, s) in &p.mirrors {
+            parse_limits(s.limits(), &format!("mirrors.{m}.")).map_err(|e| bad(e.to_string()))?;
         }
         if let Some(c) = p.check.as_deref().filter(|c| *c != "never") {
             c.parse::<crate::ops::subset::Subset>()

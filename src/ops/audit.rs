@@ -22,6 +22,8 @@ use crate::repo::Backend;
 pub struct Counters {
     pub objects: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// The size of the objects to hash (0 until they are listed).
+    pub bytes_to_read: AtomicU64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -160,6 +162,11 @@ pub fn audit(backend: &Backend, packs: &Subset, counters: &Counters) -> Result<R
         to_hash.push((format!("data/{}/{hex}", &hex[..2]), Class::Pack, id));
     }
     report.stats.objects_hashed = to_hash.len() as u64;
+    let size = to_hash
+        .iter()
+        .map(|(_, class, id)| sizes.get(&(*class, *id)).copied().unwrap_or(0))
+        .sum();
+    counters.bytes_to_read.store(size, Ordering::Relaxed);
     hash_all(backend, &to_hash, &mut problems, counters);
     let mut ctx = ManifestCheck {
         backend,
@@ -218,7 +225,8 @@ fn check_lock(backend: &Backend, id: &Id, warnings: &mut Vec<String>) {
     }
 }
 
-/// Reads and hashes objects on two threads; a name that does not match is damage.
+/// Reads and hashes objects on as many threads as the backend takes requests at once
+/// (`Backend::connections`); a name that does not match is damage.
 fn hash_all(
     backend: &Backend,
     objects: &[(String, Class, Id)],
@@ -226,9 +234,10 @@ fn hash_all(
     counters: &Counters,
 ) {
     let found: Mutex<Vec<(Class, Id, String)>> = Mutex::new(Vec::new());
-    let (tx, rx) = bounded::<&(String, Class, Id)>(4);
+    let readers = backend.connections().clamp(1, objects.len().max(1));
+    let (tx, rx) = bounded::<&(String, Class, Id)>(readers * 2);
     std::thread::scope(|s| {
-        for _ in 0..2 {
+        for _ in 0..readers {
             let (rx, found) = (rx.clone(), &found);
             s.spawn(move || {
                 for (path, class, id) in rx {

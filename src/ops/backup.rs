@@ -23,7 +23,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
@@ -72,6 +72,11 @@ pub struct Counters {
     pub bytes_read: AtomicU64,
     pub bytes_added: AtomicU64,
     pub bytes_stored: AtomicU64,
+    /// The size of the files the walk found to read (new or changed) so far...
+    pub to_read: AtomicU64,
+    /// ... and whether it has found them all: then `to_read` is what `bytes_read` goes
+    /// to (give or take files that change while read).
+    pub scanned: AtomicBool,
 }
 
 pub struct BackupResult {
@@ -378,6 +383,10 @@ fn build(
                 None => walker.root(&sources, parent_tree),
             }
         };
+        shared
+            .counters
+            .scanned
+            .store(walk.is_ok(), Ordering::Relaxed);
         // The walker is gone, and with it the directories' sender: the finalizer ends.
         (walk, finalizer.join())
     });
@@ -705,6 +714,10 @@ impl Walker<'_, '_> {
                     is_new: scanned.old.is_none(),
                     done: files.promise(),
                 };
+                self.shared
+                    .counters
+                    .to_read
+                    .fetch_add(size, Ordering::Relaxed);
                 self.files_out.push(job, size)?;
                 Ok(Walked::Done(Found::Pending))
             }

@@ -33,6 +33,8 @@ pub struct CheckOptions {
 pub struct Counters {
     pub packs_read: AtomicU64,
     pub bytes_read: AtomicU64,
+    /// The size of the packs to read (0 until they are chosen, or without --read-data).
+    pub bytes_to_read: AtomicU64,
     pub trees: AtomicU64,
 }
 
@@ -168,6 +170,8 @@ pub fn check(repo: &Repository, opts: &CheckOptions, counters: &Counters) -> Res
             .collect();
         packs.sort();
         let chosen = subset.choose(&packs);
+        let size = chosen.iter().map(|(_, n)| n).sum();
+        counters.bytes_to_read.store(size, Ordering::Relaxed);
         read_packs(repo, &chosen, &mut problems, &mut lost, counters);
     }
     check_snapshots(
@@ -195,7 +199,8 @@ fn check_keys(repo: &Repository, problems: &mut Problems, stats: &mut Stats) -> 
     Ok(())
 }
 
-/// Reads each chosen pack whole (two at a time) and verifies its name, header and blobs.
+/// Reads each chosen pack whole, as many at once as the backend takes requests
+/// (`Backend::connections`), and verifies its name, header and blobs.
 fn read_packs(
     repo: &Repository,
     packs: &[(Id, u64)],
@@ -204,9 +209,10 @@ fn read_packs(
     counters: &Counters,
 ) {
     let found: Mutex<Vec<PackFinding>> = Mutex::new(Vec::new());
-    let (tx, rx) = bounded::<Id>(4);
+    let readers = repo.backend.connections().clamp(1, packs.len().max(1));
+    let (tx, rx) = bounded::<Id>(readers * 2);
     std::thread::scope(|s| {
-        for _ in 0..2 {
+        for _ in 0..readers {
             let rx = rx.clone();
             let found = &found;
             s.spawn(move || {

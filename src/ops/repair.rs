@@ -80,9 +80,11 @@ type Headers = (Vec<PackBlobs>, Vec<(Id, String)>);
 
 fn read_headers(repo: &Repository, packs: &[Id]) -> Headers {
     let out = Mutex::new((Vec::new(), Vec::new()));
-    let (tx, rx) = bounded::<Id>(8);
+    // Headers are small: as many reads at once as the backend takes.
+    let readers = repo.backend.connections().clamp(1, packs.len().max(1));
+    let (tx, rx) = bounded::<Id>(readers * 2);
     std::thread::scope(|s| {
-        for _ in 0..4 {
+        for _ in 0..readers {
             let (rx, out) = (rx.clone(), &out);
             s.spawn(move || {
                 for id in rx {

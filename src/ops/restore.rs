@@ -18,7 +18,7 @@ use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -55,7 +55,11 @@ pub struct RestoreOptions {
 #[derive(Default)]
 pub struct Counters {
     pub files: AtomicU64,
+    /// Bytes of the files restored so far: data written, holes and hard links included.
     pub bytes: AtomicU64,
+    /// What `bytes` will reach, 0 until known: for the caller to set, from the snapshot's
+    /// summary for a whole snapshot, or from [`planned_bytes`] on a thread of its own.
+    pub total: AtomicU64,
 }
 
 #[derive(Default, Debug, serde::Serialize)]
@@ -418,6 +422,49 @@ pub fn restore(
     Ok(result)
 }
 
+/// The size of every file a restore of the tree `root` with `opts` makes (what
+/// `Counters::bytes` reaches), from walking the trees as restore does: for a progress
+/// display beside the restore. None when `stop` is set first, or the root tree does not
+/// read (an unreadable subtree counts as empty, as restore leaves it).
+pub fn planned_bytes(
+    repo: &Repository,
+    root: &Id,
+    opts: &RestoreOptions,
+    stop: &AtomicBool,
+) -> Option<u64> {
+    let m = Matcher::new(opts).ok()?;
+    let root = repo.load_tree(root).ok()?.nodes;
+    let mut total = 0u64;
+    let mut stack = vec![(root.into_iter(), PathBuf::from("/"))];
+    while let Some((entries, base)) = stack.last_mut() {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        let Some(node) = entries.next() else {
+            stack.pop();
+            continue;
+        };
+        if !walk::safe_name(&node.name.0) {
+            continue;
+        }
+        let path = base.join(name_of(&node));
+        let is_dir = node.kind == NodeType::Dir;
+        if m.excluded(&path, is_dir) {
+            continue;
+        }
+        let included = m.included(&path, is_dir);
+        if is_dir {
+            let tree = node.subtree.filter(|_| included || m.may_contain(&path));
+            if let Some(t) = tree.and_then(|id| repo.load_tree(&id).ok()) {
+                stack.push((t.nodes.into_iter(), path));
+            }
+        } else if included && node.kind == NodeType::File {
+            total += node.size;
+        }
+    }
+    Some(total)
+}
+
 /// Each window holds a descriptor per file: allow as many as the hard limit permits.
 fn raise_fd_limit() {
     let mut lim = libc::rlimit {
@@ -699,6 +746,7 @@ impl Restorer<'_> {
                     dir: dir.clone(),
                     key,
                 });
+                self.counters.bytes.fetch_add(node.size, Ordering::Relaxed);
                 return Ok(());
             }
             self.links.insert(key, path.to_path_buf());
@@ -733,6 +781,10 @@ impl Restorer<'_> {
                 });
             offset += u64::from(entry.raw_len);
         }
+        // The holes of a sparse file are restored by its length alone.
+        self.counters
+            .bytes
+            .fetch_add(node.size.saturating_sub(offset), Ordering::Relaxed);
         w.placements += node.content.len();
         w.bytes += node.size;
         w.files.push(WinFile {
@@ -953,14 +1005,10 @@ fn write_packs(
     if by_pack.is_empty() {
         return;
     }
-    // A local disk keeps one thread per core busy; a remote backend needs two per core
-    // to hide each request's latency. Each thread holds one range and its blobs.
-    let per_core = if repo.backend.is_remote() { 2 } else { 1 };
-    let workers = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 8)
-        * per_core;
-    let workers = workers.min(by_pack.len());
+    // A thread per request the backend takes at once (one per core on a local disk,
+    // more on a remote backend to hide each request's latency: `--connections`). Each
+    // thread holds one range (at most 2 MiB) and its blobs.
+    let workers = repo.backend.connections().clamp(1, by_pack.len());
     let (tx, rx) = bounded::<(Id, Vec<(BlobEntry, Vec<Target>)>)>(workers);
     let ctx = GroupCtx {
         repo,

@@ -43,12 +43,13 @@ const ORDER: [FileKind; 12] = [
     FileKind::Snapshot,
 ];
 
-const COPIERS: usize = 4;
-
 #[derive(Default)]
 pub struct Counters {
     pub objects: AtomicU64,
     pub bytes: AtomicU64,
+    /// What `bytes` goes to: the size of every object planned for copying so far (a
+    /// sync adds each mirror's plan as it starts it; 0 when no plan is made up front).
+    pub total: AtomicU64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -75,7 +76,9 @@ fn missing(from: &Backend, have: &HashMap<Id, u64>, kind: FileKind) -> Result<Ve
         .collect())
 }
 
-/// Copies `objects` of `kind` from `from` to `to` on a few threads, each checked first.
+/// Copies `objects` of `kind` from `from` to `to`, each checked first, on as many threads
+/// as the busier side takes requests at once (`Backend::connections`); each holds one
+/// object.
 pub fn copy_objects(
     from: &Backend,
     to: &Backend,
@@ -88,9 +91,10 @@ pub fn copy_objects(
     let damaged: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let copied = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
-    let (tx, rx) = bounded::<Id>(COPIERS);
+    let copiers = from.connections().max(to.connections()).max(1);
+    let (tx, rx) = bounded::<Id>(copiers);
     std::thread::scope(|s| {
-        for _ in 0..COPIERS {
+        for _ in 0..copiers.min(objects.len()) {
             let rx = rx.clone();
             let (failed, damaged, copied, bytes) = (&failed, &damaged, &copied, &bytes);
             s.spawn(move || {
@@ -161,10 +165,17 @@ pub fn sync(repo: &Repository, mirror: &Backend, counters: &Counters) -> Result<
     let mut report = CopyReport::default();
     mirror.create_layout()?;
     // The config first would make a half-copied mirror look like a repository; keys
-    // first, then everything, then the config last.
+    // first, then everything, then the config last. Listed in that order, all before
+    // copying, so that the plan's size is known.
+    let mut plan = Vec::with_capacity(ORDER.len());
     for kind in ORDER {
         let have: HashMap<Id, u64> = mirror.list_sized(kind)?.into_iter().collect();
         let todo = missing(&primary, &have, kind)?;
+        plan.push((kind, have, todo));
+    }
+    let size: u64 = plan.iter().flat_map(|(_, _, t)| t).map(|(_, n)| n).sum();
+    counters.total.fetch_add(size, Ordering::Relaxed);
+    for (kind, have, todo) in plan {
         let before = report.damaged_at_source.len();
         copy_objects(&primary, mirror, kind, &todo, &mut report, counters)?;
         refuse_dangling(kind, &report.damaged_at_source[before..], &have, mirror)?;

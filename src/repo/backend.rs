@@ -179,6 +179,8 @@ pub struct Backend {
     /// Whether a write appears whole under its name; if not, writes go to `tmp/` first
     /// and are renamed into place.
     atomic_writes: bool,
+    /// Requests it may have in flight (see `connections`).
+    connections: usize,
     /// Mirrors to read from, in order, when this backend fails to deliver an object.
     fallbacks: Vec<Backend>,
 }
@@ -217,6 +219,7 @@ impl Backend {
             location: opened.display,
             remote: opened.remote,
             atomic_writes: opened.atomic_writes,
+            connections: opened.connections,
             fallbacks: Vec::new(),
         })
     }
@@ -309,6 +312,12 @@ impl Backend {
 
     pub fn is_remote(&self) -> bool {
         self.remote
+    }
+
+    /// How many requests this backend may have in flight (`--connections`, a mirror's
+    /// own setting, or its kind's default): loops doing its I/O run that many at once.
+    pub fn connections(&self) -> usize {
+        self.connections
     }
 
     pub fn location(&self) -> &str {
@@ -719,6 +728,7 @@ mod tests {
                 remote: false,
                 atomic_writes: true,
                 cold: false,
+                connections: 2,
             },
             None,
         )
@@ -804,6 +814,7 @@ mod tests {
                 remote: false,
                 atomic_writes: true,
                 cold: false,
+                connections: 2,
             },
             None,
         )

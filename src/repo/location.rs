@@ -5,7 +5,8 @@
 //! repository; a mirror's own `VAULT_MIRROR_<NAME>_*` variables for a mirror, which gets
 //! the usual ones only where the user opted in (`Access::generic_credentials`).
 //! Credentials never go over plain http to a host that is not loopback unless the user
-//! said so (`--insecure-http`, `Access::insecure_http`).
+//! said so (`--insecure-http`, `Access::insecure_http`). Every location gets the
+//! command's [`Limits`] (`set_limits`), a mirror its own over them (`set_mirror_limits`).
 //!
 //! ```text
 //! /srv/backup  or  fs:///srv/backup
@@ -26,8 +27,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use opendal::Operator;
-use opendal::layers::{ConcurrentLimitLayer, RetryLayer, TimeoutLayer};
+use opendal::layers::{RetryLayer, TimeoutLayer};
 use url::Url;
+
+use super::limits::{self, Limits};
 
 /// A parsed location: the operator to reach it, and whether writes must go through a
 /// temporary name (services whose writes are not atomic).
@@ -40,6 +43,8 @@ pub struct Opened {
     pub atomic_writes: bool,
     /// Its packs cannot be read before they are restored from a cold storage class.
     pub cold: bool,
+    /// Requests it may have in flight: as configured, else its kind's default.
+    pub connections: usize,
 }
 
 /// Where credentials come from: the environment, where a mirror's own variables
@@ -68,6 +73,58 @@ static INSECURE_HTTP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicB
 /// Lets credentials travel over plain http to any host, for every location opened from now on.
 pub fn allow_insecure_http() {
     INSECURE_HTTP.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The command's limits (`--limit-upload`, `--limit-download`, `--connections`), for
+/// every location opened from now on.
+static LIMITS: Mutex<Limits> = Mutex::new(Limits {
+    upload: None,
+    download: None,
+    connections: None,
+});
+
+/// Each mirror's own limits (a profile's mirror section), over the command's.
+static MIRROR_LIMITS: Mutex<BTreeMap<String, Limits>> = Mutex::new(BTreeMap::new());
+
+/// Sets the limits of every location opened from now on.
+pub fn set_limits(l: Limits) {
+    *LIMITS.lock().unwrap_or_else(|e| e.into_inner()) = l;
+}
+
+/// Sets mirror `name`'s own limits: what they set overrides the command's for it.
+pub fn set_mirror_limits(name: &str, l: Limits) {
+    MIRROR_LIMITS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.to_string(), l);
+}
+
+/// The limits a location gets: the mirror's own (when it is one) over the command's.
+fn limits_for(mirror: Option<&str>) -> Limits {
+    let base = *LIMITS.lock().unwrap_or_else(|e| e.into_inner());
+    let own = mirror.and_then(|m| {
+        MIRROR_LIMITS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(m)
+            .copied()
+    });
+    own.map_or(base, |o| o.over(base))
+}
+
+/// Requests in flight when nothing says how many. A local disk: one per core (2 to 8),
+/// as restore has always used. Object stores and WebDAV answer many requests at once and
+/// each costs a round trip, so eight hide the latency of a distant link (rclone uses 4
+/// transfers plus 8 checkers, restic 5 connections to s3); an SFTP server serves one
+/// session's requests from one process, and vault opens one session per four requests
+/// in flight (see `sftp.rs`).
+pub fn default_connections(location: &Location) -> usize {
+    match location {
+        Location::Local(_) => std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 8),
+        Location::Remote { .. } => 8,
+    }
 }
 
 /// Variables that locate storage but grant nothing: a mirror may always take them from
@@ -196,13 +253,18 @@ pub fn open(location: &str) -> Result<Opened> {
         generic_credentials: true,
         insecure_http: false,
     };
-    open_with(location, None, access)
+    open_with(location, None, access, limits_for(None))
 }
 
 /// Opens the location of the mirror `name`, with its own credentials, and the usual
 /// ones only where `access` allows them.
 pub fn open_mirror(location: &str, name: &str, access: Access) -> Result<Opened> {
-    open_with(location, Some(mirror_prefix(name)), access)
+    open_with(
+        location,
+        Some(mirror_prefix(name)),
+        access,
+        limits_for(Some(name)),
+    )
 }
 
 /// The URL schemes `open` knows, besides `fs://`.
@@ -240,14 +302,23 @@ pub fn parse(location: &str) -> Result<Location> {
     })
 }
 
-fn open_with(location: &str, prefix: Option<String>, access: Access) -> Result<Opened> {
+fn open_with(
+    location: &str,
+    prefix: Option<String>,
+    access: Access,
+    limits: Limits,
+) -> Result<Opened> {
     let creds = Creds {
         prefix,
         generic: access.generic_credentials,
     };
     let env = |v: &str| creds.get(v);
-    let (scheme, url) = match parse(location)? {
-        Location::Local(abs) => return local(&abs),
+    let parsed = parse(location)?;
+    let connections = limits
+        .connections
+        .unwrap_or_else(|| default_connections(&parsed));
+    let (scheme, url) = match parsed {
+        Location::Local(abs) => return local(&abs, limits, connections),
         Location::Remote { scheme, url } => (scheme, url),
     };
     opendal::install_default(); // the HTTP transport of every HTTP-based service
@@ -257,7 +328,7 @@ fn open_with(location: &str, prefix: Option<String>, access: Access) -> Result<O
     let cold = coldness(location, &q, class.as_deref())?;
     let op = match scheme {
         "s3" => s3(location, &url, &q, &creds, access, None)?,
-        "sftp" => sftp(&url, &q)?,
+        "sftp" => sftp(&url, &q, connections)?,
         "webdav" | "webdavs" => webdav(location, &url, &creds, access)?,
         "gcs" => {
             let (bucket, root) = bucket_and_root(&url, "bucket")?;
@@ -317,27 +388,28 @@ fn open_with(location: &str, prefix: Option<String>, access: Access) -> Result<O
         }
         other => unreachable!("parse accepts only the remote schemes, not {other}"),
     };
+    let limits = Limits {
+        connections: Some(connections),
+        ..limits
+    };
     // Packs go to the storage class asked for; the config, keys, index, snapshots and
     // locks, which every command reads, stay in the bucket's default class.
     let packs_op = match &class {
-        Some(c) => Some(remote_layers(with_faults(s3(
-            location,
-            &url,
-            &q,
-            &creds,
-            access,
-            Some(c),
-        )?)?)),
+        Some(c) => Some(remote_layers(
+            with_faults(s3(location, &url, &q, &creds, access, Some(c))?)?,
+            limits,
+        )),
         None => None,
     };
     Ok(Opened {
-        op: remote_layers(with_faults(op)?),
+        op: remote_layers(with_faults(op)?, limits),
         packs_op,
         cold,
         display: location.to_string(),
         remote: true,
         // Object stores publish an object whole; file-like remote services do not.
         atomic_writes: !matches!(scheme, "sftp" | "webdav" | "webdavs"),
+        connections,
     })
 }
 
@@ -351,9 +423,10 @@ fn with_faults(op: Operator) -> Result<Operator> {
 }
 
 /// A local disk fails rarely and briefly (a busy NFS server, an interrupted call): a few
-/// quick retries, so that one hiccup does not fail a backup.
-fn local_layers(op: Operator) -> Operator {
-    op.layer(
+/// quick retries, so that one hiccup does not fail a backup. Its requests in flight are
+/// capped only when asked (a slow NAS mount); the rates go under the retries.
+fn local_layers(op: Operator, limits: Limits) -> Operator {
+    limits::apply(op, limits).layer(
         RetryLayer::new()
             .with_jitter()
             .with_max_times(5)
@@ -362,24 +435,27 @@ fn local_layers(op: Operator) -> Operator {
     )
 }
 
-/// Every remote backend retries with backoff, times out, and caps concurrent requests.
-fn remote_layers(op: Operator) -> Operator {
-    op.layer(
+/// Every remote backend times out, caps its requests in flight and its rates
+/// (`limits`, with `connections` set), and retries with backoff. The limits go above the
+/// timeouts, whose clocks must not run while a request waits for its turn, and below the
+/// retries, so a retried request is admitted and paced anew (not holding a connection
+/// while it backs off).
+fn remote_layers(op: Operator, limits: Limits) -> Operator {
+    let op = op.layer(
         TimeoutLayer::new()
             .with_timeout(Duration::from_secs(120))
             .with_io_timeout(Duration::from_secs(60)),
-    )
-    .layer(
+    );
+    limits::apply(op, limits).layer(
         RetryLayer::new()
             .with_jitter()
             .with_max_times(5)
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(10)),
     )
-    .layer(ConcurrentLimitLayer::new(16))
 }
 
-fn local(abs: &std::path::Path) -> Result<Opened> {
+fn local(abs: &std::path::Path, limits: Limits, connections: usize) -> Result<Opened> {
     private_writes(shared_with_group(abs));
     let root = abs.to_string_lossy().into_owned();
     let tmp = abs.join("tmp");
@@ -388,12 +464,13 @@ fn local(abs: &std::path::Path) -> Result<Opened> {
         .atomic_write_dir(&tmp.to_string_lossy());
     let op = Operator::new(b).with_context(|| format!("repository {root}"))?;
     Ok(Opened {
-        op: local_layers(with_faults(op)?),
+        op: local_layers(with_faults(op)?, limits),
         packs_op: None,
         display: root,
         remote: false,
         atomic_writes: true,
         cold: false,
+        connections,
     })
 }
 
@@ -532,7 +609,7 @@ fn s3(
     Ok(Operator::new(b)?)
 }
 
-fn sftp(url: &Url, q: &HashMap<String, String>) -> Result<Operator> {
+fn sftp(url: &Url, q: &HashMap<String, String>, connections: usize) -> Result<Operator> {
     let host = url
         .host_str()
         .ok_or_else(|| anyhow!("{url}: give a host, as in sftp://user@host:22/path"))?;
@@ -546,13 +623,10 @@ fn sftp(url: &Url, q: &HashMap<String, String>) -> Result<Operator> {
         key: q.get("key").cloned(),
         known_hosts,
         root: root_of(url),
-        connections: SFTP_CONNECTIONS,
+        requests: connections,
     };
     Ok(Operator::new(super::sftp::SshSftp::new(config))?)
 }
-
-/// SSH connections per SFTP location; each carries many requests in flight.
-const SFTP_CONNECTIONS: usize = 4;
 
 fn webdav(location: &str, url: &Url, creds: &Creds, access: Access) -> Result<Operator> {
     let env = |v: &str| creds.get(v);

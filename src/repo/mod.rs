@@ -5,6 +5,7 @@ pub mod cache;
 pub mod cleanup;
 pub mod faults;
 pub mod index;
+pub mod limits;
 pub mod location;
 pub mod lock;
 pub mod marks;

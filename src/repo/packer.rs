@@ -18,10 +18,12 @@ use crate::format::crypto::Keys;
 use crate::format::index::{IndexFile, PackBlobs};
 use crate::format::pack::{BlobType, PackBuilder, SealedBlob, SealedBundle};
 
-/// Packs uploaded at once to a remote backend, so that one request's latency does not
-/// stall the backup; a local disk takes a write at once, and a second pack in flight
-/// would only hold 16 MiB more in memory.
-const REMOTE_UPLOADERS: usize = 2;
+/// Bytes of packs a backup may hold in uploads to a remote backend. It uploads as many
+/// packs at once as the backend takes requests (`Backend::connections`), so that one
+/// request's latency does not stall it, but each holds its pack in memory: at most this
+/// much (four packs of 16 MiB; at least one pack). A local disk takes a write at once,
+/// and a second pack in flight would only hold 16 MiB more.
+const REMOTE_UPLOAD_BYTES: usize = 64 << 20;
 const FLUSH_PACKS: usize = 16;
 const FLUSH_EVERY: Duration = Duration::from_secs(60);
 
@@ -110,7 +112,8 @@ impl Packer {
         let has_failed = Arc::new(AtomicBool::new(false));
         let bytes = Arc::new(AtomicU64::new(0));
         let n = if backend.is_remote() {
-            REMOTE_UPLOADERS
+            let budget = (REMOTE_UPLOAD_BYTES / (pack_size as usize).max(1)).max(1);
+            backend.connections().clamp(1, budget)
         } else {
             1
         };

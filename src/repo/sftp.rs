@@ -76,8 +76,9 @@ pub struct SshSftpConfig {
     /// The repository's directory on the server; relative paths are relative to the
     /// login directory.
     pub root: String,
-    /// Connections opened at most; requests share them.
-    pub connections: usize,
+    /// Requests vault keeps in flight (`--connections`): one SSH connection is opened
+    /// per BUSY of them, at most, since each connection pipelines many.
+    pub requests: usize,
 }
 
 impl Configurator for SshSftpConfig {
@@ -248,7 +249,8 @@ impl Core {
             .iter()
             .min_by_key(|c| c.inflight.load(Ordering::Relaxed))?
             .clone();
-        let room = conns.len() + self.opening.load(Ordering::Relaxed) < self.config.connections;
+        let most = self.config.requests.div_ceil(BUSY).max(1);
+        let room = conns.len() + self.opening.load(Ordering::Relaxed) < most;
         if c.inflight.load(Ordering::Relaxed) >= BUSY && room && self.gone().is_none() {
             self.opening.fetch_add(1, Ordering::Relaxed);
             let core = self.clone();
