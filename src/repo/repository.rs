@@ -129,7 +129,24 @@ pub struct Repository {
     /// miss it at once must not all download it, and hold it in memory, at once); it
     /// holds the packs that could not be fetched whole, not to be tried again.
     fetching_trees: std::sync::Mutex<HashSet<Id>>,
+    /// Without a cache (check, audit and verify read storage itself), the tree packs
+    /// last read whole from remote storage, newest last: a walk then costs a request
+    /// per tree pack instead of one per directory.
+    tree_packs: std::sync::Mutex<TreePacks>,
 }
+
+/// Tree packs held in memory while a command walks trees without a cache.
+#[derive(Default)]
+struct TreePacks {
+    held: std::collections::VecDeque<(Id, Arc<Vec<u8>>)>,
+    /// Packs that did not read whole and intact: their blobs are read one by one, so
+    /// that whatever is damaged is found blob by blob.
+    refused: HashSet<Id>,
+}
+
+/// Tree packs held by `TreePacks`: a snapshot's trees are written together, so its walk
+/// moves from one tree pack to the next.
+const TREE_PACKS_HELD: usize = 2;
 
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
@@ -210,6 +227,7 @@ impl Repository {
             superseded: HashSet::new(),
             marks: Default::default(),
             fetching_trees: std::sync::Mutex::new(HashSet::new()),
+            tree_packs: std::sync::Mutex::new(TreePacks::default()),
         })
     }
 
@@ -259,6 +277,7 @@ impl Repository {
             superseded: HashSet::new(),
             marks: Default::default(),
             fetching_trees: std::sync::Mutex::new(HashSet::new()),
+            tree_packs: std::sync::Mutex::new(TreePacks::default()),
         })
     }
 
@@ -611,7 +630,9 @@ impl Repository {
             );
         }
         if blob_type == BlobType::Tree
-            && let Some(plain) = self.read_cached_tree(&pack_id, &entry)
+            && let Some(plain) = self
+                .read_cached_tree(&pack_id, &entry)
+                .or_else(|| self.read_held_tree(&pack_id, &entry))
         {
             return Ok(plain);
         }
@@ -677,6 +698,46 @@ impl Repository {
         c.put("packs", pack_id, &whole);
         let stored = whole.get(offset as usize..offset as usize + len)?;
         pack::open_blob(&self.keys, entry, stored).ok()
+    }
+
+    /// A tree out of its pack read whole from remote storage into memory (see
+    /// `TreePacks`), where there is no cache. None where there is a cache or the
+    /// storage is local (a ranged read costs no round trip there), or the pack does not
+    /// read whole and intact.
+    fn read_held_tree(&self, pack_id: &Id, entry: &pack::BlobEntry) -> Option<Vec<u8>> {
+        if self.cache.is_some() || !self.backend.is_remote() {
+            return None;
+        }
+        let bytes = self.held_tree_pack(pack_id)?;
+        let (offset, len) = (entry.offset as usize, entry.length as usize);
+        let stored = bytes.get(offset..offset.checked_add(len)?)?;
+        pack::open_blob(&self.keys, entry, stored).ok()
+    }
+
+    fn held_tree_pack(&self, pack_id: &Id) -> Option<Arc<Vec<u8>>> {
+        let mut packs = self.tree_packs.lock().ok()?;
+        if let Some((_, b)) = packs.held.iter().find(|(id, _)| id == pack_id) {
+            return Some(b.clone());
+        }
+        if packs.refused.contains(pack_id) {
+            return None;
+        }
+        // This copy's bytes only: whatever a check finds must be this storage's.
+        let path = FileKind::Data.path(pack_id);
+        match self.backend.alone().read(&path) {
+            Ok(bytes) if Id::of_stored(&bytes) == *pack_id => {
+                let bytes = Arc::new(bytes);
+                if packs.held.len() == TREE_PACKS_HELD {
+                    packs.held.pop_front();
+                }
+                packs.held.push_back((*pack_id, bytes.clone()));
+                Some(bytes)
+            }
+            _ => {
+                packs.refused.insert(*pack_id);
+                None
+            }
+        }
     }
 
     pub fn load_tree(&self, id: &Id) -> Result<Tree> {
