@@ -974,3 +974,46 @@ impl oio::OneShotDelete for SftpDeleter {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(c: &SshSftpConfig) -> Vec<String> {
+        ssh_command(c)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// A location is data, never ssh options: a host, user or key that looks like an
+    /// option (a planted mirror definition could hold one) stays an argument, and the
+    /// user's multiplexing settings cannot leave a master behind.
+    #[test]
+    fn a_hostile_location_cannot_become_an_ssh_option() {
+        let c = SshSftpConfig {
+            host: "-oProxyCommand=touch /tmp/pwned".into(),
+            port: Some(2222),
+            user: Some("-oLocalCommand=x".into()),
+            key: Some("-F/etc/evil".into()),
+            known_hosts: KnownHosts::Strict,
+            root: "/srv".into(),
+            requests: 8,
+        };
+        let a = args(&c);
+        let dashes = a.iter().position(|x| x == "--").expect("an end of options");
+        assert_eq!(a[dashes + 1], c.host, "the host comes right after --");
+        assert_eq!(a[dashes + 2], "sftp");
+        let value_of = |flag: &str| a[a.iter().position(|x| x == flag).unwrap() + 1].clone();
+        assert_eq!(value_of("-l"), "-oLocalCommand=x", "the user is -l's value");
+        assert_eq!(value_of("-i"), "-F/etc/evil", "the key is -i's value");
+        for pinned in [
+            "ControlMaster=no",
+            "ControlPersist=no",
+            "StrictHostKeyChecking=yes",
+        ] {
+            assert!(a.iter().any(|x| x == pinned), "{pinned} in {a:?}");
+        }
+        assert!(!a.iter().any(|x| x.contains("UserKnownHostsFile")));
+    }
+}
