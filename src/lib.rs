@@ -10,4 +10,5 @@ pub mod format;
 pub mod fsmeta;
 pub mod ops;
 pub mod repo;
+pub mod report;
 pub mod units;
