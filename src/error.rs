@@ -1,6 +1,17 @@
-//! Errors that decide the exit code. Everything else travels as `anyhow::Error` with
-//! context; `exit_code` looks through the chain for one of these.
-
+//! Errors, and the rules they follow.
+//!
+//! - Inside the library, errors travel as `anyhow::Error` with context naming the object
+//!   or file at each layer; the message is for people, one line once flattened
+//!   ([`one_line`]).
+//! - What a caller must decide on travels as a type: the errors that choose an outcome
+//!   ([`VaultError`], the storage's [`RemoteError`], damaged bytes) are created as such
+//!   deep down, and [`Error`] at the library boundary names their [`ErrorKind`]. Every
+//!   function of the library's front door ([`crate::session`]) returns [`Result`].
+//! - A kind is decided by the innermost-first cause that has one, read from the outside
+//!   in: the first typed cause in the chain wins, so a wrapper never hides it.
+//! - Warnings are not errors: they go to the caller's [`crate::report::Reporter`].
+//! - The library names things and says what is wrong; the command line maps kinds to
+//!   exit codes (README "Exit codes") and adds advice.
 use thiserror::Error;
 
 use crate::repo::remote::RemoteError;
@@ -38,22 +49,147 @@ pub enum VaultError {
     Usage(String),
 }
 
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    for cause in err.chain() {
-        if let Some(r) = cause.downcast_ref::<RemoteError>() {
-            return r.kind.exit_code();
-        }
-        if let Some(v) = cause.downcast_ref::<VaultError>() {
-            return match v {
-                VaultError::NoRepository(_) => exit::NO_REPOSITORY,
-                VaultError::Locked(_) | VaultError::LockLapsed(_) => exit::LOCKED,
-                VaultError::WrongPassword(_) => exit::WRONG_PASSWORD,
-                VaultError::Usage(_) => exit::USAGE,
-                VaultError::AlreadyExists(_) => exit::ERROR,
-            };
+/// What went wrong, as a caller decides on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Nothing at the location is a repository (no config file, no bucket).
+    NoRepository,
+    /// `init` found a repository already there.
+    AlreadyExists,
+    /// Another process holds a conflicting lock, or this one lost its own.
+    Locked,
+    /// No key file opens with the password or key given.
+    WrongPassword,
+    /// An argument, option or location the caller gave is not valid.
+    InvalidInput,
+    /// A copy's storage failed: unreachable, refused, full, archived, a server error.
+    Storage,
+    /// Stored bytes failed their checks (authentication, hash, name, structure).
+    Damaged,
+    /// The process is being interrupted; nothing more is written.
+    Interrupted,
+    /// Anything else: a local file-system error, an unforeseen failure.
+    Other,
+}
+
+impl ErrorKind {
+    /// The kind `err` carries: its first typed cause's, else `Other`.
+    pub fn of(err: &anyhow::Error) -> ErrorKind {
+        err.chain()
+            .find_map(kind_of_cause)
+            .unwrap_or(ErrorKind::Other)
+    }
+
+    /// The command line's exit code for this kind (README "Exit codes").
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::NoRepository => exit::NO_REPOSITORY,
+            ErrorKind::Locked => exit::LOCKED,
+            ErrorKind::WrongPassword => exit::WRONG_PASSWORD,
+            ErrorKind::InvalidInput => exit::USAGE,
+            ErrorKind::Storage => exit::STORAGE,
+            _ => exit::ERROR,
         }
     }
-    exit::ERROR
+}
+
+fn kind_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
+    if let Some(e) = cause.downcast_ref::<Error>() {
+        return Some(e.kind);
+    }
+    if let Some(r) = cause.downcast_ref::<RemoteError>() {
+        return Some(match r.kind.exit_code() {
+            exit::NO_REPOSITORY => ErrorKind::NoRepository,
+            exit::USAGE => ErrorKind::InvalidInput,
+            exit::STORAGE => ErrorKind::Storage,
+            _ => ErrorKind::Other,
+        });
+    }
+    if let Some(v) = cause.downcast_ref::<VaultError>() {
+        return Some(match v {
+            VaultError::NoRepository(_) => ErrorKind::NoRepository,
+            VaultError::Locked(_) | VaultError::LockLapsed(_) => ErrorKind::Locked,
+            VaultError::WrongPassword(_) => ErrorKind::WrongPassword,
+            VaultError::Usage(_) => ErrorKind::InvalidInput,
+            VaultError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+        });
+    }
+    if cause.is::<crate::repo::backend::Interrupted>() {
+        return Some(ErrorKind::Interrupted);
+    }
+    if cause.is::<crate::format::error::FormatError>()
+        || cause.is::<crate::repo::repository::Misnamed>()
+    {
+        return Some(ErrorKind::Damaged);
+    }
+    None
+}
+
+/// The error of the library's front door: a kind to decide on, and the whole story
+/// (every layer's context) to show.
+pub struct Error {
+    kind: ErrorKind,
+    inner: anyhow::Error,
+}
+
+/// The result of the library's front door.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message in one line, each cause once.
+    pub fn one_line(&self) -> String {
+        one_line(&self.inner)
+    }
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(inner: anyhow::Error) -> Error {
+        // Already typed further in: keep it whole rather than wrap it again.
+        let inner = match inner.downcast::<Error>() {
+            Ok(e) => return e,
+            Err(inner) => inner,
+        };
+        Error {
+            kind: ErrorKind::of(&inner),
+            inner,
+        }
+    }
+}
+
+impl From<VaultError> for Error {
+    fn from(e: VaultError) -> Error {
+        anyhow::Error::from(e).into()
+    }
+}
+
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}: {:?}", self.kind, self.inner)
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.one_line())
+    }
+}
+
+impl std::error::Error for Error {
+    // The whole chain stays reachable, so that a cause's type can still be asked for
+    // (`one_line` leaves out the repeated text).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.inner.as_ref())
+    }
+}
+
+/// The exit code for `err` (README "Exit codes").
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    ErrorKind::of(err).exit_code()
 }
 
 /// The storage library's full reports of the storage failures in `err` (for -v): the

@@ -4,6 +4,7 @@
 //! index, snapshots, locks), `fsmeta` (file-system metadata), `ops` (backup, restore, ...),
 //! `cli` (argument parsing and output).
 
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod error;
 pub mod format;
@@ -11,4 +12,5 @@ pub mod fsmeta;
 pub mod ops;
 pub mod repo;
 pub mod report;
+pub mod session;
 pub mod units;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 use serde_json::json;
 
 use super::progress::{Meter, Progress, human_bytes};
@@ -15,12 +15,15 @@ use super::{
 };
 use super::{export, integrity, mirrors, password, retention, timetravel};
 use crate::error::{VaultError, exit, exit_code};
-use crate::format::Id;
 use crate::format::config::ChunkerParams;
 use crate::ops::{backup, dump, ls, restore, select};
+use crate::repo::backend::CONFIG_PATH;
 use crate::repo::lock::{self, LockGuard, LockKind};
 use crate::repo::repository::{InitOptions, default_log_n};
 use crate::repo::{Backend, Repository};
+use crate::report::Report;
+use crate::session::state::{Indexed, Open};
+use crate::session::{Locking, Session};
 
 pub fn run(cli: Cli) -> Result<i32> {
     let g = cli.global;
@@ -81,39 +84,57 @@ pub(super) fn location(g: &Global) -> Result<(String, bool)> {
     }
 }
 
-pub(super) fn open(g: &Global) -> Result<Repository> {
+/// Prints the library's warnings, one line each.
+pub(super) fn reporter() -> Report {
+    Arc::new(|m: &str| warn_stderr(m.to_string()))
+}
+
+/// Whether and how this command locks (`--no-lock`, `--lock-wait`).
+pub(super) fn locking(g: &Global) -> Locking {
+    if g.no_lock {
+        Locking::Skip
+    } else {
+        Locking::Take { wait: g.lock_wait }
+    }
+}
+
+/// Opens the repository, asking for its password only once it is known to be there.
+pub(super) fn session(g: &Global) -> Result<Session<Open>> {
     let (loc, default) = location(g)?;
-    let backend = Backend::open(&loc)?;
     if default && !g.quiet && !g.json {
         eprintln!("vault: using the default repository {loc}");
     }
-    // Fail fast on a missing repository, before asking for a password.
-    if !backend.exists("config")? {
-        return Err(backend
-            .why_absent()
-            .unwrap_or_else(|| VaultError::NoRepository(loc).into()));
-    }
-    let secret = password::secret(
-        g.password_file.as_deref(),
-        g.password_command.as_deref(),
-        &loc,
-    )?;
-    Repository::open(backend, &secret)
+    let secret = || {
+        password::secret(
+            g.password_file.as_deref(),
+            g.password_command.as_deref(),
+            &loc,
+        )
+    };
+    Ok(Session::open(&loc, secret, reporter())?)
+}
+
+/// Opens the repository, reading from mirrors where it fails.
+pub(super) fn mirrored(g: &Global) -> Result<Session<Open>> {
+    let mut s = session(g)?;
+    mirrors::attach(s.repo_mut(), g);
+    Ok(s)
+}
+
+/// Opens the repository with mirrors, locks it shared for `command`, loads its index.
+pub(super) fn reading(g: &Global, command: &str) -> Result<Session<Indexed>> {
+    Ok(mirrored(g)?
+        .lock(LockKind::Shared, command, locking(g))?
+        .index()?)
+}
+
+pub(super) fn open(g: &Global) -> Result<Repository> {
+    Ok(session(g)?.into_repo())
 }
 
 /// Opens the repository with its index, reading from mirrors where it fails.
 pub(super) fn open_indexed(g: &Global) -> Result<Repository> {
-    let mut repo = open_mirrored(g)?;
-    repo.load_index()?;
-    warn_damaged_index(&repo);
-    Ok(repo)
-}
-
-/// Opens the repository, reading from mirrors where it fails, without its index yet.
-fn open_mirrored(g: &Global) -> Result<Repository> {
-    let mut repo = open(g)?;
-    mirrors::attach(&mut repo, g);
-    Ok(repo)
+    Ok(mirrored(g)?.without_lock().index()?.into_repo())
 }
 
 pub(super) fn warn_damaged_index(repo: &Repository) {
@@ -138,7 +159,7 @@ pub(super) fn take_lock(
     // Kept across retries: a lock watched unchanged for the stale threshold may be passed.
     let mut watch = lock::Watch::new();
     loop {
-        match lock::acquire_watching(repo, kind, command, &mut watch) {
+        match lock::acquire_watching(repo, kind, command, &mut watch, reporter()) {
             Ok(guard) => return Ok(Some(guard)),
             Err(e)
                 if exit_code(&e) == exit::LOCKED
@@ -180,8 +201,8 @@ pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
 
 fn init(g: &Global, a: InitArgs) -> Result<i32> {
     let (loc, default) = location(g)?;
-    let backend = Backend::open(&loc)?;
-    if backend.exists("config")? {
+    if Backend::open(&loc)?.exists(CONFIG_PATH)? {
+        // Before the password prompt: nothing to ask for.
         return Err(VaultError::AlreadyExists(loc).into());
     }
     let avg = u32::try_from(a.chunk_size)
@@ -209,7 +230,8 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
         &format!("new repository {loc}"),
         true,
     )?;
-    let repo = Repository::init(backend, &pw, &opts)?;
+    let s = Session::init(&loc, &pw, &opts, reporter())?;
+    let repo = s.repo();
     if g.json {
         print_json(&json!({"repository": repo.location(), "id": repo.config.id}))?;
     } else if !g.quiet {
@@ -225,25 +247,13 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
 
 pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     let a_sync = a.sync;
-    let mut repo = open_mirrored(g)?;
-    let _lock = if a.dry_run {
-        None
+    let session = mirrored(g)?;
+    let session = if a.dry_run {
+        session.without_lock()
     } else {
-        take_lock(g, &repo, LockKind::Shared, "backup")?
+        session.lock(LockKind::Shared, "backup", locking(g))?
     };
-    // Loaded once the lock is held: the index may change while we wait for it.
-    repo.load_index_for_backup()?;
-    warn_damaged_index(&repo);
-    if !a.dry_run {
-        // Blobs of packs an interrupted run left behind are reused; index them first, so
-        // the new snapshot never depends on a pack that no index file lists.
-        let n = repo.adopt_unindexed()?;
-        if n > 0 && !g.quiet {
-            warn_stderr(format!(
-                "indexed {n} pack(s) left without an index (interrupted backup or damaged index)"
-            ));
-        }
-    }
+    let mut session = session.index_for_backup(a.dry_run)?;
     let time = a
         .time
         .as_deref()
@@ -253,7 +263,9 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         })
         .transpose()?;
     let parent = match &a.parent {
-        Some(p) => Some(select::select(&repo, p, &select::Filter::default(), &warn_stderr)?.0),
+        Some(p) => {
+            Some(select::select(session.repo(), p, &select::Filter::default(), &warn_stderr)?.0)
+        }
         None => None,
     };
     if a.stdin != a.stdin_filename.is_some() {
@@ -297,10 +309,7 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
     }));
     let p = progress.clone();
     let warn: backup::Warn = Arc::new(move |m: String| p.println(&format!("vault: {m}")));
-    // A backup may outlive its lock's refreshes (a suspended laptop): it renews the lock
-    // before it confirms and publishes, and stops if another process now excludes it.
-    let held = || _lock.as_ref().map_or(Ok(()), |l| l.renew());
-    let r = backup::backup(&mut repo, &opts, counters, warn, &held);
+    let r = session.backup(&opts, counters, warn);
     if let Ok(p) = Arc::try_unwrap(progress) {
         p.finish();
     }
@@ -345,7 +354,7 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         );
     }
     if a_sync && !opts.dry_run {
-        drop(_lock);
+        drop(session);
         // A mirror that is offline never fails the backup: exit 3, data safe.
         return Ok(code.max(mirrors::sync(g, None)?));
     }
@@ -353,8 +362,8 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
 }
 
 fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
-    let repo = open(g)?;
-    let list = select::list(&repo, &filter(f), &warn_stderr)?;
+    let s = session(g)?;
+    let list = select::list(s.repo(), &filter(f), &warn_stderr)?;
     if g.json {
         let v: Vec<serde_json::Value> = list
             .iter()
@@ -398,15 +407,15 @@ fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
 }
 
 fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
-    let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "ls")?;
+    let s = reading(g, "ls")?;
+    let repo = s.repo();
     let (spec, path) = timetravel::split_args(a.args, &a.at, false)?;
     let covers: Vec<PathBuf> = path.iter().cloned().collect();
-    let (_, snap) = timetravel::choose(g, &repo, spec.as_deref(), &a.at, &a.filter, &covers)?;
+    let (_, snap) = timetravel::choose(g, repo, spec.as_deref(), &a.at, &a.filter, &covers)?;
     let path = path.unwrap_or_else(|| PathBuf::from("/"));
     let mut out = std::io::stdout().lock();
     let mut err = None;
-    ls::ls(&repo, &snap.tree, &path, !a.no_recursive, &mut |p, n| {
+    ls::ls(repo, &snap.tree, &path, !a.no_recursive, &mut |p, n| {
         if err.is_some() {
             return;
         }
@@ -448,8 +457,8 @@ fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
 }
 
 fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
-    let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "restore")?;
+    let session = reading(g, "restore")?;
+    let repo = session.repo();
     // With --at, the snapshot must hold the literal paths asked for.
     let covers: Vec<PathBuf> = a
         .includes
@@ -457,8 +466,7 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         .filter(|p| !p.contains(['*', '?', '[']))
         .map(|p| timetravel::absolute(std::path::Path::new(p)))
         .collect();
-    let (id, snap) =
-        timetravel::choose(g, &repo, a.snapshot.as_deref(), &a.at, &a.filter, &covers)?;
+    let (id, snap) = timetravel::choose(g, repo, a.snapshot.as_deref(), &a.at, &a.filter, &covers)?;
     let abs = |v: Vec<String>| -> Vec<String> {
         v.into_iter()
             .map(|p| {
@@ -506,14 +514,14 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let r = std::thread::scope(|s| {
         if progress.shown() && counters.total.load(Ordering::Relaxed) == 0 {
-            let (repo, opts, stop, c) = (&repo, &opts, &stop, &counters);
+            let (opts, stop, c) = (&opts, &stop, &counters);
             s.spawn(move || {
                 if let Some(n) = restore::planned_bytes(repo, &snap.tree, opts, stop) {
                     c.total.store(n, Ordering::Relaxed);
                 }
             });
         }
-        let r = restore::restore(&repo, &snap.tree, &opts, counters.clone());
+        let r = session.restore(&snap.tree, &opts, counters.clone());
         stop.store(true, Ordering::Relaxed);
         r
     });
@@ -544,25 +552,26 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
 }
 
 fn cmd_dump(g: &Global, a: DumpArgs) -> Result<i32> {
-    let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "dump")?;
+    let s = reading(g, "dump")?;
+    let repo = s.repo();
     let (spec, path) = timetravel::split_args(a.args, &a.at, true)?;
     let path = path.expect("split_args requires the path");
     let (_, snap) = timetravel::choose(
         g,
-        &repo,
+        repo,
         spec.as_deref(),
         &a.at,
         &a.filter,
         std::slice::from_ref(&path),
     )?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    dump::dump(&repo, &snap.tree, &path, &mut out)?;
+    dump::dump(repo, &snap.tree, &path, &mut out)?;
     Ok(exit::OK)
 }
 
 fn key(g: &Global, k: KeyCommand) -> Result<i32> {
-    let repo = open(g)?;
+    let session = session(g)?;
+    let repo = session.repo();
     let loc = repo.location().to_string();
     match k {
         KeyCommand::Add(a) => {
@@ -582,12 +591,7 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
                 a.new_password_file.as_deref(),
                 &format!("the new password of {loc}"),
             )?;
-            let old = repo.key_id.ok_or_else(|| {
-                anyhow!("opened with a raw key file: use `vault key add` to add a password")
-            })?;
-            let id = repo.add_key(&pw, &a.label, default_log_n())?;
-            // The new key is written before the old one is removed: never zero keys.
-            repo.remove_key(&old).context("removing the old key")?;
+            let (id, old) = repo.change_password(&pw, &a.label, default_log_n())?;
             if g.json {
                 print_json(&json!({"key": id.to_hex(), "replaces": old.to_hex()}))?;
             } else if !g.quiet {
@@ -598,23 +602,9 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
                 );
             }
         }
-        KeyCommand::List => key_list(g, &repo)?,
+        KeyCommand::List => key_list(g, repo)?,
         KeyCommand::Remove { id } => {
-            let all = repo.backend.list(crate::repo::FileKind::Key)?;
-            let hits: Vec<Id> = all
-                .into_iter()
-                .filter(|k| k.to_hex().starts_with(&id.to_ascii_lowercase()))
-                .collect();
-            let target = match hits.as_slice() {
-                [one] => *one,
-                [] => return Err(anyhow!("key {id}: no such key (see `vault key list`)")),
-                _ => {
-                    return Err(VaultError::Usage(format!(
-                        "key {id}: prefix matches several keys"
-                    ))
-                    .into());
-                }
-            };
+            let target = repo.find_key(&id)?;
             repo.remove_key(&target)?;
             if g.json {
                 print_json(&json!({"removed": target.to_hex()}))?;
@@ -667,7 +657,8 @@ fn key_list(g: &Global, repo: &Repository) -> Result<()> {
 }
 
 fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
-    let repo = open(g)?;
+    let session = session(g)?;
+    let repo = session.repo();
     let mode = if a.remove_all {
         lock::UnlockMode::All
     } else if a.stale {
@@ -676,7 +667,7 @@ fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
         lock::UnlockMode::Dead
     };
     let quiet = g.quiet || g.json;
-    let r = lock::unlock(&repo, mode, &|line| {
+    let r = lock::unlock(repo, mode, &|line| {
         if !quiet {
             eprintln!("{line}");
         }

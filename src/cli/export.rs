@@ -8,12 +8,12 @@ use serde_json::json;
 
 use super::commands::{filter, open_indexed, print_json, take_lock, warn_stderr};
 use super::progress::{Progress, human_bytes};
-use super::retention::{by_ids, policy};
 use super::{ExportArgs, ForgetArgs, Global};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::mirror::{EXPORT_VERSION, ExportRecord};
 use crate::format::snapshot::Snapshot;
+use crate::ops::select::by_ids;
 use crate::ops::{export as export_op, forget, image, select};
 use crate::repo::lock::LockKind;
 use crate::repo::repository::now_rfc3339;
@@ -49,16 +49,21 @@ fn choose(repo: &Repository, spec: Option<&str>) -> Result<Vec<(Id, Snapshot)>> 
         f: parse_selection(spec)?,
     };
     let keep: Vec<Id> = if sel.f.ids.is_empty() {
-        let p = policy(&sel.f)?;
+        let p = sel.f.keep.policy()?;
         let fl = filter(&sel.f.filter);
         let pool: Vec<(Id, Snapshot)> =
             all.iter().filter(|(_, s)| fl.matches(s)).cloned().collect();
-        forget::apply(&p, &pool, sel.f.group_by, &jiff::tz::TimeZone::system())
-            .iter()
-            .flat_map(|g| &g.snapshots)
-            .filter(|d| d.keep)
-            .filter_map(|d| Id::from_hex(&d.id))
-            .collect()
+        forget::apply(
+            &p,
+            &pool,
+            sel.f.keep.group_by,
+            &jiff::tz::TimeZone::system(),
+        )
+        .iter()
+        .flat_map(|g| &g.snapshots)
+        .filter(|d| d.keep)
+        .filter_map(|d| Id::from_hex(&d.id))
+        .collect()
     } else {
         by_ids(repo, &sel.f.ids)?
     };

@@ -19,8 +19,6 @@ pub mod trust;
 /// Forget's options from one string (`--snapshots`, profiles' retention); public for fuzzing.
 pub use export::parse_selection;
 /// The retention policy that forget's options describe; public for fuzzing.
-pub use retention::policy;
-
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -352,7 +350,7 @@ pub struct InitArgs {
     pub format_version: u32,
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct BackupArgs {
     /// Files and directories to back up
     pub paths: Vec<PathBuf>,
@@ -521,48 +519,8 @@ pub struct ForgetArgs {
     /// Snapshots to remove (id prefixes), instead of a policy
     #[arg(value_name = "ID")]
     pub ids: Vec<String>,
-    /// Keep the N newest snapshots
-    #[arg(long, value_name = "N")]
-    pub keep_last: Option<usize>,
-    /// Keep the newest snapshot of each of the last N hours that have one
-    #[arg(long, value_name = "N")]
-    pub keep_hourly: Option<usize>,
-    /// Keep the newest snapshot of each of the last N days that have one
-    #[arg(long, value_name = "N")]
-    pub keep_daily: Option<usize>,
-    /// Keep the newest snapshot of each of the last N ISO weeks that have one
-    #[arg(long, value_name = "N")]
-    pub keep_weekly: Option<usize>,
-    /// Keep the newest snapshot of each of the last N months that have one
-    #[arg(long, value_name = "N")]
-    pub keep_monthly: Option<usize>,
-    /// Keep the newest snapshot of each of the last N years that have one
-    #[arg(long, value_name = "N")]
-    pub keep_yearly: Option<usize>,
-    /// Keep every snapshot within this span of the group's newest (e.g. 30d, 2w, 6m, 1y)
-    #[arg(long, value_name = "SPAN")]
-    pub keep_within: Option<String>,
-    /// Keep one snapshot per hour within this span of the newest
-    #[arg(long, value_name = "SPAN")]
-    pub keep_within_hourly: Option<String>,
-    /// Keep one snapshot per day within this span of the newest
-    #[arg(long, value_name = "SPAN")]
-    pub keep_within_daily: Option<String>,
-    /// Keep one snapshot per week within this span of the newest
-    #[arg(long, value_name = "SPAN")]
-    pub keep_within_weekly: Option<String>,
-    /// Keep one snapshot per month within this span of the newest
-    #[arg(long, value_name = "SPAN")]
-    pub keep_within_monthly: Option<String>,
-    /// Keep one snapshot per year within this span of the newest
-    #[arg(long, value_name = "SPAN")]
-    pub keep_within_yearly: Option<String>,
-    /// Keep every snapshot with this tag (repeatable)
-    #[arg(long, value_name = "TAG")]
-    pub keep_tag: Vec<String>,
-    /// Apply the policy to each group of snapshots with equal host, paths and/or tags
-    #[arg(long, default_value = "host,paths", value_name = "FIELDS")]
-    pub group_by: crate::ops::forget::GroupBy,
+    #[command(flatten)]
+    pub keep: crate::ops::keep::KeepOptions,
     /// Show what would be removed; remove nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,

@@ -37,7 +37,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use super::{Cli, Command, Global};
@@ -67,8 +67,9 @@ pub struct Profile {
     pub exclude_caches: bool,
     #[serde(default)]
     pub one_file_system: bool,
-    /// forget's options without the leading dashes: keep-daily = 7, keep-tag = ["x"].
-    pub retention: Option<BTreeMap<String, toml::Value>>,
+    /// forget's policy options without the leading dashes: keep-daily = 7,
+    /// keep-tag = ["x"], group-by = "host".
+    pub retention: Option<crate::ops::keep::KeepOptions>,
     /// How often `run` prunes: "always", "never", or a span like "7d" (default 7d).
     pub prune: Option<String>,
     /// `run` syncs the mirrors (default true).
@@ -390,34 +391,6 @@ pub fn fill_backup(a: &mut super::BackupArgs, p: &Profile) {
     a.one_file_system |= p.one_file_system;
 }
 
-/// forget's command-line words for a retention table.
-pub fn retention_words(r: &BTreeMap<String, toml::Value>) -> Result<Vec<String>> {
-    let mut words = Vec::new();
-    for (k, v) in r {
-        let flag = format!("--{k}");
-        match v {
-            toml::Value::Integer(n) => words.extend([flag, n.to_string()]),
-            toml::Value::String(s) => words.extend([flag, s.clone()]),
-            toml::Value::Boolean(true) => words.push(flag),
-            toml::Value::Array(items) => {
-                for i in items {
-                    let item = match i {
-                        toml::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    words.extend([flag.clone(), item]);
-                }
-            }
-            other => {
-                return Err(anyhow!(
-                    "retention.{k} = {other}: give a number, a string or a list"
-                ));
-            }
-        }
-    }
-    Ok(words)
-}
-
 /// `vault config check`: parses the file and every profile's retention, spans and paths.
 pub fn check(g: &Global) -> Result<String> {
     let path = config_path(g).ok_or_else(|| {
@@ -434,9 +407,7 @@ pub fn check(g: &Global) -> Result<String> {
             return Err(bad("no repository".into()));
         }
         if let Some(r) = &p.retention {
-            let words = retention_words(r).map_err(|e| bad(e.to_string()))?;
-            super::export::parse_selection(&words.join(" "))
-                .map_err(|e| bad(format!("retention: {e}")))?;
+            r.policy().map_err(|e| bad(format!("retention: {e}")))?;
         }
         for (key, span) in [
             ("prune", p.prune.as_deref()),

@@ -4,126 +4,81 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{ensure_held, filter, open_indexed, print_json, take_lock, warn_stderr};
+use super::commands::{filter, locking, mirrored, print_json, session};
 use super::progress::{Progress, human_bytes};
-use super::{ForgetArgs, Global, PruneArgs, PruneOpts};
+use super::{ForgetArgs, Global, PruneArgs, PruneOpts, SnapshotFilter};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
-use crate::ops::forget::{self, Policy};
+use crate::ops::forget::{self, GroupBy, Policy};
+use crate::ops::keep::KeepOptions;
 use crate::ops::{prune as prune_op, select};
 use crate::repo::lock::LockKind;
-use crate::repo::{FileKind, Repository};
 
-fn span(flag: &str, v: &Option<String>) -> Result<Option<jiff::Span>> {
-    v.as_deref()
-        .map(|s| {
-            forget::parse_span(s).map_err(|e| VaultError::Usage(format!("--{flag}: {e}")).into())
-        })
-        .transpose()
+/// What a forget removes: the snapshots a policy does not keep, or those named.
+enum Removal<'a> {
+    Policy(Policy, GroupBy, &'a SnapshotFilter),
+    Ids(&'a [String]),
 }
 
-pub fn policy(a: &ForgetArgs) -> Result<Policy> {
-    let mut p = Policy {
-        last: a.keep_last,
-        within: span("keep-within", &a.keep_within)?,
-        tags: a.keep_tag.clone(),
-        ..Default::default()
-    };
-    let counts = [
-        a.keep_hourly,
-        a.keep_daily,
-        a.keep_weekly,
-        a.keep_monthly,
-        a.keep_yearly,
-    ];
-    let spans = [
-        &a.keep_within_hourly,
-        &a.keep_within_daily,
-        &a.keep_within_weekly,
-        &a.keep_within_monthly,
-        &a.keep_within_yearly,
-    ];
-    for ((period, n), s) in forget::PERIODS.iter().zip(counts).zip(spans) {
-        if let Some(n) = n {
-            p.periods.insert(*period, n);
-        }
-        if let Some(sp) = span(&format!("keep-within-{}", period.name()), s)? {
-            p.within_periods.insert(*period, sp);
-        }
-    }
-    Ok(p)
-}
-
-/// Snapshots named by id prefixes; each must name exactly one.
-pub(super) fn by_ids(repo: &Repository, ids: &[String]) -> Result<Vec<Id>> {
-    let all = repo.backend.list(FileKind::Snapshot)?;
-    ids.iter()
-        .map(|spec| {
-            let s = spec.to_ascii_lowercase();
-            let hits: Vec<&Id> = all
-                .iter()
-                .filter(|id| id.to_hex().starts_with(&s))
-                .collect();
-            match hits.as_slice() {
-                [one] if !s.is_empty() => Ok(**one),
-                [] => Err(anyhow!(
-                    "snapshot {spec}: no such snapshot (see `vault snapshots`)"
-                )),
-                _ => Err(VaultError::Usage(format!(
-                    "snapshot {spec:?}: matches {} snapshots; give more digits",
-                    hits.len()
-                ))
-                .into()),
-            }
-        })
-        .collect()
-}
+const EITHER: &str = "give either snapshot ids or a policy (--keep-last, --keep-daily, --keep-within, ...), not both or neither";
 
 pub fn forget(g: &Global, a: ForgetArgs) -> Result<i32> {
-    let repo = open_indexed(g)?;
-    let p = policy(&a)?;
-    if p.is_empty() == a.ids.is_empty() {
-        return Err(VaultError::Usage(
-            "give either snapshot ids or a policy (--keep-last, --keep-daily, --keep-within, ...), not both or neither".into(),
-        )
-        .into());
+    // Bad input fails before anything is written (a lock included).
+    let policy = a.keep.policy()?;
+    if policy.is_empty() == a.ids.is_empty() {
+        return Err(VaultError::Usage(EITHER.into()).into());
     }
-    let _lock = if a.dry_run {
-        None
+    let removal = if a.ids.is_empty() {
+        Removal::Policy(policy, a.keep.group_by, &a.filter)
     } else {
-        take_lock(g, &repo, LockKind::Shared, "forget")?
+        Removal::Ids(&a.ids)
     };
-    let remove: Vec<Id> = if a.ids.is_empty() {
-        let snaps = select::list(&repo, &filter(&a.filter), &warn_stderr)?;
-        let groups = forget::apply(&p, &snaps, a.group_by, &jiff::tz::TimeZone::system());
-        report_groups(g, &groups, a.dry_run)?;
-        groups
-            .iter()
-            .flat_map(|gr| &gr.snapshots)
-            .filter(|d| !d.keep)
-            .filter_map(|d| Id::from_hex(&d.id))
-            .collect()
+    let code = forget_now(g, removal, a.dry_run)?;
+    if a.prune {
+        return run_prune(g, &a.prune_opts, a.dry_run);
+    }
+    Ok(code)
+}
+
+/// `vault run`'s forget: the profile's retention over every snapshot.
+pub(super) fn forget_by_policy(g: &Global, keep: &KeepOptions) -> Result<i32> {
+    let policy = keep.policy()?;
+    if policy.is_empty() {
+        return Err(VaultError::Usage(EITHER.into()).into());
+    }
+    let all = SnapshotFilter::default();
+    forget_now(g, Removal::Policy(policy, keep.group_by, &all), false)
+}
+
+fn forget_now(g: &Global, removal: Removal, dry_run: bool) -> Result<i32> {
+    let s = mirrored(g)?;
+    let s = if dry_run {
+        s.without_lock()
     } else {
-        by_ids(&repo, &a.ids)?
+        s.lock(LockKind::Shared, "forget", locking(g))?
     };
-    if !a.dry_run && !remove.is_empty() {
-        ensure_held(&_lock)?;
-        // The record first: it is what lets sync remove these from the mirrors too.
-        repo.save_forget_record(&remove)?;
-        for id in &remove {
-            repo.backend.delete(&FileKind::Snapshot.path(id))?;
+    let remove: Vec<Id> = match removal {
+        Removal::Policy(p, group_by, f) => {
+            let groups = s.plan_forget(&p, &filter(f), group_by)?;
+            report_groups(g, &groups, dry_run)?;
+            groups
+                .iter()
+                .flat_map(|gr| &gr.snapshots)
+                .filter(|d| !d.keep)
+                .filter_map(|d| Id::from_hex(&d.id))
+                .collect()
         }
+        Removal::Ids(ids) => select::by_ids(s.repo(), ids)?,
+    };
+    if !dry_run {
+        s.forget(&remove)?;
     }
     if !g.quiet && !g.json {
-        let verb = if a.dry_run { "would remove" } else { "removed" };
+        let verb = if dry_run { "would remove" } else { "removed" };
         println!("{verb} {} snapshot(s)", remove.len());
-    }
-    if a.prune {
-        drop(_lock);
-        return run_prune(g, &a.prune_opts, a.dry_run);
     }
     Ok(exit::OK)
 }
@@ -178,23 +133,7 @@ pub fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
 }
 
 fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
-    let mut repo = open_indexed(g)?;
-    // Two-phase prune runs beside backups; only other prunes and exclusive operations
-    // wait for it. Before format 3, prune deletes at once and excludes everything.
-    let kind = if repo.two_phase() {
-        LockKind::Prune
-    } else {
-        LockKind::Exclusive
-    };
-    let _lock = take_lock(g, &repo, kind, "prune")?;
-    if repo.two_phase() {
-        refuse_older_vaults(&repo)?;
-    }
-    // What it decides from must be read after the lock is held (two-phase prune reads
-    // the index again itself, after listing the snapshots).
-    if !repo.two_phase() {
-        repo.load_index()?;
-    }
+    let s = mirrored(g)?;
     let opts = prune_op::PruneOptions {
         max_unused: o.max_unused,
         max_repack: o.max_repack,
@@ -210,8 +149,7 @@ fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
             c.packs_repacked.load(Ordering::Relaxed)
         )
     });
-    let held = || ensure_held(&_lock);
-    let r = prune_op::prune(&mut repo, &opts, &counters, &held);
+    let r = s.prune(&opts, &counters, locking(g));
     progress.finish();
     let s = r?;
     if g.json {
@@ -277,9 +215,9 @@ fn print_two_phase(s: &prune_op::PruneStats, dry_run: bool) {
 }
 
 pub fn upgrade(g: &Global) -> Result<i32> {
-    let mut repo = super::commands::open(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Exclusive, "upgrade")?;
-    let before = repo.upgrade()?;
+    let mut s = session(g)?.lock(LockKind::Exclusive, "upgrade", locking(g))?;
+    let before = s.upgrade()?;
+    let repo = s.repo();
     if g.json {
         print_json(&json!({"format": repo.format, "was": before}))?;
     } else if !g.quiet {
@@ -292,21 +230,4 @@ pub fn upgrade(g: &Global) -> Result<i32> {
         }
     }
     Ok(exit::OK)
-}
-
-/// A vault older than format 3 backs up without confirming its packs, relying on prune's
-/// exclusive lock: two-phase prune does not run beside one.
-fn refuse_older_vaults(repo: &crate::repo::Repository) -> Result<()> {
-    let locks = crate::repo::lock::list_locks(&repo.backend, &repo.keys)?;
-    let older = |l: &&crate::repo::lock::LockInfo| {
-        (l.from_older_vault() || l.lock.is_none()) && !l.is_dead()
-    };
-    match locks.iter().find(older) {
-        Some(l) => Err(VaultError::Locked(format!(
-            "{} is from a vault older than format 3 (or unreadable), which relies on prune not running beside it; wait for it, and upgrade vault on that host",
-            l.describe()
-        ))
-        .into()),
-        None => Ok(()),
-    }
 }

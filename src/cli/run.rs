@@ -78,10 +78,9 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
     let r = super::commands::cmd_backup(g, backup_args(&p)?)?;
     step("backup", r, &mut report);
 
-    if let Some(ret) = &p.retention {
-        let words = profile::retention_words(ret)?;
-        let f = super::export::parse_selection(&words.join(" "))?;
-        step("forget", super::retention::forget(g, f)?, &mut report);
+    if let Some(keep) = &p.retention {
+        let r = super::retention::forget_by_policy(g, keep)?;
+        step("forget", r, &mut report);
     }
 
     if due(
@@ -102,7 +101,8 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
         report.push("prune not due".into());
     }
 
-    let repo = super::commands::open(g)?;
+    let session = super::commands::session(g)?;
+    let repo = session.repo();
     let has_mirrors = repo.mirror_defs()?.iter().any(|d| d.name != "primary");
     if has_mirrors && p.sync != Some(false) {
         step("sync", super::mirrors::sync(g, None)?, &mut report);
@@ -129,7 +129,7 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
             report.push("export not due".into());
         }
     }
-    drop(repo);
+    drop(session);
 
     let check = p.check.clone().unwrap_or_else(|| "1/7".into());
     if check != "never" {
@@ -165,21 +165,7 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
 }
 
 fn backup_args(p: &Profile) -> Result<BackupArgs> {
-    let mut a = BackupArgs {
-        paths: Vec::new(),
-        tags: Vec::new(),
-        host: None,
-        excludes: Vec::new(),
-        exclude_files: Vec::new(),
-        exclude_caches: false,
-        one_file_system: false,
-        stdin: false,
-        stdin_filename: None,
-        dry_run: false,
-        parent: None,
-        time: None,
-        sync: false,
-    };
+    let mut a = BackupArgs::default();
     profile::fill_backup(&mut a, p);
     if a.paths.is_empty() {
         return Err(anyhow!("the profile has no sources to back up"));

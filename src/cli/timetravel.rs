@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{filter, open_indexed, print_json, take_lock, warn_stderr};
+use super::commands::{filter, print_json, reading, warn_stderr};
 use super::progress::human_bytes;
 use super::{AtArg, DiffArgs, FindArgs, Global, SnapshotFilter, VersionsArgs};
 use crate::error::{VaultError, exit};
@@ -16,7 +16,6 @@ use crate::format::Id;
 use crate::format::snapshot::Snapshot;
 use crate::ops::{diff, find, select, timespec, versions};
 use crate::repo::Repository;
-use crate::repo::lock::LockKind;
 use crate::repo::repository::hostname;
 
 fn parse_time(spec: &str) -> Result<jiff::Timestamp> {
@@ -128,12 +127,12 @@ fn history(
 }
 
 pub fn cmd_versions(g: &Global, a: VersionsArgs) -> Result<i32> {
-    let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "versions")?;
+    let session = reading(g, "versions")?;
+    let repo = session.repo();
     let path = absolute(&a.path);
     let fl = at_filter(&a.filter, std::slice::from_ref(&path));
-    let snaps = history(&repo, fl, a.until.as_deref())?;
-    let rows = versions::versions(&repo, &snaps, &path)?;
+    let snaps = history(repo, fl, a.until.as_deref())?;
+    let rows = versions::versions(repo, &snaps, &path)?;
     if rows.is_empty() {
         return Err(anyhow::anyhow!(
             "{}: in no snapshot of host {} (see `vault find`, or --host for another machine)",
@@ -185,8 +184,8 @@ pub fn cmd_versions(g: &Global, a: VersionsArgs) -> Result<i32> {
 }
 
 pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
-    let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "diff")?;
+    let session = reading(g, "diff")?;
+    let repo = session.repo();
     if a.snapshots.len() + a.at.len() != 2 {
         return Err(VaultError::Usage(
             "diff needs two snapshots: `vault diff A B`, `vault diff A --at TIME` or `vault diff --at T1 --at T2`".into(),
@@ -195,16 +194,16 @@ pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
     }
     let mut chosen = Vec::new();
     for s in &a.snapshots {
-        chosen.push(select::select(&repo, s, &filter(&a.filter), &warn_stderr)?);
+        chosen.push(select::select(repo, s, &filter(&a.filter), &warn_stderr)?);
     }
     for t in &a.at {
-        chosen.push(by_time(g, &repo, t, &a.filter, &[])?);
+        chosen.push(by_time(g, repo, t, &a.filter, &[])?);
     }
     let (ia, sa) = &chosen[0];
     let (ib, sb) = &chosen[1];
     let mut changes = Vec::new();
     let mut out = std::io::stdout().lock();
-    let stats = diff::diff(&repo, &sa.tree, &sb.tree, &mut |c| {
+    let stats = diff::diff(repo, &sa.tree, &sb.tree, &mut |c| {
         if g.json {
             changes.push(c);
         } else {
@@ -241,8 +240,8 @@ pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
 }
 
 pub fn cmd_find(g: &Global, a: FindArgs) -> Result<i32> {
-    let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "find")?;
+    let session = reading(g, "find")?;
+    let repo = session.repo();
     let pattern = find::Pattern::new(&a.pattern)
         .map_err(|e| VaultError::Usage(crate::error::one_line(&e)))?;
     let below = a.below.as_deref().map(absolute);
@@ -252,8 +251,8 @@ pub fn cmd_find(g: &Global, a: FindArgs) -> Result<i32> {
         covers: below.iter().cloned().collect(),
         ..Default::default()
     };
-    let snaps = history(&repo, fl, a.until.as_deref())?;
-    let mut finder = find::Finder::new(&repo, &pattern);
+    let snaps = history(repo, fl, a.until.as_deref())?;
+    let mut finder = find::Finder::new(repo, &pattern);
     let mut groups = Vec::new();
     let mut out = std::io::stdout().lock();
     let mut total = 0;

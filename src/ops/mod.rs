@@ -12,6 +12,7 @@ pub mod find;
 pub mod forget;
 pub mod handoff;
 pub mod image;
+pub mod keep;
 pub mod ls;
 pub mod problem;
 pub mod prune;

@@ -553,3 +553,20 @@ pub(super) fn copy_used(
     stats.bytes_written = done.bytes;
     Ok(done.index_files)
 }
+
+/// A vault older than format 3 backs up without confirming its packs, relying on prune's
+/// exclusive lock: two-phase prune does not run beside one.
+pub fn refuse_older_vaults(repo: &crate::repo::Repository) -> Result<()> {
+    let locks = crate::repo::lock::list_locks(&repo.backend, &repo.keys)?;
+    let older = |l: &&crate::repo::lock::LockInfo| {
+        (l.from_older_vault() || l.lock.is_none()) && !l.is_dead()
+    };
+    match locks.iter().find(older) {
+        Some(l) => Err(crate::error::VaultError::Locked(format!(
+            "{} is from a vault older than format 3 (or unreadable), which relies on prune not running beside it; wait for it, and upgrade vault on that host",
+            l.describe()
+        ))
+        .into()),
+        None => Ok(()),
+    }
+}

@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use jiff::Timestamp;
 
 use crate::error::VaultError;
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
-use crate::repo::Repository;
 use crate::repo::repository::is_misnamed;
+use crate::repo::{FileKind, Repository};
 
 #[derive(Default, Clone, Debug)]
 pub struct Filter {
@@ -145,4 +145,29 @@ pub fn select(
         0 => bail!("snapshot {spec}: no such snapshot (see `vault snapshots`)"),
         n => bail!("snapshot {spec}: prefix matches {n} snapshots; give more digits"),
     }
+}
+
+/// Snapshots named by id prefixes; each must name exactly one.
+pub fn by_ids(repo: &Repository, ids: &[String]) -> Result<Vec<Id>> {
+    let all = repo.backend.list(FileKind::Snapshot)?;
+    ids.iter()
+        .map(|spec| {
+            let s = spec.to_ascii_lowercase();
+            let hits: Vec<&Id> = all
+                .iter()
+                .filter(|id| id.to_hex().starts_with(&s))
+                .collect();
+            match hits.as_slice() {
+                [one] if !s.is_empty() => Ok(**one),
+                [] => Err(anyhow!(
+                    "snapshot {spec}: no such snapshot (see `vault snapshots`)"
+                )),
+                _ => Err(VaultError::Usage(format!(
+                    "snapshot {spec:?}: matches {} snapshots; give more digits",
+                    hits.len()
+                ))
+                .into()),
+            }
+        })
+        .collect()
 }

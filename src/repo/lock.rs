@@ -23,6 +23,7 @@ use crate::format::Id;
 use crate::format::crypto::Keys;
 use crate::format::lock::Lock;
 pub use crate::format::lock::LockKind;
+use crate::report::{Report, Reporter, Silent};
 
 /// A lock this process watched unchanged for this long is stale.
 pub const STALE_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -329,6 +330,7 @@ fn check_conflicts(
     kind: LockKind,
     watch: &mut Watch,
     own: &str,
+    report: &dyn Reporter,
 ) -> Result<()> {
     let locks = list_locks(backend, keys)?;
     watch.observe(&locks);
@@ -341,16 +343,16 @@ fn check_conflicts(
             continue;
         }
         if other.is_dead() {
-            eprintln!(
-                "vault: ignoring dead {} (its process is gone from this machine; `vault unlock` removes it)",
+            report.warn(&format!(
+                "ignoring dead {} (its process is gone from this machine; `vault unlock` removes it)",
                 other.describe()
-            );
+            ));
         } else if watch.is_stale(other) {
-            eprintln!(
-                "vault: ignoring stale {} (unchanged for {} while this process watched it)",
+            report.warn(&format!(
+                "ignoring stale {} (unchanged for {} while this process watched it)",
                 other.describe(),
                 human(watch.unchanged_for(other))
-            );
+            ));
         } else {
             return Err(VaultError::Locked(format!(
                 "{}; wait for it to finish (--lock-wait), or if its process is gone (another machine or container), run `vault unlock --stale`",
@@ -383,6 +385,8 @@ struct Held {
     template: Lock,
     objects: Mutex<Objects>,
     health: Mutex<Health>,
+    /// Where the refresher's and the conflict checks' warnings go.
+    report: Report,
 }
 
 impl Held {
@@ -485,6 +489,7 @@ impl LockGuard {
             self.held.template.kind(),
             &mut Watch::new(),
             &own,
+            &*self.held.report,
         )?;
         locked(&self.held.health).lapsed = None;
         Ok(())
@@ -503,12 +508,12 @@ impl LockGuard {
                 rx.recv_timeout(refresh_every())
             {
                 if let Err(e) = held.refresh() {
-                    eprintln!(
-                        "vault: warning: cannot refresh the {}: {} (it stops before publishing anything once this lasts {})",
+                    held.report.warn(&format!(
+                        "cannot refresh the {}: {} (it stops before publishing anything once this lasts {})",
                         held.describe(),
                         crate::error::one_line(&e),
                         human(hold_limit())
-                    );
+                    ));
                 }
             }
         }));
@@ -519,7 +524,7 @@ impl LockGuard {
 /// neither dead nor stale. The own lock is written first and the others read after, so
 /// two racing processes cannot both miss each other.
 pub fn acquire(repo: &Repository, kind: LockKind, command: &str) -> Result<LockGuard> {
-    acquire_watching(repo, kind, command, &mut Watch::new())
+    acquire_watching(repo, kind, command, &mut Watch::new(), Arc::new(Silent))
 }
 
 /// `acquire`, remembering in `watch` what it saw: a caller that retries with the same
@@ -529,6 +534,7 @@ pub fn acquire_watching(
     kind: LockKind,
     command: &str,
     watch: &mut Watch,
+    report: Report,
 ) -> Result<LockGuard> {
     let location = repo.location().to_string();
     if !locked(&HELD).insert(location.clone()) {
@@ -563,6 +569,7 @@ pub fn acquire_watching(
             last_ok: start,
             lapsed: None,
         }),
+        report,
     };
     let first = held.write_object();
     let first = match first {
@@ -583,7 +590,14 @@ pub fn acquire_watching(
         refresher: None,
     };
     // On failure the guard drops, deleting the own lock again.
-    check_conflicts(&repo.backend, &repo.keys, kind, watch, &first)?;
+    check_conflicts(
+        &repo.backend,
+        &repo.keys,
+        kind,
+        watch,
+        &first,
+        &*guard.held.report,
+    )?;
     guard.start_refresher();
     Ok(guard)
 }

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, CONFIG_PATH, FileKind, is_not_found, is_storage_error};
@@ -326,6 +326,36 @@ impl Repository {
             );
         }
         self.backend.delete(&FileKind::Key.path(id))
+    }
+
+    /// The key whose id starts with `prefix`; it must name exactly one.
+    pub fn find_key(&self, prefix: &str) -> Result<Id> {
+        let p = prefix.to_ascii_lowercase();
+        let hits: Vec<Id> = self
+            .backend
+            .list(FileKind::Key)?
+            .into_iter()
+            .filter(|k| k.to_hex().starts_with(&p))
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(*one),
+            [] => bail!("key {prefix}: no such key (see `vault key list`)"),
+            _ => {
+                Err(VaultError::Usage(format!("key {prefix}: prefix matches several keys")).into())
+            }
+        }
+    }
+
+    /// Replaces the key this repository was opened with by one for `password`: the new
+    /// key is written before the old one is removed, so there is never no key. Returns
+    /// the new key's id and the old one's.
+    pub fn change_password(&self, password: &[u8], label: &str, log_n: u8) -> Result<(Id, Id)> {
+        let old = self.key_id.ok_or_else(|| {
+            anyhow!("opened with a raw key file: use `vault key add` to add a password")
+        })?;
+        let id = self.add_key(password, label, log_n)?;
+        self.remove_key(&old).context("removing the old key")?;
+        Ok((id, old))
     }
 
     pub fn raw_key_export(&self) -> RawKeyFile {

@@ -1,0 +1,325 @@
+//! The library's front door: a repository session whose type says how far it has come,
+//! so that the order every operation depends on cannot be got wrong.
+//!
+//! ```text
+//! Session::open ─► Session<Open> ─ lock / without_lock ─► Session<Locked>
+//!                                        ├─ index ─────────────► Session<Indexed>    (read)
+//!                                        └─ index_for_backup ──► Session<ForBackup>  (write)
+//! ```
+//!
+//! - The index is loaded only once a lock is held (or the caller chose to go without
+//!   one): it may change while a process waits for its lock.
+//! - A backup starts only after the packs an interrupted run left behind are indexed,
+//!   so a new snapshot never depends on a pack that no index file lists.
+//! - Whatever cannot be taken back (publishing a snapshot, deleting) is done here, after
+//!   checking that the lock is still held.
+//!
+//! Warnings go to the [`Reporter`] given at open; errors are [`crate::error::Error`].
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::error::{ErrorKind, Result, VaultError};
+use crate::format::Id;
+use crate::ops::{backup, forget, prune, restore, select};
+use crate::repo::lock::{self, LockGuard, LockKind};
+use crate::repo::repository::{InitOptions, Secret};
+use crate::repo::{Backend, FileKind, Repository};
+use crate::report::{Report, Reporter};
+
+/// The states of a [`Session`].
+pub mod state {
+    /// Config and keys read: snapshots, keys and locks can be listed.
+    pub struct Open;
+    /// A lock is held, or the caller chose to go without one.
+    pub struct Locked;
+    /// The index is loaded for reading: ls, restore, dump, check.
+    pub struct Indexed;
+    /// The index is loaded for writing, and left-over packs are indexed: backup.
+    pub struct ForBackup;
+}
+use state::{ForBackup, Indexed, Locked, Open};
+
+/// Whether and how a session locks the repository.
+#[derive(Clone, Copy, Debug)]
+pub enum Locking {
+    /// Take the lock; a conflicting live lock fails at once, or, with `wait`, is waited
+    /// for that long (tried again every two seconds).
+    Take { wait: Option<Duration> },
+    /// Go without a lock (`--no-lock`): for callers who know that nothing else uses the
+    /// repository, such as a read-only copy.
+    Skip,
+}
+
+/// An open repository, at stage `S`.
+pub struct Session<S> {
+    repo: Repository,
+    lock: Option<LockGuard>,
+    report: Report,
+    stage: PhantomData<S>,
+}
+
+impl<S> Session<S> {
+    fn to<T>(self) -> Session<T> {
+        Session {
+            repo: self.repo,
+            lock: self.lock,
+            report: self.report,
+            stage: PhantomData,
+        }
+    }
+
+    /// The repository, for reading at any stage.
+    pub fn repo(&self) -> &Repository {
+        &self.repo
+    }
+
+    pub fn reporter(&self) -> &dyn Reporter {
+        &*self.report
+    }
+
+    /// The kind of lock held, if any.
+    pub fn lock_kind(&self) -> Option<LockKind> {
+        self.lock.as_ref().map(LockGuard::kind)
+    }
+
+    /// Fails ([`ErrorKind::Locked`]) when the lock went unrefreshed so long that another
+    /// process may have judged it stale: called before each step that cannot be taken
+    /// back.
+    pub fn ensure_held(&self) -> Result<()> {
+        Ok(self.lock.as_ref().map_or(Ok(()), LockGuard::ensure_held)?)
+    }
+
+    /// Gives up the lock (it is also given up when the session is dropped).
+    pub fn release(mut self) -> Session<Open> {
+        self.lock = None;
+        self.to()
+    }
+
+    /// Reads fall back to these mirrors, per object.
+    pub fn with_fallbacks(mut self, mirrors: Vec<Backend>) -> Self {
+        if !mirrors.is_empty() {
+            self.repo.backend = self.repo.backend.clone().with_fallbacks(mirrors);
+        }
+        self
+    }
+
+    /// This session's repository for rules that need to change it in place (mirror
+    /// wiring, upgrade): only within the library.
+    pub(crate) fn repo_mut(&mut self) -> &mut Repository {
+        &mut self.repo
+    }
+
+    /// The repository alone, for command-line code not yet moved onto sessions.
+    pub(crate) fn into_repo(self) -> Repository {
+        self.repo
+    }
+
+    fn warn_damaged_index(&self) {
+        for (id, why) in &self.repo.damaged_index {
+            self.report.warn(&format!(
+                "index {} skipped ({why}); blobs it lists count as missing until `vault repair index`",
+                id.short()
+            ));
+        }
+    }
+}
+
+impl Session<Open> {
+    /// Opens the repository at `location`. `secret` is asked for only once a repository
+    /// is known to be there, so that a wrong location fails before any prompt.
+    pub fn open(
+        location: &str,
+        secret: impl FnOnce() -> anyhow::Result<Secret>,
+        report: Report,
+    ) -> Result<Session<Open>> {
+        let backend = Backend::open(location)?;
+        if !backend.exists(crate::repo::backend::CONFIG_PATH)? {
+            return Err(match backend.why_absent() {
+                Some(e) => e.into(),
+                None => VaultError::NoRepository(location.to_string()).into(),
+            });
+        }
+        let secret = secret()?;
+        Ok(Self::new(Repository::open(backend, &secret)?, report))
+    }
+
+    /// Creates a repository at `location`; fails ([`ErrorKind::AlreadyExists`]) if one
+    /// is there.
+    pub fn init(
+        location: &str,
+        password: &[u8],
+        opts: &InitOptions,
+        report: Report,
+    ) -> Result<Session<Open>> {
+        let backend = Backend::open(location)?;
+        if backend.exists(crate::repo::backend::CONFIG_PATH)? {
+            return Err(VaultError::AlreadyExists(location.to_string()).into());
+        }
+        Ok(Self::new(
+            Repository::init(backend, password, opts)?,
+            report,
+        ))
+    }
+
+    fn new(repo: Repository, report: Report) -> Session<Open> {
+        Session {
+            repo,
+            lock: None,
+            report,
+            stage: PhantomData,
+        }
+    }
+
+    /// Takes a lock of `kind` for `command`, as `how` says; a conflict fails with
+    /// [`ErrorKind::Locked`]. A lock watched unchanged for the stale threshold is passed.
+    pub fn lock(self, kind: LockKind, command: &str, how: Locking) -> Result<Session<Locked>> {
+        let wait = match how {
+            Locking::Skip => return Ok(self.without_lock()),
+            Locking::Take { wait } => wait,
+        };
+        let deadline = wait.map(|w| Instant::now() + w);
+        // Kept across retries: what was watched unchanged long enough may be passed.
+        let mut watch = lock::Watch::new();
+        loop {
+            match lock::acquire_watching(&self.repo, kind, command, &mut watch, self.report.clone())
+            {
+                Ok(guard) => {
+                    let mut s = self.to::<Locked>();
+                    s.lock = Some(guard);
+                    return Ok(s);
+                }
+                Err(e)
+                    if ErrorKind::of(&e) == ErrorKind::Locked
+                        && deadline.is_some_and(|d| Instant::now() < d) =>
+                {
+                    // Our own lock is gone again (acquire removes it on failure).
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Goes on without a lock: for dry runs, which write nothing.
+    pub fn without_lock(self) -> Session<Locked> {
+        self.to()
+    }
+
+    /// Prune: takes the lock prune needs (two-phase prune runs beside backups; before
+    /// format 3 it excludes everything), then reclaims what no snapshot uses.
+    pub fn prune(
+        self,
+        opts: &prune::PruneOptions,
+        counters: &prune::Counters,
+        how: Locking,
+    ) -> Result<prune::PruneStats> {
+        let two_phase = self.repo.two_phase();
+        let kind = if two_phase {
+            LockKind::Prune
+        } else {
+            LockKind::Exclusive
+        };
+        let mut s = self.lock(kind, "prune", how)?;
+        if two_phase {
+            prune::refuse_older_vaults(&s.repo)?;
+        } else {
+            // Read after the lock is held; two-phase prune reads it again itself, after
+            // listing the snapshots.
+            s.repo.load_index()?;
+        }
+        let held = || s.lock.as_ref().map_or(Ok(()), LockGuard::ensure_held);
+        Ok(prune::prune(&mut s.repo, opts, counters, &held)?)
+    }
+}
+
+impl Session<Locked> {
+    /// Loads the index for reading; damaged index files are reported and skipped.
+    pub fn index(mut self) -> Result<Session<Indexed>> {
+        self.repo.load_index()?;
+        self.warn_damaged_index();
+        Ok(self.to())
+    }
+
+    /// Loads the index for a backup and, unless `dry_run`, indexes the packs an
+    /// interrupted run left behind, whose blobs the backup then reuses.
+    pub fn index_for_backup(mut self, dry_run: bool) -> Result<Session<ForBackup>> {
+        self.repo.load_index_for_backup()?;
+        self.warn_damaged_index();
+        if !dry_run {
+            let n = self.repo.adopt_unindexed()?;
+            if n > 0 {
+                self.report.warn(&format!(
+                    "indexed {n} pack(s) left without an index (interrupted backup or damaged index)"
+                ));
+            }
+        }
+        Ok(self.to())
+    }
+
+    /// Forgets `ids`: the forget record first (it is what lets sync remove them from the
+    /// mirrors too), then each snapshot file.
+    pub fn forget(&self, ids: &[Id]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ensure_held()?;
+        self.repo.save_forget_record(ids)?;
+        for id in ids {
+            self.repo.backend.delete(&FileKind::Snapshot.path(id))?;
+        }
+        Ok(())
+    }
+
+    /// Raises the repository to the newest format this vault writes; the format it had,
+    /// or `None` when it was already there. Needs the exclusive lock.
+    pub fn upgrade(&mut self) -> Result<Option<u32>> {
+        Ok(self.repo.upgrade()?)
+    }
+
+    /// The snapshots a retention policy removes, group by group with the reasons.
+    pub fn plan_forget(
+        &self,
+        policy: &forget::Policy,
+        filter: &select::Filter,
+        group_by: forget::GroupBy,
+    ) -> Result<Vec<forget::Group>> {
+        let warn = |m: String| self.report.warn(&m);
+        let snaps = select::list(&self.repo, filter, &warn)?;
+        Ok(forget::apply(
+            policy,
+            &snaps,
+            group_by,
+            &jiff::tz::TimeZone::system(),
+        ))
+    }
+}
+
+impl Session<ForBackup> {
+    /// Backs up as `opts` says. Before it confirms and publishes, the lock is renewed:
+    /// a backup may outlive its lock's refreshes (a suspended laptop), and stops if
+    /// another process now excludes it.
+    pub fn backup(
+        &mut self,
+        opts: &backup::BackupOptions,
+        counters: Arc<backup::Counters>,
+        warn: backup::Warn,
+    ) -> Result<backup::BackupResult> {
+        let lock = &self.lock;
+        let held = || lock.as_ref().map_or(Ok(()), LockGuard::renew);
+        Ok(backup::backup(&mut self.repo, opts, counters, warn, &held)?)
+    }
+}
+
+impl Session<Indexed> {
+    /// Restores the tree `root` as `opts` says.
+    pub fn restore(
+        &self,
+        root: &Id,
+        opts: &restore::RestoreOptions,
+        counters: Arc<restore::Counters>,
+    ) -> Result<restore::RestoreResult> {
+        Ok(restore::restore(&self.repo, root, opts, counters)?)
+    }
+}
