@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{ErrorKind, Result, VaultError};
 use crate::format::Id;
+use crate::format::snapshot::Snapshot;
 use crate::ops::{backup, forget, prune, restore, select};
 use crate::repo::lock::{self, LockGuard, LockKind};
 use crate::repo::repository::{InitOptions, Secret};
@@ -91,6 +92,13 @@ impl<S> Session<S> {
         Ok(self.lock.as_ref().map_or(Ok(()), LockGuard::ensure_held)?)
     }
 
+    /// The snapshots `filter` selects, oldest first; unreadable ones are reported and
+    /// left out.
+    pub fn snapshots(&self, filter: &select::Filter) -> Result<Vec<(Id, Snapshot)>> {
+        let warn = |m: String| self.report.warn(&m);
+        Ok(select::list(&self.repo, filter, &warn)?)
+    }
+
     /// Gives up the lock (it is also given up when the session is dropped).
     pub fn release(mut self) -> Session<Open> {
         self.lock = None;
@@ -145,11 +153,12 @@ impl Session<Open> {
         Ok(Self::new(Repository::open(backend, &secret)?, report))
     }
 
-    /// Creates a repository at `location`; fails ([`ErrorKind::AlreadyExists`]) if one
-    /// is there.
-    pub fn init(
+    /// Creates a repository at `location`, its first key opened by the password
+    /// `password` gives; fails ([`ErrorKind::AlreadyExists`]) if one is there, before
+    /// asking for the password.
+    pub fn init<P: AsRef<[u8]>>(
         location: &str,
-        password: &[u8],
+        password: impl FnOnce() -> anyhow::Result<P>,
         opts: &InitOptions,
         report: Report,
     ) -> Result<Session<Open>> {
@@ -157,10 +166,9 @@ impl Session<Open> {
         if backend.exists(crate::repo::backend::CONFIG_PATH)? {
             return Err(VaultError::AlreadyExists(location.to_string()).into());
         }
-        Ok(Self::new(
-            Repository::init(backend, password, opts)?,
-            report,
-        ))
+        let password = password()?;
+        let repo = Repository::init(backend, password.as_ref(), opts)?;
+        Ok(Self::new(repo, report))
     }
 
     fn new(repo: Repository, report: Report) -> Session<Open> {
@@ -205,6 +213,16 @@ impl Session<Open> {
     /// Goes on without a lock: for dry runs, which write nothing.
     pub fn without_lock(self) -> Session<Locked> {
         self.to()
+    }
+
+    /// Removes locks as `mode` says (dead, stale, or all); `waiting` hears about each
+    /// lock it watches for staleness.
+    pub fn unlock(
+        &self,
+        mode: lock::UnlockMode,
+        waiting: &dyn Fn(String),
+    ) -> Result<lock::Unlocked> {
+        Ok(lock::unlock(&self.repo, mode, waiting)?)
     }
 
     /// Prune: takes the lock prune needs (two-phase prune runs beside backups; before
@@ -285,8 +303,7 @@ impl Session<Locked> {
         filter: &select::Filter,
         group_by: forget::GroupBy,
     ) -> Result<Vec<forget::Group>> {
-        let warn = |m: String| self.report.warn(&m);
-        let snaps = select::list(&self.repo, filter, &warn)?;
+        let snaps = self.snapshots(filter)?;
         Ok(forget::apply(
             policy,
             &snaps,

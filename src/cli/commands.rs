@@ -15,12 +15,10 @@ use super::{
 };
 use super::{export, integrity, mirrors, password, retention, timetravel};
 use crate::error::{VaultError, exit, exit_code};
-use crate::format::config::ChunkerParams;
 use crate::ops::{backup, dump, ls, restore, select};
-use crate::repo::backend::CONFIG_PATH;
+use crate::repo::Repository;
 use crate::repo::lock::{self, LockGuard, LockKind};
 use crate::repo::repository::{InitOptions, default_log_n};
-use crate::repo::{Backend, Repository};
 use crate::report::Report;
 use crate::session::state::{Indexed, Open};
 use crate::session::{Locking, Session};
@@ -201,36 +199,22 @@ pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
 
 fn init(g: &Global, a: InitArgs) -> Result<i32> {
     let (loc, default) = location(g)?;
-    if Backend::open(&loc)?.exists(CONFIG_PATH)? {
-        // Before the password prompt: nothing to ask for.
-        return Err(VaultError::AlreadyExists(loc).into());
-    }
-    let avg = u32::try_from(a.chunk_size)
-        .ok()
-        .filter(|v| (1024..=4 << 20).contains(v))
-        .ok_or_else(|| VaultError::Usage("--chunk-size: give 1K to 4M".into()))?
-        & !1;
-    let mut chunker = ChunkerParams::with_avg(avg);
-    if a.format_version < 3 {
-        // Older vaults know only the XOR-seeded table; with it they deduplicate alike.
-        chunker.gear = None;
-    }
-    let opts = InitOptions {
-        chunker,
-        pack_size: u32::try_from(a.pack_size)
-            .map_err(|_| VaultError::Usage("--pack-size must be under 4 GiB".into()))?,
-        compression_level: a.compression,
-        kdf_log_n: default_log_n(),
-        label: a.label,
-        version: a.format_version,
-    };
-    let pw = password::password(
-        g.password_file.as_deref(),
-        g.password_command.as_deref(),
-        &format!("new repository {loc}"),
-        true,
+    let opts = InitOptions::new(
+        a.chunk_size,
+        a.pack_size,
+        a.compression,
+        a.label,
+        a.format_version,
     )?;
-    let s = Session::init(&loc, &pw, &opts, reporter())?;
+    let pw = || {
+        password::password(
+            g.password_file.as_deref(),
+            g.password_command.as_deref(),
+            &format!("new repository {loc}"),
+            true,
+        )
+    };
+    let s = Session::init(&loc, pw, &opts, reporter())?;
     let repo = s.repo();
     if g.json {
         print_json(&json!({"repository": repo.location(), "id": repo.config.id}))?;
@@ -658,7 +642,6 @@ fn key_list(g: &Global, repo: &Repository) -> Result<()> {
 
 fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
     let session = session(g)?;
-    let repo = session.repo();
     let mode = if a.remove_all {
         lock::UnlockMode::All
     } else if a.stale {
@@ -667,7 +650,7 @@ fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
         lock::UnlockMode::Dead
     };
     let quiet = g.quiet || g.json;
-    let r = lock::unlock(repo, mode, &|line| {
+    let r = session.unlock(mode, &|line| {
         if !quiet {
             eprintln!("{line}");
         }

@@ -104,6 +104,54 @@ pub struct InitOptions {
     pub version: u32,
 }
 
+impl InitOptions {
+    /// Options from the sizes people give: an average chunk of 1 KiB to 4 MiB, a pack
+    /// under 4 GiB, a zstd level, the first key's label and a format version (older
+    /// formats for repositories that older vaults must read).
+    pub fn new(
+        chunk_size: u64,
+        pack_size: u64,
+        compression_level: i32,
+        label: String,
+        version: u32,
+    ) -> Result<InitOptions, VaultError> {
+        let avg = u32::try_from(chunk_size)
+            .ok()
+            .filter(|v| (1024..=4 << 20).contains(v))
+            .ok_or_else(|| VaultError::Usage("--chunk-size: give 1K to 4M".into()))?
+            & !1;
+        let mut chunker = ChunkerParams::with_avg(avg);
+        if version < 3 {
+            // Older vaults know only the XOR-seeded table; with it they deduplicate alike.
+            chunker.gear = None;
+        }
+        Ok(InitOptions {
+            chunker,
+            pack_size: u32::try_from(pack_size)
+                .map_err(|_| VaultError::Usage("--pack-size must be under 4 GiB".into()))?,
+            compression_level,
+            kdf_log_n: default_log_n(),
+            label,
+            version,
+        })
+    }
+}
+
+impl Default for InitOptions {
+    /// What `vault init` creates without options; the password's scrypt cost is
+    /// calibrated to about a second on this machine (or VAULT_KDF_LOG_N).
+    fn default() -> InitOptions {
+        InitOptions {
+            chunker: ChunkerParams::with_avg(128 << 10),
+            pack_size: 16 << 20,
+            compression_level: 3,
+            kdf_log_n: default_log_n(),
+            label: "initial".into(),
+            version: crate::format::config::REPO_VERSION,
+        }
+    }
+}
+
 pub struct Repository {
     pub backend: Backend,
     pub keys: Keys,
