@@ -12,7 +12,7 @@ use super::progress::{Granular, Meter, Progress, human_bytes};
 use super::{Global, MirrorAddArgs, MirrorCommand};
 use crate::error::{VaultError, exit};
 use crate::format::mirror::MirrorDef;
-use crate::ops::copies::{self, MirrorSync, Shortfall, Status, SyncProgress, Verdict};
+use crate::ops::copies::{self, MirrorSync, Shortfall, SyncProgress};
 use crate::ops::sync;
 use crate::repo::Repository;
 use crate::repo::location::Access;
@@ -90,32 +90,24 @@ fn add(g: &Global, repo: Repository, a: MirrorAddArgs) -> Result<i32> {
 }
 
 fn list(g: &Global, repo: &Repository) -> Result<i32> {
-    let mut rows = Vec::new();
-    for copies::Listed { def: d, verdict } in copies::list(repo)? {
-        let mut row = serde_json::to_value(&d)?;
-        let (trusted, text) = match verdict {
-            None => (json!(null), "".to_string()),
-            Some(Verdict::Trusted(a)) => {
-                row["generic_credentials"] = json!(a.generic_credentials);
-                row["insecure_http"] = json!(a.insecure_http);
-                (json!(true), "trusted".to_string())
-            }
-            Some(Verdict::Untrusted { .. }) => (
-                json!(false),
-                format!("UNTRUSTED (`vault mirror trust {}`)", d.name),
-            ),
-        };
-        row["trusted"] = trusted;
-        if !g.json {
-            println!(
-                "{:<12}  {:<10}  {:<12}  {}  {text}",
-                d.name, d.vendor, d.region, d.url
-            );
-        }
-        rows.push(row);
-    }
+    let listed = copies::list(repo)?;
     if g.json {
-        print_json(&json!(rows))?;
+        print_json(&json!(listed))?;
+        return Ok(exit::OK);
+    }
+    for copies::Listed {
+        def: d, trusted, ..
+    } in &listed
+    {
+        let text = match trusted {
+            None => String::new(),
+            Some(true) => "trusted".to_string(),
+            Some(false) => format!("UNTRUSTED (`vault mirror trust {}`)", d.name),
+        };
+        println!(
+            "{:<12}  {:<10}  {:<12}  {}  {text}",
+            d.name, d.vendor, d.region, d.url
+        );
     }
     Ok(exit::OK)
 }
@@ -257,19 +249,7 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
     let mut lines = SyncLines { g, progress: None };
     let outcome = copies::sync_mirrors(&repo, only, &warn, &mut lines)?;
     if g.json {
-        let results: Vec<serde_json::Value> = outcome
-            .mirrors
-            .iter()
-            .map(|m| match &m.result {
-                Ok(rep) => {
-                    json!({"mirror": m.mirror, "ok": true, "seconds": m.seconds, "report": rep})
-                }
-                Err(e) => {
-                    json!({"mirror": m.mirror, "ok": false, "error": crate::error::one_line(e)})
-                }
-            })
-            .collect();
-        print_json(&json!({ "mirrors": results }))?;
+        print_json(&json!({ "mirrors": outcome.mirrors }))?;
     }
     Ok(if outcome.complete() {
         exit::OK
@@ -284,7 +264,7 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
     let repo = open(g)?;
     let s = copies::status(&repo, max_age, &warn)?;
     let warnings: Vec<String> = s.shortfalls.iter().map(shortfall_line).collect();
-    let summary = summary_line(&s);
+    let summary = s.to_string();
     if g.json {
         print_json(&json!({"copies": s.copies, "summary": summary, "warnings": warnings}))?;
         return Ok(exit::OK);
@@ -295,7 +275,7 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
             c.name,
             c.vendor,
             c.region,
-            copy_state(c),
+            c.state(),
             c.url
         );
     }
@@ -306,60 +286,11 @@ pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// "complete", "behind by …" or why not, then the cold note and the last sync.
-fn copy_state(c: &copies::CopyStatus) -> String {
-    let mut state = if c.mirror.as_ref().is_some_and(|m| !m.trusted) {
-        c.error.clone().unwrap_or_else(|| "untrusted".into())
-    } else if !c.reachable {
-        format!("unreachable: {}", c.error.as_deref().unwrap_or(""))
-    } else if c.complete {
-        "complete".to_string()
-    } else {
-        format!(
-            "behind by {} objects ({})",
-            c.missing_objects.unwrap_or(0),
-            human_bytes(c.missing_bytes.unwrap_or(0))
-        )
-    };
-    if c.cold == Some(true) {
-        state.push_str("; cold: its packs need a warm-up before a restore");
-    }
-    if let Some(t) = c.mirror.as_ref().and_then(|m| m.last_sync.as_deref()) {
-        state.push_str(&format!("; last sync {t}"));
-    }
-    state
-}
-
-fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
-    if n == 1 { one } else { many }
-}
-
-fn summary_line(s: &Status) -> String {
-    let export = match &s.export {
-        None => "no offline export yet".to_string(),
-        Some(e) => format!(
-            "newest offline export: {}, {} day{} old",
-            e.label,
-            e.days,
-            if e.days == 1 { "" } else { "s" }
-        ),
-    };
-    format!(
-        "{} complete cop{}, {} vendor{}, {} region{}, {export}",
-        s.complete,
-        plural(s.complete, "y", "ies"),
-        s.vendors,
-        plural(s.vendors, "", "s"),
-        s.regions,
-        plural(s.regions, "", "s"),
-    )
-}
-
 fn shortfall_line(f: &Shortfall) -> String {
     match f {
         Shortfall::FewCopies { complete } => format!(
             "only {complete} complete cop{}: keep at least 3 (add mirrors, then `vault sync`)",
-            plural(*complete, "y", "ies")
+            if *complete == 1 { "y" } else { "ies" }
         ),
         Shortfall::SingleVendor => "a single vendor (or none recorded) holds the complete copies: one account closure loses them all (`vault mirror add ... --vendor`)".into(),
         Shortfall::SingleRegion => "a single region (or none recorded) holds the complete copies: one disaster loses them all (`--region`)".into(),

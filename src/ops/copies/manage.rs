@@ -1,6 +1,7 @@
 //! Defining mirrors in the repository, and this host's trust in them.
 
 use anyhow::Result;
+use serde::Serialize;
 
 use super::PRIMARY;
 use super::judge::{in_force, no_such};
@@ -85,22 +86,43 @@ fn mirror_url(url: &str, endpoint: Option<&str>, region: &str) -> Result<String>
     Ok(u.to_string())
 }
 
-/// One definition in force, with this host's verdict (none for `primary`).
+/// One definition in force, as `mirror list` shows it.
+#[derive(Serialize, Debug)]
 pub struct Listed {
+    #[serde(flatten)]
     pub def: MirrorDef,
-    pub verdict: Option<Verdict>,
+    /// Whether this host uses it; None for `primary`, which is not a mirror.
+    pub trusted: Option<bool>,
+    /// What it may be sent, when trusted.
+    #[serde(flatten)]
+    pub access: Option<Granted>,
+}
+
+/// `Access`, as listed.
+#[derive(Serialize, Debug)]
+pub struct Granted {
+    pub generic_credentials: bool,
+    pub insecure_http: bool,
 }
 
 pub fn list(repo: &Repository) -> Result<Vec<Listed>> {
     let store = Store::load(&repo.config.id)?;
-    Ok(repo
-        .mirror_defs()?
-        .into_iter()
-        .map(|def| {
-            let verdict = (def.name != PRIMARY).then(|| store.verdict(&def));
-            Listed { def, verdict }
-        })
-        .collect())
+    let listed = |def: MirrorDef| {
+        let verdict = (def.name != PRIMARY).then(|| store.verdict(&def));
+        let access = match &verdict {
+            Some(Verdict::Trusted(a)) => Some(Granted {
+                generic_credentials: a.generic_credentials,
+                insecure_http: a.insecure_http,
+            }),
+            _ => None,
+        };
+        Listed {
+            trusted: verdict.map(|v| matches!(v, Verdict::Trusted(_))),
+            access,
+            def,
+        }
+    };
+    Ok(repo.mirror_defs()?.into_iter().map(listed).collect())
 }
 
 /// Trusts the definition of `name` in force on this host, as the user sees it printed.

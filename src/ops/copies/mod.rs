@@ -7,6 +7,7 @@
 //! Nothing here prints: warnings go to the caller's [`Reporter`](crate::report::Reporter),
 //! results come back as data for the caller to render.
 
+mod describe;
 mod judge;
 mod manage;
 mod repair;
@@ -16,7 +17,7 @@ pub mod trust;
 mod update;
 
 pub use judge::{TrustedMirrors, attach_mirrors, trusted_backends, trusted_mirrors};
-pub use manage::{Listed, NewMirror, Untrusted, add, list, remove, trust, untrust};
+pub use manage::{Granted, Listed, NewMirror, Untrusted, add, list, remove, trust, untrust};
 pub use repair::{RepairSource, repair_from, repair_source};
 pub use status::{CopyStatus, ExportAge, MirrorFacts, Shortfall, Status, status};
 pub use trust::Verdict;

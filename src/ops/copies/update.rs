@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::judge::{trusted_def, trusted_mirrors};
 use super::state;
+use crate::error::one_line;
 use crate::ops::sync::{self, CopyReport, Counters};
 use crate::repo::repository::now_rfc3339;
 use crate::repo::{Backend, Repository};
@@ -90,4 +92,21 @@ pub fn sync_mirrors(
         mirrors,
         any_untrusted,
     })
+}
+
+/// `{"mirror", "ok": true, "seconds", "report"}`, or `{"mirror", "ok": false, "error"}`.
+impl Serialize for MirrorSync {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("mirror", &self.mirror)?;
+        m.serialize_entry("ok", &self.result.is_ok())?;
+        match &self.result {
+            Ok(report) => {
+                m.serialize_entry("seconds", &self.seconds)?;
+                m.serialize_entry("report", report)?;
+            }
+            Err(e) => m.serialize_entry("error", &one_line(e))?,
+        }
+        m.end()
+    }
 }
