@@ -248,3 +248,70 @@ fn newest_export(repo: &Repository, max_age: jiff::Span) -> Result<Option<Export
         too_old,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy(name: &str, vendor: &str, region: &str, complete: bool) -> CopyStatus {
+        CopyStatus {
+            name: name.into(),
+            url: String::new(),
+            vendor: vendor.into(),
+            region: region.into(),
+            mirror: None,
+            reachable: true,
+            complete,
+            cold: None,
+            missing_objects: None,
+            missing_bytes: None,
+            error: None,
+        }
+    }
+
+    fn kinds(s: &Status) -> Vec<String> {
+        let v = serde_json::to_value(&s.shortfalls).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| f["kind"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn three_copies_two_vendors_two_regions_and_a_fresh_export_suffice() {
+        let fresh = ExportAge {
+            label: "l".into(),
+            destination: "/d".into(),
+            days: 1,
+            too_old: false,
+        };
+        let s = judge(
+            vec![
+                copy("primary", "a", "r1", true),
+                copy("m1", "b", "r2", true),
+                copy("m2", "b", "r2", true),
+            ],
+            Some(fresh),
+        );
+        assert!(s.shortfalls.is_empty());
+        assert_eq!((s.complete, s.vendors, s.regions), (3, 2, 2));
+    }
+
+    #[test]
+    fn only_complete_copies_with_recorded_places_count() {
+        let s = judge(
+            vec![
+                copy("primary", "a", "", true),
+                copy("m1", "b", "r2", false),
+                copy("m2", "a", "", true),
+            ],
+            None,
+        );
+        assert_eq!((s.complete, s.vendors, s.regions), (2, 1, 0));
+        assert_eq!(
+            kinds(&s),
+            ["few_copies", "single_vendor", "single_region", "no_export"]
+        );
+    }
+}
