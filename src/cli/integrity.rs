@@ -57,7 +57,7 @@ fn note_intact_copies(repo: &Repository, problems: &mut [Problem]) {
         return;
     }
     // Only the mirrors this host trusts are asked.
-    let mirrors = super::mirrors::trusted_backends(repo);
+    let mirrors = crate::ops::copies::trusted_backends(repo, &super::mirrors::warn);
     for p in problems.iter_mut() {
         let kind = match p.object.as_str() {
             "pack" => FileKind::Data,

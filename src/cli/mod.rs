@@ -14,7 +14,6 @@ mod retention;
 mod run;
 mod schedule;
 mod timetravel;
-pub mod trust;
 
 /// Forget's options from one string (`--snapshots`, profiles' retention); public for fuzzing.
 pub use export::parse_selection;

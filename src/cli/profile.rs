@@ -178,8 +178,8 @@ impl MirrorSection {
         }
     }
 
-    fn trust(&self) -> super::trust::ProfileTrust {
-        super::trust::ProfileTrust {
+    fn trust(&self) -> crate::ops::copies::trust::ProfileTrust {
+        crate::ops::copies::trust::ProfileTrust {
             trust: self.trust,
             url: self.url.clone(),
             generic_credentials: self.generic_credentials,
@@ -277,7 +277,7 @@ fn provide_credentials(profile: &str, p: &Profile) -> Result<()> {
         let limits = parse_limits(m.limits(), &format!("profile {profile}: mirrors.{name}."))?;
         provide_credentials(Some(name), vars);
         crate::repo::location::set_mirror_limits(name, limits);
-        super::trust::from_profile(name, m.trust());
+        crate::ops::copies::trust::from_profile(name, m.trust());
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod backup;
 pub mod check;
 pub mod confirm;
+pub mod copies;
 pub mod diff;
 pub mod dump;
 pub mod exclude;
