@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::error::{ErrorKind, Result, VaultError};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
-use crate::ops::{backup, forget, prune, restore, select};
+use crate::ops::{backup, copies, forget, prune, restore, select};
 use crate::repo::lock::{self, LockGuard, LockKind};
 use crate::repo::repository::{InitOptions, Secret};
 use crate::repo::{Backend, FileKind, Repository};
@@ -113,10 +113,11 @@ impl<S> Session<S> {
         self
     }
 
-    /// This session's repository for rules that need to change it in place (mirror
-    /// wiring, upgrade): only within the library.
-    pub(crate) fn repo_mut(&mut self) -> &mut Repository {
-        &mut self.repo
+    /// Reads fall back to the mirrors this host trusts, per object; mirrors that do not
+    /// open are reported (unless `quiet`) and left out.
+    pub fn with_mirrors(mut self, quiet: bool) -> Self {
+        copies::attach_mirrors(&mut self.repo, quiet, &*self.report);
+        self
     }
 
     /// The repository alone, for command-line code not yet moved onto sessions.
@@ -310,6 +311,26 @@ impl Session<Locked> {
             group_by,
             &jiff::tz::TimeZone::system(),
         ))
+    }
+}
+
+impl Session<Locked> {
+    /// `repair --from`: copies back to this repository what it lacks or holds damaged,
+    /// from `source` (see [`copies::repair_from`]).
+    pub fn repair_from(
+        &mut self,
+        source: &copies::RepairSource,
+        secret: &dyn Fn(&str) -> anyhow::Result<Secret>,
+    ) -> Result<crate::ops::sync::CopyReport> {
+        let location = self.repo.location().to_string();
+        let report = self.report.clone();
+        Ok(copies::repair_from(
+            &location,
+            Some(&mut self.repo),
+            source,
+            secret,
+            &*report,
+        )?)
     }
 }
 

@@ -114,9 +114,7 @@ pub(super) fn session(g: &Global) -> Result<Session<Open>> {
 
 /// Opens the repository, reading from mirrors where it fails.
 pub(super) fn mirrored(g: &Global) -> Result<Session<Open>> {
-    let mut s = session(g)?;
-    mirrors::attach(s.repo_mut(), g);
-    Ok(s)
+    Ok(session(g)?.with_mirrors(g.quiet))
 }
 
 /// Opens the repository with mirrors, locks it shared for `command`, loads its index.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{location, open, print_json, take_lock, warn_stderr};
+use super::commands::{location, locking, print_json, session, warn_stderr};
 use super::progress::{Granular, Meter, Progress, human_bytes};
 use super::{Global, MirrorAddArgs, MirrorCommand};
 use crate::error::{VaultError, exit};
@@ -17,15 +17,12 @@ use crate::ops::sync;
 use crate::repo::Repository;
 use crate::repo::location::Access;
 use crate::repo::lock::LockKind;
+use crate::session::Session;
+use crate::session::state::Open;
 
 /// The library's warnings, as every command prints them.
 pub(super) fn warn(message: &str) {
     warn_stderr(message.to_string());
-}
-
-/// Reads fall back to the trusted mirrors, per object.
-pub(super) fn attach(repo: &mut Repository, g: &Global) {
-    copies::attach_mirrors(repo, g.quiet, &warn);
 }
 
 /// What `mirror add` / `mirror trust` record for the mirror, from their flags.
@@ -41,17 +38,18 @@ fn or_none(s: &str) -> &str {
 }
 
 pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
-    let repo = open(g)?;
+    let session = session(g)?;
+    let repo = session.repo();
     match m {
-        MirrorCommand::Add(a) => add(g, repo, a),
-        MirrorCommand::List => list(g, &repo),
+        MirrorCommand::Add(a) => add(g, session, a),
+        MirrorCommand::List => list(g, repo),
         MirrorCommand::Trust {
             name,
             generic_credentials,
-        } => trust(g, &repo, &name, generic_credentials),
-        MirrorCommand::Untrust { name } => untrust(g, &repo, &name),
+        } => trust(g, repo, &name, generic_credentials),
+        MirrorCommand::Untrust { name } => untrust(g, repo, &name),
         MirrorCommand::Remove { name } => {
-            let def = copies::remove(&repo, &name)?;
+            let def = copies::remove(repo, &name)?;
             if g.json {
                 print_json(&json!({"removed": name, "url": def.url}))?;
             } else if !g.quiet {
@@ -65,7 +63,7 @@ pub fn mirror(g: &Global, m: MirrorCommand) -> Result<i32> {
     }
 }
 
-fn add(g: &Global, repo: Repository, a: MirrorAddArgs) -> Result<i32> {
+fn add(g: &Global, session: Session<Open>, a: MirrorAddArgs) -> Result<i32> {
     let access = access_from(g, a.generic_credentials);
     let new = copies::NewMirror {
         name: a.name,
@@ -75,7 +73,7 @@ fn add(g: &Global, repo: Repository, a: MirrorAddArgs) -> Result<i32> {
         region: a.region,
         labels: a.labels,
     };
-    let def = copies::add(&repo, new, access)?;
+    let def = copies::add(session.repo(), new, access)?;
     let no_sync = a.no_sync || def.name == copies::PRIMARY;
     if g.json && no_sync {
         print_json(&json!({"added": def.name, "url": def.url}))?;
@@ -85,7 +83,7 @@ fn add(g: &Global, repo: Repository, a: MirrorAddArgs) -> Result<i32> {
     if no_sync {
         return Ok(exit::OK);
     }
-    drop(repo);
+    drop(session);
     sync(g, Some(&def.name))
 }
 
@@ -243,11 +241,11 @@ impl SyncProgress for SyncLines<'_> {
 }
 
 pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
-    let mut repo = open(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "sync")?;
-    repo.load_index()?;
+    let s = session(g)?
+        .lock(LockKind::Shared, "sync", locking(g))?
+        .index()?;
     let mut lines = SyncLines { g, progress: None };
-    let outcome = copies::sync_mirrors(&repo, only, &warn, &mut lines)?;
+    let outcome = copies::sync_mirrors(s.repo(), only, &warn, &mut lines)?;
     if g.json {
         print_json(&json!({ "mirrors": outcome.mirrors }))?;
     }
@@ -261,8 +259,8 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
 pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
     let max_age = crate::ops::forget::parse_span(export_max_age)
         .map_err(|e| VaultError::Usage(format!("--export-max-age: {e}")))?;
-    let repo = open(g)?;
-    let s = copies::status(&repo, max_age, &warn)?;
+    let session = session(g)?;
+    let s = copies::status(session.repo(), max_age, &warn)?;
     let warnings: Vec<String> = s.shortfalls.iter().map(shortfall_line).collect();
     let summary = s.to_string();
     if g.json {
@@ -306,11 +304,12 @@ fn shortfall_line(f: &Shortfall) -> String {
 /// list or given by URL (the only way when this repository no longer opens).
 pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
     let (loc, _) = location(g)?;
-    let opened = open(g);
-    let source = copies::repair_source(opened.as_ref(), &loc, from)?;
-    let _lock = match &opened {
-        Ok(repo) => take_lock(g, repo, LockKind::Shared, "repair")?,
-        Err(_) => None, // a repository that does not open cannot hold a lock either
+    let opened = session(g);
+    let source = copies::repair_source(opened.as_ref().map(|s| s.repo()), &loc, from)?;
+    // A repository that does not open cannot hold a lock either.
+    let locked = match opened {
+        Ok(s) => Some(s.lock(LockKind::Shared, "repair", locking(g))?),
+        Err(_) => None,
     };
     let secret = |at: &str| {
         super::password::secret(
@@ -319,7 +318,10 @@ pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
             at,
         )
     };
-    let r = copies::repair_from(&loc, opened.ok(), &source, &secret, &warn)?;
+    let r = match locked {
+        Some(mut s) => s.repair_from(&source, &secret)?,
+        None => copies::repair_from(&loc, None, &source, &secret, &warn)?,
+    };
     for bad in &r.damaged_at_source {
         warn_stderr(format!("{bad} is damaged on {from} too: not copied"));
     }

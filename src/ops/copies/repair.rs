@@ -55,27 +55,24 @@ pub fn repair_source(
 /// repository, given its location.
 pub fn repair_from(
     target_location: &str,
-    target: Option<Repository>,
+    target: Option<&mut Repository>,
     source: &RepairSource,
     secret: &dyn Fn(&str) -> Result<Secret>,
     report: &dyn Reporter,
 ) -> Result<CopyReport> {
-    // The target's own objects, not what its mirrors would answer for it.
-    let target = target.map(|mut r| {
-        r.backend = r.backend.alone();
-        r
-    });
     let from = match source.mirror {
         Some(access) => Backend::open_mirror(&source.url, &source.name, access)?,
         None => Backend::open(&source.url)?,
     };
     let to = Backend::open(target_location)?;
-    let target = target.and_then(|mut r| {
+    let target = target.and_then(|r| {
+        // The target's own objects, not what its mirrors or its cache would answer.
+        r.backend = r.backend.alone();
         r.cache = None;
-        r.load_index().ok().map(|_| r)
+        r.load_index().ok().map(|_| &*r)
     });
     let skip = match open_source(&from, secret) {
-        Ok(src) => sync::removed_on_purpose(&src, target.as_ref())?,
+        Ok(src) => sync::removed_on_purpose(&src, target)?,
         Err(e) => {
             report.warn(&format!(
                 "{} cannot be opened ({}): copying back everything it holds",
