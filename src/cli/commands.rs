@@ -128,11 +128,6 @@ pub(super) fn open(g: &Global) -> Result<Repository> {
     Ok(session(g)?.into_repo())
 }
 
-/// Opens the repository with its index, reading from mirrors where it fails.
-pub(super) fn open_indexed(g: &Global) -> Result<Repository> {
-    Ok(mirrored(g)?.without_lock().index()?.into_repo())
-}
-
 pub(super) fn warn_damaged_index(repo: &Repository) {
     for (id, why) in &repo.damaged_index {
         warn_stderr(format!(

@@ -2,22 +2,19 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 use serde_json::json;
 
-use super::commands::{filter, open_indexed, print_json, take_lock, warn_stderr};
+use super::commands::{filter, print_json, reading, warn_stderr};
 use super::progress::{Progress, human_bytes};
 use super::{ExportArgs, ForgetArgs, Global};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
-use crate::format::mirror::{EXPORT_VERSION, ExportRecord};
 use crate::format::snapshot::Snapshot;
 use crate::ops::select::by_ids;
 use crate::ops::{export as export_op, forget, image, select};
-use crate::repo::lock::LockKind;
-use crate::repo::repository::now_rfc3339;
-use crate::repo::{Backend, Repository};
+use crate::repo::Repository;
 
 /// `--snapshots '...'` is parsed as forget's options, so policies read the same.
 #[derive(Parser)]
@@ -77,29 +74,20 @@ pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
     if let Some(img) = &a.verify_image {
         return verify_image(g, img);
     }
-    let repo = open_indexed(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "export")?;
-    let chosen = choose(&repo, a.snapshots.as_deref())?;
+    let session = reading(g, "export")?;
+    let repo = session.repo();
+    let chosen = choose(repo, a.snapshots.as_deref())?;
     if chosen.is_empty() {
         return Err(VaultError::Usage("no snapshot selected: nothing to export".into()).into());
     }
     if let Some(img) = &a.image {
-        return export_image(g, &repo, &chosen, img, a.split, a.label);
+        return export_image(g, repo, &chosen, img, a.split, a.label);
     }
     let dir = a.dir.clone().expect("clap requires a directory");
-    std::fs::create_dir_all(&dir).with_context(|| format!("export directory {}", dir.display()))?;
-    let dir = std::path::absolute(&dir)?;
-    let dest = Backend::open(&dir.to_string_lossy())?.labeled(format!("export {}", dir.display()));
     let (counters, progress) = super::mirrors::copy_progress(g);
-    let r = export_op::export(&repo, &chosen, &dest, &dir, &counters);
+    let r = export_op::export_to_dir(repo, &chosen, &dir, a.label, &counters);
     progress.finish();
-    let r = r?;
-    let label = a.label.unwrap_or_else(|| {
-        dir.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| dir.to_string_lossy().into_owned())
-    });
-    record(&repo, &label, &dir, &chosen, false)?;
+    let (r, label, dir) = r?;
     if g.json {
         print_json(&json!({"label": label, "directory": dir, "report": r}))?;
     } else if !g.quiet {
@@ -117,24 +105,6 @@ pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-fn record(
-    repo: &Repository,
-    label: &str,
-    dest: &Path,
-    chosen: &[(Id, Snapshot)],
-    image: bool,
-) -> Result<()> {
-    repo.save_export_record(&ExportRecord {
-        version: EXPORT_VERSION,
-        time: now_rfc3339(),
-        label: label.to_string(),
-        destination: dest.to_string_lossy().into_owned(),
-        snapshots: chosen.iter().map(|(id, _)| *id).collect(),
-        image,
-    })?;
-    Ok(())
-}
-
 fn export_image(
     g: &Global,
     repo: &Repository,
@@ -143,17 +113,11 @@ fn export_image(
     split: Option<u64>,
     label: Option<String>,
 ) -> Result<i32> {
-    let path = std::path::absolute(path)?;
     let progress = Progress::start(g.quiet || g.json, || "writing the image".to_string());
-    let r = image::export_image(repo, chosen, &path, split);
+    let r = image::export_image_recorded(repo, chosen, path, split, label);
     progress.finish();
-    let (report, volumes) = r?;
-    let label = label.unwrap_or_else(|| {
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    });
-    record(repo, &label, &path, chosen, true)?;
+    let (report, volumes, label) = r?;
+    let path = std::path::absolute(path)?;
     if g.json {
         print_json(&json!({"label": label, "volumes": volumes, "report": report}))?;
     } else if !g.quiet {

@@ -12,7 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::Serialize;
@@ -21,9 +21,11 @@ use sha2::{Digest, Sha256};
 use super::sync::{self, CopyReport};
 use crate::format::Id;
 use crate::format::index::{IndexFile, PackBlobs};
+use crate::format::mirror::{EXPORT_VERSION, ExportRecord};
 use crate::format::snapshot::Snapshot;
 use crate::repo::backend::CONFIG_PATH;
 use crate::repo::index::replace_index;
+use crate::repo::repository::now_rfc3339;
 use crate::repo::{Backend, FileKind, Repository};
 
 pub const MANIFEST: &str = "MANIFEST";
@@ -46,6 +48,51 @@ pub struct ExportReport {
     pub snapshots_removed: u64,
     pub packs_removed: u64,
     pub manifest_files: u64,
+}
+
+/// Exports `chosen` into directory `dir` (created if missing), then records the export
+/// in the repository, where `status` and `run` judge its age. The label is `label`, or
+/// the directory's name. Returns the report, the label and the absolute directory.
+pub fn export_to_dir(
+    repo: &Repository,
+    chosen: &[(Id, Snapshot)],
+    dir: &Path,
+    label: Option<String>,
+    counters: &sync::Counters,
+) -> Result<(ExportReport, String, PathBuf)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("export directory {}", dir.display()))?;
+    let dir = std::path::absolute(dir)?;
+    let dest = Backend::open(&dir.to_string_lossy())?.labeled(format!("export {}", dir.display()));
+    let report = export(repo, chosen, &dest, &dir, counters)?;
+    let label = label.unwrap_or_else(|| name_of(&dir));
+    record(repo, &label, &dir, chosen, false)?;
+    Ok((report, label, dir))
+}
+
+/// A path's last component, as a default label.
+pub fn name_of(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.to_string_lossy().into_owned())
+}
+
+/// Records in the repository that `chosen` were exported to `dest`.
+pub fn record(
+    repo: &Repository,
+    label: &str,
+    dest: &Path,
+    chosen: &[(Id, Snapshot)],
+    image: bool,
+) -> Result<()> {
+    repo.save_export_record(&ExportRecord {
+        version: EXPORT_VERSION,
+        time: now_rfc3339(),
+        label: label.to_string(),
+        destination: dest.to_string_lossy().into_owned(),
+        snapshots: chosen.iter().map(|(id, _)| *id).collect(),
+        image,
+    })?;
+    Ok(())
 }
 
 /// Exports `chosen` snapshots of `repo` into the directory of `dest`.

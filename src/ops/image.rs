@@ -131,6 +131,26 @@ impl ImageWriter {
 
 /// Writes the export of `chosen` as a tar image at `path` (volumes `path.000`, ... with
 /// `split`). Returns the report and the volumes written.
+/// [`export_image`], then the export recorded in the repository under `label` (or the
+/// image's file name). Returns the report, the volumes written and the label.
+pub fn export_image_recorded(
+    repo: &Repository,
+    chosen: &[(Id, Snapshot)],
+    path: &Path,
+    split: Option<u64>,
+    label: Option<String>,
+) -> Result<(ExportReport, Vec<PathBuf>, String)> {
+    let path = std::path::absolute(path)?;
+    let (report, volumes) = export_image(repo, chosen, &path, split)?;
+    let label = label.unwrap_or_else(|| {
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    export::record(repo, &label, &path, chosen, true)?;
+    Ok((report, volumes, label))
+}
+
 pub fn export_image(
     repo: &Repository,
     chosen: &[(Id, Snapshot)],
