@@ -19,7 +19,6 @@ pub mod problem;
 pub mod prune;
 pub mod repair;
 pub mod restore;
-pub mod scan;
 pub mod select;
 pub mod subset;
 pub mod sync;

@@ -279,6 +279,133 @@ fn name_of(node: &Node) -> &OsStr {
     OsStr::from_bytes(&node.name.0)
 }
 
+/// What a walk of the selection meets next.
+enum Step<D> {
+    /// An entry whose name restore will not make (see `walk::safe_name`), in the
+    /// directory at the walk's path.
+    Unsafe(Node),
+    /// A non-directory the selection includes, and its snapshot path.
+    Entry(Node, PathBuf),
+    /// A directory the selection includes, or may include something below; the walk
+    /// goes into it only when given its entries ([`Selection::enter`]).
+    Dir {
+        node: Node,
+        path: PathBuf,
+        included: bool,
+    },
+    /// A directory entered is done: what its user kept for it, and its snapshot path.
+    Left(D, PathBuf),
+}
+
+/// One directory of a walk: its remaining entries, and what the walk's user keeps for it.
+struct Level<D> {
+    entries: std::vec::IntoIter<Node>,
+    dir: D,
+}
+
+/// The snapshot walked depth first as far as the patterns select it, with an explicit
+/// stack (a tree tens of thousands of directories deep must not recurse), one path
+/// that grows and shrinks with it, and per directory entered a `D` of its user's:
+/// restore's place in the target, the open directory an overwrite check stats in.
+struct Selection<'m, D> {
+    m: &'m Matcher,
+    levels: Vec<Level<D>>,
+    /// The snapshot path of the top level.
+    path: PathBuf,
+}
+
+impl<'m, D> Selection<'m, D> {
+    /// A walk of the root tree's `entries`, the root's own `dir` beside them.
+    fn new(m: &'m Matcher, entries: Vec<Node>, dir: D) -> Self {
+        Selection {
+            m,
+            levels: vec![Level {
+                entries: entries.into_iter(),
+                dir,
+            }],
+            path: PathBuf::from("/"),
+        }
+    }
+
+    fn leave(&mut self) -> Step<D> {
+        let level = self.levels.pop().expect("a level to leave");
+        let up = self.path.parent().unwrap_or(Path::new("/")).to_path_buf();
+        Step::Left(level.dir, std::mem::replace(&mut self.path, up))
+    }
+
+    /// Goes into the directory at `path` (the last [`Step::Dir`]), whose entries are
+    /// `entries`.
+    fn enter(&mut self, entries: Vec<Node>, path: PathBuf, dir: D) {
+        self.levels.push(Level {
+            entries: entries.into_iter(),
+            dir,
+        });
+        self.path = path;
+    }
+
+    /// The snapshot path of the directory the walk is in.
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Directories entered and not left, the root's included.
+    fn depth(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// What is kept for the directory at depth `i` (0: the root).
+    fn level(&self, i: usize) -> &D {
+        &self.levels[i].dir
+    }
+
+    fn level_mut(&mut self, i: usize) -> &mut D {
+        &mut self.levels[i].dir
+    }
+
+    /// What is kept for the directory the walk is in (the walk is not over).
+    fn current(&self) -> &D {
+        &self.levels.last().expect("a directory the walk is in").dir
+    }
+
+    /// What is kept for the directory the walk is in, if any.
+    fn top_mut(&mut self) -> Option<&mut D> {
+        self.levels.last_mut().map(|l| &mut l.dir)
+    }
+}
+
+impl<D> Iterator for Selection<'_, D> {
+    type Item = Step<D>;
+
+    /// The next entry the selection keeps, or a directory left; None once the root is.
+    fn next(&mut self) -> Option<Step<D>> {
+        loop {
+            let top = self.levels.last_mut()?;
+            let Some(node) = top.entries.next() else {
+                return Some(self.leave());
+            };
+            if !walk::safe_name(&node.name.0) {
+                return Some(Step::Unsafe(node));
+            }
+            let path = self.path.join(name_of(&node));
+            let is_dir = node.kind == NodeType::Dir;
+            if self.m.excluded(&path, is_dir) {
+                continue;
+            }
+            let included = self.m.included(&path, is_dir);
+            if is_dir && (included || self.m.may_contain(&path)) {
+                return Some(Step::Dir {
+                    node,
+                    path,
+                    included,
+                });
+            }
+            if !is_dir && included {
+                return Some(Step::Entry(node, path));
+            }
+        }
+    }
+}
+
 /// A file whose contents this window writes.
 struct WinFile {
     path: PathBuf,
@@ -342,9 +469,8 @@ enum State {
     Failed,
 }
 
-/// One directory of the walk: its remaining entries, and its place in the target.
+/// One directory of the walk: its place in the target.
 struct Frame {
-    entries: std::vec::IntoIter<Node>,
     /// The directory's own node; None for the snapshot's root (the target itself).
     node: Option<Node>,
     state: State,
@@ -356,13 +482,10 @@ struct Frame {
 struct Restorer<'a> {
     repo: &'a Repository,
     opts: &'a RestoreOptions,
-    m: Matcher,
     apply: Apply,
     counters: Arc<Counters>,
     target: Arc<Dir>,
-    stack: Vec<Frame>,
-    /// The snapshot path of the top frame.
-    path: PathBuf,
+    walk: Selection<'a, Frame>,
     window: Window,
     /// The first restored name of each hard-linked inode, as (dev, inode).
     links: HashMap<(u64, u64), PathBuf>,
@@ -392,24 +515,22 @@ pub fn restore(
     raise_fd_limit();
     let target = Arc::new(Dir::open_target(&opts.target)?);
     let as_root = nix::unistd::geteuid().is_root();
+    let root = Frame {
+        node: None,
+        state: State::Made,
+        ident: (target.dev, target.ino),
+        dir: Some(target.clone()),
+    };
     let mut r = Restorer {
         repo,
         opts,
-        m,
         apply: Apply {
             owners: as_root && !opts.no_owner,
             xattrs: !opts.no_xattrs,
         },
         counters,
-        stack: vec![Frame {
-            entries: root_tree.nodes.into_iter(),
-            node: None,
-            state: State::Made,
-            ident: (target.dev, target.ino),
-            dir: Some(target.clone()),
-        }],
         target,
-        path: PathBuf::from("/"),
+        walk: Selection::new(&m, root_tree.nodes, root),
         window: Window::default(),
         links: HashMap::new(),
         failed_links: HashSet::new(),
@@ -435,34 +556,24 @@ pub fn planned_bytes(
     let m = Matcher::new(opts).ok()?;
     let root = repo.load_tree(root).ok()?.nodes;
     let mut total = 0u64;
-    let mut stack = vec![(root.into_iter(), PathBuf::from("/"))];
-    while let Some((entries, base)) = stack.last_mut() {
+    let mut walk = Selection::new(&m, root, ());
+    loop {
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        let Some(node) = entries.next() else {
-            stack.pop();
-            continue;
+        let Some(step) = walk.next() else {
+            return Some(total);
         };
-        if !walk::safe_name(&node.name.0) {
-            continue;
-        }
-        let path = base.join(name_of(&node));
-        let is_dir = node.kind == NodeType::Dir;
-        if m.excluded(&path, is_dir) {
-            continue;
-        }
-        let included = m.included(&path, is_dir);
-        if is_dir {
-            let tree = node.subtree.filter(|_| included || m.may_contain(&path));
-            if let Some(t) = tree.and_then(|id| repo.load_tree(&id).ok()) {
-                stack.push((t.nodes.into_iter(), path));
+        match step {
+            Step::Dir { node, path, .. } => {
+                if let Some(t) = node.subtree.and_then(|id| repo.load_tree(&id).ok()) {
+                    walk.enter(t.nodes, path, ());
+                }
             }
-        } else if included && node.kind == NodeType::File {
-            total += node.size;
+            Step::Entry(node, _) if node.kind == NodeType::File => total += node.size,
+            _ => {}
         }
     }
-    Some(total)
 }
 
 /// Each window holds a descriptor per file: allow as many as the hard limit permits.
@@ -486,10 +597,20 @@ impl Restorer<'_> {
     const OPEN_DIRS: usize = 64;
 
     fn run(&mut self) -> Result<()> {
-        while let Some(top) = self.stack.last_mut() {
-            match top.entries.next() {
-                Some(node) => self.entry(node)?,
-                None => self.leave()?,
+        while let Some(step) = self.walk.next() {
+            match step {
+                Step::Unsafe(node) => self.lost.push(format!(
+                    "{}: not restored: the snapshot holds an unsafe name {:?} here (skipped)",
+                    self.walk.path().display(),
+                    node.name.lossy()
+                )),
+                Step::Dir {
+                    node,
+                    path,
+                    included,
+                } => self.enter(node, path, included)?,
+                Step::Entry(node, path) => self.entry(node, &path)?,
+                Step::Left(frame, path) => self.leave(frame, path)?,
             }
             if self.window.full() {
                 self.flush()?;
@@ -498,42 +619,23 @@ impl Restorer<'_> {
         self.flush()
     }
 
-    fn entry(&mut self, node: Node) -> Result<()> {
-        if !walk::safe_name(&node.name.0) {
-            self.lost.push(format!(
-                "{}: not restored: the snapshot holds an unsafe name {:?} here (skipped)",
-                self.path.display(),
-                node.name.lossy()
-            ));
-            return Ok(());
-        }
-        let path = self.path.join(name_of(&node));
-        let is_dir = node.kind == NodeType::Dir;
-        if self.m.excluded(&path, is_dir) {
-            return Ok(());
-        }
-        let included = self.m.included(&path, is_dir);
-        if is_dir {
-            if included || self.m.may_contain(&path) {
-                self.enter(node, path, included)?;
-            }
-            return Ok(());
-        }
+    /// Makes a non-directory the selection includes, unless restore leaves its kind out.
+    fn entry(&mut self, node: Node, path: &Path) -> Result<()> {
         let special = matches!(
             node.kind,
             NodeType::Fifo | NodeType::Chardev | NodeType::Blockdev
         );
-        if !included || node.kind == NodeType::Socket || (special && self.opts.no_special) {
+        if node.kind == NodeType::Socket || (special && self.opts.no_special) {
             return Ok(());
         }
-        let Some(dir) = self.parent_dir(&path)? else {
+        let Some(dir) = self.parent_dir(path)? else {
             return Ok(());
         };
-        if let Err(e) = self.make(&dir, node, &path) {
+        if let Err(e) = self.make(&dir, node, path) {
             if let Some(io) = e.downcast_ref::<std::io::Error>()
                 && no_space(io)
             {
-                return Err(self.stop_full(&path, io));
+                return Err(self.stop_full(path, io));
             }
             self.result.errors.push(format!(
                 "{}: not restored: {}",
@@ -563,16 +665,15 @@ impl Restorer<'_> {
             },
             None => Vec::new(),
         };
-        self.stack.push(Frame {
-            entries: entries.into_iter(),
+        let frame = Frame {
             node: Some(node),
             state: State::Pending,
             dir: None,
             ident: (0, 0),
-        });
-        self.path = path;
+        };
+        self.walk.enter(entries, path, frame);
         if included {
-            self.made_to(self.stack.len() - 1)?;
+            self.made_to(self.walk.depth() - 1)?;
         }
         Ok(())
     }
@@ -580,9 +681,9 @@ impl Restorer<'_> {
     /// The directory that holds the next entry, made if it was pending; None when it
     /// could not be made (already reported).
     fn parent_dir(&mut self, path: &Path) -> Result<Option<Arc<Dir>>> {
-        let top = self.stack.len() - 1;
+        let top = self.walk.depth() - 1;
         match self.made_to(top)? {
-            true => Ok(self.stack[top].dir.clone()),
+            true => Ok(self.walk.level(top).dir.clone()),
             false => {
                 self.result.errors.push(format!(
                     "{}: not restored: its directory could not be made",
@@ -593,25 +694,35 @@ impl Restorer<'_> {
         }
     }
 
-    /// Makes every pending directory of the stack up to `level`; whether it exists.
+    /// Makes every pending directory of the walk up to depth `level`; whether it exists.
     fn made_to(&mut self, level: usize) -> Result<bool> {
         let first = (0..=level)
-            .find(|&i| self.stack[i].state != State::Made)
+            .find(|&i| self.walk.level(i).state != State::Made)
             .unwrap_or(level + 1);
         for i in first..=level {
-            if self.stack[i].state == State::Failed {
+            if self.walk.level(i).state == State::Failed {
                 return Ok(false);
             }
-            let parent = self.stack[i - 1].dir.clone().expect("the parent is open");
-            let node = self.stack[i].node.as_ref().expect("a directory's node");
+            let parent = self
+                .walk
+                .level(i - 1)
+                .dir
+                .clone()
+                .expect("the parent is open");
+            let node = self
+                .walk
+                .level(i)
+                .node
+                .as_ref()
+                .expect("a directory's node");
             match make_dir(&parent, name_of(node), self.opts.overwrite) {
                 Ok(d) => {
-                    let frame = &mut self.stack[i];
+                    let frame = self.walk.level_mut(i);
                     frame.state = State::Made;
                     frame.ident = (d.dev, d.ino);
                     frame.dir = Some(Arc::new(d));
                     if i >= Self::OPEN_DIRS {
-                        self.stack[i - Self::OPEN_DIRS].dir = None;
+                        self.walk.level_mut(i - Self::OPEN_DIRS).dir = None;
                     }
                 }
                 Err(e) => {
@@ -619,7 +730,7 @@ impl Restorer<'_> {
                     if no_space(&e) {
                         return Err(self.stop_full(&dir_path, &e));
                     }
-                    self.stack[i].state = State::Failed;
+                    self.walk.level_mut(i).state = State::Failed;
                     self.result
                         .errors
                         .push(format!("{}: not restored: {e}", dir_path.display()));
@@ -630,26 +741,24 @@ impl Restorer<'_> {
         Ok(true)
     }
 
-    /// The snapshot path of stack level `i` (the top is `self.path`).
+    /// The snapshot path of the directory at depth `i` (the deepest is the walk's path).
     fn ancestor_path(&self, i: usize) -> PathBuf {
-        let up = self.stack.len() - 1 - i;
-        self.path
+        let up = self.walk.depth() - 1 - i;
+        self.walk
+            .path()
             .ancestors()
             .nth(up)
             .unwrap_or(Path::new("/"))
             .to_path_buf()
     }
 
-    /// Leaves the top directory: its metadata waits in the window for what is in it.
-    fn leave(&mut self) -> Result<()> {
-        let frame = self.stack.pop().expect("a frame to leave");
-        let path = std::mem::replace(&mut self.path, PathBuf::new());
-        self.path = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+    /// Leaves a directory, at `path`: its metadata waits in the window for what is in it.
+    fn leave(&mut self, frame: Frame, path: PathBuf) -> Result<()> {
         let (Some(node), State::Made) = (frame.node, frame.state) else {
             return Ok(());
         };
         let dir = frame.dir.expect("the top directory is open");
-        if let Some(parent) = self.stack.last_mut()
+        if let Some(parent) = self.walk.top_mut()
             && parent.dir.is_none()
         {
             let up = dir.open(OsStr::new("..")).map_err(anyhow::Error::from);
@@ -902,43 +1011,32 @@ fn refuse_existing(repo: &Repository, root: Vec<Node>, m: &Matcher, target: &Pat
         return Ok(()); // no target yet: nothing in the way
     };
     let mut found: Vec<PathBuf> = Vec::new();
-    let mut stack: Vec<(std::vec::IntoIter<Node>, PathBuf, Dir)> =
-        vec![(root.into_iter(), PathBuf::from("/"), top)];
-    while let Some((entries, base, dir)) = stack.last_mut() {
-        let Some(node) = entries.next() else {
-            stack.pop();
-            continue;
-        };
-        if !walk::safe_name(&node.name.0) {
-            continue;
-        }
-        let path = base.join(name_of(&node));
-        let is_dir = node.kind == NodeType::Dir;
-        if m.excluded(&path, is_dir) {
-            continue;
-        }
-        let included = m.included(&path, is_dir);
-        if !is_dir {
-            let there =
-                nix::sys::stat::fstatat(&dir.file, name_of(&node), AtFlags::AT_SYMLINK_NOFOLLOW);
-            if included && node.kind != NodeType::Socket && there.is_ok() {
-                found.push(path);
+    let mut walk = Selection::new(m, root, top);
+    while let Some(step) = walk.next() {
+        match step {
+            Step::Entry(node, path) => {
+                let (dir, name) = (walk.current(), name_of(&node));
+                let there = nix::sys::stat::fstatat(&dir.file, name, AtFlags::AT_SYMLINK_NOFOLLOW);
+                if node.kind != NodeType::Socket && there.is_ok() {
+                    found.push(path);
+                }
             }
-            continue;
-        }
-        if !included && !m.may_contain(&path) {
-            continue;
-        }
-        match dir.open(name_of(&node)) {
-            Ok(sub) => {
-                let entries = match node.subtree {
-                    Some(id) => repo.load_tree(&id).map(|t| t.nodes).unwrap_or_default(),
-                    None => Vec::new(),
-                };
-                stack.push((entries.into_iter(), path, sub));
-            }
-            Err(Errno::ENOTDIR | Errno::ELOOP) if included => found.push(path),
-            Err(_) => {}
+            Step::Dir {
+                node,
+                path,
+                included,
+            } => match walk.current().open(name_of(&node)) {
+                Ok(sub) => {
+                    let entries = match node.subtree {
+                        Some(id) => repo.load_tree(&id).map(|t| t.nodes).unwrap_or_default(),
+                        None => Vec::new(),
+                    };
+                    walk.enter(entries, path, sub);
+                }
+                Err(Errno::ENOTDIR | Errno::ELOOP) if included => found.push(path),
+                Err(_) => {}
+            },
+            Step::Unsafe(_) | Step::Left(..) => {}
         }
     }
     if let Some(first) = found.first() {

@@ -26,23 +26,22 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use super::backup::Warn;
-use super::exclude::{Excludes, is_cache_dir};
+use super::Warn;
 use crate::format::Id;
 use crate::format::tree::{LazyTree, Node, NodeType};
 use crate::fsmeta::{self, Names};
+use crate::ops::exclude::{Excludes, is_cache_dir};
 use crate::repo::Repository;
 use crate::repo::index::MasterIndex;
 
 /// Threads scanning ahead. Their work is mostly waiting on the disk, so more than the
-/// cores keeps more requests in flight (on the bench's virtual disk a cold no-change run
-/// took 1.4 s with four, 1.1 s with eight).
+/// cores keeps more requests in flight.
 pub const THREADS: usize = 8;
 /// Entries scanned or being scanned but not yet walked, each with its old node about
 /// 800 bytes: bounds memory in a tree of many or large directories. Counted before they
-/// are stat'ed, since the bench's three sibling directories of 6 000 to 10 000 entries,
-/// scanned together, had made the peak of a no-change run. On the bench's cold walk, half
-/// this bound cost 8% more time for 5 MB less.
+/// are stat'ed, since sibling directories of many entries, scanned together, would
+/// otherwise make the peak of a run that finds nothing changed. A smaller bound costs
+/// time on a cold walk for little memory.
 const AHEAD: usize = 8192;
 /// Directories of this many entries are stat'ed on [`SPLIT_THREADS`] threads.
 const SPLIT_AT: usize = 1024;
@@ -436,102 +435,122 @@ impl<'a> Scanner<'a> {
                 same: false,
             })
             .collect();
-        // Entries are stat'ed relative to their directory, which spares the kernel a walk
-        // down the whole path for every file. O_PATH: a directory on the way to a source
-        // may be searchable but not readable.
-        let dir = if fsmeta::is_long(path) {
-            use nix::fcntl::OFlag;
-            fsmeta::open_any(path, OFlag::O_PATH | OFlag::O_DIRECTORY).ok()
-        } else {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-                .open(path)
-                .ok()
-        };
-        let dir = dir.as_ref();
-        let mut excluded = vec![false; entries.len()];
-        if entries.len() < SPLIT_AT {
-            let run = (&mut entries[..], &mut excluded[..]);
-            self.stat_run((path, dir), run, whole, old_nodes.as_ref(), names);
-        } else {
-            // Large directories are stat'ed on several threads, in runs of neighbouring
-            // inodes: one thread, waiting on each inode-table block in turn, made the
-            // bench's directories of 6 000 to 10 000 files the longest waits of a cold
-            // walk. Each fills its part of the entries in place.
-            let per = entries.len().div_ceil(SPLIT_THREADS);
-            let old_nodes = old_nodes.as_ref();
-            std::thread::scope(|s| {
-                let runs = entries.chunks_mut(per).zip(excluded.chunks_mut(per));
-                for run in runs {
-                    s.spawn(move || {
-                        let names = &mut Names::default();
-                        self.stat_run((path, dir), run, whole, old_nodes, names);
-                    });
-                }
-            });
-        }
+        let dir = open_for_stat(path);
+        let excluded = self.stat_all(
+            (path, dir.as_ref()),
+            &mut entries,
+            whole,
+            old_nodes.as_ref(),
+            names,
+        );
         let mut excluded = excluded.into_iter();
         entries.retain(|_| !excluded.next().unwrap_or(false));
         entries.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        let as_before = old_nodes.as_ref().is_some_and(|o| o.len() == entries.len())
-            && entries.iter().all(Scanned::as_before);
-        let takes_old = takes_old(&entries);
-        Listing {
-            entries,
-            error: None,
-            old_tree,
-            as_before,
-            old_nodes: old_nodes.filter(|_| !as_before && takes_old),
+        listing_of(entries, old_tree, old_nodes)
+    }
+
+    /// Stats all `entries` of `path` (open as `dir`); which of them an exclude matches.
+    fn stat_all(
+        &self,
+        (path, dir): (&Path, Option<&std::fs::File>),
+        entries: &mut [Scanned],
+        whole: bool,
+        old_nodes: Option<&LazyTree>,
+        names: &mut Names,
+    ) -> Vec<bool> {
+        let mut excluded = vec![false; entries.len()];
+        if entries.len() < SPLIT_AT {
+            let run = (&mut entries[..], &mut excluded[..]);
+            self.stat_run((path, dir), run, whole, old_nodes, names);
+            return excluded;
         }
+        // Large directories are stat'ed on several threads, in runs of neighbouring
+        // inodes: one thread, waiting on each inode-table block in turn, made large
+        // directories the longest waits of a cold walk. Each fills its part of the
+        // entries in place.
+        let per = entries.len().div_ceil(SPLIT_THREADS);
+        std::thread::scope(|s| {
+            let runs = entries.chunks_mut(per).zip(excluded.chunks_mut(per));
+            for run in runs {
+                s.spawn(move || {
+                    let names = &mut Names::default();
+                    self.stat_run((path, dir), run, whole, old_nodes, names);
+                });
+            }
+        });
+        excluded
     }
 
     /// Stats a run of entries of `path` (open as `dir`) one by one, in the order given,
     /// into their `found` and `old`; marks those an exclude matches (when `whole`).
     fn stat_run(
         &self,
-        (path, dir): (&Path, Option<&std::fs::File>),
+        at: (&Path, Option<&std::fs::File>),
         (entries, excluded): (&mut [Scanned], &mut [bool]),
         whole: bool,
         old_nodes: Option<&LazyTree>,
         names: &mut Names,
     ) {
+        for (e, excluded) in entries.iter_mut().zip(excluded) {
+            *excluded = !self.stat_entry(at, e, whole, old_nodes, names);
+        }
+    }
+
+    /// Stats one entry of `path` (open as `dir`) into its `found` and `old`; false when
+    /// an exclude matches it (when `whole`), and then it is left as it is.
+    fn stat_entry(
+        &self,
+        (path, dir): (&Path, Option<&std::fs::File>),
+        e: &mut Scanned,
+        whole: bool,
+        old_nodes: Option<&LazyTree>,
+        names: &mut Names,
+    ) -> bool {
         use nix::fcntl::AtFlags;
         use nix::sys::stat::fstatat;
-        for (e, excluded) in entries.iter_mut().zip(excluded) {
-            let name = &e.name;
-            let child = path.join(name);
-            let md = match dir {
-                Some(d) => fstatat(d, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
-                    .map_err(std::io::Error::from),
-                None => fsmeta::lstat_any(&child),
-            };
-            if whole
-                && md
-                    .as_ref()
-                    .is_ok_and(|m| self.excludes.excluded(&child, fsmeta::is_dir(m)))
-            {
-                *excluded = true;
-                continue;
-            }
-            // An old node that does not decode is as good as none: the entry is read
-            // again.
-            let old = old_nodes.and_then(|t| t.find(name.as_bytes()));
-            let old_node = old.and_then(|i| old_nodes?.node(i).ok());
-            e.found = match md {
-                Ok(md) => match fsmeta::node_from(&child, name, &md, names, old_node.as_ref()) {
-                    Ok(node) => {
-                        let (found, same) = self.compare(node, old_node.as_ref());
-                        e.same = same;
-                        found
-                    }
-                    Err(e) => Found::Failed(crate::error::one_line(&e).into()),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::Vanished,
-                Err(err) => Found::Failed(format!("{}: {err}", child.display()).into()),
-            };
-            e.old = old;
+        let name = &e.name;
+        let child = path.join(name);
+        let md = match dir {
+            Some(d) => fstatat(d, name.as_os_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(std::io::Error::from),
+            None => fsmeta::lstat_any(&child),
+        };
+        if whole
+            && md
+                .as_ref()
+                .is_ok_and(|m| self.excludes.excluded(&child, fsmeta::is_dir(m)))
+        {
+            return false;
         }
+        // An old node that does not decode is as good as none: the entry is read
+        // again.
+        let old = old_nodes.and_then(|t| t.find(name.as_bytes()));
+        let old_node = old.and_then(|i| old_nodes?.node(i).ok());
+        e.found = match md {
+            Ok(md) => match fsmeta::node_from(&child, name, &md, names, old_node.as_ref()) {
+                Ok(node) => {
+                    let (found, same) = self.compare(node, old_node.as_ref());
+                    e.same = same;
+                    found
+                }
+                Err(e) => Found::Failed(crate::error::one_line(&e).into()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Found::Vanished,
+            Err(err) => Found::Failed(format!("{}: {err}", child.display()).into()),
+        };
+        e.old = old;
+        true
+    }
+
+    /// A file whose size, times and inode are unchanged has its old content, as long as
+    /// the repository still holds all of it.
+    fn content_unchanged(&self, node: &Node, o: &Node) -> bool {
+        o.kind == NodeType::File
+            && o.size == node.size
+            && o.mtime_ns == node.mtime_ns
+            && o.ctime_ns == node.ctime_ns
+            && o.inode == node.inode
+            && o.content.iter().all(|id| self.index.contains(id))
     }
 
     /// An entry's node next to its node in the parent snapshot: what was found, and
@@ -545,16 +564,8 @@ impl<'a> Scanner<'a> {
                 node.subtree = o.subtree;
                 o.subtree.is_some() && node == *o
             }
-            // A file whose size, times and inode are unchanged has its old content, as
-            // long as the repository still holds all of it.
             NodeType::File => {
-                let unchanged = o.kind == NodeType::File
-                    && o.size == node.size
-                    && o.mtime_ns == node.mtime_ns
-                    && o.ctime_ns == node.ctime_ns
-                    && o.inode == node.inode
-                    && o.content.iter().all(|id| self.index.contains(id));
-                if !unchanged {
+                if !self.content_unchanged(&node, o) {
                     return (Found::Node(Box::new(node)), false);
                 }
                 node.content = o.content.clone();
@@ -577,5 +588,38 @@ impl<'a> Scanner<'a> {
             _ => false,
         };
         (Found::Node(Box::new(node)), same)
+    }
+}
+
+/// `path` opened to stat its entries relative to it, which spares the kernel a walk down
+/// the whole path for every file. O_PATH: a directory on the way to a source may be
+/// searchable but not readable. None when it cannot be opened (entries are stat'ed by
+/// path then).
+fn open_for_stat(path: &Path) -> Option<std::fs::File> {
+    if fsmeta::is_long(path) {
+        use nix::fcntl::OFlag;
+        fsmeta::open_any(path, OFlag::O_PATH | OFlag::O_DIRECTORY).ok()
+    } else {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(path)
+            .ok()
+    }
+}
+
+/// A directory's listing from its stat'ed `entries` (sorted, excluded ones left out) and
+/// its tree in the parent snapshot: whether it is as before, and whether the old tree is
+/// kept.
+fn listing_of(entries: Vec<Scanned>, old_tree: Option<Id>, old_nodes: Option<LazyTree>) -> Listing {
+    let as_before = old_nodes.as_ref().is_some_and(|o| o.len() == entries.len())
+        && entries.iter().all(Scanned::as_before);
+    let takes_old = takes_old(&entries);
+    Listing {
+        entries,
+        error: None,
+        old_tree,
+        as_before,
+        old_nodes: old_nodes.filter(|_| !as_before && takes_old),
     }
 }
