@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::format::Id;
 
+#[derive(Clone, Debug, Default)]
 pub struct BackupOptions {
     pub paths: Vec<PathBuf>,
     pub tags: Vec<String>,
