@@ -298,7 +298,8 @@ impl<S: Storage> Storage for Faults<S> {
         self.inner.exists(path)
     }
 
-    /// A fault may strike before the listing and at each further page of it.
+    /// A fault may strike before the listing and at each further page of it; one that
+    /// strikes fails the whole listing, which the retries above make again.
     fn list(&self, dir: &str) -> super::Result<Vec<Entry>> {
         self.plan.enter(Op::List)?;
         let entries = self.inner.list(dir)?;
