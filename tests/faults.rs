@@ -522,8 +522,7 @@ fn a_re_export_never_drops_a_pack_its_snapshots_need() {
 /// Some tests here rely on VAULT_FAULTS, which only a build with the test hooks obeys.
 #[test]
 fn the_test_hooks_are_built() {
-    assert!(
-        cfg!(feature = "test-hooks"),
-        "run the tests with --features test-hooks: without it vault ignores VAULT_FAULTS"
-    );
+    if !cfg!(feature = "test-hooks") {
+        panic!("run the tests with --features test-hooks: without it vault ignores VAULT_FAULTS");
+    }
 }

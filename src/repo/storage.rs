@@ -1,5 +1,5 @@
 //! The storage interface under [`Backend`](super::Backend): one small trait, [`Storage`],
-//! implemented by the opendal-backed store ([`OpendalStore`](opendal_store::OpendalStore)) and by decorators
+//! implemented by the opendal-backed store ([`OpendalStore`]) and by decorators
 //! that wrap any `Storage` and are stacked around it, as restic's backend wrappers are.
 //!
 //! A backend's stack, from the storage up:
@@ -13,9 +13,10 @@
 //!                  the Nth write, rename or delete that succeeded
 //! ```
 //!
-//! [`AppendOnly`](append_only::AppendOnly) and [`DryRun`](dry_run::DryRun) go on top
-//! when asked for ([`Backend::append_only`](super::Backend::append_only),
-//! [`Backend::dry_run`](super::Backend::dry_run)).
+//! [`AppendOnly`] and [`DryRun`] go above the retries, under the crash hook, when asked
+//! for ([`Backend::append_only`](super::Backend::append_only),
+//! [`Backend::dry_run`](super::Backend::dry_run), [`Backend::decorated`](super::Backend::decorated)
+//! for any other decorator).
 //!
 //! Two rules stay out of the stack:
 //!

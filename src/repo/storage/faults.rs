@@ -6,7 +6,7 @@
 //!
 //! every backend (local or remote, primary or mirror) goes through [`Faults`], below its
 //! retries as a flaky disk or network would be: that fraction of reads, writes, stats,
-//! lists (each page of [`PAGE`] entries) and deletes fail with a temporary error before
+//! lists (each page of 100 entries) and deletes fail with a temporary error before
 //! they touch anything, that fraction of reads arrive cut short or with one bit flipped,
 //! and that fraction of calls wait 20-100 ms first. Every field is optional (a missing one
 //! is 0, the seed 1). The choices come from the seed, so a test can name the run it saw.
