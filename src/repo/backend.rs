@@ -714,6 +714,32 @@ mod tests {
     }
 
     #[test]
+    fn decorators_go_around_an_opened_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let b = Backend::open(location).unwrap();
+        b.create_layout().unwrap();
+        b.write("snapshots/old", b"old".to_vec()).unwrap();
+
+        let append_only = Backend::open(location).unwrap().append_only();
+        let e = append_only.delete("snapshots/old").unwrap_err();
+        assert!(e.chain().any(|c| c.is::<storage::Refused>()), "{e:#}");
+        assert!(is_storage_error(&e));
+        append_only.write("snapshots/new", b"new".to_vec()).unwrap();
+        append_only.delete("snapshots/new").unwrap();
+
+        let (dry, skipped) = Backend::open(location).unwrap().dry_run();
+        dry.write("snapshots/dry", b"12".to_vec()).unwrap();
+        dry.delete("snapshots/old").unwrap();
+        assert_eq!(
+            (skipped.skipped().writes, skipped.skipped().deletes),
+            (1, 1)
+        );
+        assert_eq!(b.list_files("snapshots/").unwrap().len(), 1);
+        assert_eq!(b.read("snapshots/old").unwrap(), b"old");
+    }
+
+    #[test]
     fn intact_checks_each_kind_by_its_name_or_checksum() {
         let bytes = b"some object".to_vec();
         let id = Id::of_stored(&bytes);
