@@ -1119,3 +1119,13 @@ fn four_hosts_back_up_while_forget_and_prune_run() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// Some tests here rely on VAULT_CRASH_AFTER_WRITES, which only a build with the test hooks obeys.
+#[test]
+fn the_test_hooks_are_built() {
+    if !cfg!(feature = "test-hooks") {
+        panic!(
+            "run the tests with --features test-hooks: without it vault ignores VAULT_CRASH_AFTER_WRITES"
+        );
+    }
+}

@@ -341,3 +341,13 @@ fn image_export_in_volumes_unpacks_with_tar_and_restores() {
     let out = env.run(&["export", "--verify-image", image.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// Some tests here rely on VAULT_CRASH_AFTER_WRITES, which only a build with the test hooks obeys.
+#[test]
+fn the_test_hooks_are_built() {
+    if !cfg!(feature = "test-hooks") {
+        panic!(
+            "run the tests with --features test-hooks: without it vault ignores VAULT_CRASH_AFTER_WRITES"
+        );
+    }
+}

@@ -518,3 +518,11 @@ fn a_re_export_never_drops_a_pack_its_snapshots_need() {
     );
     lab.ok(&["check", "--read-data", "--repo", dest.to_str().unwrap()]);
 }
+
+/// Some tests here rely on VAULT_FAULTS, which only a build with the test hooks obeys.
+#[test]
+fn the_test_hooks_are_built() {
+    if !cfg!(feature = "test-hooks") {
+        panic!("run the tests with --features test-hooks: without it vault ignores VAULT_FAULTS");
+    }
+}

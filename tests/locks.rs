@@ -655,3 +655,11 @@ fn renew_fails_when_a_conflicting_lock_appeared_meanwhile() {
     drop(guard);
     assert!(lock_files(&env).is_empty(), "release deletes what it wrote");
 }
+
+/// Some tests here rely on VAULT_FAULTS, which only a build with the test hooks obeys.
+#[test]
+fn the_test_hooks_are_built() {
+    if !cfg!(feature = "test-hooks") {
+        panic!("run the tests with --features test-hooks: without it vault ignores VAULT_FAULTS");
+    }
+}

@@ -420,3 +420,13 @@ fn backup_and_prune_killed_at_every_write_lose_nothing() {
     assert!(kills >= 10, "killed only {kills} times");
     eprintln!("two-phase crash points: {kills} kills, each checked clean and restored");
 }
+
+/// Some tests here rely on VAULT_CRASH_AFTER_WRITES, which only a build with the test hooks obeys.
+#[test]
+fn the_test_hooks_are_built() {
+    if !cfg!(feature = "test-hooks") {
+        panic!(
+            "run the tests with --features test-hooks: without it vault ignores VAULT_CRASH_AFTER_WRITES"
+        );
+    }
+}

@@ -339,3 +339,13 @@ fn prune_refuses_when_a_tree_cannot_be_read() {
     assert!(err.contains("prune cannot know"), "{err}");
     assert_eq!(walkdir(&env.repo().join("data")), before, "nothing deleted");
 }
+
+/// Some tests here rely on VAULT_CRASH_AFTER_WRITES, which only a build with the test hooks obeys.
+#[test]
+fn the_test_hooks_are_built() {
+    if !cfg!(feature = "test-hooks") {
+        panic!(
+            "run the tests with --features test-hooks: without it vault ignores VAULT_CRASH_AFTER_WRITES"
+        );
+    }
+}

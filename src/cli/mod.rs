@@ -931,7 +931,8 @@ pub fn main() -> i32 {
             (error::exit_code(&e), msg)
         }
     };
-    if let Some(s) = crate::repo::faults::summary() {
+    #[cfg(feature = "test-hooks")]
+    if let Some(s) = crate::repo::storage::faults::summary() {
         eprintln!("vault: {s}");
     }
     if let Some(log) = &log_file {

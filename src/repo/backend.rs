@@ -1,10 +1,13 @@
-//! Storage access. Every byte goes through opendal, so the same code serves a local
-//! directory, s3, sftp, webdav, gcs, azblob and b2; nothing above this file assumes a path.
+//! Storage access. Every byte goes through a stack of [`Storage`] decorators over an
+//! opendal operator (see `storage`), so the same code serves a local directory, s3, sftp,
+//! webdav, gcs, azblob and b2; nothing above this file assumes a path. What needs more
+//! than one call of the storage stays here: reading again bytes that fail their check,
+//! falling back to mirrors per object, writing through a temporary name, naming errors.
 
 use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, Result};
-use opendal::{ErrorKind, blocking, options::ReadOptions};
+use opendal::{ErrorKind, blocking};
 
 use crate::format::Id;
 use crate::format::manifest::Manifest;
@@ -12,8 +15,9 @@ use crate::format::object;
 
 use super::cleanup;
 use super::remote::{CopyInfo, RemoteError, RemoteFailure, Service};
+use super::storage::{self, AppendOnly, DryRun, OpendalStore, Retry, Storage};
 
-static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+pub(crate) static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("vault-io")
@@ -115,22 +119,34 @@ const READS: usize = 3;
 
 pub const CONFIG_PATH: &str = "config";
 
-/// Fault injection for the crash tests: with VAULT_CRASH_AFTER_WRITES=N the process kills
-/// itself with SIGKILL right after its Nth write or delete, exactly as `kill -9` at that
-/// instant would.
-static CRASH_AFTER: LazyLock<Option<u64>> = LazyLock::new(|| {
-    std::env::var("VAULT_CRASH_AFTER_WRITES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-});
-static MUTATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The storage under a backend's retries: the fault injector (VAULT_FAULTS) when the
+/// test hooks are built and the variable asks for it, else the store itself.
+#[cfg(feature = "test-hooks")]
+fn with_faults(store: Arc<dyn Storage>) -> Result<Arc<dyn Storage>> {
+    Ok(match storage::faults::from_env()? {
+        Some(plan) => Arc::new(storage::faults::Faults::new(store, plan)),
+        None => store,
+    })
+}
 
-fn mutated() {
-    if let Some(n) = *CRASH_AFTER
-        && MUTATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 >= n
-    {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
+#[cfg(not(feature = "test-hooks"))]
+fn with_faults(store: Arc<dyn Storage>) -> Result<Arc<dyn Storage>> {
+    Ok(store)
+}
+
+/// The top of a backend's stack: the crash hook (VAULT_CRASH_AFTER_WRITES) over
+/// `beneath` when the test hooks are built and the variable asks for it.
+#[cfg(feature = "test-hooks")]
+fn with_crash_hook(beneath: &Arc<dyn Storage>) -> Arc<dyn Storage> {
+    match storage::crash::from_env() {
+        Some(n) => Arc::new(storage::crash::CrashAfter::new(beneath.clone(), n)),
+        None => beneath.clone(),
     }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+fn with_crash_hook(beneath: &Arc<dyn Storage>) -> Arc<dyn Storage> {
+    beneath.clone()
 }
 
 /// A write refused because the process is being interrupted.
@@ -162,6 +178,7 @@ pub fn is_storage_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.is::<RemoteError>()
             || c.is::<opendal::Error>()
+            || c.is::<storage::Refused>()
             || c.is::<NotFound>()
             || c.is::<ShortRead>()
     })
@@ -169,9 +186,11 @@ pub fn is_storage_error(e: &anyhow::Error) -> bool {
 
 #[derive(Clone)]
 pub struct Backend {
-    op: blocking::Operator,
-    /// Where packs are written when they go to another storage class than the rest.
-    packs_op: Option<blocking::Operator>,
+    /// The whole stack: what every call goes through.
+    storage: Arc<dyn Storage>,
+    /// The stack without the crash hook on top, for writes the crash tests do not count:
+    /// an object's temporary name, and the cleanup of an interrupted command.
+    beneath: Arc<dyn Storage>,
     location: String,
     /// How errors name this copy, and whether it is cold.
     copy: Arc<CopyInfo>,
@@ -212,9 +231,15 @@ impl Backend {
             Some(p) => Some(blocking::Operator::new(p).with_context(|| copy.label.clone())?),
             None => None,
         };
+        let store = with_faults(Arc::new(OpendalStore::new(op, packs_op, !opened.remote)))?;
+        let beneath: Arc<dyn Storage> = if opened.remote {
+            Arc::new(Retry::remote(store))
+        } else {
+            Arc::new(Retry::local(store))
+        };
         Ok(Backend {
-            op,
-            packs_op,
+            storage: with_crash_hook(&beneath),
+            beneath,
             copy,
             location: opened.display,
             remote: opened.remote,
@@ -222,6 +247,27 @@ impl Backend {
             connections: opened.connections,
             fallbacks: Vec::new(),
         })
+    }
+
+    /// This backend with `wrap` put around its storage, under the crash hook.
+    pub fn decorated(mut self, wrap: impl FnOnce(Arc<dyn Storage>) -> Arc<dyn Storage>) -> Backend {
+        self.beneath = wrap(self.beneath);
+        self.storage = with_crash_hook(&self.beneath);
+        self
+    }
+
+    /// This backend refusing to delete, overwrite or rename anything it did not create
+    /// (see `storage::append_only`).
+    pub fn append_only(self) -> Backend {
+        self.decorated(|s| Arc::new(AppendOnly::new(s)))
+    }
+
+    /// This backend with its writes and deletes skipped and counted (see
+    /// `storage::dry_run`), and the counter.
+    pub fn dry_run(self) -> (Backend, Arc<DryRun<Arc<dyn Storage>>>) {
+        let dry = Arc::new(DryRun::new(self.beneath.clone()));
+        let counter = dry.clone();
+        (self.decorated(|_| dry), counter)
     }
 
     /// Reads fall back to `mirrors`, in order, per object.
@@ -351,13 +397,16 @@ impl Backend {
         format!("{}/{}", self.location.trim_end_matches('/'), path)
     }
 
-    fn wrap(&self, path: &str, e: opendal::Error) -> anyhow::Error {
-        if e.kind() == ErrorKind::NotFound {
-            return anyhow::Error::new(NotFound {
-                path: self.ctx(path),
-            });
+    fn wrap(&self, path: &str, e: storage::Error) -> anyhow::Error {
+        match e {
+            storage::Error::Storage(e) if e.kind() == ErrorKind::NotFound => {
+                anyhow::Error::new(NotFound {
+                    path: self.ctx(path),
+                })
+            }
+            storage::Error::Storage(e) => anyhow::Error::new(self.remote_error(path, &e)),
+            storage::Error::Refused(r) => anyhow::Error::new(r).context(self.copy.label.clone()),
         }
-        anyhow::Error::new(self.remote_error(path, &e))
     }
 
     /// The class of a failure at `path`. An S3 "access denied" without the code that
@@ -392,13 +441,9 @@ impl Backend {
     /// The error of listing the first entry of the root, if any: a request whose error
     /// answer says why (a bucket that does not exist, a credential refused).
     fn list_root_error(&self) -> Option<opendal::Error> {
-        let opts = opendal::options::ListOptions {
-            limit: Some(1),
-            ..Default::default()
-        };
-        match self.op.lister_options("", opts) {
-            Ok(mut l) => l.next().transpose().err(),
-            Err(e) => Some(e),
+        match self.storage.probe() {
+            Err(storage::Error::Storage(e)) => Some(e),
+            _ => None,
         }
     }
 
@@ -423,41 +468,7 @@ impl Backend {
 
     fn read_once(&self, path: &str) -> Result<Vec<u8>> {
         log::trace!("read {}", self.ctx(path));
-        if !self.remote {
-            return self.read_local(path);
-        }
-        self.op
-            .read(path)
-            .map(|b| b.to_vec())
-            .map_err(|e| self.wrap(path, e))
-    }
-
-    /// Reads a local object as the range its size gives. Read without one, opendal's fs
-    /// service zero-fills a 2 MiB buffer for every object, however small, and keeps it
-    /// pooled: 2 MB resident in every command.
-    fn read_local(&self, path: &str) -> Result<Vec<u8>> {
-        let size = self
-            .op
-            .stat(path)
-            .map_err(|e| self.wrap(path, e))?
-            .content_length();
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let opts = ReadOptions {
-            range: (0..size).into(),
-            ..Default::default()
-        };
-        match self.op.read_options(path, opts) {
-            Ok(b) => Ok(b.to_vec()),
-            // Replaced by a shorter one since the stat (a lock being refreshed).
-            Err(e) if e.kind() == opendal::ErrorKind::RangeNotSatisfied => self
-                .op
-                .read(path)
-                .map(|b| b.to_vec())
-                .map_err(|e| self.wrap(path, e)),
-            Err(e) => Err(self.wrap(path, e)),
-        }
+        self.storage.read(path).map_err(|e| self.wrap(path, e))
     }
 
     /// Reads `len` bytes at `offset` (from a mirror when this backend fails).
@@ -489,15 +500,9 @@ impl Backend {
 
     fn read_range_once(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         log::trace!("read {} ({len} bytes at {offset})", self.ctx(path));
-        let opts = ReadOptions {
-            range: (offset..offset + len).into(),
-            ..Default::default()
-        };
-        Ok(self
-            .op
-            .read_options(path, opts)
-            .map_err(|e| self.wrap(path, e))?
-            .to_vec())
+        self.storage
+            .read_range(path, offset, len)
+            .map_err(|e| self.wrap(path, e))
     }
 
     /// Writes a whole object; on a local disk it appears atomically (temp file, fsync,
@@ -508,13 +513,6 @@ impl Backend {
         if cleanup::stopping() {
             return Err(anyhow::Error::new(Interrupted).context(self.ctx(path)));
         }
-        if let Some(packs) = self.packs_op.as_ref().filter(|_| path.starts_with("data/")) {
-            // Object stores only (writes appear whole): no temporary name.
-            return packs
-                .write(path, bytes)
-                .map(|_| mutated())
-                .map_err(|e| self.wrap(path, e));
-        }
         if !self.atomic_writes {
             return self.write_via_tmp(path, bytes);
         }
@@ -524,9 +522,8 @@ impl Backend {
             cleanup::track_tmp_prefix(self, &prefix);
         }
         let r = self
-            .op
-            .write(path, bytes)
-            .map(|_| mutated())
+            .storage
+            .write(path, bytes.into())
             .map_err(|e| self.wrap(path, e));
         if !self.remote {
             cleanup::untrack_tmp_prefix(self, &prefix);
@@ -540,17 +537,16 @@ impl Backend {
         let tmp = format!("tmp/{}.tmp", Id::random().to_hex());
         cleanup::track(self, &tmp);
         let r = self
-            .op
-            .write(&tmp, bytes)
+            .beneath
+            .write(&tmp, bytes.into())
             .map_err(|e| self.wrap(&tmp, e))
             .and_then(|_| {
-                self.op
+                self.storage
                     .rename(&tmp, path)
-                    .map(|_| mutated())
                     .map_err(|e| self.wrap(path, e))
             });
         if r.is_err() {
-            let _ = self.op.delete(&tmp);
+            let _ = self.beneath.delete(&tmp);
         }
         cleanup::untrack(self, &tmp);
         r
@@ -558,27 +554,25 @@ impl Backend {
 
     pub fn delete(&self, path: &str) -> Result<()> {
         log::debug!("delete {}", self.ctx(path));
-        self.op
-            .delete(path)
-            .map(|_| mutated())
-            .map_err(|e| self.wrap(path, e))
+        self.storage.delete(path).map_err(|e| self.wrap(path, e))
     }
 
     /// `delete` for `cleanup`: no crash hook, since it runs while the process ends.
     pub(crate) fn delete_now(&self, path: &str) -> Result<()> {
-        self.op.delete(path).map_err(|e| self.wrap(path, e))
+        self.beneath.delete(path).map_err(|e| self.wrap(path, e))
     }
 
     pub fn size(&self, path: &str) -> Result<u64> {
         self.first_ok(|b| {
-            b.op.stat(path)
-                .map(|m| m.content_length())
+            b.storage
+                .stat(path)
+                .map(|m| m.size)
                 .map_err(|e| b.wrap(path, e))
         })
     }
 
     pub fn exists(&self, path: &str) -> Result<bool> {
-        self.op.exists(path).map_err(|e| self.wrap(path, e))
+        self.storage.exists(path).map_err(|e| self.wrap(path, e))
     }
 
     /// Lists the ids of all objects of one kind (recursively for packs). Names that are
@@ -618,8 +612,8 @@ impl Backend {
 
     /// When the storage says `path` was last written; None when it does not say.
     pub fn modified(&self, path: &str) -> Result<Option<jiff::Timestamp>> {
-        let meta = self.op.stat(path).map_err(|e| self.wrap(path, e))?;
-        Ok(meta.last_modified().map(Into::into))
+        let meta = self.storage.stat(path).map_err(|e| self.wrap(path, e))?;
+        Ok(meta.modified)
     }
 
     /// Every file below `dir` ("" for the whole repository), recursively: its path
@@ -641,33 +635,17 @@ impl Backend {
     }
 
     fn list_entries(&self, dir: &str) -> Result<Vec<(String, u64, Option<jiff::Timestamp>)>> {
-        let opts = opendal::options::ListOptions {
-            recursive: true,
-            ..Default::default()
-        };
-        let entries = match self.op.list_options(dir, opts) {
-            Ok(e) => e,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.wrap(dir, e)),
-        };
+        let entries = self.storage.list(dir).map_err(|e| self.wrap(dir, e))?;
         Ok(entries
             .into_iter()
-            .filter(|e| !e.metadata().is_dir())
-            .map(|e| {
-                let m = e.metadata();
-                (
-                    e.path().to_string(),
-                    m.content_length(),
-                    m.last_modified().map(Into::into),
-                )
-            })
+            .map(|e| (e.path, e.meta.size, e.meta.modified))
             .collect())
     }
 
     pub fn create_layout(&self) -> Result<()> {
         for d in LAYOUT_DIRS {
             let d = format!("{d}/");
-            self.op.create_dir(&d).map_err(|e| self.wrap(&d, e))?;
+            self.storage.create_dir(&d).map_err(|e| self.wrap(&d, e))?;
         }
         Ok(())
     }
@@ -712,27 +690,53 @@ pub fn is_not_found(e: &anyhow::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::repo::faults::{self, FaultLayer, Plan};
-    use crate::repo::location::Opened;
 
+    /// A backend over `storage`, a local directory's stack as a test builds it.
+    #[cfg(feature = "test-hooks")]
+    fn on(storage: Arc<dyn Storage>) -> Backend {
+        Backend {
+            beneath: storage.clone(),
+            storage,
+            location: String::new(),
+            copy: CopyInfo::new("", None, false),
+            remote: false,
+            atomic_writes: true,
+            connections: 2,
+            fallbacks: Vec::new(),
+        }
+    }
+
+    #[cfg(feature = "test-hooks")]
     fn backend(dir: &std::path::Path, faults: &str) -> Backend {
-        let fs = opendal::services::Fs::default().root(&dir.to_string_lossy());
-        let op = opendal::Operator::new(fs)
-            .unwrap()
-            .layer(FaultLayer::new(Plan::parse(faults).unwrap()));
-        Backend::from_opened(
-            Opened {
-                op,
-                packs_op: None,
-                display: dir.display().to_string(),
-                remote: false,
-                atomic_writes: true,
-                cold: false,
-                connections: 2,
-            },
-            None,
-        )
-        .unwrap()
+        use crate::repo::storage::faults::{Faults, Plan};
+        let store = OpendalStore::local_for_tests(dir);
+        on(Arc::new(Faults::new(store, Plan::parse(faults).unwrap())))
+    }
+
+    #[test]
+    fn decorators_go_around_an_opened_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let b = Backend::open(location).unwrap();
+        b.create_layout().unwrap();
+        b.write("snapshots/old", b"old".to_vec()).unwrap();
+
+        let append_only = Backend::open(location).unwrap().append_only();
+        let e = append_only.delete("snapshots/old").unwrap_err();
+        assert!(e.chain().any(|c| c.is::<storage::Refused>()), "{e:#}");
+        assert!(is_storage_error(&e));
+        append_only.write("snapshots/new", b"new".to_vec()).unwrap();
+        append_only.delete("snapshots/new").unwrap();
+
+        let (dry, skipped) = Backend::open(location).unwrap().dry_run();
+        dry.write("snapshots/dry", b"12".to_vec()).unwrap();
+        dry.delete("snapshots/old").unwrap();
+        assert_eq!(
+            (skipped.skipped().writes, skipped.skipped().deletes),
+            (1, 1)
+        );
+        assert_eq!(b.list_files("snapshots/").unwrap().len(), 1);
+        assert_eq!(b.read("snapshots/old").unwrap(), b"old");
     }
 
     #[test]
@@ -754,6 +758,7 @@ mod tests {
     }
 
     /// One test, since the fault counters are shared by the whole process.
+    #[cfg(feature = "test-hooks")]
     #[test]
     fn bad_bytes_are_read_again_before_they_are_believed() {
         let dir = tempfile::tempdir().unwrap();
@@ -763,17 +768,17 @@ mod tests {
 
         // Every read damaged: READS reads, then the bytes as they came, for the caller
         // to judge.
-        let before = faults::damaged_reads();
+        let before = storage::faults::damaged_reads();
         let got = backend(dir.path(), "flip=1").read(&path).unwrap();
         assert_ne!(got, bytes);
-        assert_eq!(faults::damaged_reads() - before, READS as u64);
+        assert_eq!(storage::faults::damaged_reads() - before, READS as u64);
 
         // A range that keeps coming back short fails as a short read, after READS reads.
-        let before = faults::damaged_reads();
+        let before = storage::faults::damaged_reads();
         let short = backend(dir.path(), "truncate=1").read_range(&path, 10, 100);
         let e = short.unwrap_err();
         assert!(e.is::<ShortRead>(), "{e}");
-        assert_eq!(faults::damaged_reads() - before, READS as u64);
+        assert_eq!(storage::faults::damaged_reads() - before, READS as u64);
 
         // Bytes that fail the caller's verification are read again; a storage error is
         // not (the retry layer has had its go).
@@ -795,30 +800,17 @@ mod tests {
         assert_eq!(tries.get(), 1);
 
         // Injected errors are temporary: with a retry layer above, every read gets through.
-        let retried = opendal::Operator::new(
-            opendal::services::Fs::default().root(&dir.path().to_string_lossy()),
-        )
-        .unwrap()
-        .layer(FaultLayer::new(Plan::parse("seed=3,error=0.5").unwrap()))
-        .layer(
-            opendal::layers::RetryLayer::new()
-                .with_max_times(20)
-                .with_min_delay(std::time::Duration::from_millis(1))
-                .with_max_delay(std::time::Duration::from_millis(2)),
+        let faulty = storage::faults::Faults::new(
+            OpendalStore::local_for_tests(dir.path()),
+            storage::faults::Plan::parse("seed=3,error=0.5").unwrap(),
         );
-        let b = Backend::from_opened(
-            Opened {
-                op: retried,
-                packs_op: None,
-                display: String::new(),
-                remote: false,
-                atomic_writes: true,
-                cold: false,
-                connections: 2,
-            },
-            None,
-        )
-        .unwrap();
+        let retried = Retry::new(
+            faulty,
+            20,
+            std::time::Duration::from_millis(1),
+            std::time::Duration::from_millis(2),
+        );
+        let b = on(Arc::new(retried));
         for _ in 0..20 {
             assert_eq!(b.read(&path).unwrap(), bytes);
         }

@@ -18,7 +18,12 @@
 //! rather than an object at a time.
 //!
 //! The bucket ([`Bucket`]) and the settings ([`Limits`]) know nothing of opendal;
-//! [`LimitLayer`] is the thin adapter that puts them under an operator.
+//! [`LimitLayer`] is the thin adapter that puts them under an operator. It is the one
+//! opendal layer of vault's own, and stays one rather than becoming a decorator of
+//! [`Storage`](super::storage::Storage) like the retries: that trait moves whole objects
+//! and ranges, so a decorator could pace only per object, in bursts, while the layer sees
+//! each chunk of a read stream and hands a write on piece by piece (and, on an object
+//! store, part by part of a multipart upload).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use opendal::Operator;
-use opendal::layers::{RetryLayer, TimeoutLayer};
+use opendal::layers::TimeoutLayer;
 use url::Url;
 
 use super::limits::{self, Limits};
@@ -396,13 +396,13 @@ fn open_with(
     // locks, which every command reads, stay in the bucket's default class.
     let packs_op = match &class {
         Some(c) => Some(remote_layers(
-            with_faults(s3(location, &url, &q, &creds, access, Some(c))?)?,
+            s3(location, &url, &q, &creds, access, Some(c))?,
             limits,
         )),
         None => None,
     };
     Ok(Opened {
-        op: remote_layers(with_faults(op)?, limits),
+        op: remote_layers(op, limits),
         packs_op,
         cold,
         display: location.to_string(),
@@ -413,46 +413,25 @@ fn open_with(
     })
 }
 
-/// Under every other layer, so that the retry layer meets injected faults as it would
-/// meet a flaky disk or network.
-fn with_faults(op: Operator) -> Result<Operator> {
-    Ok(match super::faults::layer()? {
-        Some(faults) => op.layer(faults),
-        None => op,
-    })
-}
-
-/// A local disk fails rarely and briefly (a busy NFS server, an interrupted call): a few
-/// quick retries, so that one hiccup does not fail a backup. Its requests in flight are
-/// capped only when asked (a slow NAS mount); the rates go under the retries.
+/// A local disk's requests in flight are capped only when asked (a slow NAS mount).
+/// Its retries (and, with the test hooks, its faults) are put around the operator by
+/// `Backend` (see `storage`), above these layers, so a retried request is paced anew.
 fn local_layers(op: Operator, limits: Limits) -> Operator {
-    limits::apply(op, limits).layer(
-        RetryLayer::new()
-            .with_jitter()
-            .with_max_times(5)
-            .with_min_delay(Duration::from_millis(5))
-            .with_max_delay(Duration::from_millis(200)),
-    )
+    limits::apply(op, limits)
 }
 
-/// Every remote backend times out, caps its requests in flight and its rates
-/// (`limits`, with `connections` set), and retries with backoff. The limits go above the
-/// timeouts, whose clocks must not run while a request waits for its turn, and below the
-/// retries, so a retried request is admitted and paced anew (not holding a connection
-/// while it backs off).
+/// Every remote backend times out and caps its requests in flight and its rates
+/// (`limits`, with `connections` set); `Backend` puts its retries with backoff around
+/// the operator (see `storage`). The limits go above the timeouts, whose clocks must not
+/// run while a request waits for its turn, and below the retries, so a retried request
+/// is admitted and paced anew (not holding a connection while it backs off).
 fn remote_layers(op: Operator, limits: Limits) -> Operator {
     let op = op.layer(
         TimeoutLayer::new()
             .with_timeout(Duration::from_secs(120))
             .with_io_timeout(Duration::from_secs(60)),
     );
-    limits::apply(op, limits).layer(
-        RetryLayer::new()
-            .with_jitter()
-            .with_max_times(5)
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(10)),
-    )
+    limits::apply(op, limits)
 }
 
 fn local(abs: &std::path::Path, limits: Limits, connections: usize) -> Result<Opened> {
@@ -464,7 +443,7 @@ fn local(abs: &std::path::Path, limits: Limits, connections: usize) -> Result<Op
         .atomic_write_dir(&tmp.to_string_lossy());
     let op = Operator::new(b).with_context(|| format!("repository {root}"))?;
     Ok(Opened {
-        op: local_layers(with_faults(op)?, limits),
+        op: local_layers(op, limits),
         packs_op: None,
         display: root,
         remote: false,

@@ -3,7 +3,6 @@
 pub mod backend;
 pub mod cache;
 pub mod cleanup;
-pub mod faults;
 pub mod index;
 pub mod limits;
 pub mod location;
@@ -13,6 +12,7 @@ pub mod packer;
 pub mod remote;
 pub mod repository;
 pub mod sftp;
+pub mod storage;
 
 pub use backend::{Backend, FileKind};
 pub use repository::{Repository, Secret};
