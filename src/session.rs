@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::error::{ErrorKind, Result, VaultError};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
-use crate::ops::{backup, copies, forget, prune, restore, select};
+use crate::ops::{backup, copies, forget, prune, repair, restore, select};
 use crate::repo::lock::{self, LockGuard, LockKind};
 use crate::repo::repository::{InitOptions, Secret};
 use crate::repo::{Backend, FileKind, Repository};
@@ -120,11 +120,6 @@ impl<S> Session<S> {
         self
     }
 
-    /// The repository alone, for command-line code not yet moved onto sessions.
-    pub(crate) fn into_repo(self) -> Repository {
-        self.repo
-    }
-
     fn warn_damaged_index(&self) {
         for (id, why) in &self.repo.damaged_index {
             self.report.warn(&format!(
@@ -216,6 +211,13 @@ impl Session<Open> {
         self.to()
     }
 
+    /// Reads what is stored, never the local cache: for check, verify and repair, which
+    /// judge the stored objects.
+    pub fn uncached(mut self) -> Self {
+        self.repo.cache = None;
+        self
+    }
+
     /// Removes locks as `mode` says (dead, stale, or all); `waiting` hears about each
     /// lock it watches for staleness.
     pub fn unlock(
@@ -259,6 +261,22 @@ impl Session<Locked> {
         self.repo.load_index()?;
         self.warn_damaged_index();
         Ok(self.to())
+    }
+
+    /// Loads the index for check and verify, which report damaged index files as
+    /// findings of their own rather than as warnings.
+    pub fn index_to_check(mut self) -> Result<Session<Indexed>> {
+        self.repo.load_index()?;
+        Ok(self.to())
+    }
+
+    /// `repair index`: rebuilds the index from the packs' headers (the old index, read
+    /// now that the lock is held, stands in for unreadable headers). Needs the
+    /// exclusive lock.
+    pub fn repair_index(mut self) -> Result<repair::RepairIndexResult> {
+        self.repo.load_index()?;
+        let held = || self.lock.as_ref().map_or(Ok(()), LockGuard::ensure_held);
+        Ok(repair::repair_index(&self.repo, &held)?)
     }
 
     /// Loads the index for a backup and, unless `dry_run`, indexes the packs an

@@ -14,10 +14,10 @@ use super::{
     SnapshotFilter,
 };
 use super::{export, integrity, mirrors, password, retention, timetravel};
-use crate::error::{VaultError, exit, exit_code};
+use crate::error::{VaultError, exit};
 use crate::ops::{backup, dump, ls, restore, select};
 use crate::repo::Repository;
-use crate::repo::lock::{self, LockGuard, LockKind};
+use crate::repo::lock::{self, LockKind};
 use crate::repo::repository::{InitOptions, default_log_n};
 use crate::report::Report;
 use crate::session::state::{Indexed, Open};
@@ -122,52 +122,6 @@ pub(super) fn reading(g: &Global, command: &str) -> Result<Session<Indexed>> {
     Ok(mirrored(g)?
         .lock(LockKind::Shared, command, locking(g))?
         .index()?)
-}
-
-pub(super) fn open(g: &Global) -> Result<Repository> {
-    Ok(session(g)?.into_repo())
-}
-
-pub(super) fn warn_damaged_index(repo: &Repository) {
-    for (id, why) in &repo.damaged_index {
-        warn_stderr(format!(
-            "index {} skipped ({why}); blobs it lists count as missing until `vault repair index`",
-            id.short()
-        ));
-    }
-}
-
-pub(super) fn take_lock(
-    g: &Global,
-    repo: &Repository,
-    kind: LockKind,
-    command: &str,
-) -> Result<Option<LockGuard>> {
-    if g.no_lock {
-        return Ok(None);
-    }
-    let deadline = g.lock_wait.map(|w| std::time::Instant::now() + w);
-    // Kept across retries: a lock watched unchanged for the stale threshold may be passed.
-    let mut watch = lock::Watch::new();
-    loop {
-        match lock::acquire_watching(repo, kind, command, &mut watch, reporter()) {
-            Ok(guard) => return Ok(Some(guard)),
-            Err(e)
-                if exit_code(&e) == exit::LOCKED
-                    && deadline.is_some_and(|d| std::time::Instant::now() < d) =>
-            {
-                // Our own lock is gone again (acquire removes it on failure); retry.
-                std::thread::sleep(std::time::Duration::from_secs(2));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Before a step that cannot be taken back: fails (exit code 11) when the lock went
-/// unrefreshed so long that another process may have judged it stale.
-pub(super) fn ensure_held(lock: &Option<LockGuard>) -> Result<()> {
-    lock.as_ref().map_or(Ok(()), LockGuard::ensure_held)
 }
 
 pub(super) fn filter(f: &SnapshotFilter) -> select::Filter {

@@ -6,9 +6,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{
-    ensure_held, filter, location, open, print_json, take_lock, warn_damaged_index, warn_stderr,
-};
+use super::commands::{filter, location, locking, print_json, session, warn_stderr};
 use super::progress::{Granular, Meter, Progress, human_bytes};
 use super::{AuditArgs, CheckArgs, Global, RepairArgs, RepairCommand, VerifyArgs};
 use crate::error::{VaultError, exit};
@@ -18,15 +16,17 @@ use crate::ops::subset::Subset;
 use crate::ops::{audit, check, repair, restore, select, verify};
 use crate::repo::limits::transferred;
 use crate::repo::lock::LockKind;
-use crate::repo::{Backend, FileKind, Repository};
+use crate::repo::{FileKind, Repository};
+use crate::session::Session;
+use crate::session::state::Indexed;
 
-/// Opens the repository with its index read from storage, never from the local cache:
-/// what is checked must be what is stored.
-fn open_uncached(g: &Global) -> Result<Repository> {
-    let mut repo = open(g)?;
-    repo.cache = None;
-    repo.load_index()?;
-    Ok(repo)
+/// Opens the repository with its index read from storage, never from the local cache
+/// (what is checked must be what is stored), locked shared for `command`.
+fn open_to_check(g: &Global, command: &str) -> Result<Session<Indexed>> {
+    Ok(session(g)?
+        .uncached()
+        .lock(LockKind::Shared, command, locking(g))?
+        .index_to_check()?)
 }
 
 fn print_findings(g: &Global, problems: &[Problem], warnings: &[String]) {
@@ -96,8 +96,8 @@ fn verdict(problems: usize) -> i32 {
 }
 
 pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
-    let repo = open_uncached(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "check")?;
+    let session = open_to_check(g, "check")?;
+    let repo = session.repo();
     let subset = if a.read_data {
         Some(Subset::All)
     } else {
@@ -123,10 +123,10 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
         };
         format!("{} trees{read}", c.trees.load(Ordering::Relaxed))
     });
-    let r = check::check(&repo, &opts, &counters);
+    let r = check::check(repo, &opts, &counters);
     progress.finish();
     let mut r = r?;
-    note_intact_copies(&repo, &mut r.problems);
+    note_intact_copies(repo, &mut r.problems);
     print_findings(g, &r.problems, &r.warnings);
     print_skipped(g, &r.skipped);
     if g.json {
@@ -162,7 +162,6 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
 
 pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
     let (loc, _) = location(g)?;
-    let backend = Backend::open(&loc)?;
     let counters = Arc::new(audit::Counters::default());
     let c = counters.clone();
     let (mut meter, mut read) = (Meter::new(), Granular::default());
@@ -176,14 +175,9 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
         )
     });
     let subset = a.read_data_subset.unwrap_or(Subset::All);
-    let r = audit::audit(&backend, &subset, &counters);
+    let r = audit::audit_location(&loc, &subset, &counters);
     progress.finish();
     let r = r?;
-    if r.stats.objects == 0 {
-        return Err(backend
-            .why_absent()
-            .unwrap_or_else(|| VaultError::NoRepository(loc).into()));
-    }
     print_findings(g, &r.problems, &r.warnings);
     if g.json {
         print_json(&json!({"healthy": r.problems.is_empty(), "report": r}))?;
@@ -205,13 +199,13 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
 }
 
 pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
-    let repo = open_uncached(g)?;
-    let _lock = take_lock(g, &repo, LockKind::Shared, "verify")?;
-    let snaps = select::list(&repo, &filter(&a.filter), &warn_stderr)?;
+    let session = open_to_check(g, "verify")?;
+    let repo = session.repo();
+    let snaps = select::list(repo, &filter(&a.filter), &warn_stderr)?;
     let chosen = if snaps.is_empty() && a.snapshot == "latest" {
         None
     } else {
-        let (id, s) = select::select(&repo, &a.snapshot, &filter(&a.filter), &|_| {})?;
+        let (id, s) = select::select(repo, &a.snapshot, &filter(&a.filter), &|_| {})?;
         Some((id, s.tree))
     };
     let opts = verify::VerifyOptions {
@@ -245,7 +239,7 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
             )
         }
     });
-    let r = verify::verify(&repo, chosen, &opts, &cc, rc);
+    let r = verify::verify(repo, chosen, &opts, &cc, rc);
     progress.finish();
     let r = r?;
     print_findings(g, &r.check.problems, &r.check.warnings);
@@ -307,14 +301,12 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
             .into());
         }
     };
-    let mut repo = open(g)?;
-    repo.cache = None;
+    let session = session(g)?.uncached();
     match r {
         RepairCommand::Index => {
-            let _lock = take_lock(g, &repo, LockKind::Exclusive, "repair index")?;
-            // Read after locking: the old index is the fallback for unreadable headers.
-            repo.load_index()?;
-            let res = repair::repair_index(&repo, &|| ensure_held(&_lock))?;
+            let res = session
+                .lock(LockKind::Exclusive, "repair index", locking(g))?
+                .repair_index()?;
             for u in &res.unreadable_headers {
                 eprintln!("vault: warning: {u}");
             }
@@ -329,18 +321,18 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
             Ok(exit::OK)
         }
         RepairCommand::Snapshots(a) => {
-            let _lock = if a.dry_run {
-                None
+            let session = if a.dry_run {
+                session.without_lock()
             } else {
-                take_lock(g, &repo, LockKind::Shared, "repair snapshots")?
+                session.lock(LockKind::Shared, "repair snapshots", locking(g))?
             };
-            repo.load_index()?;
-            warn_damaged_index(&repo);
+            let session = session.index()?;
+            let repo = session.repo();
             let opts = repair::RepairSnapshotsOptions {
                 read_data: a.read_data,
                 dry_run: a.dry_run,
             };
-            let res = repair::repair_snapshots(&repo, &opts)?;
+            let res = repair::repair_snapshots(repo, &opts)?;
             for u in &res.unreadable {
                 eprintln!("vault: warning: cannot repair: {u}");
             }

@@ -116,6 +116,18 @@ impl Class {
 
 /// Audits the repository at `backend`. `packs` limits which packs are hashed (all other
 /// objects are small and always are); presence and sizes are checked for all.
+/// [`audit`] of the repository at `location`; fails when nothing there is a repository.
+pub fn audit_location(location: &str, packs: &Subset, counters: &Counters) -> Result<Report> {
+    let backend = Backend::open(location)?;
+    let r = audit(&backend, packs, counters)?;
+    if r.stats.objects == 0 {
+        return Err(backend
+            .why_absent()
+            .unwrap_or_else(|| crate::error::VaultError::NoRepository(location.into()).into()));
+    }
+    Ok(r)
+}
+
 pub fn audit(backend: &Backend, packs: &Subset, counters: &Counters) -> Result<Report> {
     let files = backend.list_files("")?;
     let mut report = Report::default();
