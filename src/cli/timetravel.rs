@@ -22,17 +22,6 @@ fn parse_time(spec: &str) -> Result<jiff::Timestamp> {
     Ok(timespec::parse(spec, &jiff::Zoned::now()).map_err(VaultError::Usage)?)
 }
 
-/// The filter for a time-based choice: this host unless --host says otherwise, and only
-/// snapshots that hold `covers`.
-fn at_filter(f: &SnapshotFilter, covers: &[PathBuf]) -> select::Filter {
-    let mut fl = filter(f);
-    if fl.hosts.is_empty() {
-        fl.hosts.push(hostname());
-    }
-    fl.covers = covers.to_vec();
-    fl
-}
-
 /// Picks the snapshot named by `spec` (`latest`, an id prefix) or by `--at`; says on
 /// stderr which one `--at` chose.
 pub(super) fn choose(
@@ -43,29 +32,24 @@ pub(super) fn choose(
     f: &SnapshotFilter,
     covers: &[PathBuf],
 ) -> Result<(Id, Snapshot)> {
-    match (spec, &at.at) {
+    let which = match (spec, &at.at) {
         (Some(_), Some(_)) => {
-            Err(VaultError::Usage("give a snapshot or --at, not both".into()).into())
+            return Err(VaultError::Usage("give a snapshot or --at, not both".into()).into());
         }
-        (Some(s), None) => select::select(repo, s, &filter(f), &warn_stderr),
-        (None, Some(t)) => by_time(g, repo, t, f, covers),
-        (None, None) => Err(VaultError::Usage(
-            "which snapshot? give `latest`, an id prefix, or --at TIME".into(),
-        )
-        .into()),
-    }
-}
-
-fn by_time(
-    g: &Global,
-    repo: &Repository,
-    spec: &str,
-    f: &SnapshotFilter,
-    covers: &[PathBuf],
-) -> Result<(Id, Snapshot)> {
-    let t = parse_time(spec)?;
-    let (id, snap) = select::at_time(repo, t, &at_filter(f, covers), &warn_stderr)?;
-    if !g.quiet && !g.json {
+        (Some(s), None) => select::Which::Named(s),
+        (None, Some(t)) => select::Which::At(parse_time(t)?),
+        (None, None) => {
+            return Err(VaultError::Usage(
+                "which snapshot? give `latest`, an id prefix, or --at TIME".into(),
+            )
+            .into());
+        }
+    };
+    let (id, snap) = select::choose(repo, which, &filter(f), covers, &warn_stderr)?;
+    if let (select::Which::At(t), Some(spec)) = (which, &at.at)
+        && !g.quiet
+        && !g.json
+    {
         let when = snap
             .timestamp()
             .map(select::local_time)
@@ -130,7 +114,7 @@ pub fn cmd_versions(g: &Global, a: VersionsArgs) -> Result<i32> {
     let session = reading(g, "versions")?;
     let repo = session.repo();
     let path = absolute(&a.path);
-    let fl = at_filter(&a.filter, std::slice::from_ref(&path));
+    let fl = filter(&a.filter).across_time(std::slice::from_ref(&path));
     let snaps = history(repo, fl, a.until.as_deref())?;
     let rows = versions::versions(repo, &snaps, &path)?;
     if rows.is_empty() {
@@ -197,7 +181,10 @@ pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
         chosen.push(select::select(repo, s, &filter(&a.filter), &warn_stderr)?);
     }
     for t in &a.at {
-        chosen.push(by_time(g, repo, t, &a.filter, &[])?);
+        let at = AtArg {
+            at: Some(t.clone()),
+        };
+        chosen.push(choose(g, repo, None, &at, &a.filter, &[])?);
     }
     let (ia, sa) = &chosen[0];
     let (ib, sb) = &chosen[1];

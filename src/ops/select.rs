@@ -21,6 +21,17 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// This filter for a look across time (`--at`, a file's versions): this host
+    /// unless it names hosts, and only snapshots that hold every path in `covers`.
+    pub fn across_time(&self, covers: &[PathBuf]) -> Filter {
+        let mut f = self.clone();
+        if f.hosts.is_empty() {
+            f.hosts.push(crate::repo::repository::hostname());
+        }
+        f.covers = covers.to_vec();
+        f
+    }
+
     pub fn matches(&self, s: &Snapshot) -> bool {
         (self.hosts.is_empty() || self.hosts.contains(&s.host))
             && self.paths.iter().all(|p| s.paths.contains(p))
@@ -170,4 +181,28 @@ pub fn by_ids(repo: &Repository, ids: &[String]) -> Result<Vec<Id>> {
             }
         })
         .collect()
+}
+
+/// Which snapshot a command means: named (`latest`, an id prefix), or the one in force at
+/// a time (`--at yesterday`).
+#[derive(Clone, Copy, Debug)]
+pub enum Which<'a> {
+    Named(&'a str),
+    At(Timestamp),
+}
+
+/// The snapshot `which` names among those `filter` selects. A choice by time covers this
+/// host unless the filter names hosts, and only snapshots that hold every path in
+/// `covers` (so that `--at` finds the newest one that has the file asked for).
+pub fn choose(
+    repo: &Repository,
+    which: Which,
+    filter: &Filter,
+    covers: &[PathBuf],
+    warn: &dyn Fn(String),
+) -> Result<(Id, Snapshot)> {
+    match which {
+        Which::Named(spec) => select(repo, spec, filter, warn),
+        Which::At(t) => at_time(repo, t, &filter.across_time(covers), warn),
+    }
 }
