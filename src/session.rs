@@ -15,6 +15,22 @@
 //!   checking that the lock is still held.
 //!
 //! Warnings go to the [`Reporter`] given at open; errors are [`crate::error::Error`].
+//!
+//! The order is the compiler's to enforce: an index cannot be loaded before a lock is
+//! taken (or explicitly gone without), nor a backup run on a session indexed for reading.
+//!
+//! ```compile_fail,E0599
+//! fn index_before_lock(s: vault::session::Session<vault::session::state::Open>) {
+//!     let _ = s.index();
+//! }
+//! ```
+//!
+//! ```compile_fail,E0599
+//! use vault::session::{Session, state::Indexed};
+//! fn backup_on_a_reading_session(mut s: Session<Indexed>) {
+//!     let _ = s.backup(&Default::default(), Default::default(), std::sync::Arc::new(|_| {}));
+//! }
+//! ```
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -377,5 +393,63 @@ impl Session<Indexed> {
         counters: Arc<restore::Counters>,
     ) -> Result<restore::RestoreResult> {
         Ok(restore::restore(&self.repo, root, opts, counters)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+    use crate::format::keyfile::MIN_LOG_N;
+    use crate::report::Silent;
+
+    const PASSWORD: &[u8] = b"a password for the tests";
+
+    fn quick() -> InitOptions {
+        InitOptions {
+            kdf_log_n: MIN_LOG_N,
+            ..InitOptions::new(128 << 10, 16 << 20, 3, "test".into(), 3).unwrap()
+        }
+    }
+
+    fn open(loc: &str, password: &'static [u8]) -> Result<Session<Open>> {
+        Session::open(
+            loc,
+            || Ok(Secret::Password(password.to_vec())),
+            Arc::new(Silent),
+        )
+    }
+
+    #[test]
+    fn each_failure_at_the_front_door_has_its_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().join("repo").to_string_lossy().into_owned();
+        let kind = |r: Result<Session<Open>>| r.err().map(|e| e.kind());
+
+        assert_eq!(kind(open(&loc, PASSWORD)), Some(ErrorKind::NoRepository));
+        Session::init(&loc, || Ok(PASSWORD), &quick(), Arc::new(Silent)).unwrap();
+        let again = Session::init(&loc, || Ok(PASSWORD), &quick(), Arc::new(Silent));
+        assert_eq!(kind(again), Some(ErrorKind::AlreadyExists));
+        assert_eq!(kind(open(&loc, b"not it")), Some(ErrorKind::WrongPassword));
+
+        // A lock held by another process (ErrorKind::Locked, exit 11) is tests/locks.rs's.
+        let bad = InitOptions::new(10, 16 << 20, 3, "x".into(), 3).map_err(Error::from);
+        assert_eq!(bad.err().map(|e| e.kind()), Some(ErrorKind::InvalidInput));
+    }
+
+    #[test]
+    fn the_password_is_not_asked_for_where_there_is_no_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        let loc = dir.path().join("none").to_string_lossy().into_owned();
+        let asked = std::cell::Cell::new(false);
+        let r = Session::open(
+            &loc,
+            || {
+                asked.set(true);
+                Ok(Secret::Password(PASSWORD.to_vec()))
+            },
+            Arc::new(Silent),
+        );
+        assert!(r.is_err() && !asked.get());
     }
 }
