@@ -10,13 +10,12 @@ use super::commands::{filter, location, locking, print_json, session, warn_stder
 use super::progress::{Granular, Meter, Progress, human_bytes};
 use super::{AuditArgs, CheckArgs, Global, RepairArgs, RepairCommand, VerifyArgs};
 use crate::error::{VaultError, exit};
-use crate::format::Id;
 use crate::ops::problem::Problem;
 use crate::ops::subset::Subset;
 use crate::ops::{audit, check, repair, restore, select, verify};
+use crate::repo::Repository;
 use crate::repo::limits::transferred;
 use crate::repo::lock::LockKind;
-use crate::repo::{FileKind, Repository};
 use crate::session::Session;
 use crate::session::state::Indexed;
 
@@ -53,27 +52,9 @@ fn print_skipped(g: &Global, skipped: &Option<String>) {
 /// Check judges this copy alone; for each damaged object it also says which mirror holds
 /// it intact, so the way out (`vault repair --from`) is plain.
 fn note_intact_copies(repo: &Repository, problems: &mut [Problem]) {
-    if problems.is_empty() {
-        return;
-    }
-    // Only the mirrors this host trusts are asked.
-    let mirrors = crate::ops::copies::trusted_backends(repo, &super::mirrors::warn);
-    for p in problems.iter_mut() {
-        let kind = match p.object.as_str() {
-            "pack" => FileKind::Data,
-            "index" => FileKind::Index,
-            "snapshot" => FileKind::Snapshot,
-            "key" => FileKind::Key,
-            _ => continue,
-        };
-        let Some(id) = p.id.as_deref().and_then(Id::from_hex) else {
-            continue;
-        };
-        let good = mirrors.iter().find(|(_, b)| {
-            b.read(&kind.path(&id))
-                .is_ok_and(|bytes| crate::ops::sync::intact(kind, &id, &bytes))
-        });
-        if let Some((name, _)) = good {
+    let intact = crate::ops::copies::intact_copies(repo, problems, &super::mirrors::warn);
+    for (p, name) in problems.iter_mut().zip(intact) {
+        if let Some(name) = name {
             p.what = format!(
                 "{} (intact on mirror {name}: `vault repair --from {name}`)",
                 p.what

@@ -2,12 +2,14 @@
 //! through them when the primary fails (`judge`), defining them (`manage`), bringing
 //! them up to date (`update`, with the time of each mirror's last sync in `state`),
 //! judging whether the copies are enough (`status`) and copying back from one
-//! (`repair`). The object copying itself is `ops::sync`'s.
+//! (`repair`), and which mirror holds intact what check found damaged (`intact`). The
+//! object copying itself is `ops::sync`'s.
 //!
 //! Nothing here prints: warnings go to the caller's [`Reporter`](crate::report::Reporter),
 //! results come back as data for the caller to render.
 
 mod describe;
+mod intact;
 mod judge;
 mod manage;
 mod repair;
@@ -16,6 +18,7 @@ mod status;
 pub mod trust;
 mod update;
 
+pub use intact::intact_copies;
 pub use judge::{TrustedMirrors, attach_mirrors, trusted_backends, trusted_mirrors};
 pub use manage::{Granted, Listed, NewMirror, Untrusted, add, list, remove, trust, untrust};
 pub use repair::{RepairSource, repair_from, repair_source};
