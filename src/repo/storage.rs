@@ -32,6 +32,45 @@
 
 use std::fmt;
 
+/// The reads of a decorator that changes only what is written: each passes through to
+/// `self.inner` untouched. Written inside `impl Storage for …`.
+macro_rules! reads_pass_through {
+    () => {
+        fn read(&self, path: &str) -> $crate::repo::storage::Result<Vec<u8>> {
+            self.inner.read(path)
+        }
+
+        fn read_range(
+            &self,
+            path: &str,
+            offset: u64,
+            len: u64,
+        ) -> $crate::repo::storage::Result<Vec<u8>> {
+            self.inner.read_range(path, offset, len)
+        }
+
+        fn stat(&self, path: &str) -> $crate::repo::storage::Result<$crate::repo::storage::Meta> {
+            self.inner.stat(path)
+        }
+
+        fn exists(&self, path: &str) -> $crate::repo::storage::Result<bool> {
+            self.inner.exists(path)
+        }
+
+        fn list(
+            &self,
+            dir: &str,
+        ) -> $crate::repo::storage::Result<Vec<$crate::repo::storage::Entry>> {
+            self.inner.list(dir)
+        }
+
+        fn probe(&self) -> $crate::repo::storage::Result<()> {
+            self.inner.probe()
+        }
+    };
+}
+use reads_pass_through;
+
 pub mod append_only;
 #[cfg(feature = "test-hooks")]
 pub mod crash;

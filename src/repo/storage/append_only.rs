@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
 
-use super::{Entry, Meta, Result, Storage};
+use super::{Result, Storage};
 
 /// What an append-only store refused to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,13 +81,7 @@ impl<S: Storage> AppendOnly<S> {
 }
 
 impl<S: Storage> Storage for AppendOnly<S> {
-    fn read(&self, path: &str) -> Result<Vec<u8>> {
-        self.inner.read(path)
-    }
-
-    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.inner.read_range(path, offset, len)
-    }
+    super::reads_pass_through!();
 
     fn write(&self, path: &str, bytes: Bytes) -> Result<()> {
         self.guard_target(Change::Overwrite, path)?;
@@ -115,22 +109,6 @@ impl<S: Storage> Storage for AppendOnly<S> {
         self.inner.delete(path)?;
         self.created().remove(path);
         Ok(())
-    }
-
-    fn stat(&self, path: &str) -> Result<Meta> {
-        self.inner.stat(path)
-    }
-
-    fn exists(&self, path: &str) -> Result<bool> {
-        self.inner.exists(path)
-    }
-
-    fn list(&self, dir: &str) -> Result<Vec<Entry>> {
-        self.inner.list(dir)
-    }
-
-    fn probe(&self) -> Result<()> {
-        self.inner.probe()
     }
 
     fn create_dir(&self, dir: &str) -> Result<()> {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::{Entry, Meta, Result, Storage};
+use super::{Result, Storage};
 
 pub const VAR: &str = "VAULT_CRASH_AFTER_WRITES";
 
@@ -46,13 +46,7 @@ impl<S: Storage> CrashAfter<S> {
 }
 
 impl<S: Storage> Storage for CrashAfter<S> {
-    fn read(&self, path: &str) -> Result<Vec<u8>> {
-        self.inner.read(path)
-    }
-
-    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.inner.read_range(path, offset, len)
-    }
+    super::reads_pass_through!();
 
     fn write(&self, path: &str, bytes: Bytes) -> Result<()> {
         self.mutated(self.inner.write(path, bytes))
@@ -64,22 +58,6 @@ impl<S: Storage> Storage for CrashAfter<S> {
 
     fn delete(&self, path: &str) -> Result<()> {
         self.mutated(self.inner.delete(path))
-    }
-
-    fn stat(&self, path: &str) -> Result<Meta> {
-        self.inner.stat(path)
-    }
-
-    fn exists(&self, path: &str) -> Result<bool> {
-        self.inner.exists(path)
-    }
-
-    fn list(&self, dir: &str) -> Result<Vec<Entry>> {
-        self.inner.list(dir)
-    }
-
-    fn probe(&self) -> Result<()> {
-        self.inner.probe()
     }
 
     /// Not counted: `init` makes directories before any object.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use super::{Entry, Meta, Result, Storage};
+use super::{Result, Storage};
 
 #[derive(Debug)]
 pub struct DryRun<S> {
@@ -46,13 +46,7 @@ impl<S: Storage> DryRun<S> {
 }
 
 impl<S: Storage> Storage for DryRun<S> {
-    fn read(&self, path: &str) -> Result<Vec<u8>> {
-        self.inner.read(path)
-    }
-
-    fn read_range(&self, path: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.inner.read_range(path, offset, len)
-    }
+    super::reads_pass_through!();
 
     fn write(&self, _path: &str, bytes: Bytes) -> Result<()> {
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -69,22 +63,6 @@ impl<S: Storage> Storage for DryRun<S> {
     fn delete(&self, _path: &str) -> Result<()> {
         self.deletes.fetch_add(1, Ordering::Relaxed);
         Ok(())
-    }
-
-    fn stat(&self, path: &str) -> Result<Meta> {
-        self.inner.stat(path)
-    }
-
-    fn exists(&self, path: &str) -> Result<bool> {
-        self.inner.exists(path)
-    }
-
-    fn list(&self, dir: &str) -> Result<Vec<Entry>> {
-        self.inner.list(dir)
-    }
-
-    fn probe(&self) -> Result<()> {
-        self.inner.probe()
     }
 
     fn create_dir(&self, _dir: &str) -> Result<()> {
