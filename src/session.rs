@@ -261,11 +261,11 @@ impl Session<Open> {
         let mut s = self.lock(kind, "prune", how)?;
         if two_phase {
             prune::refuse_older_vaults(&s.repo)?;
-        } else {
-            // Read after the lock is held; two-phase prune reads it again itself, after
-            // listing the snapshots.
-            s.repo.load_index()?;
         }
+        // Read after the lock is held, and before anything else, so that a damaged or
+        // forged index refuses prune at once; two-phase prune reads it again itself,
+        // after listing the snapshots.
+        s.repo.load_index()?;
         let held = || s.lock.as_ref().map_or(Ok(()), LockGuard::ensure_held);
         Ok(prune::prune(&mut s.repo, opts, counters, &held)?)
     }
@@ -311,44 +311,12 @@ impl Session<Locked> {
         Ok(self.to())
     }
 
-    /// Forgets `ids`: the forget record first (it is what lets sync remove them from the
-    /// mirrors too), then each snapshot file.
-    pub fn forget(&self, ids: &[Id]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.ensure_held()?;
-        self.repo.save_forget_record(ids)?;
-        for id in ids {
-            self.repo.backend.delete(&FileKind::Snapshot.path(id))?;
-        }
-        Ok(())
-    }
-
     /// Raises the repository to the newest format this vault writes; the format it had,
     /// or `None` when it was already there. Needs the exclusive lock.
     pub fn upgrade(&mut self) -> Result<Option<u32>> {
         Ok(self.repo.upgrade()?)
     }
 
-    /// The snapshots a retention policy removes, group by group with the reasons.
-    pub fn plan_forget(
-        &self,
-        policy: &forget::Policy,
-        filter: &select::Filter,
-        group_by: forget::GroupBy,
-    ) -> Result<Vec<forget::Group>> {
-        let snaps = self.snapshots(filter)?;
-        Ok(forget::apply(
-            policy,
-            &snaps,
-            group_by,
-            &jiff::tz::TimeZone::system(),
-        ))
-    }
-}
-
-impl Session<Locked> {
     /// `repair --from`: copies back to this repository what it lacks or holds damaged,
     /// from `source` (see [`copies::repair_from`]).
     pub fn repair_from(
@@ -385,6 +353,36 @@ impl Session<ForBackup> {
 }
 
 impl Session<Indexed> {
+    /// Forgets `ids`: the forget record first (it is what lets sync remove them from the
+    /// mirrors too), then each snapshot file.
+    pub fn forget(&self, ids: &[Id]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ensure_held()?;
+        self.repo.save_forget_record(ids)?;
+        for id in ids {
+            self.repo.backend.delete(&FileKind::Snapshot.path(id))?;
+        }
+        Ok(())
+    }
+
+    /// The snapshots a retention policy removes, group by group with the reasons.
+    pub fn plan_forget(
+        &self,
+        policy: &forget::Policy,
+        filter: &select::Filter,
+        group_by: forget::GroupBy,
+    ) -> Result<Vec<forget::Group>> {
+        let snaps = self.snapshots(filter)?;
+        Ok(forget::apply(
+            policy,
+            &snaps,
+            group_by,
+            &jiff::tz::TimeZone::system(),
+        ))
+    }
+
     /// Restores the tree `root` as `opts` says.
     pub fn restore(
         &self,

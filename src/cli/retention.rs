@@ -60,6 +60,9 @@ fn forget_now(g: &Global, removal: Removal, dry_run: bool) -> Result<i32> {
     } else {
         s.lock(LockKind::Shared, "forget", locking(g))?
     };
+    // Not needed to choose, but read so that a damaged or forged index refuses forget
+    // before it removes anything.
+    let s = s.index()?;
     let remove: Vec<Id> = match removal {
         Removal::Policy(p, group_by, f) => {
             let groups = s.plan_forget(&p, &filter(f), group_by)?;

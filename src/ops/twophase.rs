@@ -7,7 +7,7 @@
 //! period, if it is still unused and no revival names it: it first writes a *deletion
 //! record* naming it, then lists the snapshots and revivals once more, and deletes only
 //! what they still leave unused. A backup writes its revivals and its snapshot first and
-//! then looks for deletion records (see `backup::confirm`), so of a prune and a backup
+//! then looks for deletion records (see `ops::confirm`), so of a prune and a backup
 //! racing for one pack, at least one sees the other. Nothing here depends on clocks
 //! agreeing: the grace period only spares backups work.
 
