@@ -46,11 +46,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(args) = vault::cli::parse_selection(&s) else {
         return;
     };
-    let Ok(policy) = vault::cli::policy(&args) else {
+    let Ok(policy) = args.keep.policy() else {
         return;
     };
     let snaps = snapshots();
-    let groups = forget::apply(&policy, &snaps, args.group_by, &TimeZone::UTC);
+    let groups = forget::apply(&policy, &snaps, args.keep.group_by, &TimeZone::UTC);
     let decided: usize = groups.iter().map(|g| g.snapshots.len()).sum();
     assert_eq!(decided, snaps.len(), "every snapshot gets a decision");
 });
