@@ -115,6 +115,12 @@ impl<S> Session<S> {
         Ok(select::list(&self.repo, filter, &warn)?)
     }
 
+    /// Every copy's state and whether they are enough (see [`copies::status`]).
+    pub fn status(&mut self, export_max_age: jiff::Span) -> Result<copies::Status> {
+        let report = self.report.clone();
+        Ok(copies::status(&mut self.repo, export_max_age, &*report)?)
+    }
+
     /// Gives up the lock (it is also given up when the session is dropped).
     pub fn release(mut self) -> Session<Open> {
         self.lock = None;
@@ -349,6 +355,25 @@ impl Session<ForBackup> {
         let lock = &self.lock;
         let held = || lock.as_ref().map_or(Ok(()), LockGuard::renew);
         Ok(backup::backup(&mut self.repo, opts, counters, warn, &held)?)
+    }
+
+    /// Brings snapshots this repository forgot back from trusted mirror `from` (see
+    /// [`copies::unforget`]); the lock is renewed before each is published.
+    pub fn unforget(
+        &mut self,
+        from: &str,
+        wanted: &[String],
+        dry_run: bool,
+    ) -> Result<copies::Unforgotten> {
+        let lock = &self.lock;
+        let held = || lock.as_ref().map_or(Ok(()), LockGuard::renew);
+        Ok(copies::unforget(
+            &mut self.repo,
+            from,
+            wanted,
+            dry_run,
+            &held,
+        )?)
     }
 }
 

@@ -108,3 +108,13 @@ mod tests {
         }
     }
 }
+
+/// A period in the largest unit that divides it: 30d, 36h, 90m, 45s.
+pub fn human_period(secs: u64) -> String {
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if secs >= n && secs % n == 0 {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}

@@ -37,6 +37,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Find(a) => timetravel::cmd_find(&g, a),
         Command::Mirror(m) => mirrors::mirror(&g, m),
         Command::Sync(a) => mirrors::sync(&g, a.mirror.as_deref()),
+        Command::Maintain(a) => mirrors::maintain(&g, &a),
+        Command::Unforget(a) => mirrors::unforget(&g, &a),
         Command::Status(a) => mirrors::status(&g, &a.export_max_age),
         Command::Export(a) => export::export(&g, a),
         Command::Forget(a) => retention::forget(&g, *a),

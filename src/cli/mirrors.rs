@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{location, locking, print_json, session, warn_stderr};
+use super::commands::{location, locking, mirrored, print_json, session, warn_stderr};
 use super::progress::{Granular, Meter, Progress, human_bytes};
-use super::{Global, MirrorAddArgs, MirrorCommand};
+use super::{Global, MaintainArgs, MirrorAddArgs, MirrorCommand, UnforgetArgs};
 use crate::error::{VaultError, exit};
 use crate::format::mirror::MirrorDef;
 use crate::ops::copies::{self, MirrorSync, Shortfall, SyncProgress};
@@ -72,6 +72,7 @@ fn add(g: &Global, session: Session<Open>, a: MirrorAddArgs) -> Result<i32> {
         vendor: a.vendor,
         region: a.region,
         labels: a.labels,
+        protect: a.protect.map_or(0, |p| p.as_secs()),
     };
     let def = copies::add(session.repo(), new, access)?;
     let no_sync = a.no_sync || def.name == copies::PRIMARY;
@@ -97,11 +98,14 @@ fn list(g: &Global, repo: &Repository) -> Result<i32> {
         def: d, trusted, ..
     } in &listed
     {
-        let text = match trusted {
+        let mut text = match trusted {
             None => String::new(),
             Some(true) => "trusted".to_string(),
             Some(false) => format!("UNTRUSTED (`vault mirror trust {}`)", d.name),
         };
+        if d.protect > 0 {
+            text += &format!(", protected {}", crate::units::human_period(d.protect));
+        }
         println!(
             "{:<12}  {:<10}  {:<12}  {}  {text}",
             d.name, d.vendor, d.region, d.url
@@ -117,6 +121,7 @@ fn trust(g: &Global, repo: &Repository, name: &str, generic: bool) -> Result<i32
     if g.json {
         print_json(&json!({
             "trusted": def.name, "url": def.url, "vendor": def.vendor, "region": def.region,
+            "protect": def.protect,
             "generic_credentials": access.generic_credentials,
             "insecure_http": access.insecure_http,
         }))?;
@@ -128,11 +133,16 @@ fn trust(g: &Global, repo: &Repository, name: &str, generic: bool) -> Result<i32
 
 fn trusted_line(def: &MirrorDef, access: Access) -> String {
     format!(
-        "trusted mirror {} at {} (vendor {}, region {}){}{}",
+        "trusted mirror {} at {} (vendor {}, region {}{}){}{}",
         def.name,
         def.url,
         or_none(&def.vendor),
         or_none(&def.region),
+        if def.protect > 0 {
+            format!(", protected {}", crate::units::human_period(def.protect))
+        } else {
+            String::new()
+        },
         if access.generic_credentials {
             "; it may use the generic credentials"
         } else {
@@ -219,6 +229,12 @@ impl SyncProgress for SyncLines<'_> {
                         rep.deleted
                     );
                 }
+                if rep.waiting > 0 && !self.g.quiet && !self.g.json {
+                    println!(
+                        "{}: protected; {} objects the primary removed are kept there until `vault maintain --mirror {}`",
+                        m.mirror, rep.waiting, m.mirror
+                    );
+                }
                 for bad in &rep.damaged_at_source {
                     warn_stderr(format!(
                         "{bad} is damaged here and was not copied to {}: `vault repair --from {}`",
@@ -259,8 +275,7 @@ pub fn sync(g: &Global, only: Option<&str>) -> Result<i32> {
 pub fn status(g: &Global, export_max_age: &str) -> Result<i32> {
     let max_age = crate::ops::forget::parse_span(export_max_age)
         .map_err(|e| VaultError::Usage(format!("--export-max-age: {e}")))?;
-    let session = session(g)?;
-    let s = copies::status(session.repo(), max_age, &warn)?;
+    let s = session(g)?.status(max_age)?;
     let warnings: Vec<String> = s.shortfalls.iter().map(shortfall_line).collect();
     let summary = s.to_string();
     if g.json {
@@ -339,4 +354,96 @@ pub fn repair_from(g: &Global, from: &str) -> Result<i32> {
     } else {
         exit::PARTIAL
     })
+}
+
+pub fn maintain(g: &Global, a: &MaintainArgs) -> Result<i32> {
+    let s = session(g)?
+        .lock(LockKind::Shared, "maintain", locking(g))?
+        .index()?;
+    let results = copies::maintain(s.repo(), a.mirror.as_deref(), a.dry_run, &warn)?;
+    if g.json {
+        let v: Vec<_> = results
+            .iter()
+            .map(|(name, r)| match r {
+                Ok(m) => json!({"mirror": name, "ok": true, "report": m}),
+                Err(e) => json!({"mirror": name, "ok": false, "error": crate::error::one_line(e)}),
+            })
+            .collect();
+        print_json(&json!({ "mirrors": v }))?;
+    }
+    let mut code = exit::OK;
+    for (name, r) in &results {
+        match r {
+            Ok(m) if !g.quiet && !g.json => println!("{}", maintained_line(m)),
+            Ok(_) => {}
+            Err(e) => {
+                code = exit::PARTIAL;
+                if !g.json {
+                    eprintln!(
+                        "vault: mirror {name} not maintained: {}",
+                        crate::error::one_line(e)
+                    );
+                }
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn maintained_line(m: &copies::Maintained) -> String {
+    let verb = if m.dry_run { "would delete" } else { "deleted" };
+    let mut line = format!("{}: {verb} {} objects", m.mirror, m.deleted);
+    if m.protect > 0 {
+        line += &format!(
+            "; protected {}: {} wait",
+            crate::units::human_period(m.protect),
+            m.waiting
+        );
+        if let (Some(oldest), Some(due)) = (&m.oldest_waiting, &m.next_due) {
+            line += &format!(" (oldest recorded {oldest}, due {due})");
+        }
+    }
+    line
+}
+
+pub fn unforget(g: &Global, a: &UnforgetArgs) -> Result<i32> {
+    let session = mirrored(g)?;
+    let session = if a.dry_run {
+        session.without_lock()
+    } else {
+        session.lock(LockKind::Shared, "unforget", locking(g))?
+    };
+    let mut session = session.index_for_backup(a.dry_run)?;
+    let done = session.unforget(&a.from, &a.snapshots, a.dry_run)?;
+    if g.json {
+        print_json(&json!(done))?;
+        return Ok(exit::OK);
+    }
+    if done.snapshots.is_empty() && !g.quiet {
+        println!("no forgotten snapshots at {} to bring back", a.from);
+    }
+    for b in &done.snapshots {
+        if g.quiet {
+            continue;
+        }
+        let what = format!(
+            "{} of {} at {} ({})",
+            b.from.short(),
+            b.host,
+            b.time,
+            b.paths.join(", ")
+        );
+        match &b.id {
+            Some(id) => println!("brought back snapshot {what} as {}", id.short()),
+            None => println!("would bring back snapshot {what}"),
+        }
+    }
+    if !done.dry_run && !g.quiet && !done.snapshots.is_empty() {
+        println!(
+            "{} blobs ({}) written again",
+            done.blobs_copied,
+            human_bytes(done.bytes_written)
+        );
+    }
+    Ok(exit::OK)
 }

@@ -270,6 +270,20 @@ pub enum Command {
     /// object reads damaged here (a mirror lacking it gets nothing that refers to it).
     /// Example: vault sync --mirror offsite
     Sync(SyncArgs),
+    /// Carry out on the mirrors the deletions forget and prune recorded: on a protected
+    /// mirror only those recorded at least its protection period ago (by the mirror's
+    /// clock). Needs credentials that can delete there; run it on a trusted machine.
+    ///
+    /// Exit 3 when a mirror could not be maintained.
+    /// Example: vault maintain --mirror vault-b2 --dry-run
+    Maintain(MaintainArgs),
+    /// Bring forgotten snapshots back from a mirror that still holds them (a protected
+    /// one keeps them for its protection period): the snapshots, and whatever data of
+    /// theirs this repository no longer holds, are written here again.
+    ///
+    /// Example: vault unforget --from vault-b2          (every snapshot forgotten here)
+    ///          vault unforget --from vault-b2 5f0c3a1e
+    Unforget(UnforgetArgs),
     /// Every copy of the repository: reachable, complete, behind by how much; then how safe
     /// the data is (copies, vendors, regions, age of the newest offline export).
     ///
@@ -698,6 +712,11 @@ pub struct MirrorAddArgs {
     /// this host when it has no VAULT_MIRROR_<NAME>_* ones
     #[arg(long)]
     pub generic_credentials: bool,
+    /// Protect the copy for PERIOD (s, m, h or d, e.g. 30d): sync never deletes anything
+    /// there, and `vault maintain` deletes only what was recorded gone that long ago, so
+    /// that everything forgotten meanwhile can be restored from it (`vault unforget`)
+    #[arg(long, value_name = "PERIOD", value_parser = parse_wait)]
+    pub protect: Option<std::time::Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -775,6 +794,29 @@ pub struct SyncArgs {
     /// Only this mirror
     #[arg(long, value_name = "NAME")]
     pub mirror: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct MaintainArgs {
+    /// Only this mirror (default: every mirror this host trusts)
+    #[arg(long, value_name = "NAME")]
+    pub mirror: Option<String>,
+    /// Show what would be deleted; delete nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UnforgetArgs {
+    /// The mirror (a name this host trusts) that still holds the snapshots
+    #[arg(long, value_name = "NAME")]
+    pub from: String,
+    /// Snapshot ids or id prefixes, as the mirror names them (default: every snapshot
+    /// forgotten here that the mirror still holds)
+    pub snapshots: Vec<String>,
+    /// Show which snapshots would come back; write nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]

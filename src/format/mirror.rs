@@ -15,6 +15,9 @@ use super::id::Id;
 use super::object::{self, Kind};
 
 pub const MIRROR_VERSION: u32 = 1;
+/// A protected mirror's definition: a version older vaults skip, so that none of them
+/// carries deletions to a copy whose protection it does not know.
+pub const MIRROR_VERSION_PROTECTED: u32 = 2;
 pub const FORGET_VERSION: u32 = 1;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -33,6 +36,14 @@ pub struct MirrorDef {
     pub created: String,
     #[serde(default)]
     pub removed: bool,
+    /// Protection period in seconds; 0: none. Sync deletes nothing on a protected copy;
+    /// `vault maintain` deletes there only what was recorded gone this long ago.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub protect: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -105,8 +116,22 @@ impl MirrorDef {
 
     pub fn open(keys: &Keys, stored: &[u8]) -> Result<MirrorDef> {
         let d: MirrorDef = open_json(keys, Kind::Mirror, "mirror definition", stored)?;
-        check_version("mirror definition", d.version, MIRROR_VERSION)?;
+        let known = if d.protect > 0 {
+            MIRROR_VERSION_PROTECTED
+        } else {
+            MIRROR_VERSION
+        };
+        check_version("mirror definition", d.version, known)?;
         Ok(d)
+    }
+
+    /// The version a definition with this protection is written with.
+    pub fn version_for(protect: u64) -> u32 {
+        if protect > 0 {
+            MIRROR_VERSION_PROTECTED
+        } else {
+            MIRROR_VERSION
+        }
     }
 }
 
@@ -139,6 +164,7 @@ mod tests {
             labels: vec![],
             created: "2026-11-21T00:00:00Z".into(),
             removed: false,
+            protect: 0,
         };
         let sealed = d.seal(&keys);
         assert_eq!(MirrorDef::open(&keys, &sealed).unwrap(), d);
@@ -149,5 +175,36 @@ mod tests {
             snapshots: vec![Id::of_stored(b"s")],
         };
         assert_eq!(ForgetRecord::open(&keys, &f.seal(&keys)).unwrap(), f);
+    }
+
+    #[test]
+    fn protection_takes_version_2_and_leaves_unprotected_bytes_alone() {
+        let keys = MasterKey::generate().derive();
+        let mut d = MirrorDef {
+            version: MIRROR_VERSION,
+            name: "b2".into(),
+            url: "/x".into(),
+            vendor: String::new(),
+            region: String::new(),
+            labels: vec![],
+            created: "2026-11-21T00:00:00Z".into(),
+            removed: false,
+            protect: 0,
+        };
+        // Definitions written before protection existed keep their fingerprint.
+        let json = serde_json::to_string(&d).unwrap();
+        assert!(!json.contains("protect"), "{json}");
+        d.protect = 30 * 86400;
+        assert!(
+            MirrorDef::open(&keys, &d.seal(&keys)).is_err(),
+            "v1 with protect"
+        );
+        d.version = MirrorDef::version_for(d.protect);
+        assert_eq!(MirrorDef::open(&keys, &d.seal(&keys)).unwrap(), d);
+        d.protect = 0;
+        assert!(
+            MirrorDef::open(&keys, &d.seal(&keys)).is_err(),
+            "v2 without"
+        );
     }
 }

@@ -135,15 +135,19 @@ const TMP_LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(24 
 /// own), judged by the storage's clock, so a host with a skewed clock cannot take a
 /// running write's file.
 fn sweep_tmp(repo: &Repository) -> Result<u64> {
-    let now = super::twophase::storage_now(repo, false);
+    sweep_tmp_at(&repo.backend, super::twophase::storage_now(repo, false))
+}
+
+/// `sweep_tmp` on any copy, with `now` on its clock.
+pub(crate) fn sweep_tmp_at(backend: &crate::repo::Backend, now: jiff::Timestamp) -> Result<u64> {
     let mut removed = 0;
-    for (path, _, time) in repo.backend.list_files_timed("tmp/")? {
+    for (path, _, time) in backend.list_files_timed("tmp/")? {
         let old = time.is_some_and(|t| {
             now.duration_since(t)
                 .try_into()
                 .is_ok_and(|age: std::time::Duration| age > TMP_LEFTOVER_AGE)
         });
-        if old && repo.backend.delete(&path).is_ok() {
+        if old && backend.delete(&path).is_ok() {
             log::info!("removed {path}, left by a process killed mid-write");
             removed += 1;
         }

@@ -57,8 +57,16 @@ pub struct CopyReport {
     pub copied: u64,
     pub bytes: u64,
     pub deleted: u64,
+    /// A protected mirror: objects the primary removed on purpose that it keeps until
+    /// `vault maintain`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub waiting: u64,
     /// Objects not copied because the source's copy is damaged.
     pub damaged_at_source: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Whether `bytes` are intact for an object of `kind` named `id`, without the key.
@@ -159,8 +167,14 @@ fn copy_config(from: &Backend, to: &Backend, report: &mut CopyReport) -> Result<
     to.write(CONFIG_PATH, b)
 }
 
-/// Brings `mirror` up to date with the primary of `repo` (whose index is loaded).
-pub fn sync(repo: &Repository, mirror: &Backend, counters: &Counters) -> Result<CopyReport> {
+/// Brings `mirror` up to date with the primary of `repo` (whose index is loaded). On a
+/// `protected` mirror it deletes nothing, and counts what `vault maintain` may delete.
+pub fn sync(
+    repo: &Repository,
+    mirror: &Backend,
+    protected: bool,
+    counters: &Counters,
+) -> Result<CopyReport> {
     let primary = repo.backend.alone();
     let mut report = CopyReport::default();
     mirror.create_layout()?;
@@ -181,7 +195,13 @@ pub fn sync(repo: &Repository, mirror: &Backend, counters: &Counters) -> Result<
         refuse_dangling(kind, &report.damaged_at_source[before..], &have, mirror)?;
     }
     copy_config(&primary, mirror, &mut report)?;
-    delete_gone(repo, mirror, &mut report)?;
+    if protected {
+        // Nothing is deleted here: what waits is counted for the caller to tell.
+        report.waiting = gone(repo, mirror, &mut |_| true)?.len() as u64;
+    } else {
+        let all = gone(repo, mirror, &mut |_| true)?;
+        report.deleted += delete_gone(mirror, &all)?;
+    }
     Ok(report)
 }
 
@@ -210,73 +230,194 @@ fn refuse_dangling(
     }
 }
 
-/// Deletes from the mirror what the primary removed on purpose, and nothing else.
-fn delete_gone(repo: &Repository, mirror: &Backend, report: &mut CopyReport) -> Result<()> {
+/// One object the primary removed on purpose that a mirror still holds, and the
+/// records that say it is gone: forget records for a snapshot, the index files that
+/// superseded an index file, deletion records for a pack (none for marks, revivals and
+/// manifests, which follow what they describe).
+pub struct Gone {
+    pub kind: FileKind,
+    pub id: Id,
+    pub evidence: Vec<(FileKind, Id)>,
+}
+
+/// Decides, per object, whether it is deleted now; one kept back keeps whatever it
+/// needs (the packs a kept index file lists, its manifest).
+pub type Decide<'a> = dyn FnMut(&Gone) -> bool + 'a;
+
+/// What the primary removed on purpose that `mirror` still holds, in the order it may
+/// be deleted (snapshots, index files, packs, marks and revivals, manifests), as far as
+/// `decide` lets it go: what it keeps back is left out, and so is what depends on it.
+pub fn gone(repo: &Repository, mirror: &Backend, decide: &mut Decide) -> Result<Vec<Gone>> {
     let primary = repo.backend.alone();
     let on_primary =
         |kind| -> Result<HashSet<Id>> { Ok(primary.list(kind)?.into_iter().collect()) };
-    let forgotten = repo.forgotten()?;
+    let mut out = Vec::new();
+    let mut forgotten: HashMap<Id, Vec<(FileKind, Id)>> = HashMap::new();
+    for (record, r) in repo.forget_records()? {
+        for id in r.snapshots {
+            forgotten
+                .entry(id)
+                .or_default()
+                .push((FileKind::Forget, record));
+        }
+    }
     let snaps = on_primary(FileKind::Snapshot)?;
     for id in mirror.list(FileKind::Snapshot)? {
-        if !snaps.contains(&id) && forgotten.contains(&id) {
-            mirror.delete(&FileKind::Snapshot.path(&id))?;
-            report.deleted += 1;
+        if let (false, Some(records)) = (snaps.contains(&id), forgotten.remove(&id)) {
+            keep_or_delete(
+                Gone {
+                    kind: FileKind::Snapshot,
+                    id,
+                    evidence: records,
+                },
+                decide,
+                &mut out,
+            );
         }
     }
     let index = on_primary(FileKind::Index)?;
     let mut kept_index = Vec::new();
     for id in mirror.list(FileKind::Index)? {
-        if !index.contains(&id) && repo.superseded.contains(&id) {
-            delete_index_file(mirror, &id)?;
-            report.deleted += 1;
-        } else {
+        let by = repo.superseders.get(&id);
+        let gone = match by {
+            Some(by) if !index.contains(&id) => keep_or_delete(
+                Gone {
+                    kind: FileKind::Index,
+                    id,
+                    evidence: by.iter().map(|b| (FileKind::Index, *b)).collect(),
+                },
+                decide,
+                &mut out,
+            ),
+            _ => false,
+        };
+        if !gone {
             kept_index.push(id);
         }
     }
-    // Packs stay while any index file on either side lists them. The mirror's own index
-    // files are read too: the primary's copy of one may be the damaged one.
-    let mut listed: HashSet<Id> = repo.index().pack_ids();
-    for id in &kept_index {
-        let f = mirror
-            .read(&FileKind::Index.path(id))
-            .and_then(|b| Ok(IndexFile::open(&repo.keys, &b)?));
-        match f {
-            Ok(f) => listed.extend(f.packs.iter().map(|p| p.pack)),
-            // Unsure what it lists: delete no pack this time.
-            Err(_) => return Ok(()),
-        }
-    }
-    if !repo.damaged_index.is_empty() {
-        return Ok(()); // the primary's view is incomplete: delete no pack
-    }
-    let packs = on_primary(FileKind::Data)?;
-    // Format 3: a pack is gone on purpose only when a deletion record names it too.
-    let deleted = repo.two_phase().then(|| repo.marks.deleting());
-    for id in mirror.list(FileKind::Data)? {
-        let on_purpose = deleted.as_ref().is_none_or(|d| d.contains(&id));
-        if !packs.contains(&id) && !listed.contains(&id) && on_purpose {
-            mirror.delete(&FileKind::Data.path(&id))?;
-            report.deleted += 1;
-        }
+    if let Some(listed) = listed_anywhere(repo, mirror, &kept_index)? {
+        gone_packs(repo, mirror, &listed, decide, &mut out)?;
     }
     // Marks the primary dropped (their packs gone or revived), then the revivals.
     for kind in [FileKind::Mark, FileKind::Revival] {
         let here = on_primary(kind)?;
         for id in mirror.list(kind)? {
             if !here.contains(&id) {
-                mirror.delete(&kind.path(&id))?;
-                report.deleted += 1;
+                keep_or_delete(
+                    Gone {
+                        kind,
+                        id,
+                        evidence: Vec::new(),
+                    },
+                    decide,
+                    &mut out,
+                );
             }
         }
     }
-    let index_left: HashSet<Id> = mirror.list(FileKind::Index)?.into_iter().collect();
+    let index_left: HashSet<Id> = kept_index.into_iter().collect();
     for id in mirror.list(FileKind::Manifest)? {
         if !index_left.contains(&id) {
-            mirror.delete(&FileKind::Manifest.path(&id))?;
-            report.deleted += 1;
+            keep_or_delete(
+                Gone {
+                    kind: FileKind::Manifest,
+                    id,
+                    evidence: Vec::new(),
+                },
+                decide,
+                &mut out,
+            );
         }
     }
+    Ok(out)
+}
+
+/// Adds `g` to `out` if `decide` lets it go; whether it did.
+fn keep_or_delete(g: Gone, decide: &mut Decide, out: &mut Vec<Gone>) -> bool {
+    let now = decide(&g);
+    if now {
+        out.push(g);
+    }
+    now
+}
+
+/// Every pack an index file lists, on the primary or among the mirror's `kept` ones
+/// (the primary's copy of one may be the damaged one); None when that is unsure (an
+/// index file that does not read, or a primary whose index is incomplete), and so no
+/// pack may go.
+fn listed_anywhere(
+    repo: &Repository,
+    mirror: &Backend,
+    kept: &[Id],
+) -> Result<Option<HashSet<Id>>> {
+    let mut listed: HashSet<Id> = repo.index().pack_ids();
+    for id in kept {
+        let f = mirror
+            .read(&FileKind::Index.path(id))
+            .and_then(|b| Ok(IndexFile::open(&repo.keys, &b)?));
+        match f {
+            Ok(f) => listed.extend(f.packs.iter().map(|p| p.pack)),
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(repo.damaged_index.is_empty().then_some(listed))
+}
+
+/// Packs on the mirror that no index file lists and the primary lacks; in format 3 only
+/// those a deletion record names too.
+fn gone_packs(
+    repo: &Repository,
+    mirror: &Backend,
+    listed: &HashSet<Id>,
+    decide: &mut Decide,
+    out: &mut Vec<Gone>,
+) -> Result<()> {
+    let packs: HashSet<Id> = repo
+        .backend
+        .alone()
+        .list(FileKind::Data)?
+        .into_iter()
+        .collect();
+    let mut named: HashMap<Id, Vec<(FileKind, Id)>> = HashMap::new();
+    for (record, d) in &repo.marks.deletions {
+        for p in &d.packs {
+            named
+                .entry(*p)
+                .or_default()
+                .push((FileKind::Deletion, *record));
+        }
+    }
+    for id in mirror.list(FileKind::Data)? {
+        if packs.contains(&id) || listed.contains(&id) {
+            continue;
+        }
+        let evidence = named.get(&id).cloned();
+        if repo.two_phase() && evidence.is_none() {
+            continue;
+        }
+        let evidence = evidence.unwrap_or_default();
+        keep_or_delete(
+            Gone {
+                kind: FileKind::Data,
+                id,
+                evidence,
+            },
+            decide,
+            out,
+        );
+    }
     Ok(())
+}
+
+/// Deletes `gone` from `mirror`, in order; how many.
+pub fn delete_gone(mirror: &Backend, gone: &[Gone]) -> Result<u64> {
+    for g in gone {
+        match g.kind {
+            FileKind::Index => delete_index_file(mirror, &g.id)?,
+            kind => mirror.delete(&kind.path(&g.id))?,
+        }
+    }
+    Ok(gone.len() as u64)
 }
 
 /// How far `mirror` is behind `primary`: objects and bytes it lacks.

@@ -139,16 +139,18 @@ pub(super) fn storage_now(repo: &Repository, dry_run: bool) -> Timestamp {
     if dry_run {
         return Timestamp::now();
     }
+    storage_clock(&repo.backend).unwrap_or_else(Timestamp::now)
+}
+
+/// The time `backend` gives a small object written for the purpose; None where it gives
+/// none. The object is deleted again where the storage allows it.
+pub(crate) fn storage_clock(backend: &crate::repo::Backend) -> Option<Timestamp> {
     let path = format!("tmp/{}.clock", Id::random().to_hex());
-    let t = repo
-        .backend
+    let t = backend
         .write(&path, Vec::new())
-        .and_then(|()| repo.backend.modified(&path));
-    let _ = repo.backend.delete(&path);
-    match t {
-        Ok(Some(t)) => t,
-        _ => Timestamp::now(),
-    }
+        .and_then(|()| backend.modified(&path));
+    let _ = backend.delete(&path);
+    t.ok().flatten()
 }
 
 fn after(t: Timestamp, grace: Duration) -> Option<String> {

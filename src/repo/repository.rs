@@ -1,6 +1,6 @@
 //! An open repository: backend, keys, config, index; reading blobs, trees and snapshots.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,6 +171,8 @@ pub struct Repository {
     pub misnamed_index: Vec<Id>,
     /// Index files that others supersede (as of the last `load_index`).
     pub superseded: HashSet<Id>,
+    /// For each superseded index file, the index files that supersede it.
+    pub superseders: HashMap<Id, Vec<Id>>,
     /// Marks, revivals and deletions as the last `load_index` found them.
     pub marks: super::marks::PruneState,
     /// Held while a tree pack is fetched into the cache (the scanner threads that all
@@ -273,6 +275,7 @@ impl Repository {
             damaged_index: Vec::new(),
             misnamed_index: Vec::new(),
             superseded: HashSet::new(),
+            superseders: HashMap::new(),
             marks: Default::default(),
             fetching_trees: std::sync::Mutex::new(HashSet::new()),
             tree_packs: std::sync::Mutex::new(TreePacks::default()),
@@ -323,6 +326,7 @@ impl Repository {
             damaged_index: Vec::new(),
             misnamed_index: Vec::new(),
             superseded: HashSet::new(),
+            superseders: HashMap::new(),
             marks: Default::default(),
             fetching_trees: std::sync::Mutex::new(HashSet::new()),
             tree_packs: std::sync::Mutex::new(TreePacks::default()),
@@ -486,12 +490,16 @@ impl Repository {
         });
         let mut files = Vec::with_capacity(ids.len());
         let mut superseded = HashSet::new();
+        let mut superseders: HashMap<Id, Vec<Id>> = HashMap::new();
         self.damaged_index.clear();
         self.misnamed_index.clear();
         for (id, opened) in ids.iter().zip(opened) {
             match opened {
                 Ok(f) => {
                     superseded.extend(f.supersedes.iter().copied());
+                    for old in &f.supersedes {
+                        superseders.entry(*old).or_default().push(*id);
+                    }
                     files.push((*id, f));
                 }
                 Err(e) if is_not_found(&e) => {} // deleted since the listing (prune)
@@ -523,6 +531,7 @@ impl Repository {
             }
         }
         self.superseded = superseded;
+        self.superseders = superseders;
         let packs: Vec<Id> = packs?;
         let (dying, packs): (Vec<Id>, Vec<Id>) =
             packs.into_iter().partition(|p| deleting.contains(p));
@@ -870,6 +879,19 @@ impl Repository {
         kind: FileKind,
         open: impl Fn(&[u8]) -> Option<T>,
     ) -> Result<Vec<T>> {
+        Ok(self
+            .named_sealed_objects(kind, open)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
+    }
+
+    /// Every object of `kind` that hashes to its name and opens, with its name.
+    fn named_sealed_objects<T>(
+        &self,
+        kind: FileKind,
+        open: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<Vec<(Id, T)>> {
         let mut out = Vec::new();
         for id in self.backend.list(kind)? {
             let bytes =
@@ -878,7 +900,7 @@ impl Repository {
                         anyhow!("damaged")
                     });
             if let Some(v) = bytes.ok().as_deref().and_then(&open) {
-                out.push(v);
+                out.push((id, v));
             }
         }
         Ok(out)
@@ -917,6 +939,11 @@ impl Repository {
     }
 
     /// Every snapshot an authentic forget record names.
+    /// Every authentic forget record, with its name.
+    pub fn forget_records(&self) -> Result<Vec<(Id, ForgetRecord)>> {
+        self.named_sealed_objects(FileKind::Forget, |b| ForgetRecord::open(&self.keys, b).ok())
+    }
+
     pub fn forgotten(&self) -> Result<HashSet<Id>> {
         Ok(self
             .sealed_objects(FileKind::Forget, |b| ForgetRecord::open(&self.keys, b).ok())?

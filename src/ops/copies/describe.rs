@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::status::{CopyStatus, Status};
+use super::status::{CopyStatus, Protection, Status};
 use crate::units::human_bytes;
 
 fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
@@ -32,7 +32,30 @@ impl CopyStatus {
         if let Some(t) = self.mirror.as_ref().and_then(|m| m.last_sync.as_deref()) {
             state.push_str(&format!("; last sync {t}"));
         }
+        if let Some(p) = &self.protection {
+            state.push_str(&p.describe());
+        }
+        match self.can_delete {
+            Some(true) => state.push_str("; this host can delete there"),
+            Some(false) => state.push_str("; this host cannot delete there"),
+            None => {}
+        }
         state
+    }
+}
+
+impl Protection {
+    /// "; protected 30d: 12 deletions wait, the first due 2026-12-30T…".
+    fn describe(&self) -> String {
+        let mut s = format!("; protected {}", crate::units::human_period(self.period));
+        if let Some(e) = &self.error {
+            return s + &format!(" (what it keeps could not be counted: {e})");
+        }
+        s += &format!(": {} deletion(s) wait", self.waiting);
+        if let (Some(oldest), Some(due)) = (&self.oldest_waiting, &self.next_due) {
+            s += &format!(", the oldest recorded {oldest}, due {due}");
+        }
+        s
     }
 }
 

@@ -7,7 +7,7 @@ use super::PRIMARY;
 use super::judge::{in_force, no_such};
 use super::trust::{Store, Verdict};
 use crate::error::VaultError;
-use crate::format::mirror::{MIRROR_VERSION, MirrorDef};
+use crate::format::mirror::MirrorDef;
 use crate::repo::location::Access;
 use crate::repo::repository::now_rfc3339;
 use crate::repo::{Backend, Repository};
@@ -22,6 +22,8 @@ pub struct NewMirror {
     pub vendor: String,
     pub region: String,
     pub labels: Vec<String>,
+    /// Protection period in seconds; 0: none (see `MirrorDef::protect`).
+    pub protect: u64,
 }
 
 /// Defines a mirror and, unless it is `primary`, trusts it on this host (the user adds it
@@ -37,11 +39,17 @@ pub fn add(repo: &Repository, new: NewMirror, access: Access) -> Result<MirrorDe
     }
     let url = mirror_url(&new.url, new.endpoint.as_deref(), &new.region)?;
     let is_mirror = new.name != PRIMARY;
+    if !is_mirror && new.protect > 0 {
+        return Err(VaultError::Usage(
+            "--protect applies to mirrors; the primary is protected by the credentials of the hosts that write to it".into(),
+        )
+        .into());
+    }
     if is_mirror {
         Backend::open_mirror(&url, &new.name, access)?;
     }
     let def = MirrorDef {
-        version: MIRROR_VERSION,
+        version: MirrorDef::version_for(new.protect),
         name: new.name,
         url,
         vendor: new.vendor,
@@ -49,6 +57,7 @@ pub fn add(repo: &Repository, new: NewMirror, access: Access) -> Result<MirrorDe
         labels: new.labels,
         created: now_rfc3339(),
         removed: false,
+        protect: new.protect,
     };
     if is_mirror {
         // Recorded first, so that a state that cannot be written leaves nothing in the

@@ -1,7 +1,8 @@
 //! Several copies of one repository: which mirrors this host uses (`trust`), reading
 //! through them when the primary fails (`judge`), defining them (`manage`), bringing
 //! them up to date (`update`, with the time of each mirror's last sync in `state`),
-//! judging whether the copies are enough (`status`) and copying back from one
+//! judging whether the copies are enough (`status`), carrying out deletions on them
+//! (`maintain`, the only one that deletes on a protected copy) and copying back from one
 //! (`repair`), and which mirror holds intact what check found damaged (`intact`). The
 //! object copying itself is `ops::sync`'s.
 //!
@@ -11,19 +12,23 @@
 mod describe;
 mod intact;
 mod judge;
+mod maintain;
 mod manage;
 mod repair;
 mod state;
 mod status;
 pub mod trust;
+mod unforget;
 mod update;
 
 pub use intact::intact_copies;
 pub use judge::{TrustedMirrors, attach_mirrors, trusted_backends, trusted_mirrors};
+pub use maintain::{Maintained, maintain};
 pub use manage::{Granted, Listed, NewMirror, Untrusted, add, list, remove, trust, untrust};
 pub use repair::{RepairSource, repair_from, repair_source};
-pub use status::{CopyStatus, ExportAge, MirrorFacts, Shortfall, Status, status};
+pub use status::{CopyStatus, ExportAge, MirrorFacts, Protection, Shortfall, Status, status};
 pub use trust::Verdict;
+pub use unforget::{Brought, Unforgotten, unforget};
 pub use update::{MirrorSync, SyncOutcome, SyncProgress, sync_mirrors};
 
 /// The name that describes the primary itself (vendor, region) rather than a mirror.

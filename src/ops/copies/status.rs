@@ -44,6 +44,30 @@ pub struct CopyStatus {
     /// Why it is unreachable (or untrusted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Whether the credentials this host holds could delete there (a probe object
+    /// written and deleted under `tmp/`); None when it was not reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub can_delete: Option<bool>,
+    /// A protected mirror: what its protection keeps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protection: Option<Protection>,
+}
+
+/// What a protected mirror keeps that the primary removed.
+#[derive(Serialize, Debug, Clone)]
+pub struct Protection {
+    /// The period, seconds.
+    pub period: u64,
+    /// Deletions recorded that the period still holds back, or that could not be
+    /// counted (`error`).
+    pub waiting: u64,
+    /// When the oldest of them was recorded there, on its clock, and when it is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oldest_waiting: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_due: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What only a mirror has.
@@ -89,14 +113,23 @@ pub struct Status {
 }
 
 /// Judges the copies of `repo`, asking each trusted mirror what it lacks (a listing:
-/// cold copies answer it too). Untrusted mirrors are reported and never contacted.
+/// cold copies answer it too) and whether this host could delete there. Untrusted
+/// mirrors are reported and never contacted. With a protected mirror the index is
+/// loaded, to count what its protection keeps.
 pub fn status(
-    repo: &Repository,
+    repo: &mut Repository,
     export_max_age: jiff::Span,
     report: &dyn Reporter,
 ) -> Result<Status> {
     let defs = repo.mirror_defs()?;
     let judged = judged(repo)?;
+    let any_protected = judged
+        .iter()
+        .any(|(d, v)| d.protect > 0 && matches!(v, Verdict::Trusted(_)));
+    if any_protected {
+        repo.load_index()?;
+    }
+    let repo = &*repo;
     let last = state::load(repo);
     let primary = repo.backend.alone();
     let primary_def = defs.iter().find(|d| d.name == PRIMARY);
@@ -112,6 +145,8 @@ pub fn status(
         missing_objects: None,
         missing_bytes: None,
         error: None,
+        can_delete: Some(can_delete(&primary)),
+        protection: None,
     }];
     for (d, verdict) in &judged {
         let facts = MirrorFacts {
@@ -119,7 +154,7 @@ pub fn status(
             last_sync: last.get(&d.name).cloned(),
         };
         let row = match verdict {
-            Verdict::Trusted(access) => mirror_status(&primary, d, *access, facts),
+            Verdict::Trusted(access) => mirror_status(repo, d, *access, facts),
             Verdict::Untrusted { redefined } => {
                 report_untrusted(d, *redefined, report);
                 let why = format!(
@@ -136,16 +171,23 @@ pub fn status(
 
 /// A trusted mirror's row: what it lacks, or why it could not tell.
 fn mirror_status(
-    primary: &Backend,
+    repo: &Repository,
     d: &MirrorDef,
     access: crate::repo::location::Access,
     facts: MirrorFacts,
 ) -> CopyStatus {
     let mut cold = None;
+    let mut probed = None;
     let behind = Backend::open_mirror(&d.url, &d.name, access).and_then(|m| {
         cold = Some(m.is_cold());
-        sync::behind(primary, &m)
+        let b = sync::behind(&repo.backend.alone(), &m)?;
+        probed = Some((
+            can_delete(&m),
+            (d.protect > 0).then(|| protection(repo, &m, d.protect)),
+        ));
+        Ok(b)
     });
+    let (can_delete, protection) = probed.unzip();
     match behind {
         Ok(b) => CopyStatus {
             name: d.name.clone(),
@@ -159,6 +201,8 @@ fn mirror_status(
             missing_objects: Some(b.objects),
             missing_bytes: Some(b.bytes),
             error: None,
+            can_delete,
+            protection: protection.flatten(),
         },
         Err(e) => unreachable(d, facts, cold, one_line(&e)),
     }
@@ -178,7 +222,36 @@ fn unreachable(d: &MirrorDef, facts: MirrorFacts, cold: Option<bool>, why: Strin
         missing_objects: None,
         missing_bytes: None,
         error: Some(why),
+        can_delete: None,
+        protection: None,
     }
+}
+
+/// Whether `backend` lets this host delete: a probe object under `tmp/`, written and
+/// deleted. Where the delete is refused the probe stays, for maintenance to remove.
+fn can_delete(backend: &Backend) -> bool {
+    let path = format!("tmp/{}.probe", crate::format::Id::random().to_hex());
+    backend.write(&path, Vec::new()).is_ok() && backend.delete(&path).is_ok()
+}
+
+/// What the protection of mirror `m` keeps, counted as `vault maintain --dry-run` would.
+fn protection(repo: &Repository, m: &Backend, period: u64) -> Protection {
+    let mut p = Protection {
+        period,
+        waiting: 0,
+        oldest_waiting: None,
+        next_due: None,
+        error: None,
+    };
+    match super::maintain::plan(repo, m, period, true) {
+        Ok(done) => {
+            p.waiting = done.waiting;
+            p.oldest_waiting = done.oldest_waiting;
+            p.next_due = done.next_due;
+        }
+        Err(e) => p.error = Some(one_line(&e)),
+    }
+    p
 }
 
 /// Applies the rule to the rows.
@@ -266,6 +339,8 @@ mod tests {
             missing_objects: None,
             missing_bytes: None,
             error: None,
+            can_delete: None,
+            protection: None,
         }
     }
 

@@ -74,7 +74,7 @@ pub fn sync_mirrors(
         let counters = progress.start(&d.name);
         let started = Instant::now();
         let result = Backend::open_mirror(&d.url, &d.name, *access)
-            .and_then(|b| sync::sync(repo, &b, &counters));
+            .and_then(|b| sync::sync(repo, &b, d.protect > 0, &counters));
         let seconds = started.elapsed().as_secs_f64().max(1e-3);
         if result.is_ok() {
             last.insert(d.name.clone(), now_rfc3339());
