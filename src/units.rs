@@ -77,6 +77,16 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// A period in the largest unit that divides it: 30d, 36h, 90m, 45s.
+pub fn human_period(secs: u64) -> String {
+    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
+        if secs >= n && secs % n == 0 {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,14 +117,13 @@ mod tests {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
     }
-}
 
-/// A period in the largest unit that divides it: 30d, 36h, 90m, 45s.
-pub fn human_period(secs: u64) -> String {
-    for (unit, n) in [("d", 86400), ("h", 3600), ("m", 60)] {
-        if secs >= n && secs % n == 0 {
-            return format!("{}{unit}", secs / n);
-        }
+    #[test]
+    fn periods_in_their_largest_whole_unit() {
+        assert_eq!(human_period(30 * 86400), "30d");
+        assert_eq!(human_period(36 * 3600), "36h");
+        assert_eq!(human_period(90 * 60), "90m");
+        assert_eq!(human_period(61), "61s");
+        assert_eq!(human_period(0), "0s");
     }
-    format!("{secs}s")
 }

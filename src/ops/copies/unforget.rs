@@ -102,13 +102,20 @@ fn open_copy(repo: &Repository, backend: Backend) -> Result<Repository> {
 }
 
 /// The snapshots to bring back: those `wanted`, else every one forgotten here that the
-/// copy holds; never one this repository still holds.
+/// copy holds; never one this repository still holds, under its name or (brought back
+/// before) under another.
 fn choose(repo: &Repository, copy: &Repository, wanted: &[String]) -> Result<Vec<(Id, Snapshot)>> {
     let here: HashSet<Id> = repo
         .backend
         .alone()
         .list(FileKind::Snapshot)?
         .into_iter()
+        .collect();
+    let held: HashSet<(String, String, Id)> = repo
+        .snapshots()?
+        .into_iter()
+        .filter_map(|(_, s)| s.ok())
+        .map(|s| same(&s))
         .collect();
     let there: Vec<Id> = copy
         .backend
@@ -130,10 +137,19 @@ fn choose(repo: &Repository, copy: &Repository, wanted: &[String]) -> Result<Vec
     };
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        out.push((id, copy.load_snapshot(&id)?));
+        let snap = copy.load_snapshot(&id)?;
+        if !held.contains(&same(&snap)) {
+            out.push((id, snap));
+        }
     }
     out.sort_by(|a, b| a.1.time.cmp(&b.1.time));
     Ok(out)
+}
+
+/// What makes two snapshot files the same snapshot: a snapshot brought back is sealed
+/// anew, under another name.
+fn same(s: &Snapshot) -> (String, String, Id) {
+    (s.time.clone(), s.host.clone(), s.tree)
 }
 
 fn by_prefix(ids: &[Id], prefix: &str, location: &str) -> Result<Id> {

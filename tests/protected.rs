@@ -1,0 +1,316 @@
+//! Protected mirrors: sync deletes nothing there, `vault maintain` deletes only what was
+//! recorded gone a whole protection period ago by the mirror's own clock, everything
+//! forgotten meanwhile restores from the mirror and comes back with `vault unforget`,
+//! and an intruder holding the password cannot shorten the period.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Env, bytes, snapshot_of, walkdir};
+
+/// A repository with a protected mirror `safe` (1 h) and an ordinary one `plain`, two
+/// snapshots of a changing source (the content of each kept aside), synced to both.
+struct Setup {
+    env: Env,
+    src: PathBuf,
+    safe: PathBuf,
+    plain: PathBuf,
+    /// Each snapshot's source as it was, by snapshot time order.
+    versions: Vec<PathBuf>,
+}
+
+fn setup() -> Setup {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("docs")).unwrap();
+    fs::write(src.join("big"), bytes(1, 1 << 20)).unwrap();
+    fs::write(src.join("docs/a.txt"), b"first").unwrap();
+    let (safe, plain) = (env.path("safe"), env.path("plain"));
+    env.init(&["--pack-size", "256K"]);
+    env.ok(&[
+        "mirror",
+        "add",
+        "safe",
+        safe.to_str().unwrap(),
+        "--protect",
+        "1h",
+        "--no-sync",
+    ]);
+    env.ok(&[
+        "mirror",
+        "add",
+        "plain",
+        plain.to_str().unwrap(),
+        "--no-sync",
+    ]);
+    let mut versions = Vec::new();
+    for (i, text) in ["first", "second"].iter().enumerate() {
+        fs::write(src.join("docs/a.txt"), text).unwrap();
+        fs::write(src.join(format!("new{i}")), bytes(10 + i as u64, 300_000)).unwrap();
+        env.ok(&["backup", src.to_str().unwrap(), "-q"]);
+        let kept = env.path(&format!("version{i}"));
+        // As it was, times and modes included.
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(&kept)
+            .status()
+            .expect("cp");
+        assert!(ok.success());
+        versions.push(kept);
+    }
+    env.ok(&["sync"]);
+    Setup {
+        env,
+        src,
+        safe,
+        plain,
+        versions,
+    }
+}
+
+impl Setup {
+    /// Forgets every snapshot and prunes everything unused (two prunes: mark, delete).
+    fn forget_everything(&self) {
+        self.env.ok(&["forget", "--keep-last", "0"]);
+        self.env.ok(&["prune", "--grace", "0s"]);
+        self.env.ok(&["prune", "--grace", "0s"]);
+        assert_eq!(self.env.files_in("snapshots"), 0);
+    }
+
+    /// Each version restores byte for byte from `repo`, oldest first.
+    fn assert_restores_from(&self, repo: &Path) {
+        let repo = repo.to_str().unwrap();
+        let ids = snapshot_ids(&self.env, repo);
+        assert_eq!(ids.len(), self.versions.len(), "snapshots at {repo}");
+        for (i, (id, version)) in ids.iter().zip(&self.versions).enumerate() {
+            let target = self.env.path(&format!("restored-{i}-{}", id));
+            let _ = fs::remove_dir_all(&target);
+            self.env.ok(&[
+                "--repo",
+                repo,
+                "restore",
+                id,
+                "--target",
+                target.to_str().unwrap(),
+                "-q",
+            ]);
+            assert_eq!(
+                snapshot_of(&Env::restored(&target, &self.src)),
+                snapshot_of(version),
+                "snapshot {id} from {repo}"
+            );
+        }
+    }
+}
+
+/// Snapshot ids at `repo`, oldest first.
+fn snapshot_ids(env: &Env, repo: &str) -> Vec<String> {
+    let v = env.json(&["--repo", repo, "snapshots"], 0);
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| s["id"].as_str().expect("an id").to_string())
+        .collect()
+}
+
+fn count(dir: &Path) -> usize {
+    walkdir(dir).len()
+}
+
+/// Sets the modification time of every record that dates a deletion on a copy (forget
+/// records, index files, deletion records) to `ago`: what the storage clock would say
+/// after that much time.
+fn age_records(copy: &Path, ago: &str) {
+    for dir in ["forgotten", "index", "deletions"] {
+        for f in walkdir(&copy.join(dir)) {
+            let ok = Command::new("touch")
+                .args(["-d", ago])
+                .arg(&f)
+                .status()
+                .expect("touch");
+            assert!(ok.success());
+        }
+    }
+}
+
+#[test]
+fn a_protected_mirror_keeps_what_forget_and_prune_removed_until_its_period_has_passed() {
+    let s = setup();
+    let files_before = count(&s.safe);
+    s.forget_everything();
+    let out = s.env.ok(&["sync"]);
+    assert!(
+        out.contains("safe: protected;") && out.contains("vault maintain --mirror safe"),
+        "{out}"
+    );
+    // The ordinary mirror followed the primary; the protected one lost nothing.
+    assert_eq!(count(&s.plain.join("snapshots")), 0);
+    assert_eq!(count(&s.plain.join("data")), 0);
+    assert_eq!(count(&s.safe.join("snapshots")), 2);
+    assert!(count(&s.safe) >= files_before, "nothing deleted on safe");
+    s.assert_restores_from(&s.safe);
+
+    // Maintenance inside the period deletes nothing, and says what waits.
+    let m = s.env.json(&["maintain", "--mirror", "safe"], 0);
+    let r = &m["mirrors"][0]["report"];
+    assert_eq!(r["deleted"], 0, "{m}");
+    assert!(r["waiting"].as_u64().unwrap() >= 2 + 2, "{m}");
+    assert!(r["next_due"].is_string(), "{m}");
+    let status = s.env.json(&["status"], 0);
+    let safe = status["copies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "safe")
+        .expect("safe in status");
+    assert_eq!(safe["protection"]["period"], 3600, "{status}");
+    assert_eq!(safe["protection"]["waiting"], r["waiting"], "{status}");
+    assert_eq!(safe["can_delete"], true, "{status}");
+    s.assert_restores_from(&s.safe);
+
+    // Once the records are older than the period (by the mirror's clock), maintenance
+    // carries the deletions out and leaves a valid copy.
+    age_records(&s.safe, "2 hours ago");
+    let m = s.env.json(&["maintain", "--mirror", "safe"], 0);
+    let r = &m["mirrors"][0]["report"];
+    assert!(r["deleted"].as_u64().unwrap() >= 2 + 2, "{m}");
+    assert_eq!(r["waiting"], 0, "{m}");
+    assert_eq!(count(&s.safe.join("snapshots")), 0);
+    assert_eq!(count(&s.safe.join("data")), 0);
+    s.env
+        .ok(&["--repo", s.safe.to_str().unwrap(), "check", "--read-data"]);
+}
+
+#[test]
+fn unforget_brings_every_forgotten_snapshot_back_from_a_protected_mirror() {
+    let s = setup();
+    s.forget_everything();
+    s.env.ok(&["sync"]);
+    let dry = s.env.json(&["unforget", "--from", "safe", "--dry-run"], 0);
+    assert_eq!(dry["snapshots"].as_array().unwrap().len(), 2, "{dry}");
+    assert_eq!(s.env.files_in("snapshots"), 0, "a dry run writes nothing");
+    let done = s.env.json(&["unforget", "--from", "safe"], 0);
+    assert_eq!(done["snapshots"].as_array().unwrap().len(), 2, "{done}");
+    assert!(done["blobs_copied"].as_u64().unwrap() > 0, "{done}");
+    s.env.ok(&["check", "--read-data"]);
+    s.assert_restores_from(&s.env.repo());
+    // Nothing is left to bring back, and the primary's next prune keeps them.
+    let again = s.env.json(&["unforget", "--from", "safe"], 0);
+    assert_eq!(again["snapshots"].as_array().unwrap().len(), 0, "{again}");
+    s.env.ok(&["prune", "--grace", "0s"]);
+    s.env.ok(&["prune", "--grace", "0s"]);
+    s.env.ok(&["check", "--read-data"]);
+    s.assert_restores_from(&s.env.repo());
+    // The copies brought back reach the mirrors too, and outlive the maintenance that
+    // removes the forgotten originals.
+    s.env.ok(&["sync"]);
+    age_records(&s.safe, "2 hours ago");
+    s.env.ok(&["maintain"]);
+    s.assert_restores_from(&s.safe);
+    s.assert_restores_from(&s.plain);
+}
+
+#[test]
+fn a_forget_record_dated_in_the_past_still_waits_the_whole_period() {
+    if !faketime_available() {
+        return;
+    }
+    let s = setup();
+    // An intruder's vault, its clock two days back, writes forget records that claim
+    // to be old; the mirror receives them now.
+    let mut c = s.env.cmd();
+    c.env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let status = Command::new("faketime")
+        .args([
+            "-f",
+            "-2d",
+            env!("CARGO_BIN_EXE_vault"),
+            "forget",
+            "--keep-last",
+            "0",
+        ])
+        .envs(c.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .status()
+        .expect("faketime");
+    assert!(status.success());
+    s.env.ok(&["sync"]);
+    let m = s.env.json(&["maintain", "--mirror", "safe"], 0);
+    let r = &m["mirrors"][0]["report"];
+    assert_eq!(r["deleted"], 0, "{m}");
+    assert!(r["waiting"].as_u64().unwrap() >= 2, "{m}");
+    assert_eq!(count(&s.safe.join("snapshots")), 2);
+}
+
+#[test]
+fn a_redefinition_without_protection_is_not_trusted_by_the_maintaining_host() {
+    let s = setup();
+    // The intruder holds the password and runs as another host (its own trust state):
+    // it redefines the mirror without protection and forgets everything. (Its own sync
+    // to the copy is stopped by credentials that cannot delete there, not by vault:
+    // tests/create_only.rs.)
+    let intruder = |args: &[&str]| {
+        let out = s
+            .env
+            .cmd()
+            .env("VAULT_STATE_DIR", s.env.path("intruder-state"))
+            .args(args)
+            .output()
+            .expect("run vault");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    intruder(&["mirror", "remove", "safe"]);
+    intruder(&[
+        "mirror",
+        "add",
+        "safe",
+        s.safe.to_str().unwrap(),
+        "--no-sync",
+    ]);
+    intruder(&["forget", "--keep-last", "0"]);
+    // The host that maintains knows the definition it trusted: the new one is refused.
+    let out = s.env.run(&["maintain", "--mirror", "safe"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("redefined"), "{err}");
+    let out = s.env.run(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("redefined"),
+        "{out:?}"
+    );
+    assert_eq!(count(&s.safe.join("snapshots")), 2);
+}
+
+#[test]
+fn protect_is_refused_for_the_primary_and_shown_in_the_mirror_list() {
+    let s = setup();
+    let out = s
+        .env
+        .run(&["mirror", "add", "primary", "/x", "--protect", "30d"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let list = s.env.ok(&["mirror", "list"]);
+    assert!(list.contains("protected 1h"), "{list}");
+    let out = s
+        .env
+        .run(&["mirror", "add", "x", "/y", "--protect", "soon"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+fn faketime_available() -> bool {
+    let found = Command::new("sh")
+        .args(["-c", "command -v faketime"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found || std::env::var("CI").as_deref() != Ok("true"),
+        "faketime (apt package faketime) is needed for this test under CI=true"
+    );
+    found
+}
