@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -152,6 +153,9 @@ fn a_protected_mirror_keeps_what_forget_and_prune_removed_until_its_period_has_p
     assert_eq!(count(&s.plain.join("data")), 0);
     assert_eq!(count(&s.safe.join("snapshots")), 2);
     assert!(count(&s.safe) >= files_before, "nothing deleted on safe");
+    s.env
+        .ok(&["--repo", s.safe.to_str().unwrap(), "check", "--read-data"]);
+    s.env.ok(&["--repo", s.safe.to_str().unwrap(), "audit"]);
     s.assert_restores_from(&s.safe);
 
     // Maintenance inside the period deletes nothing, and says what waits.
@@ -313,4 +317,101 @@ fn faketime_available() -> bool {
         "faketime (apt package faketime) is needed for this test under CI=true"
     );
     found
+}
+
+/// Runs `args` with the crash hook killing vault right after its `n`th storage write or
+/// delete; whether it was killed (else it must have succeeded).
+fn killed_after(env: &Env, args: &[&str], n: usize) -> bool {
+    let out = env
+        .cmd()
+        .env("VAULT_CRASH_AFTER_WRITES", n.to_string())
+        .args(args)
+        .output()
+        .expect("run vault");
+    if out.status.signal() == Some(9) {
+        return true;
+    }
+    assert!(
+        out.status.success(),
+        "{args:?} after {n} writes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
+/// `cp -a from to`, `to` replaced.
+fn reset(from: &Path, to: &Path) {
+    let _ = fs::remove_dir_all(to);
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(ok.success());
+}
+
+#[test]
+fn unforget_killed_after_any_write_leaves_a_valid_repository_and_completes_when_run_again() {
+    let s = setup();
+    s.forget_everything();
+    s.env.ok(&["sync"]);
+    let pristine = s.env.path("pristine");
+    reset(&s.env.repo(), &pristine);
+    let mut kills = 0;
+    for n in 1.. {
+        reset(&pristine, &s.env.repo());
+        let _ = fs::remove_dir_all(s.env.path("cache"));
+        if !killed_after(&s.env, &["unforget", "--from", "safe"], n) {
+            break;
+        }
+        kills += 1;
+        assert!(n < 200, "unforget never finished");
+        s.env.ok(&["check", "--read-data"]);
+        s.env.ok(&["unforget", "--from", "safe"]);
+        s.env.ok(&["check", "--read-data"]);
+        s.assert_restores_from(&s.env.repo());
+    }
+    assert!(kills >= 4, "only {kills} kill points");
+    eprintln!("unforget killed at each of its {kills} writes");
+}
+
+#[test]
+fn maintain_killed_after_any_delete_leaves_a_valid_mirror_and_completes_when_run_again() {
+    let s = setup();
+    // Keep one snapshot, so that the mirror must stay a restorable repository.
+    s.env.ok(&["forget", "--keep-last", "1"]);
+    s.env.ok(&["prune", "--grace", "0s"]);
+    s.env.ok(&["prune", "--grace", "0s"]);
+    s.env.ok(&["sync"]);
+    age_records(&s.safe, "2 hours ago");
+    let pristine = s.env.path("safe-pristine");
+    reset(&s.safe, &pristine);
+    let mut kills = 0;
+    let safe = s.safe.to_str().unwrap();
+    for n in 1.. {
+        reset(&pristine, &s.safe);
+        if !killed_after(&s.env, &["maintain", "--mirror", "safe"], n) {
+            break;
+        }
+        kills += 1;
+        assert!(n < 200, "maintain never finished");
+        s.env.ok(&["--repo", safe, "check", "--read-data"]);
+        s.env.ok(&["maintain", "--mirror", "safe"]);
+        s.env.ok(&["--repo", safe, "check", "--read-data"]);
+        assert_eq!(snapshot_ids(&s.env, safe).len(), 1);
+    }
+    assert!(kills >= 4, "only {kills} kill points");
+    eprintln!("maintain killed at each of its {kills} writes and deletes");
+}
+
+/// The kill tests rely on VAULT_CRASH_AFTER_WRITES, which only a build with the test
+/// hooks obeys.
+#[test]
+fn the_test_hooks_are_built() {
+    if !cfg!(feature = "test-hooks") {
+        panic!(
+            "run the tests with --features test-hooks: without it vault ignores VAULT_CRASH_AFTER_WRITES"
+        );
+    }
 }
