@@ -181,7 +181,18 @@ pub fn sync(repo: &Repository, mirror: &Backend, counters: &Counters) -> Result<
         refuse_dangling(kind, &report.damaged_at_source[before..], &have, mirror)?;
     }
     copy_config(&primary, mirror, &mut report)?;
-    delete_gone(repo, mirror, &mut report)?;
+    match delete_gone(repo, mirror, &mut report) {
+        // Create-only storage (spec §17): the mirror keeps what the primary dropped,
+        // which a later sync or maintenance with delete rights removes.
+        Err(e) if crate::repo::backend::is_refused(&e) => {
+            crate::repo::cleanup::left_for_maintenance(
+                mirror,
+                "the deletions sync carries over",
+                0,
+            );
+        }
+        r => r?,
+    }
     Ok(report)
 }
 

@@ -4,6 +4,7 @@
 //! than one call of the storage stays here: reading again bytes that fail their check,
 //! falling back to mirrors per object, writing through a temporary name, naming errors.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, Result};
@@ -171,6 +172,16 @@ pub struct ShortRead {
     offset: u64,
 }
 
+/// Whether `e` is a change the storage (its permissions) or an append-only decorator
+/// refused: what create-only storage answers a delete, a rename or an overwrite.
+pub fn is_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<storage::Refused>()
+            || c.downcast_ref::<RemoteError>()
+                .is_some_and(|r| r.kind == RemoteFailure::PermissionDenied)
+    })
+}
+
 /// Whether `e` is the storage's own verdict (an error it returned, which the retry
 /// layer already retried, or a read that stayed short) rather than bytes that failed a
 /// check, which a new read may cure.
@@ -198,6 +209,10 @@ pub struct Backend {
     /// Whether a write appears whole under its name; if not, writes go to `tmp/` first
     /// and are renamed into place.
     atomic_writes: bool,
+    /// Set once the storage refused to move a temporary object into place (create-only
+    /// storage: an sshd denying rename, an append-only directory): from then on, objects
+    /// are written under their final names directly (`write_direct`). Shared by clones.
+    create_only: Arc<AtomicBool>,
     /// Requests it may have in flight (see `connections`).
     connections: usize,
     /// Mirrors to read from, in order, when this backend fails to deliver an object.
@@ -227,11 +242,18 @@ impl Backend {
         let _guard = RUNTIME.enter();
         let copy = CopyInfo::new(&opened.display, mirror, opened.cold);
         let op = blocking::Operator::new(opened.op).with_context(|| copy.label.clone())?;
-        let packs_op = match opened.packs_op {
-            Some(p) => Some(blocking::Operator::new(p).with_context(|| copy.label.clone())?),
-            None => None,
+        let blocking = |o: Option<opendal::Operator>| -> Result<Option<blocking::Operator>> {
+            o.map(|o| blocking::Operator::new(o).with_context(|| copy.label.clone()))
+                .transpose()
         };
-        let store = with_faults(Arc::new(OpendalStore::new(op, packs_op, !opened.remote)))?;
+        let packs_op = blocking(opened.packs_op)?;
+        let direct_op = blocking(opened.direct_op)?;
+        let store = with_faults(Arc::new(OpendalStore::new(
+            op,
+            packs_op,
+            direct_op,
+            !opened.remote,
+        )))?;
         let beneath: Arc<dyn Storage> = if opened.remote {
             Arc::new(Retry::remote(store))
         } else {
@@ -244,6 +266,7 @@ impl Backend {
             location: opened.display,
             remote: opened.remote,
             atomic_writes: opened.atomic_writes,
+            create_only: Arc::new(AtomicBool::new(false)),
             connections: opened.connections,
             fallbacks: Vec::new(),
         })
@@ -368,6 +391,12 @@ impl Backend {
 
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// How errors and notices name this copy: "repository LOCATION" or "mirror NAME
+    /// (LOCATION)".
+    pub fn label(&self) -> &str {
+        &self.copy.label
     }
 
     /// The same copy, named `label` in errors instead of "repository LOCATION" (e.g.
@@ -508,14 +537,44 @@ impl Backend {
     /// Writes a whole object; on a local disk it appears atomically (temp file, fsync,
     /// rename), so a kill never leaves half an object under its final name. Its
     /// temporary name is known to `cleanup` while the write runs.
+    ///
+    /// Storage that refuses the rename (create-only: see `create_only`) gets this and
+    /// every later object under its final name directly; the temporary object it could
+    /// not remove is left for maintenance.
     pub fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
         log::debug!("write {} ({} bytes)", self.ctx(path), bytes.len());
         if cleanup::stopping() {
             return Err(anyhow::Error::new(Interrupted).context(self.ctx(path)));
         }
-        if !self.atomic_writes {
-            return self.write_via_tmp(path, bytes);
+        let bytes = bytes::Bytes::from(bytes);
+        if self.create_only.load(Ordering::Relaxed) {
+            return self.write_direct(path, bytes);
         }
+        let staged = if self.atomic_writes {
+            self.write_atomic(path, bytes.clone())
+        } else {
+            self.write_via_tmp(path, bytes.clone())
+        };
+        // Only storage that stages writes under a temporary name can refuse the move
+        // into place; an object store's refusal is its answer.
+        let stages = !self.atomic_writes || !self.remote;
+        match staged {
+            Err(e) if stages && is_refused(&e) => {
+                self.write_direct(path, bytes).map_err(|_| e)?;
+                log::info!(
+                    "{}: the storage refuses to move objects into place; writing them under their names directly (create-only storage)",
+                    self.copy.label
+                );
+                self.create_only.store(true, Ordering::Relaxed);
+                cleanup::left_for_maintenance(self, "temporary object", 1);
+                Ok(())
+            }
+            r => r,
+        }
+    }
+
+    /// A local write: the storage library writes a temporary file in tmp/ and renames it.
+    fn write_atomic(&self, path: &str, bytes: bytes::Bytes) -> Result<()> {
         // The storage library names a local temporary file after the object.
         let prefix = format!("{}.", path.rsplit('/').next().unwrap_or(path));
         if !self.remote {
@@ -523,7 +582,7 @@ impl Backend {
         }
         let r = self
             .storage
-            .write(path, bytes.into())
+            .write(path, bytes)
             .map_err(|e| self.wrap(path, e));
         if !self.remote {
             cleanup::untrack_tmp_prefix(self, &prefix);
@@ -533,12 +592,12 @@ impl Backend {
 
     /// Storage that shows a write before it is whole gets it under a temporary name
     /// first; one that fails is removed rather than left for a later sweep.
-    fn write_via_tmp(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+    fn write_via_tmp(&self, path: &str, bytes: bytes::Bytes) -> Result<()> {
         let tmp = format!("tmp/{}.tmp", Id::random().to_hex());
         cleanup::track(self, &tmp);
         let r = self
             .beneath
-            .write(&tmp, bytes.into())
+            .write(&tmp, bytes)
             .map_err(|e| self.wrap(&tmp, e))
             .and_then(|_| {
                 self.storage
@@ -550,6 +609,30 @@ impl Backend {
         }
         cleanup::untrack(self, &tmp);
         r
+    }
+
+    /// Writes under the final name with no temporary name, refusing to replace anything
+    /// (spec §17, create-only storage). An object already there with exactly these bytes
+    /// counts as written: a retried request whose first try landed, or the same object
+    /// written twice. A different one (left short by a killed writer) is refused, never
+    /// replaced: hash-named objects that fail their check are what readers skip.
+    fn write_direct(&self, path: &str, bytes: bytes::Bytes) -> Result<()> {
+        let Err(e) = self.storage.write_new(path, bytes.clone()) else {
+            return Ok(());
+        };
+        match self.storage.exists(path) {
+            Ok(true) => {
+                if self.storage.read(path).is_ok_and(|b| b == bytes) {
+                    return Ok(());
+                }
+                let refused = storage::Refused {
+                    change: storage::append_only::Change::Overwrite,
+                    path: path.to_string(),
+                };
+                Err(self.wrap(path, refused.into()))
+            }
+            _ => Err(self.wrap(path, e)),
+        }
     }
 
     pub fn delete(&self, path: &str) -> Result<()> {
@@ -642,12 +725,44 @@ impl Backend {
             .collect())
     }
 
+    /// Makes the layout's directories. A new repository on storage with directories
+    /// (a local disk, SFTP, WebDAV) gets data/00 to data/ff too: storage that lets the
+    /// backing-up host only create files (spec §17, create-only storage) may give the
+    /// directories that host makes no write permission of their own (an sshd's
+    /// `-u 0222`), or none of the append-only attribute the others carry.
     pub fn create_layout(&self) -> Result<()> {
         for d in LAYOUT_DIRS {
             let d = format!("{d}/");
             self.storage.create_dir(&d).map_err(|e| self.wrap(&d, e))?;
         }
+        let has_dirs = !self.remote || !self.atomic_writes;
+        if has_dirs && !self.exists(CONFIG_PATH)? {
+            self.create_fanout()?;
+        }
         Ok(())
+    }
+
+    /// data/00 to data/ff, as many at once as the storage takes requests.
+    fn create_fanout(&self) -> Result<()> {
+        let dirs: Vec<String> = (0..=255u8).map(|b| format!("data/{b:02x}/")).collect();
+        let per = dirs.len().div_ceil(self.connections.max(1));
+        std::thread::scope(|s| {
+            let made: Vec<_> = dirs
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || -> Result<()> {
+                        for d in part {
+                            self.storage.create_dir(d).map_err(|e| self.wrap(d, e))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            made.into_iter().try_for_each(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+            })
+        })
     }
 }
 
@@ -701,6 +816,7 @@ mod tests {
             copy: CopyInfo::new("", None, false),
             remote: false,
             atomic_writes: true,
+            create_only: Arc::new(AtomicBool::new(false)),
             connections: 2,
             fallbacks: Vec::new(),
         }
