@@ -150,6 +150,14 @@ fn with_crash_hook(beneath: &Arc<dyn Storage>) -> Arc<dyn Storage> {
     beneath.clone()
 }
 
+/// Why a write through a temporary name failed.
+enum Staged {
+    /// The temporary object is there; the storage refused to move it into place
+    /// (create-only storage).
+    RenameRefused(anyhow::Error),
+    Failed(anyhow::Error),
+}
+
 /// A write refused because the process is being interrupted.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
@@ -555,11 +563,10 @@ impl Backend {
         } else {
             self.write_via_tmp(path, bytes.clone())
         };
-        // Only storage that stages writes under a temporary name can refuse the move
-        // into place; an object store's refusal is its answer.
-        let stages = !self.atomic_writes || !self.remote;
         match staged {
-            Err(e) if stages && is_refused(&e) => {
+            Ok(()) => Ok(()),
+            Err(Staged::Failed(e)) => Err(e),
+            Err(Staged::RenameRefused(e)) => {
                 self.write_direct(path, bytes).map_err(|_| e)?;
                 log::info!(
                     "{}: the storage refuses to move objects into place; writing them under their names directly (create-only storage)",
@@ -569,41 +576,57 @@ impl Backend {
                 cleanup::left_for_maintenance(self, "temporary object", 1);
                 Ok(())
             }
-            r => r,
         }
     }
 
     /// A local write: the storage library writes a temporary file in tmp/ and renames it.
-    fn write_atomic(&self, path: &str, bytes: bytes::Bytes) -> Result<()> {
+    /// A refused write that left its temporary file behind was refused its rename.
+    fn write_atomic(&self, path: &str, bytes: bytes::Bytes) -> Result<(), Staged> {
         // The storage library names a local temporary file after the object.
         let prefix = format!("{}.", path.rsplit('/').next().unwrap_or(path));
         if !self.remote {
             cleanup::track_tmp_prefix(self, &prefix);
         }
-        let r = self
-            .storage
-            .write(path, bytes)
-            .map_err(|e| self.wrap(path, e));
+        let r = self.storage.write(path, bytes);
         if !self.remote {
             cleanup::untrack_tmp_prefix(self, &prefix);
         }
-        r
+        let Err(e) = r else {
+            return Ok(());
+        };
+        let staged_there = || {
+            self.list_files("tmp/").is_ok_and(|files| {
+                files
+                    .iter()
+                    .any(|(p, _)| p.rsplit('/').next().is_some_and(|n| n.starts_with(&prefix)))
+            })
+        };
+        let refused = !self.remote && e.is_refused() && staged_there();
+        let e = self.wrap(path, e);
+        Err(if refused {
+            Staged::RenameRefused(e)
+        } else {
+            Staged::Failed(e)
+        })
     }
 
     /// Storage that shows a write before it is whole gets it under a temporary name
     /// first; one that fails is removed rather than left for a later sweep.
-    fn write_via_tmp(&self, path: &str, bytes: bytes::Bytes) -> Result<()> {
+    fn write_via_tmp(&self, path: &str, bytes: bytes::Bytes) -> Result<(), Staged> {
         let tmp = format!("tmp/{}.tmp", Id::random().to_hex());
         cleanup::track(self, &tmp);
-        let r = self
-            .beneath
-            .write(&tmp, bytes)
-            .map_err(|e| self.wrap(&tmp, e))
-            .and_then(|_| {
-                self.storage
-                    .rename(&tmp, path)
-                    .map_err(|e| self.wrap(path, e))
-            });
+        let r = match self.beneath.write(&tmp, bytes) {
+            Err(e) => Err(Staged::Failed(self.wrap(&tmp, e))),
+            Ok(()) => self.storage.rename(&tmp, path).map_err(|e| {
+                let refused = e.is_refused();
+                let e = self.wrap(path, e);
+                if refused {
+                    Staged::RenameRefused(e)
+                } else {
+                    Staged::Failed(e)
+                }
+            }),
+        };
         if r.is_err() {
             let _ = self.beneath.delete(&tmp);
         }
