@@ -141,6 +141,21 @@ fn a_local_append_only_directory_takes_backups() {
     works_end_to_end(&env, repo.to_str().unwrap(), &src);
     let after = walkdir(&repo);
     assert!(before.iter().all(|p| after.contains(p)), "nothing deleted");
+
+    // A backup in another PID namespace could not delete its lock: to this process it
+    // would be live for good, were it not released. An exclusive lock passes it.
+    let mut other = Command::new("unshare");
+    other
+        .args(["-p", "--fork", "--mount-proc", env!("CARGO_BIN_EXE_vault")])
+        .args(["backup", "-q", src.to_str().unwrap()])
+        .env_clear();
+    for (k, v) in env.cmd().get_envs() {
+        if let Some(v) = v {
+            other.env(k, v);
+        }
+    }
+    common::assert_ok(&other.output().unwrap());
+    ok(&env, repo.to_str().unwrap(), &["upgrade"]);
 }
 
 /// Makes the test's directory reachable for the create-only user.
@@ -273,6 +288,29 @@ fn sync_to_a_create_only_mirror_deletes_nothing_and_says_so() {
     let (snaps, _) = ok(&env, &url, &["snapshots", "--json"]);
     let snaps: serde_json::Value = serde_json::from_str(&snaps).unwrap();
     assert!(!snaps.as_array().unwrap().is_empty());
+
+    // A sync killed while it wrote a pack left it short on the mirror, where it cannot
+    // be replaced: sync stops before anything that refers to it, and says why.
+    let packs_before: Vec<PathBuf> = walkdir(&env.repo().join("data"));
+    fs::write(src.join("third.bin"), bytes(9, 1 << 20)).unwrap();
+    env.ok(&["backup", s]);
+    let new_pack = walkdir(&env.repo().join("data"))
+        .into_iter()
+        .find(|p| !packs_before.contains(p))
+        .expect("a new pack");
+    let rel = new_pack.strip_prefix(env.repo()).unwrap();
+    let body = fs::read(&new_pack).unwrap();
+    fs::write(mirror.join(rel), &body[..body.len() / 2]).unwrap();
+    let snaps_before = walkdir(&mirror.join("snapshots"));
+    let out = run(&env, env.repo().to_str().unwrap(), &["sync"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("other bytes are stored under this name") && stderr.contains(LEFT),
+        "{stderr}"
+    );
+    assert_eq!(walkdir(&mirror.join("snapshots")), snaps_before);
+    ok(&env, &url, &["check"]);
 }
 
 #[test]

@@ -158,6 +158,16 @@ enum Staged {
     Failed(anyhow::Error),
 }
 
+/// Create-only storage holds other bytes under the name of an object being written (a
+/// write killed midway left it short) and refuses to replace them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: other bytes are stored under this name (a write killed midway?) and the storage refuses to replace them; left for `vault maintain`, which removes them"
+)]
+pub struct Occupied {
+    pub path: String,
+}
+
 /// A write refused because the process is being interrupted.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
@@ -198,6 +208,7 @@ pub fn is_storage_error(e: &anyhow::Error) -> bool {
         c.is::<RemoteError>()
             || c.is::<opendal::Error>()
             || c.is::<storage::Refused>()
+            || c.is::<Occupied>()
             || c.is::<NotFound>()
             || c.is::<ShortRead>()
     })
@@ -567,14 +578,14 @@ impl Backend {
             Ok(()) => Ok(()),
             Err(Staged::Failed(e)) => Err(e),
             Err(Staged::RenameRefused(e)) => {
-                self.write_direct(path, bytes).map_err(|_| e)?;
                 log::info!(
-                    "{}: the storage refuses to move objects into place; writing them under their names directly (create-only storage)",
-                    self.copy.label
+                    "{}: the storage refuses to move objects into place ({}); writing them under their names directly (create-only storage)",
+                    self.copy.label,
+                    crate::error::one_line(&e)
                 );
                 self.create_only.store(true, Ordering::Relaxed);
                 cleanup::left_for_maintenance(self, "temporary object", 1);
-                Ok(())
+                self.write_direct(path, bytes)
             }
         }
     }
@@ -648,11 +659,10 @@ impl Backend {
                 if self.storage.read(path).is_ok_and(|b| b == bytes) {
                     return Ok(());
                 }
-                let refused = storage::Refused {
-                    change: storage::append_only::Change::Overwrite,
-                    path: path.to_string(),
-                };
-                Err(self.wrap(path, refused.into()))
+                Err(anyhow::Error::new(Occupied {
+                    path: self.ctx(path),
+                })
+                .context(self.copy.label.clone()))
             }
             _ => Err(self.wrap(path, e)),
         }

@@ -747,3 +747,141 @@ pub fn unlock(repo: &Repository, mode: UnlockMode, waiting: &dyn Fn(String)) -> 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::repository::InitOptions;
+    use crate::repo::storage::append_only::Change;
+    use crate::repo::storage::{self, Entry, Meta, Refused, Storage};
+
+    /// Storage that refuses every delete and rename, as create-only storage does.
+    #[derive(Debug)]
+    struct NoDeletes(Arc<dyn Storage>);
+
+    fn refused<T>(change: Change, path: &str) -> storage::Result<T> {
+        Err(Refused {
+            change,
+            path: path.into(),
+        }
+        .into())
+    }
+
+    impl Storage for NoDeletes {
+        fn read(&self, path: &str) -> storage::Result<Vec<u8>> {
+            self.0.read(path)
+        }
+        fn read_range(&self, path: &str, offset: u64, len: u64) -> storage::Result<Vec<u8>> {
+            self.0.read_range(path, offset, len)
+        }
+        fn write(&self, path: &str, bytes: bytes::Bytes) -> storage::Result<()> {
+            self.0.write(path, bytes)
+        }
+        fn write_new(&self, path: &str, bytes: bytes::Bytes) -> storage::Result<()> {
+            self.0.write_new(path, bytes)
+        }
+        fn rename(&self, from: &str, _: &str) -> storage::Result<()> {
+            refused(Change::Rename, from)
+        }
+        fn delete(&self, path: &str) -> storage::Result<()> {
+            refused(Change::Delete, path)
+        }
+        fn stat(&self, path: &str) -> storage::Result<Meta> {
+            self.0.stat(path)
+        }
+        fn exists(&self, path: &str) -> storage::Result<bool> {
+            self.0.exists(path)
+        }
+        fn list(&self, dir: &str) -> storage::Result<Vec<Entry>> {
+            self.0.list(dir)
+        }
+        fn probe(&self) -> storage::Result<()> {
+            self.0.probe()
+        }
+        fn create_dir(&self, dir: &str) -> storage::Result<()> {
+            self.0.create_dir(dir)
+        }
+    }
+
+    /// Writes `lock` as another process's (in another PID namespace).
+    fn as_another_process(repo: &Repository, lock: &Lock) {
+        let mut l = lock.clone();
+        l.process = Some("0".repeat(32));
+        l.pid_ns = "pid:[1]".into();
+        let path = FileKind::Lock.path(&Id::random());
+        repo.backend.write(&path, l.seal(&repo.keys)).unwrap();
+    }
+
+    #[test]
+    fn a_holder_that_cannot_delete_leaves_a_released_lock_that_excludes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 10,
+            ..InitOptions::default()
+        };
+        let mut repo = Repository::init(Backend::open(location).unwrap(), b"pw", &opts).unwrap();
+        repo.backend = repo.backend.clone().decorated(|s| Arc::new(NoDeletes(s)));
+        drop(acquire(&repo, LockKind::Shared, "backup").unwrap());
+        crate::repo::cleanup::left_behind();
+
+        let locks = list_locks(&repo.backend, &repo.keys).unwrap();
+        assert_eq!(locks.len(), 1, "one holder");
+        let released = &locks[0];
+        assert!(released.is_released(), "{}", released.describe());
+        assert_eq!(
+            released.objects.len(),
+            2,
+            "its lock and the released object"
+        );
+        assert!(released.describe().starts_with("released lock"));
+
+        // Another process's: released, it excludes nothing; not released, it does.
+        let l = released.lock.clone().unwrap();
+        as_another_process(&repo, &l);
+        let conflicts = |own: &str| {
+            check_conflicts(
+                &repo.backend,
+                &repo.keys,
+                LockKind::Exclusive,
+                &mut Watch::new(),
+                own,
+                &Silent,
+            )
+        };
+        conflicts("").unwrap();
+        let live = Lock {
+            kind: Some("shared".into()),
+            exclusive: false,
+            seq: l.seq + 1,
+            ..l.clone()
+        };
+        as_another_process(&repo, &live);
+        let e = conflicts("").unwrap_err();
+        assert!(e.to_string().contains("shared lock"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_lock_object_is_no_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 10,
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(Backend::open(location).unwrap(), b"pw", &opts).unwrap();
+        let path = FileKind::Lock.path(&Id::random());
+        repo.backend.write(&path, Vec::new()).unwrap();
+        assert!(list_locks(&repo.backend, &repo.keys).unwrap().is_empty());
+        let garbage = FileKind::Lock.path(&Id::random());
+        repo.backend.write(&garbage, b"x".to_vec()).unwrap();
+        let locks = list_locks(&repo.backend, &repo.keys).unwrap();
+        assert!(matches!(
+            locks[..],
+            [LockInfo {
+                status: Status::Unreadable(_),
+                ..
+            }]
+        ));
+    }
+}
