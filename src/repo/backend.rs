@@ -152,9 +152,12 @@ fn with_crash_hook(beneath: &Arc<dyn Storage>) -> Arc<dyn Storage> {
 
 /// Why a write through a temporary name failed.
 enum Staged {
-    /// The temporary object is there; the storage refused to move it into place
-    /// (create-only storage).
-    RenameRefused(anyhow::Error),
+    /// The temporary object was written; the storage refused to move it into place
+    /// (create-only storage), and `tmp_left` when also to delete it.
+    RenameRefused {
+        error: anyhow::Error,
+        tmp_left: bool,
+    },
     Failed(anyhow::Error),
 }
 
@@ -577,14 +580,16 @@ impl Backend {
         match staged {
             Ok(()) => Ok(()),
             Err(Staged::Failed(e)) => Err(e),
-            Err(Staged::RenameRefused(e)) => {
+            Err(Staged::RenameRefused { error, tmp_left }) => {
                 log::info!(
                     "{}: the storage refuses to move objects into place ({}); writing them under their names directly (create-only storage)",
                     self.copy.label,
-                    crate::error::one_line(&e)
+                    crate::error::one_line(&error)
                 );
                 self.create_only.store(true, Ordering::Relaxed);
-                cleanup::left_for_maintenance(self, "temporary object", 1);
+                if tmp_left {
+                    cleanup::left_for_maintenance(self, "temporary object", 1);
+                }
                 self.write_direct(path, bytes)
             }
         }
@@ -605,20 +610,23 @@ impl Backend {
         let Err(e) = r else {
             return Ok(());
         };
-        let staged_there = || {
-            self.list_files("tmp/").is_ok_and(|files| {
-                files
-                    .iter()
-                    .any(|(p, _)| p.rsplit('/').next().is_some_and(|n| n.starts_with(&prefix)))
-            })
-        };
-        let refused = !self.remote && e.is_refused() && staged_there();
-        let e = self.wrap(path, e);
-        Err(if refused {
-            Staged::RenameRefused(e)
-        } else {
-            Staged::Failed(e)
-        })
+        let refused = e.is_refused();
+        let error = self.wrap(path, e);
+        if self.remote || !refused {
+            return Err(Staged::Failed(error));
+        }
+        let staged: Vec<String> = self
+            .list_files("tmp/")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with(&prefix)))
+            .collect();
+        if staged.is_empty() {
+            return Err(Staged::Failed(error));
+        }
+        let tmp_left = staged.iter().any(|p| self.beneath.delete(p).is_err());
+        Err(Staged::RenameRefused { error, tmp_left })
     }
 
     /// Storage that shows a write before it is whole gets it under a temporary name
@@ -630,15 +638,15 @@ impl Backend {
             Err(e) => Err(Staged::Failed(self.wrap(&tmp, e))),
             Ok(()) => self.storage.rename(&tmp, path).map_err(|e| {
                 let refused = e.is_refused();
-                let e = self.wrap(path, e);
-                if refused {
-                    Staged::RenameRefused(e)
-                } else {
-                    Staged::Failed(e)
+                let error = self.wrap(path, e);
+                if !refused {
+                    return Staged::Failed(error);
                 }
+                let tmp_left = self.beneath.delete(&tmp).is_err();
+                Staged::RenameRefused { error, tmp_left }
             }),
         };
-        if r.is_err() {
+        if matches!(r, Err(Staged::Failed(_))) {
             let _ = self.beneath.delete(&tmp);
         }
         cleanup::untrack(self, &tmp);
