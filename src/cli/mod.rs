@@ -953,6 +953,9 @@ pub fn main() -> i32 {
     let command = matches.subcommand_name().unwrap_or_default().to_string();
     let verbose = cli.global.verbose > 0;
     let result = commands::run(cli);
+    for line in crate::repo::cleanup::left_behind() {
+        eprintln!("vault: warning: {line}");
+    }
     if crate::repo::cleanup::stopping() {
         // The signal thread removes what is on storage and ends the process with the
         // signal's code; the command's own error ("interrupted") is not the story.

@@ -45,6 +45,12 @@ impl LockKind {
     }
 }
 
+/// The `kind` of a holder's last object on storage that refuses deletes: the holder
+/// let go (spec §15). Vaults that do not know it read it as exclusive (an unknown
+/// kind), and those that know no `kind` by `exclusive`, which it sets: both keep out of
+/// its way, the safe direction, until `vault unlock` or maintenance removes it.
+pub const RELEASED: &str = "released";
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Lock {
     pub host: String,
@@ -85,6 +91,20 @@ impl Lock {
             Some(k) => LockKind::parse(k).unwrap_or(LockKind::Exclusive),
             None if self.exclusive => LockKind::Exclusive,
             None => LockKind::Shared,
+        }
+    }
+
+    /// Whether this object says its holder let go.
+    pub fn is_released(&self) -> bool {
+        self.kind.as_deref() == Some(RELEASED)
+    }
+
+    /// The object that says the holder of `self` let go: its `seq` is the caller's.
+    pub fn released(&self) -> Lock {
+        Lock {
+            kind: Some(RELEASED.to_string()),
+            exclusive: true,
+            ..self.clone()
         }
     }
 
@@ -136,6 +156,23 @@ mod tests {
             l.kind(),
             LockKind::Exclusive,
             "an unknown kind excludes everything"
+        );
+        // A released holder, as a vault that knows no "released" (or no kind) reads it.
+        let shared: Lock = serde_json::from_str(&shared).unwrap();
+        let released = shared.released();
+        assert!(released.is_released() && !shared.is_released());
+        let json = serde_json::to_string(&released).unwrap();
+        let mut older: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            serde_json::from_value::<Lock>(older.clone())
+                .unwrap()
+                .kind(),
+            LockKind::Exclusive
+        );
+        older.as_object_mut().unwrap().remove("kind");
+        assert_eq!(
+            serde_json::from_value::<Lock>(older).unwrap().kind(),
+            LockKind::Exclusive
         );
     }
 }

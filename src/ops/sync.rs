@@ -200,7 +200,19 @@ pub fn sync(
         report.waiting = gone(repo, mirror, &mut |_| true)?.len() as u64;
     } else {
         let all = gone(repo, mirror, &mut |_| true)?;
-        report.deleted += delete_gone(mirror, &all)?;
+        match delete_gone(mirror, &all) {
+            Ok(n) => report.deleted += n,
+            // Create-only storage (spec §17): the mirror keeps what the primary dropped,
+            // which a later sync or maintenance with delete rights removes.
+            Err(e) if crate::repo::backend::is_refused(&e) => {
+                crate::repo::cleanup::left_for_maintenance(
+                    mirror,
+                    "the deletions sync carries over",
+                    0,
+                );
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(report)
 }

@@ -4,6 +4,7 @@
 //! than one call of the storage stays here: reading again bytes that fail their check,
 //! falling back to mirrors per object, writing through a temporary name, naming errors.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use anyhow::{Context, Result};
@@ -149,6 +150,27 @@ fn with_crash_hook(beneath: &Arc<dyn Storage>) -> Arc<dyn Storage> {
     beneath.clone()
 }
 
+/// Why a write through a temporary name failed.
+enum Staged {
+    /// The temporary object was written; the storage refused to move it into place
+    /// (create-only storage), and `tmp_left` when also to delete it.
+    RenameRefused {
+        error: anyhow::Error,
+        tmp_left: bool,
+    },
+    Failed(anyhow::Error),
+}
+
+/// Create-only storage holds other bytes under the name of an object being written (a
+/// write killed midway left it short) and refuses to replace them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{path}: other bytes are stored under this name (a write killed midway?) and the storage refuses to replace them; left for `vault maintain`, which removes them"
+)]
+pub struct Occupied {
+    pub path: String,
+}
+
 /// A write refused because the process is being interrupted.
 #[derive(Debug, thiserror::Error)]
 #[error("interrupted")]
@@ -171,6 +193,16 @@ pub struct ShortRead {
     offset: u64,
 }
 
+/// Whether `e` is a change the storage (its permissions) or an append-only decorator
+/// refused: what create-only storage answers a delete, a rename or an overwrite.
+pub fn is_refused(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.is::<storage::Refused>()
+            || c.downcast_ref::<RemoteError>()
+                .is_some_and(|r| r.kind == RemoteFailure::PermissionDenied)
+    })
+}
+
 /// Whether `e` is the storage's own verdict (an error it returned, which the retry
 /// layer already retried, or a read that stayed short) rather than bytes that failed a
 /// check, which a new read may cure.
@@ -179,6 +211,7 @@ pub fn is_storage_error(e: &anyhow::Error) -> bool {
         c.is::<RemoteError>()
             || c.is::<opendal::Error>()
             || c.is::<storage::Refused>()
+            || c.is::<Occupied>()
             || c.is::<NotFound>()
             || c.is::<ShortRead>()
     })
@@ -198,6 +231,10 @@ pub struct Backend {
     /// Whether a write appears whole under its name; if not, writes go to `tmp/` first
     /// and are renamed into place.
     atomic_writes: bool,
+    /// Set once the storage refused to move a temporary object into place (create-only
+    /// storage: an sshd denying rename, an append-only directory): from then on, objects
+    /// are written under their final names directly (`write_direct`). Shared by clones.
+    create_only: Arc<AtomicBool>,
     /// Requests it may have in flight (see `connections`).
     connections: usize,
     /// Mirrors to read from, in order, when this backend fails to deliver an object.
@@ -227,11 +264,18 @@ impl Backend {
         let _guard = RUNTIME.enter();
         let copy = CopyInfo::new(&opened.display, mirror, opened.cold);
         let op = blocking::Operator::new(opened.op).with_context(|| copy.label.clone())?;
-        let packs_op = match opened.packs_op {
-            Some(p) => Some(blocking::Operator::new(p).with_context(|| copy.label.clone())?),
-            None => None,
+        let blocking = |o: Option<opendal::Operator>| -> Result<Option<blocking::Operator>> {
+            o.map(|o| blocking::Operator::new(o).with_context(|| copy.label.clone()))
+                .transpose()
         };
-        let store = with_faults(Arc::new(OpendalStore::new(op, packs_op, !opened.remote)))?;
+        let packs_op = blocking(opened.packs_op)?;
+        let direct_op = blocking(opened.direct_op)?;
+        let store = with_faults(Arc::new(OpendalStore::new(
+            op,
+            packs_op,
+            direct_op,
+            !opened.remote,
+        )))?;
         let beneath: Arc<dyn Storage> = if opened.remote {
             Arc::new(Retry::remote(store))
         } else {
@@ -244,6 +288,7 @@ impl Backend {
             location: opened.display,
             remote: opened.remote,
             atomic_writes: opened.atomic_writes,
+            create_only: Arc::new(AtomicBool::new(false)),
             connections: opened.connections,
             fallbacks: Vec::new(),
         })
@@ -368,6 +413,12 @@ impl Backend {
 
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// How errors and notices name this copy: "repository LOCATION" or "mirror NAME
+    /// (LOCATION)".
+    pub fn label(&self) -> &str {
+        &self.copy.label
     }
 
     /// The same copy, named `label` in errors instead of "repository LOCATION" (e.g.
@@ -508,48 +559,121 @@ impl Backend {
     /// Writes a whole object; on a local disk it appears atomically (temp file, fsync,
     /// rename), so a kill never leaves half an object under its final name. Its
     /// temporary name is known to `cleanup` while the write runs.
+    ///
+    /// Storage that refuses the rename (create-only: see `create_only`) gets this and
+    /// every later object under its final name directly; the temporary object it could
+    /// not remove is left for maintenance.
     pub fn write(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
         log::debug!("write {} ({} bytes)", self.ctx(path), bytes.len());
         if cleanup::stopping() {
             return Err(anyhow::Error::new(Interrupted).context(self.ctx(path)));
         }
-        if !self.atomic_writes {
-            return self.write_via_tmp(path, bytes);
+        let bytes = bytes::Bytes::from(bytes);
+        if self.create_only.load(Ordering::Relaxed) {
+            return self.write_direct(path, bytes);
         }
+        let staged = if self.atomic_writes {
+            self.write_atomic(path, bytes.clone())
+        } else {
+            self.write_via_tmp(path, bytes.clone())
+        };
+        match staged {
+            Ok(()) => Ok(()),
+            Err(Staged::Failed(e)) => Err(e),
+            Err(Staged::RenameRefused { error, tmp_left }) => {
+                log::info!(
+                    "{}: the storage refuses to move objects into place ({}); writing them under their names directly (create-only storage)",
+                    self.copy.label,
+                    crate::error::one_line(&error)
+                );
+                self.create_only.store(true, Ordering::Relaxed);
+                if tmp_left {
+                    cleanup::left_for_maintenance(self, "temporary object", 1);
+                }
+                self.write_direct(path, bytes)
+            }
+        }
+    }
+
+    /// A local write: the storage library writes a temporary file in tmp/ and renames it.
+    /// A refused write that left its temporary file behind was refused its rename.
+    fn write_atomic(&self, path: &str, bytes: bytes::Bytes) -> Result<(), Staged> {
         // The storage library names a local temporary file after the object.
         let prefix = format!("{}.", path.rsplit('/').next().unwrap_or(path));
         if !self.remote {
             cleanup::track_tmp_prefix(self, &prefix);
         }
-        let r = self
-            .storage
-            .write(path, bytes.into())
-            .map_err(|e| self.wrap(path, e));
+        let r = self.storage.write(path, bytes);
         if !self.remote {
             cleanup::untrack_tmp_prefix(self, &prefix);
         }
-        r
+        let Err(e) = r else {
+            return Ok(());
+        };
+        let refused = e.is_refused();
+        let error = self.wrap(path, e);
+        if self.remote || !refused {
+            return Err(Staged::Failed(error));
+        }
+        let staged: Vec<String> = self
+            .list_files("tmp/")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| p.rsplit('/').next().is_some_and(|n| n.starts_with(&prefix)))
+            .collect();
+        if staged.is_empty() {
+            return Err(Staged::Failed(error));
+        }
+        let tmp_left = staged.iter().any(|p| self.beneath.delete(p).is_err());
+        Err(Staged::RenameRefused { error, tmp_left })
     }
 
     /// Storage that shows a write before it is whole gets it under a temporary name
     /// first; one that fails is removed rather than left for a later sweep.
-    fn write_via_tmp(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+    fn write_via_tmp(&self, path: &str, bytes: bytes::Bytes) -> Result<(), Staged> {
         let tmp = format!("tmp/{}.tmp", Id::random().to_hex());
         cleanup::track(self, &tmp);
-        let r = self
-            .beneath
-            .write(&tmp, bytes.into())
-            .map_err(|e| self.wrap(&tmp, e))
-            .and_then(|_| {
-                self.storage
-                    .rename(&tmp, path)
-                    .map_err(|e| self.wrap(path, e))
-            });
-        if r.is_err() {
+        let r = match self.beneath.write(&tmp, bytes) {
+            Err(e) => Err(Staged::Failed(self.wrap(&tmp, e))),
+            Ok(()) => self.storage.rename(&tmp, path).map_err(|e| {
+                let refused = e.is_refused();
+                let error = self.wrap(path, e);
+                if !refused {
+                    return Staged::Failed(error);
+                }
+                let tmp_left = self.beneath.delete(&tmp).is_err();
+                Staged::RenameRefused { error, tmp_left }
+            }),
+        };
+        if matches!(r, Err(Staged::Failed(_))) {
             let _ = self.beneath.delete(&tmp);
         }
         cleanup::untrack(self, &tmp);
         r
+    }
+
+    /// Writes under the final name with no temporary name, refusing to replace anything
+    /// (spec §17, create-only storage). An object already there with exactly these bytes
+    /// counts as written: a retried request whose first try landed, or the same object
+    /// written twice. A different one (left short by a killed writer) is refused, never
+    /// replaced: hash-named objects that fail their check are what readers skip.
+    fn write_direct(&self, path: &str, bytes: bytes::Bytes) -> Result<()> {
+        let Err(e) = self.storage.write_new(path, bytes.clone()) else {
+            return Ok(());
+        };
+        match self.storage.exists(path) {
+            Ok(true) => {
+                if self.storage.read(path).is_ok_and(|b| b == bytes) {
+                    return Ok(());
+                }
+                Err(anyhow::Error::new(Occupied {
+                    path: self.ctx(path),
+                })
+                .context(self.copy.label.clone()))
+            }
+            _ => Err(self.wrap(path, e)),
+        }
     }
 
     pub fn delete(&self, path: &str) -> Result<()> {
@@ -642,12 +766,44 @@ impl Backend {
             .collect())
     }
 
+    /// Makes the layout's directories. A new repository on storage with directories
+    /// (a local disk, SFTP, WebDAV) gets data/00 to data/ff too: storage that lets the
+    /// backing-up host only create files (spec §17, create-only storage) may give the
+    /// directories that host makes no write permission of their own (an sshd's
+    /// `-u 0222`), or none of the append-only attribute the others carry.
     pub fn create_layout(&self) -> Result<()> {
         for d in LAYOUT_DIRS {
             let d = format!("{d}/");
             self.storage.create_dir(&d).map_err(|e| self.wrap(&d, e))?;
         }
+        let has_dirs = !self.remote || !self.atomic_writes;
+        if has_dirs && !self.exists(CONFIG_PATH)? {
+            self.create_fanout()?;
+        }
         Ok(())
+    }
+
+    /// data/00 to data/ff, as many at once as the storage takes requests.
+    fn create_fanout(&self) -> Result<()> {
+        let dirs: Vec<String> = (0..=255u8).map(|b| format!("data/{b:02x}/")).collect();
+        let per = dirs.len().div_ceil(self.connections.max(1));
+        std::thread::scope(|s| {
+            let made: Vec<_> = dirs
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || -> Result<()> {
+                        for d in part {
+                            self.storage.create_dir(d).map_err(|e| self.wrap(d, e))?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            made.into_iter().try_for_each(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
+            })
+        })
     }
 }
 
@@ -701,6 +857,7 @@ mod tests {
             copy: CopyInfo::new("", None, false),
             remote: false,
             atomic_writes: true,
+            create_only: Arc::new(AtomicBool::new(false)),
             connections: 2,
             fallbacks: Vec::new(),
         }

@@ -4,8 +4,12 @@
 //! exits, so an interrupted command leaves no temporary file and no lock for others to
 //! wait out. A `kill -9` still can: prune's repair of stray temporary files and the
 //! stale-lock rules cover that case.
+//!
+//! On storage that refuses deletes (create-only, spec §17) what a command could not
+//! remove is counted here instead (`left_for_maintenance`), and said once per copy when
+//! the command ends (`left_behind`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 
@@ -96,4 +100,42 @@ fn remove(backend: &Backend, leftover: &Leftover) {
             }
         }
     }
+}
+
+/// Per copy (its label), what kind of object and how many were left because the
+/// storage refused to delete them.
+static LEFT: LazyLock<Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>> =
+    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+/// Records that `n` objects of kind `what` ("lock object", "temporary object", ...)
+/// stay on `backend` because its storage refused their deletion; with `n` 0, `what`
+/// stands alone ("the deletions sync carries over").
+pub fn left_for_maintenance(backend: &Backend, what: &'static str, n: u64) {
+    let mut left = LEFT.lock().unwrap_or_else(|e| e.into_inner());
+    *left
+        .entry(backend.label().to_string())
+        .or_default()
+        .entry(what)
+        .or_default() += n;
+}
+
+/// One line per copy that kept something for want of delete rights, and empties the
+/// record.
+pub fn left_behind() -> Vec<String> {
+    let left = std::mem::take(&mut *LEFT.lock().unwrap_or_else(|e| e.into_inner()));
+    left.into_iter()
+        .map(|(copy, kinds)| {
+            let what: Vec<String> = kinds
+                .iter()
+                .map(|(k, n)| match n {
+                    0 => k.to_string(),
+                    n => format!("{n} {k}(s)"),
+                })
+                .collect();
+            format!(
+                "{copy}: the storage refuses deletes (create-only); {} left for `vault maintain`",
+                what.join(", ")
+            )
+        })
+        .collect()
 }

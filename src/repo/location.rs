@@ -38,6 +38,9 @@ pub struct Opened {
     pub op: Operator,
     /// Where packs (`data/`) are written, when they go to another storage class.
     pub packs_op: Option<Operator>,
+    /// Where `write_new` writes when `op` would go through a temporary name of its own
+    /// (a local directory: opendal's fs writes to tmp/ and renames).
+    pub direct_op: Option<Operator>,
     pub display: String,
     pub remote: bool,
     pub atomic_writes: bool,
@@ -404,6 +407,7 @@ fn open_with(
     Ok(Opened {
         op: remote_layers(op, limits),
         packs_op,
+        direct_op: None,
         cold,
         display: location.to_string(),
         remote: true,
@@ -442,9 +446,12 @@ fn local(abs: &std::path::Path, limits: Limits, connections: usize) -> Result<Op
         .root(&root)
         .atomic_write_dir(&tmp.to_string_lossy());
     let op = Operator::new(b).with_context(|| format!("repository {root}"))?;
+    let direct = Operator::new(opendal::services::Fs::default().root(&root))
+        .with_context(|| format!("repository {root}"))?;
     Ok(Opened {
         op: local_layers(op, limits),
         packs_op: None,
+        direct_op: Some(local_layers(direct, limits)),
         display: root,
         remote: false,
         atomic_writes: true,

@@ -1,7 +1,9 @@
 //! Repository locks (spec §15). Backups and readers take shared locks, prune a prune
 //! lock, repair index an exclusive one. A lock is a small sealed object in locks/; while
 //! held, a new object with a higher `seq` replaces it every five minutes (create-only:
-//! none is ever rewritten), and release deletes what the holder wrote.
+//! none is ever rewritten), and release deletes what the holder wrote. Where the storage
+//! refuses the delete (create-only storage), release writes one more object, of kind
+//! `released`, which readers skip; maintenance removes them all later.
 //!
 //! No clock of another machine is ever compared with ours: a lock is dead only when it
 //! names this very machine, boot and PID namespace and its process is gone, and stale
@@ -144,6 +146,8 @@ pub enum Status {
     Dead,
     /// Cannot be read: counts as a live exclusive lock.
     Unreadable(String),
+    /// Its newest object says the holder let go (storage that refused to delete it).
+    Released,
 }
 
 /// One holder: its newest object, and every object of it still stored.
@@ -172,6 +176,10 @@ impl LockInfo {
         self.status == Status::Dead
     }
 
+    pub fn is_released(&self) -> bool {
+        self.status == Status::Released
+    }
+
     fn is_ours(&self) -> bool {
         self.lock
             .as_ref()
@@ -196,6 +204,16 @@ impl LockInfo {
         let Some(l) = &self.lock else {
             return format!("lock {} (unreadable)", self.id.short());
         };
+        if self.is_released() {
+            return format!(
+                "released lock {} of `{}` (pid {} on {} as {})",
+                self.id.short(),
+                l.command,
+                l.pid,
+                l.host,
+                l.user
+            );
+        }
         let when = if self.from_older_vault() {
             format!("refreshed {}; written by an older vault", l.time)
         } else {
@@ -223,7 +241,9 @@ fn read_lock(backend: &Backend, keys: &Keys, id: Id) -> Result<Option<LockInfo>>
     Ok(Some(match backend.read(&FileKind::Lock.path(&id)) {
         Ok(b) => match Lock::open(keys, &b) {
             Ok(l) => {
-                let status = if is_dead(&l) {
+                let status = if l.is_released() {
+                    Status::Released
+                } else if is_dead(&l) {
                     Status::Dead
                 } else {
                     Status::Live
@@ -246,7 +266,14 @@ fn read_lock(backend: &Backend, keys: &Keys, id: Id) -> Result<Option<LockInfo>>
 /// Every holder, one entry per process (its newest `seq` speaks for it).
 pub fn list_locks(backend: &Backend, keys: &Keys) -> Result<Vec<LockInfo>> {
     let mut by_holder: HashMap<String, LockInfo> = HashMap::new();
-    for id in backend.list(FileKind::Lock)? {
+    for (id, size) in backend.list_sized(FileKind::Lock)? {
+        // Created but not yet written, on storage where objects are written under their
+        // names (create-only, §17), or so left by a writer killed in between: no holder
+        // yet. Its writer reads the locks only once the object is whole, and then sees
+        // ours.
+        if size == 0 {
+            continue;
+        }
         let Some(info) = read_lock(backend, keys, id)? else {
             continue;
         };
@@ -339,7 +366,11 @@ fn check_conflicts(
             .objects
             .iter()
             .any(|id| FileKind::Lock.path(id) == own);
-        if own_object || other.is_ours() || !kind.conflicts_with(other.kind()) {
+        if own_object
+            || other.is_ours()
+            || other.is_released()
+            || !kind.conflicts_with(other.kind())
+        {
             continue;
         }
         if other.is_dead() {
@@ -428,6 +459,47 @@ impl Held {
         Ok(())
     }
 
+    /// Deletes every object of this holder, the superseded ones first: while any is
+    /// left, the newest left must not look like a live holder. Where a delete fails
+    /// (storage that refuses deletes), a last object of kind `released`, with the
+    /// highest `seq`, says the holder let go; what stays is left for maintenance.
+    fn release(&self) {
+        let objects = locked(&self.objects);
+        let mut kept = 0;
+        let mut refused = false;
+        for p in objects
+            .leftovers
+            .iter()
+            .chain(std::iter::once(&objects.current))
+        {
+            if let Err(e) = self.delete_object(p) {
+                kept += 1;
+                refused |= super::backend::is_refused(&e);
+            }
+        }
+        if kept == 0 {
+            return;
+        }
+        let mut last = self.template.released();
+        last.seq = SEQ.fetch_add(1, Ordering::SeqCst) + 1;
+        last.time = now_rfc3339();
+        let path = FileKind::Lock.path(&Id::random());
+        let written = self.backend.write(&path, last.seal(&self.keys)).is_ok();
+        if refused {
+            super::cleanup::left_for_maintenance(
+                &self.backend,
+                "lock object",
+                kept + u64::from(written),
+            );
+        }
+        if !written {
+            self.report.warn(&format!(
+                "could not release the {}: it stays until `vault unlock` removes it",
+                self.describe()
+            ));
+        }
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} lock of `{}` (process {})",
@@ -451,10 +523,7 @@ impl Drop for LockGuard {
         if let Some(t) = self.refresher.take() {
             let _ = t.join();
         }
-        let objects = locked(&self.held.objects);
-        for p in std::iter::once(&objects.current).chain(&objects.leftovers) {
-            let _ = self.held.delete_object(p);
-        }
+        self.held.release();
         locked(&HELD).remove(&self.location);
     }
 }
@@ -636,7 +705,7 @@ pub fn unlock(repo: &Repository, mode: UnlockMode, waiting: &dyn Fn(String)) -> 
     let mut out = Unlocked::default();
     let mut watched = Vec::new();
     for info in list_locks(&repo.backend, &repo.keys)? {
-        if mode == UnlockMode::All || info.is_dead() {
+        if mode == UnlockMode::All || info.is_dead() || info.is_released() {
             remove(repo, &info)?;
             out.removed.push(info.describe());
         } else {
@@ -669,7 +738,7 @@ pub fn unlock(repo: &Repository, mode: UnlockMode, waiting: &dyn Fn(String)) -> 
         }
     };
     for info in &now {
-        if info.is_dead() || watch.is_stale(info) {
+        if info.is_dead() || info.is_released() || watch.is_stale(info) {
             remove(repo, info)?;
             out.removed.push(info.describe());
         } else {
@@ -677,4 +746,142 @@ pub fn unlock(repo: &Repository, mode: UnlockMode, waiting: &dyn Fn(String)) -> 
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::repository::InitOptions;
+    use crate::repo::storage::append_only::Change;
+    use crate::repo::storage::{self, Entry, Meta, Refused, Storage};
+
+    /// Storage that refuses every delete and rename, as create-only storage does.
+    #[derive(Debug)]
+    struct NoDeletes(Arc<dyn Storage>);
+
+    fn refused<T>(change: Change, path: &str) -> storage::Result<T> {
+        Err(Refused {
+            change,
+            path: path.into(),
+        }
+        .into())
+    }
+
+    impl Storage for NoDeletes {
+        fn read(&self, path: &str) -> storage::Result<Vec<u8>> {
+            self.0.read(path)
+        }
+        fn read_range(&self, path: &str, offset: u64, len: u64) -> storage::Result<Vec<u8>> {
+            self.0.read_range(path, offset, len)
+        }
+        fn write(&self, path: &str, bytes: bytes::Bytes) -> storage::Result<()> {
+            self.0.write(path, bytes)
+        }
+        fn write_new(&self, path: &str, bytes: bytes::Bytes) -> storage::Result<()> {
+            self.0.write_new(path, bytes)
+        }
+        fn rename(&self, from: &str, _: &str) -> storage::Result<()> {
+            refused(Change::Rename, from)
+        }
+        fn delete(&self, path: &str) -> storage::Result<()> {
+            refused(Change::Delete, path)
+        }
+        fn stat(&self, path: &str) -> storage::Result<Meta> {
+            self.0.stat(path)
+        }
+        fn exists(&self, path: &str) -> storage::Result<bool> {
+            self.0.exists(path)
+        }
+        fn list(&self, dir: &str) -> storage::Result<Vec<Entry>> {
+            self.0.list(dir)
+        }
+        fn probe(&self) -> storage::Result<()> {
+            self.0.probe()
+        }
+        fn create_dir(&self, dir: &str) -> storage::Result<()> {
+            self.0.create_dir(dir)
+        }
+    }
+
+    /// Writes `lock` as another process's (in another PID namespace).
+    fn as_another_process(repo: &Repository, lock: &Lock) {
+        let mut l = lock.clone();
+        l.process = Some("0".repeat(32));
+        l.pid_ns = "pid:[1]".into();
+        let path = FileKind::Lock.path(&Id::random());
+        repo.backend.write(&path, l.seal(&repo.keys)).unwrap();
+    }
+
+    #[test]
+    fn a_holder_that_cannot_delete_leaves_a_released_lock_that_excludes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 10,
+            ..InitOptions::default()
+        };
+        let mut repo = Repository::init(Backend::open(location).unwrap(), b"pw", &opts).unwrap();
+        repo.backend = repo.backend.clone().decorated(|s| Arc::new(NoDeletes(s)));
+        drop(acquire(&repo, LockKind::Shared, "backup").unwrap());
+        crate::repo::cleanup::left_behind();
+
+        let locks = list_locks(&repo.backend, &repo.keys).unwrap();
+        assert_eq!(locks.len(), 1, "one holder");
+        let released = &locks[0];
+        assert!(released.is_released(), "{}", released.describe());
+        assert_eq!(
+            released.objects.len(),
+            2,
+            "its lock and the released object"
+        );
+        assert!(released.describe().starts_with("released lock"));
+
+        // Another process's: released, it excludes nothing; not released, it does.
+        let l = released.lock.clone().unwrap();
+        as_another_process(&repo, &l);
+        let conflicts = |own: &str| {
+            check_conflicts(
+                &repo.backend,
+                &repo.keys,
+                LockKind::Exclusive,
+                &mut Watch::new(),
+                own,
+                &Silent,
+            )
+        };
+        conflicts("").unwrap();
+        let live = Lock {
+            kind: Some("shared".into()),
+            exclusive: false,
+            seq: l.seq + 1,
+            ..l.clone()
+        };
+        as_another_process(&repo, &live);
+        let e = conflicts("").unwrap_err();
+        assert!(e.to_string().contains("shared lock"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_lock_object_is_no_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().to_str().unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 10,
+            ..InitOptions::default()
+        };
+        let repo = Repository::init(Backend::open(location).unwrap(), b"pw", &opts).unwrap();
+        let path = FileKind::Lock.path(&Id::random());
+        repo.backend.write(&path, Vec::new()).unwrap();
+        assert!(list_locks(&repo.backend, &repo.keys).unwrap().is_empty());
+        let garbage = FileKind::Lock.path(&Id::random());
+        repo.backend.write(&garbage, b"x".to_vec()).unwrap();
+        let locks = list_locks(&repo.backend, &repo.keys).unwrap();
+        assert!(matches!(
+            locks[..],
+            [LockInfo {
+                status: Status::Unreadable(_),
+                ..
+            }]
+        ));
+    }
 }

@@ -535,7 +535,7 @@ impl Repository {
         let packs: Vec<Id> = packs?;
         let (dying, packs): (Vec<Id>, Vec<Id>) =
             packs.into_iter().partition(|p| deleting.contains(p));
-        self.index_from_headers(&mut mi, packs);
+        self.index_from_headers(&mut mi, packs, for_backup);
         if !for_backup {
             self.index_from_headers_dying(&mut mi, dying);
         }
@@ -553,16 +553,38 @@ impl Repository {
     /// Packs in no (readable) index file: left by an interrupted backup, or described by
     /// a damaged index file. Their own headers say what they hold, so their blobs stay
     /// usable; `adopt_unindexed` writes them into an index file.
-    fn index_from_headers(&self, mi: &mut IndexBuilder, packs: Vec<Id>) {
+    ///
+    /// `whole`: for a backup, which adopts them and dedups against them, each pack must
+    /// also hash to its name. Storage that takes writes only under final names (spec
+    /// §17) may hold a pack still being written, or one a killed writer left with its
+    /// header but not every byte before it.
+    fn index_from_headers(&self, mi: &mut IndexBuilder, packs: Vec<Id>, whole: bool) {
         let known = mi.pack_ids();
         for pack in packs {
             if known.contains(&pack) {
                 continue;
             }
-            if let Ok(blobs) = self.read_pack_header(&pack) {
-                mi.add_unindexed(pack, blobs);
+            let Ok(blobs) = self.read_pack_header(&pack) else {
+                continue;
+            };
+            if whole && !self.pack_is_whole(&pack) {
+                log::info!(
+                    "pack {} is in no index file and does not hash to its name: not used",
+                    pack.short()
+                );
+                continue;
             }
+            mi.add_unindexed(pack, blobs);
         }
+    }
+
+    fn pack_is_whole(&self, pack: &Id) -> bool {
+        let path = FileKind::Data.path(pack);
+        self.backend
+            .read_verified(&path, &|b| Id::of_stored(b) == *pack, &|| {
+                anyhow!("does not hash to its name")
+            })
+            .is_ok()
     }
 
     /// Packs being deleted that no index file lists, for readers: used after every

@@ -107,6 +107,15 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Storage(e) if e.kind() == ::opendal::ErrorKind::NotFound)
     }
+
+    /// Whether the storage (its permissions: an sshd denying remove and rename, an
+    /// append-only directory) or an append-only decorator refused the change.
+    pub fn is_refused(&self) -> bool {
+        match self {
+            Error::Refused(_) => true,
+            Error::Storage(e) => e.kind() == ::opendal::ErrorKind::PermissionDenied,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -139,6 +148,12 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Creates or replaces the object at `path` with `bytes`.
     fn write(&self, path: &str, bytes: bytes::Bytes) -> Result<()>;
+
+    /// Creates the object at `path` directly under its name, without a temporary name
+    /// or a rename, and fails when something is there already: the one write that
+    /// storage refusing renames, deletes and overwrites still allows. A process killed
+    /// meanwhile may leave it short.
+    fn write_new(&self, path: &str, bytes: bytes::Bytes) -> Result<()>;
 
     /// Moves the object at `from` to `to`, replacing what is there.
     fn rename(&self, from: &str, to: &str) -> Result<()>;
@@ -176,6 +191,10 @@ impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
 
     fn write(&self, path: &str, bytes: bytes::Bytes) -> Result<()> {
         (**self).write(path, bytes)
+    }
+
+    fn write_new(&self, path: &str, bytes: bytes::Bytes) -> Result<()> {
+        (**self).write_new(path, bytes)
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {

@@ -160,8 +160,41 @@ pub struct Sftp {
     dir: PathBuf,
 }
 
+/// The SFTP server of a host that lets the backing-up machine only create: no remove,
+/// rename, attribute change or link, and every file it creates read-only (`-u 0222`), so
+/// that a user who is not root cannot open one again for writing.
+pub const CREATE_ONLY_SFTP: &str = "internal-sftp -P remove,rename,posix-rename,rmdir,setstat,fsetstat,lsetstat,hardlink,symlink,copy-data -u 0222";
+
+/// A user that is not root (root bypasses file modes), for the create-only server:
+/// created when missing, with no password and no home directory.
+pub const CREATE_ONLY_USER: &str = "vault-create-only";
+
 impl Sftp {
     pub fn start(dir: &Path) -> Option<Sftp> {
+        Self::start_with(dir, "internal-sftp")
+    }
+
+    /// An sshd whose SFTP subsystem is `CREATE_ONLY_SFTP`, logged into as
+    /// `CREATE_ONLY_USER` (see `url_as`).
+    pub fn start_create_only(dir: &Path) -> Option<Sftp> {
+        let exists = Command::new("id")
+            .arg(CREATE_ONLY_USER)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !exists {
+            // "*": no password, yet not a locked account, which sshd would refuse.
+            let status = Command::new(find("useradd").expect("useradd"))
+                .args(["-M", "-p", "*", "-s", "/bin/sh", CREATE_ONLY_USER])
+                .status()
+                .expect("useradd");
+            assert!(status.success(), "useradd {CREATE_ONLY_USER}");
+        }
+        Self::start_with(dir, CREATE_ONLY_SFTP)
+    }
+
+    fn start_with(dir: &Path, subsystem: &str) -> Option<Sftp> {
         let sshd = require("sshd")?;
         std::fs::create_dir_all(dir).unwrap();
         for key in ["hostkey", "userkey"] {
@@ -179,7 +212,7 @@ impl Sftp {
         // port, or a server of a test running alongside); sshd then exits, or another
         // server answers. Only an SSH greeting from our own sshd will do.
         let (cmd, child, port) = (0..5)
-            .find_map(|_| Self::spawn(&sshd, dir))
+            .find_map(|_| Self::spawn(&sshd, dir, subsystem))
             .expect("sshd did not start on any of 5 free ports");
         Some(Sftp {
             server: Server {
@@ -192,12 +225,12 @@ impl Sftp {
     }
 
     /// sshd started on a free port and greeting; None if it could not have that port.
-    fn spawn(sshd: &Path, dir: &Path) -> Option<(Command, Child, u16)> {
+    fn spawn(sshd: &Path, dir: &Path, subsystem: &str) -> Option<(Command, Child, u16)> {
         let port = free_port();
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/hostkey\nAuthorizedKeysFile {d}/authorized_keys\n\
              PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             StrictModes no\nPidFile {d}/sshd.pid\nSubsystem sftp internal-sftp\n",
+             StrictModes no\nPidFile {d}/sshd.pid\nSubsystem sftp {subsystem}\n",
             d = dir.display()
         );
         std::fs::write(dir.join("sshd_config"), config).unwrap();
@@ -228,7 +261,16 @@ impl Sftp {
 
     /// A repository URL at `path` on the server (an absolute path of this machine).
     pub fn url(&self, path: &Path) -> String {
-        let user = vault::repo::repository::username();
+        self.url_as(&vault::repo::repository::username(), path)
+    }
+
+    /// The private key the server accepts.
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("userkey")
+    }
+
+    /// `url` for logging in as `user`.
+    pub fn url_as(&self, user: &str, path: &Path) -> String {
         format!(
             "sftp://{user}@127.0.0.1:{}{}?key={}&known_hosts=accept",
             self.server.port,

@@ -90,6 +90,13 @@ impl<S: Storage> Storage for AppendOnly<S> {
         Ok(())
     }
 
+    fn write_new(&self, path: &str, bytes: Bytes) -> Result<()> {
+        self.guard_target(Change::Overwrite, path)?;
+        self.inner.write_new(path, bytes)?;
+        self.created().insert(path.to_string());
+        Ok(())
+    }
+
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         if !self.ours(from) {
             return Self::refuse(Change::Rename, from);

@@ -52,6 +52,10 @@ impl<S: Storage> Storage for CrashAfter<S> {
         self.mutated(self.inner.write(path, bytes))
     }
 
+    fn write_new(&self, path: &str, bytes: Bytes) -> Result<()> {
+        self.mutated(self.inner.write_new(path, bytes))
+    }
+
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.mutated(self.inner.rename(from, to))
     }

@@ -54,6 +54,10 @@ impl<S: Storage> Storage for DryRun<S> {
         Ok(())
     }
 
+    fn write_new(&self, path: &str, bytes: Bytes) -> Result<()> {
+        self.write(path, bytes)
+    }
+
     /// Not counted: a rename is the second half of a write through a temporary name,
     /// which was counted when written.
     fn rename(&self, _from: &str, _to: &str) -> Result<()> {

@@ -278,6 +278,11 @@ impl<S: Storage> Storage for Faults<S> {
         self.inner.write(path, bytes)
     }
 
+    fn write_new(&self, path: &str, bytes: Bytes) -> super::Result<()> {
+        self.plan.enter(Op::Write)?;
+        self.inner.write_new(path, bytes)
+    }
+
     fn rename(&self, from: &str, to: &str) -> super::Result<()> {
         self.plan.enter(Op::Write)?;
         self.inner.rename(from, to)

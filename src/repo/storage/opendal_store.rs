@@ -3,7 +3,7 @@
 //! limits).
 
 use bytes::Bytes;
-use opendal::options::{ListOptions, ReadOptions};
+use opendal::options::{ListOptions, ReadOptions, WriteOptions};
 use opendal::{ErrorKind, blocking};
 
 use super::{Entry, Meta, Result, Storage};
@@ -14,6 +14,8 @@ pub struct OpendalStore {
     /// Where packs (`data/`) are written when they go to another storage class than the
     /// rest; they are read through `op`, from the same bucket.
     packs_op: Option<blocking::Operator>,
+    /// What `write_new` writes through when `op` writes via a temporary name.
+    direct_op: Option<blocking::Operator>,
     /// A local directory: whole objects are read as ranges (see `read_local`).
     local: bool,
 }
@@ -22,11 +24,13 @@ impl OpendalStore {
     pub fn new(
         op: blocking::Operator,
         packs_op: Option<blocking::Operator>,
+        direct_op: Option<blocking::Operator>,
         local: bool,
     ) -> OpendalStore {
         OpendalStore {
             op,
             packs_op,
+            direct_op,
             local,
         }
     }
@@ -38,7 +42,7 @@ impl OpendalStore {
         let fs = opendal::services::Fs::default().root(&root.to_string_lossy());
         let op = opendal::Operator::new(fs).expect("an fs operator");
         let op = blocking::Operator::new(op).expect("a blocking operator");
-        OpendalStore::new(op, None, true)
+        OpendalStore::new(op, None, None, true)
     }
 
     /// Reads a local object as the range its size gives. Read without one, opendal's fs
@@ -90,6 +94,32 @@ impl Storage for OpendalStore {
             Some(packs) if path.starts_with("data/") => packs,
             _ => &self.op,
         };
+        op.write(path, bytes)?;
+        Ok(())
+    }
+
+    /// Where the service cannot refuse to replace (no conditional write), what is there
+    /// is asked first: a create-only storage refuses the overwrite itself.
+    fn write_new(&self, path: &str, bytes: Bytes) -> Result<()> {
+        let op = match (&self.direct_op, &self.packs_op) {
+            (Some(direct), _) => direct,
+            (None, Some(packs)) if path.starts_with("data/") => packs,
+            _ => &self.op,
+        };
+        if op.info().capability().write_with_if_not_exists {
+            op.write_options(
+                path,
+                bytes,
+                WriteOptions {
+                    if_not_exists: true,
+                    ..Default::default()
+                },
+            )?;
+            return Ok(());
+        }
+        if op.exists(path)? {
+            return Err(opendal::Error::new(ErrorKind::ConditionNotMatch, "exists already").into());
+        }
         op.write(path, bytes)?;
         Ok(())
     }

@@ -98,6 +98,12 @@ impl<S: Storage> Storage for Retry<S> {
         self.run("write", path, |s| s.write(path, bytes.clone()))
     }
 
+    /// A retry may find the object its failed try wrote after all: `Backend` tells that
+    /// from another object by reading it.
+    fn write_new(&self, path: &str, bytes: Bytes) -> Result<()> {
+        self.run("write", path, |s| s.write_new(path, bytes.clone()))
+    }
+
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.run("rename", from, |s| s.rename(from, to))
     }
@@ -162,6 +168,9 @@ mod tests {
             unimplemented!()
         }
         fn write(&self, _: &str, _: Bytes) -> Result<()> {
+            unimplemented!()
+        }
+        fn write_new(&self, _: &str, _: Bytes) -> Result<()> {
             unimplemented!()
         }
         fn rename(&self, _: &str, _: &str) -> Result<()> {
