@@ -404,7 +404,11 @@ fn maintained_line(m: &copies::Maintained) -> String {
         }
     }
     if let Some(n) = m.lock_extended {
-        let verb = if m.dry_run { "would extend" } else { "extended" };
+        let verb = if m.dry_run {
+            "would extend"
+        } else {
+            "extended"
+        };
         line += &format!("; Object Lock {verb} on {n} objects");
     }
     line

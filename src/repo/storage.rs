@@ -75,9 +75,9 @@ pub mod append_only;
 #[cfg(feature = "test-hooks")]
 pub mod crash;
 pub mod dry_run;
-pub mod object_lock;
 #[cfg(feature = "test-hooks")]
 pub mod faults;
+pub mod object_lock;
 pub mod opendal_store;
 pub mod retry;
 

@@ -94,7 +94,9 @@ fn maintain_one(
     }
     if let Some(r) = retention {
         // After the deletions, so that nothing just deleted is locked again.
-        m.lock_extended = Some(super::object_lock::extend(def, &mirror, &r, m.now, dry_run)?);
+        m.lock_extended = Some(super::object_lock::extend(
+            def, &mirror, &r, m.now, dry_run,
+        )?);
     }
     Ok(m)
 }

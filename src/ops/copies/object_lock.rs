@@ -74,7 +74,13 @@ pub(super) fn extend(
     let failed = std::thread::scope(|s| {
         let workers: Vec<_> = due
             .chunks(per)
-            .map(|chunk| s.spawn(move || chunk.iter().try_for_each(|p| retention.lock_until(p, until))))
+            .map(|chunk| {
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .try_for_each(|p| retention.lock_until(p, until))
+                })
+            })
             .collect();
         workers
             .into_iter()

@@ -11,8 +11,8 @@ use super::judge::{trusted_def, trusted_mirrors};
 use super::state;
 use crate::error::one_line;
 use crate::ops::sync::{self, CopyReport, Counters};
-use crate::repo::repository::now_rfc3339;
 use crate::repo::Repository;
+use crate::repo::repository::now_rfc3339;
 use crate::report::Reporter;
 
 /// What the caller shows while mirrors are brought up to date.

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
 use md5::Digest as _;
-use sha2::Digest as _;
 use opendal::{Buffer, ErrorKind, HttpTransporter};
+use sha2::Digest as _;
 use sha2::Sha256;
 
 use super::{Result, Storage};
@@ -216,7 +216,10 @@ fn encode_segment(s: &str) -> String {
 }
 
 fn encode_path(p: &str) -> String {
-    p.split('/').map(encode_segment).collect::<Vec<_>>().join("/")
+    p.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -226,9 +229,15 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// A signed `PUT /KEY?retention` (AWS Signature Version 4) for the object at `path`.
-fn sign(t: &S3Target, path: &str, body: Vec<u8>, now: Timestamp) -> opendal::Result<http::Request<Buffer>> {
+fn sign(
+    t: &S3Target,
+    path: &str,
+    body: Vec<u8>,
+    now: Timestamp,
+) -> opendal::Result<http::Request<Buffer>> {
     let bad = |m: String| opendal::Error::new(ErrorKind::ConfigInvalid, m);
-    let base = url::Url::parse(&t.endpoint).map_err(|e| bad(format!("endpoint {}: {e}", t.endpoint)))?;
+    let base =
+        url::Url::parse(&t.endpoint).map_err(|e| bad(format!("endpoint {}: {e}", t.endpoint)))?;
     let host = base
         .host_str()
         .ok_or_else(|| bad(format!("endpoint {} has no host", t.endpoint)))?;
@@ -242,9 +251,15 @@ fn sign(t: &S3Target, path: &str, body: Vec<u8>, now: Timestamp) -> opendal::Res
         format!("{}/{path}", t.root)
     };
     let (host, uri_path) = if t.virtual_host {
-        (format!("{}.{host}", t.bucket), format!("/{}", encode_path(&key)))
+        (
+            format!("{}.{host}", t.bucket),
+            format!("/{}", encode_path(&key)),
+        )
     } else {
-        (host, format!("/{}/{}", encode_segment(&t.bucket), encode_path(&key)))
+        (
+            host,
+            format!("/{}/{}", encode_segment(&t.bucket), encode_path(&key)),
+        )
     };
     let url = format!("{}://{host}{uri_path}?retention", base.scheme());
 
@@ -264,10 +279,14 @@ fn sign(t: &S3Target, path: &str, body: Vec<u8>, now: Timestamp) -> opendal::Res
     if let Some(token) = &t.session_token {
         headers.push(("x-amz-security-token", token.clone()));
     }
-    let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{}\n", v.trim())).collect();
+    let canonical_headers: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}:{}\n", v.trim()))
+        .collect();
     let signed: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
     let signed = signed.join(";");
-    let canonical = format!("PUT\n{uri_path}\nretention=\n{canonical_headers}\n{signed}\n{payload}");
+    let canonical =
+        format!("PUT\n{uri_path}\nretention=\n{canonical_headers}\n{signed}\n{payload}");
     let scope = format!("{day}/{}/s3/aws4_request", t.region);
     let to_sign = format!(
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
@@ -378,13 +397,18 @@ mod tests {
         assert_eq!(h["x-amz-date"], "20261203T100000Z");
         assert!(h.contains_key("content-md5"));
         let auth = h["authorization"].to_str().unwrap();
-        assert!(auth.contains("Credential=AKIAIOSFODNN7EXAMPLE/20261203/us-east-1/s3/aws4_request"));
+        assert!(
+            auth.contains("Credential=AKIAIOSFODNN7EXAMPLE/20261203/us-east-1/s3/aws4_request")
+        );
         assert!(auth.contains("SignedHeaders=content-md5;host;x-amz-content-sha256;x-amz-date"));
 
         t.virtual_host = false;
         t.endpoint = "http://127.0.0.1:9000".into();
         let r = sign(&t, "config", b"<x/>".to_vec(), now).unwrap();
-        assert_eq!(r.uri().to_string(), "http://127.0.0.1:9000/examplebucket/vault/b/config?retention");
+        assert_eq!(
+            r.uri().to_string(),
+            "http://127.0.0.1:9000/examplebucket/vault/b/config?retention"
+        );
         assert_eq!(r.headers()["host"], "127.0.0.1:9000");
     }
 
@@ -393,9 +417,15 @@ mod tests {
         let body = b"<Error><Code>NotImplemented</Code><Message>nope</Message></Error>";
         let e = refusal("config", 501, body);
         assert!(!e.is_temporary());
-        assert!(e.to_string().contains("does not implement S3 Object Lock"), "{e}");
+        assert!(
+            e.to_string().contains("does not implement S3 Object Lock"),
+            "{e}"
+        );
         let e = refusal("config", 400, b"<Error><Code>InvalidRequest</Code></Error>");
-        assert!(e.to_string().contains("does not have Object Lock enabled"), "{e}");
+        assert!(
+            e.to_string().contains("does not have Object Lock enabled"),
+            "{e}"
+        );
         assert!(refusal("config", 503, b"").is_temporary());
     }
 }
