@@ -98,6 +98,10 @@ pub struct Retention {
 /// way that may pass.
 const TRIES: u32 = 4;
 
+/// How long one retention request may take (a small body: the storage's own requests
+/// get two minutes with their transfers).
+const TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Retention {
     pub fn new(target: S3Target, mode: Mode, period: Duration) -> Retention {
         Retention {
@@ -150,8 +154,15 @@ impl Retention {
             until.strftime("%Y-%m-%dT%H:%M:%SZ")
         );
         let req = sign(&self.target, path, body.into_bytes(), Timestamp::now())?;
+        let http = HttpTransporter::default();
+        // Made inside the runtime, whose timer the timeout needs.
+        let send = async { tokio::time::timeout(TIMEOUT, http.send(req)).await };
         let resp = crate::repo::backend::RUNTIME
-            .block_on(HttpTransporter::default().send(req))
+            .block_on(send)
+            .map_err(|_| {
+                opendal::Error::new(ErrorKind::Unexpected, "retention request timed out")
+                    .set_temporary()
+            })?
             .map_err(|e| e.with_operation("PutObjectRetention"))?;
         let status = resp.status();
         if status.is_success() {
@@ -250,16 +261,16 @@ fn sign(
     } else {
         format!("{}/{path}", t.root)
     };
+    // An endpoint may have a path of its own, under which the buckets are.
+    let base_path = base.path().trim_end_matches('/');
     let (host, uri_path) = if t.virtual_host {
         (
             format!("{}.{host}", t.bucket),
-            format!("/{}", encode_path(&key)),
+            format!("{base_path}/{}", encode_path(&key)),
         )
     } else {
-        (
-            host,
-            format!("/{}/{}", encode_segment(&t.bucket), encode_path(&key)),
-        )
+        let bucket = encode_segment(&t.bucket);
+        (host, format!("{base_path}/{bucket}/{}", encode_path(&key)))
     };
     let url = format!("{}://{host}{uri_path}?retention", base.scheme());
 
