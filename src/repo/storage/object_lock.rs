@@ -19,7 +19,8 @@
 //! that mirror fails with the server's reason (a bucket without Object Lock answers
 //! `InvalidRequest`, a server without it `NotImplemented`): vault never carries on as if
 //! the copy were locked. An object whose upload succeeded and whose retention did not
-//! (the process killed in between) is locked by the next `vault maintain`.
+//! (the process killed in between) is locked by the first `vault maintain` once it is
+//! half the protection period old (see `ops::copies::object_lock`).
 
 use std::time::Duration;
 
