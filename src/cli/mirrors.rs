@@ -403,6 +403,14 @@ fn maintained_line(m: &copies::Maintained) -> String {
             line += &format!(" (oldest recorded {oldest}, due {due})");
         }
     }
+    if let Some(n) = m.lock_extended {
+        let verb = if m.dry_run {
+            "would extend"
+        } else {
+            "extended"
+        };
+        line += &format!("; Object Lock {verb} on {n} objects");
+    }
     line
 }
 

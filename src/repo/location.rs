@@ -20,6 +20,10 @@
 //! restored before it is read, e.g. by a lifecycle rule) or `cold=false` (they are readable
 //! now, e.g. restored for a while); `storage_class=GLACIER` or `DEEP_ARCHIVE` implies
 //! `cold=true`.
+//!
+//! An s3:// mirror may add `object_lock=governance` or `object_lock=compliance`: every
+//! object written there gets that retention for the mirror's protection period (see
+//! `storage::object_lock`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -31,6 +35,7 @@ use opendal::layers::TimeoutLayer;
 use url::Url;
 
 use super::limits::{self, Limits};
+use super::storage::object_lock::{Mode as ObjectLockMode, S3Target};
 
 /// A parsed location: the operator to reach it, and whether writes must go through a
 /// temporary name (services whose writes are not atomic).
@@ -256,6 +261,11 @@ pub fn open(location: &str) -> Result<Opened> {
         generic_credentials: true,
         insecure_http: false,
     };
+    if object_lock_mode(location).is_ok_and(|m| m.is_some()) {
+        log::warn!(
+            "{location}: object_lock= takes effect on a protected mirror only; nothing written here is locked"
+        );
+    }
     open_with(location, None, access, limits_for(None))
 }
 
@@ -329,6 +339,7 @@ fn open_with(
     let scheme = scheme.as_str();
     let class = storage_class(location, scheme, &q)?;
     let cold = coldness(location, &q, class.as_deref())?;
+    object_lock_mode(location)?;
     let op = match scheme {
         "s3" => s3(location, &url, &q, &creds, access, None)?,
         "sftp" => sftp(&url, &q, connections)?,
@@ -542,6 +553,74 @@ fn coldness(location: &str, q: &HashMap<String, String>, class: Option<&str>) ->
         ))
         .into()),
     }
+}
+
+/// The `object_lock=` of a location: the retention mode every object written there is
+/// given (s3:// only; a usage error elsewhere or for another value).
+pub fn object_lock_mode(location: &str) -> Result<Option<ObjectLockMode>> {
+    let Location::Remote { scheme, url } = parse(location)? else {
+        return Ok(None);
+    };
+    let q = query(&url);
+    let Some(v) = q.get("object_lock") else {
+        return Ok(None);
+    };
+    let usage = |m: String| anyhow::Error::new(crate::error::VaultError::Usage(m));
+    if scheme != "s3" {
+        return Err(usage(format!(
+            "{location}: object_lock= is for s3:// locations"
+        )));
+    }
+    ObjectLockMode::parse(v).map(Some).ok_or_else(|| {
+        usage(format!(
+            "{location}: object_lock={v:?}: give object_lock=governance or object_lock=compliance"
+        ))
+    })
+}
+
+/// Where mirror `name`'s s3:// location keeps its objects, and the credentials that sign
+/// vault's own requests there (those its operator gets: the mirror's own variables, the
+/// usual ones only where `access` allows). Static keys are needed: the storage library's
+/// own discovery (~/.aws, instance metadata) is not available to these requests.
+pub fn s3_target(location: &str, name: &str, access: Access) -> Result<S3Target> {
+    let creds = Creds {
+        prefix: Some(mirror_prefix(name)),
+        generic: access.generic_credentials,
+    };
+    let env = |v: &str| creds.get(v);
+    let url = Url::parse(location).with_context(|| format!("location {location}"))?;
+    let q = query(&url);
+    let (bucket, root) = bucket_and_root(&url, "bucket")?;
+    let region = q
+        .get("region")
+        .cloned()
+        .or_else(|| env("AWS_REGION"))
+        .or_else(|| env("AWS_DEFAULT_REGION"))
+        .unwrap_or_else(|| "us-east-1".into());
+    let endpoint = q
+        .get("endpoint")
+        .cloned()
+        .or_else(|| env("AWS_ENDPOINT_URL"))
+        .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+    let Some((access_key, secret_key)) = env("AWS_ACCESS_KEY_ID").zip(env("AWS_SECRET_ACCESS_KEY"))
+    else {
+        return Err(crate::error::VaultError::Usage(format!(
+            "mirror {name}: object_lock= needs an access key in {p}AWS_ACCESS_KEY_ID and {p}AWS_SECRET_ACCESS_KEY (or, with `vault mirror trust {name} --generic-credentials`, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+            p = mirror_prefix(name)
+        ))
+        .into());
+    };
+    plain_http_guard(location, &endpoint, true, access)?;
+    Ok(S3Target {
+        endpoint,
+        bucket,
+        root: root.trim_matches('/').to_string(),
+        region,
+        virtual_host: q.get("virtual_host").is_some_and(|v| v == "true"),
+        access_key,
+        secret_key,
+        session_token: env("AWS_SESSION_TOKEN"),
+    })
 }
 
 /// An S3 operator; with `class`, every object it writes goes to that storage class.

@@ -77,6 +77,7 @@ pub mod crash;
 pub mod dry_run;
 #[cfg(feature = "test-hooks")]
 pub mod faults;
+pub mod object_lock;
 pub mod opendal_store;
 pub mod retry;
 

@@ -42,6 +42,9 @@ pub struct Maintained {
     pub next_due: Option<String>,
     /// Temporary objects of killed processes removed.
     pub tmp_removed: u64,
+    /// Objects whose S3 Object Lock retention was extended (see `object_lock`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_extended: Option<u64>,
     pub dry_run: bool,
     #[serde(skip)]
     now: Timestamp,
@@ -82,13 +85,19 @@ fn maintain_one(
     dry_run: bool,
 ) -> Result<Maintained> {
     let mirror = Backend::open_mirror(&def.url, &def.name, access)?;
+    let retention = super::object_lock::retention(def, access)?;
     let mut m = plan(repo, &mirror, def.protect, dry_run)?;
     m.mirror = def.name.clone();
-    if dry_run {
-        return Ok(m);
+    if !dry_run {
+        m.deleted = sync::delete_gone(&mirror, &m.doomed).map_err(|e| refused(&def.name, e))?;
+        m.tmp_removed = crate::ops::prune::sweep_tmp_at(&mirror, m.now)?;
     }
-    m.deleted = sync::delete_gone(&mirror, &m.doomed).map_err(|e| refused(&def.name, e))?;
-    m.tmp_removed = crate::ops::prune::sweep_tmp_at(&mirror, m.now)?;
+    if let Some(r) = retention {
+        // After the deletions, so that nothing just deleted is locked again.
+        m.lock_extended = Some(super::object_lock::extend(
+            def, &mirror, &r, m.now, dry_run,
+        )?);
+    }
     Ok(m)
 }
 

@@ -45,9 +45,6 @@ pub fn add(repo: &Repository, new: NewMirror, access: Access) -> Result<MirrorDe
         )
         .into());
     }
-    if is_mirror {
-        Backend::open_mirror(&url, &new.name, access)?;
-    }
     let def = MirrorDef {
         version: MirrorDef::version_for(new.protect),
         name: new.name,
@@ -59,6 +56,10 @@ pub fn add(repo: &Repository, new: NewMirror, access: Access) -> Result<MirrorDe
         removed: false,
         protect: new.protect,
     };
+    if is_mirror {
+        Backend::open_mirror(&def.url, &def.name, access)?;
+        super::object_lock::retention(&def, access)?;
+    }
     if is_mirror {
         // Recorded first, so that a state that cannot be written leaves nothing in the
         // repository.

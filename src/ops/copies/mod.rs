@@ -14,6 +14,7 @@ mod intact;
 mod judge;
 mod maintain;
 mod manage;
+mod object_lock;
 mod repair;
 mod state;
 mod status;

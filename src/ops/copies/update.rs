@@ -11,8 +11,8 @@ use super::judge::{trusted_def, trusted_mirrors};
 use super::state;
 use crate::error::one_line;
 use crate::ops::sync::{self, CopyReport, Counters};
+use crate::repo::Repository;
 use crate::repo::repository::now_rfc3339;
-use crate::repo::{Backend, Repository};
 use crate::report::Reporter;
 
 /// What the caller shows while mirrors are brought up to date.
@@ -73,7 +73,7 @@ pub fn sync_mirrors(
     for (d, access) in &defs {
         let counters = progress.start(&d.name);
         let started = Instant::now();
-        let result = Backend::open_mirror(&d.url, &d.name, *access)
+        let result = super::object_lock::open_to_write(d, *access)
             .and_then(|b| sync::sync(repo, &b, d.protect > 0, &counters));
         let seconds = started.elapsed().as_secs_f64().max(1e-3);
         if result.is_ok() {
