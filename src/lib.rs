@@ -50,6 +50,7 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod format;
 pub mod fsmeta;

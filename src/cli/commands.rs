@@ -51,7 +51,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Upgrade => super::retention::upgrade(&g),
         Command::Schedule(s) => super::schedule::schedule(&g, s),
         Command::Config(super::ConfigCommand::Check) => {
-            let msg = super::profile::check(&g)?;
+            let msg = crate::config::check(g.config.as_deref())?;
             if g.json {
                 print_json(&json!({"valid": true, "message": msg}))?;
             } else {

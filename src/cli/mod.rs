@@ -117,50 +117,13 @@ impl Global {
     /// The limits the command line (or the environment, or the profile) sets for every
     /// backend of the command.
     pub fn limits(&self) -> Result<crate::repo::limits::Limits, error::VaultError> {
-        parse_limits(
+        crate::config::parse_limits(
             self.limit_upload.as_deref(),
             self.limit_download.as_deref(),
             self.connections.as_deref(),
             &|key| format!("--{key} (VAULT_{})", key.to_uppercase().replace('-', "_")),
         )
     }
-}
-
-/// Limits from their settings as written; `name` turns a setting's key (`limit-upload`)
-/// into how the user gave it, for a one-line usage error.
-pub fn parse_limits(
-    upload: Option<&str>,
-    download: Option<&str>,
-    connections: Option<&str>,
-    name: &dyn Fn(&str) -> String,
-) -> Result<crate::repo::limits::Limits, error::VaultError> {
-    use crate::repo::limits::MAX_CONNECTIONS;
-    let usage = |key: &str, why: String| error::VaultError::Usage(format!("{}: {why}", name(key)));
-    let rate = |key: &str, v: Option<&str>| {
-        v.map(|v| crate::units::parse_rate(v).map_err(|e| usage(key, e)))
-            .transpose()
-    };
-    let connections = connections
-        .map(|v| {
-            v.trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
-                .ok_or_else(|| {
-                    usage(
-                        "connections",
-                        format!(
-                            "{v:?} is not a number of requests in flight: give a whole number from 1 to {MAX_CONNECTIONS}"
-                        ),
-                    )
-                })
-        })
-        .transpose()?;
-    Ok(crate::repo::limits::Limits {
-        upload: rate("limit-upload", upload)?,
-        download: rate("limit-download", download)?,
-        connections,
-    })
 }
 
 #[derive(Args, Debug, Clone, Default)]

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use anyhow::{Result, anyhow};
 use serde::{Deserialize, Serialize};
 
-use super::profile::{self, Profile};
+use super::profile;
 use super::{BackupArgs, CheckArgs, ExportArgs, Global, PruneArgs, PruneOpts};
+use crate::config::Profile;
 use crate::error::exit;
 use crate::ops::subset::Subset;
 
