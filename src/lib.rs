@@ -57,5 +57,6 @@ pub mod fsmeta;
 pub mod ops;
 pub mod repo;
 pub mod report;
+pub mod secret;
 pub mod session;
 pub mod units;
