@@ -43,6 +43,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::error::VaultError;
+use crate::ops::backup::BackupOptions;
 
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +140,28 @@ pub fn section_limits(
 impl Profile {
     pub fn limits(&self) -> [&Option<Setting>; 3] {
         [&self.limit_upload, &self.limit_download, &self.connections]
+    }
+
+    /// The backup this profile describes.
+    pub fn backup_options(&self) -> BackupOptions {
+        let mut opts = BackupOptions::default();
+        self.fill_backup(&mut opts);
+        opts
+    }
+
+    /// Adds this profile to a backup's options: its sources when the options name none,
+    /// its excludes and tags besides theirs, its host when they set none, and its flags.
+    pub fn fill_backup(&self, opts: &mut BackupOptions) {
+        if opts.paths.is_empty() {
+            opts.paths = self.sources.clone();
+        }
+        opts.excludes.extend(self.exclude.iter().cloned());
+        opts.tags.extend(self.tags.iter().cloned());
+        if opts.host.is_none() {
+            opts.host = self.host.clone();
+        }
+        opts.exclude_caches |= self.exclude_caches;
+        opts.one_file_system |= self.one_file_system;
     }
 }
 

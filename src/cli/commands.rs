@@ -203,17 +203,11 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         return Err(VaultError::Usage("--stdin and --stdin-filename go together".into()).into());
     }
     let opts = backup::BackupOptions {
-        paths: a.paths,
-        tags: a.tags,
-        host: a.host,
-        excludes: a.excludes,
-        exclude_files: a.exclude_files,
-        exclude_caches: a.exclude_caches,
-        one_file_system: a.one_file_system,
         stdin_filename: a.stdin_filename,
         dry_run: a.dry_run,
         time,
         parent,
+        ..a.opts
     };
     let counters = Arc::new(backup::Counters::default());
     let c = counters.clone();

@@ -314,26 +314,8 @@ pub struct InitArgs {
 
 #[derive(Args, Debug, Default)]
 pub struct BackupArgs {
-    /// Files and directories to back up
-    pub paths: Vec<PathBuf>,
-    /// Tag the snapshot (repeatable)
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
-    /// Host name to record (default: this machine's)
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Exclude paths matching this gitignore-style pattern (repeatable)
-    #[arg(long = "exclude", short = 'e')]
-    pub excludes: Vec<String>,
-    /// Read exclude patterns from a file, one per line (repeatable)
-    #[arg(long = "exclude-file")]
-    pub exclude_files: Vec<PathBuf>,
-    /// Skip the contents of directories holding a valid CACHEDIR.TAG
-    #[arg(long)]
-    pub exclude_caches: bool,
-    /// Do not cross file-system boundaries
-    #[arg(long, short = 'x')]
-    pub one_file_system: bool,
+    #[command(flatten)]
+    pub opts: crate::ops::backup::BackupOptions,
     /// Back up standard input as one file
     #[arg(long, requires = "stdin_filename")]
     pub stdin: bool,
@@ -490,31 +472,15 @@ pub struct ForgetArgs {
     #[arg(long)]
     pub prune: bool,
     #[command(flatten)]
-    pub prune_opts: PruneOpts,
+    pub prune_opts: crate::ops::prune::PruneOptions,
     #[command(flatten)]
     pub filter: SnapshotFilter,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct PruneOpts {
-    /// Unused space tolerated in kept packs before they are repacked: a percentage of the
-    /// repository or a size
-    #[arg(long, default_value = "5%", value_name = "LIMIT")]
-    pub max_unused: crate::ops::prune::MaxUnused,
-    /// Repack at most this much in one run
-    #[arg(long, value_name = "SIZE", value_parser = progress::parse_size)]
-    pub max_repack: Option<u64>,
-    /// Format 3: unused packs are marked once this old, and marked packs deleted once
-    /// marked this long (s, m, h or d). Safety never depends on it: a backup that
-    /// outlives it revives or re-uploads what it needs
-    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_wait)]
-    pub grace: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     #[command(flatten)]
-    pub opts: PruneOpts,
+    pub opts: crate::ops::prune::PruneOptions,
     /// Show what would be deleted and repacked; change nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
@@ -777,26 +743,8 @@ pub struct UnlockArgs {
     pub remove_all: bool,
 }
 
-/// Durations like `30s`, `10m`, `2h` (a bare number means seconds).
-pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..split]
-        .parse()
-        .map_err(|_| format!("{s:?}: give a number with s, m or h, e.g. 10m"))?;
-    let mult = match &t[split..] {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use s, m, h or d)")),
-    };
-    // Checked: a huge count would overflow (a panic in debug builds, a silently wrong
-    // wait in release builds).
-    n.checked_mul(mult)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("{s:?}: too long"))
-}
+/// Durations as `--lock-wait` and `--grace` take them; public for fuzzing.
+pub use crate::units::parse_wait;
 
 /// Runs the CLI and returns the process exit code.
 /// Ctrl-C, SIGTERM and SIGHUP end vault after it removes what it put on storage for the
@@ -950,22 +898,5 @@ fn run_hook(cmd: &str, command: &str, code: i32, message: &str) {
         Ok(s) if s.success() => {}
         Ok(s) => eprintln!("vault: warning: hook {cmd:?} exited with {s}"),
         Err(e) => eprintln!("vault: warning: hook {cmd:?} could not run: {e}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lock_wait_parses_and_refuses_overflow() {
-        assert_eq!(
-            super::parse_wait("10m"),
-            Ok(std::time::Duration::from_secs(600))
-        );
-        assert!(super::parse_wait("9999999999999999999h").is_err());
-        assert_eq!(
-            super::parse_wait("2d"),
-            Ok(std::time::Duration::from_secs(2 * 86400))
-        );
-        assert!(super::parse_wait("5w").is_err());
     }
 }

@@ -40,20 +40,7 @@ pub fn apply(mut cli: Cli) -> Result<Cli> {
     }
     g.insecure_http |= p.insecure_http;
     if let Command::Backup(a) = &mut cli.command {
-        fill_backup(a, &p);
+        p.fill_backup(&mut a.opts);
     }
     Ok(cli)
-}
-
-pub fn fill_backup(a: &mut super::BackupArgs, p: &Profile) {
-    if a.paths.is_empty() {
-        a.paths = p.sources.clone();
-    }
-    a.excludes.extend(p.exclude.iter().cloned());
-    a.tags.extend(p.tags.iter().cloned());
-    if a.host.is_none() {
-        a.host = p.host.clone();
-    }
-    a.exclude_caches |= p.exclude_caches;
-    a.one_file_system |= p.one_file_system;
 }

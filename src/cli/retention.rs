@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::commands::{filter, locking, mirrored, print_json, session};
 use super::progress::{Progress, human_bytes};
-use super::{ForgetArgs, Global, PruneArgs, PruneOpts, SnapshotFilter};
+use super::{ForgetArgs, Global, PruneArgs, SnapshotFilter};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::ops::forget::{self, GroupBy, Policy};
@@ -135,13 +135,11 @@ pub fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
     run_prune(g, &a.opts, a.dry_run)
 }
 
-fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
+fn run_prune(g: &Global, o: &prune_op::PruneOptions, dry_run: bool) -> Result<i32> {
     let s = mirrored(g)?;
     let opts = prune_op::PruneOptions {
-        max_unused: o.max_unused,
-        max_repack: o.max_repack,
         dry_run,
-        grace: o.grace,
+        ..o.clone()
     };
     let counters = Arc::new(prune_op::Counters::default());
     let c = counters.clone();

@@ -45,15 +45,44 @@ impl std::str::FromStr for MaxUnused {
     }
 }
 
+/// How prune goes about it: one type for programs and the command line (clap derives its
+/// flags under the `cli` feature, with the defaults [`Default`] gives).
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct PruneOptions {
-    /// Unused space tolerated in kept packs before they are repacked.
+    /// Unused space tolerated in kept packs before they are repacked: a percentage of the
+    /// repository or a size
+    #[cfg_attr(feature = "cli", arg(long, default_value = "5%", value_name = "LIMIT"))]
     pub max_unused: MaxUnused,
-    /// At most this many bytes of packs are repacked in one run.
+    /// Repack at most this much in one run
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)
+    )]
     pub max_repack: Option<u64>,
+    /// Show what would be deleted and repacked; change nothing (the command line's own
+    /// flag sets it).
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub dry_run: bool,
-    /// Two-phase prune (format 3): a pack is marked only once it is this old, and a mark
-    /// deletes only once it is this old (storage's clock where it reports one).
+    /// Format 3: unused packs are marked once this old, and marked packs deleted once
+    /// marked this long (s, m, h or d). Safety never depends on it: a backup that
+    /// outlives it revives or re-uploads what it needs
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value = "24h", value_name = "DURATION", value_parser = crate::units::parse_wait)
+    )]
     pub grace: std::time::Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> PruneOptions {
+        PruneOptions {
+            max_unused: MaxUnused::Percent(5.0),
+            max_repack: None,
+            dry_run: false,
+            grace: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Default)]
