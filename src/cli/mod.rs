@@ -803,7 +803,7 @@ pub fn main() -> i32 {
     let cli = match profile::apply(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vault: {}", error::one_line(&e));
+            eprintln!("vault: {}", error_line(&e));
             return error::exit_code(&e);
         }
     };
@@ -832,7 +832,7 @@ pub fn main() -> i32 {
     let (code, message) = match result {
         Ok(code) => (code, String::new()),
         Err(e) => {
-            let msg = error::one_line(&e);
+            let msg = error_line(&e);
             eprintln!("vault: {msg}");
             if verbose {
                 for d in error::details(&e) {
@@ -854,6 +854,44 @@ pub fn main() -> i32 {
         run_hook(&cmd, &command, code, &message);
     }
     code
+}
+
+/// An error as the command line prints it: the library's message, then the advice for
+/// its remedy, worded as the command to run.
+fn error_line(e: &anyhow::Error) -> String {
+    let line = error::one_line(e);
+    match error::remedy(e) {
+        Some(r) => line + &advice(&r),
+        None => line,
+    }
+}
+
+fn advice(r: &error::Remedy) -> String {
+    use error::Remedy::*;
+    match r {
+        Init(at) => format!(
+            ": create one with `vault init --repo {at}`, or check --repo / VAULT_REPOSITORY"
+        ),
+        CheckThenRepairFromMirror => "; run `vault check` and `vault repair --from MIRROR`".into(),
+        CheckDataThenRepair => "; run `vault check --read-data` and repair first".into(),
+        Check => "; run `vault check`".into(),
+        CheckBeforePruning => ": run `vault check` before pruning".into(),
+        RepairIndexBeforePruning => ": run `vault repair index` before pruning".into(),
+        RepairSnapshotsFirst => "; run `vault check` and `vault repair snapshots` first".into(),
+        ForgetOrRepair(id) => format!("; forget it (`vault forget {id}`) or repair first"),
+        CheckData => " (run `vault check --read-data`)".into(),
+        ListKeys => " (see `vault key list`)".into(),
+        AddKeyFirst => ": add another with `vault key add` first".into(),
+        AddPassword => ": use `vault key add` to add a password".into(),
+        ListSnapshots { other_hosts: true } => {
+            ": see `vault snapshots` (--host selects another machine's)".into()
+        }
+        ListSnapshots { other_hosts: false } => " (see `vault snapshots`)".into(),
+        RestoreInstead => "; use `vault restore --include` instead".into(),
+        OtherVersion(path) => {
+            format!("; take the file from another snapshot (`vault versions {path}`)")
+        }
+    }
 }
 
 /// One line per run, for machines nobody watches: time, command, exit code, message.

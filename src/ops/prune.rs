@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use serde::Serialize;
 
-use crate::error::one_line;
+use crate::error::{Advised, Remedy, one_line};
 use crate::format::Id;
 use crate::format::index::{IndexFile, PackBlobs};
 use crate::format::pack::{self, BlobEntry, BlobType, SealedBlob};
@@ -184,10 +184,8 @@ fn sweep_tmp(repo: &Repository) -> Result<u64> {
 pub(super) fn refuse_unknown(repo: &Repository) -> Result<()> {
     repo.refuse_misnamed()?;
     if let Some((id, why)) = repo.damaged_index.first() {
-        bail!(
-            "index {} is damaged ({why}): run `vault repair index` before pruning",
-            id.short()
-        );
+        let msg = format!("index {} is damaged ({why})", id.short());
+        return Err(Advised::error(msg, Remedy::RepairIndexBeforePruning));
     }
     Ok(())
 }
@@ -302,11 +300,10 @@ pub(super) fn mark_snapshots(
             Ok(s) => s,
             Err(e) if crate::repo::backend::is_not_found(&e) => continue,
             Err(e) if is_misnamed(&e) => return Err(e), // its own message says what to run
-            Err(e) => bail!(
-                "{}: prune cannot know what it references; forget it (`vault forget {}`) or repair first",
-                one_line(&e),
-                id.short()
-            ),
+            Err(e) => {
+                let msg = format!("{}: prune cannot know what it references", one_line(&e));
+                return Err(Advised::error(msg, Remedy::ForgetOrRepair(id.short())));
+            }
         };
         stats.snapshots += 1;
         mark_tree(repo, &snap.tree, Path::new("/"), used, counters)?;
@@ -363,11 +360,12 @@ fn mark_one(
     }
     counters.trees.fetch_add(1, Ordering::Relaxed);
     let tree = repo.load_tree(id).map_err(|e| {
-        anyhow!(
-            "{}: {} cannot be read, so prune cannot know what it references; run `vault check` and `vault repair snapshots` first",
+        let msg = format!(
+            "{}: {} cannot be read, so prune cannot know what it references",
             one_line(&e),
             path.as_path().display()
-        )
+        );
+        Advised::error(msg, Remedy::RepairSnapshotsFirst)
     })?;
     stack.push((tree.nodes.into_iter(), mark));
     Ok(true)
@@ -399,10 +397,11 @@ pub(super) fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMa
             continue;
         }
         let size = *stored.get(&p.pack).ok_or_else(|| {
-            anyhow!(
-                "pack {} is in the index but missing from storage: run `vault check` before pruning",
+            let msg = format!(
+                "pack {} is in the index but missing from storage",
                 p.pack.short()
-            )
+            );
+            Advised::error(msg, Remedy::CheckBeforePruning)
         })?;
         let used_flags: Vec<bool> = p
             .blobs
@@ -554,12 +553,13 @@ pub(super) fn copy_used(
                 .get(e.offset as usize..end)
                 .ok_or_else(|| anyhow!("pack {} is shorter than its index says", id.short()))?;
             let plain = opener.open(&repo.keys, e, stored).map_err(|err| {
-                anyhow!(
-                    "{} blob {} in pack {}: {err}; nothing was deleted (run `vault check --read-data`)",
+                let msg = format!(
+                    "{} blob {} in pack {}: {err}; nothing was deleted",
                     e.blob_type.name(),
                     e.id.short(),
                     id.short()
-                )
+                );
+                Advised::error(msg, Remedy::CheckData)
             })?;
             if e.bundled() {
                 // The used members of bundles are sealed again without the unused ones.

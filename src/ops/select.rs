@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use jiff::Timestamp;
 
-use crate::error::VaultError;
+use crate::error::{Advised, Remedy, VaultError};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
 use crate::repo::repository::is_misnamed;
@@ -95,10 +95,10 @@ pub fn at_time(
             id.short(),
             stamp(s).map(local_time).unwrap_or_else(|| s.time.clone())
         ),
-        None => bail!(
-            "no snapshots{}: see `vault snapshots` (--host selects another machine's)",
-            filter.describe()
-        ),
+        None => Err(Advised::error(
+            format!("no snapshots{}", filter.describe()),
+            Remedy::ListSnapshots { other_hosts: true },
+        )),
     }
 }
 
@@ -134,10 +134,10 @@ pub fn select(
     if spec == "latest" {
         return match all.into_iter().next_back() {
             Some(x) => Ok(x),
-            None => bail!(
-                "no snapshot matches{}: see `vault snapshots`",
-                filter.describe()
-            ),
+            None => Err(Advised::error(
+                format!("no snapshot matches{}", filter.describe()),
+                Remedy::ListSnapshots { other_hosts: false },
+            )),
         };
     }
     let spec_l = spec.to_ascii_lowercase();
@@ -153,9 +153,14 @@ pub fn select(
         .collect();
     match hits.len() {
         1 => Ok(hits.remove(0)),
-        0 => bail!("snapshot {spec}: no such snapshot (see `vault snapshots`)"),
+        0 => Err(no_such_snapshot(spec)),
         n => bail!("snapshot {spec}: prefix matches {n} snapshots; give more digits"),
     }
+}
+
+fn no_such_snapshot(spec: &str) -> anyhow::Error {
+    let msg = format!("snapshot {spec}: no such snapshot");
+    Advised::error(msg, Remedy::ListSnapshots { other_hosts: false })
 }
 
 /// Snapshots named by id prefixes; each must name exactly one.
@@ -170,9 +175,7 @@ pub fn by_ids(repo: &Repository, ids: &[String]) -> Result<Vec<Id>> {
                 .collect();
             match hits.as_slice() {
                 [one] if !s.is_empty() => Ok(**one),
-                [] => Err(anyhow!(
-                    "snapshot {spec}: no such snapshot (see `vault snapshots`)"
-                )),
+                [] => Err(no_such_snapshot(spec)),
                 _ => Err(VaultError::Usage(format!(
                     "snapshot {spec:?}: matches {} snapshots; give more digits",
                     hits.len()
