@@ -57,6 +57,7 @@ pub mod fsmeta;
 pub mod ops;
 pub mod repo;
 pub mod report;
+pub mod schedule;
 pub mod secret;
 pub mod session;
 pub mod units;
