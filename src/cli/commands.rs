@@ -124,15 +124,6 @@ pub(super) fn reading(g: &Global, command: &str) -> Result<Session<Indexed>> {
         .index()?)
 }
 
-pub(super) fn filter(f: &SnapshotFilter) -> select::Filter {
-    select::Filter {
-        hosts: f.hosts.clone(),
-        paths: f.paths.clone(),
-        tags: f.tags.clone(),
-        covers: Vec::new(),
-    }
-}
-
 pub(super) fn warn_stderr(msg: String) {
     eprintln!("vault: warning: {msg}");
 }
@@ -288,7 +279,7 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
 
 fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
     let s = session(g)?;
-    let list = select::list(s.repo(), &filter(f), &warn_stderr)?;
+    let list = select::list(s.repo(), f, &warn_stderr)?;
     if g.json {
         let v: Vec<serde_json::Value> = list
             .iter()
@@ -385,37 +376,22 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let session = reading(g, "restore")?;
     let repo = session.repo();
     // With --at, the snapshot must hold the literal paths asked for.
-    let covers: Vec<PathBuf> = a
+    let mut opts = a.opts;
+    let covers: Vec<PathBuf> = opts
         .includes
         .iter()
         .filter(|p| !p.contains(['*', '?', '[']))
         .map(|p| timetravel::absolute(std::path::Path::new(p)))
         .collect();
     let (id, snap) = timetravel::choose(g, repo, a.snapshot.as_deref(), &a.at, &a.filter, &covers)?;
-    let abs = |v: Vec<String>| -> Vec<String> {
-        v.into_iter()
-            .map(|p| {
-                if p.starts_with('/') || p.contains(['*', '?', '[']) {
-                    p
-                } else {
-                    std::path::absolute(&p)
-                        .map(|x| x.to_string_lossy().into_owned())
-                        .unwrap_or(p)
-                }
-            })
-            .collect()
-    };
-    let opts = restore::RestoreOptions {
-        target: a.target,
-        includes: abs(a.includes),
-        excludes: a.excludes,
-        overwrite: a.overwrite,
-        verify: a.verify,
-        only: None,
-        no_owner: a.no_owner,
-        no_xattrs: a.no_xattrs,
-        no_special: a.no_special,
-    };
+    // Relative include paths are the working directory's; patterns stay as they are.
+    for p in &mut opts.includes {
+        if !p.starts_with('/') && !p.contains(['*', '?', '[']) {
+            if let Ok(x) = std::path::absolute(&*p) {
+                *p = x.to_string_lossy().into_owned();
+            }
+        }
+    }
     let counters = Arc::new(restore::Counters::default());
     // A whole snapshot is as large as its summary says (a repaired one is smaller);
     // restore counts any other selection itself.

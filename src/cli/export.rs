@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Parser;
 use serde_json::json;
 
-use super::commands::{filter, print_json, reading, warn_stderr};
+use super::commands::{print_json, reading, warn_stderr};
 use super::progress::{Progress, human_bytes};
 use super::{ExportArgs, ForgetArgs, Global};
 use crate::error::{VaultError, exit};
@@ -47,7 +47,7 @@ fn choose(repo: &Repository, spec: Option<&str>) -> Result<Vec<(Id, Snapshot)>> 
     };
     let keep: Vec<Id> = if sel.f.ids.is_empty() {
         let p = sel.f.keep.policy()?;
-        let fl = filter(&sel.f.filter);
+        let fl = &sel.f.filter;
         let pool: Vec<(Id, Snapshot)> =
             all.iter().filter(|(_, s)| fl.matches(s)).cloned().collect();
         forget::apply(

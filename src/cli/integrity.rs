@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{filter, location, locking, print_json, session, warn_stderr};
+use super::commands::{location, locking, print_json, session, warn_stderr};
 use super::progress::{Granular, Meter, Progress, human_bytes};
 use super::{AuditArgs, CheckArgs, Global, RepairArgs, RepairCommand, VerifyArgs};
 use crate::error::{VaultError, exit};
@@ -182,18 +182,14 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
 pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
     let session = open_to_check(g, "verify")?;
     let repo = session.repo();
-    let snaps = select::list(repo, &filter(&a.filter), &warn_stderr)?;
+    let snaps = select::list(repo, &a.filter, &warn_stderr)?;
     let chosen = if snaps.is_empty() && a.snapshot == "latest" {
         None
     } else {
-        let (id, s) = select::select(repo, &a.snapshot, &filter(&a.filter), &|_| {})?;
+        let (id, s) = select::select(repo, &a.snapshot, &a.filter, &|_| {})?;
         Some((id, s.tree))
     };
-    let opts = verify::VerifyOptions {
-        read_data: a.read_data_subset.clone(),
-        sample: a.sample,
-        workdir: a.workdir,
-    };
+    let opts = a.opts;
     let cc = Arc::new(check::Counters::default());
     let rc = Arc::new(restore::Counters::default());
     let (c1, c2) = (cc.clone(), rc.clone());
@@ -239,7 +235,7 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
             }
             Some(id) => format!(
                 "restored {} of snapshot {} ({} files, {}){}",
-                if a.sample.is_some() {
+                if opts.sample.is_some() {
                     "a sample"
                 } else {
                     "all"
@@ -264,7 +260,7 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
                 format!("found {} error(s)", r.check.problems.len())
             },
             r.check.stats.snapshots,
-            a.read_data_subset.describe(),
+            opts.read_data.describe(),
             r.check.stats.packs_read,
         );
     }

@@ -126,18 +126,8 @@ impl Global {
     }
 }
 
-#[derive(Args, Debug, Clone, Default)]
-pub struct SnapshotFilter {
-    /// Only snapshots from this host (repeatable)
-    #[arg(long = "host")]
-    pub hosts: Vec<String>,
-    /// Only snapshots that include this backed-up path (repeatable)
-    #[arg(long = "path")]
-    pub paths: Vec<String>,
-    /// Only snapshots with this tag (repeatable)
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
-}
+/// Which snapshots: the library's filter, whose flags clap derives.
+pub use crate::ops::select::Filter as SnapshotFilter;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -376,31 +366,8 @@ pub struct RestoreArgs {
     pub snapshot: Option<String>,
     #[command(flatten)]
     pub at: AtArg,
-    /// Directory to restore into (snapshot paths are recreated below it)
-    #[arg(long, short = 't')]
-    pub target: PathBuf,
-    /// Restore only paths matching this pattern or below it (repeatable)
-    #[arg(long = "include", short = 'i')]
-    pub includes: Vec<String>,
-    /// Leave out paths matching this pattern (repeatable)
-    #[arg(long = "exclude", short = 'e')]
-    pub excludes: Vec<String>,
-    /// Replace files that already exist in the target
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Re-read every restored file and compare it with the snapshot
-    #[arg(long)]
-    pub verify: bool,
-    /// Leave restored files owned by the restoring user, and drop setuid and setgid bits
-    /// (the default when not run as root)
-    #[arg(long)]
-    pub no_owner: bool,
-    /// Do not restore extended attributes
-    #[arg(long)]
-    pub no_xattrs: bool,
-    /// Do not restore FIFOs or device nodes
-    #[arg(long)]
-    pub no_special: bool,
+    #[command(flatten)]
+    pub opts: crate::ops::restore::RestoreOptions,
     #[command(flatten)]
     pub filter: SnapshotFilter,
 }
@@ -544,15 +511,8 @@ pub struct VerifyArgs {
     /// Snapshot to restore: `latest` or an id prefix
     #[arg(default_value = "latest")]
     pub snapshot: String,
-    /// Restore this many randomly chosen files instead of the whole snapshot
-    #[arg(long, value_name = "N")]
-    pub sample: Option<usize>,
-    /// Packs to read and verify besides the restore: 10%, n/N or 2G
-    #[arg(long, value_name = "SUBSET", default_value = "5%")]
-    pub read_data_subset: crate::ops::subset::Subset,
-    /// Directory for the temporary restore (default: the system temporary directory)
-    #[arg(long, value_name = "DIR")]
-    pub workdir: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: crate::ops::verify::VerifyOptions,
     #[command(flatten)]
     pub filter: SnapshotFilter,
 }

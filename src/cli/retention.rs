@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{filter, locking, mirrored, print_json, session};
+use super::commands::{locking, mirrored, print_json, session};
 use super::progress::{Progress, human_bytes};
 use super::{ForgetArgs, Global, PruneArgs, SnapshotFilter};
 use crate::error::{VaultError, exit};
@@ -65,7 +65,7 @@ fn forget_now(g: &Global, removal: Removal, dry_run: bool) -> Result<i32> {
     let s = s.index()?;
     let remove: Vec<Id> = match removal {
         Removal::Policy(p, group_by, f) => {
-            let groups = s.plan_forget(&p, &filter(f), group_by)?;
+            let groups = s.plan_forget(&p, f, group_by)?;
             report_groups(g, &groups, dry_run)?;
             groups
                 .iter()

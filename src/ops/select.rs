@@ -11,12 +11,22 @@ use crate::format::snapshot::Snapshot;
 use crate::repo::repository::is_misnamed;
 use crate::repo::{FileKind, Repository};
 
+/// Which snapshots: one type for programs and the command line (clap derives its flags
+/// under the `cli` feature).
 #[derive(Default, Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Filter {
+    /// Only snapshots from this host (repeatable)
+    #[cfg_attr(feature = "cli", arg(long = "host"))]
     pub hosts: Vec<String>,
+    /// Only snapshots that include this backed-up path (repeatable)
+    #[cfg_attr(feature = "cli", arg(long = "path"))]
     pub paths: Vec<String>,
+    /// Only snapshots with this tag (repeatable)
+    #[cfg_attr(feature = "cli", arg(long = "tag"))]
     pub tags: Vec<String>,
     /// Paths the snapshot must contain: each lies at or below one of its backed-up paths.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub covers: Vec<PathBuf>,
 }
 
