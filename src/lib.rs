@@ -54,6 +54,7 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod fsmeta;
+pub mod hooks;
 pub mod ops;
 pub mod repo;
 pub mod report;

@@ -806,13 +806,14 @@ pub fn main() -> i32 {
     if let Some(s) = crate::repo::storage::faults::summary() {
         eprintln!("vault: {s}");
     }
-    if let Some(log) = &log_file {
-        append_log(log, &command, code, &message);
-    }
     let hook = if code == exit::OK { hooks.0 } else { hooks.1 };
-    if let Some(cmd) = hook {
-        run_hook(&cmd, &command, code, &message);
-    }
+    after_run(
+        log_file.as_deref(),
+        hook.as_deref(),
+        &command,
+        code,
+        &message,
+    );
     code
 }
 
@@ -854,45 +855,22 @@ fn advice(r: &error::Remedy) -> String {
     }
 }
 
-/// One line per run, for machines nobody watches: time, command, exit code, message.
-fn append_log(path: &std::path::Path, command: &str, code: i32, message: &str) {
-    use std::io::Write;
-    let line = format!(
-        "{} vault {command} exit {code}{}{message}\n",
-        jiff::Timestamp::now(),
-        if message.is_empty() { "" } else { ": " }
-    );
-    let r = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
-    if let Err(e) = r {
-        eprintln!("vault: warning: log file {}: {e}", path.display());
+/// The log line and the hook, whose failures are reported but never change vault's exit
+/// code.
+fn after_run(
+    log: Option<&std::path::Path>,
+    hook: Option<&str>,
+    command: &str,
+    code: i32,
+    message: &str,
+) {
+    if let Some(log) = log
+        && let Err(e) = crate::hooks::append_log(log, command, code, message)
+    {
+        eprintln!("vault: warning: log file {}: {e}", log.display());
     }
-}
-
-/// The only variables of vault's own environment a hook sees (besides VAULT_COMMAND,
-/// VAULT_EXIT_CODE and VAULT_MESSAGE). A hook is often a mail or chat command written by
-/// someone else; vault's environment holds the repository password and storage keys.
-const HOOK_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ"];
-
-fn hook_env_allowed(name: &std::ffi::OsStr) -> bool {
-    let name = name.to_string_lossy();
-    HOOK_ENV.contains(&name.as_ref()) || name.starts_with("LC_")
-}
-
-/// Runs a monitoring hook; its failure is reported but never changes vault's exit code.
-fn run_hook(cmd: &str, command: &str, code: i32, message: &str) {
-    let status = std::process::Command::new("sh")
-        .args(["-c", cmd])
-        .env_clear()
-        .envs(std::env::vars_os().filter(|(k, _)| hook_env_allowed(k)))
-        .env("VAULT_COMMAND", command)
-        .env("VAULT_EXIT_CODE", code.to_string())
-        .env("VAULT_MESSAGE", message)
-        .status();
-    match status {
+    let Some(cmd) = hook else { return };
+    match crate::hooks::run_hook(cmd, command, code, message) {
         Ok(s) if s.success() => {}
         Ok(s) => eprintln!("vault: warning: hook {cmd:?} exited with {s}"),
         Err(e) => eprintln!("vault: warning: hook {cmd:?} could not run: {e}"),
