@@ -55,6 +55,7 @@ pub mod error;
 pub mod format;
 pub mod fsmeta;
 pub mod hooks;
+pub mod meter;
 pub mod ops;
 pub mod repo;
 pub mod report;
