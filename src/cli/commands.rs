@@ -128,6 +128,36 @@ pub(super) fn warn_stderr(msg: String) {
     eprintln!("vault: warning: {msg}");
 }
 
+/// A command's result: `json` on stdout under --json, else what `text` prints, unless
+/// --quiet.
+pub(super) fn render<S: serde::Serialize + ?Sized>(
+    g: &Global,
+    json: &S,
+    text: impl FnOnce(),
+) -> Result<()> {
+    if g.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer(&mut out, json)?;
+        writeln!(out)?;
+    } else if !g.quiet {
+        text();
+    }
+    Ok(())
+}
+
+/// Runs `op` under a progress line that `line` draws from its counters (none under
+/// --quiet or --json, nor off a terminal).
+pub(super) fn with_progress<T>(
+    g: &Global,
+    line: impl FnMut() -> String + Send + 'static,
+    op: impl FnOnce() -> T,
+) -> T {
+    let progress = Progress::start(g.quiet || g.json, line);
+    let r = op();
+    progress.finish();
+    r
+}
+
 pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, v)?;
@@ -493,25 +523,25 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
                 &format!("the new password of {loc}"),
             )?;
             let (id, old) = repo.change_password(&pw, &a.label, default_log_n())?;
-            if g.json {
-                print_json(&json!({"key": id.to_hex(), "replaces": old.to_hex()}))?;
-            } else if !g.quiet {
-                println!(
-                    "changed password: key {} replaces {}",
-                    id.short(),
-                    old.short()
-                );
-            }
+            render(
+                g,
+                &json!({"key": id.to_hex(), "replaces": old.to_hex()}),
+                || {
+                    println!(
+                        "changed password: key {} replaces {}",
+                        id.short(),
+                        old.short()
+                    );
+                },
+            )?;
         }
         KeyCommand::List => key_list(g, repo)?,
         KeyCommand::Remove { id } => {
             let target = repo.find_key(&id)?;
             repo.remove_key(&target)?;
-            if g.json {
-                print_json(&json!({"removed": target.to_hex()}))?;
-            } else if !g.quiet {
+            render(g, &json!({"removed": target.to_hex()}), || {
                 println!("removed key {}", target.short());
-            }
+            })?;
         }
         KeyCommand::Export { raw: _ } => {
             let v = serde_json::to_string_pretty(&repo.raw_key_export())?;
@@ -572,9 +602,7 @@ fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
             eprintln!("{line}");
         }
     })?;
-    if g.json {
-        print_json(&json!({"removed": r.removed, "kept": r.kept}))?;
-    } else if !g.quiet {
+    render(g, &json!({"removed": r.removed, "kept": r.kept}), || {
         for l in &r.removed {
             println!("removed {l}");
         }
@@ -582,6 +610,6 @@ fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
             println!("kept {l}");
         }
         println!("{} lock(s) removed", r.removed.len());
-    }
+    })?;
     Ok(exit::OK)
 }

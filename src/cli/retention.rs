@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{locking, mirrored, print_json, session};
-use super::progress::{Progress, human_bytes};
+use super::commands::{locking, mirrored, print_json, session, with_progress};
+use super::progress::human_bytes;
 use super::{ForgetArgs, Global, PruneArgs, SnapshotFilter};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
@@ -143,16 +143,17 @@ fn run_prune(g: &Global, o: &prune_op::PruneOptions, dry_run: bool) -> Result<i3
     };
     let counters = Arc::new(prune_op::Counters::default());
     let c = counters.clone();
-    let progress = Progress::start(g.quiet || g.json, move || {
-        format!(
-            "{} trees read, {} packs repacked",
-            c.trees.load(Ordering::Relaxed),
-            c.packs_repacked.load(Ordering::Relaxed)
-        )
-    });
-    let r = s.prune(&opts, &counters, locking(g));
-    progress.finish();
-    let s = r?;
+    let s = with_progress(
+        g,
+        move || {
+            format!(
+                "{} trees read, {} packs repacked",
+                c.trees.load(Ordering::Relaxed),
+                c.packs_repacked.load(Ordering::Relaxed)
+            )
+        },
+        || s.prune(&opts, &counters, locking(g)),
+    )?;
     if g.json {
         print_json(&json!({"dry_run": dry_run, "stats": s}))?;
     } else if !g.quiet && s.two_phase {
