@@ -317,6 +317,12 @@ pub struct ExportConfig {
     pub snapshots: Option<String>,
 }
 
+/// The repository used when none is given: `vault/repo` in the user's data directory.
+pub fn default_repository() -> Option<String> {
+    let d = dirs::data_dir()?;
+    Some(d.join("vault").join("repo").to_string_lossy().into_owned())
+}
+
 /// The config file in use: --config, else the user's, else the system's.
 pub fn config_path(given: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = given {

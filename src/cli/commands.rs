@@ -67,18 +67,16 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn default_repo() -> Result<String> {
-    let d = dirs::data_dir().ok_or_else(|| {
-        anyhow!("no --repo given and no XDG data directory (set VAULT_REPOSITORY)")
-    })?;
-    Ok(d.join("vault").join("repo").to_string_lossy().into_owned())
-}
-
 /// The repository location, and whether it is the implicit default.
 pub(super) fn location(g: &Global) -> Result<(String, bool)> {
     match &g.repo {
         Some(r) if !r.is_empty() => Ok((r.clone(), false)),
-        _ => Ok((default_repo()?, true)),
+        _ => match crate::config::default_repository() {
+            Some(d) => Ok((d, true)),
+            None => Err(anyhow!(
+                "no --repo given and no XDG data directory (set VAULT_REPOSITORY)"
+            )),
+        },
     }
 }
 

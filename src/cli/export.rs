@@ -12,8 +12,7 @@ use super::{ExportArgs, ForgetArgs, Global};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
-use crate::ops::select::by_ids;
-use crate::ops::{export as export_op, forget, image, select};
+use crate::ops::{export as export_op, image, select};
 use crate::repo::Repository;
 
 /// `--snapshots '...'` is parsed as forget's options, so policies read the same.
@@ -37,37 +36,13 @@ pub fn parse_selection(spec: &str) -> Result<ForgetArgs> {
         })
 }
 
+/// All snapshots, or those `--snapshots` selects.
 fn choose(repo: &Repository, spec: Option<&str>) -> Result<Vec<(Id, Snapshot)>> {
-    let all = select::list(repo, &Default::default(), &warn_stderr)?;
     let Some(spec) = spec else {
-        return Ok(all);
+        return select::list(repo, &Default::default(), &warn_stderr);
     };
-    let sel = Selection {
-        f: parse_selection(spec)?,
-    };
-    let keep: Vec<Id> = if sel.f.ids.is_empty() {
-        let p = sel.f.keep.policy()?;
-        let fl = &sel.f.filter;
-        let pool: Vec<(Id, Snapshot)> =
-            all.iter().filter(|(_, s)| fl.matches(s)).cloned().collect();
-        forget::apply(
-            &p,
-            &pool,
-            sel.f.keep.group_by,
-            &jiff::tz::TimeZone::system(),
-        )
-        .iter()
-        .flat_map(|g| &g.snapshots)
-        .filter(|d| d.keep)
-        .filter_map(|d| Id::from_hex(&d.id))
-        .collect()
-    } else {
-        by_ids(repo, &sel.f.ids)?
-    };
-    Ok(all
-        .into_iter()
-        .filter(|(id, _)| keep.contains(id))
-        .collect())
+    let f = parse_selection(spec)?;
+    select::by_selection(repo, &f.ids, &f.keep, &f.filter, &warn_stderr)
 }
 
 pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {

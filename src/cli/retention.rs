@@ -67,12 +67,7 @@ fn forget_now(g: &Global, removal: Removal, dry_run: bool) -> Result<i32> {
         Removal::Policy(p, group_by, f) => {
             let groups = s.plan_forget(&p, f, group_by)?;
             report_groups(g, &groups, dry_run)?;
-            groups
-                .iter()
-                .flat_map(|gr| &gr.snapshots)
-                .filter(|d| !d.keep)
-                .filter_map(|d| Id::from_hex(&d.id))
-                .collect()
+            forget::decided(&groups, false)
         }
         Removal::Ids(ids) => select::by_ids(s.repo(), ids)?,
     };

@@ -219,3 +219,31 @@ pub fn choose(
         Which::At(t) => at_time(repo, t, &filter.across_time(covers), warn),
     }
 }
+
+/// The snapshots a selection names, oldest first: those the ids name, or else those the
+/// policy `keep` keeps among those `filter` matches (as forget would keep them).
+pub fn by_selection(
+    repo: &Repository,
+    ids: &[String],
+    keep: &crate::ops::keep::KeepOptions,
+    filter: &Filter,
+    warn: &dyn Fn(String),
+) -> Result<Vec<(Id, Snapshot)>> {
+    let all = list(repo, &Filter::default(), warn)?;
+    let kept: Vec<Id> = if ids.is_empty() {
+        let pool: Vec<(Id, Snapshot)> = all
+            .iter()
+            .filter(|(_, s)| filter.matches(s))
+            .cloned()
+            .collect();
+        let tz = jiff::tz::TimeZone::system();
+        let groups = crate::ops::forget::apply(&keep.policy()?, &pool, keep.group_by, &tz);
+        crate::ops::forget::decided(&groups, true)
+    } else {
+        by_ids(repo, ids)?
+    };
+    Ok(all
+        .into_iter()
+        .filter(|(id, _)| kept.contains(id))
+        .collect())
+}
