@@ -119,7 +119,7 @@ fn verify_image(g: &Global, path: &Path) -> Result<i32> {
     for p in &c.problems {
         eprintln!("vault: error: {p}");
     }
-    render(g, &&c, || {
+    render(g, &c, || {
         println!(
             "image {}: {} volume(s), {} files ({}): {}",
             path.display(),

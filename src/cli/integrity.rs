@@ -227,7 +227,7 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
             eprintln!("vault: error: restore: {e}");
         }
     }
-    render(g, &&r, || {
+    render(g, &r, || {
         let restored = match &r.snapshot {
             Some(id) if r.restore_skipped => {
                 format!("snapshot {} not restored (cold copy)", &id[..8])
@@ -286,7 +286,7 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
             for u in &res.unreadable_headers {
                 eprintln!("vault: warning: {u}");
             }
-            render(g, &&res, || {
+            render(g, &res, || {
                 println!(
                     "repair index: {} packs, {} blobs in {} new index file(s); {} old removed",
                     res.packs, res.blobs, res.index_files_written, res.index_files_removed
@@ -294,23 +294,19 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
             })?;
             Ok(exit::OK)
         }
-        RepairCommand::Snapshots(a) => {
-            let session = if a.dry_run {
+        RepairCommand::Snapshots(opts) => {
+            let session = if opts.dry_run {
                 session.without_lock()
             } else {
                 session.lock(LockKind::Shared, "repair snapshots", locking(g))?
             };
             let session = session.index()?;
             let repo = session.repo();
-            let opts = repair::RepairSnapshotsOptions {
-                read_data: a.read_data,
-                dry_run: a.dry_run,
-            };
             let res = repair::repair_snapshots(repo, &opts)?;
             for u in &res.unreadable {
                 eprintln!("vault: warning: cannot repair: {u}");
             }
-            render(g, &&res, || {
+            render(g, &res, || {
                 for s in &res.repaired {
                     let new = match &s.repaired {
                         Some(id) => format!("-> {}", &id[..8]),
@@ -325,7 +321,7 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
                     "repair snapshots: {} checked, {} {}",
                     res.snapshots_checked,
                     res.repaired.len(),
-                    if a.dry_run {
+                    if opts.dry_run {
                         "would be repaired"
                     } else {
                         "repaired (tagged `repaired`; originals kept)"

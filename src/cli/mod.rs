@@ -676,17 +676,7 @@ pub enum RepairCommand {
     ///
     /// Each repaired snapshot is tagged `repaired`; the originals stay until you forget them.
     /// Example: vault repair snapshots --read-data
-    Snapshots(RepairSnapshotsArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct RepairSnapshotsArgs {
-    /// Read all data to find damaged blobs, not only missing ones
-    #[arg(long)]
-    pub read_data: bool,
-    /// Show what would be dropped; write nothing
-    #[arg(long, short = 'n')]
-    pub dry_run: bool,
+    Snapshots(crate::ops::repair::RepairSnapshotsOptions),
 }
 
 #[derive(Args, Debug)]
@@ -707,39 +697,6 @@ pub struct UnlockArgs {
 pub use crate::units::parse_wait;
 
 /// Runs the CLI and returns the process exit code.
-/// Ctrl-C, SIGTERM and SIGHUP end vault after it removes what it put on storage for the
-/// time being (temporary objects, its locks; see `repo::cleanup`), within 20 seconds; a
-/// second signal ends it at once. Exit code 128 + the signal, as a shell reports it.
-fn on_interrupt_clean_up() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-        return;
-    };
-    let _ = std::thread::Builder::new()
-        .name("vault-signals".into())
-        .spawn(move || {
-            let mut cleaning = false;
-            for sig in signals.forever() {
-                if cleaning {
-                    std::process::exit(128 + sig);
-                }
-                cleaning = true;
-                progress::eprint_line("vault: interrupted: removing temporary objects and locks");
-                let _ = std::thread::Builder::new()
-                    .name("vault-cleanup".into())
-                    .spawn(move || {
-                        let (tx, rx) = std::sync::mpsc::channel();
-                        std::thread::spawn(move || {
-                            crate::repo::cleanup::interrupt();
-                            let _ = tx.send(());
-                        });
-                        let _ = rx.recv_timeout(std::time::Duration::from_secs(20));
-                        std::process::exit(128 + sig);
-                    });
-            }
-        });
-}
-
 pub fn main() -> i32 {
     use clap::{CommandFactory, FromArgMatches};
     let parsed = Cli::command()
@@ -758,7 +715,9 @@ pub fn main() -> i32 {
         }
     };
     logger::init(cli.global.verbose, cli.global.quiet);
-    on_interrupt_clean_up();
+    crate::repo::cleanup::on_signals(|| {
+        progress::eprint_line("vault: interrupted: removing temporary objects and locks")
+    });
     crate::repo::location::private_local_writes();
     let cli = match profile::apply(cli) {
         Ok(c) => c,
