@@ -10,8 +10,10 @@
 //! - A kind is decided by the innermost-first cause that has one, read from the outside
 //!   in: the first typed cause in the chain wins, so a wrapper never hides it.
 //! - Warnings are not errors: they go to the caller's [`crate::report::Reporter`].
-//! - The library names things and says what is wrong; the command line maps kinds to
-//!   exit codes (README "Exit codes") and adds advice.
+//! - The library names things and says what is wrong; what the user can do about it is
+//!   data, a [`Remedy`] (carried by [`Advised`], or implied by the error's type). The
+//!   command line maps kinds to exit codes (README "Exit codes") and words remedies as
+//!   advice.
 use thiserror::Error;
 
 use crate::repo::remote::RemoteError;
@@ -32,9 +34,7 @@ pub mod exit {
 
 #[derive(Debug, Error)]
 pub enum VaultError {
-    #[error(
-        "no repository at {0} (no config file): create one with `vault init --repo {0}`, or check --repo / VAULT_REPOSITORY"
-    )]
+    #[error("no repository at {0} (no config file)")]
     NoRepository(String),
     #[error("repository {0} already exists: choose another location or use it as it is")]
     AlreadyExists(String),
@@ -47,6 +47,80 @@ pub enum VaultError {
     WrongPassword(String),
     #[error("{0}")]
     Usage(String),
+}
+
+/// What the user can do about an error. The library names the remedy; a front end words
+/// it (the command line as the command to run).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Remedy {
+    /// Create a repository at this location, or give another.
+    Init(String),
+    /// Check the repository, then copy the damaged object back from a mirror.
+    CheckThenRepairFromMirror,
+    /// Check the repository (reading its data), then repair it.
+    CheckDataThenRepair,
+    /// Check the repository.
+    Check,
+    /// Check the repository before pruning.
+    CheckBeforePruning,
+    /// Rebuild the index from the packs before pruning.
+    RepairIndexBeforePruning,
+    /// Check, then repair the snapshots, before trying again.
+    RepairSnapshotsFirst,
+    /// Forget this snapshot, or repair first.
+    ForgetOrRepair(String),
+    /// Read the blob's data with a check.
+    CheckData,
+    /// List the keys.
+    ListKeys,
+    /// Add another key first.
+    AddKeyFirst,
+    /// Add a key with a password.
+    AddPassword,
+    /// List the snapshots; `other_hosts`: the host filter may be what hides them.
+    ListSnapshots { other_hosts: bool },
+    /// Restore the directory instead.
+    RestoreInstead,
+    /// Take this path from another snapshot.
+    OtherVersion(String),
+}
+
+/// An error whose remedy is data: the message says what is wrong, the remedy what to do.
+#[derive(Debug, Error)]
+#[error("{message}")]
+pub struct Advised {
+    pub message: String,
+    pub remedy: Remedy,
+}
+
+impl Advised {
+    /// The error for `message` with `remedy`.
+    pub fn error(message: impl Into<String>, remedy: Remedy) -> anyhow::Error {
+        Advised {
+            message: message.into(),
+            remedy,
+        }
+        .into()
+    }
+}
+
+/// The remedy for `err`: its innermost cause's that has one (the most specific).
+pub fn remedy(err: &anyhow::Error) -> Option<Remedy> {
+    err.chain().filter_map(remedy_of_cause).last()
+}
+
+fn remedy_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<Remedy> {
+    if let Some(a) = cause.downcast_ref::<Advised>() {
+        return Some(a.remedy.clone());
+    }
+    if let Some(VaultError::NoRepository(at)) = cause.downcast_ref::<VaultError>() {
+        return Some(Remedy::Init(at.clone()));
+    }
+    if cause.is::<crate::repo::repository::Misnamed>() {
+        return Some(Remedy::CheckThenRepairFromMirror);
+    }
+    None
 }
 
 /// What went wrong, as a caller decides on it.
@@ -144,6 +218,11 @@ impl Error {
     /// The message in one line, each cause once.
     pub fn one_line(&self) -> String {
         one_line(&self.inner)
+    }
+
+    /// What the user can do about it, when the library knows.
+    pub fn remedy(&self) -> Option<Remedy> {
+        remedy(&self.inner)
     }
 }
 

@@ -50,11 +50,16 @@
 
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod format;
 pub mod fsmeta;
+pub mod hooks;
+pub mod meter;
 pub mod ops;
 pub mod repo;
 pub mod report;
+pub mod schedule;
+pub mod secret;
 pub mod session;
 pub mod units;

@@ -127,14 +127,6 @@ impl<S> Session<S> {
         self.to()
     }
 
-    /// Reads fall back to these mirrors, per object.
-    pub fn with_fallbacks(mut self, mirrors: Vec<Backend>) -> Self {
-        if !mirrors.is_empty() {
-            self.repo.backend = self.repo.backend.clone().with_fallbacks(mirrors);
-        }
-        self
-    }
-
     /// Reads fall back to the mirrors this host trusts, per object; mirrors that do not
     /// open are reported (unless `quiet`) and left out.
     pub fn with_mirrors(mut self, quiet: bool) -> Self {

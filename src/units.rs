@@ -87,6 +87,27 @@ pub fn human_period(secs: u64) -> String {
     format!("{secs}s")
 }
 
+/// Durations like `30s`, `10m`, `2h` (a bare number means seconds).
+pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split]
+        .parse()
+        .map_err(|_| format!("{s:?}: give a number with s, m or h, e.g. 10m"))?;
+    let mult = match &t[split..] {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (use s, m, h or d)")),
+    };
+    // Checked: a huge count would overflow (a panic in debug builds, a silently wrong
+    // wait in release builds).
+    n.checked_mul(mult)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +146,19 @@ mod tests {
         assert_eq!(human_period(90 * 60), "90m");
         assert_eq!(human_period(61), "61s");
         assert_eq!(human_period(0), "0s");
+    }
+
+    #[test]
+    fn lock_wait_parses_and_refuses_overflow() {
+        assert_eq!(
+            super::parse_wait("10m"),
+            Ok(std::time::Duration::from_secs(600))
+        );
+        assert!(super::parse_wait("9999999999999999999h").is_err());
+        assert_eq!(
+            super::parse_wait("2d"),
+            Ok(std::time::Duration::from_secs(2 * 86400))
+        );
+        assert!(super::parse_wait("5w").is_err());
     }
 }

@@ -53,7 +53,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Upgrade => super::retention::upgrade(&g),
         Command::Schedule(s) => super::schedule::schedule(&g, s),
         Command::Config(super::ConfigCommand::Check) => {
-            let msg = super::profile::check(&g)?;
+            let msg = crate::config::check(g.config.as_deref())?;
             if g.json {
                 print_json(&json!({"valid": true, "message": msg}))?;
             } else {
@@ -69,18 +69,16 @@ pub fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn default_repo() -> Result<String> {
-    let d = dirs::data_dir().ok_or_else(|| {
-        anyhow!("no --repo given and no XDG data directory (set VAULT_REPOSITORY)")
-    })?;
-    Ok(d.join("vault").join("repo").to_string_lossy().into_owned())
-}
-
 /// The repository location, and whether it is the implicit default.
 pub(super) fn location(g: &Global) -> Result<(String, bool)> {
     match &g.repo {
         Some(r) if !r.is_empty() => Ok((r.clone(), false)),
-        _ => Ok((default_repo()?, true)),
+        _ => match crate::config::default_repository() {
+            Some(d) => Ok((d, true)),
+            None => Err(anyhow!(
+                "no --repo given and no XDG data directory (set VAULT_REPOSITORY)"
+            )),
+        },
     }
 }
 
@@ -126,17 +124,38 @@ pub(super) fn reading(g: &Global, command: &str) -> Result<Session<Indexed>> {
         .index()?)
 }
 
-pub(super) fn filter(f: &SnapshotFilter) -> select::Filter {
-    select::Filter {
-        hosts: f.hosts.clone(),
-        paths: f.paths.clone(),
-        tags: f.tags.clone(),
-        covers: Vec::new(),
-    }
-}
-
 pub(super) fn warn_stderr(msg: String) {
     eprintln!("vault: warning: {msg}");
+}
+
+/// A command's result: `json` on stdout under --json, else what `text` prints, unless
+/// --quiet.
+pub(super) fn render<S: serde::Serialize + ?Sized>(
+    g: &Global,
+    json: &S,
+    text: impl FnOnce(),
+) -> Result<()> {
+    if g.json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer(&mut out, json)?;
+        writeln!(out)?;
+    } else if !g.quiet {
+        text();
+    }
+    Ok(())
+}
+
+/// Runs `op` under a progress line that `line` draws from its counters (none under
+/// --quiet or --json, nor off a terminal).
+pub(super) fn with_progress<T>(
+    g: &Global,
+    line: impl FnMut() -> String + Send + 'static,
+    op: impl FnOnce() -> T,
+) -> T {
+    let progress = Progress::start(g.quiet || g.json, line);
+    let r = op();
+    progress.finish();
+    r
 }
 
 pub(super) fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -205,17 +224,11 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         return Err(VaultError::Usage("--stdin and --stdin-filename go together".into()).into());
     }
     let opts = backup::BackupOptions {
-        paths: a.paths,
-        tags: a.tags,
-        host: a.host,
-        excludes: a.excludes,
-        exclude_files: a.exclude_files,
-        exclude_caches: a.exclude_caches,
-        one_file_system: a.one_file_system,
         stdin_filename: a.stdin_filename,
         dry_run: a.dry_run,
         time,
         parent,
+        ..a.opts
     };
     let counters = Arc::new(backup::Counters::default());
     let c = counters.clone();
@@ -296,7 +309,7 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
 
 fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
     let s = session(g)?;
-    let list = select::list(s.repo(), &filter(f), &warn_stderr)?;
+    let list = select::list(s.repo(), f, &warn_stderr)?;
     if g.json {
         let v: Vec<serde_json::Value> = list
             .iter()
@@ -393,37 +406,22 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     let session = reading(g, "restore")?;
     let repo = session.repo();
     // With --at, the snapshot must hold the literal paths asked for.
-    let covers: Vec<PathBuf> = a
+    let mut opts = a.opts;
+    let covers: Vec<PathBuf> = opts
         .includes
         .iter()
         .filter(|p| !p.contains(['*', '?', '[']))
         .map(|p| timetravel::absolute(std::path::Path::new(p)))
         .collect();
     let (id, snap) = timetravel::choose(g, repo, a.snapshot.as_deref(), &a.at, &a.filter, &covers)?;
-    let abs = |v: Vec<String>| -> Vec<String> {
-        v.into_iter()
-            .map(|p| {
-                if p.starts_with('/') || p.contains(['*', '?', '[']) {
-                    p
-                } else {
-                    std::path::absolute(&p)
-                        .map(|x| x.to_string_lossy().into_owned())
-                        .unwrap_or(p)
-                }
-            })
-            .collect()
-    };
-    let opts = restore::RestoreOptions {
-        target: a.target,
-        includes: abs(a.includes),
-        excludes: a.excludes,
-        overwrite: a.overwrite,
-        verify: a.verify,
-        only: None,
-        no_owner: a.no_owner,
-        no_xattrs: a.no_xattrs,
-        no_special: a.no_special,
-    };
+    // Relative include paths are the working directory's; patterns stay as they are.
+    for p in &mut opts.includes {
+        if !p.starts_with('/') && !p.contains(['*', '?', '[']) {
+            if let Ok(x) = std::path::absolute(&*p) {
+                *p = x.to_string_lossy().into_owned();
+            }
+        }
+    }
     let counters = Arc::new(restore::Counters::default());
     // A whole snapshot is as large as its summary says (a repaired one is smaller);
     // restore counts any other selection itself.
@@ -525,25 +523,25 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
                 &format!("the new password of {loc}"),
             )?;
             let (id, old) = repo.change_password(&pw, &a.label, default_log_n())?;
-            if g.json {
-                print_json(&json!({"key": id.to_hex(), "replaces": old.to_hex()}))?;
-            } else if !g.quiet {
-                println!(
-                    "changed password: key {} replaces {}",
-                    id.short(),
-                    old.short()
-                );
-            }
+            render(
+                g,
+                &json!({"key": id.to_hex(), "replaces": old.to_hex()}),
+                || {
+                    println!(
+                        "changed password: key {} replaces {}",
+                        id.short(),
+                        old.short()
+                    );
+                },
+            )?;
         }
         KeyCommand::List => key_list(g, repo)?,
         KeyCommand::Remove { id } => {
             let target = repo.find_key(&id)?;
             repo.remove_key(&target)?;
-            if g.json {
-                print_json(&json!({"removed": target.to_hex()}))?;
-            } else if !g.quiet {
+            render(g, &json!({"removed": target.to_hex()}), || {
                 println!("removed key {}", target.short());
-            }
+            })?;
         }
         KeyCommand::Export { raw: _ } => {
             let v = serde_json::to_string_pretty(&repo.raw_key_export())?;
@@ -604,9 +602,7 @@ fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
             eprintln!("{line}");
         }
     })?;
-    if g.json {
-        print_json(&json!({"removed": r.removed, "kept": r.kept}))?;
-    } else if !g.quiet {
+    render(g, &json!({"removed": r.removed, "kept": r.kept}), || {
         for l in &r.removed {
             println!("removed {l}");
         }
@@ -614,6 +610,6 @@ fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {
             println!("kept {l}");
         }
         println!("{} lock(s) removed", r.removed.len());
-    }
+    })?;
     Ok(exit::OK)
 }

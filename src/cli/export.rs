@@ -6,14 +6,13 @@ use anyhow::Result;
 use clap::Parser;
 use serde_json::json;
 
-use super::commands::{filter, print_json, reading, warn_stderr};
-use super::progress::{Progress, human_bytes};
+use super::commands::{reading, render, warn_stderr, with_progress};
+use super::progress::human_bytes;
 use super::{ExportArgs, ForgetArgs, Global};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
-use crate::ops::select::by_ids;
-use crate::ops::{export as export_op, forget, image, select};
+use crate::ops::{export as export_op, image, select};
 use crate::repo::Repository;
 
 /// `--snapshots '...'` is parsed as forget's options, so policies read the same.
@@ -37,37 +36,13 @@ pub fn parse_selection(spec: &str) -> Result<ForgetArgs> {
         })
 }
 
+/// All snapshots, or those `--snapshots` selects.
 fn choose(repo: &Repository, spec: Option<&str>) -> Result<Vec<(Id, Snapshot)>> {
-    let all = select::list(repo, &Default::default(), &warn_stderr)?;
     let Some(spec) = spec else {
-        return Ok(all);
+        return select::list(repo, &Default::default(), &warn_stderr);
     };
-    let sel = Selection {
-        f: parse_selection(spec)?,
-    };
-    let keep: Vec<Id> = if sel.f.ids.is_empty() {
-        let p = sel.f.keep.policy()?;
-        let fl = filter(&sel.f.filter);
-        let pool: Vec<(Id, Snapshot)> =
-            all.iter().filter(|(_, s)| fl.matches(s)).cloned().collect();
-        forget::apply(
-            &p,
-            &pool,
-            sel.f.keep.group_by,
-            &jiff::tz::TimeZone::system(),
-        )
-        .iter()
-        .flat_map(|g| &g.snapshots)
-        .filter(|d| d.keep)
-        .filter_map(|d| Id::from_hex(&d.id))
-        .collect()
-    } else {
-        by_ids(repo, &sel.f.ids)?
-    };
-    Ok(all
-        .into_iter()
-        .filter(|(id, _)| keep.contains(id))
-        .collect())
+    let f = parse_selection(spec)?;
+    select::by_selection(repo, &f.ids, &f.keep, &f.filter, &warn_stderr)
 }
 
 pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
@@ -88,20 +63,22 @@ pub fn export(g: &Global, a: ExportArgs) -> Result<i32> {
     let r = export_op::export_to_dir(repo, &chosen, &dir, a.label, &counters);
     progress.finish();
     let (r, label, dir) = r?;
-    if g.json {
-        print_json(&json!({"label": label, "directory": dir, "report": r}))?;
-    } else if !g.quiet {
-        println!(
-            "exported {} snapshots to {} ({label}): {} objects copied ({}), {} snapshots and {} packs removed; MANIFEST lists {} files",
-            r.snapshots,
-            dir.display(),
-            r.copied,
-            human_bytes(r.bytes_copied),
-            r.snapshots_removed,
-            r.packs_removed,
-            r.manifest_files
-        );
-    }
+    render(
+        g,
+        &json!({"label": label, "directory": dir, "report": r}),
+        || {
+            println!(
+                "exported {} snapshots to {} ({label}): {} objects copied ({}), {} snapshots and {} packs removed; MANIFEST lists {} files",
+                r.snapshots,
+                dir.display(),
+                r.copied,
+                human_bytes(r.bytes_copied),
+                r.snapshots_removed,
+                r.packs_removed,
+                r.manifest_files
+            );
+        },
+    )?;
     Ok(exit::OK)
 }
 
@@ -113,24 +90,27 @@ fn export_image(
     split: Option<u64>,
     label: Option<String>,
 ) -> Result<i32> {
-    let progress = Progress::start(g.quiet || g.json, || "writing the image".to_string());
-    let r = image::export_image_recorded(repo, chosen, path, split, label);
-    progress.finish();
-    let (report, volumes, label) = r?;
+    let (report, volumes, label) = with_progress(
+        g,
+        || "writing the image".to_string(),
+        || image::export_image_recorded(repo, chosen, path, split, label),
+    )?;
     let path = std::path::absolute(path)?;
-    if g.json {
-        print_json(&json!({"label": label, "volumes": volumes, "report": report}))?;
-    } else if !g.quiet {
-        println!(
-            "exported {} snapshots into {} volume(s) at {} ({label}): {} packs ({}); MANIFEST lists {} files",
-            report.snapshots,
-            volumes.len(),
-            path.display(),
-            report.packs,
-            human_bytes(report.bytes_copied),
-            report.manifest_files
-        );
-    }
+    render(
+        g,
+        &json!({"label": label, "volumes": volumes, "report": report}),
+        || {
+            println!(
+                "exported {} snapshots into {} volume(s) at {} ({label}): {} packs ({}); MANIFEST lists {} files",
+                report.snapshots,
+                volumes.len(),
+                path.display(),
+                report.packs,
+                human_bytes(report.bytes_copied),
+                report.manifest_files
+            );
+        },
+    )?;
     Ok(exit::OK)
 }
 
@@ -139,9 +119,7 @@ fn verify_image(g: &Global, path: &Path) -> Result<i32> {
     for p in &c.problems {
         eprintln!("vault: error: {p}");
     }
-    if g.json {
-        print_json(&serde_json::to_value(&c)?)?;
-    } else if !g.quiet {
+    render(g, &c, || {
         println!(
             "image {}: {} volume(s), {} files ({}): {}",
             path.display(),
@@ -154,7 +132,7 @@ fn verify_image(g: &Global, path: &Path) -> Result<i32> {
                 format!("{} problem(s)", c.problems.len())
             }
         );
-    }
+    })?;
     Ok(if c.problems.is_empty() {
         exit::OK
     } else {

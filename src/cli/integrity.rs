@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{filter, location, locking, print_json, session, warn_stderr};
-use super::progress::{Granular, Meter, Progress, human_bytes};
+use super::commands::{location, locking, render, session, warn_stderr, with_progress};
+use super::progress::{Granular, Meter, human_bytes};
 use super::{AuditArgs, CheckArgs, Global, RepairArgs, RepairCommand, VerifyArgs};
 use crate::error::{VaultError, exit};
 use crate::ops::problem::Problem;
@@ -90,29 +90,29 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
     let counters = Arc::new(check::Counters::default());
     let c = counters.clone();
     let (mut meter, mut granular) = (Meter::new(), Granular::default());
-    let progress = Progress::start(g.quiet || g.json, move || {
-        let total = c.bytes_to_read.load(Ordering::Relaxed);
-        let read = if total > 0 {
-            let done = granular.done(transferred().0, c.bytes_read.load(Ordering::Relaxed), total);
-            format!(
-                ", {} packs read, {}",
-                c.packs_read.load(Ordering::Relaxed),
-                meter.line(done, Some(total))
-            )
-        } else {
-            String::new()
-        };
-        format!("{} trees{read}", c.trees.load(Ordering::Relaxed))
-    });
-    let r = check::check(repo, &opts, &counters);
-    progress.finish();
-    let mut r = r?;
+    let mut r = with_progress(
+        g,
+        move || {
+            let total = c.bytes_to_read.load(Ordering::Relaxed);
+            let read = if total > 0 {
+                let done =
+                    granular.done(transferred().0, c.bytes_read.load(Ordering::Relaxed), total);
+                format!(
+                    ", {} packs read, {}",
+                    c.packs_read.load(Ordering::Relaxed),
+                    meter.line(done, Some(total))
+                )
+            } else {
+                String::new()
+            };
+            format!("{} trees{read}", c.trees.load(Ordering::Relaxed))
+        },
+        || check::check(repo, &opts, &counters),
+    )?;
     note_intact_copies(repo, &mut r.problems);
     print_findings(g, &r.problems, &r.warnings);
     print_skipped(g, &r.skipped);
-    if g.json {
-        print_json(&json!({"healthy": r.healthy(), "report": r}))?;
-    } else if !g.quiet {
+    render(g, &json!({"healthy": r.healthy(), "report": r}), || {
         let s = &r.stats;
         let read = match &subset {
             _ if r.skipped.is_some() => "; trees and data not read (cold copy)".to_string(),
@@ -137,7 +137,7 @@ pub fn check(g: &Global, a: CheckArgs) -> Result<i32> {
             "check: {head}: {} snapshots, {} trees, {} packs{marks}, {} blobs, {} index files, {} keys{read}",
             s.snapshots, s.trees, s.packs, s.blobs, s.index_files, s.keys
         );
-    }
+    })?;
     Ok(verdict(r.problems.len()))
 }
 
@@ -146,7 +146,7 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
     let counters = Arc::new(audit::Counters::default());
     let c = counters.clone();
     let (mut meter, mut read) = (Meter::new(), Granular::default());
-    let progress = Progress::start(g.quiet || g.json, move || {
+    let line = move || {
         let total = c.bytes_to_read.load(Ordering::Relaxed);
         let done = read.done(transferred().0, c.bytes_read.load(Ordering::Relaxed), total);
         format!(
@@ -154,75 +154,72 @@ pub fn audit(g: &Global, a: AuditArgs) -> Result<i32> {
             c.objects.load(Ordering::Relaxed),
             meter.line(done, Some(total))
         )
-    });
+    };
     let subset = a.read_data_subset.unwrap_or(Subset::All);
-    let r = audit::audit_location(&loc, &subset, &counters);
-    progress.finish();
-    let r = r?;
+    let r = with_progress(g, line, || audit::audit_location(&loc, &subset, &counters))?;
     print_findings(g, &r.problems, &r.warnings);
-    if g.json {
-        print_json(&json!({"healthy": r.problems.is_empty(), "report": r}))?;
-    } else if !g.quiet {
-        for e in &r.extra {
-            println!("extra: {e} (not a vault object)");
-        }
-        let head = head(r.problems.len());
-        println!(
-            "audit: {head}: {} objects, {} hashed ({}), {} manifests listing {} packs",
-            r.stats.objects,
-            r.stats.objects_hashed,
-            human_bytes(r.stats.bytes_read),
-            r.stats.manifests,
-            r.stats.packs_listed
-        );
-    }
+    render(
+        g,
+        &json!({"healthy": r.problems.is_empty(), "report": r}),
+        || {
+            for e in &r.extra {
+                println!("extra: {e} (not a vault object)");
+            }
+            let head = head(r.problems.len());
+            println!(
+                "audit: {head}: {} objects, {} hashed ({}), {} manifests listing {} packs",
+                r.stats.objects,
+                r.stats.objects_hashed,
+                human_bytes(r.stats.bytes_read),
+                r.stats.manifests,
+                r.stats.packs_listed
+            );
+        },
+    )?;
     Ok(verdict(r.problems.len()))
 }
 
 pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
     let session = open_to_check(g, "verify")?;
     let repo = session.repo();
-    let snaps = select::list(repo, &filter(&a.filter), &warn_stderr)?;
+    let snaps = select::list(repo, &a.filter, &warn_stderr)?;
     let chosen = if snaps.is_empty() && a.snapshot == "latest" {
         None
     } else {
-        let (id, s) = select::select(repo, &a.snapshot, &filter(&a.filter), &|_| {})?;
+        let (id, s) = select::select(repo, &a.snapshot, &a.filter, &|_| {})?;
         Some((id, s.tree))
     };
-    let opts = verify::VerifyOptions {
-        read_data: a.read_data_subset.clone(),
-        sample: a.sample,
-        workdir: a.workdir,
-    };
+    let opts = a.opts;
     let cc = Arc::new(check::Counters::default());
     let rc = Arc::new(restore::Counters::default());
     let (c1, c2) = (cc.clone(), rc.clone());
     let (mut reading, mut restoring) = (Meter::new(), Meter::new());
     let mut read = Granular::default();
-    let progress = Progress::start(g.quiet || g.json, move || {
-        let restored = c2.bytes.load(Ordering::Relaxed);
-        let total = c2.total.load(Ordering::Relaxed);
-        if restored == 0 && total == 0 {
-            // Still checking.
-            let to_read = c1.bytes_to_read.load(Ordering::Relaxed);
-            let objects = c1.bytes_read.load(Ordering::Relaxed);
-            format!(
-                "{} trees checked, {} packs read, {}",
-                c1.trees.load(Ordering::Relaxed),
-                c1.packs_read.load(Ordering::Relaxed),
-                reading.line(read.done(transferred().0, objects, to_read), Some(to_read))
-            )
-        } else {
-            format!(
-                "{} files restored to compare, {}",
-                c2.files.load(Ordering::Relaxed),
-                restoring.line(restored, Some(total))
-            )
-        }
-    });
-    let r = verify::verify(repo, chosen, &opts, &cc, rc);
-    progress.finish();
-    let r = r?;
+    let r = with_progress(
+        g,
+        move || {
+            let restored = c2.bytes.load(Ordering::Relaxed);
+            let total = c2.total.load(Ordering::Relaxed);
+            if restored == 0 && total == 0 {
+                // Still checking.
+                let to_read = c1.bytes_to_read.load(Ordering::Relaxed);
+                let objects = c1.bytes_read.load(Ordering::Relaxed);
+                format!(
+                    "{} trees checked, {} packs read, {}",
+                    c1.trees.load(Ordering::Relaxed),
+                    c1.packs_read.load(Ordering::Relaxed),
+                    reading.line(read.done(transferred().0, objects, to_read), Some(to_read))
+                )
+            } else {
+                format!(
+                    "{} files restored to compare, {}",
+                    c2.files.load(Ordering::Relaxed),
+                    restoring.line(restored, Some(total))
+                )
+            }
+        },
+        || verify::verify(repo, chosen, &opts, &cc, rc),
+    )?;
     print_findings(g, &r.check.problems, &r.check.warnings);
     print_skipped(g, &r.check.skipped);
     for e in &r.restore_errors {
@@ -230,16 +227,14 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
             eprintln!("vault: error: restore: {e}");
         }
     }
-    if g.json {
-        print_json(&serde_json::to_value(&r)?)?;
-    } else if !g.quiet {
+    render(g, &r, || {
         let restored = match &r.snapshot {
             Some(id) if r.restore_skipped => {
                 format!("snapshot {} not restored (cold copy)", &id[..8])
             }
             Some(id) => format!(
                 "restored {} of snapshot {} ({} files, {}){}",
-                if a.sample.is_some() {
+                if opts.sample.is_some() {
                     "a sample"
                 } else {
                     "all"
@@ -264,10 +259,10 @@ pub fn verify(g: &Global, a: VerifyArgs) -> Result<i32> {
                 format!("found {} error(s)", r.check.problems.len())
             },
             r.check.stats.snapshots,
-            a.read_data_subset.describe(),
+            opts.read_data.describe(),
             r.check.stats.packs_read,
         );
-    }
+    })?;
     Ok(if r.ok { exit::OK } else { exit::ERROR })
 }
 
@@ -291,35 +286,27 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
             for u in &res.unreadable_headers {
                 eprintln!("vault: warning: {u}");
             }
-            if g.json {
-                print_json(&serde_json::to_value(&res)?)?;
-            } else if !g.quiet {
+            render(g, &res, || {
                 println!(
                     "repair index: {} packs, {} blobs in {} new index file(s); {} old removed",
                     res.packs, res.blobs, res.index_files_written, res.index_files_removed
                 );
-            }
+            })?;
             Ok(exit::OK)
         }
-        RepairCommand::Snapshots(a) => {
-            let session = if a.dry_run {
+        RepairCommand::Snapshots(opts) => {
+            let session = if opts.dry_run {
                 session.without_lock()
             } else {
                 session.lock(LockKind::Shared, "repair snapshots", locking(g))?
             };
             let session = session.index()?;
             let repo = session.repo();
-            let opts = repair::RepairSnapshotsOptions {
-                read_data: a.read_data,
-                dry_run: a.dry_run,
-            };
             let res = repair::repair_snapshots(repo, &opts)?;
             for u in &res.unreadable {
                 eprintln!("vault: warning: cannot repair: {u}");
             }
-            if g.json {
-                print_json(&serde_json::to_value(&res)?)?;
-            } else if !g.quiet {
+            render(g, &res, || {
                 for s in &res.repaired {
                     let new = match &s.repaired {
                         Some(id) => format!("-> {}", &id[..8]),
@@ -334,13 +321,13 @@ pub fn repair(g: &Global, r: RepairArgs) -> Result<i32> {
                     "repair snapshots: {} checked, {} {}",
                     res.snapshots_checked,
                     res.repaired.len(),
-                    if a.dry_run {
+                    if opts.dry_run {
                         "would be repaired"
                     } else {
                         "repaired (tagged `repaired`; originals kept)"
                     }
                 );
-            }
+            })?;
             Ok(exit::OK)
         }
     }

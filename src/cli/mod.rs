@@ -117,7 +117,7 @@ impl Global {
     /// The limits the command line (or the environment, or the profile) sets for every
     /// backend of the command.
     pub fn limits(&self) -> Result<crate::repo::limits::Limits, error::VaultError> {
-        parse_limits(
+        crate::config::parse_limits(
             self.limit_upload.as_deref(),
             self.limit_download.as_deref(),
             self.connections.as_deref(),
@@ -126,55 +126,8 @@ impl Global {
     }
 }
 
-/// Limits from their settings as written; `name` turns a setting's key (`limit-upload`)
-/// into how the user gave it, for a one-line usage error.
-pub fn parse_limits(
-    upload: Option<&str>,
-    download: Option<&str>,
-    connections: Option<&str>,
-    name: &dyn Fn(&str) -> String,
-) -> Result<crate::repo::limits::Limits, error::VaultError> {
-    use crate::repo::limits::MAX_CONNECTIONS;
-    let usage = |key: &str, why: String| error::VaultError::Usage(format!("{}: {why}", name(key)));
-    let rate = |key: &str, v: Option<&str>| {
-        v.map(|v| crate::units::parse_rate(v).map_err(|e| usage(key, e)))
-            .transpose()
-    };
-    let connections = connections
-        .map(|v| {
-            v.trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=MAX_CONNECTIONS).contains(n))
-                .ok_or_else(|| {
-                    usage(
-                        "connections",
-                        format!(
-                            "{v:?} is not a number of requests in flight: give a whole number from 1 to {MAX_CONNECTIONS}"
-                        ),
-                    )
-                })
-        })
-        .transpose()?;
-    Ok(crate::repo::limits::Limits {
-        upload: rate("limit-upload", upload)?,
-        download: rate("limit-download", download)?,
-        connections,
-    })
-}
-
-#[derive(Args, Debug, Clone, Default)]
-pub struct SnapshotFilter {
-    /// Only snapshots from this host (repeatable)
-    #[arg(long = "host")]
-    pub hosts: Vec<String>,
-    /// Only snapshots that include this backed-up path (repeatable)
-    #[arg(long = "path")]
-    pub paths: Vec<String>,
-    /// Only snapshots with this tag (repeatable)
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
-}
+/// Which snapshots: the library's filter, whose flags clap derives.
+pub use crate::ops::select::Filter as SnapshotFilter;
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
@@ -365,26 +318,8 @@ pub struct InitArgs {
 
 #[derive(Args, Debug, Default)]
 pub struct BackupArgs {
-    /// Files and directories to back up
-    pub paths: Vec<PathBuf>,
-    /// Tag the snapshot (repeatable)
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
-    /// Host name to record (default: this machine's)
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Exclude paths matching this gitignore-style pattern (repeatable)
-    #[arg(long = "exclude", short = 'e')]
-    pub excludes: Vec<String>,
-    /// Read exclude patterns from a file, one per line (repeatable)
-    #[arg(long = "exclude-file")]
-    pub exclude_files: Vec<PathBuf>,
-    /// Skip the contents of directories holding a valid CACHEDIR.TAG
-    #[arg(long)]
-    pub exclude_caches: bool,
-    /// Do not cross file-system boundaries
-    #[arg(long, short = 'x')]
-    pub one_file_system: bool,
+    #[command(flatten)]
+    pub opts: crate::ops::backup::BackupOptions,
     /// Back up standard input as one file
     #[arg(long, requires = "stdin_filename")]
     pub stdin: bool,
@@ -445,31 +380,8 @@ pub struct RestoreArgs {
     pub snapshot: Option<String>,
     #[command(flatten)]
     pub at: AtArg,
-    /// Directory to restore into (snapshot paths are recreated below it)
-    #[arg(long, short = 't')]
-    pub target: PathBuf,
-    /// Restore only paths matching this pattern or below it (repeatable)
-    #[arg(long = "include", short = 'i')]
-    pub includes: Vec<String>,
-    /// Leave out paths matching this pattern (repeatable)
-    #[arg(long = "exclude", short = 'e')]
-    pub excludes: Vec<String>,
-    /// Replace files that already exist in the target
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Re-read every restored file and compare it with the snapshot
-    #[arg(long)]
-    pub verify: bool,
-    /// Leave restored files owned by the restoring user, and drop setuid and setgid bits
-    /// (the default when not run as root)
-    #[arg(long)]
-    pub no_owner: bool,
-    /// Do not restore extended attributes
-    #[arg(long)]
-    pub no_xattrs: bool,
-    /// Do not restore FIFOs or device nodes
-    #[arg(long)]
-    pub no_special: bool,
+    #[command(flatten)]
+    pub opts: crate::ops::restore::RestoreOptions,
     #[command(flatten)]
     pub filter: SnapshotFilter,
 }
@@ -541,31 +453,15 @@ pub struct ForgetArgs {
     #[arg(long)]
     pub prune: bool,
     #[command(flatten)]
-    pub prune_opts: PruneOpts,
+    pub prune_opts: crate::ops::prune::PruneOptions,
     #[command(flatten)]
     pub filter: SnapshotFilter,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct PruneOpts {
-    /// Unused space tolerated in kept packs before they are repacked: a percentage of the
-    /// repository or a size
-    #[arg(long, default_value = "5%", value_name = "LIMIT")]
-    pub max_unused: crate::ops::prune::MaxUnused,
-    /// Repack at most this much in one run
-    #[arg(long, value_name = "SIZE", value_parser = progress::parse_size)]
-    pub max_repack: Option<u64>,
-    /// Format 3: unused packs are marked once this old, and marked packs deleted once
-    /// marked this long (s, m, h or d). Safety never depends on it: a backup that
-    /// outlives it revives or re-uploads what it needs
-    #[arg(long, default_value = "24h", value_name = "DURATION", value_parser = parse_wait)]
-    pub grace: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
 pub struct PruneArgs {
     #[command(flatten)]
-    pub opts: PruneOpts,
+    pub opts: crate::ops::prune::PruneOptions,
     /// Show what would be deleted and repacked; change nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
@@ -629,15 +525,8 @@ pub struct VerifyArgs {
     /// Snapshot to restore: `latest` or an id prefix
     #[arg(default_value = "latest")]
     pub snapshot: String,
-    /// Restore this many randomly chosen files instead of the whole snapshot
-    #[arg(long, value_name = "N")]
-    pub sample: Option<usize>,
-    /// Packs to read and verify besides the restore: 10%, n/N or 2G
-    #[arg(long, value_name = "SUBSET", default_value = "5%")]
-    pub read_data_subset: crate::ops::subset::Subset,
-    /// Directory for the temporary restore (default: the system temporary directory)
-    #[arg(long, value_name = "DIR")]
-    pub workdir: Option<PathBuf>,
+    #[command(flatten)]
+    pub opts: crate::ops::verify::VerifyOptions,
     #[command(flatten)]
     pub filter: SnapshotFilter,
 }
@@ -829,17 +718,7 @@ pub enum RepairCommand {
     ///
     /// Each repaired snapshot is tagged `repaired`; the originals stay until you forget them.
     /// Example: vault repair snapshots --read-data
-    Snapshots(RepairSnapshotsArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct RepairSnapshotsArgs {
-    /// Read all data to find damaged blobs, not only missing ones
-    #[arg(long)]
-    pub read_data: bool,
-    /// Show what would be dropped; write nothing
-    #[arg(long, short = 'n')]
-    pub dry_run: bool,
+    Snapshots(crate::ops::repair::RepairSnapshotsOptions),
 }
 
 #[derive(Args, Debug)]
@@ -856,61 +735,10 @@ pub struct UnlockArgs {
     pub remove_all: bool,
 }
 
-/// Durations like `30s`, `10m`, `2h` (a bare number means seconds).
-pub fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..split]
-        .parse()
-        .map_err(|_| format!("{s:?}: give a number with s, m or h, e.g. 10m"))?;
-    let mult = match &t[split..] {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (use s, m, h or d)")),
-    };
-    // Checked: a huge count would overflow (a panic in debug builds, a silently wrong
-    // wait in release builds).
-    n.checked_mul(mult)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("{s:?}: too long"))
-}
+/// Durations as `--lock-wait` and `--grace` take them; public for fuzzing.
+pub use crate::units::parse_wait;
 
 /// Runs the CLI and returns the process exit code.
-/// Ctrl-C, SIGTERM and SIGHUP end vault after it removes what it put on storage for the
-/// time being (temporary objects, its locks; see `repo::cleanup`), within 20 seconds; a
-/// second signal ends it at once. Exit code 128 + the signal, as a shell reports it.
-fn on_interrupt_clean_up() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-        return;
-    };
-    let _ = std::thread::Builder::new()
-        .name("vault-signals".into())
-        .spawn(move || {
-            let mut cleaning = false;
-            for sig in signals.forever() {
-                if cleaning {
-                    std::process::exit(128 + sig);
-                }
-                cleaning = true;
-                progress::eprint_line("vault: interrupted: removing temporary objects and locks");
-                let _ = std::thread::Builder::new()
-                    .name("vault-cleanup".into())
-                    .spawn(move || {
-                        let (tx, rx) = std::sync::mpsc::channel();
-                        std::thread::spawn(move || {
-                            crate::repo::cleanup::interrupt();
-                            let _ = tx.send(());
-                        });
-                        let _ = rx.recv_timeout(std::time::Duration::from_secs(20));
-                        std::process::exit(128 + sig);
-                    });
-            }
-        });
-}
-
 pub fn main() -> i32 {
     use clap::{CommandFactory, FromArgMatches};
     let parsed = Cli::command()
@@ -929,12 +757,14 @@ pub fn main() -> i32 {
         }
     };
     logger::init(cli.global.verbose, cli.global.quiet);
-    on_interrupt_clean_up();
+    crate::repo::cleanup::on_signals(|| {
+        progress::eprint_line("vault: interrupted: removing temporary objects and locks")
+    });
     crate::repo::location::private_local_writes();
     let cli = match profile::apply(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("vault: {}", error::one_line(&e));
+            eprintln!("vault: {}", error_line(&e));
             return error::exit_code(&e);
         }
     };
@@ -966,7 +796,7 @@ pub fn main() -> i32 {
     let (code, message) = match result {
         Ok(code) => (code, String::new()),
         Err(e) => {
-            let msg = error::one_line(&e);
+            let msg = error_line(&e);
             eprintln!("vault: {msg}");
             if verbose {
                 for d in error::details(&e) {
@@ -980,74 +810,73 @@ pub fn main() -> i32 {
     if let Some(s) = crate::repo::storage::faults::summary() {
         eprintln!("vault: {s}");
     }
-    if let Some(log) = &log_file {
-        append_log(log, &command, code, &message);
-    }
     let hook = if code == exit::OK { hooks.0 } else { hooks.1 };
-    if let Some(cmd) = hook {
-        run_hook(&cmd, &command, code, &message);
-    }
+    after_run(
+        log_file.as_deref(),
+        hook.as_deref(),
+        &command,
+        code,
+        &message,
+    );
     code
 }
 
-/// One line per run, for machines nobody watches: time, command, exit code, message.
-fn append_log(path: &std::path::Path, command: &str, code: i32, message: &str) {
-    use std::io::Write;
-    let line = format!(
-        "{} vault {command} exit {code}{}{message}\n",
-        jiff::Timestamp::now(),
-        if message.is_empty() { "" } else { ": " }
-    );
-    let r = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(line.as_bytes()));
-    if let Err(e) = r {
-        eprintln!("vault: warning: log file {}: {e}", path.display());
+/// An error as the command line prints it: the library's message, then the advice for
+/// its remedy, worded as the command to run.
+fn error_line(e: &anyhow::Error) -> String {
+    let line = error::one_line(e);
+    match error::remedy(e) {
+        Some(r) => line + &advice(&r),
+        None => line,
     }
 }
 
-/// The only variables of vault's own environment a hook sees (besides VAULT_COMMAND,
-/// VAULT_EXIT_CODE and VAULT_MESSAGE). A hook is often a mail or chat command written by
-/// someone else; vault's environment holds the repository password and storage keys.
-const HOOK_ENV: &[&str] = &["PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ"];
-
-fn hook_env_allowed(name: &std::ffi::OsStr) -> bool {
-    let name = name.to_string_lossy();
-    HOOK_ENV.contains(&name.as_ref()) || name.starts_with("LC_")
+fn advice(r: &error::Remedy) -> String {
+    use error::Remedy::*;
+    match r {
+        Init(at) => format!(
+            ": create one with `vault init --repo {at}`, or check --repo / VAULT_REPOSITORY"
+        ),
+        CheckThenRepairFromMirror => "; run `vault check` and `vault repair --from MIRROR`".into(),
+        CheckDataThenRepair => "; run `vault check --read-data` and repair first".into(),
+        Check => "; run `vault check`".into(),
+        CheckBeforePruning => ": run `vault check` before pruning".into(),
+        RepairIndexBeforePruning => ": run `vault repair index` before pruning".into(),
+        RepairSnapshotsFirst => "; run `vault check` and `vault repair snapshots` first".into(),
+        ForgetOrRepair(id) => format!("; forget it (`vault forget {id}`) or repair first"),
+        CheckData => " (run `vault check --read-data`)".into(),
+        ListKeys => " (see `vault key list`)".into(),
+        AddKeyFirst => ": add another with `vault key add` first".into(),
+        AddPassword => ": use `vault key add` to add a password".into(),
+        ListSnapshots { other_hosts: true } => {
+            ": see `vault snapshots` (--host selects another machine's)".into()
+        }
+        ListSnapshots { other_hosts: false } => " (see `vault snapshots`)".into(),
+        RestoreInstead => "; use `vault restore --include` instead".into(),
+        OtherVersion(path) => {
+            format!("; take the file from another snapshot (`vault versions {path}`)")
+        }
+    }
 }
 
-/// Runs a monitoring hook; its failure is reported but never changes vault's exit code.
-fn run_hook(cmd: &str, command: &str, code: i32, message: &str) {
-    let status = std::process::Command::new("sh")
-        .args(["-c", cmd])
-        .env_clear()
-        .envs(std::env::vars_os().filter(|(k, _)| hook_env_allowed(k)))
-        .env("VAULT_COMMAND", command)
-        .env("VAULT_EXIT_CODE", code.to_string())
-        .env("VAULT_MESSAGE", message)
-        .status();
-    match status {
+/// The log line and the hook, whose failures are reported but never change vault's exit
+/// code.
+fn after_run(
+    log: Option<&std::path::Path>,
+    hook: Option<&str>,
+    command: &str,
+    code: i32,
+    message: &str,
+) {
+    if let Some(log) = log
+        && let Err(e) = crate::hooks::append_log(log, command, code, message)
+    {
+        eprintln!("vault: warning: log file {}: {e}", log.display());
+    }
+    let Some(cmd) = hook else { return };
+    match crate::hooks::run_hook(cmd, command, code, message) {
         Ok(s) if s.success() => {}
         Ok(s) => eprintln!("vault: warning: hook {cmd:?} exited with {s}"),
         Err(e) => eprintln!("vault: warning: hook {cmd:?} could not run: {e}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn lock_wait_parses_and_refuses_overflow() {
-        assert_eq!(
-            super::parse_wait("10m"),
-            Ok(std::time::Duration::from_secs(600))
-        );
-        assert!(super::parse_wait("9999999999999999999h").is_err());
-        assert_eq!(
-            super::parse_wait("2d"),
-            Ok(std::time::Duration::from_secs(2 * 86400))
-        );
-        assert!(super::parse_wait("5w").is_err());
     }
 }

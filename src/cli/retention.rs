@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{filter, locking, mirrored, print_json, session};
-use super::progress::{Progress, human_bytes};
-use super::{ForgetArgs, Global, PruneArgs, PruneOpts, SnapshotFilter};
+use super::commands::{locking, mirrored, print_json, session, with_progress};
+use super::progress::human_bytes;
+use super::{ForgetArgs, Global, PruneArgs, SnapshotFilter};
 use crate::error::{VaultError, exit};
 use crate::format::Id;
 use crate::ops::forget::{self, GroupBy, Policy};
@@ -65,14 +65,9 @@ fn forget_now(g: &Global, removal: Removal, dry_run: bool) -> Result<i32> {
     let s = s.index()?;
     let remove: Vec<Id> = match removal {
         Removal::Policy(p, group_by, f) => {
-            let groups = s.plan_forget(&p, &filter(f), group_by)?;
+            let groups = s.plan_forget(&p, f, group_by)?;
             report_groups(g, &groups, dry_run)?;
-            groups
-                .iter()
-                .flat_map(|gr| &gr.snapshots)
-                .filter(|d| !d.keep)
-                .filter_map(|d| Id::from_hex(&d.id))
-                .collect()
+            forget::decided(&groups, false)
         }
         Removal::Ids(ids) => select::by_ids(s.repo(), ids)?,
     };
@@ -135,26 +130,25 @@ pub fn prune(g: &Global, a: PruneArgs) -> Result<i32> {
     run_prune(g, &a.opts, a.dry_run)
 }
 
-fn run_prune(g: &Global, o: &PruneOpts, dry_run: bool) -> Result<i32> {
+fn run_prune(g: &Global, o: &prune_op::PruneOptions, dry_run: bool) -> Result<i32> {
     let s = mirrored(g)?;
     let opts = prune_op::PruneOptions {
-        max_unused: o.max_unused,
-        max_repack: o.max_repack,
         dry_run,
-        grace: o.grace,
+        ..o.clone()
     };
     let counters = Arc::new(prune_op::Counters::default());
     let c = counters.clone();
-    let progress = Progress::start(g.quiet || g.json, move || {
-        format!(
-            "{} trees read, {} packs repacked",
-            c.trees.load(Ordering::Relaxed),
-            c.packs_repacked.load(Ordering::Relaxed)
-        )
-    });
-    let r = s.prune(&opts, &counters, locking(g));
-    progress.finish();
-    let s = r?;
+    let s = with_progress(
+        g,
+        move || {
+            format!(
+                "{} trees read, {} packs repacked",
+                c.trees.load(Ordering::Relaxed),
+                c.packs_repacked.load(Ordering::Relaxed)
+            )
+        },
+        || s.prune(&opts, &counters, locking(g)),
+    )?;
     if g.json {
         print_json(&json!({"dry_run": dry_run, "stats": s}))?;
     } else if !g.quiet && s.two_phase {

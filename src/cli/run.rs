@@ -1,70 +1,19 @@
 //! `vault run PROFILE`: the nightly routine in one command. Backup, then forget by the
 //! profile's retention, prune when due, sync the mirrors, export when due, and check a
 //! rotating part of the data. A step that fails stops the routine; a partial step (exit
-//! 3) does not. The exit code is the worst of the steps.
-
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+//! 3) does not. The exit code is the worst of the steps. Each step is the command of the
+//! same name; when one is due is `ops::routine`'s rule.
 
 use anyhow::{Result, anyhow};
-use serde::{Deserialize, Serialize};
 
-use super::profile::{self, Profile};
-use super::{BackupArgs, CheckArgs, ExportArgs, Global, PruneArgs, PruneOpts};
+use super::{BackupArgs, CheckArgs, ExportArgs, Global, PruneArgs};
 use crate::error::exit;
-use crate::ops::subset::Subset;
-
-/// What `run` remembers between runs, per profile (in the XDG state directory).
-#[derive(Serialize, Deserialize, Default, Clone)]
-struct RunState {
-    last_prune: Option<String>,
-    check_part: u32,
-}
-
-fn state_file() -> Option<PathBuf> {
-    dirs::state_dir()
-        .or_else(dirs::data_local_dir)
-        .map(|d| d.join("vault").join("run-state.json"))
-}
-
-fn load_state() -> BTreeMap<String, RunState> {
-    state_file()
-        .and_then(|p| std::fs::read(p).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn save_state(all: &BTreeMap<String, RunState>) {
-    if let (Some(p), Ok(b)) = (state_file(), serde_json::to_vec_pretty(all)) {
-        if let Some(d) = p.parent() {
-            let _ = std::fs::create_dir_all(d);
-        }
-        let _ = std::fs::write(p, b);
-    }
-}
-
-/// Whether something last done at `last` is due again after `every`.
-fn due(every: &str, last: Option<&str>) -> Result<bool> {
-    match every {
-        "always" => return Ok(true),
-        "never" => return Ok(false),
-        _ => {}
-    }
-    let span = crate::ops::forget::parse_span(every).map_err(|e| anyhow!(e))?;
-    let Some(last) = last.and_then(|t| t.parse::<jiff::Timestamp>().ok()) else {
-        return Ok(true);
-    };
-    let next = last
-        .to_zoned(jiff::tz::TimeZone::UTC)
-        .checked_add(span)?
-        .timestamp();
-    Ok(next <= jiff::Timestamp::now())
-}
+use crate::ops::routine::{self, RunStates};
 
 pub fn run(g: &Global, name: &str) -> Result<i32> {
-    let p = profile::profile(g, name)?;
-    let mut all = load_state();
-    let mut state = all.get(name).cloned().unwrap_or_default();
+    let p = super::profile::profile(g, name)?;
+    let states = RunStates::load();
+    let mut state = states.get(name);
     let mut report: Vec<String> = Vec::new();
     let mut code = exit::OK;
     let mut step = |what: &str, r: i32, report: &mut Vec<String>| {
@@ -75,28 +24,31 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
         ));
     };
 
-    let r = super::commands::cmd_backup(g, backup_args(&p)?)?;
-    step("backup", r, &mut report);
+    let backup = BackupArgs {
+        opts: p.backup_options(),
+        ..Default::default()
+    };
+    if backup.opts.paths.is_empty() {
+        return Err(anyhow!("the profile has no sources to back up"));
+    }
+    step(
+        "backup",
+        super::commands::cmd_backup(g, backup)?,
+        &mut report,
+    );
 
     if let Some(keep) = &p.retention {
         let r = super::retention::forget_by_policy(g, keep)?;
         step("forget", r, &mut report);
     }
 
-    if due(
-        p.prune.as_deref().unwrap_or("7d"),
-        state.last_prune.as_deref(),
-    )? {
+    if state.prune_due(&p)? {
         let args = PruneArgs {
-            opts: PruneOpts {
-                max_unused: crate::ops::prune::MaxUnused::Percent(5.0),
-                max_repack: None,
-                grace: std::time::Duration::from_secs(24 * 3600),
-            },
+            opts: Default::default(),
             dry_run: false,
         };
         step("prune", super::retention::prune(g, args)?, &mut report);
-        state.last_prune = Some(crate::repo::repository::now_rfc3339());
+        state.pruned();
     } else {
         report.push("prune not due".into());
     }
@@ -109,13 +61,7 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
     }
 
     if let Some(e) = &p.export {
-        let dest = std::path::absolute(&e.destination).unwrap_or_default();
-        let newest = repo
-            .export_records()?
-            .into_iter()
-            .rfind(|r| std::path::Path::new(&r.destination) == dest)
-            .map(|r| r.time);
-        if due(e.every.as_deref().unwrap_or("30d"), newest.as_deref())? {
+        if routine::export_due(repo, e)? {
             let args = ExportArgs {
                 dir: Some(e.destination.clone()),
                 image: None,
@@ -131,19 +77,7 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
     }
     drop(session);
 
-    let check = p.check.clone().unwrap_or_else(|| "1/7".into());
-    if check != "never" {
-        let subset = match check.parse::<Subset>().map_err(|e| anyhow!(e))? {
-            // "1/7" means: a seventh per run, a different one each time.
-            Subset::Part { of, .. } => {
-                state.check_part = state.check_part % of + 1;
-                Subset::Part {
-                    n: state.check_part,
-                    of,
-                }
-            }
-            other => other,
-        };
+    if let Some(subset) = state.next_check(&p)? {
         let label = subset.describe();
         let args = CheckArgs {
             read_data: false,
@@ -156,19 +90,9 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
             if r == exit::OK { "ok" } else { "FOUND DAMAGE" }
         ));
     }
-    all.insert(name.to_string(), state);
-    save_state(&all);
+    states.save(name, state);
     if !g.quiet && !g.json {
         println!("run {name}: {}", report.join(", "));
     }
     Ok(code)
-}
-
-fn backup_args(p: &Profile) -> Result<BackupArgs> {
-    let mut a = BackupArgs::default();
-    profile::fill_backup(&mut a, p);
-    if a.paths.is_empty() {
-        return Err(anyhow!("the profile has no sources to back up"));
-    }
-    Ok(a)
 }

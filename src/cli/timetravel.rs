@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{filter, print_json, reading, warn_stderr};
+use super::commands::{print_json, reading, warn_stderr};
 use super::progress::human_bytes;
 use super::{AtArg, DiffArgs, FindArgs, Global, SnapshotFilter, VersionsArgs};
 use crate::error::{VaultError, exit};
@@ -45,7 +45,7 @@ pub(super) fn choose(
             .into());
         }
     };
-    let (id, snap) = select::choose(repo, which, &filter(f), covers, &warn_stderr)?;
+    let (id, snap) = select::choose(repo, which, f, covers, &warn_stderr)?;
     if let (select::Which::At(t), Some(spec)) = (which, &at.at)
         && !g.quiet
         && !g.json
@@ -114,7 +114,7 @@ pub fn cmd_versions(g: &Global, a: VersionsArgs) -> Result<i32> {
     let session = reading(g, "versions")?;
     let repo = session.repo();
     let path = absolute(&a.path);
-    let fl = filter(&a.filter).across_time(std::slice::from_ref(&path));
+    let fl = a.filter.across_time(std::slice::from_ref(&path));
     let snaps = history(repo, fl, a.until.as_deref())?;
     let rows = versions::versions(repo, &snaps, &path)?;
     if rows.is_empty() {
@@ -178,7 +178,7 @@ pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
     }
     let mut chosen = Vec::new();
     for s in &a.snapshots {
-        chosen.push(select::select(repo, s, &filter(&a.filter), &warn_stderr)?);
+        chosen.push(select::select(repo, s, &a.filter, &warn_stderr)?);
     }
     for t in &a.at {
         let at = AtArg {

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use super::walk::{self, Found};
+use crate::error::{Advised, Remedy};
 use crate::format::Id;
 use crate::format::pack::BlobType;
 use crate::format::tree::NodeType;
@@ -20,18 +21,18 @@ pub fn dump(repo: &Repository, root: &Id, path: &Path, out: &mut dyn Write) -> R
             out.write_all(&t)?;
             return Ok(t.len() as u64);
         }
-        _ => bail!(
-            "{}: is a directory or special file; use `vault restore --include` instead",
-            path.display()
-        ),
+        _ => {
+            let msg = format!("{}: is a directory or special file", path.display());
+            return Err(Advised::error(msg, Remedy::RestoreInstead));
+        }
     };
     let extents = match node.checked_extents() {
         Ok(e) => e,
-        Err(why) => bail!(
-            "{}: damaged tree node ({why}); take the file from another snapshot (`vault versions {}`)",
-            path.display(),
-            path.display()
-        ),
+        Err(why) => {
+            let msg = format!("{}: damaged tree node ({why})", path.display());
+            let remedy = Remedy::OtherVersion(path.display().to_string());
+            return Err(Advised::error(msg, remedy));
+        }
     };
     let zeros = vec![0u8; 1 << 16];
     let mut pos = 0u64;

@@ -14,11 +14,12 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::sync::{self, CopyReport};
+use crate::error::{Advised, Remedy};
 use crate::format::Id;
 use crate::format::index::{IndexFile, PackBlobs};
 use crate::format::mirror::{EXPORT_VERSION, ExportRecord};
@@ -135,10 +136,11 @@ pub fn export(
         sync::copy_objects(&primary, dest, kind, &todo, &mut copy, counters)?;
     }
     if !copy.damaged_at_source.is_empty() {
-        bail!(
-            "{} is damaged in the repository: nothing exported refers to it yet; run `vault check --read-data` and repair first",
+        let msg = format!(
+            "{} is damaged in the repository: nothing exported refers to it yet",
             copy.damaged_at_source[0]
         );
+        return Err(Advised::error(msg, Remedy::CheckDataThenRepair));
     }
     report.copied = copy.copied;
     report.bytes_copied = copy.bytes;
@@ -218,9 +220,12 @@ pub(crate) fn needed_packs(repo: &Repository, chosen: &[(Id, Snapshot)]) -> Resu
         .iter()
         .map(|b| match index.get(b) {
             Some((pack, _)) => Ok(pack),
-            None => Err(anyhow!(
-                "blob {} of the chosen snapshots is in no readable index file: nothing exported; run `vault check`",
-                b.short()
+            None => Err(Advised::error(
+                format!(
+                    "blob {} of the chosen snapshots is in no readable index file: nothing exported",
+                    b.short()
+                ),
+                Remedy::Check,
             )),
         })
         .collect::<Result<_>>()?;

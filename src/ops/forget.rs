@@ -124,6 +124,16 @@ pub struct Group {
     pub snapshots: Vec<Decision>,
 }
 
+/// The snapshots of `groups` that their policy keeps (`keep`), or removes.
+pub fn decided(groups: &[Group], keep: bool) -> Vec<Id> {
+    groups
+        .iter()
+        .flat_map(|g| &g.snapshots)
+        .filter(|d| d.keep == keep)
+        .filter_map(|d| Id::from_hex(&d.id))
+        .collect()
+}
+
 fn group_key(
     s: &Snapshot,
     by: GroupBy,

@@ -16,6 +16,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::export::{self, ExportReport, MANIFEST};
+use crate::error::{Advised, Remedy};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
 use crate::repo::backend::{CONFIG_PATH, LAYOUT_DIRS};
@@ -214,9 +215,8 @@ pub fn export_image(
 /// Refuses to put a damaged object into an image.
 fn checked(bytes: &[u8], id: &Id, path: &str) -> Result<Vec<u8>> {
     if Id::of_stored(bytes) != *id {
-        bail!(
-            "{path} is damaged in the repository: run `vault check --read-data` and repair first"
-        );
+        let msg = format!("{path} is damaged in the repository");
+        return Err(Advised::error(msg, Remedy::CheckDataThenRepair));
     }
     Ok(bytes.to_vec())
 }

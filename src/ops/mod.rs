@@ -19,6 +19,7 @@ pub mod problem;
 pub mod prune;
 pub mod repair;
 pub mod restore;
+pub mod routine;
 pub mod select;
 pub mod subset;
 pub mod sync;

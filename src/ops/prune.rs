@@ -9,10 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use serde::Serialize;
 
-use crate::error::one_line;
+use crate::error::{Advised, Remedy, one_line};
 use crate::format::Id;
 use crate::format::index::{IndexFile, PackBlobs};
 use crate::format::pack::{self, BlobEntry, BlobType, SealedBlob};
@@ -45,15 +45,44 @@ impl std::str::FromStr for MaxUnused {
     }
 }
 
+/// How prune goes about it: one type for programs and the command line (clap derives its
+/// flags under the `cli` feature, with the defaults [`Default`] gives).
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct PruneOptions {
-    /// Unused space tolerated in kept packs before they are repacked.
+    /// Unused space tolerated in kept packs before they are repacked: a percentage of the
+    /// repository or a size
+    #[cfg_attr(feature = "cli", arg(long, default_value = "5%", value_name = "LIMIT"))]
     pub max_unused: MaxUnused,
-    /// At most this many bytes of packs are repacked in one run.
+    /// Repack at most this much in one run
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, value_name = "SIZE", value_parser = crate::units::parse_size)
+    )]
     pub max_repack: Option<u64>,
+    /// Show what would be deleted and repacked; change nothing (the command line's own
+    /// flag sets it).
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub dry_run: bool,
-    /// Two-phase prune (format 3): a pack is marked only once it is this old, and a mark
-    /// deletes only once it is this old (storage's clock where it reports one).
+    /// Format 3: unused packs are marked once this old, and marked packs deleted once
+    /// marked this long (s, m, h or d). Safety never depends on it: a backup that
+    /// outlives it revives or re-uploads what it needs
+    #[cfg_attr(
+        feature = "cli",
+        arg(long, default_value = "24h", value_name = "DURATION", value_parser = crate::units::parse_wait)
+    )]
     pub grace: std::time::Duration,
+}
+
+impl Default for PruneOptions {
+    fn default() -> PruneOptions {
+        PruneOptions {
+            max_unused: MaxUnused::Percent(5.0),
+            max_repack: None,
+            dry_run: false,
+            grace: std::time::Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -159,10 +188,8 @@ pub(crate) fn sweep_tmp_at(backend: &crate::repo::Backend, now: jiff::Timestamp)
 pub(super) fn refuse_unknown(repo: &Repository) -> Result<()> {
     repo.refuse_misnamed()?;
     if let Some((id, why)) = repo.damaged_index.first() {
-        bail!(
-            "index {} is damaged ({why}): run `vault repair index` before pruning",
-            id.short()
-        );
+        let msg = format!("index {} is damaged ({why})", id.short());
+        return Err(Advised::error(msg, Remedy::RepairIndexBeforePruning));
     }
     Ok(())
 }
@@ -277,11 +304,10 @@ pub(super) fn mark_snapshots(
             Ok(s) => s,
             Err(e) if crate::repo::backend::is_not_found(&e) => continue,
             Err(e) if is_misnamed(&e) => return Err(e), // its own message says what to run
-            Err(e) => bail!(
-                "{}: prune cannot know what it references; forget it (`vault forget {}`) or repair first",
-                one_line(&e),
-                id.short()
-            ),
+            Err(e) => {
+                let msg = format!("{}: prune cannot know what it references", one_line(&e));
+                return Err(Advised::error(msg, Remedy::ForgetOrRepair(id.short())));
+            }
         };
         stats.snapshots += 1;
         mark_tree(repo, &snap.tree, Path::new("/"), used, counters)?;
@@ -338,11 +364,12 @@ fn mark_one(
     }
     counters.trees.fetch_add(1, Ordering::Relaxed);
     let tree = repo.load_tree(id).map_err(|e| {
-        anyhow!(
-            "{}: {} cannot be read, so prune cannot know what it references; run `vault check` and `vault repair snapshots` first",
+        let msg = format!(
+            "{}: {} cannot be read, so prune cannot know what it references",
             one_line(&e),
             path.as_path().display()
-        )
+        );
+        Advised::error(msg, Remedy::RepairSnapshotsFirst)
     })?;
     stack.push((tree.nodes.into_iter(), mark));
     Ok(true)
@@ -374,10 +401,11 @@ pub(super) fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMa
             continue;
         }
         let size = *stored.get(&p.pack).ok_or_else(|| {
-            anyhow!(
-                "pack {} is in the index but missing from storage: run `vault check` before pruning",
+            let msg = format!(
+                "pack {} is in the index but missing from storage",
                 p.pack.short()
-            )
+            );
+            Advised::error(msg, Remedy::CheckBeforePruning)
         })?;
         let used_flags: Vec<bool> = p
             .blobs
@@ -529,12 +557,13 @@ pub(super) fn copy_used(
                 .get(e.offset as usize..end)
                 .ok_or_else(|| anyhow!("pack {} is shorter than its index says", id.short()))?;
             let plain = opener.open(&repo.keys, e, stored).map_err(|err| {
-                anyhow!(
-                    "{} blob {} in pack {}: {err}; nothing was deleted (run `vault check --read-data`)",
+                let msg = format!(
+                    "{} blob {} in pack {}: {err}; nothing was deleted",
                     e.blob_type.name(),
                     e.id.short(),
                     id.short()
-                )
+                );
+                Advised::error(msg, Remedy::CheckData)
             })?;
             if e.bundled() {
                 // The used members of bundles are sealed again without the unused ones.

@@ -105,9 +105,16 @@ fn read_headers(repo: &Repository, packs: &[Id]) -> Headers {
     out.into_inner().expect("poisoned")
 }
 
+/// One type for programs and the command line (clap derives its flags under the `cli`
+/// feature).
+#[derive(Debug, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct RepairSnapshotsOptions {
-    /// Read every pack to find damaged blobs too, not only missing ones.
+    /// Read all data to find damaged blobs, not only missing ones
+    #[cfg_attr(feature = "cli", arg(long))]
     pub read_data: bool,
+    /// Show what would be dropped; write nothing
+    #[cfg_attr(feature = "cli", arg(long, short = 'n'))]
     pub dry_run: bool,
 }
 

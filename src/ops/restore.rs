@@ -35,20 +35,39 @@ use crate::format::tree::{Node, NodeType};
 use crate::fsmeta::{self, Apply};
 use crate::repo::{FileKind, Repository};
 
-#[derive(Default)]
+/// What a restore writes where: one type for programs and the command line (clap derives
+/// its flags under the `cli` feature).
+#[derive(Default, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct RestoreOptions {
+    /// Directory to restore into (snapshot paths are recreated below it)
+    #[cfg_attr(feature = "cli", arg(long, short = 't'))]
     pub target: PathBuf,
+    /// Restore only paths matching this pattern or below it (repeatable)
+    #[cfg_attr(feature = "cli", arg(long = "include", short = 'i'))]
     pub includes: Vec<String>,
+    /// Leave out paths matching this pattern (repeatable)
+    #[cfg_attr(feature = "cli", arg(long = "exclude", short = 'e'))]
     pub excludes: Vec<String>,
+    /// Replace files that already exist in the target
+    #[cfg_attr(feature = "cli", arg(long))]
     pub overwrite: bool,
+    /// Re-read every restored file and compare it with the snapshot
+    #[cfg_attr(feature = "cli", arg(long))]
     pub verify: bool,
     /// Restore exactly these snapshot paths (and the directories above them) instead of
     /// matching patterns; for sampling, where names may hold glob characters.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub only: Option<HashSet<PathBuf>>,
-    /// Leave owners as the restoring user (and drop setuid/setgid bits).
+    /// Leave restored files owned by the restoring user, and drop setuid and setgid bits
+    /// (the default when not run as root)
+    #[cfg_attr(feature = "cli", arg(long))]
     pub no_owner: bool,
+    /// Do not restore extended attributes
+    #[cfg_attr(feature = "cli", arg(long))]
     pub no_xattrs: bool,
-    /// Leave out FIFOs and device nodes.
+    /// Do not restore FIFOs or device nodes
+    #[cfg_attr(feature = "cli", arg(long))]
     pub no_special: bool,
 }
 

@@ -2,21 +2,31 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use jiff::Timestamp;
 
-use crate::error::VaultError;
+use crate::error::{Advised, Remedy, VaultError};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
 use crate::repo::repository::is_misnamed;
 use crate::repo::{FileKind, Repository};
 
+/// Which snapshots: one type for programs and the command line (clap derives its flags
+/// under the `cli` feature).
 #[derive(Default, Clone, Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct Filter {
+    /// Only snapshots from this host (repeatable)
+    #[cfg_attr(feature = "cli", arg(long = "host"))]
     pub hosts: Vec<String>,
+    /// Only snapshots that include this backed-up path (repeatable)
+    #[cfg_attr(feature = "cli", arg(long = "path"))]
     pub paths: Vec<String>,
+    /// Only snapshots with this tag (repeatable)
+    #[cfg_attr(feature = "cli", arg(long = "tag"))]
     pub tags: Vec<String>,
     /// Paths the snapshot must contain: each lies at or below one of its backed-up paths.
+    #[cfg_attr(feature = "cli", arg(skip))]
     pub covers: Vec<PathBuf>,
 }
 
@@ -95,10 +105,10 @@ pub fn at_time(
             id.short(),
             stamp(s).map(local_time).unwrap_or_else(|| s.time.clone())
         ),
-        None => bail!(
-            "no snapshots{}: see `vault snapshots` (--host selects another machine's)",
-            filter.describe()
-        ),
+        None => Err(Advised::error(
+            format!("no snapshots{}", filter.describe()),
+            Remedy::ListSnapshots { other_hosts: true },
+        )),
     }
 }
 
@@ -134,10 +144,10 @@ pub fn select(
     if spec == "latest" {
         return match all.into_iter().next_back() {
             Some(x) => Ok(x),
-            None => bail!(
-                "no snapshot matches{}: see `vault snapshots`",
-                filter.describe()
-            ),
+            None => Err(Advised::error(
+                format!("no snapshot matches{}", filter.describe()),
+                Remedy::ListSnapshots { other_hosts: false },
+            )),
         };
     }
     let spec_l = spec.to_ascii_lowercase();
@@ -153,9 +163,14 @@ pub fn select(
         .collect();
     match hits.len() {
         1 => Ok(hits.remove(0)),
-        0 => bail!("snapshot {spec}: no such snapshot (see `vault snapshots`)"),
+        0 => Err(no_such_snapshot(spec)),
         n => bail!("snapshot {spec}: prefix matches {n} snapshots; give more digits"),
     }
+}
+
+fn no_such_snapshot(spec: &str) -> anyhow::Error {
+    let msg = format!("snapshot {spec}: no such snapshot");
+    Advised::error(msg, Remedy::ListSnapshots { other_hosts: false })
 }
 
 /// Snapshots named by id prefixes; each must name exactly one.
@@ -170,9 +185,7 @@ pub fn by_ids(repo: &Repository, ids: &[String]) -> Result<Vec<Id>> {
                 .collect();
             match hits.as_slice() {
                 [one] if !s.is_empty() => Ok(**one),
-                [] => Err(anyhow!(
-                    "snapshot {spec}: no such snapshot (see `vault snapshots`)"
-                )),
+                [] => Err(no_such_snapshot(spec)),
                 _ => Err(VaultError::Usage(format!(
                     "snapshot {spec:?}: matches {} snapshots; give more digits",
                     hits.len()
@@ -205,4 +218,32 @@ pub fn choose(
         Which::Named(spec) => select(repo, spec, filter, warn),
         Which::At(t) => at_time(repo, t, &filter.across_time(covers), warn),
     }
+}
+
+/// The snapshots a selection names, oldest first: those the ids name, or else those the
+/// policy `keep` keeps among those `filter` matches (as forget would keep them).
+pub fn by_selection(
+    repo: &Repository,
+    ids: &[String],
+    keep: &crate::ops::keep::KeepOptions,
+    filter: &Filter,
+    warn: &dyn Fn(String),
+) -> Result<Vec<(Id, Snapshot)>> {
+    let all = list(repo, &Filter::default(), warn)?;
+    let kept: Vec<Id> = if ids.is_empty() {
+        let pool: Vec<(Id, Snapshot)> = all
+            .iter()
+            .filter(|(_, s)| filter.matches(s))
+            .cloned()
+            .collect();
+        let tz = jiff::tz::TimeZone::system();
+        let groups = crate::ops::forget::apply(&keep.policy()?, &pool, keep.group_by, &tz);
+        crate::ops::forget::decided(&groups, true)
+    } else {
+        by_ids(repo, ids)?
+    };
+    Ok(all
+        .into_iter()
+        .filter(|(id, _)| kept.contains(id))
+        .collect())
 }

@@ -17,11 +17,22 @@ use crate::format::Id;
 use crate::format::tree::NodeType;
 use crate::repo::Repository;
 
+/// How much a verify reads and restores: one type for programs and the command line
+/// (clap derives its flags under the `cli` feature).
+#[derive(Debug)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct VerifyOptions {
-    pub read_data: Subset,
-    /// Restore this many randomly chosen files instead of the whole snapshot.
+    /// Restore this many randomly chosen files instead of the whole snapshot
+    #[cfg_attr(feature = "cli", arg(long, value_name = "N"))]
     pub sample: Option<usize>,
-    /// Where the temporary restore goes (default: the system temporary directory).
+    /// Packs to read and verify besides the restore: 10%, n/N or 2G
+    #[cfg_attr(
+        feature = "cli",
+        arg(long = "read-data-subset", value_name = "SUBSET", default_value = "5%")
+    )]
+    pub read_data: Subset,
+    /// Directory for the temporary restore (default: the system temporary directory)
+    #[cfg_attr(feature = "cli", arg(long, value_name = "DIR"))]
     pub workdir: Option<PathBuf>,
 }
 

@@ -65,6 +65,40 @@ pub fn untrack_tmp_prefix(backend: &Backend, prefix: &str) {
     tracked().remove(&key);
 }
 
+/// For a program that ends on Ctrl-C, SIGTERM and SIGHUP: on the first, `notice` runs and
+/// the process exits once what it put on storage for the time being is removed
+/// ([`interrupt`]), within 20 seconds; a second signal ends it at once. Exit code 128 +
+/// the signal, as a shell reports it.
+pub fn on_signals(notice: impl Fn() + Send + 'static) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("vault-signals".into())
+        .spawn(move || {
+            let mut cleaning = false;
+            for sig in signals.forever() {
+                if cleaning {
+                    std::process::exit(128 + sig);
+                }
+                cleaning = true;
+                notice();
+                let _ = std::thread::Builder::new()
+                    .name("vault-cleanup".into())
+                    .spawn(move || {
+                        let (tx, rx) = std::sync::mpsc::channel();
+                        std::thread::spawn(move || {
+                            interrupt();
+                            let _ = tx.send(());
+                        });
+                        let _ = rx.recv_timeout(std::time::Duration::from_secs(20));
+                        std::process::exit(128 + sig);
+                    });
+            }
+        });
+}
+
 /// Stops new writes and removes everything tracked. Run twice a moment apart, since a
 /// write in flight when the first pass ran may land after it.
 pub fn interrupt() {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::backend::{Backend, CONFIG_PATH, FileKind, is_not_found, is_storage_error};
 use super::cache::Cache;
 use super::index::{IndexBuilder, MasterIndex};
-use crate::error::VaultError;
+use crate::error::{Advised, Remedy, VaultError};
 use crate::format::config::{ChunkerParams, Config};
 use crate::format::crypto::{Keys, MasterKey};
 use crate::format::index::IndexFile;
@@ -42,11 +42,7 @@ pub struct RawKeyFile {
 /// older snapshot or index standing in for the real one. Only `check`, `audit` and
 /// `repair` go on past it, to report and replace it.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "{what} {}: {}; run `vault check` and `vault repair --from MIRROR`",
-    id.short(),
-    MISNAMED
-)]
+#[error("{what} {}: {}", id.short(), MISNAMED)]
 pub struct Misnamed {
     /// "snapshot" or "index".
     pub what: &'static str,
@@ -369,13 +365,12 @@ impl Repository {
     pub fn remove_key(&self, id: &Id) -> Result<()> {
         let keys = self.backend.list(FileKind::Key)?;
         if !keys.contains(id) {
-            bail!("key {} not found: see `vault key list`", id.short());
+            let msg = format!("key {} not found", id.short());
+            return Err(Advised::error(msg, Remedy::ListKeys));
         }
         if keys.len() == 1 {
-            bail!(
-                "key {} is the only key: add another with `vault key add` first",
-                id.short()
-            );
+            let msg = format!("key {} is the only key", id.short());
+            return Err(Advised::error(msg, Remedy::AddKeyFirst));
         }
         self.backend.delete(&FileKind::Key.path(id))
     }
@@ -391,7 +386,10 @@ impl Repository {
             .collect();
         match hits.as_slice() {
             [one] => Ok(*one),
-            [] => bail!("key {prefix}: no such key (see `vault key list`)"),
+            [] => Err(Advised::error(
+                format!("key {prefix}: no such key"),
+                Remedy::ListKeys,
+            )),
             _ => {
                 Err(VaultError::Usage(format!("key {prefix}: prefix matches several keys")).into())
             }
@@ -402,9 +400,9 @@ impl Repository {
     /// key is written before the old one is removed, so there is never no key. Returns
     /// the new key's id and the old one's.
     pub fn change_password(&self, password: &[u8], label: &str, log_n: u8) -> Result<(Id, Id)> {
-        let old = self.key_id.ok_or_else(|| {
-            anyhow!("opened with a raw key file: use `vault key add` to add a password")
-        })?;
+        let old = self
+            .key_id
+            .ok_or_else(|| Advised::error("opened with a raw key file", Remedy::AddPassword))?;
         let id = self.add_key(password, label, log_n)?;
         self.remove_key(&old).context("removing the old key")?;
         Ok((id, old))

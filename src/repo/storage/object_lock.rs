@@ -345,6 +345,11 @@ impl<S: Storage> Storage for ObjectLock<S> {
         Ok(self.retention.lock(path)?)
     }
 
+    fn write_new(&self, path: &str, bytes: Bytes) -> Result<()> {
+        self.inner.write_new(path, bytes)?;
+        Ok(self.retention.lock(path)?)
+    }
+
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         self.inner.rename(from, to)?;
         Ok(self.retention.lock(to)?)
