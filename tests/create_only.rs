@@ -8,7 +8,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -158,52 +157,6 @@ fn a_local_append_only_directory_takes_backups() {
     ok(&env, repo.to_str().unwrap(), &["upgrade"]);
 }
 
-/// Makes the test's directory reachable for the create-only user.
-fn open_path(env: &Env) {
-    for d in [env.dir.path(), env.dir.path().parent().unwrap()] {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-}
-
-/// Gives `dir` to the create-only user with every file read-only, as a repository made
-/// with full rights is handed over (README "Create-only storage").
-fn hand_over(dir: &Path) {
-    let status = Command::new("chown")
-        .args(["-R", CREATE_ONLY_USER])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    for f in walkdir(dir) {
-        fs::set_permissions(&f, fs::Permissions::from_mode(0o444)).unwrap();
-    }
-}
-
-/// One `sftp` batch command as the create-only user; whether it succeeded.
-fn sftp_cli(server: &Sftp, command: &str) -> bool {
-    let mut child = Command::new("sftp")
-        .args(["-b", "-", "-i"])
-        .arg(server.key())
-        .args(["-P", &server.server.port.to_string()])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .arg(format!("{CREATE_ONLY_USER}@127.0.0.1"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sftp");
-    use std::io::Write;
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{command}").unwrap();
-    drop(stdin);
-    child.wait().unwrap().success()
-}
-
 /// A repository at `dir` made with full rights, handed over to the create-only server;
 /// its URL. The server refuses to delete, rename or overwrite what is there.
 fn create_only_repo(env: &Env, server: &Sftp, dir: &Path, init: &[&str]) -> String {
@@ -211,18 +164,21 @@ fn create_only_repo(env: &Env, server: &Sftp, dir: &Path, init: &[&str]) -> Stri
     args.extend_from_slice(init);
     let out = run(env, dir.to_str().unwrap(), &args);
     common::assert_ok(&out);
-    hand_over(dir);
+    common::servers::hand_over(dir);
     let config = dir.join("config");
     let before = fs::read(&config).unwrap();
     let c = config.display();
-    assert!(sftp_cli(server, &format!("ls {c}")), "the server answers");
-    assert!(!sftp_cli(server, &format!("rm {c}")), "remove denied");
     assert!(
-        !sftp_cli(server, &format!("rename {c} {c}.x")),
+        server.as_create_only(&format!("ls {c}")),
+        "the server answers"
+    );
+    assert!(!server.as_create_only(&format!("rm {c}")), "remove denied");
+    assert!(
+        !server.as_create_only(&format!("rename {c} {c}.x")),
         "rename denied"
     );
     assert!(
-        !sftp_cli(server, &format!("put /etc/hostname {c}")),
+        !server.as_create_only(&format!("put /etc/hostname {c}")),
         "overwrite denied"
     );
     assert_eq!(fs::read(&config).unwrap(), before);
@@ -235,7 +191,7 @@ fn a_create_only_sftp_server_takes_backups() {
     let Some(server) = Sftp::start_create_only(&env.path("sshd")) else {
         return;
     };
-    open_path(&env);
+    common::servers::open_path(&env.dir);
     let src = source(&env);
     let dir = env.path("remote/vault");
     fs::create_dir_all(&dir).unwrap();
@@ -249,7 +205,7 @@ fn sync_to_a_create_only_mirror_deletes_nothing_and_says_so() {
     let Some(server) = Sftp::start_create_only(&env.path("sshd")) else {
         return;
     };
-    open_path(&env);
+    common::servers::open_path(&env.dir);
     let src = source(&env);
     let s = src.to_str().unwrap();
     env.init(&[]);
@@ -265,7 +221,7 @@ fn sync_to_a_create_only_mirror_deletes_nothing_and_says_so() {
         .status()
         .unwrap();
     assert!(status.success());
-    hand_over(&mirror);
+    common::servers::hand_over(&mirror);
     env.ok(&["backup", s]);
     ok(&env, env.repo().to_str().unwrap(), &["sync"]);
     fs::write(src.join("small.txt"), b"changed").unwrap();
@@ -319,7 +275,7 @@ fn a_backup_killed_on_create_only_storage_leaves_it_usable() {
     let Some(server) = Sftp::start_create_only(&env.path("sshd")) else {
         return;
     };
-    open_path(&env);
+    common::servers::open_path(&env.dir);
     let src = source(&env);
     for i in 0..6 {
         fs::write(src.join(format!("more-{i}.bin")), bytes(10 + i, 1 << 20)).unwrap();

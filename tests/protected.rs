@@ -10,6 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::servers::{CREATE_ONLY_USER, Sftp, hand_over, open_path};
 use common::{Env, bytes, snapshot_of, walkdir};
 
 /// A repository with a protected mirror `safe` (1 h) and an ordinary one `plain`, two
@@ -123,10 +124,10 @@ fn count(dir: &Path) -> usize {
 }
 
 /// Sets the modification time of every record that dates a deletion on a copy (forget
-/// records, index files, deletion records) to `ago`: what the storage clock would say
+/// records, index files, deletion records, marks and revivals) to `ago`: what the storage clock would say
 /// after that much time.
 fn age_records(copy: &Path, ago: &str) {
-    for dir in ["forgotten", "index", "deletions"] {
+    for dir in ["forgotten", "index", "deletions", "marks", "revivals"] {
         for f in walkdir(&copy.join(dir)) {
             let ok = Command::new("touch")
                 .args(["-d", ago])
@@ -414,4 +415,241 @@ fn the_test_hooks_are_built() {
             "run the tests with --features test-hooks: without it vault ignores VAULT_CRASH_AFTER_WRITES"
         );
     }
+}
+
+/// An `ssh` for `VAULT_SSH` that logs in as `user`: how each machine's own ssh config
+/// picks its account for a URL that names none.
+fn ssh_as(env: &Env, user: &str) -> PathBuf {
+    let path = env.path(&format!("ssh-as-{user}"));
+    fs::write(&path, format!("#!/bin/sh\nexec ssh -l {user} \"$@\"\n")).unwrap();
+    let ok = Command::new("chmod")
+        .arg("755")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    path
+}
+
+/// Every file under `dir` with the hash of its content.
+fn contents(dir: &Path) -> std::collections::BTreeMap<PathBuf, blake3::Hash> {
+    walkdir(dir)
+        .into_iter()
+        .map(|p| {
+            let h = blake3::hash(&fs::read(&p).unwrap());
+            (p, h)
+        })
+        .collect()
+}
+
+/// The acceptance test of protected copies: an intruder holding everything the backup
+/// machine holds (the password, and its create-only credentials for the protected
+/// copy) forgets everything, prunes, syncs, redefines the mirror without protection,
+/// syncs again, then deletes, renames, overwrites and chmods every object it can reach
+/// on the copy and wipes the primary. Afterwards every snapshot restores byte for byte
+/// from the copy, a maintenance before the period deletes nothing, and the maintaining
+/// machine rebuilds the primary with every snapshot.
+#[test]
+fn an_intruder_with_everything_the_backup_machine_holds_cannot_destroy_a_protected_copy() {
+    let env = Env::new();
+    let Some(server) = Sftp::start_create_only(&env.path("sshd")) else {
+        return;
+    };
+    open_path(&env.dir);
+    // One definition, two machines: the backup machine logs in as the create-only
+    // user, the maintaining machine as the account that owns the storage.
+    let e = &env;
+    let machine = |ssh: PathBuf, state: &str| {
+        let state = e.path(state);
+        move |args: &[&str]| -> std::process::Output {
+            e.cmd()
+                .env("VAULT_SSH", &ssh)
+                .env("VAULT_STATE_DIR", &state)
+                .args(args)
+                .output()
+                .expect("run vault")
+        }
+    };
+    let backup_host = machine(ssh_as(&env, CREATE_ONLY_USER), "state-backup");
+    let admin_host = machine(ssh_as(&env, "root"), "state-admin");
+    let ok = |out: std::process::Output, what: &str| -> String {
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let copy = env.path("storage/vault-b");
+    let url = server.url_without_user(&copy);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    ok(backup_host(&["init", "--pack-size", "256K"]), "init");
+    ok(
+        backup_host(&[
+            "mirror",
+            "add",
+            "vault-b",
+            &url,
+            "--protect",
+            "30d",
+            "--no-sync",
+        ]),
+        "mirror add",
+    );
+    // The copy is made with full rights, then handed over to the create-only account.
+    fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(env.repo())
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    hand_over(&copy);
+    let mut versions = Vec::new();
+    for g in 0..3u64 {
+        fs::write(src.join(format!("file{g}")), bytes(20 + g, 200_000)).unwrap();
+        fs::write(src.join("notes.txt"), format!("generation {g}")).unwrap();
+        ok(
+            backup_host(&["backup", src.to_str().unwrap(), "-q"]),
+            "backup",
+        );
+        ok(backup_host(&["sync"]), "sync");
+        let kept = env.path(&format!("version{g}"));
+        let cp = Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(&kept)
+            .status()
+            .unwrap();
+        assert!(cp.success());
+        versions.push(kept);
+    }
+    ok(admin_host(&["mirror", "trust", "vault-b"]), "trust");
+    let before = contents(&copy);
+
+    // The attack, with the password and the backup machine's credentials.
+    ok(backup_host(&["forget", "--keep-last", "0"]), "forget");
+    ok(backup_host(&["prune", "--grace", "0s"]), "prune");
+    ok(backup_host(&["prune", "--grace", "0s"]), "prune");
+    ok(backup_host(&["sync"]), "sync");
+    ok(
+        backup_host(&["mirror", "remove", "vault-b"]),
+        "mirror remove",
+    );
+    ok(
+        backup_host(&["mirror", "add", "vault-b", &url, "--no-sync"]),
+        "unprotected redefinition",
+    );
+    // Its vault tries to delete there now; the storage refuses, and it says so.
+    let out = backup_host(&["sync"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("left for `vault maintain`"), "{said}");
+    let _ = backup_host(&["maintain"]);
+    let mut batch = String::new();
+    for p in walkdir(&copy) {
+        let p = p.display();
+        batch += &format!("-rm {p}\n-rename {p} {p}.x\n-put /etc/hostname {p}\n-chmod 666 {p}\n");
+    }
+    for d in ["data", "index", "snapshots", "keys", "forgotten"] {
+        batch += &format!("-rmdir {}\n", copy.join(d).display());
+    }
+    assert!(
+        server.as_create_only(&format!("ls {}", copy.display())),
+        "the intruder reaches the copy"
+    );
+    server.as_create_only(&batch);
+    fs::remove_dir_all(env.repo()).unwrap();
+
+    // Every object of the copy is there as it was.
+    let after = contents(&copy);
+    for (path, hash) in &before {
+        assert_eq!(
+            after.get(path),
+            Some(hash),
+            "{} changed or went",
+            path.display()
+        );
+    }
+    // Every snapshot restores from the copy, byte for byte.
+    let restore_all = |repo: &str, tag: &str| {
+        let out = ok(
+            admin_host(&["--json", "--repo", repo, "snapshots"]),
+            "snapshots",
+        );
+        let snaps: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ids: Vec<&str> = snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids.len(), versions.len(), "snapshots at {repo}");
+        for (i, (id, version)) in ids.iter().zip(&versions).enumerate() {
+            let target = env.path(&format!("{tag}-{i}"));
+            ok(
+                admin_host(&[
+                    "--repo",
+                    repo,
+                    "restore",
+                    id,
+                    "--target",
+                    target.to_str().unwrap(),
+                    "-q",
+                ]),
+                "restore",
+            );
+            assert_eq!(
+                snapshot_of(&Env::restored(&target, &src)),
+                snapshot_of(version),
+                "{id}"
+            );
+        }
+    };
+    restore_all(&url, "from-copy");
+    ok(
+        admin_host(&["--repo", &url, "check", "--read-data"]),
+        "check the copy",
+    );
+
+    // The maintaining machine rebuilds the primary from the copy, defines the mirror
+    // protected again, and brings every snapshot back; maintenance deletes nothing.
+    ok(admin_host(&["repair", "--from", &url]), "repair --from");
+    let out = admin_host(&["maintain", "--mirror", "vault-b"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the redefinition is not trusted: {out:?}"
+    );
+    ok(
+        admin_host(&["mirror", "remove", "vault-b"]),
+        "mirror remove",
+    );
+    ok(
+        admin_host(&[
+            "mirror",
+            "add",
+            "vault-b",
+            &url,
+            "--protect",
+            "30d",
+            "--no-sync",
+        ]),
+        "mirror add",
+    );
+    let m: serde_json::Value = serde_json::from_str(&ok(
+        admin_host(&["--json", "maintain", "--mirror", "vault-b"]),
+        "maintain",
+    ))
+    .unwrap();
+    assert_eq!(m["mirrors"][0]["report"]["deleted"], 0, "{m}");
+    ok(admin_host(&["unforget", "--from", "vault-b"]), "unforget");
+    ok(admin_host(&["check", "--read-data"]), "check");
+    restore_all(env.repo().to_str().unwrap(), "rebuilt");
+    let after = contents(&copy);
+    assert!(
+        before.keys().all(|p| after.contains_key(p)),
+        "maintenance deleted nothing"
+    );
 }

@@ -244,8 +244,8 @@ fn refuse_dangling(
 
 /// One object the primary removed on purpose that a mirror still holds, and the
 /// records that say it is gone: forget records for a snapshot, the index files that
-/// superseded an index file, deletion records for a pack (none for marks, revivals and
-/// manifests, which follow what they describe).
+/// superseded an index file, deletion records for a pack, a mark or revival record
+/// itself (none for manifests, which follow their index files).
 pub struct Gone {
     pub kind: FileKind,
     pub id: Id,
@@ -315,15 +315,9 @@ pub fn gone(repo: &Repository, mirror: &Backend, decide: &mut Decide) -> Result<
         let here = on_primary(kind)?;
         for id in mirror.list(kind)? {
             if !here.contains(&id) {
-                keep_or_delete(
-                    Gone {
-                        kind,
-                        id,
-                        evidence: Vec::new(),
-                    },
-                    decide,
-                    &mut out,
-                );
+                // Prune's bookkeeping, dated by its own arrival on the mirror.
+                let evidence = vec![(kind, id)];
+                keep_or_delete(Gone { kind, id, evidence }, decide, &mut out);
             }
         }
     }

@@ -191,7 +191,14 @@ impl Sftp {
                 .expect("useradd");
             assert!(status.success(), "useradd {CREATE_ONLY_USER}");
         }
-        Self::start_with(dir, CREATE_ONLY_SFTP)
+        // Only that user is restricted, as the README's `Match User` block does: root
+        // logs in with full rights, as the maintaining machine's account.
+        Self::start_with(
+            dir,
+            &format!(
+                "internal-sftp\nMatch User {CREATE_ONLY_USER}\n    ForceCommand {CREATE_ONLY_SFTP}"
+            ),
+        )
     }
 
     fn start_with(dir: &Path, subsystem: &str) -> Option<Sftp> {
@@ -267,6 +274,18 @@ impl Sftp {
     /// The private key the server accepts.
     pub fn key(&self) -> PathBuf {
         self.dir.join("userkey")
+    }
+
+    /// A URL naming no user: each machine's ssh (its `VAULT_SSH`, or its ssh config)
+    /// decides whom it logs in as, so that the backing-up machine and the maintaining
+    /// one reach the same copy with different rights under one mirror definition.
+    pub fn url_without_user(&self, path: &Path) -> String {
+        format!(
+            "sftp://127.0.0.1:{}{}?key={}&known_hosts=accept",
+            self.server.port,
+            path.display(),
+            self.dir.join("userkey").display()
+        )
     }
 
     /// `url` for logging in as `user`.
@@ -463,5 +482,57 @@ impl WebDav {
 
     pub fn url(&self, path: &str) -> String {
         format!("webdav://127.0.0.1:{}/{path}", self.server.port)
+    }
+}
+
+/// Makes the directory `dir` of a test (and its parent) reachable for the create-only
+/// user.
+pub fn open_path(dir: &tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    for d in [dir.path(), dir.path().parent().unwrap()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// Gives `dir` to the create-only user with every file read-only, as a repository made
+/// with full rights is handed over (README "Create-only storage").
+pub fn hand_over(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let status = Command::new("chown")
+        .args(["-R", CREATE_ONLY_USER])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for f in super::walkdir(dir) {
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+}
+
+impl Sftp {
+    /// Runs `sftp` batch `commands` (one per line; a leading `-` lets a failing one pass)
+    /// logged in as the create-only user; whether the batch succeeded.
+    pub fn as_create_only(&self, commands: &str) -> bool {
+        use std::io::Write;
+        let mut child = Command::new("sftp")
+            .args(["-b", "-", "-i"])
+            .arg(self.key())
+            .args(["-P", &self.server.port.to_string()])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .arg(format!("{CREATE_ONLY_USER}@127.0.0.1"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sftp");
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{commands}").unwrap();
+        drop(stdin);
+        child.wait().unwrap().success()
     }
 }

@@ -162,7 +162,13 @@ impl Clock {
         };
         let mut arrived = HashMap::new();
         if protect > 0 {
-            for kind in [FileKind::Forget, FileKind::Index, FileKind::Deletion] {
+            for kind in [
+                FileKind::Forget,
+                FileKind::Index,
+                FileKind::Deletion,
+                FileKind::Mark,
+                FileKind::Revival,
+            ] {
                 for (id, _, t) in mirror.list_timed(kind)? {
                     if let Some(t) = t {
                         arrived.insert((kind, id), t);
@@ -225,11 +231,7 @@ impl Ages {
     }
 }
 
-/// Marks, revivals and manifests carry no data anything restores; each goes with what
-/// it describes (a manifest only once its index file is gone).
+/// A manifest goes with its index file (it is a candidate only once that is gone).
 fn follows_others(kind: FileKind) -> bool {
-    matches!(
-        kind,
-        FileKind::Mark | FileKind::Revival | FileKind::Manifest
-    )
+    kind == FileKind::Manifest
 }
