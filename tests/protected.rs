@@ -55,13 +55,7 @@ fn setup() -> Setup {
         env.ok(&["backup", src.to_str().unwrap(), "-q"]);
         let kept = env.path(&format!("version{i}"));
         // As it was, times and modes included.
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(&src)
-            .arg(&kept)
-            .status()
-            .expect("cp");
-        assert!(ok.success());
+        must(Command::new("cp").arg("-a").arg(&src).arg(&kept));
         versions.push(kept);
     }
     env.ok(&["sync"]);
@@ -129,12 +123,7 @@ fn count(dir: &Path) -> usize {
 fn age_records(copy: &Path, ago: &str) {
     for dir in ["forgotten", "index", "deletions", "marks", "revivals"] {
         for f in walkdir(&copy.join(dir)) {
-            let ok = Command::new("touch")
-                .args(["-d", ago])
-                .arg(&f)
-                .status()
-                .expect("touch");
-            assert!(ok.success());
+            must(Command::new("touch").args(["-d", ago]).arg(&f));
         }
     }
 }
@@ -340,16 +329,16 @@ fn killed_after(env: &Env, args: &[&str], n: usize) -> bool {
     false
 }
 
+/// Runs `c` and asserts it succeeded.
+fn must(c: &mut Command) {
+    let status = c.status().expect("run a tool");
+    assert!(status.success(), "{c:?}");
+}
+
 /// `cp -a from to`, `to` replaced.
 fn reset(from: &Path, to: &Path) {
     let _ = fs::remove_dir_all(to);
-    let ok = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(ok.success());
+    must(Command::new("cp").arg("-a").arg(from).arg(to));
 }
 
 #[test]
@@ -422,12 +411,7 @@ fn the_test_hooks_are_built() {
 fn ssh_as(env: &Env, user: &str) -> PathBuf {
     let path = env.path(&format!("ssh-as-{user}"));
     fs::write(&path, format!("#!/bin/sh\nexec ssh -l {user} \"$@\"\n")).unwrap();
-    let ok = Command::new("chmod")
-        .arg("755")
-        .arg(&path)
-        .status()
-        .unwrap();
-    assert!(ok.success());
+    must(Command::new("chmod").arg("755").arg(&path));
     path
 }
 
@@ -499,13 +483,7 @@ fn an_intruder_with_everything_the_backup_machine_holds_cannot_destroy_a_protect
     );
     // The copy is made with full rights, then handed over to the create-only account.
     fs::create_dir_all(copy.parent().unwrap()).unwrap();
-    let cp = Command::new("cp")
-        .arg("-a")
-        .arg(env.repo())
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    must(Command::new("cp").arg("-a").arg(env.repo()).arg(&copy));
     hand_over(&copy);
     let mut versions = Vec::new();
     for g in 0..3u64 {
@@ -517,13 +495,7 @@ fn an_intruder_with_everything_the_backup_machine_holds_cannot_destroy_a_protect
         );
         ok(backup_host(&["sync"]), "sync");
         let kept = env.path(&format!("version{g}"));
-        let cp = Command::new("cp")
-            .arg("-a")
-            .arg(&src)
-            .arg(&kept)
-            .status()
-            .unwrap();
-        assert!(cp.success());
+        must(Command::new("cp").arg("-a").arg(&src).arg(&kept));
         versions.push(kept);
     }
     ok(admin_host(&["mirror", "trust", "vault-b"]), "trust");
