@@ -87,7 +87,8 @@ pub fn raw_key(path: &Path) -> Result<MasterKey> {
     use std::os::unix::fs::PermissionsExt;
     let md = std::fs::metadata(path).with_context(|| format!("key file {}", path.display()))?;
     if md.permissions().mode() & 0o077 != 0 {
-        log::warn!(
+        // At error level, so that --quiet (a cron job) still shows a secret others read.
+        log::error!(
             "warning: key file {} is readable by others; chmod 600 it",
             path.display()
         );
