@@ -322,6 +322,17 @@ fn every_object_written_to_a_locked_mirror_gets_the_retention() {
         );
     }
     assert_locked(&puts, &retentions, "COMPLIANCE", 30 * 86400);
+    // Status tells the mode the copy is locked in.
+    let out = s.run(&["--json", "status"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    let offsite = status["copies"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == "offsite"))
+        .expect("offsite in status");
+    assert_eq!(
+        offsite["protection"]["object_lock"], "COMPLIANCE",
+        "{status}"
+    );
 }
 
 #[test]

@@ -48,6 +48,9 @@ impl Protection {
     /// "; protected 30d: 12 deletions wait, the first due 2026-12-30T…".
     fn describe(&self) -> String {
         let mut s = format!("; protected {}", crate::units::human_period(self.period));
+        if let Some(mode) = self.object_lock {
+            s += &format!(" (S3 Object Lock, {mode})");
+        }
         if let Some(e) = &self.error {
             return s + &format!(" (what it keeps could not be counted: {e})");
         }

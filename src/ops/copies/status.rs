@@ -68,6 +68,10 @@ pub struct Protection {
     pub next_due: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// S3 Object Lock retention mode its uploads are given (`GOVERNANCE`,
+    /// `COMPLIANCE`), when its location sets one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<&'static str>,
 }
 
 /// What only a mirror has.
@@ -183,7 +187,7 @@ fn mirror_status(
         let b = sync::behind(&repo.backend.alone(), &m)?;
         probed = Some((
             can_delete(&m),
-            (d.protect > 0).then(|| protection(repo, &m, d.protect)),
+            (d.protect > 0).then(|| protection(repo, &m, d)),
         ));
         Ok(b)
     });
@@ -235,13 +239,18 @@ fn can_delete(backend: &Backend) -> bool {
 }
 
 /// What the protection of mirror `m` keeps, counted as `vault maintain --dry-run` would.
-fn protection(repo: &Repository, m: &Backend, period: u64) -> Protection {
+fn protection(repo: &Repository, m: &Backend, d: &MirrorDef) -> Protection {
+    let period = d.protect;
     let mut p = Protection {
         period,
         waiting: 0,
         oldest_waiting: None,
         next_due: None,
         error: None,
+        object_lock: crate::repo::location::object_lock_mode(&d.url)
+            .ok()
+            .flatten()
+            .map(|mode| mode.wire()),
     };
     match super::maintain::plan(repo, m, period, true) {
         Ok(done) => {
