@@ -41,6 +41,11 @@ struct AppendOnly(Vec<PathBuf>);
 
 impl AppendOnly {
     fn apply(root: &Path) -> AppendOnly {
+        // Every pack directory first, as README's recipe says: new ones would not
+        // inherit the attribute.
+        for b in 0..=255u8 {
+            fs::create_dir_all(root.join(format!("data/{b:02x}"))).unwrap();
+        }
         let all = dirs(root);
         let status = Command::new("chattr")
             .arg("+a")

@@ -766,44 +766,16 @@ impl Backend {
             .collect())
     }
 
-    /// Makes the layout's directories. A new repository on storage with directories
-    /// (a local disk, SFTP, WebDAV) gets data/00 to data/ff too: storage that lets the
-    /// backing-up host only create files (spec §17, create-only storage) may give the
-    /// directories that host makes no write permission of their own (an sshd's
-    /// `-u 0222`), or none of the append-only attribute the others carry.
+    /// Makes the layout's directories. Not data/00 to data/ff: every listing of the
+    /// packs would then read 256 directories, most of them empty; storage that lets
+    /// the backing-up host only create files gets them when it is handed over
+    /// (README, "Create-only storage").
     pub fn create_layout(&self) -> Result<()> {
         for d in LAYOUT_DIRS {
             let d = format!("{d}/");
             self.storage.create_dir(&d).map_err(|e| self.wrap(&d, e))?;
         }
-        let has_dirs = !self.remote || !self.atomic_writes;
-        if has_dirs && !self.exists(CONFIG_PATH)? {
-            self.create_fanout()?;
-        }
         Ok(())
-    }
-
-    /// data/00 to data/ff, as many at once as the storage takes requests.
-    fn create_fanout(&self) -> Result<()> {
-        let dirs: Vec<String> = (0..=255u8).map(|b| format!("data/{b:02x}/")).collect();
-        let per = dirs.len().div_ceil(self.connections.max(1));
-        std::thread::scope(|s| {
-            let made: Vec<_> = dirs
-                .chunks(per)
-                .map(|part| {
-                    s.spawn(move || -> Result<()> {
-                        for d in part {
-                            self.storage.create_dir(d).map_err(|e| self.wrap(d, e))?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            made.into_iter().try_for_each(|t| {
-                t.join()
-                    .unwrap_or_else(|_| Err(anyhow::anyhow!("panicked")))
-            })
-        })
     }
 }
 

@@ -494,10 +494,14 @@ pub fn open_path(dir: &tempfile::TempDir) {
     }
 }
 
-/// Gives `dir` to the create-only user with every file read-only, as a repository made
-/// with full rights is handed over (README "Create-only storage").
+/// Gives `dir` to the create-only user with every file read-only and every pack
+/// directory made, as a repository made with full rights is handed over (README
+/// "Create-only storage").
 pub fn hand_over(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
+    for b in 0..=255u8 {
+        std::fs::create_dir_all(dir.join(format!("data/{b:02x}"))).unwrap();
+    }
     let status = Command::new("chown")
         .args(["-R", CREATE_ONLY_USER])
         .arg(dir)
