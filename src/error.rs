@@ -30,6 +30,8 @@ pub mod exit {
     /// A copy's storage failed: unreachable (refused, host not found, timeout, TLS, host
     /// key), refused the credentials or the operation, full, archived, or a server error.
     pub const STORAGE: i32 = 13;
+    /// The key's role does not allow the command (a backup-role key, §20).
+    pub const NOT_PERMITTED: i32 = 14;
 }
 
 #[derive(Debug, Error)]
@@ -47,6 +49,9 @@ pub enum VaultError {
     WrongPassword(String),
     #[error("{0}")]
     Usage(String),
+    /// What a backup-role key may not do or read.
+    #[error("{0}: this is a backup-role key; use a full key (its password or key file)")]
+    NotPermitted(String),
 }
 
 /// What the user can do about an error. The library names the remedy; a front end words
@@ -143,6 +148,9 @@ pub enum ErrorKind {
     Damaged,
     /// The process is being interrupted; nothing more is written.
     Interrupted,
+    /// The key's role does not allow it: a backup-role key asked to forget, prune,
+    /// restore or read another host's snapshots.
+    NotPermitted,
     /// Anything else: a local file-system error, an unforeseen failure.
     Other,
 }
@@ -163,6 +171,7 @@ impl ErrorKind {
             ErrorKind::WrongPassword => exit::WRONG_PASSWORD,
             ErrorKind::InvalidInput => exit::USAGE,
             ErrorKind::Storage => exit::STORAGE,
+            ErrorKind::NotPermitted => exit::NOT_PERMITTED,
             _ => exit::ERROR,
         }
     }
@@ -187,7 +196,11 @@ fn kind_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind>
             VaultError::WrongPassword(_) => ErrorKind::WrongPassword,
             VaultError::Usage(_) => ErrorKind::InvalidInput,
             VaultError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            VaultError::NotPermitted(_) => ErrorKind::NotPermitted,
         });
+    }
+    if let Some(crate::format::FormatError::NotPermitted(_)) = cause.downcast_ref() {
+        return Some(ErrorKind::NotPermitted);
     }
     if cause.is::<crate::repo::backend::Interrupted>() {
         return Some(ErrorKind::Interrupted);

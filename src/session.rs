@@ -144,6 +144,10 @@ impl<S> Session<S> {
     }
 }
 
+/// What a backup-role key may lock the repository for: adding snapshots, copying them
+/// to mirrors, and browsing its own host's trees.
+const BACKUP_ROLE_COMMANDS: &[&str] = &["backup", "sync", "ls", "diff", "find", "versions"];
+
 impl Session<Open> {
     /// Opens the repository at `location`. `secret` is asked for only once a repository
     /// is known to be there, so that a wrong location fails before any prompt.
@@ -193,6 +197,11 @@ impl Session<Open> {
     /// Takes a lock of `kind` for `command`, as `how` says; a conflict fails with
     /// [`ErrorKind::Locked`]. A lock watched unchanged for the stale threshold is passed.
     pub fn lock(self, kind: LockKind, command: &str, how: Locking) -> Result<Session<Locked>> {
+        // A backup-role key adds snapshots and copies them; it reads no contents and
+        // removes nothing (§20).
+        if !BACKUP_ROLE_COMMANDS.contains(&command) {
+            self.repo.require_full(&format!("vault {command}"))?;
+        }
         let wait = match how {
             Locking::Skip => return Ok(self.without_lock()),
             Locking::Take { wait } => wait,

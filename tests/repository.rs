@@ -87,6 +87,59 @@ fn fixture_repository_v3_restores() {
     assert!(run(&["check", "--read-data"]).contains("no errors"));
 }
 
+/// The format-4 fixture (tests/fixtures/make-repo-v4.sh): a full key restores the
+/// server's snapshot and the one a backup-role key wrote; the backup-role key lists its
+/// own snapshot only, restores nothing, and backs up again into a copy; the forget
+/// record (an admin record) is believed.
+#[test]
+fn fixture_repository_v4_restores() {
+    let env = Env::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let repo = env.path("repo");
+    copy_tree(&fixtures.join("repo-v4"), &repo);
+    let run = |password: &str, args: &[&str]| {
+        let mut c = env.cmd();
+        c.env_remove("VAULT_PASSWORD")
+            .env("VAULT_PASSWORD_FILE", fixtures.join(password))
+            .args(args);
+        c.output().unwrap()
+    };
+    let full = |args: &[&str]| {
+        let out = run("repo-v4.password", args);
+        common::assert_ok(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for dir in ["server", "laptop"] {
+        let target = env.path(&format!("r-{dir}"));
+        let t = target.to_str().unwrap();
+        full(&["restore", "latest", "--tag", dir, "--target", t, "--verify"]);
+        common::assert_fixture_dir_restored(
+            "repo-v4.expected",
+            &target.join(format!("tmp/vault-fixture-v4/{dir}")),
+            dir,
+        );
+    }
+    let listed: serde_json::Value = serde_json::from_str(&full(&["--json", "snapshots"])).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "the forgotten one stays forgotten"
+    );
+    assert!(full(&["check", "--read-data"]).contains("no errors"));
+    let backup_key = |args: &[&str]| run("repo-v4.backup-password", args);
+    let own = backup_key(&["--json", "snapshots"]);
+    common::assert_ok(&own);
+    let own: serde_json::Value = serde_json::from_slice(&own.stdout).unwrap();
+    assert_eq!(own.as_array().unwrap().len(), 1);
+    assert_eq!(own[0]["host"], "laptop");
+    let t = env.path("never");
+    let refused = backup_key(&["restore", "latest", "--target", t.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(14));
+    let src = env.source_with_file(b"new data from the laptop");
+    common::assert_ok(&backup_key(&["backup", src.to_str().unwrap()]));
+    assert!(full(&["check", "--read-data"]).contains("no errors"));
+}
+
 fn repo_listing(env: &Env) -> Vec<std::path::PathBuf> {
     let mut v = walkdir(&env.repo());
     v.sort();

@@ -507,10 +507,19 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
     match k {
         KeyCommand::Add(a) => {
             let pw = password::new_password(
-                a.new_password_file.as_deref(),
+                a.key.new_password_file.as_deref(),
                 &format!("the new key of {loc}"),
             )?;
-            let id = repo.add_key(&pw, &a.label, default_log_n())?;
+            let id = match a.role {
+                super::KeyRole::Full => repo.add_key(&pw, &a.key.label, default_log_n())?,
+                super::KeyRole::Backup => {
+                    let host = a
+                        .host
+                        .clone()
+                        .unwrap_or_else(crate::repo::repository::hostname);
+                    repo.add_backup_key(&pw, &a.key.label, &host, default_log_n())?
+                }
+            };
             if g.json {
                 print_json(&json!({"key": id.to_hex()}))?;
             } else if !g.quiet {
@@ -544,7 +553,7 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
             })?;
         }
         KeyCommand::Export { raw: _ } => {
-            let v = serde_json::to_string_pretty(&repo.raw_key_export())?;
+            let v = serde_json::to_string_pretty(&repo.raw_key_export()?)?;
             println!("{v}");
         }
     }
@@ -557,21 +566,24 @@ fn key_list(g: &Global, repo: &Repository) -> Result<()> {
     for (id, r) in keys {
         let current = repo.key_id == Some(id);
         rows.push(match r {
-            Ok(p) => json!({"id": id.to_hex(), "current": current, "label": p.label, "host": p.host, "user": p.user, "created": p.created}),
-            Err(_) => json!({"id": id.to_hex(), "current": current, "label": null, "host": null, "user": null, "created": null}),
+            Ok(p) => {
+                let role = if p.role.is_empty() { "full" } else { p.role.as_str() };
+                json!({"id": id.to_hex(), "current": current, "label": p.label, "role": role, "host": p.host, "user": p.user, "created": p.created})
+            }
+            Err(_) => json!({"id": id.to_hex(), "current": current, "label": null, "role": null, "host": null, "user": null, "created": null}),
         });
     }
     if g.json {
         return print_json(&serde_json::Value::Array(rows));
     }
     println!(
-        "   {:<8}  {:<16}  {:<16}  {:<10}  Created",
-        "ID", "Label", "Host", "User"
+        "   {:<8}  {:<16}  {:<6}  {:<16}  {:<10}  Created",
+        "ID", "Label", "Role", "Host", "User"
     );
     for r in rows {
         let s = |k: &str| r[k].as_str().unwrap_or("(damaged)").to_string();
         println!(
-            "{}  {:<8}  {:<16}  {:<16}  {:<10}  {}",
+            "{}  {:<8}  {:<16}  {:<6}  {:<16}  {:<10}  {}",
             if r["current"] == json!(true) {
                 "*"
             } else {
@@ -579,6 +591,7 @@ fn key_list(g: &Global, repo: &Repository) -> Result<()> {
             },
             &s("id")[..8],
             s("label"),
+            s("role"),
             s("host"),
             s("user"),
             s("created")

@@ -308,11 +308,12 @@ pub struct InitArgs {
     /// Label of the first key
     #[arg(long, default_value = "initial")]
     pub label: String,
-    /// Repository format: 3 (prune beside backups), or 2 or 1 for a repository that older
-    /// vaults must read (1: no bundles; before 3, prune deletes at once under an
-    /// exclusive lock). `vault upgrade` raises it later
+    /// Repository format: 3 (prune beside backups), 4 (3 with roles: backup-only keys,
+    /// `vault key add --role backup`), or 2 or 1 for a repository that older vaults must
+    /// read (1: no bundles; before 3, prune deletes at once under an exclusive lock).
+    /// `vault upgrade` raises 1 and 2 to 3 later
     #[arg(long, default_value_t = crate::format::config::REPO_VERSION,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::format::config::REPO_VERSION)))]
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::format::config::NEWEST_VERSION)))]
     pub format_version: u32,
 }
 
@@ -472,7 +473,10 @@ pub enum KeyCommand {
     /// Add a key (a new password) that opens the repository.
     ///
     /// Example: VAULT_NEW_PASSWORD_FILE=pw vault key add --label laptop
-    Add(KeyAddArgs),
+    ///
+    /// With --role backup (a repository of format 4) the key adds snapshots as one
+    /// host but cannot read file contents, other hosts' snapshots, forget or prune.
+    Add(KeyNewArgs),
     /// List key files: id, label, host, created.
     List,
     /// Remove a key file (never the last one).
@@ -500,6 +504,25 @@ pub struct KeyAddArgs {
     /// Read the new password from this file
     #[arg(long, env = "VAULT_NEW_PASSWORD_FILE")]
     pub new_password_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct KeyNewArgs {
+    #[command(flatten)]
+    pub key: KeyAddArgs,
+    /// What the key may do: full (everything) or backup (add snapshots as one host;
+    /// needs a repository of format 4)
+    #[arg(long, value_enum, default_value_t = KeyRole::Full)]
+    pub role: KeyRole,
+    /// The host a backup-role key backs up as (default: this machine's name)
+    #[arg(long, requires = "role")]
+    pub host: Option<String>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyRole {
+    Full,
+    Backup,
 }
 
 #[derive(Args, Debug)]

@@ -6,7 +6,7 @@ use fastcdc::v2020::{Normalization, cut_gear, get_gear_with_seed, select_masks};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use super::config::{ChunkerParams, Gear};
-use super::crypto::{GearKey, MasterKey};
+use super::crypto::{ChunkerSecret, GearKey};
 use super::error::Result;
 
 /// A gear table `G` and its shifted twin `G_LS` (§16). Whoever holds them predicts every
@@ -79,10 +79,10 @@ impl Chunker {
     /// The chunker of a repository: its config picks the gear table, the master key
     /// keys it. Fails only on a gear value this vault does not know (which config
     /// validation already refuses).
-    pub fn new(p: &ChunkerParams, master: &MasterKey) -> Result<Chunker> {
+    pub fn new(p: &ChunkerParams, secret: &ChunkerSecret) -> Result<Chunker> {
         let tables = match p.gear()? {
-            Gear::XorSeed => GearTables::xor_seed(master.chunker_seed()),
-            Gear::PrfV2 => GearTables::prf(&master.gear_key()),
+            Gear::XorSeed => GearTables::xor_seed(secret.seed),
+            Gear::PrfV2 => GearTables::prf(&secret.gear),
         };
         Ok(Chunker::with_tables(p, tables))
     }
@@ -145,6 +145,7 @@ impl Chunker {
 mod tests {
     use super::*;
     use crate::format::config::GEAR_PRF_V2;
+    use crate::format::crypto::MasterKey;
 
     #[test]
     fn gear_tables_zeroize_on_drop() {
@@ -217,15 +218,15 @@ mod tests {
     fn the_config_selects_the_table() {
         let master = MasterKey::from_bytes([9; 32]);
         let data = noise(1 << 20);
-        let old = Chunker::new(&params(None), &master).unwrap();
-        let new = Chunker::new(&params(Some(GEAR_PRF_V2)), &master).unwrap();
+        let old = Chunker::new(&params(None), &master.chunker_secret()).unwrap();
+        let new = Chunker::new(&params(Some(GEAR_PRF_V2)), &master.chunker_secret()).unwrap();
         let p = params(None);
         let xor = Chunker::with_tables(&p, GearTables::xor_seed(master.chunker_seed()));
         let prf = Chunker::with_tables(&p, GearTables::prf(&master.gear_key()));
         assert_eq!(old.boundaries(&data), xor.boundaries(&data));
         assert_eq!(new.boundaries(&data), prf.boundaries(&data));
         assert_ne!(old.boundaries(&data), new.boundaries(&data));
-        assert!(Chunker::new(&params(Some("prf-v9")), &master).is_err());
+        assert!(Chunker::new(&params(Some("prf-v9")), &master.chunker_secret()).is_err());
     }
 
     /// The stream of the spec's chunking vectors: the first 1 MiB of the BLAKE3 XOF of
@@ -298,8 +299,10 @@ mod tests {
         }
 
         let data = vector_stream();
-        let old = Chunker::new(&params(None), &m).unwrap().boundaries(&data);
-        let new = Chunker::new(&params(Some(GEAR_PRF_V2)), &m)
+        let old = Chunker::new(&params(None), &m.chunker_secret())
+            .unwrap()
+            .boundaries(&data);
+        let new = Chunker::new(&params(Some(GEAR_PRF_V2)), &m.chunker_secret())
             .unwrap()
             .boundaries(&data);
         assert_eq!(old, VECTOR_XOR_ENDS);

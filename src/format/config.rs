@@ -12,6 +12,12 @@ use super::object::{self, Kind};
 /// older vaults can still read them; `vault upgrade` raises one with a format record.
 pub const REPO_VERSION: u32 = 3;
 const OLDEST_VERSION: u32 = 1;
+/// Version 4 adds roles (§20): backup-role keys, contents sealed to the repository's
+/// public key, trees and snapshots under host keys, admin tags. `init
+/// --format-version 4` writes it.
+pub const ROLES_VERSION: u32 = 4;
+/// The newest version this vault reads and writes.
+pub const NEWEST_VERSION: u32 = ROLES_VERSION;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkerParams {
@@ -103,7 +109,7 @@ pub fn is_repo_id(id: &str) -> bool {
 
 impl Config {
     pub fn validate(&self) -> Result<()> {
-        if !(OLDEST_VERSION..=REPO_VERSION).contains(&self.version) {
+        if !(OLDEST_VERSION..=NEWEST_VERSION).contains(&self.version) {
             return Err(FormatError::Version {
                 what: "repository",
                 version: self.version,

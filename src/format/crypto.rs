@@ -43,10 +43,25 @@ impl MasterKey {
     }
 
     pub fn derive(&self) -> Keys {
-        let enc = Zeroizing::new(blake3::derive_key(CTX_ENC, &self.0));
-        Keys {
-            cipher: Cipher::new(&enc),
-            id_key: blake3::derive_key(CTX_ID, &self.0),
+        Keys::from_parts(&self.enc_key(), &self.id_key())
+    }
+
+    /// The key that seals every object but blob contents, snapshots (format 4) and key
+    /// payloads; a backup-role key file carries it.
+    pub fn enc_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(CTX_ENC, &self.0))
+    }
+
+    /// The key of blob ids; a backup-role key file carries it to deduplicate.
+    pub fn id_key(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(blake3::derive_key(CTX_ID, &self.0))
+    }
+
+    /// The chunker's secrets, whichever gear table a config selects.
+    pub fn chunker_secret(&self) -> ChunkerSecret {
+        ChunkerSecret {
+            seed: self.chunker_seed(),
+            gear: self.gear_key(),
         }
     }
 
@@ -67,11 +82,22 @@ impl MasterKey {
     }
 }
 
+/// What keys a repository's chunker: the XOR seed and the PRF gear key (§16). Held
+/// by full keys (derived) and backup-role keys (stored), so both cut the same chunks.
+pub struct ChunkerSecret {
+    pub seed: u64,
+    pub gear: GearKey,
+}
+
 /// The 256-bit key whose keyed BLAKE3 gives each gear table entry. Whoever holds it
 /// can predict every chunk boundary, so it is wiped like the other keys.
 pub struct GearKey([u8; 32]);
 
 impl GearKey {
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        GearKey(b)
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
@@ -190,6 +216,9 @@ fn split_sealed(sealed: &[u8]) -> Result<(&[u8; NONCE_LEN], &[u8], &[u8; TAG_LEN
 pub struct Keys {
     pub cipher: Cipher,
     id_key: [u8; 32],
+    /// Format 4 (§20): the role keys; None in older repositories, whose every key
+    /// holder reads and writes everything with `cipher`.
+    roles: Option<std::sync::Arc<super::roles::RoleKeys>>,
 }
 
 /// The cipher wipes its own round keys (aes's "zeroize" feature); the id key is wiped
@@ -204,6 +233,30 @@ impl Drop for Keys {
 impl ZeroizeOnDrop for Keys {}
 
 impl Keys {
+    pub fn from_parts(enc: &[u8; 32], id_key: &[u8; 32]) -> Keys {
+        Keys {
+            cipher: Cipher::new(enc),
+            id_key: *id_key,
+            roles: None,
+        }
+    }
+
+    /// These keys with the role keys of a format 4 repository.
+    pub fn with_roles(mut self, roles: super::roles::RoleKeys) -> Keys {
+        self.roles = Some(std::sync::Arc::new(roles));
+        self
+    }
+
+    pub fn roles(&self) -> Option<&super::roles::RoleKeys> {
+        self.roles.as_deref()
+    }
+
+    /// Whether these keys read and write everything: any key below format 4, a full
+    /// key in format 4.
+    pub fn is_full(&self) -> bool {
+        self.roles().is_none_or(|r| r.is_full())
+    }
+
     /// The id of a blob: keyed BLAKE3 over its type byte and plaintext, so the storage
     /// provider never sees a plain content hash and a tree can never pose as data.
     pub fn blob_id(&self, blob_type: u8, plaintext: &[u8]) -> Id {

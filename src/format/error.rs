@@ -16,6 +16,13 @@ pub enum FormatError {
     Checksum,
     #[error("blob content does not match its id")]
     HashMismatch,
+    /// A backup-role key met what only a full key (or another host's key) opens.
+    #[error("a backup-role key cannot read {0}: that needs a full key")]
+    NotPermitted(&'static str),
+    /// A record that only a full key may write (forget, prune, mirror, format) carries
+    /// no valid authentication by one: written by a backup-role key, or forged.
+    #[error("not authenticated by a full key (written by a backup-role key, or forged)")]
+    Unauthenticated,
 }
 
 impl FormatError {

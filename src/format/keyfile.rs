@@ -13,6 +13,9 @@ use super::crypto::{Cipher, MasterKey, fill_random};
 use super::error::{FormatError, Result};
 
 pub const KEYFILE_VERSION: u32 = 1;
+/// Key files of backup-role keys (format 4, §20): older vaults refuse them by version
+/// rather than misread a payload without a master key.
+pub const KEYFILE_VERSION_ROLES: u32 = 2;
 /// The floor the format promises: N = 2^15, r = 8, p = 1.
 pub const MIN_LOG_N: u8 = 15;
 /// 2^20 with r = 8 needs 1 GiB of memory; beyond that opening would fail on small machines.
@@ -50,6 +53,9 @@ pub struct KeyMeta {
     pub host: String,
     pub user: String,
     pub created: String,
+    /// "backup" for a backup-role key; empty for a full key.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
 }
 
 /// Associated data of the sealed metadata.
@@ -58,11 +64,103 @@ pub const META_AAD: &[u8] = b"vault key meta v1";
 /// What a key file protects.
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub struct KeyPayload {
+    /// The master key, base64; empty in a backup-role key.
     pub master_key: String,
     pub label: String,
     pub host: String,
     pub user: String,
     pub created: String,
+    /// What a backup-role key holds instead of the master key (§20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupPayload>,
+}
+
+/// The keys of a backup-role key, base64: enough to deduplicate, chunk as every host
+/// does, seal contents to the repository's public key and read its own host's trees
+/// and snapshots; nothing that opens file contents, other hosts' trees, or makes an
+/// admin tag.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct BackupPayload {
+    pub enc_key: String,
+    pub id_key: String,
+    pub chunker_seed: u64,
+    pub gear_key: String,
+    pub public: String,
+    /// The host this key writes trees and snapshots as.
+    pub host: String,
+    pub host_id: String,
+    pub host_key: String,
+}
+
+impl Drop for BackupPayload {
+    fn drop(&mut self) {
+        self.enc_key.zeroize();
+        self.id_key.zeroize();
+        self.chunker_seed.zeroize();
+        self.gear_key.zeroize();
+        self.host_key.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for BackupPayload {}
+
+fn bytes32(what: &'static str, b64: &str) -> Result<Zeroizing<[u8; 32]>> {
+    let raw = Zeroizing::new(
+        B64.decode(b64)
+            .map_err(|e| FormatError::malformed(what, e))?,
+    );
+    let mut arr = Zeroizing::new([0u8; 32]);
+    if raw.len() != arr.len() {
+        return Err(FormatError::malformed(what, "not 32 bytes"));
+    }
+    arr.copy_from_slice(&raw);
+    Ok(arr)
+}
+
+impl BackupPayload {
+    /// A backup-role payload for host `host`, from the master key.
+    pub fn derive(master: &MasterKey, host: &str) -> BackupPayload {
+        let own = super::roles::derive_host_key(master, host);
+        BackupPayload {
+            enc_key: B64.encode(*master.enc_key()),
+            id_key: B64.encode(*master.id_key()),
+            chunker_seed: master.chunker_seed(),
+            gear_key: B64.encode(master.gear_key().as_bytes()),
+            public: B64.encode(super::roles::public_key(master)),
+            host: host.to_string(),
+            host_id: B64.encode(own.id),
+            host_key: B64.encode(own.key_bytes()),
+        }
+    }
+
+    /// The working keys this payload gives (without the role keys, which need the
+    /// config's format).
+    pub fn keys(&self) -> Result<super::crypto::Keys> {
+        let enc = bytes32("backup key payload", &self.enc_key)?;
+        let id = bytes32("backup key payload", &self.id_key)?;
+        Ok(super::crypto::Keys::from_parts(&enc, &id))
+    }
+
+    pub fn role_keys(&self) -> Result<super::roles::RoleKeys> {
+        let public = bytes32("backup key payload", &self.public)?;
+        let key = bytes32("backup key payload", &self.host_key)?;
+        let raw = B64
+            .decode(&self.host_id)
+            .map_err(|e| FormatError::malformed("backup key payload", e))?;
+        let id = raw
+            .try_into()
+            .map_err(|_| FormatError::malformed("backup key payload", "host id length"))?;
+        let own = super::roles::HostKey::new(id, *key);
+        Ok(super::roles::RoleKeys::backup(*public, own))
+    }
+
+    pub fn chunker_secret(&self) -> Result<super::crypto::ChunkerSecret> {
+        let gear = bytes32("backup key payload", &self.gear_key)?;
+        Ok(super::crypto::ChunkerSecret {
+            seed: self.chunker_seed,
+            gear: super::crypto::GearKey::from_bytes(*gear),
+        })
+    }
 }
 
 impl KeyPayload {
@@ -156,12 +254,16 @@ pub fn calibrate_log_n(target: Duration) -> u8 {
 
 impl KeyFile {
     pub fn create(password: &[u8], log_n: u8, payload: &KeyPayload) -> Result<KeyFile> {
-        let repo_keys = payload.master()?.derive();
+        let (repo_keys, role) = match &payload.backup {
+            Some(b) => (b.keys()?, "backup"),
+            None => (payload.master()?.derive(), ""),
+        };
         let meta = KeyMeta {
             label: payload.label.clone(),
             host: payload.host.clone(),
             user: payload.user.clone(),
             created: payload.created.clone(),
+            role: role.into(),
         };
         let meta = serde_json::to_vec(&meta).map_err(|e| FormatError::malformed("key meta", e))?;
         let mut salt = [0u8; 32];
@@ -178,7 +280,11 @@ impl KeyFile {
             serde_json::to_vec(payload).map_err(|e| FormatError::malformed("key payload", e))?,
         );
         Ok(KeyFile {
-            version: KEYFILE_VERSION,
+            version: if payload.backup.is_some() {
+                KEYFILE_VERSION_ROLES
+            } else {
+                KEYFILE_VERSION
+            },
             kdf,
             sealed: B64.encode(cipher.seal(AAD, &body)),
             meta: B64.encode(repo_keys.cipher.seal(META_AAD, &meta)),
@@ -188,7 +294,7 @@ impl KeyFile {
     pub fn parse(bytes: &[u8]) -> Result<KeyFile> {
         let kf: KeyFile =
             serde_json::from_slice(bytes).map_err(|e| FormatError::malformed("key file", e))?;
-        if kf.version != KEYFILE_VERSION {
+        if kf.version != KEYFILE_VERSION && kf.version != KEYFILE_VERSION_ROLES {
             return Err(FormatError::Version {
                 what: "key file",
                 version: kf.version,
@@ -251,6 +357,7 @@ mod tests {
             host: "h".into(),
             user: "u".into(),
             created: "now".into(),
+            backup: None,
         };
         let kf = KeyFile::create(b"pw", MIN_LOG_N, &payload).unwrap();
         let parsed = KeyFile::parse(&kf.to_bytes()).unwrap();
@@ -270,6 +377,7 @@ mod tests {
                 host: String::new(),
                 user: String::new(),
                 created: String::new(),
+                backup: None,
             },
         )
         .unwrap();

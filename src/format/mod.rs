@@ -14,6 +14,7 @@ pub mod mirror;
 pub mod object;
 pub mod pack;
 pub mod prune;
+pub mod roles;
 pub mod snapshot;
 pub mod tree;
 

@@ -8,8 +8,13 @@
 
 use super::crypto::Keys;
 use super::error::{FormatError, Result};
+use super::roles::{self, ADMIN_TAG_LEN, Sealing};
 
 pub const OBJECT_VERSION: u8 = 1;
+/// Format 4 (§20): sealed under the writer's host key, after its sealed host id.
+pub const OBJECT_HOST: u8 = 2;
+/// Format 4 (§20): an admin tag follows, made with a key only full keys hold.
+pub const OBJECT_ADMIN: u8 = 3;
 const COMPRESS_NONE: u8 = 0;
 const COMPRESS_ZSTD: u8 = 1;
 const CHECKSUM_LEN: usize = 32;
@@ -32,6 +37,15 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Kinds only a full key may write in format 4: their records decide what is
+    /// forgotten, deleted, mirrored or how the repository is read.
+    pub fn admin_only(self) -> bool {
+        matches!(
+            self,
+            Kind::Forget | Kind::Mark | Kind::Deletion | Kind::Format | Kind::Mirror | Kind::Export
+        )
+    }
+
     fn aad(self) -> &'static [u8] {
         match self {
             Kind::Config => b"vault object v1 config",
@@ -57,39 +71,106 @@ pub fn compress(body: &[u8], level: i32) -> (u8, Vec<u8>) {
     }
 }
 
-pub fn seal(keys: &Keys, kind: Kind, body: &[u8]) -> Vec<u8> {
+fn payload(body: &[u8]) -> Vec<u8> {
     let (flag, data) = compress(body, 3);
     let mut payload = Vec::with_capacity(data.len() + 1);
     payload.push(flag);
     payload.extend_from_slice(&data);
+    payload
+}
+
+/// Seals an object as its kind and the repository's format ask: snapshots under the
+/// host key and admin-only kinds with an admin tag in format 4 (§20).
+pub fn seal(keys: &Keys, kind: Kind, body: &[u8]) -> Vec<u8> {
+    match keys.roles() {
+        Some(r) if kind == Kind::Snapshot => {
+            let mut out = vec![OBJECT_HOST];
+            roles::start_unit(keys, r, Sealing::Host, &mut out).seal_into(
+                kind.aad(),
+                &payload(body),
+                &mut out,
+            );
+            out
+        }
+        Some(_) if kind.admin_only() => seal_admin(keys, kind, body),
+        _ => seal_plain(keys, kind, body),
+    }
+}
+
+fn seal_plain(keys: &Keys, kind: Kind, body: &[u8]) -> Vec<u8> {
     let mut out = vec![OBJECT_VERSION];
-    keys.cipher.seal_into(kind.aad(), &payload, &mut out);
+    keys.cipher.seal_into(kind.aad(), &payload(body), &mut out);
     out
 }
 
+/// Seals with an admin tag in format 4; a backup-role key cannot make one and seals
+/// plainly, which full keys then refuse to believe.
+pub fn seal_admin(keys: &Keys, kind: Kind, body: &[u8]) -> Vec<u8> {
+    let Some(r) = keys.roles() else {
+        return seal_plain(keys, kind, body);
+    };
+    let mut out = vec![OBJECT_ADMIN];
+    keys.cipher.seal_into(kind.aad(), &payload(body), &mut out);
+    match r.admin_tag(&out) {
+        Some(tag) => {
+            out.extend_from_slice(&tag);
+            out
+        }
+        None => seal_plain(keys, kind, body),
+    }
+}
+
+/// Opens an object; in format 4 an admin-only kind must carry a valid admin tag.
 pub fn open(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<Vec<u8>> {
-    let sealed = sealed_part(stored)?;
-    unpack(&keys.cipher.open(kind.aad(), sealed)?)
+    let (body, authenticated) = open_authenticated(keys, kind, stored)?;
+    if kind.admin_only() && !authenticated {
+        return Err(FormatError::Unauthenticated);
+    }
+    Ok(body)
+}
+
+/// Opens an object and says whether a full key vouches for it: any object below
+/// format 4, one with a valid admin tag in format 4 (index files that supersede others
+/// need it, §20).
+pub fn open_authenticated(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<(Vec<u8>, bool)> {
+    let (&version, rest) = stored
+        .split_first()
+        .ok_or(FormatError::Truncated("empty object"))?;
+    match (version, keys.roles()) {
+        (OBJECT_VERSION, r) => {
+            let body = unpack(&keys.cipher.open(kind.aad(), rest)?)?;
+            Ok((body, r.is_none_or(|r| !r.requires_admin())))
+        }
+        (OBJECT_HOST, Some(_)) => {
+            let (cipher, at) = roles::open_unit(keys, Sealing::Host, rest)?;
+            Ok((unpack(&cipher.open(kind.aad(), &rest[at..])?)?, false))
+        }
+        (OBJECT_ADMIN, Some(r)) => {
+            let at = stored
+                .len()
+                .checked_sub(ADMIN_TAG_LEN)
+                .filter(|&at| at > 1)
+                .ok_or(FormatError::Truncated("admin tag"))?;
+            r.check_admin_tag(&stored[..at], &stored[at..])?;
+            Ok((
+                unpack(&keys.cipher.open(kind.aad(), &stored[1..at])?)?,
+                true,
+            ))
+        }
+        _ => Err(FormatError::Version {
+            what: "object",
+            version: version.into(),
+        }),
+    }
 }
 
 /// [`open`] for bytes the caller gives up: they are decrypted where they lie.
 pub fn open_owned(keys: &Keys, kind: Kind, mut stored: Vec<u8>) -> Result<Vec<u8>> {
-    sealed_part(&stored)?;
-    unpack(keys.cipher.open_in_place(kind.aad(), &mut stored[1..])?)
-}
-
-/// An object's sealed bytes, after its version byte.
-fn sealed_part(stored: &[u8]) -> Result<&[u8]> {
-    let (&version, sealed) = stored
-        .split_first()
-        .ok_or(FormatError::Truncated("empty object"))?;
-    if version != OBJECT_VERSION {
-        return Err(FormatError::Version {
-            what: "object",
-            version: version.into(),
-        });
+    let admin_checked = kind.admin_only() && keys.roles().is_some();
+    if stored.first() != Some(&OBJECT_VERSION) || admin_checked {
+        return open(keys, kind, &stored);
     }
-    Ok(sealed)
+    unpack(keys.cipher.open_in_place(kind.aad(), &mut stored[1..])?)
 }
 
 /// An opened object's body, from its payload: a compression flag, then the bytes.

@@ -9,6 +9,7 @@ use super::crypto::{Keys, OVERHEAD};
 use super::error::{FormatError, Result};
 use super::id::Id;
 use super::object;
+use super::roles::{self, Sealing};
 
 pub const PACK_MAGIC: &[u8; 4] = b"vpk1";
 pub const TRAILER_LEN: usize = 8;
@@ -17,6 +18,10 @@ pub const HEADER_ENTRY_LEN: usize = 42;
 pub const FLAG_ZSTD: u8 = 1;
 /// The blob is a member of a bundle (repository version 2).
 pub const FLAG_BUNDLE: u8 = 2;
+/// The unit is sealed to the repository's public key (format 4, §20).
+pub const FLAG_PUBLIC: u8 = 4;
+/// The unit is sealed under its host's key (format 4, §20).
+pub const FLAG_HOST: u8 = 8;
 const HEADER_AAD: &[u8] = b"vault pack header v1";
 const BUNDLE_AAD: &[u8] = b"vault bundle v1";
 /// Readers refuse bundles that would open to more than this (writers make ~1 MiB ones).
@@ -98,12 +103,17 @@ pub fn seal_blob(keys: &Keys, blob_type: BlobType, id: Id, data: &[u8], level: i
         Some(c) => (FLAG_ZSTD, c.as_slice()),
         None => (0, data),
     };
-    let mut bytes = Vec::with_capacity(payload.len() + OVERHEAD);
-    keys.cipher
-        .seal_into(&blob_aad(blob_type, &id), payload, &mut bytes);
+    let mut bytes = Vec::with_capacity(payload.len() + OVERHEAD + roles::EPK_PREFIX_LEN);
+    let sealing = seal_unit(
+        keys,
+        blob_type,
+        &blob_aad(blob_type, &id),
+        payload,
+        &mut bytes,
+    );
     SealedBlob {
         blob_type,
-        flags,
+        flags: flags | sealing,
         id,
         raw_len: u32::try_from(data.len()).expect("blobs are smaller than 4 GiB"),
         bytes,
@@ -153,9 +163,8 @@ pub fn seal_bundle(
         Some(c) => (FLAG_BUNDLE | FLAG_ZSTD, c.as_slice()),
         None => (FLAG_BUNDLE, plain.as_slice()),
     };
-    let mut bytes = Vec::with_capacity(payload.len() + OVERHEAD);
-    keys.cipher
-        .seal_into(&bundle_aad(blob_type), payload, &mut bytes);
+    let mut bytes = Vec::with_capacity(payload.len() + OVERHEAD + roles::EPK_PREFIX_LEN);
+    let sealing = seal_unit(keys, blob_type, &bundle_aad(blob_type), payload, &mut bytes);
     let members = blobs
         .iter()
         .map(|(id, d)| {
@@ -167,9 +176,67 @@ pub fn seal_bundle(
         .collect();
     SealedBundle {
         blob_type,
-        flags,
+        flags: flags | sealing,
         members,
         bytes,
+    }
+}
+
+/// Seals one unit's payload into `out` as the repository's format asks; returns the
+/// flags that say how (none below format 4, §20).
+fn seal_unit(
+    keys: &Keys,
+    blob_type: BlobType,
+    aad: &[u8],
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> u8 {
+    let Some(r) = keys.roles() else {
+        keys.cipher.seal_into(aad, payload, out);
+        return 0;
+    };
+    let (how, flag) = match blob_type {
+        BlobType::Data => (Sealing::Public, FLAG_PUBLIC),
+        BlobType::Tree => (Sealing::Host, FLAG_HOST),
+    };
+    roles::start_unit(keys, r, how, out).seal_into(aad, payload, out);
+    flag
+}
+
+/// How a unit with `flags` is sealed: None for the shared key.
+fn sealing(flags: u8) -> Result<Option<Sealing>> {
+    match (flags & FLAG_PUBLIC != 0, flags & FLAG_HOST != 0) {
+        (false, false) => Ok(None),
+        (true, false) => Ok(Some(Sealing::Public)),
+        (false, true) => Ok(Some(Sealing::Host)),
+        (true, true) => Err(FormatError::malformed("blob flags", flags)),
+    }
+}
+
+/// Opens a unit's sealed payload.
+fn open_unit(keys: &Keys, flags: u8, aad: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
+    match sealing(flags)? {
+        None => keys.cipher.open(aad, stored),
+        Some(how) => {
+            let (cipher, at) = roles::open_unit(keys, how, stored)?;
+            cipher.open(aad, &stored[at..])
+        }
+    }
+}
+
+/// [`open_unit`] where the unit lies; returns its plaintext within `stored`.
+fn open_unit_in_place<'b>(
+    keys: &Keys,
+    flags: u8,
+    aad: &[u8],
+    stored: &'b mut [u8],
+) -> Result<&'b mut [u8]> {
+    match sealing(flags)? {
+        None => keys.cipher.open_in_place(aad, stored),
+        Some(how) => {
+            let (cipher, at) = roles::open_unit(keys, how, stored)?;
+            cipher.open_in_place(aad, &mut stored[at..])
+        }
     }
 }
 
@@ -224,9 +291,12 @@ pub fn open_blob(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8
         let bundle = open_bundle(keys, entry, stored)?;
         return Ok(member(keys, entry, &bundle)?.to_vec());
     }
-    let payload = keys
-        .cipher
-        .open(&blob_aad(entry.blob_type, &entry.id), stored)?;
+    let payload = open_unit(
+        keys,
+        entry.flags,
+        &blob_aad(entry.blob_type, &entry.id),
+        stored,
+    )?;
     plaintext(keys, entry, Cow::Owned(payload))
 }
 
@@ -236,9 +306,8 @@ pub fn open_blob_owned(keys: &Keys, entry: &BlobEntry, mut stored: Vec<u8>) -> R
     if entry.bundled() {
         return open_blob(keys, entry, &stored);
     }
-    let payload = keys
-        .cipher
-        .open_in_place(&blob_aad(entry.blob_type, &entry.id), &mut stored)?;
+    let aad = blob_aad(entry.blob_type, &entry.id);
+    let payload = open_unit_in_place(keys, entry.flags, &aad, &mut stored)?;
     plaintext(keys, entry, Cow::Borrowed(&*payload))
 }
 
@@ -255,7 +324,7 @@ fn plaintext(keys: &Keys, entry: &BlobEntry, payload: Cow<'_, [u8]>) -> Result<V
 
 /// The whole plaintext of the bundle that holds `entry`.
 fn open_bundle(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
-    let payload = keys.cipher.open(&bundle_aad(entry.blob_type), stored)?;
+    let payload = open_unit(keys, entry.flags, &bundle_aad(entry.blob_type), stored)?;
     if entry.flags & FLAG_ZSTD != 0 {
         object::decompress(&payload, MAX_BUNDLE)
     } else if payload.len() > MAX_BUNDLE {

@@ -383,17 +383,17 @@ pub(super) fn pack_usage(repo: &Repository, used: &HashSet<Id>) -> Result<HashMa
         .list_sized(FileKind::Data)?
         .into_iter()
         .collect();
-    let mut all: Vec<PackBlobs> = repo
-        .index_files()?
-        .into_iter()
-        .flat_map(|(_, f)| f.packs)
-        .collect();
-    all.extend(index.unindexed.iter().cloned());
-    let mut packs: HashMap<Id, PackUse> = HashMap::new();
-    for p in all {
-        if packs.contains_key(&p.pack) {
-            continue;
+    let mut listed: HashMap<Id, PackBlobs> = HashMap::new();
+    for (_, f) in repo.index_files()? {
+        for p in f.packs {
+            crate::format::index::merge_listing(&mut listed, p);
         }
+    }
+    for p in &index.unindexed {
+        listed.entry(p.pack).or_insert_with(|| p.clone());
+    }
+    let mut packs: HashMap<Id, PackUse> = HashMap::new();
+    for p in listed.into_values() {
         // A pack a prune deleted that an index file written meanwhile still lists
         // (a backup listing the packs it uploaded) is gone on purpose: the next index
         // rewrite drops it.

@@ -453,10 +453,11 @@ fn delete_packs(
     Ok(())
 }
 
+/// Adds the packs of `f` that stay to `keep`, merged with other files' listings.
 fn keep_packs(keep: &mut HashMap<Id, PackBlobs>, f: IndexFile, gone: &HashSet<&Id>) {
     for p in f.packs {
         if !gone.contains(&p.pack) {
-            keep.entry(p.pack).or_insert(p);
+            crate::format::index::merge_listing(keep, p);
         }
     }
 }

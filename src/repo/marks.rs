@@ -12,7 +12,7 @@ use anyhow::{Result, anyhow};
 use super::backend::{Backend, FileKind, is_not_found, is_storage_error};
 use super::repository::{Named, Repository, now_rfc3339};
 use crate::format::Id;
-use crate::format::config::REPO_VERSION;
+use crate::format::config::{NEWEST_VERSION, REPO_VERSION};
 use crate::format::crypto::Keys;
 use crate::format::prune::{
     DeletionRecord, FormatRecord, MarkRecord, RECORD_VERSION, RevivalRecord, Revived,
@@ -123,19 +123,13 @@ impl Repository {
         Ok(out)
     }
 
-    fn save_record(&self, kind: FileKind, bytes: Vec<u8>) -> Result<Id> {
-        let id = Id::of_stored(&bytes);
-        self.backend.write(&kind.path(&id), bytes)?;
-        Ok(id)
-    }
-
     pub fn save_mark(&self, packs: Vec<Id>) -> Result<Id> {
         let r = MarkRecord {
             version: RECORD_VERSION,
             time: now_rfc3339(),
             packs,
         };
-        self.save_record(FileKind::Mark, r.seal(&self.keys))
+        self.save_sealed(FileKind::Mark, r.seal(&self.keys))
     }
 
     pub fn save_revival(&self, revived: Vec<Revived>) -> Result<Id> {
@@ -144,7 +138,7 @@ impl Repository {
             time: now_rfc3339(),
             revived,
         };
-        self.save_record(FileKind::Revival, r.seal(&self.keys))
+        self.save_sealed(FileKind::Revival, r.seal(&self.keys))
     }
 
     pub fn save_deletion(&self, packs: Vec<Id>) -> Result<Id> {
@@ -153,7 +147,7 @@ impl Repository {
             time: now_rfc3339(),
             packs,
         };
-        self.save_record(FileKind::Deletion, r.seal(&self.keys))
+        self.save_sealed(FileKind::Deletion, r.seal(&self.keys))
     }
 
     /// Raises the repository to this vault's format version with a format record;
@@ -168,7 +162,7 @@ impl Repository {
             time: now_rfc3339(),
             features: vec!["two-phase-prune".into()],
         };
-        self.save_record(FileKind::Format, r.seal(&self.keys))?;
+        self.save_sealed(FileKind::Format, r.seal(&self.keys))?;
         let old = self.format;
         self.format = REPO_VERSION;
         Ok(Some(old))
@@ -193,9 +187,9 @@ pub(super) fn format_version(backend: &Backend, keys: &Keys, config_version: u32
             version = version.max(r.version);
         }
     }
-    if version > REPO_VERSION {
+    if version > NEWEST_VERSION {
         return Err(anyhow!(
-            "repository format {version} is newer than this vault knows ({REPO_VERSION}): use a newer vault"
+            "repository format {version} is newer than this vault knows ({NEWEST_VERSION}): use a newer vault"
         ));
     }
     Ok(version)

@@ -148,10 +148,19 @@ impl Default for InitOptions {
     }
 }
 
+/// What the key that opened a repository holds.
+#[derive(Clone)]
+pub enum Access {
+    /// The master key: everything.
+    Full(MasterKey),
+    /// A backup-role key (format 4, §20).
+    Backup(Box<keyfile::BackupPayload>),
+}
+
 pub struct Repository {
     pub backend: Backend,
     pub keys: Keys,
-    master: MasterKey,
+    access: Access,
     pub config: Config,
     /// The format version: the config's, or higher after `vault upgrade` (§18).
     pub format: u32,
@@ -229,7 +238,23 @@ fn new_payload(master: &MasterKey, label: &str) -> KeyPayload {
         host: hostname(),
         user: username(),
         created: now_rfc3339(),
+        backup: None,
     }
+}
+
+/// The working keys for `access` in a repository of `format`: with the role keys from
+/// format 4 on (§20), a full key writing trees and snapshots as this machine's host.
+fn role_keys(keys: Keys, access: &Access, format: u32) -> Result<Keys> {
+    if format < crate::format::config::ROLES_VERSION {
+        return match access {
+            Access::Full(_) => Ok(keys),
+            Access::Backup(_) => bail!("a backup-role key in a repository of format {format}"),
+        };
+    }
+    Ok(keys.with_roles(match access {
+        Access::Full(m) => crate::format::roles::RoleKeys::full(m, &hostname()),
+        Access::Backup(b) => b.role_keys()?,
+    }))
 }
 
 impl Repository {
@@ -250,7 +275,8 @@ impl Repository {
             .validate()
             .map_err(|e| VaultError::Usage(format!("init: {e}")))?;
         let master = MasterKey::generate();
-        let keys = master.derive();
+        let access = Access::Full(master.clone());
+        let keys = role_keys(master.derive(), &access, config.version)?;
         backend.create_layout()?;
         let kf = KeyFile::create(password, opts.kdf_log_n, &new_payload(&master, &opts.label))?;
         let kbytes = kf.to_bytes();
@@ -262,7 +288,7 @@ impl Repository {
         Ok(Repository {
             backend,
             keys,
-            master,
+            access,
             format: config.version,
             config,
             key_id: Some(key_id),
@@ -290,14 +316,17 @@ impl Repository {
             }
             Err(e) => return Err(e.context("reading the repository config")),
         };
-        let (master, key_id) = match secret {
-            Secret::Master(m) => (m.clone(), None),
+        let (access, key_id) = match secret {
+            Secret::Master(m) => (Access::Full(m.clone()), None),
             Secret::Password(pw) => {
-                let (m, id) = unlock_with_password(&backend, pw)?;
-                (m, Some(id))
+                let (a, id) = unlock_with_password(&backend, pw)?;
+                (a, Some(id))
             }
         };
-        let keys = master.derive();
+        let keys = match &access {
+            Access::Full(m) => m.derive(),
+            Access::Backup(b) => b.keys()?,
+        };
         let config = match Config::open(&keys, &cfg_bytes) {
             Ok(c) => c,
             Err(FormatError::BadMac) if key_id.is_none() => {
@@ -309,11 +338,12 @@ impl Repository {
             Err(e) => return Err(anyhow!(e).context(format!("{loc}/config is damaged"))),
         };
         let cache = Cache::for_repo(&config.id);
+        let keys = role_keys(keys, &access, config.version)?;
         let format = super::marks::format_version(&backend, &keys, config.version)?;
         Ok(Repository {
             backend,
             keys,
-            master,
+            access,
             format,
             config,
             key_id,
@@ -333,14 +363,67 @@ impl Repository {
         self.backend.location()
     }
 
-    pub fn master_key(&self) -> &MasterKey {
-        &self.master
+    /// The master key; a backup-role key has none, and may not do what needs it.
+    pub fn master_key(&self) -> Result<&MasterKey> {
+        match &self.access {
+            Access::Full(m) => Ok(m),
+            Access::Backup(_) => {
+                Err(VaultError::NotPermitted("this needs the master key".into()).into())
+            }
+        }
+    }
+
+    /// Refuses `what` to a backup-role key (§20).
+    pub fn require_full(&self, what: &str) -> Result<()> {
+        match &self.access {
+            Access::Full(_) => Ok(()),
+            Access::Backup(_) => Err(VaultError::NotPermitted(what.to_string()).into()),
+        }
+    }
+
+    /// Writes trees and snapshots as `host` from now on: a full key may write as any
+    /// host; a backup-role key only as its own (§20).
+    pub fn write_as(&mut self, host: &str) -> Result<()> {
+        let Some(roles) = self.keys.roles() else {
+            return Ok(());
+        };
+        match &self.access {
+            Access::Full(m) => {
+                if roles.own_host().id != crate::format::roles::derive_host_key(m, host).id {
+                    let base = m.derive();
+                    self.keys = base.with_roles(crate::format::roles::RoleKeys::full(m, host));
+                }
+                Ok(())
+            }
+            Access::Backup(b) if b.host == host => Ok(()),
+            Access::Backup(b) => Err(VaultError::NotPermitted(format!(
+                "backing up as host {host:?} (this key writes as {:?})",
+                b.host
+            ))
+            .into()),
+        }
+    }
+
+    /// The host a backup-role key writes as; None for a full key.
+    pub fn backup_host(&self) -> Option<&str> {
+        match &self.access {
+            Access::Full(_) => None,
+            Access::Backup(b) => Some(&b.host),
+        }
+    }
+
+    /// The chunker's secrets, from the master key or a backup-role key's payload.
+    pub fn chunker_secret(&self) -> Result<crate::format::crypto::ChunkerSecret> {
+        match &self.access {
+            Access::Full(m) => Ok(m.chunker_secret()),
+            Access::Backup(b) => Ok(b.chunker_secret()?),
+        }
     }
 
     // ---- keys ----
 
     pub fn add_key(&self, password: &[u8], label: &str, log_n: u8) -> Result<Id> {
-        let kf = KeyFile::create(password, log_n, &new_payload(&self.master, label))?;
+        let kf = KeyFile::create(password, log_n, &new_payload(self.master_key()?, label))?;
         let bytes = kf.to_bytes();
         let id = Id::of_stored(&bytes);
         self.backend.write(&FileKind::Key.path(&id), bytes)?;
@@ -363,6 +446,7 @@ impl Repository {
     }
 
     pub fn remove_key(&self, id: &Id) -> Result<()> {
+        self.require_full("removing a key")?;
         let keys = self.backend.list(FileKind::Key)?;
         if !keys.contains(id) {
             let msg = format!("key {} not found", id.short());
@@ -408,12 +492,41 @@ impl Repository {
         Ok((id, old))
     }
 
-    pub fn raw_key_export(&self) -> RawKeyFile {
-        RawKeyFile {
+    pub fn raw_key_export(&self) -> Result<RawKeyFile> {
+        Ok(RawKeyFile {
             vault_raw_key: 1,
             repository: self.config.id.clone(),
-            master_key: keyfile::encode_master(&self.master),
+            master_key: keyfile::encode_master(self.master_key()?),
+        })
+    }
+
+    /// Adds a backup-role key for `host` (§20): it holds no master key.
+    pub fn add_backup_key(
+        &self,
+        password: &[u8],
+        label: &str,
+        host: &str,
+        log_n: u8,
+    ) -> Result<Id> {
+        if self.config.version < crate::format::config::ROLES_VERSION {
+            return Err(VaultError::Usage(format!(
+                "a backup-role key needs a repository of format {} (this one is {}): \
+                 init a new one with --format-version {}",
+                crate::format::config::ROLES_VERSION,
+                self.config.version,
+                crate::format::config::ROLES_VERSION
+            ))
+            .into());
         }
+        let master = self.master_key()?;
+        let mut payload = new_payload(master, label);
+        payload.master_key.clear();
+        payload.host = host.to_string();
+        payload.backup = Some(keyfile::BackupPayload::derive(master, host));
+        let bytes = KeyFile::create(password, log_n, &payload)?.to_bytes();
+        let id = Id::of_stored(&bytes);
+        self.backend.write(&FileKind::Key.path(&id), bytes)?;
+        Ok(id)
     }
 
     // ---- index ----
@@ -699,7 +812,11 @@ impl Repository {
         open: impl Fn(Vec<u8>) -> std::result::Result<T, FormatError>,
     ) -> Result<T> {
         let damaged = |e: FormatError| {
-            anyhow!(e).context(format!("{} {} is damaged", named.what, id.short()))
+            let state = match e {
+                FormatError::NotPermitted(_) => "",
+                _ => " is damaged",
+            };
+            anyhow!(e).context(format!("{} {}{state}", named.what, id.short()))
         };
         match self.read_named(named, id, stored_len) {
             Ok(bytes) => open(bytes).map_err(damaged),
@@ -926,7 +1043,23 @@ impl Repository {
         Ok(out)
     }
 
-    fn save_sealed(&self, kind: FileKind, bytes: Vec<u8>) -> Result<Id> {
+    /// Writes a sealed record under its hash. Records that decide what is forgotten,
+    /// deleted, mirrored or exported are a full key's alone (§20).
+    pub(crate) fn save_sealed(&self, kind: FileKind, bytes: Vec<u8>) -> Result<Id> {
+        if matches!(
+            kind,
+            FileKind::Mirror
+                | FileKind::Forget
+                | FileKind::Export
+                | FileKind::Mark
+                | FileKind::Deletion
+                | FileKind::Format
+        ) {
+            self.require_full(&format!(
+                "writing a {} record",
+                kind.dir().trim_end_matches('/')
+            ))?;
+        }
         let id = Id::of_stored(&bytes);
         self.backend.write(&kind.path(&id), bytes)?;
         Ok(id)
@@ -1011,9 +1144,11 @@ impl Repository {
     pub fn snapshots(&self) -> Result<Vec<(Id, Result<Snapshot>)>> {
         let sized = self.backend.list_sized(FileKind::Snapshot)?;
         self.prefetch_named(Named::SNAPSHOT, &sized);
+        // A backup-role key sees its own host's snapshots only (§20).
         let mut out: Vec<(Id, Result<Snapshot>)> = sized
             .into_iter()
             .map(|(id, len)| (id, self.load_snapshot_sized(&id, Some(len))))
+            .filter(|(_, s)| s.as_ref().err().is_none_or(|e| !not_permitted(e)))
             .collect();
         // Compare instants, not strings: RFC 3339 text drops trailing zeros of fractions.
         // A repaired snapshot keeps its original's time and sorts right after it.
@@ -1025,6 +1160,12 @@ impl Repository {
         out.sort_by(|a, b| key(&a.1).cmp(&key(&b.1)).then(a.0.cmp(&b.0)));
         Ok(out)
     }
+}
+
+/// Whether `e` is a backup-role key meeting what it may not read (§20).
+pub fn not_permitted(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| matches!(c.downcast_ref(), Some(FormatError::NotPermitted(_))))
 }
 
 /// Key files without a config are what an interrupted init leaves; they would shadow the
@@ -1059,7 +1200,14 @@ fn read_key_file(backend: &Backend, id: &Id) -> Result<(KeyFile, bool)> {
     Ok((kf, Id::of_stored(&bytes) == *id))
 }
 
-fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey, Id)> {
+fn access_of(p: &KeyPayload) -> Result<Access> {
+    Ok(match &p.backup {
+        Some(b) => Access::Backup(Box::new(b.clone())),
+        None => Access::Full(p.master()?),
+    })
+}
+
+fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(Access, Id)> {
     let ids = backend.list(FileKind::Key)?;
     let mut damaged = Vec::new();
     let mut unreadable = None;
@@ -1077,7 +1225,7 @@ fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(MasterKey
             }
         };
         match kf.open(password) {
-            Ok(p) => return Ok((p.master()?, *id)),
+            Ok(p) => return Ok((access_of(&p)?, *id)),
             Err(FormatError::BadMac) if name_ok => {}
             Err(FormatError::BadMac) => damaged.push(format!(
                 "{}: content does not match its name (damaged)",

@@ -280,8 +280,14 @@ pub fn assert_fixture_restored(root: &Path) {
 /// Checks what a snapshot of `tests/fixtures/repo-v3` restored at `root` (the restore of
 /// `/tmp/vault-fixture-v3/<dir>`) against `repo-v3.expected`; returns how many entries.
 pub fn assert_fixture_v3_restored(root: &Path, dir: &str) -> usize {
+    assert_fixture_dir_restored("repo-v3.expected", root, dir)
+}
+
+/// The files below `dir` of a fixture's source, as `expected` (in tests/fixtures) lists
+/// them, are under `root`; returns how many.
+pub fn assert_fixture_dir_restored(expected: &str, root: &Path, dir: &str) -> usize {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let expected = std::fs::read_to_string(fixtures.join("repo-v3.expected")).unwrap();
+    let expected = std::fs::read_to_string(fixtures.join(expected)).unwrap();
     let mut n = 0;
     for line in expected.lines() {
         let parts: Vec<&str> = line.split(' ').collect();

@@ -106,7 +106,7 @@ impl Shared {
     fn new(repo: &Repository, dry_run: bool, counters: Arc<Counters>, warn: Warn) -> Result<Self> {
         Ok(Shared {
             keys: repo.keys.clone(),
-            chunker: Chunker::new(&repo.config.chunker, repo.master_key())?,
+            chunker: Chunker::new(&repo.config.chunker, &repo.chunker_secret()?)?,
             level: repo.config.compression_level,
             bundles: repo.config.bundles(),
             dedup: Dedup {
@@ -141,6 +141,16 @@ pub fn backup(
     warn: Warn,
     held: &dyn Fn() -> Result<()>,
 ) -> Result<BackupResult> {
+    let host = opts
+        .host
+        .clone()
+        .or_else(|| repo.backup_host().map(str::to_string))
+        .unwrap_or_else(hostname);
+    repo.write_as(&host)?;
+    let opts = &BackupOptions {
+        host: Some(host),
+        ..opts.clone()
+    };
     let mut with_parent = true;
     let mut confirmed = Confirmed::default();
     for attempt in 0.. {

@@ -364,6 +364,9 @@ impl<'a> Scanner<'a> {
     pub fn old_tree(&self, id: Id) -> Option<(Id, LazyTree)> {
         match self.repo.load_tree_lazy(&id) {
             Ok(t) => Some((id, t)),
+            // Another host's identical tree, deduplicated: this key cannot read it
+            // (§20), and reads the files again without a word.
+            Err(e) if crate::repo::repository::not_permitted(&e) => None,
             Err(e) => {
                 (self.warn)(format!(
                     "parent tree unreadable, reading its files again: {}",

@@ -30,6 +30,7 @@ pub struct NewMirror {
 /// here: this host uses it). A location that is malformed or refused fails here, not at
 /// the first sync.
 pub fn add(repo: &Repository, new: NewMirror, access: Access) -> Result<MirrorDef> {
+    repo.require_full("vault mirror add")?;
     if repo.mirror_defs()?.iter().any(|d| d.name == new.name) {
         return Err(VaultError::Usage(format!(
             "mirror {} exists: remove it first, or choose another name",
@@ -171,6 +172,7 @@ pub fn untrust(repo: &Repository, name: &str) -> Result<Untrusted> {
 /// Records `name` as removed (its copy is left as it is) and forgets this host's trust
 /// in it; the definition it removed.
 pub fn remove(repo: &Repository, name: &str) -> Result<MirrorDef> {
+    repo.require_full("vault mirror remove")?;
     let Some(mut def) = repo.mirror_defs()?.into_iter().find(|d| d.name == name) else {
         return Err(no_such(name));
     };

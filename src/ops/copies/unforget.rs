@@ -89,7 +89,7 @@ pub fn unforget(
 /// The mirror as a repository, opened with this repository's key: it must be a copy of
 /// this very repository.
 fn open_copy(repo: &Repository, backend: Backend) -> Result<Repository> {
-    let mut copy = Repository::open(backend, &Secret::Master(repo.master_key().clone()))?;
+    let mut copy = Repository::open(backend, &Secret::Master(repo.master_key()?.clone()))?;
     if copy.config.id != repo.config.id {
         bail!(
             "{} holds another repository than this one",

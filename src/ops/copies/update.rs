@@ -74,7 +74,7 @@ pub fn sync_mirrors(
         let counters = progress.start(&d.name);
         let started = Instant::now();
         let result = super::object_lock::open_to_write(d, *access)
-            .and_then(|b| sync::sync(repo, &b, d.protect > 0, &counters));
+            .and_then(|b| sync::sync(repo, &b, d.protect > 0 || !repo.keys.is_full(), &counters));
         let seconds = started.elapsed().as_secs_f64().max(1e-3);
         if result.is_ok() {
             last.insert(d.name.clone(), now_rfc3339());
