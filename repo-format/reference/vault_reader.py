@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference reader for vault repositories, format versions 1, 2 and 3.
+"""Independent reference reader for vault repositories, format versions 1 to 4.
 
 Written from repo-format/README.md alone (section numbers below refer to it). Read-only:
 it lists snapshots and restores one; it never writes to the repository (no locks, no cache).
@@ -11,7 +11,10 @@ it lists snapshots and restores one; it never writes to the repository (no locks
 `chunks` prints the blob id of each chunk of FILE as the repository's chunker cuts it
 (§16): not needed to read, it checks a chunker written from the spec against vault's.
 
-Dependencies: cryptography >= 42 (AES-GCM-SIV), blake3, zstandard.
+It reads with a full key (a password whose key file holds the master key); a backup-role
+key (§20) cannot restore, by design.
+
+Dependencies: cryptography >= 42 (AES-GCM-SIV, X25519), blake3, zstandard.
 """
 import argparse
 import base64
@@ -28,14 +31,23 @@ from datetime import datetime, timedelta, timezone
 import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
 
 ENC_CONTEXT = "vault 2026-11-21 encryption key v1"  # §2.1
 IDK_CONTEXT = "vault 2026-11-21 blob id key v1"
 SEED_CONTEXT = "vault 2026-11-21 chunker seed v1"  # the XOR-seeded gear table, §16
 GEAR_CONTEXT = "vault 2026-12-03 chunker gear key v2"  # the PRF gear table ("prf-v2"), §16
+X25519_CONTEXT = "vault 2026-12-03 repository x25519 secret v1"  # roles, §20.1
+ADMIN_CONTEXT = "vault 2026-12-03 admin record key v1"
+HOST_ROOT_CONTEXT = "vault 2026-12-03 host root key v1"
+HOST_KEY_CONTEXT = "vault 2026-12-03 host key v1"
+UNIT_CONTEXT = "vault 2026-12-03 data unit key v1"
 DATA, TREE = 0, 1  # blob types, §2.3
 BUNDLE = 2  # pack header / index flag: the blob is a member of a bundle, §6.4
+PUBLIC, HOST = 4, 8  # flags of units sealed to the public key / under a host key, §20.2
+# Kinds only a full key may write in version 4: they need a valid admin tag (§20.2).
+ADMIN_KINDS = (b"forget", b"mark", b"deletion", b"format", b"mirror", b"export")
 MAX_BUNDLE = 16 << 20  # largest bundle plaintext, §6.4
 ID_NAME = re.compile(r"^[0-9a-fA-F]{64}$")  # object names in listings, §1
 
@@ -81,16 +93,62 @@ def unzstd(data, limit=None):
             check(limit is None or len(out) <= limit, "zstd output exceeds raw_len")
 
 
-def open_object(enc, kind, stored, checksummed=False):
-    """Open a sealed object envelope (§4); kind is b"config", b"index", b"snapshot", …"""
+def open_object(enc, kind, stored, checksummed=False, roles=None):
+    """Open a sealed object envelope (§4); kind is b"config", b"index", b"snapshot", …
+    With the role keys of a version-4 repository (§20.2), also host-sealed snapshots
+    (0x02) and admin records (0x03); an admin kind without a valid tag is refused."""
+    return open_authenticated(enc, kind, stored, checksummed, roles)[0]
+
+
+def open_authenticated(enc, kind, stored, checksummed=False, roles=None):
+    """(body, whether a full key vouches for it): always below version 4 (§20.3)."""
     if checksummed:
         check(len(stored) >= 32 and blake3.blake3(stored[:-32]).digest() == stored[-32:],
               f"{kind.decode()}: checksum mismatch")
         stored = stored[:-32]
-    check(len(stored) >= 1 and stored[0] == 1, f"{kind.decode()}: object version is not 1")
-    payload = aead_open(enc, b"vault object v1 " + kind, stored[1:])
+    aad = b"vault object v1 " + kind
+    check(len(stored) >= 1, f"{kind.decode()}: empty object")
+    if stored[0] == 1:
+        check(roles is None or kind not in ADMIN_KINDS,
+              f"{kind.decode()}: not authenticated by a full key")
+        payload, vouched = aead_open(enc, aad, stored[1:]), roles is None
+    elif stored[0] == 2 and roles is not None:
+        key, at = roles.unit_key(HOST, stored[1:])
+        payload, vouched = aead_open(key, aad, stored[1 + at:]), False
+    elif stored[0] == 3 and roles is not None:
+        check(len(stored) > 33 and blake3.blake3(stored[:-32], key=roles.admin).digest()
+              == stored[-32:], f"{kind.decode()}: not authenticated by a full key")
+        payload, vouched = aead_open(enc, aad, stored[1:-32]), True
+    else:
+        raise FormatError(f"{kind.decode()}: object version {stored[0]} is not known")
     check(len(payload) >= 1 and payload[0] in (0, 1), f"{kind.decode()}: bad compression byte")
-    return payload[1:] if payload[0] == 0 else unzstd(payload[1:])
+    return (payload[1:] if payload[0] == 0 else unzstd(payload[1:])), vouched
+
+
+class RoleKeys:
+    """What a full key derives in a version-4 repository (§20.1)."""
+
+    def __init__(self, master, enc):
+        self.enc = enc
+        self.secret = X25519PrivateKey.from_private_bytes(
+            blake3.blake3(master, derive_key_context=X25519_CONTEXT).digest())
+        self.public = self.secret.public_key().public_bytes_raw()
+        self.admin = blake3.blake3(master, derive_key_context=ADMIN_CONTEXT).digest()
+        self.host_root = blake3.blake3(master, derive_key_context=HOST_ROOT_CONTEXT).digest()
+
+    def unit_key(self, flag, unit):
+        """(key of the unit's sealed payload, where that payload starts) (§20.2)."""
+        if flag == PUBLIC:
+            epk = aead_open(self.enc, b"vault unit epk v1", unit[:60])
+            shared = self.secret.exchange(X25519PublicKey.from_public_bytes(epk))
+            check(shared != bytes(32), "data unit: ephemeral key of low order")
+            key = blake3.blake3(shared + epk + self.public,
+                                derive_key_context=UNIT_CONTEXT).digest()
+            return key, 60
+        host_id = aead_open(self.enc, b"vault unit host v1", unit[:44])
+        check(len(host_id) == 16, "host id is not 16 bytes")
+        return blake3.blake3(self.host_root + host_id,
+                             derive_key_context=HOST_KEY_CONTEXT).digest(), 44
 
 
 def blob_id(idk, btype, plaintext):
@@ -207,17 +265,19 @@ class Repo:
         except InvalidTag:
             raise FormatError("config does not open: key file of another repository?")
         self.config = config
-        check(config["version"] in (1, 2, 3), f"unsupported repository version {config['version']}")
+        check(config["version"] in (1, 2, 3, 4),
+              f"unsupported repository version {config['version']}")
+        self.roles = RoleKeys(master, self.enc) if config["version"] >= 4 else None
         # §12a: format records may raise the version; one this reader does not know is refused.
         for name in self.list_ids("format"):
             raw = self.read("format", name)
             if blake3.blake3(raw).hexdigest() != name:
                 continue
             try:
-                record = json.loads(open_object(self.enc, b"format", raw))
+                record = json.loads(open_object(self.enc, b"format", raw, roles=self.roles))
             except (InvalidTag, FormatError, ValueError):
                 continue
-            check(record.get("version") in (1, 2, 3),
+            check(record.get("version") in (1, 2, 3, 4),
                   f"repository format {record.get('version')} is newer than this reader knows")
         check(isinstance(config.get("id"), str) and re.fullmatch(r"[0-9a-f]{64}", config["id"]),
               "config: repository id is not 64 lowercase hex digits")  # §5
@@ -245,7 +305,7 @@ class Repo:
                 key = json.loads(self.read("keys", name))
                 kdf = key["kdf"]
                 log_n, r, p = kdf["log_n"], kdf["r"], kdf["p"]
-                check(key["version"] == 1 and kdf["algorithm"] == "scrypt", "unsupported")
+                check(key["version"] in (1, 2) and kdf["algorithm"] == "scrypt", "unsupported")
                 check(15 <= log_n <= 20 and 1 <= r <= 32 and 1 <= p <= 16, "KDF out of range")
                 check(128 * r * 2**log_n <= 1 << 30 and r * p * 2**log_n <= 1 << 23,
                       "KDF above the ceiling")
@@ -258,6 +318,9 @@ class Repo:
                 payload = json.loads(aead_open(kek, b"vault key v1", b64(key["sealed"])))
             except InvalidTag:
                 continue  # not this password
+            check(not payload.get("backup"),
+                  "this password opens a backup-role key, which cannot restore (§20): "
+                  "use a full key's password")
             master = b64(payload["master_key"])
             check(len(master) == 32, "master key is not 32 bytes")
             return master
@@ -309,7 +372,12 @@ class Repo:
         else:
             aad = b"vault blob v1" + bytes([btype]) + bid
         try:
-            p = aead_open(self.enc, aad, sealed)
+            key, at = self.enc, 0
+            if flags & (PUBLIC | HOST):  # §20.2: a unit of version 4
+                check(self.roles is not None and flags & (PUBLIC | HOST) != PUBLIC | HOST,
+                      f"blob {bid.hex()}: role flags outside version 4, or both")
+                key, at = self.roles.unit_key(flags & (PUBLIC | HOST), sealed)
+            p = aead_open(key, aad, sealed[at:])
         except InvalidTag:
             raise FormatError(f"blob {bid.hex()} in pack {pack_hex} fails authentication")
         if flags & BUNDLE:
@@ -361,12 +429,14 @@ class Repo:
         for name in self.list_ids("index"):
             raw = self.read("index", name)
             try:
-                body = self.parse_index(open_object(self.enc, b"index", raw))
+                plain, vouched = open_authenticated(self.enc, b"index", raw, roles=self.roles)
+                body = self.parse_index(plain)
             except (FormatError, InvalidTag, zstandard.ZstdError) as e:
                 warn(f"skipping damaged index file {name}: {str(e) or 'tag mismatch'}")
                 continue
             refuse_misnamed("index", name, raw)
-            files[name.lower()] = body
+            # §20.3: only a full key's index file may make others' entries vanish.
+            files[name.lower()] = body if vouched else ([], body[1])
         superseded = {sid.hex() for sup, _ in files.values() for sid in sup}
         index, indexed_packs = {}, set()
         for name, (_, packs) in sorted(files.items()):
@@ -402,7 +472,7 @@ class Repo:
         for name in self.list_ids("snapshots"):
             raw = self.read("snapshots", name)
             try:
-                snap = json.loads(open_object(self.enc, b"snapshot", raw))
+                snap = json.loads(open_object(self.enc, b"snapshot", raw, roles=self.roles))
             except (FormatError, InvalidTag, zstandard.ZstdError) as e:
                 warn(f"skipping unreadable snapshot {name}: {str(e) or 'tag mismatch'}")
                 continue
