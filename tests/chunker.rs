@@ -20,7 +20,7 @@ use vault::repo::Repository;
 /// The data blob ids `data` chunks into under the repository's own chunker parameters,
 /// with the PRF table and with the XOR-seeded table of its master key.
 fn ids_by_table(repo: &Repository, data: &[u8]) -> (Vec<Id>, Vec<Id>) {
-    let master = repo.master_key();
+    let master = repo.master_key().expect("a full key");
     let p = &repo.config.chunker;
     let ids = |tables: GearTables| {
         let c = Chunker::with_tables(p, tables);

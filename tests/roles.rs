@@ -256,7 +256,7 @@ fn what_each_role_decrypts() {
     assert!(vault::repo::repository::not_permitted(&err), "{err:#}");
     laptop.load_snapshot(&laptop_snapshot).unwrap();
     // The index, locks and the config: readable, to deduplicate and take part.
-    assert!(laptop.index().len() > 0);
+    assert!(!laptop.index().is_empty());
 }
 
 fn tree_ids(repo: &Repository, root: Id) -> std::collections::HashSet<Id> {
