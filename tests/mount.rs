@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use common::{Env, bytes, snapshot_of};
 
 fn fuse_available() -> bool {
-    let tool = std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file())
-    });
+    let tool = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file()));
     let ok = Path::new("/dev/fuse").exists() && tool;
     if !ok {
         assert!(
@@ -106,7 +105,10 @@ fn wait(child: &mut Child, errors: &str) -> std::process::ExitStatus {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(Instant::now() < deadline, "vault mount did not end: {errors}");
+        assert!(
+            Instant::now() < deadline,
+            "vault mount did not end: {errors}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -181,7 +183,10 @@ fn files_read_as_stored_with_their_metadata() {
         let v = xattr::get(seen.join("small.txt"), "user.vault.test").unwrap();
         assert_eq!(v.as_deref(), Some(&b"a value"[..]));
     }
-    assert_eq!(fs::read_link(seen.join("link")).unwrap(), Path::new("small.txt"));
+    assert_eq!(
+        fs::read_link(seen.join("link")).unwrap(),
+        Path::new("small.txt")
+    );
     for p in ["sub/hard", "sub/deeper/x"] {
         assert_eq!(fs::metadata(seen.join(p)).unwrap().nlink(), 2, "{p}");
     }
@@ -225,7 +230,15 @@ fn at_and_versions_show_the_history() {
     let file = src.join("main.tex");
     let s = src.to_str().unwrap();
     fs::write(&file, "v1").unwrap();
-    env.ok(&["backup", "-q", "--tag", "first", "--time", "2020-11-01T10:00:00Z", s]);
+    env.ok(&[
+        "backup",
+        "-q",
+        "--tag",
+        "first",
+        "--time",
+        "2020-11-01T10:00:00Z",
+        s,
+    ]);
     fs::write(&file, "v2").unwrap();
     env.ok(&["backup", "-q", "--time", "2020-11-02T10:00:00.100Z", s]);
     env.ok(&["backup", "-q", "--time", "2020-11-02T10:00:00.900Z", s]);
@@ -342,7 +355,11 @@ fn a_damaged_pack_fails_only_the_file_it_holds() {
     // The listing reads no file data and still works.
     assert_eq!(fs::read_dir(&seen).unwrap().count(), 2);
     let errors = m.errors();
-    assert_eq!(mentions(&errors, &a[0].short()), 1, "reported once: {errors}");
+    assert_eq!(
+        mentions(&errors, &a[0].short()),
+        1,
+        "reported once: {errors}"
+    );
 }
 
 /// No process left whose command line names the mount point.
@@ -375,7 +392,11 @@ fn sigint_and_fusermount_unmount_cleanly() {
     let status = m.signal_and_wait(nix::sys::signal::Signal::SIGINT);
     assert_eq!(status.code(), Some(130), "{}", m.errors());
     assert!(!is_mounted(&m.at), "still mounted after SIGINT");
-    assert!(processes_naming(&m.at).is_empty(), "{:?}", processes_naming(&m.at));
+    assert!(
+        processes_naming(&m.at).is_empty(),
+        "{:?}",
+        processes_naming(&m.at)
+    );
     assert!(!m.errors().contains("could not release"), "{}", m.errors());
     // The lock went with it: an exclusive command runs at once.
     env.ok(&["prune", "-q"]);

@@ -110,7 +110,10 @@ impl Catalog {
         if p.len() < 4 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
-        let mut hits = self.entries.iter().filter(|e| e.id.to_hex().starts_with(&p));
+        let mut hits = self
+            .entries
+            .iter()
+            .filter(|e| e.id.to_hex().starts_with(&p));
         let first = hits.next()?;
         hits.next().is_none().then_some(first)
     }

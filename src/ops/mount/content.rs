@@ -128,7 +128,7 @@ mod tests {
         n.extents = Some(vec![[0, 3], [10, 5]]);
         n.content = vec![Id([1; 32]), Id([2; 32]), Id([3; 32])];
         let l = Layout::new(&n, &|id| blobs.get(id).map(|b| b.len() as u64)).unwrap();
-        let mut whole = vec![0u8; 17];
+        let mut whole = [0u8; 17];
         whole[..3].copy_from_slice(b"abc");
         whole[10..15].copy_from_slice(b"defgh");
         for off in 0..18u64 {
@@ -141,7 +141,11 @@ mod tests {
                     })
                     .unwrap();
                 let end = (off + len).min(17).max(off.min(17));
-                assert_eq!(got, &whole[off.min(17) as usize..end as usize], "{off}+{len}");
+                assert_eq!(
+                    got,
+                    &whole[off.min(17) as usize..end as usize],
+                    "{off}+{len}"
+                );
                 if off >= 15 || (off >= 3 && off + len <= 10) {
                     assert!(fetched.is_empty(), "{off}+{len}: a hole reads no blob");
                 }

@@ -13,9 +13,9 @@ use anyhow::{Result, anyhow};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyXattr,
+    Request,
 };
 
 use super::cache::Lru;
@@ -170,10 +170,9 @@ impl VaultFs {
                     c.1 = Arc::new(fresh);
                 }
             }
-            Err(e) => self.report_once(format!(
-                "listing snapshots: {}",
-                crate::error::one_line(&e)
-            )),
+            Err(e) => {
+                self.report_once(format!("listing snapshots: {}", crate::error::one_line(&e)))
+            }
         }
         c.1.clone()
     }
@@ -513,7 +512,9 @@ impl VaultFs {
         let layout = {
             let s = self.session();
             let index = s.repo().index();
-            Layout::new(&node, &|id| index.get(id).map(|(_, e)| u64::from(e.raw_len)))
+            Layout::new(&node, &|id| {
+                index.get(id).map(|(_, e)| u64::from(e.raw_len))
+            })
         };
         let layout = layout.map_err(|e| self.io_error(&node.name.lossy(), &e))?;
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
@@ -570,7 +571,9 @@ fn reply_xattr(reply: ReplyXattr, data: &[u8], size: u32) {
 impl Filesystem for VaultFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if parent.0 == view::ROOT
-            && let Some((_, ino)) = view::TOP.iter().find(|(n, _)| name.as_bytes() == n.as_bytes())
+            && let Some((_, ino)) = view::TOP
+                .iter()
+                .find(|(n, _)| name.as_bytes() == n.as_bytes())
         {
             let a = self.attr(*ino, &Kind::Root);
             return reply.entry(&CHANGING, &a, Generation(0));
