@@ -79,6 +79,30 @@ impl Layout {
         Ok(out)
     }
 
+    /// The blobs holding the file's bytes from `offset` for `len` bytes (holes hold none).
+    pub fn blobs_in(&self, offset: u64, len: u64) -> Vec<Id> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut out: Vec<Id> = Vec::new();
+        let first = self.extents.partition_point(|e| e.0 + e.1 <= offset);
+        for &(off, elen, data_at) in &self.extents[first..] {
+            if off >= end {
+                break;
+            }
+            let a = data_at + (off.max(offset) - off);
+            let b = data_at + ((off + elen).min(end) - off);
+            let i = self.blobs.partition_point(|x| x.1 <= a).saturating_sub(1);
+            for &(id, start) in &self.blobs[i..] {
+                if start >= b {
+                    break;
+                }
+                if out.last() != Some(&id) {
+                    out.push(id);
+                }
+            }
+        }
+        out
+    }
+
     /// Fills `dst` from the data stream at `pos`.
     fn copy_data(
         &self,
@@ -158,6 +182,13 @@ mod tests {
         })
         .unwrap();
         assert_eq!(fetched, vec![Id([3; 32])], "the tail reads its blob alone");
+        assert_eq!(l.blobs_in(13, 2), vec![Id([3; 32])]);
+        assert_eq!(
+            l.blobs_in(1, 12),
+            vec![Id([1; 32]), Id([2; 32]), Id([3; 32])]
+        );
+        assert!(l.blobs_in(4, 5).is_empty(), "a hole");
+        assert!(l.blobs_in(15, 10).is_empty(), "past the data");
     }
 
     #[test]

@@ -38,6 +38,9 @@ const CHANGING: Duration = Duration::from_secs(1);
 /// Decrypted data blobs kept for reads that come back to them (the kernel reads a file
 /// in pieces smaller than a blob).
 const BLOB_CACHE_BYTES: u64 = 64 << 20;
+/// How far ahead of a sequential reader blobs are fetched, and how many at most at once.
+const PREFETCH_AHEAD: u64 = 4 << 20;
+const PREFETCH_BLOBS: usize = 8;
 /// Decoded trees kept, counted in nodes.
 const TREE_CACHE_NODES: u64 = 500_000;
 
@@ -64,14 +67,61 @@ impl Listing {
     }
 }
 
-pub struct VaultFs {
+/// What reads share with the threads that fetch ahead of them.
+struct Store {
     session: RwLock<Session<Indexed>>,
+    blobs: Lru<Vec<u8>>,
+    /// Blobs being fetched ahead of a sequential reader.
+    prefetching: Mutex<HashSet<Id>>,
+}
+
+impl Store {
+    fn session(&self) -> std::sync::RwLockReadGuard<'_, Session<Indexed>> {
+        self.session.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blob(&self, id: &Id) -> Result<Arc<Vec<u8>>> {
+        if let Some(b) = self.blobs.get(id) {
+            return Ok(b);
+        }
+        let b = Arc::new(self.session().repo().read_blob(BlobType::Data, id)?);
+        self.blobs.put(*id, b.clone(), b.len() as u64);
+        Ok(b)
+    }
+
+    /// Fetches `ids` into the cache on a thread of their own, at most `PREFETCH_BLOBS` at
+    /// a time; a failure is left for the read that needs the blob to meet and report.
+    fn prefetch(self: &Arc<Store>, ids: Vec<Id>) {
+        let ids: Vec<Id> = {
+            let mut busy = locked(&self.prefetching);
+            ids.into_iter()
+                .filter(|id| {
+                    busy.len() < PREFETCH_BLOBS && self.blobs.get(id).is_none() && busy.insert(*id)
+                })
+                .collect()
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let store = self.clone();
+        std::thread::spawn(move || {
+            for id in ids {
+                let _ = store.blob(&id);
+                locked(&store.prefetching).remove(&id);
+            }
+        });
+    }
+}
+
+pub struct VaultFs {
+    store: Arc<Store>,
     host: String,
     catalog: Mutex<(Instant, Arc<Catalog>)>,
     inodes: Mutex<Inodes>,
     trees: Lru<Tree>,
-    blobs: Lru<Vec<u8>>,
     files: Mutex<HashMap<u64, Arc<Layout>>>,
+    /// Where the last read of each open file ended.
+    last_read: Mutex<HashMap<u64, u64>>,
     dirs: Mutex<HashMap<u64, Arc<Listing>>>,
     next_fh: AtomicU64,
     reported: Mutex<HashSet<String>>,
@@ -125,10 +175,14 @@ impl VaultFs {
             inodes: Mutex::new(Inodes::new(&host)),
             host,
             catalog: Mutex::new((Instant::now(), Arc::new(Catalog::new(snaps)))),
-            session: RwLock::new(session),
+            store: Arc::new(Store {
+                session: RwLock::new(session),
+                blobs: Lru::new(BLOB_CACHE_BYTES),
+                prefetching: Mutex::new(HashSet::new()),
+            }),
             trees: Lru::new(TREE_CACHE_NODES),
-            blobs: Lru::new(BLOB_CACHE_BYTES),
             files: Mutex::new(HashMap::new()),
+            last_read: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             reported: Mutex::new(HashSet::new()),
@@ -143,7 +197,7 @@ impl VaultFs {
     }
 
     fn session(&self) -> std::sync::RwLockReadGuard<'_, Session<Indexed>> {
-        self.session.read().unwrap_or_else(|p| p.into_inner())
+        self.store.session()
     }
 
     /// The snapshot list, read again when it is older than `REFRESH`; when snapshots came
@@ -163,7 +217,11 @@ impl VaultFs {
             Ok(snaps) => {
                 let fresh = Catalog::new(snaps);
                 if fresh.ids() != c.1.ids() {
-                    let mut s = self.session.write().unwrap_or_else(|p| p.into_inner());
+                    let mut s = self
+                        .store
+                        .session
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner());
                     if let Err(e) = s.reload_index() {
                         self.report_once(format!("reading the index again: {}", e.one_line()));
                     }
@@ -197,15 +255,6 @@ impl VaultFs {
         let t = Arc::new(self.session().repo().load_tree(id)?);
         self.trees.put(*id, t.clone(), t.nodes.len() as u64 + 1);
         Ok(t)
-    }
-
-    fn blob(&self, id: &Id) -> Result<Arc<Vec<u8>>> {
-        if let Some(b) = self.blobs.get(id) {
-            return Ok(b);
-        }
-        let b = Arc::new(self.session().repo().read_blob(BlobType::Data, id)?);
-        self.blobs.put(*id, b.clone(), b.len() as u64);
-        Ok(b)
     }
 
     /// The node at `path` (absolute) in the tree `root`; None where the path is not there.
@@ -524,12 +573,21 @@ impl VaultFs {
 
     fn read_file(&self, fh: u64, ino: INodeNo, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let layout = locked(&self.files).get(&fh).cloned().ok_or(Errno::EBADF)?;
-        layout
-            .read(offset, u64::from(size), &mut |id| self.blob(id))
+        let data = layout
+            .read(offset, u64::from(size), &mut |id| self.store.blob(id))
             .map_err(|e| {
                 let name = self.node(ino).map(|n| n.name.lossy()).unwrap_or_default();
                 self.io_error(&name, &e)
-            })
+            })?;
+        // A read that goes on from where the last one ended is taken for a sequential
+        // reader: the blobs of the next stretch are fetched while it uses this one.
+        let end = offset + data.len() as u64;
+        let mut last = locked(&self.last_read);
+        if last.get(&fh) == Some(&offset) {
+            self.store.prefetch(layout.blobs_in(end, PREFETCH_AHEAD));
+        }
+        last.insert(fh, end);
+        Ok(data)
     }
 
     fn xattr_value(&self, ino: INodeNo, name: &OsStr) -> Result<Vec<u8>, Errno> {
@@ -650,6 +708,7 @@ impl Filesystem for VaultFs {
         reply: ReplyEmpty,
     ) {
         locked(&self.files).remove(&fh.0);
+        locked(&self.last_read).remove(&fh.0);
         reply.ok();
     }
 
