@@ -46,6 +46,10 @@ fn is_mounted(at: &Path) -> bool {
 }
 
 fn mount(env: &Env) -> Mounted {
+    mount_with(env, &[])
+}
+
+fn mount_with(env: &Env, extra: &[&str]) -> Mounted {
     let at = env.path("mnt");
     fs::create_dir_all(&at).unwrap();
     let at = at.canonicalize().unwrap();
@@ -54,6 +58,7 @@ fn mount(env: &Env) -> Mounted {
         .cmd()
         .env("TZ", "UTC")
         .arg("mount")
+        .args(extra)
         .arg(&at)
         .stdout(Stdio::null())
         .stderr(fs::File::create(&stderr).unwrap())
@@ -412,4 +417,60 @@ fn sigint_and_fusermount_unmount_cleanly() {
     let status = wait(&mut child, &m.errors());
     assert_eq!(status.code(), Some(0), "{}", m.errors());
     assert!(processes_naming(&m.at).is_empty());
+}
+
+/// Whether user nobody can read `p` (through `setpriv`, as the tests run as root).
+fn nobody_reads(p: &Path) -> bool {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+            "cat",
+        ])
+        .arg(p)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// A mount by root uses default_permissions: with --allow-other, other users read what
+/// the stored modes let them read and nothing else, though the mounting process could;
+/// without it, they cannot enter the mount at all.
+#[test]
+fn other_users_see_only_what_the_stored_modes_allow() {
+    if !fuse_available() {
+        return;
+    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test drops privileges with setpriv: run the tests as root"
+    );
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    env.init(&[]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::set_permissions(&src, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(src.join("public"), "for all").unwrap();
+    fs::write(src.join("secret"), "root only").unwrap();
+    fs::set_permissions(src.join("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    assert!(nobody_reads(&src.join("public")) && !nobody_reads(&src.join("secret")));
+
+    let m = mount_with(&env, &["--allow-other"]);
+    let seen = m.src("latest", &src);
+    assert!(nobody_reads(&seen.join("public")), "{}", m.errors());
+    assert!(!nobody_reads(&seen.join("secret")));
+    assert_eq!(fs::read(seen.join("secret")).unwrap(), b"root only");
+    drop(m);
+
+    let m = mount(&env);
+    let seen = m.src("latest", &src);
+    assert!(!nobody_reads(&seen.join("public")), "no --allow-other");
+    assert_eq!(fs::read(seen.join("public")).unwrap(), b"for all");
 }
