@@ -24,7 +24,7 @@ use super::content::Layout;
 use super::view::{self, Inode, Inodes, Kind, Version, child_path};
 use crate::format::Id;
 use crate::format::pack::BlobType;
-use crate::format::tree::{Node, NodeType, Tree};
+use crate::format::tree::{LazyTree, Node, NodeType};
 use crate::ops::{select, timespec, versions, walk};
 use crate::session::Session;
 use crate::session::state::Indexed;
@@ -41,28 +41,31 @@ const BLOB_CACHE_BYTES: u64 = 64 << 20;
 /// How far ahead of a sequential reader blobs are fetched, and how many at most at once.
 const PREFETCH_AHEAD: u64 = 4 << 20;
 const PREFETCH_BLOBS: usize = 8;
-/// Decoded trees kept, counted in nodes.
-const TREE_CACHE_NODES: u64 = 500_000;
+/// Trees kept (as their JSON), in bytes.
+const TREE_CACHE_BYTES: u64 = 64 << 20;
 
 /// A directory listing held from opendir to releasedir, so that the kernel's successive
 /// readdir calls page through one consistent listing.
 enum Listing {
-    Tree(Arc<Tree>),
+    Tree(Arc<LazyTree>),
     Names(Vec<(Vec<u8>, NodeType)>),
 }
 
 impl Listing {
     fn len(&self) -> usize {
         match self {
-            Listing::Tree(t) => t.nodes.len(),
+            Listing::Tree(t) => t.len(),
             Listing::Names(v) => v.len(),
         }
     }
 
-    fn get(&self, i: usize) -> Option<(&[u8], NodeType)> {
+    /// Entry `i`: its name and type; None past the end or for a node that does not
+    /// decode (left out of the listing; looking it up reports it).
+    fn get(&self, i: usize) -> Option<(Vec<u8>, NodeType)> {
         match self {
-            Listing::Tree(t) => t.nodes.get(i).map(|n| (&n.name.0[..], n.kind)),
-            Listing::Names(v) => v.get(i).map(|(n, k)| (&n[..], *k)),
+            Listing::Tree(t) if i < t.len() => t.node(i).ok().map(|n| (n.name.0, n.kind)),
+            Listing::Tree(_) => None,
+            Listing::Names(v) => v.get(i).cloned(),
         }
     }
 }
@@ -118,7 +121,7 @@ pub struct VaultFs {
     host: String,
     catalog: Mutex<(Instant, Arc<Catalog>)>,
     inodes: Mutex<Inodes>,
-    trees: Lru<Tree>,
+    trees: Lru<LazyTree>,
     files: Mutex<HashMap<u64, Arc<Layout>>>,
     /// Where the last read of each open file ended.
     last_read: Mutex<HashMap<u64, u64>>,
@@ -180,7 +183,7 @@ impl VaultFs {
                 blobs: Lru::new(BLOB_CACHE_BYTES),
                 prefetching: Mutex::new(HashSet::new()),
             }),
-            trees: Lru::new(TREE_CACHE_NODES),
+            trees: Lru::new(TREE_CACHE_BYTES),
             files: Mutex::new(HashMap::new()),
             last_read: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
@@ -248,13 +251,27 @@ impl VaultFs {
         Errno::EIO
     }
 
-    fn tree(&self, id: &Id) -> Result<Arc<Tree>> {
+    /// A tree kept as its JSON, nodes decoded as they are asked for: a directory of
+    /// 200 000 entries costs its JSON, not its decoded nodes.
+    fn tree(&self, id: &Id) -> Result<Arc<LazyTree>> {
         if let Some(t) = self.trees.get(id) {
             return Ok(t);
         }
-        let t = Arc::new(self.session().repo().load_tree(id)?);
-        self.trees.put(*id, t.clone(), t.nodes.len() as u64 + 1);
+        let json = self.session().repo().read_blob(BlobType::Tree, id)?;
+        let weight = json.len() as u64;
+        let t = LazyTree::decode(json)
+            .map_err(|e| anyhow!(e).context(format!("tree {}", id.short())))?;
+        let t = Arc::new(t);
+        self.trees.put(*id, t.clone(), weight + t.len() as u64 * 32);
         Ok(t)
+    }
+
+    /// The node named `name` in `tree`.
+    fn child(tree: &LazyTree, name: &[u8]) -> Result<Option<Node>> {
+        match tree.find(name) {
+            Some(i) => Ok(Some(tree.node(i)?)),
+            None => Ok(None),
+        }
     }
 
     /// The node at `path` (absolute) in the tree `root`; None where the path is not there.
@@ -265,7 +282,7 @@ impl VaultFs {
             return Ok(Some(self.root_node(root, 0)));
         };
         for name in dirs {
-            match tree.find(name) {
+            match Self::child(&tree, name)? {
                 Some(n) if n.kind == NodeType::Dir => match n.subtree {
                     Some(sub) => tree = self.tree(&sub)?,
                     None => return Ok(None),
@@ -273,7 +290,7 @@ impl VaultFs {
                 _ => return Ok(None),
             }
         }
-        Ok(tree.find(last).cloned())
+        Self::child(&tree, last)
     }
 
     /// A snapshot's root directory, which has no node of its own in the tree.
@@ -350,11 +367,11 @@ impl VaultFs {
             return Err(Miss::NotFound);
         };
         let tree = self.tree(&sub)?;
-        let node = tree.find(name).ok_or(Miss::NotFound)?;
+        let node = Self::child(&tree, name)?.ok_or(Miss::NotFound)?;
         if !walk::safe_name(&node.name.0) {
             return Err(Miss::NotFound);
         }
-        Ok(Kind::Node(Arc::new(node.clone())))
+        Ok(Kind::Node(Arc::new(node)))
     }
 
     /// `versions/PATH`: a directory where the newest snapshot of this host holding PATH
@@ -755,17 +772,17 @@ impl Filesystem for VaultFs {
         let inodes = locked(&self.inodes);
         for i in (at as usize - 2)..listing.len() {
             let Some((name, kind)) = listing.get(i) else {
-                break;
+                continue;
             };
-            if !walk::safe_name(name) {
+            if !walk::safe_name(&name) {
                 continue;
             }
-            let child = inodes.listed(ino.0, name);
+            let child = inodes.listed(ino.0, &name);
             if reply.add(
                 INodeNo(child),
                 i as u64 + 3,
                 file_type(kind),
-                OsStr::from_bytes(name),
+                OsStr::from_bytes(&name),
             ) {
                 break;
             }
