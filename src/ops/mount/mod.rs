@@ -11,7 +11,9 @@
 //! at/<time>/                   the snapshot `--at <time>` chooses, for this host; looked
 //!                              up only, so the listing of at/ is empty
 //! versions/<path>/<local time> each distinct version of a file of this host, named by
-//!                              the first snapshot that holds it
+//!                              the first snapshot that holds it; a directory there
+//!                              lists what the newest snapshot holding it has (names
+//!                              only older snapshots had still look up)
 //! ```
 //!
 //! Files read byte for byte as `dump` gives them; a read fetches only the blobs its range
@@ -31,8 +33,6 @@ use anyhow::{Context, Result};
 
 use crate::session::Session;
 use crate::session::state::Indexed;
-
-pub use catalog::time_name;
 
 /// How to mount.
 #[derive(Clone, Debug, Default)]
