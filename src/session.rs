@@ -379,6 +379,13 @@ impl Session<ForBackup> {
 }
 
 impl Session<Indexed> {
+    /// Loads the index again, for a long-lived reader (a mount) that must see what
+    /// backups added since it opened.
+    pub fn reload_index(&mut self) -> Result<()> {
+        self.repo.load_index()?;
+        Ok(())
+    }
+
     /// Forgets `ids`: the forget record first (it is what lets sync remove them from the
     /// mirrors too), then each snapshot file.
     pub fn forget(&self, ids: &[Id]) -> Result<()> {

@@ -33,6 +33,8 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Restore(a) => cmd_restore(&g, a),
         Command::Dump(a) => cmd_dump(&g, a),
         Command::Versions(a) => timetravel::cmd_versions(&g, a),
+        #[cfg(feature = "mount")]
+        Command::Mount(a) => super::mount::mount(&g, &a),
         Command::Diff(a) => timetravel::cmd_diff(&g, a),
         Command::Find(a) => timetravel::cmd_find(&g, a),
         Command::Mirror(m) => mirrors::mirror(&g, m),

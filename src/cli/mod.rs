@@ -7,6 +7,8 @@ mod integrity;
 mod logger;
 pub mod man;
 mod mirrors;
+#[cfg(feature = "mount")]
+mod mount;
 pub mod password;
 pub mod profile;
 pub mod progress;
@@ -169,6 +171,23 @@ pub enum Command {
     ///
     /// Example: vault versions ~/thesis/main.tex
     Versions(VersionsArgs),
+    /// Mount every snapshot, and every version of every file, as a read-only file system
+    /// (FUSE). Serves until Ctrl-C or `fusermount3 -u MOUNTPOINT`.
+    ///
+    /// latest/ is this host's newest snapshot; snapshots/ holds every snapshot by local
+    /// time (a second one of the same second gets its short id after a space);
+    /// hosts/NAME/{latest,at,snapshots}/, tags/TAG/ and ids/SHORTID/ choose by host, tag
+    /// and id; at/TIME/ is the snapshot `--at TIME` chooses for this host (any --at
+    /// expression as a name; at/ itself lists nothing); versions/PATH/ lists each distinct
+    /// version of the file PATH of this host, named by the first snapshot holding it.
+    /// Files read exactly as `dump` gives them, with their stored modes, owners, times,
+    /// link counts and xattrs. A damaged object fails the reads that need it (EIO) and is
+    /// reported once. Mounted with default_permissions: the stored modes decide who may
+    /// read what. Prints nothing on stdout (--json has no effect).
+    ///
+    /// Example: vault mount ~/backups &   then   diff ~/backups/at/yesterday/etc/fstab /etc/fstab
+    #[cfg(feature = "mount")]
+    Mount(MountArgs),
     /// What changed between two snapshots: added, removed, modified, metadata.
     ///
     /// Example: vault diff 3fa2 latest   or   vault diff --at yesterday --at now
@@ -408,6 +427,17 @@ pub struct VersionsArgs {
     pub until: Option<String>,
     #[command(flatten)]
     pub filter: SnapshotFilter,
+}
+
+#[cfg(feature = "mount")]
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// An existing empty directory to mount on
+    pub mountpoint: PathBuf,
+    /// Let other users use the mount (allow_other; as a user, /etc/fuse.conf must have
+    /// user_allow_other); the stored modes decide what they may read
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 #[derive(Args, Debug)]

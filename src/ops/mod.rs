@@ -15,6 +15,8 @@ pub mod handoff;
 pub mod image;
 pub mod keep;
 pub mod ls;
+#[cfg(feature = "mount")]
+pub mod mount;
 pub mod problem;
 pub mod prune;
 pub mod repair;

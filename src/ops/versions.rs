@@ -31,7 +31,7 @@ pub struct Version {
 }
 
 /// What makes two versions the same: file data, directory tree, link target, device.
-fn content_id(node: &Node, root: &Id) -> Id {
+pub(crate) fn content_id(node: &Node, root: &Id) -> Id {
     let mut h = blake3::Hasher::new();
     h.update(&[node.kind as u8]);
     match node.kind {

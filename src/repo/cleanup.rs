@@ -26,6 +26,17 @@ enum Leftover {
 static TRACKED: LazyLock<Mutex<HashMap<(String, Leftover), Backend>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 static STOPPING: AtomicBool = AtomicBool::new(false);
+/// What must be undone before the process exits on a signal (a mount to unmount).
+type Undo = Box<dyn FnOnce() + Send>;
+static ON_INTERRUPT: LazyLock<Mutex<Vec<Undo>>> = LazyLock::new(|| Mutex::new(Vec::new()));
+
+/// Runs `undo` first when the process is interrupted (see [`interrupt`]).
+pub fn on_interrupt(undo: impl FnOnce() + Send + 'static) {
+    ON_INTERRUPT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(Box::new(undo));
+}
 
 fn tracked() -> MutexGuard<'static, HashMap<(String, Leftover), Backend>> {
     TRACKED.lock().unwrap_or_else(|e| e.into_inner())
@@ -103,6 +114,10 @@ pub fn on_signals(notice: impl Fn() + Send + 'static) {
 /// write in flight when the first pass ran may land after it.
 pub fn interrupt() {
     STOPPING.store(true, Ordering::SeqCst);
+    let undo = std::mem::take(&mut *ON_INTERRUPT.lock().unwrap_or_else(|e| e.into_inner()));
+    for u in undo {
+        u();
+    }
     for pass in 0..2 {
         if pass > 0 {
             std::thread::sleep(std::time::Duration::from_millis(300));

@@ -1,0 +1,105 @@
+//! A small least-recently-used cache bounded by the total weight of what it holds
+//! (bytes for blobs, a count for trees). Eviction scans the entries: there are a few
+//! hundred at most.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::format::Id;
+
+struct Slot<V> {
+    value: Arc<V>,
+    weight: u64,
+    used: u64,
+}
+
+struct Inner<V> {
+    slots: HashMap<Id, Slot<V>>,
+    total: u64,
+    tick: u64,
+}
+
+pub struct Lru<V> {
+    inner: Mutex<Inner<V>>,
+    budget: u64,
+}
+
+impl<V> Lru<V> {
+    pub fn new(budget: u64) -> Lru<V> {
+        Lru {
+            inner: Mutex::new(Inner {
+                slots: HashMap::new(),
+                total: 0,
+                tick: 0,
+            }),
+            budget,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
+        // A panic elsewhere leaves the cache consistent enough: every step below is whole.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, id: &Id) -> Option<Arc<V>> {
+        let mut g = self.lock();
+        g.tick += 1;
+        let tick = g.tick;
+        let slot = g.slots.get_mut(id)?;
+        slot.used = tick;
+        Some(slot.value.clone())
+    }
+
+    /// Keeps `value`, evicting the least recently used until the budget holds; a value
+    /// heavier than the whole budget is not kept.
+    pub fn put(&self, id: Id, value: Arc<V>, weight: u64) {
+        if weight > self.budget {
+            return;
+        }
+        let mut g = self.lock();
+        g.tick += 1;
+        let used = g.tick;
+        if let Some(old) = g.slots.insert(
+            id,
+            Slot {
+                value,
+                weight,
+                used,
+            },
+        ) {
+            g.total -= old.weight;
+        }
+        g.total += weight;
+        while g.total > self.budget {
+            let Some(victim) = g.slots.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) else {
+                break;
+            };
+            if let Some(s) = g.slots.remove(&victim) {
+                g.total -= s.weight;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_the_least_recently_used_within_budget() {
+        let c: Lru<u8> = Lru::new(10);
+        c.put(Id([1; 32]), Arc::new(1), 4);
+        c.put(Id([2; 32]), Arc::new(2), 4);
+        assert!(c.get(&Id([1; 32])).is_some());
+        c.put(Id([3; 32]), Arc::new(3), 4);
+        assert!(c.get(&Id([2; 32])).is_none(), "2 was least recently used");
+        assert!(c.get(&Id([1; 32])).is_some() && c.get(&Id([3; 32])).is_some());
+        c.put(Id([4; 32]), Arc::new(4), 11);
+        assert_eq!(c.len(), 2, "heavier than the budget: not kept");
+    }
+}

@@ -1,0 +1,230 @@
+//! What the mount shows: the directories above the snapshots (`latest`, `snapshots`,
+//! `hosts`, `tags`, `ids`, `at`, `versions`), the snapshots' own trees, and the table of
+//! inode numbers handed to the kernel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::catalog::Catalog;
+
+use crate::format::tree::Node;
+
+/// Fixed inode numbers of the top directories; those of everything else are handed out
+/// as the kernel looks names up, and taken back when it forgets them.
+pub const ROOT: u64 = 1;
+pub const SNAPSHOTS: u64 = 2;
+pub const HOSTS: u64 = 3;
+pub const TAGS: u64 = 4;
+pub const IDS: u64 = 5;
+pub const AT: u64 = 6;
+pub const VERSIONS: u64 = 7;
+const FIRST_DYNAMIC: u64 = 16;
+
+/// The names in the mount's root besides `latest`, with their inodes.
+pub const TOP: [(&str, u64); 6] = [
+    ("snapshots", SNAPSHOTS),
+    ("hosts", HOSTS),
+    ("tags", TAGS),
+    ("ids", IDS),
+    ("at", AT),
+    ("versions", VERSIONS),
+];
+
+/// What an inode is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Kind {
+    Root,
+    /// Snapshots by name: of one host, or of all (None).
+    Snapshots(Option<String>),
+    Hosts,
+    /// `hosts/NAME`: its `latest`, `at` and `snapshots`.
+    Host(String),
+    Tags,
+    /// `tags/TAG`: the snapshots with that tag, by name.
+    Tag(String),
+    /// `ids`: the snapshots by short id (any unique prefix of 4 digits or more looks up).
+    Ids,
+    /// `at`: a directory per `--at` expression, looked up only; for this host.
+    At(String),
+    /// `versions/PATH` where PATH is a directory in some snapshot of this host.
+    VersionsDir(Vec<u8>),
+    /// `versions/PATH` where PATH is a file: one entry per distinct version.
+    VersionsOf(Vec<u8>),
+    /// A node of a snapshot's tree; a snapshot's root is a directory node made up for it.
+    Node(Arc<Node>),
+}
+
+impl Kind {
+    /// Whether what it shows may change while mounted (new snapshots, `at/yesterday`
+    /// moving on): the kernel is told to ask again soon.
+    pub fn changes(&self) -> bool {
+        !matches!(self, Kind::Node(_))
+    }
+}
+
+/// One version of a file in `versions/PATH/`: named after the first snapshot holding it.
+pub struct Version {
+    pub name: String,
+    pub node: Arc<Node>,
+}
+
+pub type Versions = (Arc<Catalog>, Arc<Vec<Version>>);
+
+pub struct Inode {
+    pub kind: Kind,
+    /// For `VersionsOf`: its versions, as found in that list of snapshots (found again
+    /// when snapshots come or go).
+    pub versions: Mutex<Option<Versions>>,
+}
+
+struct Slot {
+    inode: Arc<Inode>,
+    lookups: u64,
+    parent: u64,
+    name: Vec<u8>,
+}
+
+/// The inodes the kernel holds. Memory stays bounded by what the kernel keeps: an inode is
+/// dropped when the kernel forgets every lookup of it.
+pub struct Inodes {
+    slots: HashMap<u64, Slot>,
+    by_name: HashMap<(u64, Vec<u8>), u64>,
+    next: u64,
+    fixed: HashMap<u64, Arc<Inode>>,
+}
+
+fn inode(kind: Kind) -> Arc<Inode> {
+    Arc::new(Inode {
+        kind,
+        versions: Mutex::new(None),
+    })
+}
+
+impl Inodes {
+    pub fn new(host: &str) -> Inodes {
+        let fixed = [
+            (ROOT, Kind::Root),
+            (SNAPSHOTS, Kind::Snapshots(None)),
+            (HOSTS, Kind::Hosts),
+            (TAGS, Kind::Tags),
+            (IDS, Kind::Ids),
+            (AT, Kind::At(host.to_string())),
+            (VERSIONS, Kind::VersionsDir(b"/".to_vec())),
+        ]
+        .into_iter()
+        .map(|(ino, k)| (ino, inode(k)))
+        .collect();
+        Inodes {
+            slots: HashMap::new(),
+            by_name: HashMap::new(),
+            next: FIRST_DYNAMIC,
+            fixed,
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        self.fixed
+            .get(&ino)
+            .or_else(|| self.slots.get(&ino).map(|s| &s.inode))
+            .cloned()
+    }
+
+    /// The inode for `name` in `parent` being `kind`, counted as one more lookup: the one
+    /// already handed out when it is still the same thing, else a new one.
+    pub fn lookup(&mut self, parent: u64, name: &[u8], kind: Kind) -> (u64, Arc<Inode>) {
+        let key = (parent, name.to_vec());
+        if let Some(&ino) = self.by_name.get(&key)
+            && let Some(slot) = self.slots.get_mut(&ino)
+            && slot.inode.kind == kind
+        {
+            slot.lookups += 1;
+            return (ino, slot.inode.clone());
+        }
+        let ino = self.next;
+        self.next += 1;
+        let node = inode(kind);
+        self.slots.insert(
+            ino,
+            Slot {
+                inode: node.clone(),
+                lookups: 1,
+                parent,
+                name: name.to_vec(),
+            },
+        );
+        self.by_name.insert(key, ino);
+        (ino, node)
+    }
+
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        let Some(slot) = self.slots.get_mut(&ino) else {
+            return;
+        };
+        slot.lookups = slot.lookups.saturating_sub(n);
+        if slot.lookups > 0 {
+            return;
+        }
+        if let Some(slot) = self.slots.remove(&ino) {
+            let key = (slot.parent, slot.name);
+            if self.by_name.get(&key) == Some(&ino) {
+                self.by_name.remove(&key);
+            }
+        }
+    }
+
+    /// The inode number a directory listing shows for `name` in `parent`: the one handed
+    /// out if any, else a stand-in (a listing hands out no inode).
+    pub fn listed(&self, parent: u64, name: &[u8]) -> u64 {
+        self.by_name
+            .get(&(parent, name.to_vec()))
+            .copied()
+            .unwrap_or(u64::MAX >> 1)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+}
+
+/// `path` (absolute, `/` for the root) with `name` appended.
+pub fn child_path(path: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = path.to_vec();
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inodes_are_reused_while_held_and_dropped_when_forgotten() {
+        let mut t = Inodes::new("h");
+        let k = Kind::Host("a".into());
+        let (a, _) = t.lookup(HOSTS, b"a", k.clone());
+        let (a2, _) = t.lookup(HOSTS, b"a", k.clone());
+        assert_eq!(a, a2);
+        assert_eq!(t.listed(HOSTS, b"a"), a);
+        // The same name now meaning something else gets a new inode.
+        let (b, _) = t.lookup(HOSTS, b"a", Kind::Host("b".into()));
+        assert_ne!(a, b);
+        t.forget(a, 2);
+        assert!(t.get(a).is_none());
+        assert!(t.get(b).is_some());
+        t.forget(b, 1);
+        assert_eq!(t.len(), 0);
+        assert!(t.get(ROOT).is_some(), "fixed inodes stay");
+        t.forget(ROOT, 1);
+        assert!(t.get(ROOT).is_some());
+    }
+
+    #[test]
+    fn child_paths() {
+        assert_eq!(child_path(b"/", b"home"), b"/home");
+        assert_eq!(child_path(b"/home", b"me"), b"/home/me");
+    }
+}
