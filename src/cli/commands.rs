@@ -463,14 +463,37 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     }
     if g.json {
         print_json(&json!({"snapshot": id.to_hex(), "target": opts.target, "result": r}))?;
+    } else if opts.dry_run {
+        for c in &r.changes {
+            println!("would {} {}", c.action, c.path.display());
+        }
+        if !g.quiet {
+            println!(
+                "dry run of snapshot {} to {}: {} files to write ({}), {} unchanged, {} to delete",
+                id.short(),
+                opts.target.display(),
+                r.files,
+                human_bytes(r.bytes),
+                r.unchanged,
+                r.deleted
+            );
+        }
     } else if !g.quiet {
+        let mut also = String::new();
+        if opts.overwrite.is_some() {
+            also += &format!(", {} unchanged", r.unchanged);
+        }
+        if opts.delete {
+            also += &format!(", {} deleted", r.deleted);
+        }
         println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {}{}",
+            "restored snapshot {} to {}: {} files, {} dirs, {}{}{}",
             id.short(),
             opts.target.display(),
             r.files,
             r.dirs,
             human_bytes(r.bytes),
+            also,
             if opts.verify { ", verified" } else { "" }
         );
     }
