@@ -519,8 +519,26 @@ fn cmd_dump(g: &Global, a: DumpArgs) -> Result<i32> {
         std::slice::from_ref(&path),
     )?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    dump::dump(repo, &snap.tree, &path, &mut out)?;
-    Ok(exit::OK)
+    let Some(format) = a.archive else {
+        dump::dump(repo, &snap.tree, &path, &mut out)?;
+        return Ok(exit::OK);
+    };
+    let summary = dump::dump_archive(repo, &snap.tree, &path, format, &mut out)?;
+    for s in &summary.skipped {
+        eprintln!("vault: not in the archive: {s}");
+    }
+    if !g.quiet {
+        eprintln!(
+            "vault: {} entries, {} of file data",
+            summary.entries,
+            human_bytes(summary.bytes)
+        );
+    }
+    Ok(if summary.skipped.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
 }
 
 fn key(g: &Global, k: KeyCommand) -> Result<i32> {
