@@ -266,3 +266,38 @@ fn a_killed_restore_resumes_reading_only_what_is_missing() {
         assert_eq!(n(&again, "files"), 0, "{again}");
     }
 }
+
+/// `if-changed` writes in place only into a file nothing outside reaches: a hard link
+/// planted where a file goes, to a file outside the target, is replaced, and the file
+/// outside keeps its bytes and mode, even when the planted link's size and mtime match.
+#[test]
+fn if_changed_never_writes_through_a_planted_hard_link() {
+    let env = Env::new();
+    let src = backed_up(&env);
+    let target = env.path("t");
+    restore(&env, &target, &[]);
+    let r = Env::restored(&target, &src);
+    let outside = env.path("outside");
+    fs::write(&outside, bytes(999, 70_000)).unwrap();
+    set_mode(&outside, 0o644);
+    let mtime = fs::metadata(r.join("sub/deeper/leaf"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    set_mtime(&outside, mtime);
+    fs::remove_file(r.join("sub/deeper/leaf")).unwrap();
+    fs::hard_link(&outside, r.join("sub/deeper/leaf")).unwrap();
+    for extra in [&[][..], &["--verify-content"][..]] {
+        let mut a = vec!["--overwrite", "if-changed"];
+        a.extend_from_slice(extra);
+        restore(&env, &target, &a);
+        assert_eq!(fs::read(&outside).unwrap(), bytes(999, 70_000));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::read(r.join("sub/deeper/leaf")).unwrap(),
+            bytes(7, 70_000)
+        );
+    }
+    assert_eq!(snapshot_of(&r), snapshot_of(&src));
+}

@@ -377,6 +377,7 @@ fn mtime_ns(st: &FileStat) -> i64 {
 /// the snapshot's own hard links), and it belongs to the restoring user or, when restore
 /// sets owners, to the snapshot's, so nobody else can hold it open for what is written.
 fn in_place_ok(st: &FileStat, node: &Node, apply: Apply) -> bool {
+    #[allow(clippy::unnecessary_cast)] // nlink_t is narrower on some targets
     let nlink = st.st_nlink as u64;
     let links = nlink == 1 || (node.links > 1 && nlink <= node.links);
     let euid = nix::unistd::geteuid().as_raw();
