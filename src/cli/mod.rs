@@ -158,8 +158,15 @@ pub enum Command {
     /// private and given their modes once written, so none is ever more open than the
     /// snapshot says, even if the restore is killed.
     ///
+    /// Without --overwrite, a restore that would replace anything is refused before it
+    /// writes. --overwrite if-changed writes only the chunks that differ (a killed restore
+    /// run again this way reads only what is missing), --overwrite never keeps whatever
+    /// is there, and --delete removes what the snapshot does not hold inside the restored
+    /// paths.
+    ///
     /// Example: vault restore latest --target /tmp/r --include ~/Documents
     ///          vault restore --at yesterday --target /tmp/r
+    ///          vault restore latest --target /srv/www --overwrite if-changed --delete
     Restore(RestoreArgs),
     /// Write one file from a snapshot to standard output, or a directory as a tar or zip
     /// archive.

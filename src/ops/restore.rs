@@ -11,6 +11,17 @@
 //! applied through the open descriptor once the contents are written (directories after
 //! everything in them), so nothing is ever more open than the snapshot says, even after
 //! a kill.
+//!
+//! Into a target that holds entries already, [`Overwrite`] decides per entry. With
+//! `if-changed` an existing regular file is kept or written in place only when nothing
+//! outside can reach it (no link but the snapshot's own, owned by the restoring user or
+//! the snapshot's owner); it is set to its owner bits first, its bytes are hashed at the
+//! snapshot's blob boundaries, and only the blobs that differ are read and written. A
+//! file restore was writing when killed has the mtime of that moment, not the
+//! snapshot's, so a run with `if-changed` compares it and writes what is missing.
+//! `--delete` removes, at the end of each restored directory, the names the snapshot
+//! does not hold there and the selection covers: through the directory's descriptor, a
+//! directory by a walk that never follows a symlink, anything else by unlinking it.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
