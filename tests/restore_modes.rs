@@ -301,3 +301,32 @@ fn if_changed_never_writes_through_a_planted_hard_link() {
     }
     assert_eq!(snapshot_of(&r), snapshot_of(&src));
 }
+
+/// A sparse file with data written into one of its holes is brought back exact by
+/// `if-changed`, holes included.
+#[test]
+fn if_changed_clears_data_written_into_a_hole() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let f = fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(6 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &bytes(5, 4096), 0).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &bytes(6, 4096), 4 << 20).unwrap();
+    drop(f);
+    env.init(&[]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("t");
+    restore(&env, &target, &[]);
+    let r = Env::restored(&target, &src).join("sparse");
+    let f = fs::OpenOptions::new().write(true).open(&r).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"in the hole", 2 << 20).unwrap();
+    drop(f);
+    let out = restore(&env, &target, &["--overwrite", "if-changed"]);
+    assert_eq!(n(&out, "files"), 1, "{out}");
+    assert_eq!(fs::read(&r).unwrap(), fs::read(src.join("sparse")).unwrap());
+    assert_eq!(
+        snapshot_of(&Env::restored(&target, &src)),
+        snapshot_of(&src)
+    );
+}

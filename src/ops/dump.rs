@@ -490,7 +490,9 @@ impl<'w> ZipSink<'w> {
         let mut o = zip::write::SimpleFileOptions::default()
             .compression_method(method)
             .unix_permissions(node.mode & 0o7777)
-            .large_file(node.size >= u64::from(u32::MAX));
+            // ZIP64 sizes from some way below 4 GiB: deflate may make incompressible
+            // data a little larger, and the sizes follow the data, too late to switch.
+            .large_file(node.size >= 0xF000_0000);
         if let Some(t) = zip_time(node.mtime_ns) {
             o = o.last_modified_time(t);
         }
