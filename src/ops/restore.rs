@@ -412,18 +412,22 @@ fn decide(
     verify_content: bool,
     apply: Apply,
 ) -> std::io::Result<Action> {
+    // Without --overwrite the target was checked before: anything there now appeared
+    // meanwhile, and making the entry (O_EXCL) reports it.
+    let Some(mode) = mode else {
+        return Ok(Action::Create);
+    };
     let st = match nix::sys::stat::fstatat(&dir.file, name_of(node), AtFlags::AT_SYMLINK_NOFOLLOW) {
         Err(Errno::ENOENT) => return Ok(Action::Create),
         Err(e) => return Err(e.into()),
         Ok(st) => st,
     };
     Ok(match mode {
-        None => Action::Create,
-        Some(Overwrite::Never) => Action::Keep,
-        Some(Overwrite::Always) => Action::Replace,
-        Some(Overwrite::IfNewer) if node.mtime_ns > mtime_ns(&st) => Action::Replace,
-        Some(Overwrite::IfNewer) => Action::Keep,
-        Some(Overwrite::IfChanged) => if_changed(dir, node, &st, verify_content, apply)?,
+        Overwrite::Never => Action::Keep,
+        Overwrite::Always => Action::Replace,
+        Overwrite::IfNewer if node.mtime_ns > mtime_ns(&st) => Action::Replace,
+        Overwrite::IfNewer => Action::Keep,
+        Overwrite::IfChanged => if_changed(dir, node, &st, verify_content, apply)?,
     })
 }
 
