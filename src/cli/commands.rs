@@ -465,14 +465,37 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
     }
     if g.json {
         print_json(&json!({"snapshot": id.to_hex(), "target": opts.target, "result": r}))?;
+    } else if opts.dry_run {
+        for c in &r.changes {
+            println!("would {} {}", c.action, c.path.display());
+        }
+        if !g.quiet {
+            println!(
+                "dry run of snapshot {} to {}: {} files to write ({}), {} unchanged, {} to delete",
+                id.short(),
+                opts.target.display(),
+                r.files,
+                human_bytes(r.bytes),
+                r.unchanged,
+                r.deleted
+            );
+        }
     } else if !g.quiet {
+        let mut also = String::new();
+        if opts.overwrite.is_some() {
+            also += &format!(", {} unchanged", r.unchanged);
+        }
+        if opts.delete {
+            also += &format!(", {} deleted", r.deleted);
+        }
         println!(
-            "restored snapshot {} to {}: {} files, {} dirs, {}{}",
+            "restored snapshot {} to {}: {} files, {} dirs, {}{}{}",
             id.short(),
             opts.target.display(),
             r.files,
             r.dirs,
             human_bytes(r.bytes),
+            also,
             if opts.verify { ", verified" } else { "" }
         );
     }
@@ -498,8 +521,26 @@ fn cmd_dump(g: &Global, a: DumpArgs) -> Result<i32> {
         std::slice::from_ref(&path),
     )?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-    dump::dump(repo, &snap.tree, &path, &mut out)?;
-    Ok(exit::OK)
+    let Some(format) = a.archive else {
+        dump::dump(repo, &snap.tree, &path, &mut out)?;
+        return Ok(exit::OK);
+    };
+    let summary = dump::dump_archive(repo, &snap.tree, &path, format, &mut out)?;
+    for s in &summary.skipped {
+        eprintln!("vault: not in the archive: {s}");
+    }
+    if !g.quiet {
+        eprintln!(
+            "vault: {} entries, {} of file data",
+            summary.entries,
+            human_bytes(summary.bytes)
+        );
+    }
+    Ok(if summary.skipped.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
 }
 
 fn key(g: &Global, k: KeyCommand) -> Result<i32> {

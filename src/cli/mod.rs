@@ -160,12 +160,21 @@ pub enum Command {
     /// private and given their modes once written, so none is ever more open than the
     /// snapshot says, even if the restore is killed.
     ///
+    /// Without --overwrite, a restore that would replace anything is refused before it
+    /// writes. --overwrite if-changed writes only the chunks that differ (a killed restore
+    /// run again this way reads only what is missing), --overwrite never keeps whatever
+    /// is there, and --delete removes what the snapshot does not hold inside the restored
+    /// paths.
+    ///
     /// Example: vault restore latest --target /tmp/r --include ~/Documents
     ///          vault restore --at yesterday --target /tmp/r
+    ///          vault restore latest --target /srv/www --overwrite if-changed --delete
     Restore(RestoreArgs),
-    /// Write one file from a snapshot to standard output.
+    /// Write one file from a snapshot to standard output, or a directory as a tar or zip
+    /// archive.
     ///
     /// Example: vault dump --at 2026-11-02T14:00 ~/thesis/main.tex > old.tex
+    ///          vault dump latest ~/thesis --archive tar | ssh host tar x
     Dump(DumpArgs),
     /// Every distinct version of a file or directory across snapshots.
     ///
@@ -412,6 +421,12 @@ pub struct DumpArgs {
     /// the file inside the snapshot
     #[arg(num_args = 1..=2, required = true, value_name = "SNAPSHOT|PATH")]
     pub args: Vec<std::ffi::OsString>,
+    /// Write PATH and everything below it as an archive (names start with PATH's last
+    /// component): tar keeps modes, owners, times, symlinks, hard links and any name;
+    /// zip keeps modes, times and symlinks (hard links become copies, FIFOs and devices
+    /// are left out)
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub archive: Option<crate::ops::dump::Archive>,
     #[command(flatten)]
     pub at: AtArg,
     #[command(flatten)]

@@ -67,6 +67,23 @@ fn open_at(dir: &File, name: &OsStr) -> io::Result<File> {
 /// Removes `path` and everything below it, without following symlinks.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     let top = File::from(nix::fcntl::open(path, DIR, Mode::empty())?);
+    remove_below(top)?;
+    std::fs::remove_dir(path)
+}
+
+/// Removes the directory `name` in `parent` and everything below it, reached without
+/// following any symlink (a symlink at `name` is an error).
+pub fn remove_tree_at(parent: &File, name: &OsStr) -> io::Result<()> {
+    remove_below(open_at(parent, name)?)?;
+    Ok(nix::unistd::unlinkat(
+        parent,
+        name,
+        UnlinkatFlags::RemoveDir,
+    )?)
+}
+
+/// Empties the directory `top`.
+fn remove_below(top: File) -> io::Result<()> {
     let mut stack = vec![level(OsString::new(), top)?];
     while let Some(cur) = stack.last_mut() {
         let dir = cur.dir.as_ref().expect("the deepest level is open");
@@ -85,7 +102,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
             None => {
                 let done = stack.pop().expect("a level");
                 let Some(parent) = stack.last_mut() else {
-                    return std::fs::remove_dir(path);
+                    return Ok(());
                 };
                 let child = done.dir.expect("the deepest level is open");
                 if parent.dir.is_none() {

@@ -93,7 +93,7 @@ pub fn verify(
         target: tmp.path().join("restore"),
         includes: Vec::new(),
         excludes: Vec::new(),
-        overwrite: false,
+        overwrite: None,
         verify: true,
         only,
         ..RestoreOptions::default()
