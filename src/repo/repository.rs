@@ -518,6 +518,12 @@ impl Repository {
             ))
             .into());
         }
+        if host.is_empty() || host.chars().any(char::is_control) {
+            return Err(VaultError::Usage(format!(
+                "--host {host:?}: give the host name the key backs up as (no control characters)"
+            ))
+            .into());
+        }
         let master = self.master_key()?;
         let mut payload = new_payload(master, label);
         payload.master_key.clear();
