@@ -157,6 +157,9 @@ fn file_type(k: NodeType) -> FileType {
     }
 }
 
+/// Where a node is: its tree and its position there; None for a snapshot's root.
+type Place = Option<(Id, u32)>;
+
 /// Why a name resolves to nothing, or could not be resolved.
 enum Miss {
     NotFound,
@@ -276,7 +279,7 @@ impl VaultFs {
 
     /// The node at `path` (absolute) in the tree `root`, and where it is; None where the
     /// path is not there.
-    fn find(&self, root: &Id, path: &[u8]) -> Result<Option<(Node, Option<(Id, u32)>)>> {
+    fn find(&self, root: &Id, path: &[u8]) -> Result<Option<(Node, Place)>> {
         let mut at = *root;
         let mut tree = self.tree(root)?;
         let comps = walk::components(std::path::Path::new(OsStr::from_bytes(path)));
