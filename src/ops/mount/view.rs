@@ -323,6 +323,28 @@ mod tests {
     }
 
     #[test]
+    fn names_of_one_hard_link_group_are_one_inode_until_forgotten() {
+        let mut t = Inodes::new("h");
+        let mut n = Node::new(b"a".to_vec(), NodeType::File);
+        n.links = 2;
+        n.inode = 77;
+        let file = |tree: u8, n: &Node| {
+            Kind::Node(NodeRef::new(Id([9; 32]), Some((Id([tree; 32]), 0)), n))
+        };
+        let (a, _) = t.lookup(20, b"a", file(1, &n));
+        let (b, _) = t.lookup(21, b"b", file(2, &n));
+        assert_eq!(a, b);
+        assert_eq!(t.listed(21, b"b"), a);
+        n.links = 1;
+        let (c, _) = t.lookup(22, b"c", file(3, &n));
+        assert_ne!(a, c, "links 1: not grouped");
+        t.forget(a, 2);
+        assert!(t.get(a).is_none());
+        assert_eq!(t.listed(20, b"a"), u64::MAX >> 1, "both names let go");
+        assert_eq!(t.listed(21, b"b"), u64::MAX >> 1);
+    }
+
+    #[test]
     fn child_paths() {
         assert_eq!(child_path(b"/", b"home"), b"/home");
         assert_eq!(child_path(b"/home", b"me"), b"/home/me");
