@@ -195,6 +195,10 @@ fn files_read_as_stored_with_their_metadata() {
     for p in ["sub/hard", "sub/deeper/x"] {
         assert_eq!(fs::metadata(seen.join(p)).unwrap().nlink(), 2, "{p}");
     }
+    // One hard-link group is one inode, as `du`, `cp -a` and `rsync -H` expect.
+    let ino = |p: &str| fs::metadata(seen.join(p)).unwrap().ino();
+    assert_eq!(ino("sub/hard"), ino("sub/deeper/x"));
+    assert_ne!(ino("sub/hard"), ino("small.txt"));
     let sparse = fs::metadata(seen.join("sparse")).unwrap();
     assert_eq!(sparse.len(), 8 << 20);
     assert!(sparse.blocks() * 512 < 1 << 20, "holes take no blocks");

@@ -21,7 +21,7 @@ use fuser::{
 use super::cache::Lru;
 use super::catalog::{Catalog, Entry};
 use super::content::Layout;
-use super::view::{self, Inode, Inodes, Kind, Version, child_path};
+use super::view::{self, Inode, Inodes, Kind, NodeRef, Version, child_path};
 use crate::format::Id;
 use crate::format::pack::BlobType;
 use crate::format::tree::{LazyTree, Node, NodeType};
@@ -157,6 +157,9 @@ fn file_type(k: NodeType) -> FileType {
     }
 }
 
+/// Where a node is: its tree and its position there; None for a snapshot's root.
+type Place = Option<(Id, u32)>;
+
 /// Why a name resolves to nothing, or could not be resolved.
 enum Miss {
     NotFound,
@@ -266,31 +269,50 @@ impl VaultFs {
         Ok(t)
     }
 
-    /// The node named `name` in `tree`.
-    fn child(tree: &LazyTree, name: &[u8]) -> Result<Option<Node>> {
+    /// The node named `name` in `tree`, and its position.
+    fn child(tree: &LazyTree, name: &[u8]) -> Result<Option<(Node, u32)>> {
         match tree.find(name) {
-            Some(i) => Ok(Some(tree.node(i)?)),
+            Some(i) => Ok(Some((tree.node(i)?, i as u32))),
             None => Ok(None),
         }
     }
 
-    /// The node at `path` (absolute) in the tree `root`; None where the path is not there.
-    fn find(&self, root: &Id, path: &[u8]) -> Result<Option<Node>> {
+    /// The node at `path` (absolute) in the tree `root`, and where it is; None where the
+    /// path is not there.
+    fn find(&self, root: &Id, path: &[u8]) -> Result<Option<(Node, Place)>> {
+        let mut at = *root;
         let mut tree = self.tree(root)?;
         let comps = walk::components(std::path::Path::new(OsStr::from_bytes(path)));
         let Some((last, dirs)) = comps.split_last() else {
-            return Ok(Some(self.root_node(root, 0)));
+            return Ok(Some((self.root_node(root, 0), None)));
         };
         for name in dirs {
             match Self::child(&tree, name)? {
-                Some(n) if n.kind == NodeType::Dir => match n.subtree {
-                    Some(sub) => tree = self.tree(&sub)?,
+                Some((n, _)) if n.kind == NodeType::Dir => match n.subtree {
+                    Some(sub) => {
+                        tree = self.tree(&sub)?;
+                        at = sub;
+                    }
                     None => return Ok(None),
                 },
                 _ => return Ok(None),
             }
         }
-        Self::child(&tree, last)
+        Ok(Self::child(&tree, last)?.map(|(n, i)| (n, Some((at, i)))))
+    }
+
+    /// The whole node `r` stands for, decoded again from its tree.
+    fn full_node(&self, r: &NodeRef) -> Result<Node> {
+        match r.at {
+            Some((tree, i)) => {
+                let t = self.tree(&tree)?;
+                if i as usize >= t.len() {
+                    return Err(anyhow!("tree {} changed", tree.short()));
+                }
+                Ok(t.node(i as usize)?)
+            }
+            None => Ok(self.root_node(&r.snap, r.mtime_ns)),
+        }
     }
 
     /// A snapshot's root directory, which has no node of its own in the tree.
@@ -307,7 +329,8 @@ impl VaultFs {
 
     fn snapshot_root(&self, e: &Entry) -> Kind {
         let ns = i64::try_from(e.time.as_nanosecond()).unwrap_or(0);
-        Kind::Node(Arc::new(self.root_node(&e.snap.tree, ns)))
+        let root = self.root_node(&e.snap.tree, ns);
+        Kind::Node(NodeRef::new(e.snap.tree, None, &root))
     }
 
     /// What `name` in the directory `parent` is.
@@ -362,16 +385,16 @@ impl VaultFs {
         }
     }
 
-    fn resolve_in_tree(&self, dir: &Node, name: &[u8]) -> Result<Kind, Miss> {
+    fn resolve_in_tree(&self, dir: &NodeRef, name: &[u8]) -> Result<Kind, Miss> {
         let Some(sub) = dir.subtree.filter(|_| dir.kind == NodeType::Dir) else {
             return Err(Miss::NotFound);
         };
         let tree = self.tree(&sub)?;
-        let node = Self::child(&tree, name)?.ok_or(Miss::NotFound)?;
+        let (node, i) = Self::child(&tree, name)?.ok_or(Miss::NotFound)?;
         if !walk::safe_name(&node.name.0) {
             return Err(Miss::NotFound);
         }
-        Ok(Kind::Node(Arc::new(node)))
+        Ok(Kind::Node(NodeRef::new(dir.snap, Some((sub, i)), &node)))
     }
 
     /// `versions/PATH`: a directory where the newest snapshot of this host holding PATH
@@ -380,7 +403,7 @@ impl VaultFs {
         let cat = self.catalog();
         for e in cat.of_host(Some(&self.host)).rev() {
             match self.find(&e.snap.tree, path) {
-                Ok(Some(n)) if n.kind == NodeType::Dir => {
+                Ok(Some((n, _))) if n.kind == NodeType::Dir => {
                     return Ok(Kind::VersionsDir(path.to_vec()));
                 }
                 Ok(Some(_)) => return Ok(Kind::VersionsOf(path.to_vec())),
@@ -408,8 +431,8 @@ impl VaultFs {
         let mut out: Vec<Version> = Vec::new();
         let mut last: Option<Id> = None;
         for e in cat.of_host(Some(&self.host)) {
-            let node = match self.find(&e.snap.tree, path) {
-                Ok(Some(n)) => n,
+            let (node, at) = match self.find(&e.snap.tree, path) {
+                Ok(Some(found)) => found,
                 Ok(None) => {
                     last = None;
                     continue;
@@ -427,7 +450,7 @@ impl VaultFs {
             last = Some(cid);
             out.push(Version {
                 name: e.name.clone(),
-                node: Arc::new(node),
+                node: NodeRef::new(e.snap.tree, at, &node),
             });
         }
         let out = Arc::new(out);
@@ -483,7 +506,7 @@ impl VaultFs {
                 let cat = self.catalog();
                 let mut found = None;
                 for e in cat.of_host(Some(&self.host)).rev() {
-                    if let Ok(Some(n)) = self.find(&e.snap.tree, p)
+                    if let Ok(Some((n, _))) = self.find(&e.snap.tree, p)
                         && n.kind == NodeType::Dir
                     {
                         found = n.subtree;
@@ -542,11 +565,10 @@ impl VaultFs {
             NodeType::File => {
                 a.size = n.size;
                 a.nlink = n.links.clamp(1, u64::from(u32::MAX)) as u32;
-                let stored: u64 = n.data_extents().iter().map(|e| e[1]).sum();
-                a.blocks = stored.div_ceil(512);
+                a.blocks = n.stored.div_ceil(512);
             }
             NodeType::Symlink => {
-                a.size = n.target.as_ref().map_or(0, |t| t.0.len() as u64);
+                a.size = n.size;
                 a.nlink = 1;
             }
             NodeType::Dir => {}
@@ -563,9 +585,12 @@ impl VaultFs {
         locked(&self.inodes).get(ino.0).ok_or(Errno::ENOENT)
     }
 
-    fn node(&self, ino: INodeNo) -> Result<Arc<Node>, Errno> {
+    /// The whole node inode `ino` is, decoded again: for what `stat` does not show.
+    fn node(&self, ino: INodeNo) -> Result<Node, Errno> {
         match &self.inode(ino)?.kind {
-            Kind::Node(n) => Ok(n.clone()),
+            Kind::Node(r) => self
+                .full_node(r)
+                .map_err(|e| self.io_error("reading a tree", &e)),
             _ => Err(Errno::EISDIR),
         }
     }
