@@ -42,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
 /// input cover it, none longer than max_size and none but the last shorter than min_size.
 fn chunks_within_bounds(cfg: &Config, data: &[u8]) {
     let master = MasterKey::from_bytes(MASTER_KEY);
-    let c = Chunker::new(&cfg.chunker, &master.chunker_secret()).expect("a valid config builds a chunker");
+    let c = Chunker::new(&cfg.chunker, &master.chunker_secret())
+        .expect("a valid config builds a chunker");
     let (min, max) = (cfg.chunker.min_size as usize, cfg.chunker.max_size as usize);
     let ends = c.boundaries(data);
     assert_eq!(ends.last().copied().unwrap_or(0), data.len());

@@ -17,7 +17,10 @@ fn check_entries(entries: &[pack::BlobEntry], data_len: u64, sealed_len: usize) 
             // A bundle's later members share its place and follow each other inside it.
             Some(p) if e.bundled() && e.offset == p.offset => {
                 assert!(p.bundled() && e.length == p.length);
-                assert_eq!(u64::from(e.inner), u64::from(p.inner) + u64::from(p.raw_len));
+                assert_eq!(
+                    u64::from(e.inner),
+                    u64::from(p.inner) + u64::from(p.raw_len)
+                );
             }
             _ => {
                 assert_eq!(u64::from(e.offset), offset, "units are consecutive");

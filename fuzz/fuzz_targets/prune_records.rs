@@ -25,14 +25,20 @@ fuzz_target!(|data: &[u8]| {
             if let Some(s) = stored_object(Kind::Revival, rest)
                 && let Ok(r) = RevivalRecord::open(keys, &s)
             {
-                assert_eq!(RevivalRecord::open(keys, &r.seal(keys)).expect("reopens"), r);
+                assert_eq!(
+                    RevivalRecord::open(keys, &r.seal(keys)).expect("reopens"),
+                    r
+                );
             }
         }
         2 => {
             if let Some(s) = stored_object(Kind::Deletion, rest)
                 && let Ok(r) = DeletionRecord::open(keys, &s)
             {
-                assert_eq!(DeletionRecord::open(keys, &r.seal(keys)).expect("reopens"), r);
+                assert_eq!(
+                    DeletionRecord::open(keys, &r.seal(keys)).expect("reopens"),
+                    r
+                );
             }
         }
         _ => {
