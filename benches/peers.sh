@@ -8,6 +8,9 @@
 # source, and "limit" rows time what the machine itself allows: reading every file cold,
 # zstd at vault's level on all cores over the same bytes, reading every file's metadata
 # cold (what a run that finds nothing changed cannot avoid), and `cp -a` of the tree.
+# vault, restic and rustic also mount the newest snapshot (FUSE; mounting included in
+# each time) to read the largest file, walk every file's metadata
+# and read every file; each row's peak RSS is the mount's, next to the restore's.
 #
 # Usage: benches/peers.sh [-c CORPUS_DIR] [-o OUT_DIR] [TOOL...]
 #   defaults: -c /var/tmp/vault-bench/corpus -o /var/tmp/vault-bench/run, all five tools
@@ -46,6 +49,28 @@ if [[ ${1:-} == _do ]]; then # internal: _do ACTION TOOL OUT
   [[ $action == init || $action == open ]] || export VAULT_KEY_FILE=$out/vault.key
   # Remote mode: restic's ssh goes through the proxy's port with the throwaway key.
   restic() { command restic ${RESTIC_SFTP_COMMAND:+-o "sftp.command=$RESTIC_SFTP_COMMAND"} "$@"; }
+  mount_read() { # what: mounts the newest snapshot at $out/mnt, reads it, unmounts
+    local mnt=$out/mnt dir pid i biggest
+    mkdir -p "$mnt"
+    case $tool in # where the source directory appears in each tool's mount
+      vault) "$VAULT" mount --repo "$r" "$mnt" & dir=$mnt/latest$src ;;
+      restic) restic mount -r "$r" "$mnt" & dir=$mnt/snapshots/latest$src ;;
+      rustic) rustic mount -r "$r" -e "$mnt" latest & dir=$mnt$src ;;
+    esac
+    pid=$!
+    for ((i = 0; i < 600; i++)); do [[ -d $dir ]] && break; sleep 0.1; done
+    [[ -d $dir ]] || { echo "$tool: $dir did not appear"; kill "$pid"; return 1; }
+    case $1 in
+      largest) biggest=$(cd "$src" && find . -type f -printf '%s %P\n' | sort -n | tail -1 | cut -d' ' -f2-)
+        cat "$dir/$biggest" > /dev/null ;;
+      walk) find "$dir" -printf '%s %T@ %m\n' > /dev/null ;;
+      tree) find "$dir" -type f -print0 | xargs -0 -P2 -n64 cat > /dev/null ;;
+    esac
+    local rc=$?
+    fusermount3 -u "$mnt" 2> /dev/null || umount "$mnt"
+    wait "$pid"
+    return $rc
+  }
   case $action:$tool in
     init:vault) "$VAULT" init -q --repo "$r" &&
       (umask 077 && "$VAULT" key export --raw --repo "$r" > "$out/vault.key") ;;
@@ -80,6 +105,9 @@ if [[ ${1:-} == _do ]]; then # internal: _do ACTION TOOL OUT
     prune:rustic) rustic prune -r "$r" ;;
     prune:borg) borg compact "$r" ;;
     prune:bupstash) bupstash gc ;;
+    # Through a FUSE mount of the newest snapshot, mounting and unmounting included:
+    # the largest file, every file's metadata, every file's bytes (as read:limit does).
+    mount-*:vault | mount-*:restic | mount-*:rustic) mount_read "${action#mount-}" ;;
     read:limit) find "$src" -type f -print0 | xargs -0 -P2 -n64 cat > /dev/null ;;
     zstd:limit) tar -C "$src" -cf - . | zstd -q -"$LEVEL" -T0 > /dev/null ;;
     warm:limit) tar -C "$src" -cf - . | cat > /dev/null ;;
@@ -367,6 +395,9 @@ for tool in "${tools[@]}"; do
   step "$tool" backup-nochange backup
   [[ $tool == vault ]] && step vault open-with-password open
   restore_step "$tool" restore
+  if [[ $tool == vault || $tool == restic || $tool == rustic ]]; then # the tools with a mount
+    for m in largest walk tree; do step "$tool" "mount-$m" "mount-$m"; done
+  fi
   step "$tool" forget-half forget
   step "$tool" prune prune
 done

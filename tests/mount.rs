@@ -50,15 +50,18 @@ fn mount(env: &Env) -> Mounted {
 }
 
 fn mount_with(env: &Env, extra: &[&str]) -> Mounted {
-    let at = env.path("mnt");
-    fs::create_dir_all(&at).unwrap();
+    let mut cmd = env.cmd();
+    cmd.arg("mount").args(extra);
+    mount_by(env, cmd, &env.path("mnt"))
+}
+
+/// Runs `cmd` (a `vault mount` with its options) on `at`; returns once it is mounted.
+fn mount_by(env: &Env, mut cmd: std::process::Command, at: &Path) -> Mounted {
+    fs::create_dir_all(at).unwrap();
     let at = at.canonicalize().unwrap();
     let stderr = env.path("mount.err");
-    let child = env
-        .cmd()
+    let child = cmd
         .env("TZ", "UTC")
-        .arg("mount")
-        .args(extra)
         .arg(&at)
         .stdout(Stdio::null())
         .stderr(fs::File::create(&stderr).unwrap())
@@ -312,25 +315,15 @@ fn a_backup_made_while_mounted_appears() {
     assert_eq!(listed(), 2);
 }
 
-#[test]
-fn a_damaged_pack_fails_only_the_file_it_holds() {
-    if !fuse_available() {
-        return;
-    }
+/// Flips a bit in the middle of the pack holding the first blob of `src/a`, which holds
+/// no blob of `src/b`; the blob's id. Both are 1 MiB files backed up with 512K chunks,
+/// which are sealed alone, not bundled with others.
+fn damage_the_pack_of_a(env: &Env, src: &Path) -> vault::format::Id {
     use vault::format::pack::BlobType;
     use vault::ops::walk::{self, Found};
     use vault::repo::FileKind;
 
-    let env = Env::new();
-    // Chunks of 256K and more are sealed alone, not bundled with others.
-    env.init(&["--chunk-size", "512K"]);
-    let src = env.path("src");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("a"), bytes(7, 1 << 20)).unwrap();
-    fs::write(src.join("b"), bytes(8, 1 << 20)).unwrap();
-    env.ok(&["backup", "-q", src.to_str().unwrap()]);
-
-    let repo = common::open_repo(&env);
+    let repo = common::open_repo(env);
     let snaps = repo.snapshots().unwrap();
     let snap = snaps[0].1.as_ref().unwrap();
     let first_blob = |name: &str| match walk::find(&repo, &snap.tree, &src.join(name)).unwrap() {
@@ -353,6 +346,28 @@ fn a_damaged_pack_fails_only_the_file_it_holds() {
     perms.set_mode(0o600);
     fs::set_permissions(&path, perms).unwrap();
     fs::write(&path, stored).unwrap();
+    a[0]
+}
+
+/// Two 1 MiB files, `a` and `b`, in `src`.
+fn two_files(env: &Env) -> PathBuf {
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), bytes(7, 1 << 20)).unwrap();
+    fs::write(src.join("b"), bytes(8, 1 << 20)).unwrap();
+    src
+}
+
+#[test]
+fn a_damaged_pack_fails_only_the_file_it_holds() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init(&["--chunk-size", "512K"]);
+    let src = two_files(&env);
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let a = damage_the_pack_of_a(&env, &src);
 
     let m = mount(&env);
     let seen = m.src("latest", &src);
@@ -364,10 +379,52 @@ fn a_damaged_pack_fails_only_the_file_it_holds() {
     // The listing reads no file data and still works.
     assert_eq!(fs::read_dir(&seen).unwrap().count(), 2);
     let errors = m.errors();
+    assert_eq!(mentions(&errors, &a.short()), 1, "reported once: {errors}");
+}
+
+/// A repository reached over SFTP mounts, and where its copy of a pack is damaged, the
+/// mirror's copy serves the file: reads fall over to mirrors as restore's do.
+#[test]
+fn a_remote_repository_mounts_and_its_mirror_stands_in() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let Some(sftp) = common::servers::Sftp::start(&env.path("sshd")) else {
+        return;
+    };
+    let url = sftp.url(&env.repo());
+    let vault = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .env("VAULT_REPOSITORY", &url)
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_ok(&out);
+    };
+    vault(&["init", "--chunk-size", "512K"]);
+    let mirror = env.path("mirror");
+    vault(&["mirror", "add", "disk", mirror.to_str().unwrap()]);
+    let src = two_files(&env);
+    vault(&["backup", "-q", "--sync", src.to_str().unwrap()]);
+    let a = damage_the_pack_of_a(&env, &src);
+
+    let mut cmd = env.cmd();
+    cmd.env("VAULT_REPOSITORY", &url).arg("mount");
+    let m = mount_by(&env, cmd, &env.path("mnt"));
+    let seen = m.src("latest", &src);
     assert_eq!(
-        mentions(&errors, &a[0].short()),
-        1,
-        "reported once: {errors}"
+        fs::read(seen.join("a")).unwrap(),
+        bytes(7, 1 << 20),
+        "{}",
+        m.errors()
+    );
+    assert_eq!(fs::read(seen.join("b")).unwrap(), bytes(8, 1 << 20));
+    let errors = m.errors();
+    assert!(
+        mentions(&errors, &a.short()) <= 1,
+        "the damaged copy is reported at most once: {errors}"
     );
 }
 
@@ -477,4 +534,101 @@ fn other_users_see_only_what_the_stored_modes_allow() {
     let seen = m.src("latest", &src);
     assert!(!nobody_reads(&seen.join("public")), "no --allow-other");
     assert_eq!(fs::read(seen.join("public")).unwrap(), b"for all");
+}
+
+/// Whether users who are not root may open /dev/fuse, as on a desktop system, where
+/// udev's rule for fuse3 makes it 0666.
+fn fuse_open_to_users() -> bool {
+    let mode = fs::metadata("/dev/fuse").map_or(0, |m| m.mode());
+    let ok = mode & 0o006 == 0o006;
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true: /dev/fuse must be open to users (chmod 0666 /dev/fuse, as udev does)"
+        );
+        eprintln!("skipped: /dev/fuse is not open to users");
+    }
+    ok
+}
+
+/// `cmd` run as user nobody, with its own home, repository and cache.
+fn as_nobody(mut cmd: std::process::Command, home: &Path) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    cmd.uid(65534)
+        .gid(65534)
+        .env("HOME", home)
+        .env("VAULT_REPOSITORY", home.join("repo"))
+        .env("VAULT_CACHE_DIR", home.join("cache"));
+    cmd
+}
+
+/// A user who is not root mounts through the setuid fusermount3: the mount is theirs
+/// (root cannot enter it without --allow-other), reads as stored, and they unmount it.
+#[test]
+fn a_user_who_is_not_root_mounts_and_unmounts() {
+    if !fuse_available() || !fuse_open_to_users() {
+        return;
+    }
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let home = env.path("nobody");
+    let src = home.join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("notes"), "what nobody wrote\n").unwrap();
+    fs::write(src.join("big"), bytes(3, 3 << 20)).unwrap();
+    for p in [&home, &src] {
+        nix::unistd::chown(p.as_path(), Some(65534.into()), Some(65534.into())).unwrap();
+    }
+    let vault = |args: &[&str]| {
+        let mut cmd = as_nobody(env.cmd(), &home);
+        common::assert_ok(&cmd.args(args).output().unwrap());
+    };
+    vault(&["init"]);
+    vault(&["backup", "-q", src.to_str().unwrap()]);
+
+    let mut cmd = as_nobody(env.cmd(), &home);
+    cmd.arg("mount");
+    let at = home.join("mnt");
+    fs::create_dir_all(&at).unwrap();
+    nix::unistd::chown(at.as_path(), Some(65534.into()), Some(65534.into())).unwrap();
+    let mut m = mount_by(&env, cmd, &at);
+    let line = fs::read_to_string("/proc/mounts")
+        .unwrap()
+        .lines()
+        .find(|l| l.split(' ').nth(1) == at.to_str())
+        .unwrap()
+        .to_string();
+    assert!(line.contains("user_id=65534"), "{line}");
+    let seen = m.src("latest", &src);
+    let read = |p: &Path| {
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--",
+                "cat",
+            ])
+            .arg(p)
+            .output()
+            .unwrap();
+        common::assert_ok(&out);
+        out.stdout
+    };
+    assert_eq!(read(&seen.join("notes")), b"what nobody wrote\n");
+    assert_eq!(read(&seen.join("big")), bytes(3, 3 << 20));
+    let denied = fs::metadata(m.p("latest")).unwrap_err();
+    assert_eq!(denied.raw_os_error(), Some(libc::EACCES), "{denied}");
+
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["fusermount3", "-u"])
+        .arg(&at)
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    let mut child = m.child.take().unwrap();
+    let status = wait(&mut child, &m.errors());
+    assert_eq!(status.code(), Some(0), "{}", m.errors());
+    assert!(!is_mounted(&at));
 }
