@@ -79,6 +79,8 @@ pub struct Profile {
     /// `run` reads this rotating part of the data: "1/7" (default), or "never".
     pub check: Option<String>,
     pub export: Option<ExportConfig>,
+    /// Runs before each command of this profile; its failure skips the command.
+    pub before: Option<String>,
     pub on_success: Option<String>,
     pub on_failure: Option<String>,
     /// The repository's own storage credentials.

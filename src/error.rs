@@ -32,6 +32,8 @@ pub mod exit {
     pub const STORAGE: i32 = 13;
     /// The key's role does not allow the command (a backup-role key, §20).
     pub const NOT_PERMITTED: i32 = 14;
+    /// The `--before` command failed, so the command was not run.
+    pub const BEFORE_FAILED: i32 = 15;
 }
 
 #[derive(Debug, Error)]

@@ -173,6 +173,7 @@ fn hooks_see_only_the_allowlisted_environment() {
         ),
     ];
     for (hook, args) in [
+        ("--before", vec!["backup", "-q", src.to_str().unwrap()]),
         ("--on-success", vec!["backup", "-q", src.to_str().unwrap()]),
         (
             "--on-failure",

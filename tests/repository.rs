@@ -4,7 +4,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -277,6 +277,121 @@ fn keys_add_list_passwd_remove_and_raw_key_file() {
         .unwrap();
     common::assert_ok(&out);
     assert!(!String::from_utf8_lossy(&raw.stderr).contains("third password"));
+}
+
+/// The master key on paper: printed as four checked lines and a whole check, typed
+/// back (a mistyped digit is named by its line, and nothing is written), it makes a raw
+/// key file that opens the repository with no password; at a terminal each line is
+/// asked for again until it matches its check.
+#[test]
+fn a_paper_key_typed_back_opens_the_repository() {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.source_with_file(b"on paper");
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let paper = env.ok(&["key", "export", "--paper"]);
+    let lines: Vec<&str> = paper.lines().collect();
+    assert_eq!(lines.len(), 6, "{paper}");
+    assert!(
+        lines[0].starts_with("vault paper key, repository "),
+        "{paper}"
+    );
+    assert!(lines[5].starts_with("check: "), "{paper}");
+
+    let import = |text: &str, out: &Path| {
+        let mut child = env
+            .cmd()
+            .env_remove("VAULT_REPOSITORY")
+            .env_remove("VAULT_PASSWORD")
+            .args([
+                "key",
+                "import",
+                "--paper",
+                "--output",
+                out.to_str().unwrap(),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    // One digit of line 2 mistyped.
+    let mut wrong: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let digit = if wrong[2].as_bytes()[3] == b'f' {
+        "e"
+    } else {
+        "f"
+    };
+    wrong[2].replace_range(3..4, digit);
+    let key = env.path("paper.key");
+    let out = import(&wrong.join("\n"), &key);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2 does not match its check"), "{err}");
+    assert!(!key.exists(), "nothing written");
+
+    let out = import(&paper, &key);
+    common::assert_ok(&out);
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let opened = env
+        .cmd()
+        .env_remove("VAULT_PASSWORD")
+        .env("VAULT_KEY_FILE", &key)
+        .args(["--json", "snapshots"])
+        .output()
+        .unwrap();
+    common::assert_ok(&opened);
+    let out = import(&paper, &key);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "an existing file is not overwritten"
+    );
+
+    // At a terminal (script(1) gives it one): the mistyped line is asked for again.
+    let typed = env.path("typed.key");
+    let mut answers: Vec<String> = vec![wrong[1].clone(), wrong[2].clone(), lines[2].to_string()];
+    answers.extend(lines[3..].iter().map(|l| l.to_string()));
+    let cmd = format!(
+        "{} key import --paper --output {}",
+        env!("CARGO_BIN_EXE_vault"),
+        typed.display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("HOME", env.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for a in &answers {
+        writeln!(stdin, "{a}").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("line 2 does not match its check"), "{shown}");
+    assert_eq!(
+        fs::read(&typed).unwrap(),
+        fs::read(&key).unwrap(),
+        "the same key file"
+    );
 }
 
 /// Runs vault as an unprivileged user when the tests run as root, so that chmod 000
@@ -566,6 +681,175 @@ fn hooks_run_on_success_and_on_failure_with_the_outcome() {
     assert_eq!(lines.len(), 2, "{text}");
     assert!(lines[0].ends_with("vault snapshots exit 0"), "{text}");
     assert!(lines[1].contains("vault dump exit 1: "), "{text}");
+}
+
+/// `--before`: run first, with the hooks' environment; its failure skips the command
+/// (exit 15, nothing written, before the repository is even opened), and the failure
+/// hook and the log see that.
+#[test]
+fn a_failing_before_command_skips_the_command() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.source_with_file(b"x");
+    let s = src.to_str().unwrap();
+    let marker = env.path("prepared");
+    let prepare = format!(
+        "echo noise; echo \"$VAULT_COMMAND\" > '{}'",
+        marker.display()
+    );
+    let out = env.json(&["backup", "--before", &prepare, s], 0);
+    assert_eq!(
+        out["summary"]["files_new"], 1,
+        "stdout is vault's JSON alone: {out}"
+    );
+    assert_eq!(fs::read_to_string(&marker).unwrap(), "backup\n");
+    let snapshots = || env.json(&["snapshots"], 0).as_array().unwrap().len();
+    assert_eq!(snapshots(), 1);
+
+    let (hook_log, runs) = (env.path("hook.log"), env.path("runs.log"));
+    let hook = format!(
+        "echo \"$VAULT_COMMAND $VAULT_EXIT_CODE $VAULT_MESSAGE\" >> '{}'",
+        hook_log.display()
+    );
+    let out = env
+        .cmd()
+        .args(["backup", "--before", "exit 7", "--on-failure", &hook])
+        .args(["--log-file", runs.to_str().unwrap(), s])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(15));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--before command \"exit 7\" exited with exit status: 7")
+            && err.contains("vault backup was not run"),
+        "{err}"
+    );
+    assert_eq!(snapshots(), 1, "nothing was backed up");
+    let hooked = fs::read_to_string(&hook_log).unwrap();
+    assert!(
+        hooked.starts_with("backup 15 the --before command"),
+        "{hooked}"
+    );
+    assert!(
+        fs::read_to_string(&runs)
+            .unwrap()
+            .contains("vault backup exit 15")
+    );
+
+    // It runs before the repository is opened: no repository is no exit 10 here.
+    let out = env
+        .cmd()
+        .env("VAULT_REPOSITORY", env.path("nowhere"))
+        .args(["snapshots", "--before", "false"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(15));
+    assert!(!env.path("nowhere").exists());
+
+    // From a profile.
+    let config = env.path("vault.toml");
+    fs::write(
+        &config,
+        format!(
+            "[profiles.p]\nrepository = \"{}\"\nbefore = \"exit 1\"\n",
+            env.repo().display()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    env.expect(&["--config", c, "--profile", "p", "snapshots"], 15);
+    env.ok(&[
+        "--config",
+        c,
+        "--profile",
+        "p",
+        "--before",
+        "true",
+        "snapshots",
+    ]);
+}
+
+/// `vault cache`: lists every repository's cache; --cleanup removes those not used for
+/// --max-age and trims the rest to --max-size, least recently used first; commands then
+/// download what they need again.
+#[test]
+fn cache_lists_and_cleans_up_the_caches() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.source_with_file(bytes(5, 300_000));
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let ours = env.json(&["cache"], 0)["caches"][0]["path"].clone();
+    let other = env.path("repo2");
+    let in_other = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .env("VAULT_REPOSITORY", &other)
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_ok(&out);
+    };
+    in_other(&["init"]);
+    in_other(&["backup", "-q", src.to_str().unwrap()]);
+
+    let listed = env.json(&["cache"], 0);
+    let caches = listed["caches"].as_array().unwrap();
+    assert_eq!(caches.len(), 2, "{listed}");
+    for c in caches {
+        let dir = PathBuf::from(c["path"].as_str().unwrap());
+        let on_disk: u64 = common::walkdir(&dir)
+            .iter()
+            .filter(|p| p.is_file())
+            .map(|p| fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(on_disk > 0);
+        assert_eq!(c["bytes"], on_disk, "{c}");
+    }
+    // The other repository's cache was last used 60 days ago.
+    let other_id = caches
+        .iter()
+        .find(|c| c["path"] != ours)
+        .map(|c| PathBuf::from(c["path"].as_str().unwrap()))
+        .unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60 * 86400);
+    fs::File::open(&other_id)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let dry = env.json(&["cache", "--cleanup", "--dry-run"], 0);
+    assert_eq!(
+        dry["cleanup"]["removed"].as_array().unwrap().len(),
+        1,
+        "{dry}"
+    );
+    assert!(other_id.exists(), "a dry run removes nothing");
+    let done = env.json(&["cache", "--cleanup", "--max-age", "30d"], 0);
+    assert_eq!(
+        done["cleanup"]["removed"][0]["path"],
+        other_id.to_str().unwrap()
+    );
+    assert!(!other_id.exists());
+    assert_eq!(
+        env.json(&["cache"], 0)["caches"].as_array().unwrap().len(),
+        1
+    );
+
+    let trimmed = env.json(&["cache", "--cleanup", "--max-size", "1K"], 0);
+    assert!(
+        trimmed["cleanup"]["trimmed_files"].as_u64().unwrap() > 0,
+        "{trimmed}"
+    );
+    assert!(
+        trimmed["cleanup"]["kept_bytes"].as_u64().unwrap() <= 1024,
+        "{trimmed}"
+    );
+    env.restore_verified("restored");
+    env.ok(&["check"]);
+
+    env.expect(&["cache", "--max-size", "2G"], 2);
+    env.expect(&["cache", "--cleanup", "--max-size", "lots"], 2);
 }
 
 #[test]

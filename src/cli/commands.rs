@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use serde_json::json;
 
 use super::progress::{Meter, Progress, human_bytes};
@@ -45,12 +45,14 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Export(a) => export::export(&g, a),
         Command::Forget(a) => retention::forget(&g, *a),
         Command::Prune(a) => retention::prune(&g, a),
+        Command::Key(KeyCommand::Import { output, .. }) => key_import(&g, output.as_deref()),
         Command::Key(k) => key(&g, k),
         Command::Check(a) => integrity::check(&g, a),
         Command::Audit(a) => integrity::audit(&g, a),
         Command::Verify(a) => integrity::verify(&g, a),
         Command::Repair(r) => integrity::repair(&g, r),
         Command::Unlock(a) => unlock(&g, &a),
+        Command::Cache(a) => cache(&g, &a),
         Command::Run { profile } => super::run::run(&g, &profile),
         Command::Upgrade => super::retention::upgrade(&g),
         Command::Schedule(s) => super::schedule::schedule(&g, s),
@@ -595,9 +597,92 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
                 println!("removed key {}", target.short());
             })?;
         }
-        KeyCommand::Export { raw: _ } => {
+        KeyCommand::Export { paper: true, .. } => {
+            print!(
+                "{}",
+                crate::format::paper::encode(repo.master_key()?, &repo.config.id)
+            );
+        }
+        KeyCommand::Export { .. } => {
             let v = serde_json::to_string_pretty(&repo.raw_key_export()?)?;
             println!("{v}");
+        }
+        KeyCommand::Import { .. } => unreachable!("imported without a session"),
+    }
+    Ok(exit::OK)
+}
+
+/// `key import --paper`: the typed lines, checked, written as a raw key file.
+fn key_import(g: &Global, output: Option<&std::path::Path>) -> Result<i32> {
+    use crate::format::paper;
+    use std::io::{BufRead, IsTerminal};
+    let mut input = std::io::stdin().lock();
+    let key = if input.is_terminal() {
+        eprintln!(
+            "Type the paper key: its {} numbered lines, then the check line.",
+            paper::LINES
+        );
+        let mut lines = [[0u8; 8]; paper::LINES];
+        let mut typed = zeroize::Zeroizing::new(String::new());
+        let mut ask = |prompt: &str, typed: &mut String| -> Result<()> {
+            eprint!("{prompt}: ");
+            typed.clear();
+            if input.read_line(typed)? == 0 {
+                return Err(VaultError::Usage("key import: the input ended early".into()).into());
+            }
+            Ok(())
+        };
+        for (i, line) in lines.iter_mut().enumerate() {
+            loop {
+                ask(&format!("line {}", i + 1), &mut typed)?;
+                match paper::parse_line(i + 1, &typed) {
+                    Ok(b) => break *line = b,
+                    Err(e) => eprintln!("{e}"),
+                }
+            }
+        }
+        loop {
+            ask("check", &mut typed)?;
+            match paper::assemble(&lines, &typed) {
+                Ok(k) => break k,
+                Err(e) => eprintln!("{e}"),
+            }
+        }
+    } else {
+        let mut text = zeroize::Zeroizing::new(String::new());
+        std::io::Read::read_to_string(&mut input, &mut text)?;
+        paper::decode(&text).map_err(|e| VaultError::Usage(format!("paper key: {e}")))?
+    };
+    let raw = crate::repo::repository::RawKeyFile {
+        vault_raw_key: 1,
+        repository: String::new(),
+        master_key: crate::format::keyfile::encode_master(&key),
+    };
+    let json = zeroize::Zeroizing::new(serde_json::to_string_pretty(&raw)? + "\n");
+    drop(raw);
+    match output {
+        None => std::io::stdout().write_all(json.as_bytes())?,
+        Some(path) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| {
+                    format!(
+                        "key file {}: refusing to overwrite or cannot create",
+                        path.display()
+                    )
+                })?;
+            f.write_all(json.as_bytes())?;
+            f.sync_all()?;
+            if !g.quiet {
+                eprintln!(
+                    "wrote the raw key file {}: use it with --key-file or VAULT_KEY_FILE",
+                    path.display()
+                );
+            }
         }
     }
     Ok(exit::OK)
@@ -641,6 +726,68 @@ fn key_list(g: &Global, repo: &Repository) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn cache(g: &Global, a: &super::CacheArgs) -> Result<i32> {
+    use crate::repo::cache;
+    use crate::units::human_bytes;
+    let Some(base) = cache::base_dir() else {
+        render(g, &json!({"caches": []}), || {
+            println!("caching is off (VAULT_CACHE_DIR is empty)")
+        })?;
+        return Ok(exit::OK);
+    };
+    let when = |c: &cache::CacheInfo| {
+        jiff::Timestamp::try_from(c.last_used).map_or_else(|_| "-".into(), |t| t.to_string())
+    };
+    if !a.cleanup {
+        let caches = cache::list(&base).with_context(|| format!("cache {}", base.display()))?;
+        return render(g, &json!({"dir": base, "caches": caches}), || {
+            println!(
+                "{:<10}  {:>10}  {:>7}  Last used",
+                "Repository", "Size", "Files"
+            );
+            for c in &caches {
+                let size = human_bytes(c.bytes);
+                println!(
+                    "{:<10}  {size:>10}  {:>7}  {}",
+                    &c.repository[..8],
+                    c.files,
+                    when(c)
+                );
+            }
+            let total: u64 = caches.iter().map(|c| c.bytes).sum();
+            println!(
+                "{} cache(s) in {}, {}",
+                caches.len(),
+                base.display(),
+                human_bytes(total)
+            );
+        })
+        .map(|()| exit::OK);
+    }
+    let done = cache::cleanup(&base, a.max_age, a.max_size, a.dry_run)
+        .with_context(|| format!("cache {}", base.display()))?;
+    let verb = if a.dry_run { "would remove" } else { "removed" };
+    render(g, &json!({"dry_run": a.dry_run, "cleanup": done}), || {
+        for c in &done.removed {
+            let size = human_bytes(c.bytes);
+            println!(
+                "{verb} the cache of repository {} ({size}, last used {})",
+                &c.repository[..8],
+                when(c)
+            );
+        }
+        if done.trimmed_files > 0 {
+            let size = human_bytes(done.trimmed_bytes);
+            println!(
+                "{verb} {} least recently used file(s), {size}",
+                done.trimmed_files
+            );
+        }
+        println!("caches kept hold {}", human_bytes(done.kept_bytes));
+    })?;
+    Ok(exit::OK)
 }
 
 fn unlock(g: &Global, a: &super::UnlockArgs) -> Result<i32> {

@@ -50,8 +50,8 @@ Whether \fBrun\fR syncs the mirrors (default true).
 \fBcheck\fR
 The part of the data \fBrun\fR reads: "1/7" (default; a different seventh each run), "10%", "2G", or "never".
 .TP
-\fBon\-success\fR, \fBon\-failure\fR
-Hook commands, as \fB\-\-on\-success\fR and \fB\-\-on\-failure\fR.
+\fBbefore\fR, \fBon\-success\fR, \fBon\-failure\fR
+Hook commands, as \fB\-\-before\fR, \fB\-\-on\-success\fR and \fB\-\-on\-failure\fR.
 .TP
 \fBlimit\-upload\fR, \fBlimit\-download\fR, \fBconnections\fR
 Limits for every backend of a command, as \fB\-\-limit\-upload\fR,

@@ -77,6 +77,12 @@ pub struct Global {
     /// Do not lock the repository (for read-only media)
     #[arg(long, global = true)]
     pub no_lock: bool,
+    /// Run this shell command before the command (a database dump, a check that a disk
+    /// is mounted); if it fails (exit code not 0), the command is not run and vault exits
+    /// with 15. Its environment is VAULT_COMMAND plus what --on-success's has; what it
+    /// prints goes to stderr
+    #[arg(long, global = true, value_name = "CMD")]
+    pub before: Option<String>,
     /// Run this shell command after the command succeeds (exit 0). Its environment is
     /// VAULT_COMMAND, VAULT_EXIT_CODE and VAULT_MESSAGE, plus only PATH, HOME, USER,
     /// LOGNAME, LANG, LC_* and TZ from vault's own: no password, key or storage secret
@@ -318,6 +324,33 @@ pub enum Command {
     ///
     /// Example: vault unlock --stale
     Unlock(UnlockArgs),
+    /// List the local caches of every repository used here, or clean them up.
+    ///
+    /// A cache holds copies of index files, snapshots and trees, so that commands need
+    /// not download them again; it is never needed for correctness. --cleanup removes
+    /// the caches of repositories not used for --max-age, and with --max-size the least
+    /// recently used files of the others until they fit. No repository or password is
+    /// needed.
+    ///
+    /// Example: vault cache --cleanup --max-age 30d --max-size 2G
+    Cache(CacheArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CacheArgs {
+    /// Remove old caches (see --max-age) and trim the rest to --max-size
+    #[arg(long)]
+    pub cleanup: bool,
+    /// With --cleanup: remove the caches of repositories not used for this long
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_wait, requires = "cleanup")]
+    pub max_age: std::time::Duration,
+    /// With --cleanup: then remove the least recently used files until all caches
+    /// together hold at most SIZE (e.g. 2G, 500M)
+    #[arg(long, value_name = "SIZE", value_parser = crate::units::parse_size, requires = "cleanup")]
+    pub max_size: Option<u64>,
+    /// With --cleanup: say what would be removed, remove nothing
+    #[arg(long, requires = "cleanup")]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug)]
@@ -531,13 +564,33 @@ pub enum KeyCommand {
     },
     /// Change the password of the key in use.
     Passwd(KeyAddArgs),
-    /// Print the decrypted master key, for VAULT_KEY_FILE on unattended machines.
+    /// Print the decrypted master key: as a raw key file for VAULT_KEY_FILE on
+    /// unattended machines, or on paper, to type back when every password is lost.
     ///
     /// Example: vault key export --raw > /etc/vault/key && chmod 600 /etc/vault/key
+    ///
+    /// Example: vault key export --paper | lp
     Export {
-        /// Export the raw master key (required: there is no other form yet)
-        #[arg(long, required = true)]
+        /// A raw key file (JSON)
+        #[arg(long, required_unless_present = "paper", conflicts_with = "paper")]
         raw: bool,
+        /// Four lines of hex, each with a check, and a check of the whole key
+        #[arg(long)]
+        paper: bool,
+    },
+    /// Type a paper key (`key export --paper`) back in: each line is checked as it is
+    /// typed (or read from stdin), then written as a raw key file for VAULT_KEY_FILE or
+    /// --key-file. Needs no repository.
+    ///
+    /// Example: vault key import --paper --output ~/vault.key
+    Import {
+        /// The key is on paper (the only form imported)
+        #[arg(long, required = true)]
+        paper: bool,
+        /// Write the raw key file here (mode 600; an existing file is refused) instead of
+        /// to stdout
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
 }
 
@@ -850,6 +903,18 @@ pub fn main() -> i32 {
     let log_file = cli.global.log_file.clone();
     let command = matches.subcommand_name().unwrap_or_default().to_string();
     let verbose = cli.global.verbose > 0;
+    if let Some(msg) = before(cli.global.before.as_deref(), &command) {
+        eprintln!("vault: {msg}");
+        let code = exit::BEFORE_FAILED;
+        after_run(
+            log_file.as_deref(),
+            hooks.1.as_deref(),
+            &command,
+            code,
+            &msg,
+        );
+        return code;
+    }
     let result = commands::run(cli);
     for line in crate::repo::cleanup::left_behind() {
         eprintln!("vault: warning: {line}");
@@ -887,6 +952,19 @@ pub fn main() -> i32 {
         &message,
     );
     code
+}
+
+/// Runs the `--before` command, if any; why the command must not run when it failed.
+fn before(cmd: Option<&str>, command: &str) -> Option<String> {
+    let failed = match crate::hooks::run_before(cmd?, command) {
+        Ok(s) if s.success() => return None,
+        Ok(s) => format!("exited with {s}"),
+        Err(e) => format!("could not run: {e}"),
+    };
+    Some(format!(
+        "the --before command {:?} {failed}: vault {command} was not run",
+        cmd?
+    ))
 }
 
 /// An error as the command line prints it: the library's message, then the advice for

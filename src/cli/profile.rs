@@ -33,6 +33,7 @@ pub fn apply(mut cli: Cli) -> Result<Cli> {
     or(&mut g.connections, text(&p.connections));
     or(&mut g.repo, p.repository.clone());
     or(&mut g.password_command, p.password_command.clone());
+    or(&mut g.before, p.before.clone());
     or(&mut g.on_success, p.on_success.clone());
     or(&mut g.on_failure, p.on_failure.clone());
     if g.password_file.is_none() {

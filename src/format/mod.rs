@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod mirror;
 pub mod object;
 pub mod pack;
+pub mod paper;
 pub mod prune;
 pub mod roles;
 pub mod snapshot;

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use crate::format::Id;
 
@@ -22,13 +23,11 @@ impl Cache {
         if !crate::format::config::is_repo_id(repo_id) {
             return None;
         }
-        let base = match std::env::var_os("VAULT_CACHE_DIR") {
-            Some(v) if v.is_empty() => return None,
-            Some(v) => PathBuf::from(v),
-            None => dirs::cache_dir()?.join("vault"),
-        };
+        let base = base_dir()?;
         let dir = base.join(repo_id);
         private_dir(&dir).ok()?;
+        // When it was last used, for `vault cache --cleanup`.
+        let _ = fs::File::open(&dir).and_then(|d| d.set_modified(SystemTime::now()));
         let tag = base.join("CACHEDIR.TAG");
         if !tag.exists() {
             // Marks the cache so that backup tools (vault's --exclude-caches included) skip it.
@@ -117,6 +116,139 @@ impl Cache {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+}
+
+/// Where the caches of all repositories are: VAULT_CACHE_DIR, else the XDG cache
+/// directory's `vault`; None when caching is off (VAULT_CACHE_DIR="").
+pub fn base_dir() -> Option<PathBuf> {
+    match std::env::var_os("VAULT_CACHE_DIR") {
+        Some(v) if v.is_empty() => None,
+        Some(v) => Some(PathBuf::from(v)),
+        None => Some(dirs::cache_dir()?.join("vault")),
+    }
+}
+
+/// One repository's cache, as `vault cache` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheInfo {
+    pub repository: String,
+    pub path: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    /// When a vault last opened that repository with this cache.
+    #[serde(serialize_with = "as_rfc3339")]
+    pub last_used: SystemTime,
+}
+
+fn as_rfc3339<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    let ts = jiff::Timestamp::try_from(*t).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    s.serialize_str(&ts.to_string())
+}
+
+/// The files of a cache directory, with their sizes and when each was last used.
+fn files_in(dir: &Path, out: &mut Vec<(PathBuf, u64, SystemTime)>) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let Ok(md) = e.path().symlink_metadata() else {
+            continue;
+        };
+        if md.is_dir() {
+            files_in(&e.path(), out);
+        } else if md.is_file() {
+            let used = [md.accessed(), md.modified()]
+                .into_iter()
+                .flatten()
+                .max()
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            out.push((e.path(), md.len(), used));
+        }
+    }
+}
+
+/// Every repository's cache under `base`, most recently used first.
+pub fn list(base: &Path) -> std::io::Result<Vec<CacheInfo>> {
+    let mut caches = Vec::new();
+    let rd = match fs::read_dir(base) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(caches),
+        Err(e) => return Err(e),
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Only what vault made: a directory named by a repository id.
+        if !crate::format::config::is_repo_id(&name) || !e.path().is_dir() {
+            continue;
+        }
+        let mut files = Vec::new();
+        files_in(&e.path(), &mut files);
+        caches.push(CacheInfo {
+            repository: name,
+            path: e.path(),
+            files: files.len() as u64,
+            bytes: files.iter().map(|f| f.1).sum(),
+            last_used: e.metadata()?.modified()?,
+        });
+    }
+    caches.sort_by_key(|c| std::cmp::Reverse(c.last_used));
+    Ok(caches)
+}
+
+/// What `cleanup` removed (or, dry, would remove).
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Cleaned {
+    /// Caches of repositories not used within the age limit, removed whole.
+    pub removed: Vec<CacheInfo>,
+    /// Files removed from the caches kept, least recently used first, to fit the size.
+    pub trimmed_files: u64,
+    pub trimmed_bytes: u64,
+    /// What the caches kept hold afterwards.
+    pub kept_bytes: u64,
+}
+
+/// Removes the caches under `base` of repositories not used for `max_age`, then, with
+/// `max_size`, the least recently used files of the others until all fit in it. A
+/// cache only saves downloads: what another vault process finds gone it downloads again.
+pub fn cleanup(
+    base: &Path,
+    max_age: Duration,
+    max_size: Option<u64>,
+    dry_run: bool,
+) -> std::io::Result<Cleaned> {
+    let now = SystemTime::now();
+    let mut out = Cleaned::default();
+    let mut files = Vec::new();
+    for c in list(base)? {
+        let age = now.duration_since(c.last_used).unwrap_or_default();
+        if age > max_age {
+            if !dry_run {
+                fs::remove_dir_all(&c.path)?;
+            }
+            out.removed.push(c);
+        } else {
+            files_in(&c.path, &mut files);
+        }
+    }
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    if let Some(max) = max_size {
+        files.sort_by_key(|f| f.2);
+        for (path, len, _) in files {
+            if total <= max {
+                break;
+            }
+            if !dry_run {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            total -= len;
+            out.trimmed_files += 1;
+            out.trimmed_bytes += len;
+        }
+    }
+    out.kept_bytes = total;
+    Ok(out)
 }
 
 /// The cache holds copies of index files, snapshots and tree packs (sealed, but their
