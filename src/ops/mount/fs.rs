@@ -632,7 +632,16 @@ impl VaultFs {
         Ok(data)
     }
 
+    /// Whether inode `ino` may have xattrs (a node without any is known from its ref).
+    fn may_have_xattrs(&self, ino: INodeNo) -> bool {
+        self.inode(ino)
+            .is_ok_and(|i| matches!(&i.kind, Kind::Node(r) if r.xattrs))
+    }
+
     fn xattr_value(&self, ino: INodeNo, name: &OsStr) -> Result<Vec<u8>, Errno> {
+        if !self.may_have_xattrs(ino) {
+            return Err(Errno::NO_XATTR);
+        }
         let node = self.node(ino).map_err(|_| Errno::NO_XATTR)?;
         let x = node
             .xattrs
@@ -837,7 +846,9 @@ impl Filesystem for VaultFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let mut names = Vec::new();
-        if let Ok(n) = self.node(ino) {
+        if self.may_have_xattrs(ino)
+            && let Ok(n) = self.node(ino)
+        {
             for x in &n.xattrs {
                 names.extend_from_slice(&x.name.0);
                 names.push(0);

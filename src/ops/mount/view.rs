@@ -80,6 +80,9 @@ pub struct NodeRef {
     pub inode: u64,
     pub rdev: u64,
     pub subtree: Option<Id>,
+    /// Whether it has xattrs: `ls -l` asks every file for two, and a node without any
+    /// is answered without decoding it again.
+    pub xattrs: bool,
 }
 
 impl NodeRef {
@@ -104,6 +107,7 @@ impl NodeRef {
             inode: n.inode,
             rdev: n.rdev,
             subtree: n.subtree,
+            xattrs: !n.xattrs.is_empty(),
         }
     }
 
