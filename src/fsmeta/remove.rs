@@ -30,8 +30,9 @@ struct Level {
     entries: Vec<(OsString, bool)>,
 }
 
-fn level(name: OsString, dir: File) -> io::Result<Level> {
-    let st = nix::sys::stat::fstat(&dir)?;
+/// The entries of the open directory `dir`, each with whether it is a directory (a
+/// symlink is not), read through a descriptor of its own.
+pub fn entries(dir: &File) -> io::Result<Vec<(OsString, bool)>> {
     let mut entries = Vec::new();
     let mut listing = nix::dir::Dir::from_fd(dir.try_clone()?.into())?;
     for e in listing.iter() {
@@ -42,16 +43,21 @@ fn level(name: OsString, dir: File) -> io::Result<Level> {
         }
         let is_dir = match e.file_type() {
             Some(t) => t == Type::Directory,
-            None => nix::sys::stat::fstatat(&dir, n, AtFlags::AT_SYMLINK_NOFOLLOW)
+            None => nix::sys::stat::fstatat(dir, n, AtFlags::AT_SYMLINK_NOFOLLOW)
                 .is_ok_and(|st| super::is_dir(&st)),
         };
         entries.push((n.to_os_string(), is_dir));
     }
+    Ok(entries)
+}
+
+fn level(name: OsString, dir: File) -> io::Result<Level> {
+    let st = nix::sys::stat::fstat(&dir)?;
     Ok(Level {
         name,
+        entries: entries(&dir)?,
         dir: Some(dir),
         ident: (st.st_dev, st.st_ino),
-        entries,
     })
 }
 

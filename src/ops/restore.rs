@@ -527,26 +527,16 @@ fn zeros_at(file: &File, mut from: u64, to: u64) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// The entries of `dir`, each with whether it is a directory, read through a descriptor
-/// of its own (never following a symlink).
+/// The entries of `dir`, each with whether it is a directory (never following a
+/// symlink), read through a descriptor of its own.
 fn list_dir(dir: &Dir) -> std::io::Result<Vec<(std::ffi::OsString, bool)>> {
-    let fd = nix::fcntl::openat(&dir.file, ".", DIR_FLAGS, Mode::empty())?;
-    let mut listing = nix::dir::Dir::from_fd(fd)?;
-    let mut out = Vec::new();
-    for e in listing.iter() {
-        let e = e?;
-        let n = OsStr::from_bytes(e.file_name().to_bytes());
-        if n == "." || n == ".." {
-            continue;
-        }
-        let is_dir = match e.file_type() {
-            Some(t) => t == nix::dir::Type::Directory,
-            None => nix::sys::stat::fstatat(&dir.file, n, AtFlags::AT_SYMLINK_NOFOLLOW)
-                .is_ok_and(|st| fsmeta::is_dir(&st)),
-        };
-        out.push((n.to_os_string(), is_dir));
-    }
-    Ok(out)
+    let own = File::from(nix::fcntl::openat(
+        &dir.file,
+        ".",
+        DIR_FLAGS,
+        Mode::empty(),
+    )?);
+    fsmeta::remove::entries(&own)
 }
 
 /// The entries of the restored directory `dir` (snapshot path `path`) that the snapshot
@@ -1271,23 +1261,24 @@ impl Restorer<'_> {
         }
     }
 
+    /// What to do with the existing entry at `node`'s place: None when it is settled
+    /// already (kept as it is, or its metadata brought in line), else what remains.
+    fn settle(&mut self, dir: &Dir, node: &Node, path: &Path) -> Result<Option<Action>> {
+        let o = &self.opts;
+        match decide(dir, node, o.overwrite, o.verify_content, self.apply)? {
+            Action::Keep => self.kept(node, path),
+            Action::Meta(f) => self.kept_meta(dir, node, path, f.as_ref()),
+            other => return Ok(Some(other)),
+        }
+        Ok(None)
+    }
+
     /// Makes one non-directory entry in `dir`.
     fn make(&mut self, dir: &Arc<Dir>, node: Node, path: &Path) -> Result<()> {
         let name = name_of(&node);
         let overwrite = self.replaces();
-        if node.kind != NodeType::File {
-            let o = &self.opts;
-            match decide(dir, &node, o.overwrite, o.verify_content, self.apply)? {
-                Action::Keep => {
-                    self.kept(&node, path);
-                    return Ok(());
-                }
-                Action::Meta(f) => {
-                    self.kept_meta(dir, &node, path, f.as_ref());
-                    return Ok(());
-                }
-                Action::Create | Action::Replace | Action::Patch(_) => {}
-            }
+        if node.kind != NodeType::File && self.settle(dir, &node, path)?.is_none() {
+            return Ok(());
         }
         match node.kind {
             NodeType::File => return self.make_file(dir, node, path),
@@ -1384,16 +1375,11 @@ impl Restorer<'_> {
             planned.push((*id, pack_id, entry));
         }
         drop(index);
-        let o = &self.opts;
-        let (file, held) = match decide(dir, &node, o.overwrite, o.verify_content, self.apply)? {
-            Action::Keep => {
-                self.kept(&node, path);
-                return Ok(());
-            }
-            Action::Meta(f) => {
-                self.kept_meta(dir, &node, path, f.as_ref());
-                return Ok(());
-            }
+        let Some(action) = self.settle(dir, &node, path)? else {
+            return Ok(());
+        };
+        let (file, held) = match action {
+            Action::Keep | Action::Meta(_) => unreachable!("settled"),
             Action::Create | Action::Replace => {
                 (create_file(dir, name, node.mode, self.replaces())?, None)
             }

@@ -423,8 +423,12 @@ impl Repository {
     // ---- keys ----
 
     pub fn add_key(&self, password: &[u8], label: &str, log_n: u8) -> Result<Id> {
-        let kf = KeyFile::create(password, log_n, &new_payload(self.master_key()?, label))?;
-        let bytes = kf.to_bytes();
+        self.write_key(password, log_n, &new_payload(self.master_key()?, label))
+    }
+
+    /// Seals `payload` under `password` and stores it as a key file; its id.
+    fn write_key(&self, password: &[u8], log_n: u8, payload: &KeyPayload) -> Result<Id> {
+        let bytes = KeyFile::create(password, log_n, payload)?.to_bytes();
         let id = Id::of_stored(&bytes);
         self.backend.write(&FileKind::Key.path(&id), bytes)?;
         Ok(id)
@@ -529,10 +533,7 @@ impl Repository {
         payload.master_key.clear();
         payload.host = host.to_string();
         payload.backup = Some(keyfile::BackupPayload::derive(master, host));
-        let bytes = KeyFile::create(password, log_n, &payload)?.to_bytes();
-        let id = Id::of_stored(&bytes);
-        self.backend.write(&FileKind::Key.path(&id), bytes)?;
-        Ok(id)
+        self.write_key(password, log_n, &payload)
     }
 
     // ---- index ----
