@@ -450,3 +450,66 @@ fn excludes_caches_stdin_and_tags() {
         serde_json::from_str(&env.ok(&["snapshots", "--json", "--tag", "nightly"])).unwrap();
     assert_eq!(snaps.as_array().unwrap().len(), 1);
 }
+
+/// `--stdin-from-command`: the command's output is the file; a command that fails
+/// (or cannot start) fails the backup, and no snapshot is made (restic 0.17's flag).
+#[test]
+fn stdin_from_command_backs_up_its_output_and_fails_with_it() {
+    let env = Env::new();
+    env.init(&[]);
+    let data = env.path("data");
+    fs::write(&data, bytes(4, 1_500_000)).unwrap();
+    let d = data.to_str().unwrap();
+    let out = env.json(
+        &[
+            "backup",
+            "--stdin-from-command",
+            "--stdin-filename",
+            "dump.bin",
+            "--",
+            "cat",
+            d,
+        ],
+        0,
+    );
+    assert_eq!(out["summary"]["bytes_total"], 1_500_000, "{out}");
+    let dumped = env.run(&["dump", "latest", "/dump.bin", "--path", "/dump.bin"]);
+    assert_eq!(dumped.stdout, bytes(4, 1_500_000));
+    let count = || env.json(&["snapshots"], 0).as_array().unwrap().len();
+    assert_eq!(count(), 1);
+
+    // Output, then failure: not a snapshot of half a dump.
+    let fails = format!("cat '{d}'; exit 3");
+    let out = env.run(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "x",
+        "--",
+        "sh",
+        "-c",
+        &fails,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exit status: 3") && err.contains("no snapshot was made"),
+        "{err}"
+    );
+    let out = env.run(&[
+        "backup",
+        "--stdin-from-command",
+        "--stdin-filename",
+        "x",
+        "--",
+        "/nonexistent-program",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("could not start it"));
+    assert_eq!(count(), 1, "no snapshot from a failed command");
+    env.expect(
+        &["backup", "--stdin-from-command", "--stdin-filename", "x"],
+        2,
+    );
+    env.ok(&["check", "--read-data"]);
+}

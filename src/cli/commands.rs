@@ -224,11 +224,27 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         }
         None => None,
     };
-    if a.stdin != a.stdin_filename.is_some() {
+    if (a.stdin || a.stdin_from_command) != a.stdin_filename.is_some() {
         return Err(VaultError::Usage("--stdin and --stdin-filename go together".into()).into());
     }
+    let mut a = a;
+    let stdin_command = if a.stdin_from_command {
+        if a.opts.paths.is_empty() {
+            return Err(VaultError::Usage(
+                "--stdin-from-command: give the command after --, e.g. -- pg_dump mydb".into(),
+            )
+            .into());
+        }
+        std::mem::take(&mut a.opts.paths)
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let opts = backup::BackupOptions {
         stdin_filename: a.stdin_filename,
+        stdin_command,
         dry_run: a.dry_run,
         time,
         parent,

@@ -385,6 +385,11 @@ pub struct BackupArgs {
     /// Back up standard input as one file
     #[arg(long, requires = "stdin_filename")]
     pub stdin: bool,
+    /// Run the command given instead of paths (after --) and back up its output as one
+    /// file; if it fails, the backup fails and no snapshot is made.
+    /// Example: vault backup --stdin-from-command --stdin-filename db.sql -- pg_dump mydb
+    #[arg(long, requires = "stdin_filename", conflicts_with = "stdin")]
+    pub stdin_from_command: bool,
     /// Name of the file that holds standard input in the snapshot
     #[arg(long)]
     pub stdin_filename: Option<String>,

@@ -352,7 +352,11 @@ fn walk(
     let one_fs = opts.one_file_system;
     let mut walker = Walker::new(shared.clone(), scanner, one_fs, walked.file_tx, dir_tx);
     match &opts.stdin_filename {
-        Some(name) => walker.stdin(name, sealers::batcher(walked.chunk_tx.clone())),
+        Some(name) => walker.stdin(
+            name,
+            &opts.stdin_command,
+            sealers::batcher(walked.chunk_tx.clone()),
+        ),
         None => walker.root(walked.sources, walked.parent_tree),
     }
 }

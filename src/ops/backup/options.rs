@@ -43,4 +43,8 @@ pub struct BackupOptions {
     /// Compare with this snapshot instead of the newest of the same host and paths.
     #[cfg_attr(feature = "cli", arg(skip))]
     pub parent: Option<Id>,
+    /// With `stdin_filename`: run this program (and arguments) and back up its output
+    /// instead of standard input; its failure fails the backup, and no snapshot is made.
+    #[cfg_attr(feature = "cli", arg(skip))]
+    pub stdin_command: Vec<String>,
 }

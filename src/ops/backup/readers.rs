@@ -104,8 +104,15 @@ fn count_read(sh: &Shared, job: &FileJob) {
     });
 }
 
-/// Reads standard input as the file `name`: its node, with the chunks queued.
-pub(super) fn read_stdin(sh: &Shared, name: &str, mut chunks: Batcher<Chunk>) -> Result<Node> {
+/// Reads standard input, or what `command` (when given) writes to its standard output,
+/// as the file `name`: its node, with the chunks queued. A command that fails (exit code
+/// not 0, or killed) fails the backup, as a stream it did not finish is no backup.
+pub(super) fn read_stdin(
+    sh: &Shared,
+    name: &str,
+    command: &[String],
+    mut chunks: Batcher<Chunk>,
+) -> Result<Node> {
     let mut node = Node::new(name.as_bytes().to_vec(), NodeType::File);
     node.mode = 0o644;
     node.uid = nix::unistd::getuid().as_raw();
@@ -113,8 +120,11 @@ pub(super) fn read_stdin(sh: &Shared, name: &str, mut chunks: Batcher<Chunk>) ->
     let now = jiff::Timestamp::now().as_nanosecond() as i64;
     node.mtime_ns = now;
     node.ctime_ns = now;
-    let (content, size) = chunk_stream(sh, &mut std::io::stdin().lock(), &mut chunks)
-        .context("reading standard input")?;
+    let (content, size) = match command.split_first() {
+        None => chunk_stream(sh, &mut std::io::stdin().lock(), &mut chunks)
+            .context("reading standard input")?,
+        Some((program, args)) => chunk_command(sh, program, args, &mut chunks)?,
+    };
     chunks.flush()?;
     node.content = content;
     node.size = size;
@@ -123,6 +133,31 @@ pub(super) fn read_stdin(sh: &Shared, name: &str, mut chunks: Batcher<Chunk>) ->
         s.bytes_total += size;
     });
     Ok(node)
+}
+
+/// Runs `program` with `args` and chunks its standard output; fails when it does.
+fn chunk_command(
+    sh: &Shared,
+    program: &str,
+    args: &[String],
+    chunks: &mut Batcher<Chunk>,
+) -> Result<(Vec<Id>, u64)> {
+    let what = || format!("--stdin-from-command {program:?}");
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("{}: could not start it", what()))?;
+    let mut out = child.stdout.take().context("no standard output")?;
+    let read = chunk_stream(sh, &mut out, chunks);
+    drop(out);
+    let status = child.wait().with_context(what)?;
+    let read = read.with_context(|| format!("{}: reading its output", what()))?;
+    if !status.success() {
+        return Err(anyhow!("{}: {status}: no snapshot was made", what()));
+    }
+    Ok(read)
 }
 
 fn read_file(sh: &Shared, job: &mut FileJob, chunks: &mut Batcher<Chunk>) -> Result<()> {

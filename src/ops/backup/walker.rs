@@ -202,9 +202,15 @@ impl Walker<'_, '_> {
         self.walk(listing, Some(&trie))
     }
 
-    /// Backs up standard input as the root's one file `name`; returns the root's job.
-    pub(super) fn stdin(&mut self, name: &str, chunks: Batcher<Chunk>) -> Result<usize> {
-        let node = readers::read_stdin(&self.shared, name, chunks)?;
+    /// Backs up standard input (or `command`'s output) as the root's one file `name`;
+    /// returns the root's job.
+    pub(super) fn stdin(
+        &mut self,
+        name: &str,
+        command: &[String],
+        chunks: Batcher<Chunk>,
+    ) -> Result<usize> {
+        let node = readers::read_stdin(&self.shared, name, command, chunks)?;
         let entry = Scanned {
             name: name.into(),
             found: Found::Node(Box::new(node)),
