@@ -14,7 +14,11 @@ use crate::repo::lock::LockKind;
 
 /// The snapshots `specs` name (`latest`, id prefixes) among those `filter` selects, or
 /// all it selects when none is named; oldest first, each once.
-fn chosen(repo: &Repository, specs: &[String], filter: &SnapshotFilter) -> Result<Vec<(Id, Snapshot)>> {
+fn chosen(
+    repo: &Repository,
+    specs: &[String],
+    filter: &SnapshotFilter,
+) -> Result<Vec<(Id, Snapshot)>> {
     if specs.is_empty() {
         return select::list(repo, filter, &warn_stderr);
     }
@@ -59,14 +63,26 @@ pub fn stats(g: &Global, a: StatsArgs) -> Result<i32> {
     render(g, &st, || {
         println!("snapshots:       {}", st.snapshots);
         println!("files:           {}", st.files);
-        println!("restore size:    {} ({} bytes)", human_bytes(st.restore_size), st.restore_size);
+        println!(
+            "restore size:    {} ({} bytes)",
+            human_bytes(st.restore_size),
+            st.restore_size
+        );
         if let Some(r) = &st.raw_data {
             println!(
                 "distinct blobs:  {} ({} data, {} trees)",
                 r.blobs, r.data_blobs, r.tree_blobs
             );
-            println!("raw data:        {} ({} bytes)", human_bytes(r.raw_bytes), r.raw_bytes);
-            println!("stored:          {} ({} bytes)", human_bytes(r.stored_bytes), r.stored_bytes);
+            println!(
+                "raw data:        {} ({} bytes)",
+                human_bytes(r.raw_bytes),
+                r.raw_bytes
+            );
+            println!(
+                "stored:          {} ({} bytes)",
+                human_bytes(r.stored_bytes),
+                r.stored_bytes
+            );
             println!("compression:     {:.2}x", r.compression_ratio);
             println!("deduplication:   {:.2}x", r.dedup_ratio);
             if r.missing_blobs > 0 {
@@ -75,7 +91,10 @@ pub fn stats(g: &Global, a: StatsArgs) -> Result<i32> {
         }
         if let Some(per) = &st.per_snapshot {
             println!();
-            println!("{:<8}  {:>10}  {:>8}  {:>12}", "ID", "Restore", "Files", "Unique");
+            println!(
+                "{:<8}  {:>10}  {:>8}  {:>12}",
+                "ID", "Restore", "Files", "Unique"
+            );
             for p in per {
                 println!(
                     "{:<8}  {:>10}  {:>8}  {:>12}",
@@ -119,7 +138,10 @@ pub fn rewrite(g: &Global, mut a: RewriteArgs) -> Result<i32> {
     let done = s.rewrite(&snaps, &a.opts)?;
     render(g, &done, || {
         for r in &done.rewritten {
-            let new = r.rewritten.map(|n| n.short()).unwrap_or_else(|| "(dry run)".into());
+            let new = r
+                .rewritten
+                .map(|n| n.short())
+                .unwrap_or_else(|| "(dry run)".into());
             println!(
                 "{} -> {}: {} path(s), {} left out",
                 r.original.short(),
@@ -131,7 +153,11 @@ pub fn rewrite(g: &Global, mut a: RewriteArgs) -> Result<i32> {
                 println!("  - {p}");
             }
         }
-        let verb = if a.opts.dry_run { "would rewrite" } else { "rewrote" };
+        let verb = if a.opts.dry_run {
+            "would rewrite"
+        } else {
+            "rewrote"
+        };
         println!(
             "{verb} {} snapshot(s), {} unchanged{}",
             done.rewritten.len(),

@@ -185,9 +185,7 @@ impl Walker<'_> {
                 }
                 continue;
             };
-            let p = frame
-                .path
-                .join(std::ffi::OsStr::from_bytes(&node.name.0));
+            let p = frame.path.join(std::ffi::OsStr::from_bytes(&node.name.0));
             let is_dir = node.kind == NodeType::Dir;
             if self.globs.matched(&p, is_dir).is_ignore() {
                 frame.bytes += match (node.kind, node.subtree) {
@@ -245,7 +243,13 @@ impl Walker<'_> {
             self.written += u64::from(!self.dry_run);
             let level = self.repo.config.compression_level;
             self.packer
-                .add(seal_blob(&self.repo.keys, BlobType::Tree, id, &bytes, level))
+                .add(seal_blob(
+                    &self.repo.keys,
+                    BlobType::Tree,
+                    id,
+                    &bytes,
+                    level,
+                ))
                 .map_err(|e| anyhow!(e).context("writing a rewritten tree"))?;
         }
         Ok(id)

@@ -37,10 +37,9 @@ impl TagChange {
     /// Refuses a change that changes nothing or names an empty tag.
     pub fn validate(&self) -> Result<()> {
         if self.add.is_empty() && self.remove.is_empty() && self.set.is_empty() {
-            return Err(VaultError::Usage(
-                "vault tag: give --add, --remove or --set".into(),
-            )
-            .into());
+            return Err(
+                VaultError::Usage("vault tag: give --add, --remove or --set".into()).into(),
+            );
         }
         for t in self.add.iter().chain(&self.remove) {
             if t.is_empty() {
