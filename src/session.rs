@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::error::{ErrorKind, Result, VaultError};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
-use crate::ops::{backup, copies, forget, prune, repair, restore, select};
+use crate::ops::{backup, copies, forget, prune, repair, restore, rewrite, select, tag};
 use crate::repo::lock::{self, LockGuard, LockKind};
 use crate::repo::repository::{InitOptions, Secret};
 use crate::repo::{Backend, FileKind, Repository};
@@ -132,6 +132,49 @@ impl<S> Session<S> {
     pub fn with_mirrors(mut self, quiet: bool) -> Self {
         copies::attach_mirrors(&mut self.repo, quiet, &*self.report);
         self
+    }
+
+    /// Forgets `ids`, and before them every snapshot an interrupted `vault tag` left
+    /// hidden behind one of them (else it would come back into view): the forget record
+    /// first (it is what lets sync remove them from the mirrors too), then each snapshot
+    /// file, the hidden ones first, so that whatever a kill leaves is hidden or gone.
+    fn forget_ids(&self, ids: &[Id]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.ensure_held()?;
+        let ids = self.with_superseded(ids)?;
+        self.repo.save_forget_record(&ids)?;
+        for id in &ids {
+            self.repo.backend.delete(&FileKind::Snapshot.path(id))?;
+        }
+        Ok(())
+    }
+
+    /// `ids` after the snapshots hidden behind them, deepest first.
+    fn with_superseded(&self, ids: &[Id]) -> Result<Vec<Id>> {
+        let all = self.repo.all_snapshots()?;
+        let hidden = crate::format::snapshot::superseded(
+            all.iter()
+                .filter_map(|(id, s)| s.as_ref().ok().map(|s| (id, s))),
+        );
+        let mut taken: std::collections::HashSet<Id> = ids.iter().copied().collect();
+        let mut extra = Vec::new();
+        loop {
+            let more: Vec<Id> = hidden
+                .iter()
+                .filter(|(old, new)| taken.contains(*new) && !taken.contains(*old))
+                .map(|(old, _)| *old)
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            taken.extend(more.iter().copied());
+            extra.extend(more);
+        }
+        extra.reverse();
+        extra.extend_from_slice(ids);
+        Ok(extra)
     }
 
     fn warn_damaged_index(&self) {
@@ -279,6 +322,28 @@ impl Session<Open> {
 }
 
 impl Session<Locked> {
+    /// Changes the tags of `snaps` as `change` says (see [`tag::retag`]): every new
+    /// snapshot is written, then the old ones are forgotten in one record.
+    pub fn tag(&self, snaps: &[(Id, Snapshot)], change: &tag::TagChange) -> Result<tag::Tagged> {
+        self.ensure_held()?;
+        let done = tag::retag(&self.repo, snaps, change)?;
+        let mut old: Vec<Id> = done.changed.iter().map(|c| c.old).collect();
+        // What an interrupted run left hidden behind a snapshot that needs no change now
+        // is forgotten too, so that running tag again finishes the job.
+        let unchanged: Vec<Id> = snaps
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !old.contains(id))
+            .collect();
+        old.extend(
+            self.with_superseded(&unchanged)?
+                .into_iter()
+                .filter(|id| !unchanged.contains(id)),
+        );
+        self.forget_ids(&old)?;
+        Ok(done)
+    }
+
     /// Loads the index for reading; damaged index files are reported and skipped.
     pub fn index(mut self) -> Result<Session<Indexed>> {
         self.repo.load_index()?;
@@ -379,6 +444,26 @@ impl Session<ForBackup> {
 }
 
 impl Session<Indexed> {
+    /// Rewrites `snaps` without what `opts` excludes (see [`rewrite::rewrite`]); with
+    /// `opts.forget`, then forgets the originals in one record.
+    pub fn rewrite(
+        &self,
+        snaps: &[(Id, Snapshot)],
+        opts: &rewrite::RewriteOptions,
+    ) -> Result<rewrite::RewriteResult> {
+        // Reads every file's place in the trees: a full key's, even for a dry run.
+        self.repo.require_full("vault rewrite")?;
+        if !opts.dry_run {
+            self.ensure_held()?;
+        }
+        let done = rewrite::rewrite(&self.repo, snaps, opts)?;
+        if opts.forget && !opts.dry_run {
+            let old: Vec<Id> = done.rewritten.iter().map(|r| r.original).collect();
+            self.forget_ids(&old)?;
+        }
+        Ok(done)
+    }
+
     /// Loads the index again, for a long-lived reader (a mount) that must see what
     /// backups added since it opened.
     pub fn reload_index(&mut self) -> Result<()> {
@@ -386,18 +471,9 @@ impl Session<Indexed> {
         Ok(())
     }
 
-    /// Forgets `ids`: the forget record first (it is what lets sync remove them from the
-    /// mirrors too), then each snapshot file.
+    /// Forgets `ids` (see [`Session::forget_ids`]).
     pub fn forget(&self, ids: &[Id]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        self.ensure_held()?;
-        self.repo.save_forget_record(ids)?;
-        for id in ids {
-            self.repo.backend.delete(&FileKind::Snapshot.path(id))?;
-        }
-        Ok(())
+        self.forget_ids(ids)
     }
 
     /// The snapshots a retention policy removes, group by group with the reasons.

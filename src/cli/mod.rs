@@ -3,6 +3,7 @@
 
 mod commands;
 mod export;
+mod history;
 mod integrity;
 mod logger;
 pub mod man;
@@ -215,6 +216,41 @@ pub enum Command {
     ///
     /// Example: vault forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
     Forget(Box<ForgetArgs>),
+    /// Change snapshots' tags: --add, --remove, or --set (replaces them all).
+    ///
+    /// A snapshot never changes: each one whose tags change is written anew (same files,
+    /// time and host; `original` names the old one) and the old one is forgotten, as
+    /// forget does (sync carries both to the mirrors). Without SNAPSHOT, every snapshot
+    /// the filters select is changed, all of them when no filter is given (as restic's
+    /// tag). Killed at any instant, it leaves the old snapshot or the new one in view,
+    /// never both; run it again to finish. Needs a full key.
+    ///
+    /// Example: vault tag --add keep --remove nightly 3fa2c1d0
+    ///          vault tag --set archive --host laptop
+    Tag(TagArgs),
+    /// New snapshots without the paths matching --exclude; every other file keeps its
+    /// stored blobs (only the trees on the way are written anew).
+    ///
+    /// Each new snapshot names its original, lists the patterns among its excludes and
+    /// keeps its time, host and tags. Without SNAPSHOT, every snapshot the filters select
+    /// (all when none is given); snapshots with nothing to leave out are left alone.
+    /// --forget forgets the originals once every new snapshot is written; run prune to
+    /// free the space. Patterns are backup's (gitignore style, anchored at /); a leading
+    /// ~/ is the home directory.
+    ///
+    /// Example: vault rewrite --exclude '~/secret.pdf' --dry-run
+    ///          vault rewrite --exclude '*.iso' --forget 3fa2c1d0
+    Rewrite(RewriteArgs),
+    /// Sizes: what the snapshots restore to, what their blobs take, per snapshot.
+    ///
+    /// --mode restore-size (default): every regular file of every selected snapshot, as
+    /// a restore writes it. raw-data: the distinct blobs they reference, plaintext and
+    /// stored, with the compression and deduplication ratios. per-snapshot: each one's
+    /// restore size and the blobs no other selected snapshot references. Always: the
+    /// repository's packs and indexed blobs. Reads trees and the index only.
+    ///
+    /// Example: vault stats --mode raw-data   or   vault stats latest --mode per-snapshot
+    Stats(StatsArgs),
     /// Delete the data no snapshot uses and reclaim its space (exclusive lock).
     ///
     /// Example: vault prune --max-unused 5% --max-repack 1G
@@ -521,6 +557,40 @@ pub struct FindArgs {
     /// Only snapshots taken at or before TIME
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    /// Snapshots to change: `latest` or id prefixes (default: all the filters select)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub change: crate::ops::tag::TagChange,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct RewriteArgs {
+    /// Snapshots to rewrite: `latest` or id prefixes (default: all the filters select)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub opts: crate::ops::rewrite::RewriteOptions,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Snapshots to count: `latest` or id prefixes (default: all the filters select)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// What to count
+    #[arg(long, value_enum, default_value = "restore-size")]
+    pub mode: crate::ops::stats::Mode,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
 }
 
 #[derive(Args, Debug)]

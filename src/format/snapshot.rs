@@ -1,5 +1,7 @@
 //! Snapshots: one backup run — when, where, what, and the root tree.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::crypto::Keys;
@@ -47,7 +49,9 @@ pub struct Snapshot {
     pub program: String,
     #[serde(default)]
     pub summary: Summary,
-    /// For a snapshot written by `vault repair snapshots`: the damaged snapshot it replaces.
+    /// The snapshot this one replaces: the damaged one `vault repair snapshots` rewrote
+    /// (another tree), or the one `vault tag` re-tagged (the same tree; see
+    /// [`superseded`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<Id>,
 }
@@ -79,4 +83,21 @@ impl Snapshot {
             .parse()
             .map_err(|e| FormatError::malformed("snapshot time", e))
     }
+}
+
+/// The snapshots another one replaces without changing their content: `vault tag` writes
+/// the re-tagged snapshot (same tree, `original` naming the old one) before it forgets
+/// the old one, and a kill between the two leaves both. Each such leftover maps to the
+/// snapshot that replaces it; listings hide it, and forgetting the replacement forgets
+/// it too. A repaired snapshot has another tree, so its original stays in view.
+pub fn superseded<'a>(snaps: impl IntoIterator<Item = (&'a Id, &'a Snapshot)>) -> HashMap<Id, Id> {
+    let snaps: Vec<(&Id, &Snapshot)> = snaps.into_iter().collect();
+    let trees: HashMap<&Id, &Id> = snaps.iter().map(|(id, s)| (*id, &s.tree)).collect();
+    snaps
+        .iter()
+        .filter_map(|(id, s)| {
+            let old = s.original.as_ref()?;
+            (old != *id && trees.get(old) == Some(&&s.tree)).then_some((*old, **id))
+        })
+        .collect()
 }

@@ -1147,8 +1147,23 @@ impl Repository {
         })
     }
 
-    /// All snapshots, oldest first. Damaged ones are returned as errors for the caller to report.
+    /// All snapshots, oldest first, but those another one supersedes (an interrupted
+    /// `vault tag` left them: see [`crate::format::snapshot::superseded`]). Damaged ones
+    /// are returned as errors for the caller to report.
     pub fn snapshots(&self) -> Result<Vec<(Id, Result<Snapshot>)>> {
+        let all = self.all_snapshots()?;
+        let hidden = crate::format::snapshot::superseded(
+            all.iter()
+                .filter_map(|(id, s)| s.as_ref().ok().map(|s| (id, s))),
+        );
+        Ok(all
+            .into_iter()
+            .filter(|(id, _)| !hidden.contains_key(id))
+            .collect())
+    }
+
+    /// Every snapshot, oldest first, superseded ones included.
+    pub fn all_snapshots(&self) -> Result<Vec<(Id, Result<Snapshot>)>> {
         let sized = self.backend.list_sized(FileKind::Snapshot)?;
         self.prefetch_named(Named::SNAPSHOT, &sized);
         // A backup-role key sees its own host's snapshots only (§20).
