@@ -199,7 +199,16 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
+pub(super) fn cmd_backup(g: &Global, mut a: BackupArgs) -> Result<i32> {
+    if a.stdin != a.stdin_filename.is_some() {
+        return Err(VaultError::Usage("--stdin and --stdin-filename go together".into()).into());
+    }
+    // Lists and exclude files read, every pattern checked, before the repository is
+    // opened: bad input writes nothing.
+    a.opts.stdin_filename = a.stdin_filename.clone();
+    for w in a.opts.resolve()? {
+        eprintln!("vault: {w}");
+    }
     let a_sync = a.sync;
     let session = mirrored(g)?;
     let session = if a.dry_run {
@@ -222,9 +231,6 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         }
         None => None,
     };
-    if a.stdin != a.stdin_filename.is_some() {
-        return Err(VaultError::Usage("--stdin and --stdin-filename go together".into()).into());
-    }
     let opts = backup::BackupOptions {
         stdin_filename: a.stdin_filename,
         dry_run: a.dry_run,
