@@ -8,6 +8,9 @@
 //! password-file = "/etc/vault/password"   # or password-command = "pass show vault"
 //! sources = ["/home", "/etc"]
 //! exclude = ["*.tmp", "/home/*/.cache"]
+//! iexclude = ["*.iso"]                    # and the other selection options of backup,
+//! exclude-larger-than = "2G"              # without the dashes: files-from,
+//! ignore-file = [".vaultignore"]          # exclude-if-present, exclude-file, ...
 //! tags = ["nightly"]
 //! prune = "7d"                            # how often `run` prunes: "always", "never", a span
 //! check = "1/7"                           # `run` reads a rotating 1/7 of the data
@@ -67,6 +70,25 @@ pub struct Profile {
     pub host: Option<String>,
     #[serde(default)]
     pub exclude_caches: bool,
+    /// backup's selection options of the same names (see [`BackupOptions`]).
+    #[serde(default)]
+    pub files_from: Vec<PathBuf>,
+    #[serde(default)]
+    pub files_from_verbatim: Vec<PathBuf>,
+    #[serde(default)]
+    pub files_from_raw: Vec<PathBuf>,
+    #[serde(default)]
+    pub exclude_file: Vec<PathBuf>,
+    #[serde(default)]
+    pub iexclude: Vec<String>,
+    #[serde(default)]
+    pub iexclude_file: Vec<PathBuf>,
+    /// A size: "2G", "500M", or a number of bytes.
+    pub exclude_larger_than: Option<Setting>,
+    #[serde(default)]
+    pub exclude_if_present: Vec<String>,
+    #[serde(default)]
+    pub ignore_file: Vec<String>,
     #[serde(default)]
     pub one_file_system: bool,
     /// forget's policy options without the leading dashes: keep-daily = 7,
@@ -144,26 +166,47 @@ impl Profile {
         [&self.limit_upload, &self.limit_download, &self.connections]
     }
 
-    /// The backup this profile describes.
-    pub fn backup_options(&self) -> BackupOptions {
+    /// The backup this profile describes; a usage error names a setting that is not
+    /// valid.
+    pub fn backup_options(&self) -> Result<BackupOptions, VaultError> {
         let mut opts = BackupOptions::default();
-        self.fill_backup(&mut opts);
-        opts
+        self.fill_backup(&mut opts)?;
+        Ok(opts)
     }
 
-    /// Adds this profile to a backup's options: its sources when the options name none,
-    /// its excludes and tags besides theirs, its host when they set none, and its flags.
-    pub fn fill_backup(&self, opts: &mut BackupOptions) {
-        if opts.paths.is_empty() {
+    /// Adds this profile to a backup's options: its sources and lists when the options
+    /// name no paths, its exclusions and tags besides theirs, its host and size limit
+    /// when they set none, and its flags. A usage error names a setting that is not
+    /// valid.
+    pub fn fill_backup(&self, opts: &mut BackupOptions) -> Result<(), VaultError> {
+        if !opts.names_paths() {
             opts.paths = self.sources.clone();
+            opts.files_from = self.files_from.clone();
+            opts.files_from_verbatim = self.files_from_verbatim.clone();
+            opts.files_from_raw = self.files_from_raw.clone();
         }
         opts.excludes.extend(self.exclude.iter().cloned());
+        opts.exclude_files.extend(self.exclude_file.iter().cloned());
+        opts.iexcludes.extend(self.iexclude.iter().cloned());
+        opts.iexclude_files
+            .extend(self.iexclude_file.iter().cloned());
+        let if_present = self.exclude_if_present.iter().cloned();
+        opts.exclude_if_present.extend(if_present);
+        opts.ignore_files.extend(self.ignore_file.iter().cloned());
+        if opts.exclude_larger_than.is_none()
+            && let Some(size) = text(&self.exclude_larger_than)
+        {
+            let size = crate::units::parse_size(&size)
+                .map_err(|e| VaultError::Usage(format!("exclude-larger-than: {e}")))?;
+            opts.exclude_larger_than = Some(size);
+        }
         opts.tags.extend(self.tags.iter().cloned());
         if opts.host.is_none() {
             opts.host = self.host.clone();
         }
         opts.exclude_caches |= self.exclude_caches;
         opts.one_file_system |= self.one_file_system;
+        Ok(())
     }
 }
 

@@ -204,7 +204,29 @@ fn init(g: &Global, a: InitArgs) -> Result<i32> {
     Ok(exit::OK)
 }
 
-pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
+pub(super) fn cmd_backup(g: &Global, mut a: BackupArgs) -> Result<i32> {
+    if (a.stdin || a.stdin_from_command) != a.stdin_filename.is_some() {
+        return Err(VaultError::Usage("--stdin and --stdin-filename go together".into()).into());
+    }
+    if a.stdin_from_command {
+        // The words after `--` are the command, not paths.
+        if a.opts.paths.is_empty() {
+            return Err(VaultError::Usage(
+                "--stdin-from-command: give the command after --, e.g. -- pg_dump mydb".into(),
+            )
+            .into());
+        }
+        a.opts.stdin_command = std::mem::take(&mut a.opts.paths)
+            .into_iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+    }
+    // Lists and exclude files read, every pattern checked, before the repository is
+    // opened: bad input writes nothing.
+    a.opts.stdin_filename = a.stdin_filename.clone();
+    for w in a.opts.resolve()? {
+        eprintln!("vault: {w}");
+    }
     let a_sync = a.sync;
     let session = mirrored(g)?;
     let session = if a.dry_run {
@@ -227,27 +249,8 @@ pub(super) fn cmd_backup(g: &Global, a: BackupArgs) -> Result<i32> {
         }
         None => None,
     };
-    if (a.stdin || a.stdin_from_command) != a.stdin_filename.is_some() {
-        return Err(VaultError::Usage("--stdin and --stdin-filename go together".into()).into());
-    }
-    let mut a = a;
-    let stdin_command = if a.stdin_from_command {
-        if a.opts.paths.is_empty() {
-            return Err(VaultError::Usage(
-                "--stdin-from-command: give the command after --, e.g. -- pg_dump mydb".into(),
-            )
-            .into());
-        }
-        std::mem::take(&mut a.opts.paths)
-            .into_iter()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect()
-    } else {
-        Vec::new()
-    };
     let opts = backup::BackupOptions {
         stdin_filename: a.stdin_filename,
-        stdin_command,
         dry_run: a.dry_run,
         time,
         parent,

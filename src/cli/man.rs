@@ -41,6 +41,13 @@ Where the password comes from (a file, or a command's output).
 \fBsources\fR, \fBexclude\fR, \fBtags\fR, \fBhost\fR, \fBexclude\-caches\fR, \fBone\-file\-system\fR
 What \fBbackup\fR saves, as its options of the same names.
 .TP
+\fBfiles\-from\fR, \fBfiles\-from\-verbatim\fR, \fBfiles\-from\-raw\fR, \fBexclude\-file\fR, \fBiexclude\fR, \fBiexclude\-file\fR, \fBexclude\-if\-present\fR, \fBignore\-file\fR
+Lists of strings, as \fBbackup\fR's options of the same names; the lists are read
+only when the command line names no paths (as \fBsources\fR).
+.TP
+\fBexclude\-larger\-than\fR
+A size, as \fBbackup \-\-exclude\-larger\-than\fR: "2G", "500M", or a number of bytes.
+.TP
 \fBprune\fR
 How often \fBrun\fR prunes: "always", "never", or a span such as "7d" (default).
 .TP

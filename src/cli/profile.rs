@@ -4,6 +4,7 @@ use anyhow::Result;
 
 use super::{Cli, Command};
 use crate::config::{self, Profile, section_limits, text};
+use crate::error::VaultError;
 
 /// Profile `name` of the config file `--config` names (or the default one).
 pub fn profile(g: &super::Global, name: &str) -> Result<Profile> {
@@ -22,6 +23,8 @@ pub fn apply(mut cli: Cli) -> Result<Cli> {
     config::provide_credentials(&name, &p)?;
     // Checked here, to name the profile; the flags (or variables) override them.
     section_limits(p.limits(), &format!("profile {name}: "))?;
+    let in_profile = |e: VaultError| VaultError::Usage(format!("profile {name}: {e}"));
+    p.backup_options().map_err(in_profile)?;
     let g = &mut cli.global;
     let or = |flag: &mut Option<String>, from: Option<String>| {
         if flag.is_none() {
@@ -41,7 +44,7 @@ pub fn apply(mut cli: Cli) -> Result<Cli> {
     }
     g.insecure_http |= p.insecure_http;
     if let Command::Backup(a) = &mut cli.command {
-        p.fill_backup(&mut a.opts);
+        p.fill_backup(&mut a.opts).map_err(in_profile)?;
     }
     Ok(cli)
 }

@@ -25,10 +25,10 @@ pub fn run(g: &Global, name: &str) -> Result<i32> {
     };
 
     let backup = BackupArgs {
-        opts: p.backup_options(),
+        opts: p.backup_options()?,
         ..Default::default()
     };
-    if backup.opts.paths.is_empty() {
+    if !backup.opts.names_paths() {
         return Err(anyhow!("the profile has no sources to back up"));
     }
     step(

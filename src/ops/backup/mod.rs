@@ -18,6 +18,7 @@
 //! sizes, not by the size or number of files.
 
 mod finalizer;
+pub(crate) mod lists;
 mod options;
 mod readers;
 mod scanner;
@@ -41,7 +42,6 @@ use self::scanner::Scanner;
 use self::sealers::Chunk;
 use self::walker::Walker;
 use super::confirm::{Confirmed, Outcome};
-use super::exclude::Excludes;
 use crate::error::VaultError;
 use crate::format::Id;
 use crate::format::chunker::Chunker;
@@ -147,10 +147,15 @@ pub fn backup(
         .or_else(|| repo.backup_host().map(str::to_string))
         .unwrap_or_else(hostname);
     repo.write_as(&host)?;
-    let opts = &BackupOptions {
+    // Read already when the caller resolved them: then this changes nothing.
+    let mut opts = BackupOptions {
         host: Some(host),
         ..opts.clone()
     };
+    for w in opts.resolve()? {
+        warn(w);
+    }
+    let opts = &opts;
     let mut with_parent = true;
     let mut confirmed = Confirmed::default();
     for attempt in 0.. {
@@ -211,14 +216,14 @@ fn build(
     let start = Instant::now();
     let host = opts.host.clone().unwrap_or_else(hostname);
     let (sources, paths) = sources(opts)?;
-    let excludes = Excludes::new(&opts.excludes, &opts.exclude_files)?;
+    let selection = opts.selection()?;
 
     let parent = if with_parent {
         walker::find_parent(repo, opts, &host, &paths, &warn)
     } else {
         None
     };
-    let scanner = Scanner::new(repo, &excludes, opts.exclude_caches, warn.clone());
+    let scanner = Scanner::new(repo, &selection, warn.clone());
     let parent_tree = parent.as_ref().and_then(|(_, s)| scanner.old_tree(s.tree));
     let shared = Arc::new(Shared::new(repo, opts.dry_run, counters, warn)?);
     let root = run_stages(repo, opts, &shared, &scanner, &sources, parent_tree)?;
@@ -228,7 +233,7 @@ fn build(
         host,
         paths,
         parent: parent.map(|(id, _)| id),
-        excludes: excludes.list.clone(),
+        excludes: selection.list.clone(),
     };
     Ok(finalizer::snapshot(opts, heading, root, summary))
 }

@@ -30,7 +30,7 @@ use super::Warn;
 use crate::format::Id;
 use crate::format::tree::{LazyTree, Node, NodeType};
 use crate::fsmeta::{self, Names};
-use crate::ops::exclude::{Excludes, is_cache_dir};
+use crate::ops::exclude::{Inherited, Selection};
 use crate::repo::Repository;
 use crate::repo::index::MasterIndex;
 
@@ -114,6 +114,8 @@ pub struct Listing {
     /// nodes (the `Same` entries). Otherwise it is not held: it is loaded again should a
     /// subdirectory's tree turn out to differ.
     pub old_nodes: Option<LazyTree>,
+    /// The ignore-file rules in force in the directory, for its subdirectories.
+    pub rules: Inherited,
 }
 
 impl Listing {
@@ -130,6 +132,8 @@ pub struct Dir {
     pub path: PathBuf,
     /// Its tree in the parent snapshot.
     pub old: Option<Id>,
+    /// The ignore-file rules in force in its parent.
+    pub rules: Inherited,
 }
 
 enum State {
@@ -155,8 +159,7 @@ type Listed = (OsString, u64);
 pub struct Scanner<'a> {
     repo: &'a Repository,
     index: Arc<MasterIndex>,
-    excludes: &'a Excludes,
-    exclude_caches: bool,
+    selection: &'a Selection,
     warn: Warn,
     queue: Mutex<(Vec<Arc<Slot>>, bool)>,
     wake: Condvar,
@@ -177,17 +180,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<'a> Scanner<'a> {
-    pub fn new(
-        repo: &'a Repository,
-        excludes: &'a Excludes,
-        exclude_caches: bool,
-        warn: Warn,
-    ) -> Self {
+    pub fn new(repo: &'a Repository, selection: &'a Selection, warn: Warn) -> Self {
         Scanner {
             repo,
             index: repo.index(),
-            excludes,
-            exclude_caches,
+            selection,
             warn,
             queue: Mutex::new((Vec::new(), false)),
             wake: Condvar::new(),
@@ -356,7 +353,7 @@ impl<'a> Scanner<'a> {
             };
         }
         let old = dir.old.and_then(|id| self.old_tree(id));
-        self.fill(&dir.path, listed, true, old, names)
+        self.fill((&dir.path, &dir.rules), listed, true, old, names)
     }
 
     /// The parent snapshot's tree of a directory, with its id; unreadable, its files are
@@ -377,18 +374,19 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Scans `path`: all of it, or only the names in `only` (the way down to a backup
-    /// source, which no exclude applies to). `old` is its tree in the parent snapshot.
+    /// Scans `path`, where the ignore-file rules `up` are in force: all of it, or only the
+    /// names in `only` (the way down to a backup source, which no exclude applies to).
+    /// `old` is its tree in the parent snapshot.
     pub fn scan(
         &self,
-        path: &Path,
+        (path, up): (&Path, &Inherited),
         only: Option<Vec<OsString>>,
         old: Option<(Id, LazyTree)>,
         names: &mut Names,
     ) -> Listing {
         let whole = only.is_none();
         match self.list(path, only) {
-            Ok(listed) => self.fill(path, listed, whole, old, names),
+            Ok(listed) => self.fill((path, up), listed, whole, old, names),
             Err(error) => Listing::failed(error),
         }
     }
@@ -406,16 +404,17 @@ impl<'a> Scanner<'a> {
                 Err(e) => return Err(format!("{}: cannot list directory: {e}", path.display())),
             },
         };
-        if whole && self.exclude_caches && is_cache_dir(path) {
-            listed.retain(|(n, _)| n == "CACHEDIR.TAG");
+        if whole && let Some(tags) = self.selection.tagged(path, |n| listed_has(&listed, n)) {
+            listed.retain(|(n, _)| tags.contains(n));
         }
         Ok(listed)
     }
 
-    /// Stats the `listed` entries of `path` into its listing; `whole`: excludes apply.
+    /// Stats the `listed` entries of `path` into its listing; `whole`: excludes apply,
+    /// with the ignore-file rules `up` and those of its own ignore files.
     fn fill(
         &self,
-        path: &Path,
+        (path, up): (&Path, &Inherited),
         mut listed: Vec<Listed>,
         whole: bool,
         old: Option<(Id, LazyTree)>,
@@ -425,6 +424,7 @@ impl<'a> Scanner<'a> {
         // share inode-table blocks, so a directory not in the page cache costs fewer and
         // more sequential reads than in name order.
         listed.sort_unstable_by_key(|&(_, ino)| ino);
+        let rules = self.rules_in(path, up, whole.then_some(&listed[..]));
         let (old_tree, old_nodes) = match old {
             Some((id, t)) => (Some(id), Some(t)),
             None => (None, None),
@@ -442,29 +442,49 @@ impl<'a> Scanner<'a> {
         let excluded = self.stat_all(
             (path, dir.as_ref()),
             &mut entries,
-            whole,
+            whole.then_some(&rules),
             old_nodes.as_ref(),
             names,
         );
         let mut excluded = excluded.into_iter();
         entries.retain(|_| !excluded.next().unwrap_or(false));
         entries.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-        listing_of(entries, old_tree, old_nodes)
+        Listing {
+            rules,
+            ..listing_of(entries, old_tree, old_nodes)
+        }
     }
 
-    /// Stats all `entries` of `path` (open as `dir`); which of them an exclude matches.
+    /// The ignore-file rules in force in `path`, below `up`: its own ignore files are
+    /// looked for in its listing, `listed`, when it is scanned whole, and else (on the
+    /// way down to a source) opened if there.
+    fn rules_in(&self, path: &Path, up: &Inherited, listed: Option<&[Listed]>) -> Inherited {
+        if !self.selection.reads_ignore_files() {
+            return up.clone();
+        }
+        let warn = |m: String| (self.warn)(m);
+        match listed {
+            Some(l) => self
+                .selection
+                .rules_in(path, up, |n| listed_has(l, n), &warn),
+            None => self.selection.rules_in(path, up, |_| true, &warn),
+        }
+    }
+
+    /// Stats all `entries` of `path` (open as `dir`); which of them an exclude matches
+    /// (when `select` gives the ignore-file rules in force: excludes apply).
     fn stat_all(
         &self,
         (path, dir): (&Path, Option<&std::fs::File>),
         entries: &mut [Scanned],
-        whole: bool,
+        select: Option<&Inherited>,
         old_nodes: Option<&LazyTree>,
         names: &mut Names,
     ) -> Vec<bool> {
         let mut excluded = vec![false; entries.len()];
         if entries.len() < SPLIT_AT {
             let run = (&mut entries[..], &mut excluded[..]);
-            self.stat_run((path, dir), run, whole, old_nodes, names);
+            self.stat_run((path, dir), run, select, old_nodes, names);
             return excluded;
         }
         // Large directories are stat'ed on several threads, in runs of neighbouring
@@ -477,7 +497,7 @@ impl<'a> Scanner<'a> {
             for run in runs {
                 s.spawn(move || {
                     let names = &mut Names::default();
-                    self.stat_run((path, dir), run, whole, old_nodes, names);
+                    self.stat_run((path, dir), run, select, old_nodes, names);
                 });
             }
         });
@@ -485,27 +505,27 @@ impl<'a> Scanner<'a> {
     }
 
     /// Stats a run of entries of `path` (open as `dir`) one by one, in the order given,
-    /// into their `found` and `old`; marks those an exclude matches (when `whole`).
+    /// into their `found` and `old`; marks those an exclude matches (see `stat_all`).
     fn stat_run(
         &self,
         at: (&Path, Option<&std::fs::File>),
         (entries, excluded): (&mut [Scanned], &mut [bool]),
-        whole: bool,
+        select: Option<&Inherited>,
         old_nodes: Option<&LazyTree>,
         names: &mut Names,
     ) {
         for (e, excluded) in entries.iter_mut().zip(excluded) {
-            *excluded = !self.stat_entry(at, e, whole, old_nodes, names);
+            *excluded = !self.stat_entry(at, e, select, old_nodes, names);
         }
     }
 
     /// Stats one entry of `path` (open as `dir`) into its `found` and `old`; false when
-    /// an exclude matches it (when `whole`), and then it is left as it is.
+    /// an exclude matches it (see `stat_all`), and then it is left as it is.
     fn stat_entry(
         &self,
         (path, dir): (&Path, Option<&std::fs::File>),
         e: &mut Scanned,
-        whole: bool,
+        select: Option<&Inherited>,
         old_nodes: Option<&LazyTree>,
         names: &mut Names,
     ) -> bool {
@@ -518,10 +538,11 @@ impl<'a> Scanner<'a> {
                 .map_err(std::io::Error::from),
             None => fsmeta::lstat_any(&child),
         };
-        if whole
-            && md
-                .as_ref()
-                .is_ok_and(|m| self.excludes.excluded(&child, fsmeta::is_dir(m)))
+        if let Some(rules) = select
+            && md.as_ref().is_ok_and(|m| {
+                let size = u64::try_from(m.st_size).unwrap_or(0);
+                (self.selection).excluded(&child, fsmeta::is_dir(m), size, rules)
+            })
         {
             return false;
         }
@@ -624,5 +645,11 @@ fn listing_of(entries: Vec<Scanned>, old_tree: Option<Id>, old_nodes: Option<Laz
         old_tree,
         as_before,
         old_nodes: old_nodes.filter(|_| !as_before && takes_old),
+        rules: Inherited::default(),
     }
+}
+
+/// Whether a directory's listing holds `name`.
+fn listed_has(listed: &[Listed], name: &std::ffi::OsStr) -> bool {
+    listed.iter().any(|(n, _)| n == name)
 }

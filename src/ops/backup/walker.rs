@@ -22,6 +22,7 @@ use crate::format::Id;
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{LazyTree, Node, NodeType};
 use crate::fsmeta::Names;
+use crate::ops::exclude::Inherited;
 use crate::ops::handoff::{Batcher, Gather};
 use crate::ops::walk::SnapPath;
 use crate::repo::Repository;
@@ -147,6 +148,8 @@ struct Place<'a, 't> {
     dev: Option<u64>,
     trie: Option<&'t Trie>,
     files: &'a Arc<Gather<Node>>,
+    /// The ignore-file rules in force in the directory.
+    rules: &'a Inherited,
 }
 
 pub(super) struct Walker<'s, 'r> {
@@ -196,9 +199,8 @@ impl Walker<'_, '_> {
         for s in sources {
             trie.insert(s);
         }
-        let listing = self
-            .scanner
-            .scan(Path::new("/"), trie.only(), old, &mut self.names);
+        let root = (Path::new("/"), &Inherited::default());
+        let listing = self.scanner.scan(root, trie.only(), old, &mut self.names);
         self.walk(listing, Some(&trie))
     }
 
@@ -263,6 +265,7 @@ impl Walker<'_, '_> {
             dev: top.dev,
             trie: Trie::below(top.trie, &scanned.name),
             files: &files,
+            rules: &top.listing.rules,
         };
         let found = std::mem::replace(&mut scanned.found, Found::Vanished);
         let slot = top.ahead[i].take();
@@ -384,6 +387,7 @@ impl Walker<'_, '_> {
             dirs.push(scanner::Dir {
                 path: path.join(&e.name),
                 old: node.subtree,
+                rules: listing.rules.clone(),
             });
             at.push(i);
         }
@@ -470,7 +474,8 @@ impl Walker<'_, '_> {
             None => {
                 let old = node.subtree.and_then(|id| self.scanner.old_tree(id));
                 let only = place.trie.and_then(Trie::only);
-                self.scanner.scan(path, only, old, &mut self.names)
+                self.scanner
+                    .scan((path, place.rules), only, old, &mut self.names)
             }
         };
         let in_source = place.trie.is_none_or(|t| t.source);
