@@ -167,6 +167,37 @@ fn tag_without_ids_changes_what_the_filters_select() {
     assert_eq!(n, 3);
 }
 
+/// Runs `args` killed after its 1st, 2nd, ... storage write, each time on a fresh copy
+/// of the repository as it is now, until a run completes; `after` looks at each run
+/// (the write count, whether it completed). Fails if no run completes within `most`.
+fn kill_sweep(env: &Env, args: &[&str], most: u32, mut after: impl FnMut(u32, bool)) {
+    let pristine = env.path("pristine");
+    common::copy_tree(&env.repo(), &pristine);
+    for n in 1..most {
+        fs::remove_dir_all(env.repo()).unwrap();
+        common::copy_tree(&pristine, &env.repo());
+        let out = env
+            .cmd()
+            .env("VAULT_CRASH_AFTER_WRITES", n.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        let done = out.status.success();
+        if !done {
+            assert_eq!(
+                out.status.signal(),
+                Some(9),
+                "killed after write {n}: {out:?}"
+            );
+        }
+        after(n, done);
+        if done {
+            return;
+        }
+    }
+    panic!("{args:?} never ran to the end");
+}
+
 /// Kills tag right after each of its storage writes and deletes in turn: the listing
 /// shows one snapshot, old or new (never both, never none), and running tag again,
 /// check, forget and prune are clean.
@@ -176,49 +207,36 @@ fn tag_killed_after_any_write_leaves_one_snapshot() {
     env.init(&["--pack-size", "256K"]);
     let src = source(&env);
     env.ok(&["backup", src.to_str().unwrap(), "--tag", "old", "-q"]);
-    let pristine = env.path("pristine");
-    common::copy_tree(&env.repo(), &pristine);
-    let mut completed = false;
-    for n in 1..20 {
-        fs::remove_dir_all(env.repo()).unwrap();
-        common::copy_tree(&pristine, &env.repo());
-        let out = env
-            .cmd()
-            .env("VAULT_CRASH_AFTER_WRITES", n.to_string())
-            .args(["tag", "--set", "new", "latest", "-q"])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            completed = true;
+    kill_sweep(
+        &env,
+        &["tag", "--set", "new", "latest", "-q"],
+        20,
+        |n, done| {
+            if done {
+                assert!(
+                    n > 3,
+                    "a lock, the new snapshot, the forget record, a delete"
+                );
+                return;
+            }
+            let l = listed(&env);
+            assert_eq!(l.len(), 1, "after write {n}: {l:?}");
             assert!(
-                n > 3,
-                "a lock, the new snapshot, the forget record, a delete"
+                l[0].1 == tags(&["old"]) || l[0].1 == tags(&["new"]),
+                "{l:?}"
             );
-            break;
-        }
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "killed after write {n}: {out:?}"
-        );
-        let l = listed(&env);
-        assert_eq!(l.len(), 1, "after write {n}: {l:?}");
-        assert!(
-            l[0].1 == tags(&["old"]) || l[0].1 == tags(&["new"]),
-            "{l:?}"
-        );
-        env.ok(&["unlock", "-q"]);
-        // Running it again finishes: one snapshot, with the new tags, alone on disk.
-        env.ok(&["tag", "--set", "new", "latest", "-q"]);
-        let l = listed(&env);
-        assert_eq!(l.len(), 1);
-        assert_eq!(l[0].1, tags(&["new"]));
-        assert_eq!(snapshot_files(&env.repo()), HashSet::from([l[0].0.clone()]));
-        env.ok(&["check", "-q"]);
-        env.ok(&["prune", "-q"]);
-        restores_exactly(&env, &l[0].0[..8], &format!("r{n}"), &src);
-    }
-    assert!(completed, "tag never ran to the end");
+            env.ok(&["unlock", "-q"]);
+            // Running it again finishes: one snapshot, with the new tags, alone on disk.
+            env.ok(&["tag", "--set", "new", "latest", "-q"]);
+            let l = listed(&env);
+            assert_eq!(l.len(), 1);
+            assert_eq!(l[0].1, tags(&["new"]));
+            assert_eq!(snapshot_files(&env.repo()), HashSet::from([l[0].0.clone()]));
+            env.ok(&["check", "-q"]);
+            env.ok(&["prune", "-q"]);
+            restores_exactly(&env, &l[0].0[..8], &format!("r{n}"), &src);
+        },
+    );
 }
 
 /// Killed between the new snapshot and the forget, the old snapshot stays on disk but
@@ -603,37 +621,20 @@ fn rewrite_killed_after_any_write_never_loses_a_snapshot() {
     let src = source(&env);
     env.ok(&["backup", src.to_str().unwrap(), "-q"]);
     let old = listed(&env)[0].0.clone();
-    let pristine = env.path("pristine");
-    common::copy_tree(&env.repo(), &pristine);
-    let mut completed = false;
-    for n in 1..30 {
-        fs::remove_dir_all(env.repo()).unwrap();
-        common::copy_tree(&pristine, &env.repo());
-        let out = env
-            .cmd()
-            .env("VAULT_CRASH_AFTER_WRITES", n.to_string())
-            .args(["rewrite", "--exclude", "/**/deep", "--forget", "-q"])
-            .output()
-            .unwrap();
+    let args = ["rewrite", "--exclude", "/**/deep", "--forget", "-q"];
+    kill_sweep(&env, &args, 30, |n, done| {
         let l = listed(&env);
         assert!(
             l.iter()
                 .any(|s| s.0 == old || s.2.as_deref() == Some(old.as_str())),
             "after write {n}: {l:?}"
         );
-        if out.status.success() {
-            completed = true;
+        if done {
             assert_eq!(l.len(), 1);
             assert_eq!(l[0].2.as_deref(), Some(old.as_str()));
-            break;
+            return;
         }
-        assert_eq!(
-            out.status.signal(),
-            Some(9),
-            "killed after write {n}: {out:?}"
-        );
         env.ok(&["unlock", "-q"]);
         env.ok(&["check", "-q"]);
-    }
-    assert!(completed, "rewrite never ran to the end");
+    });
 }

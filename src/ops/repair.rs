@@ -340,21 +340,27 @@ impl Rewriter<'_> {
         Ok((new, f.dropped))
     }
 
-    fn save(&mut self, mut tree: Tree) -> Result<Id> {
-        let bytes = tree.encode();
-        let id = self.repo.keys.blob_id(BlobType::Tree as u8, &bytes);
-        if !self.repo.index().contains(&id) && self.written.insert(id) {
-            let level = self.repo.config.compression_level;
-            self.packer
-                .add(seal_blob(
-                    &self.repo.keys,
-                    BlobType::Tree,
-                    id,
-                    &bytes,
-                    level,
-                ))
-                .map_err(|e| anyhow!(e).context("writing a repaired tree"))?;
-        }
-        Ok(id)
+    fn save(&mut self, tree: Tree) -> Result<Id> {
+        Ok(save_tree(self.repo, self.packer, &mut self.written, tree)?.0)
     }
+}
+
+/// Hands `tree` to `packer` unless the index or `written` (what this run added) has it
+/// already; its id, and whether it was added.
+pub(crate) fn save_tree(
+    repo: &Repository,
+    packer: &Packer,
+    written: &mut HashSet<Id>,
+    mut tree: Tree,
+) -> Result<(Id, bool)> {
+    let bytes = tree.encode();
+    let id = repo.keys.blob_id(BlobType::Tree as u8, &bytes);
+    if repo.index().contains(&id) || !written.insert(id) {
+        return Ok((id, false));
+    }
+    let level = repo.config.compression_level;
+    packer
+        .add(seal_blob(&repo.keys, BlobType::Tree, id, &bytes, level))
+        .map_err(|e| anyhow!(e).context("writing a rewritten tree"))?;
+    Ok((id, true))
 }

@@ -9,14 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 use serde::Serialize;
 
 use super::stats::Sizes;
 use crate::error::VaultError;
 use crate::format::Id;
-use crate::format::pack::{BlobType, seal_blob};
 use crate::format::snapshot::Snapshot;
 use crate::format::tree::{Node, NodeType, Tree};
 use crate::repo::Repository;
@@ -236,22 +235,9 @@ impl Walker<'_> {
         Ok(done)
     }
 
-    fn save(&mut self, mut tree: Tree) -> Result<Id> {
-        let bytes = tree.encode();
-        let id = self.repo.keys.blob_id(BlobType::Tree as u8, &bytes);
-        if !self.repo.index().contains(&id) && self.added.insert(id) {
-            self.written += u64::from(!self.dry_run);
-            let level = self.repo.config.compression_level;
-            self.packer
-                .add(seal_blob(
-                    &self.repo.keys,
-                    BlobType::Tree,
-                    id,
-                    &bytes,
-                    level,
-                ))
-                .map_err(|e| anyhow!(e).context("writing a rewritten tree"))?;
-        }
+    fn save(&mut self, tree: Tree) -> Result<Id> {
+        let (id, added) = super::repair::save_tree(self.repo, self.packer, &mut self.added, tree)?;
+        self.written += u64::from(added && !self.dry_run);
         Ok(id)
     }
 }
