@@ -27,7 +27,7 @@ pub fn run(cli: Cli) -> Result<i32> {
     let g = cli.global;
     match cli.command {
         Command::Init(a) => init(&g, a),
-        Command::Backup(a) => cmd_backup(&g, a),
+        Command::Backup(a) => cmd_backup(&g, *a),
         Command::Snapshots(a) => snapshots(&g, &a.filter),
         Command::Ls(a) => cmd_ls(&g, a),
         Command::Restore(a) => cmd_restore(&g, a),

@@ -147,7 +147,7 @@ pub enum Command {
     /// Back up files and directories into a new snapshot.
     ///
     /// Example: vault backup ~/Documents ~/Photos --tag nightly --exclude '*.tmp' --exclude-caches
-    Backup(BackupArgs),
+    Backup(Box<BackupArgs>),
     /// List snapshots.
     ///
     /// Example: vault snapshots --host laptop --json
