@@ -480,16 +480,22 @@ fn sigint_and_fusermount_unmount_cleanly() {
     assert!(processes_naming(&m.at).is_empty());
 }
 
-/// Whether user nobody can read `p` (through `setpriv`, as the tests run as root).
+/// `program` run as user nobody (through `setpriv`, as the tests run as root).
+fn by_nobody(program: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--",
+        program,
+    ]);
+    c
+}
+
+/// Whether user nobody can read `p`.
 fn nobody_reads(p: &Path) -> bool {
-    std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--",
-            "cat",
-        ])
+    by_nobody("cat")
         .arg(p)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -601,17 +607,7 @@ fn a_user_who_is_not_root_mounts_and_unmounts() {
     assert!(line.contains("user_id=65534"), "{line}");
     let seen = m.src("latest", &src);
     let read = |p: &Path| {
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                "--",
-                "cat",
-            ])
-            .arg(p)
-            .output()
-            .unwrap();
+        let out = by_nobody("cat").arg(p).output().unwrap();
         common::assert_ok(&out);
         out.stdout
     };
@@ -620,9 +616,8 @@ fn a_user_who_is_not_root_mounts_and_unmounts() {
     let denied = fs::metadata(m.p("latest")).unwrap_err();
     assert_eq!(denied.raw_os_error(), Some(libc::EACCES), "{denied}");
 
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .args(["fusermount3", "-u"])
+    let out = by_nobody("fusermount3")
+        .arg("-u")
         .arg(&at)
         .output()
         .unwrap();
