@@ -701,7 +701,7 @@ fn key_import(g: &Global, output: Option<&std::path::Path>) -> Result<i32> {
             f.sync_all()?;
             if !g.quiet {
                 eprintln!(
-                    "wrote the raw key file {}: use it with --key-file or VAULT_KEY_FILE",
+                    "wrote the raw key file {}: set VAULT_KEY_FILE to it",
                     path.display()
                 );
             }

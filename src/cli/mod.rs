@@ -654,8 +654,8 @@ pub enum KeyCommand {
         paper: bool,
     },
     /// Type a paper key (`key export --paper`) back in: each line is checked as it is
-    /// typed (or read from stdin), then written as a raw key file for VAULT_KEY_FILE or
-    /// --key-file. Needs no repository.
+    /// typed (or read from stdin), then written as a raw key file for VAULT_KEY_FILE.
+    /// Needs no repository.
     ///
     /// Example: vault key import --paper --output ~/vault.key
     Import {
