@@ -848,6 +848,25 @@ fn cache_lists_and_cleans_up_the_caches() {
     env.restore_verified("restored");
     env.ok(&["check"]);
 
+    // A symlink named like a cache, to a directory of someone's files: not a cache, so
+    // neither listed nor emptied, however small the cap.
+    let elsewhere = env.path("elsewhere");
+    fs::create_dir_all(&elsewhere).unwrap();
+    fs::write(elsewhere.join("precious"), bytes(6, 100_000)).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, env.path("cache").join("ab".repeat(32))).unwrap();
+    assert_eq!(
+        env.json(&["cache"], 0)["caches"].as_array().unwrap().len(),
+        1
+    );
+    env.json(
+        &["cache", "--cleanup", "--max-age", "0s", "--max-size", "1"],
+        0,
+    );
+    assert_eq!(
+        fs::read(elsewhere.join("precious")).unwrap(),
+        bytes(6, 100_000)
+    );
+    assert!(env.path("cache").join("ab".repeat(32)).is_symlink());
     env.expect(&["cache", "--max-size", "2G"], 2);
     env.expect(&["cache", "--cleanup", "--max-size", "lots"], 2);
 }

@@ -175,8 +175,10 @@ pub fn list(base: &Path) -> std::io::Result<Vec<CacheInfo>> {
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        // Only what vault made: a directory named by a repository id.
-        if !crate::format::config::is_repo_id(&name) || !e.path().is_dir() {
+        // Only what vault made: a directory named by a repository id, never a symlink,
+        // whose target cleanup would empty.
+        let real_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if !crate::format::config::is_repo_id(&name) || !real_dir {
             continue;
         }
         let mut files = Vec::new();
