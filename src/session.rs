@@ -423,6 +423,29 @@ impl Session<ForBackup> {
         Ok(backup::backup(&mut self.repo, opts, counters, warn, &held)?)
     }
 
+    /// Copies `snaps` of the repository `src` (another key) into this one, each published
+    /// once whole (see [`backup::copy::copy`]); the lock is renewed before each is.
+    pub fn copy(
+        &mut self,
+        src: &Session<Indexed>,
+        snaps: &[(Id, Snapshot)],
+        dry_run: bool,
+        counters: Arc<backup::Counters>,
+        warn: backup::Warn,
+    ) -> Result<backup::copy::CopyResult> {
+        let lock = &self.lock;
+        let held = || lock.as_ref().map_or(Ok(()), LockGuard::renew);
+        let progress = (counters, warn);
+        Ok(backup::copy::copy(
+            &mut self.repo,
+            &src.repo,
+            snaps,
+            dry_run,
+            progress,
+            &held,
+        )?)
+    }
+
     /// Brings snapshots this repository forgot back from trusted mirror `from` (see
     /// [`copies::unforget`]); the lock is renewed before each is published.
     pub fn unforget(

@@ -45,6 +45,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Export(a) => export::export(&g, a),
         Command::Tag(a) => super::history::tag(&g, a),
         Command::Rewrite(a) => super::history::rewrite(&g, a),
+        Command::Copy(a) => super::copy::copy(&g, a),
         Command::Stats(a) => super::history::stats(&g, a),
         Command::Forget(a) => retention::forget(&g, *a),
         Command::Prune(a) => retention::prune(&g, a),

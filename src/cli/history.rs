@@ -14,7 +14,7 @@ use crate::repo::lock::LockKind;
 
 /// The snapshots `specs` name (`latest`, id prefixes) among those `filter` selects, or
 /// all it selects when none is named; oldest first, each once.
-fn chosen(
+pub(super) fn chosen(
     repo: &Repository,
     specs: &[String],
     filter: &SnapshotFilter,

@@ -2,6 +2,7 @@
 //! command's body lives in `commands.rs`; the work itself in `ops`.
 
 mod commands;
+mod copy;
 mod export;
 mod history;
 mod integrity;
@@ -241,6 +242,19 @@ pub enum Command {
     /// Example: vault rewrite --exclude '~/secret.pdf' --dry-run
     ///          vault rewrite --exclude '*.iso' --forget 3fa2c1d0
     Rewrite(RewriteArgs),
+    /// Copy snapshots from another repository (another key) into this one.
+    ///
+    /// Each file's data is read from the source and cut, deduplicated and encrypted as a
+    /// backup into this repository would: blob ids and chunk boundaries are keyed per
+    /// repository, so every file is chunked anew, whatever the two chunkers' parameters.
+    /// A snapshot with the same time, host and paths as one here is skipped, so a copy run
+    /// again (or after a kill) copies only what is missing. The source's password:
+    /// --from-password-file, --from-password-command, VAULT_FROM_PASSWORD or
+    /// VAULT_FROM_KEY_FILE, else a prompt.
+    ///
+    /// Example: vault copy --from /srv/old-repo latest
+    ///          vault copy --from sftp://nas/vault --host laptop --dry-run
+    Copy(CopyArgs),
     /// Sizes: what the snapshots restore to, what their blobs take, per snapshot.
     ///
     /// --mode restore-size (default): every regular file of every selected snapshot, as
@@ -577,6 +591,28 @@ pub struct RewriteArgs {
     pub snapshots: Vec<String>,
     #[command(flatten)]
     pub opts: crate::ops::rewrite::RewriteOptions,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Snapshots of the source to copy: `latest` or id prefixes (default: all the filters
+    /// select)
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
+    /// The repository to copy from (path or URL, as --repo)
+    #[arg(long, value_name = "LOCATION")]
+    pub from: String,
+    /// Read the source's password from this file
+    #[arg(long, env = "VAULT_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Run this command and use its output as the source's password
+    #[arg(long, env = "VAULT_FROM_PASSWORD_COMMAND", value_name = "CMD")]
+    pub from_password_command: Option<String>,
+    /// Show what would be copied; write nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     #[command(flatten)]
     pub filter: SnapshotFilter,
 }

@@ -14,14 +14,21 @@ use crate::secret::{SecretSource, read_password_file};
 
 /// The sources the flags and the environment set.
 fn source(file: Option<&Path>, command: Option<&str>) -> SecretSource {
+    source_from_env("VAULT_", file, command)
+}
+
+/// The sources set by the flags and by the environment variables `{prefix}KEY_FILE` and
+/// `{prefix}PASSWORD` (`VAULT_FROM_` for the repository `vault copy` reads).
+fn source_from_env(prefix: &str, file: Option<&Path>, command: Option<&str>) -> SecretSource {
     use std::os::unix::ffi::OsStringExt;
     SecretSource {
-        key_file: std::env::var_os("VAULT_KEY_FILE")
+        key_file: std::env::var_os(format!("{prefix}KEY_FILE"))
             .filter(|v| !v.is_empty())
             .map(Into::into),
         password_file: file.map(Path::to_path_buf),
         password_command: command.map(str::to_string),
-        password: std::env::var_os("VAULT_PASSWORD").map(|p| Zeroizing::new(p.into_vec())),
+        password: std::env::var_os(format!("{prefix}PASSWORD"))
+            .map(|p| Zeroizing::new(p.into_vec())),
     }
 }
 
@@ -68,6 +75,21 @@ pub fn secret(password_file: Option<&Path>, command: Option<&str>, repo: &str) -
         Some(s) => Ok(s),
         None => Ok(Secret::Password(
             prompt(&format!("repository {repo}"), false)?.to_vec(),
+        )),
+    }
+}
+
+/// The secret that opens the repository `vault copy --from` reads: its own flags and
+/// `VAULT_FROM_KEY_FILE` / `VAULT_FROM_PASSWORD`, never this repository's.
+pub fn source_secret(
+    password_file: Option<&Path>,
+    command: Option<&str>,
+    repo: &str,
+) -> Result<Secret> {
+    match source_from_env("VAULT_FROM_", password_file, command).secret()? {
+        Some(s) => Ok(s),
+        None => Ok(Secret::Password(
+            prompt(&format!("source repository {repo}"), false)?.to_vec(),
         )),
     }
 }

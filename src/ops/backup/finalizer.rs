@@ -94,7 +94,7 @@ fn settle(task: &mut DirTask, done: &mut HashMap<usize, Id>) -> Result<Option<Id
 }
 
 /// Encodes a tree and queues it for sealing unless stored already; its id.
-fn store_tree(sh: &Shared, mut tree: Tree, chunks: &mut Batcher<Chunk>) -> Result<Id> {
+pub(super) fn store_tree(sh: &Shared, mut tree: Tree, chunks: &mut Batcher<Chunk>) -> Result<Id> {
     let bytes = tree.encode();
     let id = sh.keys.blob_id(BlobType::Tree as u8, &bytes);
     if sh.dedup.claim(id) {

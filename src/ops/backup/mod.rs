@@ -17,6 +17,7 @@
 //! parent's blob list without being opened. Memory is bounded by the queue and batch
 //! sizes, not by the size or number of files.
 
+pub mod copy;
 mod finalizer;
 pub(crate) mod lists;
 mod options;

@@ -217,7 +217,7 @@ fn read_content(
 
 /// Reads `src` to the end, chunks it, and queues chunks new to the repository for sealing.
 /// Returns the blob ids in order and the number of bytes read.
-fn chunk_stream(
+pub(super) fn chunk_stream(
     sh: &Shared,
     src: &mut dyn Read,
     out: &mut Batcher<Chunk>,
