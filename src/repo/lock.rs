@@ -265,7 +265,23 @@ fn read_lock(backend: &Backend, keys: &Keys, id: Id) -> Result<Option<LockInfo>>
 
 /// Every holder, one entry per process (its newest `seq` speaks for it).
 pub fn list_locks(backend: &Backend, keys: &Keys) -> Result<Vec<LockInfo>> {
+    // A holder refreshes by writing its new object, then deleting the old one: a listing
+    // taken just before the write, read just after the delete, would miss a live holder.
+    // Listed again, it shows the new object.
+    let mut tries = 0;
+    loop {
+        let (locks, vanished) = list_locks_once(backend, keys)?;
+        tries += 1;
+        if !vanished || tries == 4 {
+            return Ok(locks);
+        }
+    }
+}
+
+/// The locks by holder, and whether an object listed was gone when read.
+fn list_locks_once(backend: &Backend, keys: &Keys) -> Result<(Vec<LockInfo>, bool)> {
     let mut by_holder: HashMap<String, LockInfo> = HashMap::new();
+    let mut vanished = false;
     for (id, size) in backend.list_sized(FileKind::Lock)? {
         // Created but not yet written, on storage where objects are written under their
         // names (create-only, §17), or so left by a writer killed in between: no holder
@@ -275,6 +291,7 @@ pub fn list_locks(backend: &Backend, keys: &Keys) -> Result<Vec<LockInfo>> {
             continue;
         }
         let Some(info) = read_lock(backend, keys, id)? else {
+            vanished = true;
             continue;
         };
         match by_holder.entry(info.holder()) {
@@ -296,7 +313,7 @@ pub fn list_locks(backend: &Backend, keys: &Keys) -> Result<Vec<LockInfo>> {
     }
     let mut out: Vec<LockInfo> = by_holder.into_values().collect();
     out.sort_by_key(|i| i.id);
-    Ok(out)
+    Ok((out, vanished))
 }
 
 /// What this process has seen of other locks, on its own clock.
