@@ -327,3 +327,26 @@ fn the_version_1_fixture_copies_into_a_format_4_repository() {
     restore(&mut env.cmd(), copy, &target);
     assert_fixture_restored(&target.join("tmp/vault-fixture-v1"));
 }
+
+/// On a terminal a copy shows how far it has come, as a percentage with an ETA (paced
+/// here so that the line is drawn more than once).
+#[test]
+fn a_copy_shows_percent_and_eta_on_a_terminal() {
+    let env = Env::new();
+    let src = Source::new(&env, &[]);
+    env.init(&[]);
+    let data = env.path("data");
+    fs::create_dir_all(&data).unwrap();
+    for i in 0..8 {
+        fs::write(data.join(format!("f{i}")), bytes(40 + i, 1 << 20)).unwrap();
+    }
+    src.ok(&env, &["backup", data.to_str().unwrap()]);
+    let pw = src.password_file.to_str().unwrap().to_string();
+    let from = src.repo.to_str().unwrap().to_string();
+    let args = ["--limit-upload", "2M", "copy", "--from", &from];
+    let Some(shown) = on_terminal(&env, &args, &[("VAULT_FROM_PASSWORD_FILE", &pw)]) else {
+        return;
+    };
+    assert!(drew_percent_and_eta(&shown), "{shown:?}");
+    assert!(shown.contains("copied 1 snapshot(s)"), "{shown:?}");
+}

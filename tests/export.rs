@@ -351,3 +351,24 @@ fn the_test_hooks_are_built() {
         );
     }
 }
+
+/// On a terminal an export shows how far it has come, as a percentage of the packs to
+/// copy with an ETA (paced here so that the line is drawn more than once).
+#[test]
+fn an_export_shows_percent_and_eta_on_a_terminal() {
+    let env = Env::new();
+    env.init(&["--pack-size", "1M"]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..8 {
+        fs::write(src.join(format!("f{i}")), bytes(60 + i, 1 << 20)).unwrap();
+    }
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let dest = env.path("drawer");
+    let args = ["--limit-upload", "2M", "export", dest.to_str().unwrap()];
+    let Some(shown) = common::on_terminal(&env, &args, &[]) else {
+        return;
+    };
+    assert!(common::drew_percent_and_eta(&shown), "{shown:?}");
+    assert!(sha256sum_ok(&dest));
+}

@@ -119,20 +119,29 @@ pub fn export(
     dest.create_layout()?;
     report.packs = needed.len() as u64;
     let mut copy = CopyReport::default();
+    // Planned whole before anything is copied, so that progress has its total.
+    let mut plan = Vec::with_capacity(3);
     for kind in [FileKind::Key, FileKind::Format, FileKind::Data] {
         let have: HashSet<Id> = dest.list(kind)?.into_iter().collect();
+        let sized = primary.list_sized(kind)?.into_iter();
         let todo: Vec<(Id, u64)> = match kind {
-            FileKind::Data => needed
-                .iter()
-                .filter(|p| !have.contains(&p.pack))
-                .map(|p| (p.pack, 0))
-                .collect(),
-            _ => primary
-                .list_sized(kind)?
-                .into_iter()
-                .filter(|(id, _)| !have.contains(id))
-                .collect(),
+            FileKind::Data => {
+                let sizes: std::collections::HashMap<Id, u64> = sized.collect();
+                needed
+                    .iter()
+                    .filter(|p| !have.contains(&p.pack))
+                    .map(|p| (p.pack, sizes.get(&p.pack).copied().unwrap_or(0)))
+                    .collect()
+            }
+            _ => sized.filter(|(id, _)| !have.contains(id)).collect(),
         };
+        plan.push((kind, todo));
+    }
+    let size: u64 = plan.iter().flat_map(|(_, t)| t).map(|(_, n)| n).sum();
+    counters
+        .total
+        .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+    for (kind, todo) in plan {
         sync::copy_objects(&primary, dest, kind, &todo, &mut copy, counters)?;
     }
     if !copy.damaged_at_source.is_empty() {

@@ -413,3 +413,42 @@ pub fn crafted_dir(name: &[u8], sub: Id) -> Node {
     n.subtree = Some(sub);
     n
 }
+
+/// Runs vault with `args` on a pseudo-terminal (script(1)), with `env`'s environment
+/// plus `extra`; asserts it succeeds and returns what the terminal showed. None where
+/// script(1) is missing outside CI.
+pub fn on_terminal(env: &Env, args: &[&str], extra: &[(&str, &str)]) -> Option<String> {
+    let Some(script) = ["/usr/bin/script", "/bin/script"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "script(1) missing: apt-get install bsdutils"
+        );
+        return None;
+    };
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let line = format!("{} {}", env!("CARGO_BIN_EXE_vault"), quoted.join(" "));
+    let out = Command::new(script)
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .envs(
+            env.cmd()
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .envs(extra.iter().copied())
+        .env("TERM", "xterm")
+        .output()
+        .expect("run script(1)");
+    assert_ok(&out);
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether a terminal's output drew a progress line with a percentage and an ETA.
+pub fn drew_percent_and_eta(shown: &str) -> bool {
+    shown.contains('%') && shown.contains("ETA ")
+}
