@@ -346,3 +346,37 @@ fn if_changed_clears_data_written_into_a_hole() {
         snapshot_of(&src)
     );
 }
+
+/// Restoring over a target brings xattrs in line too: a `user.` xattr the snapshot does
+/// not have, added to an unchanged file and to a directory, is removed; one the snapshot
+/// has, changed, gets its value back. A bare `--overwrite` before the snapshot's name
+/// means `always` (the name is not taken for its value).
+#[test]
+fn restoring_over_a_target_brings_xattrs_in_line_and_a_bare_overwrite_means_always() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), b"with an xattr").unwrap();
+    set_xattr(&src.join("d/f"), "user.kept", b"as backed up");
+    env.init(&[]);
+    env.ok(&["backup", src.to_str().unwrap()]);
+    let target = env.path("t");
+    restore(&env, &target, &[]);
+    let r = Env::restored(&target, &src);
+    set_xattr(&r.join("d/f"), "user.planted", b"not in the snapshot");
+    set_xattr(&r.join("d/f"), "user.kept", b"changed");
+    set_xattr(&r.join("d"), "user.planted", b"not in the snapshot");
+    let again = restore(&env, &target, &["--overwrite", "if-changed"]);
+    assert_eq!(n(&again, "bytes_written"), 0, "{again}");
+    assert_eq!(snapshot_of(&r), snapshot_of(&src));
+    assert_eq!(xattr::get(r.join("d/f"), "user.planted").unwrap(), None);
+    assert_eq!(xattr::get(r.join("d"), "user.planted").unwrap(), None);
+
+    fs::write(r.join("d/f"), b"changed here").unwrap();
+    let t = target.to_str().unwrap();
+    env.ok(&["restore", "--overwrite", "latest", "--target", t]);
+    assert_eq!(snapshot_of(&r), snapshot_of(&src));
+    // A word that is not a snapshot is still refused, naming the snapshot.
+    let out = env.run(&["restore", "--overwrite", "nosuch", "--target", t]);
+    assert_ne!(out.status.code(), Some(0));
+}

@@ -971,10 +971,36 @@ pub struct UnlockArgs {
 pub use crate::units::parse_wait;
 
 /// Runs the CLI and returns the process exit code.
+/// `--overwrite` takes an optional value, and clap takes the next word as it whatever it
+/// is: `restore --overwrite latest` would fail on `latest`. A bare `--overwrite` followed
+/// by a word that is not one of its values is made `--overwrite=always` first.
+fn bare_overwrite(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    use clap::ValueEnum;
+    let mut args: Vec<std::ffi::OsString> = args.collect();
+    let is_value = |a: &std::ffi::OsString| {
+        crate::ops::restore::Overwrite::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value())
+            .any(|v| v.matches(&a.to_string_lossy(), false))
+    };
+    for i in 0..args.len() {
+        if args[i] == "--" {
+            break; // what follows is not vault's options
+        }
+        let next_is_word = args
+            .get(i + 1)
+            .is_some_and(|n| !n.to_string_lossy().starts_with('-'));
+        if args[i] == "--overwrite" && next_is_word && !is_value(&args[i + 1]) {
+            args[i] = "--overwrite=always".into();
+        }
+    }
+    args
+}
+
 pub fn main() -> i32 {
     use clap::{CommandFactory, FromArgMatches};
     let parsed = Cli::command()
-        .try_get_matches()
+        .try_get_matches_from(bare_overwrite(std::env::args_os()))
         .and_then(|m| Ok((Cli::from_arg_matches(&m)?, m)));
     let (cli, matches) = match parsed {
         Ok(c) => c,

@@ -196,6 +196,10 @@ pub struct Apply {
     /// setgid bits are dropped too: a restored program must not run as its restorer.
     pub owners: bool,
     pub xattrs: bool,
+    /// Also remove the `user.` xattrs the node does not have (restoring over existing
+    /// entries). Other namespaces are left alone: `security.` labels and ACLs in
+    /// `system.` are the target system's policy, not the file's contents.
+    pub drop_other_xattrs: bool,
 }
 
 impl Apply {
@@ -242,6 +246,23 @@ fn first_problem(problems: Vec<String>) -> Result<()> {
     }
 }
 
+/// Removes the `user.` xattrs of `file` that `keep` does not name.
+fn drop_other_xattrs(file: &File, keep: &[(&OsStr, Vec<u8>)], problems: &mut Vec<String>) {
+    use xattr::FileExt;
+    let Ok(names) = file.list_xattr() else {
+        return; // a file system without xattrs has none to drop
+    };
+    for name in names {
+        let other = name.as_bytes().starts_with(b"user.") && !keep.iter().any(|(k, _)| *k == name);
+        if other && let Err(e) = file.remove_xattr(&name) {
+            problems.push(format!(
+                "xattr {}: not removed: {e}",
+                name.to_string_lossy()
+            ));
+        }
+    }
+}
+
 /// Applies owners, xattrs, mode and times to a restored file or directory through its
 /// open descriptor: whatever its name now points to, these reach only the object restore
 /// made. Owners go first, since chown clears setuid bits. Returns the first problem after
@@ -256,7 +277,11 @@ pub fn apply_fd(file: &File, node: &Node, how: Apply) -> Result<()> {
     }
     if how.xattrs {
         use xattr::FileExt;
-        for (name, value) in xattr_values(node, &mut problems) {
+        let values = xattr_values(node, &mut problems);
+        if how.drop_other_xattrs {
+            drop_other_xattrs(file, &values, &mut problems);
+        }
+        for (name, value) in values {
             if let Err(e) = file.set_xattr(name, &value) {
                 problems.push(format!("xattr {}: {e}", name.to_string_lossy()));
             }

@@ -815,6 +815,8 @@ pub fn restore(
     let apply = Apply {
         owners: as_root && !opts.no_owner,
         xattrs: !opts.no_xattrs,
+        // Only an entry that was there before can carry xattrs the snapshot lacks.
+        drop_other_xattrs: opts.overwrite.is_some(),
     };
     if opts.dry_run {
         return dry_run(repo, root_tree.nodes, &m, opts, apply);
