@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
 
 use common::{Env, bytes};
 
@@ -86,31 +85,10 @@ fn progress_is_drawn_on_a_terminal_only() {
         String::from_utf8_lossy(&plain)
     );
     // On a terminal (script(1) gives it a pseudo-terminal): the bar is drawn.
-    let Some(script) = ["/usr/bin/script", "/bin/script"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-    else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "script(1) missing: apt-get install bsdutils"
-        );
+    fs::write(src.join("f0"), b"changed").unwrap();
+    let Some(shown) = common::on_terminal(&env, &["backup", src.to_str().unwrap()], &[]) else {
         return;
     };
-    fs::write(src.join("f0"), b"changed").unwrap();
-    let vault = env!("CARGO_BIN_EXE_vault");
-    let line = format!("{vault} backup {}", src.display());
-    let out = Command::new(script)
-        .args(["-q", "-e", "-c", &line, "/dev/null"])
-        .envs(
-            env.cmd()
-                .get_envs()
-                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
-        )
-        .env("TERM", "xterm")
-        .output()
-        .unwrap();
-    common::assert_ok(&out);
-    let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains('\u{1b}'), "no bar drawn: {shown:?}");
     assert!(shown.contains("snapshot "), "{shown:?}");
 }
