@@ -189,7 +189,7 @@ impl<S> Session<S> {
 
 /// What a backup-role key may lock the repository for: adding snapshots, copying them
 /// to mirrors, and browsing its own host's trees.
-const BACKUP_ROLE_COMMANDS: &[&str] = &["backup", "sync", "ls", "diff", "find", "versions"];
+const BACKUP_ROLE_COMMANDS: &[&str] = &["backup", "copy", "sync", "ls", "diff", "find", "versions"];
 
 impl Session<Open> {
     /// Opens the repository at `location`. `secret` is asked for only once a repository

@@ -350,3 +350,49 @@ fn a_copy_shows_percent_and_eta_on_a_terminal() {
     assert!(drew_percent_and_eta(&shown), "{shown:?}");
     assert!(shown.contains("copied 1 snapshot(s)"), "{shown:?}");
 }
+
+/// Into a format-4 repository with only a backup-role key: the laptop brings its own
+/// host's history over (sealed as its backups are, so the key cannot read it back), and
+/// another host's snapshot is refused with exit 14, its copy not written.
+#[test]
+fn a_backup_role_key_copies_its_own_hosts_history_only() {
+    let env = Env::new();
+    let src = Source::new(&env, &[]);
+    env.init(&["--format-version", "4"]);
+    let pw = env.add_backup_key("laptop", "the laptop's backup key");
+    let data = env.path("data");
+    make_tree(&data);
+    let d = data.to_str().unwrap();
+    src.ok(&env, &["backup", "--host", "laptop", d]);
+    src.ok(&env, &["backup", "--host", "server", d]);
+    let as_laptop = |extra: &[&str]| {
+        let mut c = env.cmd();
+        c.env_remove("VAULT_PASSWORD")
+            .env("VAULT_PASSWORD_FILE", &pw)
+            .env("VAULT_FROM_PASSWORD_FILE", &src.password_file)
+            .args(["copy", "--from"])
+            .arg(&src.repo)
+            .args(extra);
+        c.output().unwrap()
+    };
+    assert_ok(&as_laptop(&["--host", "laptop"]));
+    let out = as_laptop(&["--host", "server"]);
+    assert_eq!(out.status.code(), Some(14), "{out:?}");
+    // The full key sees one snapshot, the laptop's, and it restores as the source's.
+    let here = json_list(&env.ok(&["--json", "snapshots"]));
+    assert_eq!(here.len(), 1, "{here:?}");
+    assert_eq!(here[0]["host"], "laptop");
+    let restored = env.restore_verified("r");
+    let from_source = env.path("from-source");
+    let snaps = src.snapshots(&env);
+    let laptop = snaps.iter().find(|s| s["host"] == "laptop").unwrap();
+    restore(
+        &mut src.cmd(&env),
+        laptop["id"].as_str().unwrap(),
+        &from_source,
+    );
+    assert_eq!(
+        snapshot_of(&Env::restored(&from_source, &data)),
+        snapshot_of(&Env::restored(&restored, &data))
+    );
+}

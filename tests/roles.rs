@@ -50,20 +50,7 @@ fn setup() -> Setup {
         server_src.to_str().unwrap(),
         "-q",
     ]);
-    let pw = env.path("backup-password");
-    fs::write(&pw, BACKUP_PASSWORD).unwrap();
-    env.ok(&[
-        "key",
-        "add",
-        "--role",
-        "backup",
-        "--host",
-        "laptop",
-        "--label",
-        "laptop",
-        "--new-password-file",
-        pw.to_str().unwrap(),
-    ]);
+    env.add_backup_key("laptop", BACKUP_PASSWORD);
     Setup {
         env,
         server_src,

@@ -122,6 +122,26 @@ impl Env {
         target.join(src.strip_prefix("/").unwrap())
     }
 
+    /// Adds a backup-role key for `host` (format 4) whose password is `password`; the
+    /// file that holds the password.
+    pub fn add_backup_key(&self, host: &str, password: &str) -> PathBuf {
+        let pw = self.path(&format!("backup-password-{host}"));
+        std::fs::write(&pw, password).expect("write the backup key's password");
+        self.ok(&[
+            "key",
+            "add",
+            "--role",
+            "backup",
+            "--host",
+            host,
+            "--label",
+            host,
+            "--new-password-file",
+            pw.to_str().unwrap(),
+        ]);
+        pw
+    }
+
     pub fn files_in(&self, sub: &str) -> usize {
         walkdir(&self.repo().join(sub)).len()
     }
