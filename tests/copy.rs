@@ -396,3 +396,51 @@ fn a_backup_role_key_copies_its_own_hosts_history_only() {
         snapshot_of(&Env::restored(&restored, &data))
     );
 }
+
+/// Flips a byte in the middle of every data pack under `repo`.
+fn damage_packs(repo: &Path) {
+    for p in walkdir(&repo.join("data")).iter().filter(|p| p.is_file()) {
+        let mut b = fs::read(p).unwrap();
+        let at = b.len() / 2;
+        b[at] ^= 0x40;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap();
+        fs::write(p, b).unwrap();
+    }
+}
+
+/// The source is read as restore reads it: a damaged pack is read from its mirror, and
+/// the copy is whole. Damaged in the mirror too, the files it held are left out with a
+/// warning naming them and exit code 3, and the rest is copied.
+#[test]
+fn a_damaged_source_pack_is_read_from_its_mirror() {
+    let env = Env::new();
+    let src = Source::new(&env, &[]);
+    env.init(&[]);
+    let mirror = env.path("source-mirror");
+    let m = mirror.to_str().unwrap();
+    src.ok(&env, &["mirror", "add", "offsite", m, "--no-sync"]);
+    let data = env.path("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("big"), bytes(21, 3 << 20)).unwrap();
+    src.ok(&env, &["backup", data.to_str().unwrap()]);
+    src.ok(&env, &["sync"]);
+    damage_packs(&src.repo);
+
+    let done = src.copy_json(&env, &[]);
+    assert_eq!(done["errors"], 0, "{done}");
+    let restored = env.restore_verified("r");
+    assert_eq!(
+        fs::read(Env::restored(&restored, &data).join("big")).unwrap(),
+        bytes(21, 3 << 20)
+    );
+
+    damage_packs(&mirror);
+    let other = env.path("other-repo");
+    let other_repo = other.to_str().unwrap();
+    env.ok(&["--repo", other_repo, "init"]);
+    let out = src.copy(&env, &["--repo", other_repo]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("big: cannot read from the source"), "{err}");
+}
