@@ -35,12 +35,20 @@ const REFRESH: Duration = Duration::from_secs(3);
 /// directories above them do.
 const STEADY: Duration = Duration::from_secs(3600);
 const CHANGING: Duration = Duration::from_secs(1);
-/// Decrypted data blobs kept for reads that come back to them (the kernel reads a file
-/// in pieces smaller than a blob).
-const BLOB_CACHE_BYTES: u64 = 64 << 20;
 /// How far ahead of a sequential reader blobs are fetched, and how many at most at once.
 const PREFETCH_AHEAD: u64 = 4 << 20;
 const PREFETCH_BLOBS: usize = 8;
+/// Decrypted data blobs kept for reads that come back to them: the kernel reads a file
+/// in pieces smaller than a blob, and a sequential reader's next blobs are fetched ahead.
+/// That needs the blob being read, the window ahead and a blob beside them, and the page
+/// cache keeps what was read (FOPEN_KEEP_CACHE): 16 MiB, or more for a repository whose
+/// chunker makes blobs above 6 MiB. (It was 64 MiB, 40 MB of a mount's peak reading a
+/// large file, for no gain in speed.)
+const BLOB_CACHE_BYTES: u64 = 16 << 20;
+
+fn blob_cache_bytes(max_blob: u64) -> u64 {
+    BLOB_CACHE_BYTES.max(2 * max_blob + PREFETCH_AHEAD)
+}
 /// Trees kept (as their JSON), in bytes.
 const TREE_CACHE_BYTES: u64 = 64 << 20;
 
@@ -177,13 +185,14 @@ impl VaultFs {
         let host = crate::repo::repository::hostname();
         let warn = |m: String| session.reporter().warn(&m);
         let snaps = select::list(session.repo(), &select::Filter::default(), &warn)?;
+        let blobs = blob_cache_bytes(session.repo().config.chunker.max_size.into());
         Ok(VaultFs {
             inodes: Mutex::new(Inodes::new(&host)),
             host,
             catalog: Mutex::new((Instant::now(), Arc::new(Catalog::new(snaps)))),
             store: Arc::new(Store {
                 session: RwLock::new(session),
-                blobs: Lru::new(BLOB_CACHE_BYTES),
+                blobs: Lru::new(blobs),
                 prefetching: Mutex::new(HashSet::new()),
             }),
             trees: Lru::new(TREE_CACHE_BYTES),
@@ -303,9 +312,10 @@ impl VaultFs {
 
     /// The whole node `r` stands for, decoded again from its tree.
     fn full_node(&self, r: &NodeRef) -> Result<Node> {
-        match r.at {
+        match &r.at {
             Some((tree, i)) => {
-                let t = self.tree(&tree)?;
+                let i = *i;
+                let t = self.tree(tree)?;
                 if i as usize >= t.len() {
                     return Err(anyhow!("tree {} changed", tree.short()));
                 }
@@ -330,7 +340,7 @@ impl VaultFs {
     fn snapshot_root(&self, e: &Entry) -> Kind {
         let ns = i64::try_from(e.time.as_nanosecond()).unwrap_or(0);
         let root = self.root_node(&e.snap.tree, ns);
-        Kind::Node(NodeRef::new(e.snap.tree, None, &root))
+        Kind::Node(NodeRef::new(Arc::new(e.snap.tree), None, &root))
     }
 
     /// What `name` in the directory `parent` is.
@@ -386,7 +396,7 @@ impl VaultFs {
     }
 
     fn resolve_in_tree(&self, dir: &NodeRef, name: &[u8]) -> Result<Kind, Miss> {
-        let Some(sub) = dir.subtree.filter(|_| dir.kind == NodeType::Dir) else {
+        let Some(sub) = dir.subtree.clone().filter(|_| dir.kind == NodeType::Dir) else {
             return Err(Miss::NotFound);
         };
         let tree = self.tree(&sub)?;
@@ -394,7 +404,12 @@ impl VaultFs {
         if !walk::safe_name(&node.name.0) {
             return Err(Miss::NotFound);
         }
-        Ok(Kind::Node(NodeRef::new(dir.snap, Some((sub, i)), &node)))
+        // The children share their directory's ids: one copy for a whole listing.
+        Ok(Kind::Node(NodeRef::new(
+            dir.snap.clone(),
+            Some((sub, i)),
+            &node,
+        )))
     }
 
     /// `versions/PATH`: a directory where the newest snapshot of this host holding PATH
@@ -423,7 +438,7 @@ impl VaultFs {
             return Err(anyhow!("not a versions directory"));
         };
         let cat = self.catalog();
-        if let Some((seen, v)) = &*locked(&inode.versions)
+        if let Some((seen, v)) = locked(&inode.versions).as_deref()
             && Arc::ptr_eq(seen, &cat)
         {
             return Ok(v.clone());
@@ -450,11 +465,15 @@ impl VaultFs {
             last = Some(cid);
             out.push(Version {
                 name: e.name.clone(),
-                node: NodeRef::new(e.snap.tree, at, &node),
+                node: NodeRef::new(
+                    Arc::new(e.snap.tree),
+                    at.map(|(t, i)| (Arc::new(t), i)),
+                    &node,
+                ),
             });
         }
         let out = Arc::new(out);
-        *locked(&inode.versions) = Some((cat, out.clone()));
+        *locked(&inode.versions) = Some(Box::new((cat, out.clone())));
         Ok(out)
     }
 
@@ -524,7 +543,7 @@ impl VaultFs {
                     .map(|v| (v.name.clone().into_bytes(), v.node.kind))
                     .collect(),
             ),
-            Kind::Node(n) => match n.subtree.filter(|_| n.kind == NodeType::Dir) {
+            Kind::Node(n) => match n.subtree.as_deref().filter(|_| n.kind == NodeType::Dir) {
                 Some(sub) => Listing::Tree(self.tree(&sub)?),
                 None => return Err(anyhow!("not a directory")),
             },
@@ -560,11 +579,11 @@ impl VaultFs {
         a.atime = a.mtime;
         a.ctime = time_of(n.ctime_ns);
         a.crtime = a.mtime;
-        a.rdev = n.rdev as u32;
+        a.rdev = n.rdev;
         match n.kind {
             NodeType::File => {
                 a.size = n.size;
-                a.nlink = n.links.clamp(1, u64::from(u32::MAX)) as u32;
+                a.nlink = n.links.max(1);
                 a.blocks = n.stored.div_ceil(512);
             }
             NodeType::Symlink => {
@@ -572,7 +591,7 @@ impl VaultFs {
                 a.nlink = 1;
             }
             NodeType::Dir => {}
-            _ => a.nlink = n.links.clamp(1, u64::from(u32::MAX)) as u32,
+            _ => a.nlink = n.links.max(1),
         }
         a
     }
