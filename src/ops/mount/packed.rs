@@ -100,7 +100,11 @@ impl PackedTree {
         let b = i / BLOCK;
         let json = self.block(b)?;
         let first = b * BLOCK;
-        let start = if i == first { 0 } else { self.ends[i - 1] as usize };
+        let start = if i == first {
+            0
+        } else {
+            self.ends[i - 1] as usize
+        };
         let raw = json
             .get(start..self.ends[i] as usize)
             .ok_or_else(|| anyhow!("packed tree block {b} shorter than its nodes"))?;
@@ -120,8 +124,8 @@ impl PackedTree {
             .blocks
             .get(b)
             .ok_or_else(|| anyhow!("no packed tree block {b}"))?;
-        let json = zstd::bulk::decompress(packed, self.ends[end] as usize)
-            .context("unpacking a tree")?;
+        let json =
+            zstd::bulk::decompress(packed, self.ends[end] as usize).context("unpacking a tree")?;
         let json = Arc::new(json);
         *last = Some((b, json.clone()));
         Ok(json)

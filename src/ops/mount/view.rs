@@ -279,7 +279,10 @@ impl Inodes {
             slot.lookups += 1;
             let node = slot.inode.clone();
             if !self.named(ino, parent, name) {
-                self.more.entry(ino).or_default().push((parent, name.into()));
+                self.more
+                    .entry(ino)
+                    .or_default()
+                    .push((parent, name.into()));
             }
             self.name(parent, name, ino);
             return (ino, node);
@@ -405,7 +408,11 @@ mod tests {
     #[test]
     fn an_inode_is_small() {
         assert!(std::mem::size_of::<NodeRef>() <= 104);
-        assert!(std::mem::size_of::<Inode>() <= 120, "{}", std::mem::size_of::<Inode>());
+        assert!(
+            std::mem::size_of::<Inode>() <= 120,
+            "{}",
+            std::mem::size_of::<Inode>()
+        );
         assert!(std::mem::size_of::<Slot>() <= 40);
     }
 
