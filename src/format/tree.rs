@@ -403,22 +403,31 @@ impl LazyTree {
 
     /// The position of the node named `name`.
     pub fn find(&self, name: &[u8]) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.nodes.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.name(mid).cmp(name) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(mid),
-            }
-        }
-        None
+        find_sorted(self.nodes.len(), |i| self.name(i), name)
     }
 
     /// The node at position `i`, decoded.
     pub fn node(&self, i: usize) -> Result<Node> {
         decode_node(self.raw(i))
     }
+}
+
+/// The position of `name` among `len` names sorted bytewise, `name_at` giving each.
+pub fn find_sorted<'a>(
+    len: usize,
+    name_at: impl Fn(usize) -> &'a [u8],
+    name: &[u8],
+) -> Option<usize> {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match name_at(mid).cmp(name) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Some(mid),
+        }
+    }
+    None
 }
 
 /// One node of a tree from its JSON.

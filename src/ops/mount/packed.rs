@@ -83,16 +83,7 @@ impl PackedTree {
 
     /// The position of the node named `name` (the names are sorted, as LazyTree checked).
     pub fn find(&self, name: &[u8]) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.name(mid).cmp(name) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(mid),
-            }
-        }
-        None
+        tree::find_sorted(self.len(), |i| self.name(i), name)
     }
 
     /// Node `i`, decoded.
