@@ -43,10 +43,11 @@ const PREFETCH_BLOBS: usize = 8;
 /// Decrypted data blobs kept for reads that come back to them: the kernel reads a file
 /// in pieces smaller than a blob, and a sequential reader's next blobs are fetched ahead.
 /// That needs the blob being read, the window ahead and a blob beside them, and the page
-/// cache keeps what was read (FOPEN_KEEP_CACHE): 16 MiB, or more for a repository whose
-/// chunker makes blobs above 6 MiB. (At 64 MiB, reading a 1 GiB file through the mount
-/// added 109 MB to its memory, at 16 MiB 56 MB, at the same speed: benches/mount-memory.sh.)
-const BLOB_CACHE_BYTES: u64 = 16 << 20;
+/// cache keeps what was read (FOPEN_KEEP_CACHE): 8 MiB, or more for a repository whose
+/// chunker makes blobs above 2 MiB. (Reading a 1 GiB file through the mount added 109 MB
+/// to its memory with 64 MiB, 56 MB with 16 MiB and 33 MB with 8 MiB, each as fast:
+/// benches/mount-memory.sh.)
+const BLOB_CACHE_BYTES: u64 = 8 << 20;
 
 fn blob_cache_bytes(max_blob: u64) -> u64 {
     BLOB_CACHE_BYTES.max(2 * max_blob + PREFETCH_AHEAD)
