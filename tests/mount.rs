@@ -1,6 +1,7 @@
 //! `vault mount`, mounted for real through /dev/fuse: contents and metadata against the
 //! source, the `at/` and `versions/` views, a backup appearing while mounted, a damaged
-//! pack failing one file only, and unmounting on SIGINT and on `fusermount3 -u`.
+//! pack failing one file only, a large directory's listing and inodes, and unmounting on
+//! SIGINT and on `fusermount3 -u`.
 //!
 //! Without /dev/fuse or fusermount3 the tests are skipped, unless CI=true, where that is
 //! a failure.
@@ -9,7 +10,7 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirEntryExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -226,6 +227,69 @@ fn files_read_as_stored_with_their_metadata() {
     let by_id = m.p("ids").join(&id).join(src.strip_prefix("/").unwrap());
     assert_eq!(fs::read(by_id.join("small.txt")).unwrap(), b"hello\n");
     assert!(m.errors().lines().count() <= 1, "{}", m.errors());
+}
+
+/// A directory of many entries (its tree kept packed in blocks by the mount): every name
+/// lists in order with its type, looks up and reads; the inode a listing shows is the
+/// one a lookup handed out, a name looked up again keeps it, and the names of a
+/// hard-linked file share one.
+#[test]
+fn a_large_directory_lists_looks_up_and_keeps_its_inodes() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    let many = src.join("many");
+    fs::create_dir_all(many.join("d")).unwrap();
+    let names: Vec<String> = (0..300).map(|i| format!("f{i:04}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        fs::write(many.join(n), format!("{i}\n")).unwrap();
+    }
+    fs::hard_link(many.join("f0007"), many.join("g-link")).unwrap();
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let m = mount(&env);
+    let seen = m.src("latest", &many);
+    let listed = |dir: &Path| -> Vec<(String, bool, u64)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                (name, e.file_type().unwrap().is_dir(), e.ino())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let first = listed(&seen);
+    let mut want: Vec<String> = names.clone();
+    want.extend(["d".to_string(), "g-link".to_string()]);
+    want.sort();
+    let got: Vec<&String> = first.iter().map(|e| &e.0).collect();
+    assert_eq!(got, want.iter().collect::<Vec<_>>());
+    assert!(first.iter().all(|(n, dir, _)| *dir == (n == "d")));
+    // Out of order, so that the blocks are unpacked again and again.
+    for (i, n) in names.iter().enumerate().rev().step_by(7) {
+        assert_eq!(fs::read_to_string(seen.join(n)).unwrap(), format!("{i}\n"));
+    }
+    let ino = |n: &str| fs::metadata(seen.join(n)).unwrap().ino();
+    let all: Vec<u64> = names.iter().map(|n| ino(n)).collect();
+    let again: Vec<u64> = names.iter().map(|n| ino(n)).collect();
+    assert_eq!(all, again, "a name looked up again keeps its inode");
+    let distinct: std::collections::HashSet<_> = all.iter().collect();
+    assert_eq!(distinct.len(), names.len());
+    assert_eq!(ino("g-link"), ino("f0007"));
+    assert_ne!(ino("d"), ino("f0000"));
+    for (n, _, shown) in listed(&seen) {
+        assert_eq!(
+            shown,
+            ino(&n),
+            "{n}: the listing shows the inode handed out"
+        );
+    }
+    assert!(!m.errors().contains("vault: mount:"), "{}", m.errors());
 }
 
 /// Three snapshots at known times (UTC in the mount): v1, v2, then v2 again in the same

@@ -389,31 +389,62 @@ impl LazyTree {
         self.nodes.is_empty()
     }
 
-    fn name(&self, i: usize) -> &[u8] {
+    /// The name of node `i`.
+    pub fn name(&self, i: usize) -> &[u8] {
         let start = i.checked_sub(1).map_or(0, |p| self.nodes[p].name_end);
         &self.names[start..self.nodes[i].name_end]
     }
 
+    /// The JSON of node `i`, as [`decode_node`] takes it.
+    pub fn raw(&self, i: usize) -> &[u8] {
+        let n = self.nodes[i];
+        &self.json[n.start..n.end]
+    }
+
     /// The position of the node named `name`.
     pub fn find(&self, name: &[u8]) -> Option<usize> {
-        let (mut lo, mut hi) = (0, self.nodes.len());
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            match self.name(mid).cmp(name) {
-                std::cmp::Ordering::Less => lo = mid + 1,
-                std::cmp::Ordering::Greater => hi = mid,
-                std::cmp::Ordering::Equal => return Some(mid),
-            }
-        }
-        None
+        find_sorted(self.nodes.len(), |i| self.name(i), name)
     }
 
     /// The node at position `i`, decoded.
     pub fn node(&self, i: usize) -> Result<Node> {
-        let n = self.nodes[i];
-        serde_json::from_slice(&self.json[n.start..n.end])
-            .map_err(|e| FormatError::malformed("tree node", e))
+        decode_node(self.raw(i))
     }
+}
+
+/// The position of `name` among `len` names sorted bytewise, `name_at` giving each.
+pub fn find_sorted<'a>(
+    len: usize,
+    name_at: impl Fn(usize) -> &'a [u8],
+    name: &[u8],
+) -> Option<usize> {
+    let (mut lo, mut hi) = (0, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match name_at(mid).cmp(name) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal => return Some(mid),
+        }
+    }
+    None
+}
+
+/// One node of a tree from its JSON.
+pub fn decode_node(json: &[u8]) -> Result<Node> {
+    serde_json::from_slice(json).map_err(|e| FormatError::malformed("tree node", e))
+}
+
+/// The type of the node whose JSON this is, read without decoding the rest into memory.
+pub fn node_type(json: &[u8]) -> Result<NodeType> {
+    #[derive(Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: NodeType,
+    }
+    serde_json::from_slice::<Typed>(json)
+        .map(|t| t.kind)
+        .map_err(|e| FormatError::malformed("tree node", e))
 }
 
 /// How many objects in a tree's JSON start with a name, a little more than its nodes

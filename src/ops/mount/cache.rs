@@ -1,5 +1,5 @@
 //! A small least-recently-used cache bounded by the total weight of what it holds
-//! (bytes for blobs, a count for trees). Eviction scans the entries: there are a few
+//! (bytes: of the blobs, of the trees with their index). Eviction scans the entries: there are a few
 //! hundred at most.
 
 use std::collections::HashMap;
@@ -51,11 +51,10 @@ impl<V> Lru<V> {
     }
 
     /// Keeps `value`, evicting the least recently used until the budget holds; a value
-    /// heavier than the whole budget is not kept.
+    /// heavier than the whole budget is kept alone. It is in memory anyway while it is
+    /// used, and the tree of a directory larger than the budget, looked up in name after
+    /// name by `ls -l`, would otherwise be read and decrypted again for every name.
     pub fn put(&self, id: Id, value: Arc<V>, weight: u64) {
-        if weight > self.budget {
-            return;
-        }
         let mut g = self.lock();
         g.tick += 1;
         let used = g.tick;
@@ -71,7 +70,13 @@ impl<V> Lru<V> {
         }
         g.total += weight;
         while g.total > self.budget {
-            let Some(victim) = g.slots.iter().min_by_key(|(_, s)| s.used).map(|(k, _)| *k) else {
+            let Some(victim) = g
+                .slots
+                .iter()
+                .filter(|(k, _)| **k != id)
+                .min_by_key(|(_, s)| s.used)
+                .map(|(k, _)| *k)
+            else {
                 break;
             };
             if let Some(s) = g.slots.remove(&victim) {
@@ -100,6 +105,9 @@ mod tests {
         assert!(c.get(&Id([2; 32])).is_none(), "2 was least recently used");
         assert!(c.get(&Id([1; 32])).is_some() && c.get(&Id([3; 32])).is_some());
         c.put(Id([4; 32]), Arc::new(4), 11);
-        assert_eq!(c.len(), 2, "heavier than the budget: not kept");
+        assert_eq!(c.len(), 1, "heavier than the budget: kept alone");
+        assert!(c.get(&Id([4; 32])).is_some());
+        c.put(Id([5; 32]), Arc::new(5), 4);
+        assert!(c.get(&Id([4; 32])).is_none() && c.get(&Id([5; 32])).is_some());
     }
 }

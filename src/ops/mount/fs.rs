@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use fuser::{
@@ -25,6 +25,8 @@ use super::view::{self, Inode, Inodes, Kind, NodeRef, Version, child_path};
 use crate::format::Id;
 use crate::format::pack::BlobType;
 use crate::format::tree::{LazyTree, Node, NodeType};
+
+use super::packed::PackedTree;
 use crate::ops::{select, timespec, versions, walk};
 use crate::session::Session;
 use crate::session::state::Indexed;
@@ -35,19 +37,28 @@ const REFRESH: Duration = Duration::from_secs(3);
 /// directories above them do.
 const STEADY: Duration = Duration::from_secs(3600);
 const CHANGING: Duration = Duration::from_secs(1);
-/// Decrypted data blobs kept for reads that come back to them (the kernel reads a file
-/// in pieces smaller than a blob).
-const BLOB_CACHE_BYTES: u64 = 64 << 20;
 /// How far ahead of a sequential reader blobs are fetched, and how many at most at once.
 const PREFETCH_AHEAD: u64 = 4 << 20;
 const PREFETCH_BLOBS: usize = 8;
-/// Trees kept (as their JSON), in bytes.
+/// Decrypted data blobs kept for reads that come back to them: the kernel reads a file
+/// in pieces smaller than a blob, and a sequential reader's next blobs are fetched ahead.
+/// That needs the blob being read, the window ahead and a blob beside them, and the page
+/// cache keeps what was read (FOPEN_KEEP_CACHE): 8 MiB, or more for a repository whose
+/// chunker makes blobs above 2 MiB. (Reading a 1 GiB file through the mount added 109 MB
+/// to its memory with 64 MiB, 56 MB with 16 MiB and 33 MB with 8 MiB, each as fast:
+/// benches/mount-memory.sh.)
+const BLOB_CACHE_BYTES: u64 = 8 << 20;
+
+fn blob_cache_bytes(max_blob: u64) -> u64 {
+    BLOB_CACHE_BYTES.max(2 * max_blob + PREFETCH_AHEAD)
+}
+/// Trees kept (packed), in bytes.
 const TREE_CACHE_BYTES: u64 = 64 << 20;
 
 /// A directory listing held from opendir to releasedir, so that the kernel's successive
 /// readdir calls page through one consistent listing.
 enum Listing {
-    Tree(Arc<LazyTree>),
+    Tree(Arc<PackedTree>),
     Names(Vec<(Vec<u8>, NodeType)>),
 }
 
@@ -63,7 +74,7 @@ impl Listing {
     /// decode (left out of the listing; looking it up reports it).
     fn get(&self, i: usize) -> Option<(Vec<u8>, NodeType)> {
         match self {
-            Listing::Tree(t) if i < t.len() => t.node(i).ok().map(|n| (n.name.0, n.kind)),
+            Listing::Tree(t) if i < t.len() => t.kind(i).map(|k| (t.name(i).to_vec(), k)),
             Listing::Tree(_) => None,
             Listing::Names(v) => v.get(i).cloned(),
         }
@@ -121,7 +132,7 @@ pub struct VaultFs {
     host: String,
     catalog: Mutex<(Instant, Arc<Catalog>)>,
     inodes: Mutex<Inodes>,
-    trees: Lru<LazyTree>,
+    trees: Lru<PackedTree>,
     files: Mutex<HashMap<u64, Arc<Layout>>>,
     /// Where the last read of each open file ended.
     last_read: Mutex<HashMap<u64, u64>>,
@@ -177,13 +188,14 @@ impl VaultFs {
         let host = crate::repo::repository::hostname();
         let warn = |m: String| session.reporter().warn(&m);
         let snaps = select::list(session.repo(), &select::Filter::default(), &warn)?;
+        let blobs = blob_cache_bytes(session.repo().config.chunker.max_size.into());
         Ok(VaultFs {
             inodes: Mutex::new(Inodes::new(&host)),
             host,
             catalog: Mutex::new((Instant::now(), Arc::new(Catalog::new(snaps)))),
             store: Arc::new(Store {
                 session: RwLock::new(session),
-                blobs: Lru::new(BLOB_CACHE_BYTES),
+                blobs: Lru::new(blobs),
                 prefetching: Mutex::new(HashSet::new()),
             }),
             trees: Lru::new(TREE_CACHE_BYTES),
@@ -254,23 +266,25 @@ impl VaultFs {
         Errno::EIO
     }
 
-    /// A tree kept as its JSON, nodes decoded as they are asked for: a directory of
-    /// 200 000 entries costs its JSON, not its decoded nodes.
-    fn tree(&self, id: &Id) -> Result<Arc<LazyTree>> {
+    /// A tree kept packed, nodes decoded as they are asked for: a directory of 200 000
+    /// entries costs a fifth of its JSON, not its decoded nodes; the JSON is let go once
+    /// packed.
+    fn tree(&self, id: &Id) -> Result<Arc<PackedTree>> {
         if let Some(t) = self.trees.get(id) {
             return Ok(t);
         }
         let json = self.session().repo().read_blob(BlobType::Tree, id)?;
-        let weight = json.len() as u64;
         let t = LazyTree::decode(json)
-            .map_err(|e| anyhow!(e).context(format!("tree {}", id.short())))?;
+            .map_err(|e| anyhow!(e))
+            .and_then(|t| PackedTree::new(&t))
+            .with_context(|| format!("tree {}", id.short()))?;
         let t = Arc::new(t);
-        self.trees.put(*id, t.clone(), weight + t.len() as u64 * 32);
+        self.trees.put(*id, t.clone(), t.weight());
         Ok(t)
     }
 
     /// The node named `name` in `tree`, and its position.
-    fn child(tree: &LazyTree, name: &[u8]) -> Result<Option<(Node, u32)>> {
+    fn child(tree: &PackedTree, name: &[u8]) -> Result<Option<(Node, u32)>> {
         match tree.find(name) {
             Some(i) => Ok(Some((tree.node(i)?, i as u32))),
             None => Ok(None),
@@ -303,9 +317,10 @@ impl VaultFs {
 
     /// The whole node `r` stands for, decoded again from its tree.
     fn full_node(&self, r: &NodeRef) -> Result<Node> {
-        match r.at {
+        match &r.at {
             Some((tree, i)) => {
-                let t = self.tree(&tree)?;
+                let i = *i;
+                let t = self.tree(tree)?;
                 if i as usize >= t.len() {
                     return Err(anyhow!("tree {} changed", tree.short()));
                 }
@@ -330,7 +345,7 @@ impl VaultFs {
     fn snapshot_root(&self, e: &Entry) -> Kind {
         let ns = i64::try_from(e.time.as_nanosecond()).unwrap_or(0);
         let root = self.root_node(&e.snap.tree, ns);
-        Kind::Node(NodeRef::new(e.snap.tree, None, &root))
+        Kind::Node(NodeRef::new(Arc::new(e.snap.tree), None, &root))
     }
 
     /// What `name` in the directory `parent` is.
@@ -386,7 +401,7 @@ impl VaultFs {
     }
 
     fn resolve_in_tree(&self, dir: &NodeRef, name: &[u8]) -> Result<Kind, Miss> {
-        let Some(sub) = dir.subtree.filter(|_| dir.kind == NodeType::Dir) else {
+        let Some(sub) = dir.subtree.clone().filter(|_| dir.kind == NodeType::Dir) else {
             return Err(Miss::NotFound);
         };
         let tree = self.tree(&sub)?;
@@ -394,7 +409,12 @@ impl VaultFs {
         if !walk::safe_name(&node.name.0) {
             return Err(Miss::NotFound);
         }
-        Ok(Kind::Node(NodeRef::new(dir.snap, Some((sub, i)), &node)))
+        // The children share their directory's ids: one copy for a whole listing.
+        Ok(Kind::Node(NodeRef::new(
+            dir.snap.clone(),
+            Some((sub, i)),
+            &node,
+        )))
     }
 
     /// `versions/PATH`: a directory where the newest snapshot of this host holding PATH
@@ -423,7 +443,7 @@ impl VaultFs {
             return Err(anyhow!("not a versions directory"));
         };
         let cat = self.catalog();
-        if let Some((seen, v)) = &*locked(&inode.versions)
+        if let Some((seen, v)) = locked(&inode.versions).as_deref()
             && Arc::ptr_eq(seen, &cat)
         {
             return Ok(v.clone());
@@ -450,11 +470,15 @@ impl VaultFs {
             last = Some(cid);
             out.push(Version {
                 name: e.name.clone(),
-                node: NodeRef::new(e.snap.tree, at, &node),
+                node: NodeRef::new(
+                    Arc::new(e.snap.tree),
+                    at.map(|(t, i)| (Arc::new(t), i)),
+                    &node,
+                ),
             });
         }
         let out = Arc::new(out);
-        *locked(&inode.versions) = Some((cat, out.clone()));
+        *locked(&inode.versions) = Some(Box::new((cat, out.clone())));
         Ok(out)
     }
 
@@ -524,8 +548,8 @@ impl VaultFs {
                     .map(|v| (v.name.clone().into_bytes(), v.node.kind))
                     .collect(),
             ),
-            Kind::Node(n) => match n.subtree.filter(|_| n.kind == NodeType::Dir) {
-                Some(sub) => Listing::Tree(self.tree(&sub)?),
+            Kind::Node(n) => match n.subtree.as_deref().filter(|_| n.kind == NodeType::Dir) {
+                Some(sub) => Listing::Tree(self.tree(sub)?),
                 None => return Err(anyhow!("not a directory")),
             },
         })
@@ -560,11 +584,11 @@ impl VaultFs {
         a.atime = a.mtime;
         a.ctime = time_of(n.ctime_ns);
         a.crtime = a.mtime;
-        a.rdev = n.rdev as u32;
+        a.rdev = n.rdev;
         match n.kind {
             NodeType::File => {
                 a.size = n.size;
-                a.nlink = n.links.clamp(1, u64::from(u32::MAX)) as u32;
+                a.nlink = n.links.max(1);
                 a.blocks = n.stored.div_ceil(512);
             }
             NodeType::Symlink => {
@@ -572,7 +596,7 @@ impl VaultFs {
                 a.nlink = 1;
             }
             NodeType::Dir => {}
-            _ => a.nlink = n.links.clamp(1, u64::from(u32::MAX)) as u32,
+            _ => a.nlink = n.links.max(1),
         }
         a
     }

@@ -24,6 +24,7 @@ mod cache;
 mod catalog;
 mod content;
 mod fs;
+mod packed;
 mod view;
 
 use std::path::Path;

@@ -3,7 +3,10 @@
 //! inode numbers handed to the kernel.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
+
+use hashbrown::hash_table::{Entry, HashTable};
 
 use super::catalog::Catalog;
 
@@ -58,35 +61,37 @@ pub enum Kind {
 /// A node of a snapshot's tree as the inode table keeps it: what `stat` shows, and where
 /// the node is, to decode it again for what is asked for rarely (content, symlink target,
 /// xattrs). A listed directory of 200 000 entries leaves 200 000 of these, not decoded
-/// nodes with their content ids.
+/// nodes with their content ids; their snapshot's and tree's ids are shared (`Arc`), not
+/// copied into each, and the numbers stat shows as 32 bits are kept so.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NodeRef {
     /// The snapshot's root tree: a hard-link group is one within a snapshot.
-    pub snap: Id,
+    pub snap: Arc<Id>,
     /// The tree holding the node and its position there; None for a snapshot's root.
-    pub at: Option<(Id, u32)>,
+    pub at: Option<(Arc<Id>, u32)>,
+    pub subtree: Option<Arc<Id>>,
     pub kind: NodeType,
+    /// Whether it has xattrs: `ls -l` asks every file for two, and a node without any
+    /// is answered without decoding it again.
+    pub xattrs: bool,
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// As stat shows them: the link count clamped, the device number cut to 32 bits.
+    pub links: u32,
+    pub rdev: u32,
     pub mtime_ns: i64,
     pub ctime_ns: i64,
     /// Symlinks: the target's length.
     pub size: u64,
     /// Bytes of data stored (holes left out).
     pub stored: u64,
-    pub links: u64,
     pub dev: u64,
     pub inode: u64,
-    pub rdev: u64,
-    pub subtree: Option<Id>,
-    /// Whether it has xattrs: `ls -l` asks every file for two, and a node without any
-    /// is answered without decoding it again.
-    pub xattrs: bool,
 }
 
 impl NodeRef {
-    pub fn new(snap: Id, at: Option<(Id, u32)>, n: &Node) -> NodeRef {
+    pub fn new(snap: Arc<Id>, at: Option<(Arc<Id>, u32)>, n: &Node) -> NodeRef {
         let size = match n.kind {
             NodeType::Symlink => n.target.as_ref().map_or(0, |t| t.0.len() as u64),
             _ => n.size,
@@ -94,20 +99,20 @@ impl NodeRef {
         NodeRef {
             snap,
             at,
+            subtree: n.subtree.map(Arc::new),
             kind: n.kind,
+            xattrs: !n.xattrs.is_empty(),
             mode: n.mode,
             uid: n.uid,
             gid: n.gid,
+            links: n.links.min(u64::from(u32::MAX)) as u32,
+            rdev: n.rdev as u32,
             mtime_ns: n.mtime_ns,
             ctime_ns: n.ctime_ns,
             size,
             stored: n.data_extents().iter().map(|e| e[1]).sum(),
-            links: n.links,
             dev: n.dev,
             inode: n.inode,
-            rdev: n.rdev,
-            subtree: n.subtree,
-            xattrs: !n.xattrs.is_empty(),
         }
     }
 
@@ -115,7 +120,7 @@ impl NodeRef {
     /// every name of the group is one inode, as on the disk it was read from.
     fn hard_link(&self) -> Option<(Id, u64, u64)> {
         (self.kind == NodeType::File && self.links > 1 && self.inode != 0)
-            .then_some((self.snap, self.dev, self.inode))
+            .then_some((*self.snap, self.dev, self.inode))
     }
 }
 
@@ -154,24 +159,33 @@ pub type Versions = (Arc<Catalog>, Arc<Vec<Version>>);
 pub struct Inode {
     pub kind: Kind,
     /// For `VersionsOf`: its versions, as found in that list of snapshots (found again
-    /// when snapshots come or go).
-    pub versions: Mutex<Option<Versions>>,
+    /// when snapshots come or go). Boxed: every other inode holds only the None.
+    pub versions: Mutex<Option<Box<Versions>>>,
 }
+
+/// A (parent inode, name) an inode was looked up by.
+type Name = (u64, Box<[u8]>);
 
 struct Slot {
     inode: Arc<Inode>,
     lookups: u64,
-    /// The (parent, name)s it was looked up by: more than one for a hard link.
-    names: Vec<(u64, Vec<u8>)>,
+    /// The name it was first looked up by (a hard link's others are in `Inodes::more`):
+    /// each name is kept here only, the table by name holds its hash.
+    name: Name,
 }
 
 /// The inodes the kernel holds. Memory stays bounded by what the kernel keeps: an inode is
 /// dropped when the kernel forgets every lookup of it.
 pub struct Inodes {
     slots: HashMap<u64, Slot>,
-    by_name: HashMap<(u64, Vec<u8>), u64>,
+    /// The inode each (parent, name) stands for, as (hash of the two, inode); a name is
+    /// matched against its slot's, so a hash shared by two names is no confusion.
+    by_name: HashTable<(u64, u64)>,
+    hasher: RandomState,
     /// The inode of each hard-link group held.
     links: HashMap<(Id, u64, u64), u64>,
+    /// The names a hard-linked file was looked up by besides its first.
+    more: HashMap<u64, Vec<Name>>,
     next: u64,
     fixed: HashMap<u64, Arc<Inode>>,
 }
@@ -199,8 +213,10 @@ impl Inodes {
         .collect();
         Inodes {
             slots: HashMap::new(),
-            by_name: HashMap::new(),
+            by_name: HashTable::new(),
+            hasher: RandomState::new(),
             links: HashMap::new(),
+            more: HashMap::new(),
             next: FIRST_DYNAMIC,
             fixed,
         }
@@ -213,12 +229,44 @@ impl Inodes {
             .cloned()
     }
 
+    fn hash(&self, parent: u64, name: &[u8]) -> u64 {
+        self.hasher.hash_one((parent, name))
+    }
+
+    /// Whether inode `ino` was looked up as `name` in `parent`.
+    fn named(&self, ino: u64, parent: u64, name: &[u8]) -> bool {
+        let is = |n: &Name| n.0 == parent && *n.1 == *name;
+        self.slots.get(&ino).is_some_and(|s| is(&s.name))
+            || self.more.get(&ino).is_some_and(|m| m.iter().any(is))
+    }
+
+    /// The inode `name` in `parent` was last looked up as, if still held.
+    fn by_name(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        let h = self.hash(parent, name);
+        let named = |&(eh, ino): &(u64, u64)| eh == h && self.named(ino, parent, name);
+        self.by_name.find(h, named).map(|e| e.1)
+    }
+
+    /// Makes `name` in `parent` stand for `ino` (which was looked up by that name).
+    fn name(&mut self, parent: u64, name: &[u8], ino: u64) {
+        let h = self.hash(parent, name);
+        // Taken out for the while, for the match below to read the names.
+        let mut table = std::mem::take(&mut self.by_name);
+        let named = |&(eh, held): &(u64, u64)| eh == h && self.named(held, parent, name);
+        match table.entry(h, named, |e| e.0) {
+            Entry::Occupied(mut e) => e.get_mut().1 = ino,
+            Entry::Vacant(e) => {
+                e.insert((h, ino));
+            }
+        }
+        self.by_name = table;
+    }
+
     /// The inode for `name` in `parent` being `kind`, counted as one more lookup: the one
     /// already handed out when it is still the same thing (or another name of the same
     /// hard-linked file), else a new one.
     pub fn lookup(&mut self, parent: u64, name: &[u8], kind: Kind) -> (u64, Arc<Inode>) {
-        let key = (parent, name.to_vec());
-        let held = self.by_name.get(&key).copied().filter(|ino| {
+        let held = self.by_name(parent, name).filter(|ino| {
             self.slots
                 .get(ino)
                 .is_some_and(|s| s.inode.kind.same(&kind))
@@ -229,11 +277,15 @@ impl Inodes {
             && let Some(slot) = self.slots.get_mut(&ino)
         {
             slot.lookups += 1;
-            if !slot.names.contains(&key) {
-                slot.names.push(key.clone());
+            let node = slot.inode.clone();
+            if !self.named(ino, parent, name) {
+                self.more
+                    .entry(ino)
+                    .or_default()
+                    .push((parent, name.into()));
             }
-            self.by_name.insert(key, ino);
-            return (ino, slot.inode.clone());
+            self.name(parent, name, ino);
+            return (ino, node);
         }
         let ino = self.next;
         self.next += 1;
@@ -243,10 +295,10 @@ impl Inodes {
             Slot {
                 inode: node.clone(),
                 lookups: 1,
-                names: vec![key.clone()],
+                name: (parent, name.into()),
             },
         );
-        self.by_name.insert(key, ino);
+        self.name(parent, name, ino);
         if let Some(l) = link {
             self.links.insert(l, ino);
         }
@@ -264,9 +316,11 @@ impl Inodes {
         let Some(slot) = self.slots.remove(&ino) else {
             return;
         };
-        for key in slot.names {
-            if self.by_name.get(&key) == Some(&ino) {
-                self.by_name.remove(&key);
+        let more = self.more.remove(&ino).unwrap_or_default();
+        for (parent, name) in std::iter::once(&slot.name).chain(&more) {
+            let h = self.hash(*parent, name);
+            if let Ok(e) = self.by_name.find_entry(h, |e| *e == (h, ino)) {
+                e.remove();
             }
         }
         if let Some(l) = slot.inode.kind.hard_link()
@@ -279,10 +333,7 @@ impl Inodes {
     /// The inode number a directory listing shows for `name` in `parent`: the one handed
     /// out if any, else a stand-in (a listing hands out no inode).
     pub fn listed(&self, parent: u64, name: &[u8]) -> u64 {
-        self.by_name
-            .get(&(parent, name.to_vec()))
-            .copied()
-            .unwrap_or(u64::MAX >> 1)
+        self.by_name(parent, name).unwrap_or(u64::MAX >> 1)
     }
 
     #[cfg(test)]
@@ -333,7 +384,11 @@ mod tests {
         n.links = 2;
         n.inode = 77;
         let file = |tree: u8, n: &Node| {
-            Kind::Node(NodeRef::new(Id([9; 32]), Some((Id([tree; 32]), 0)), n))
+            Kind::Node(NodeRef::new(
+                Arc::new(Id([9; 32])),
+                Some((Arc::new(Id([tree; 32])), 0)),
+                n,
+            ))
         };
         let (a, _) = t.lookup(20, b"a", file(1, &n));
         let (b, _) = t.lookup(21, b"b", file(2, &n));
@@ -346,6 +401,19 @@ mod tests {
         assert!(t.get(a).is_none());
         assert_eq!(t.listed(20, b"a"), u64::MAX >> 1, "both names let go");
         assert_eq!(t.listed(21, b"b"), u64::MAX >> 1);
+    }
+
+    /// What each inode the kernel holds costs: `ls -l` of a directory of 200 000 entries
+    /// holds 200 000 of them.
+    #[test]
+    fn an_inode_is_small() {
+        assert!(std::mem::size_of::<NodeRef>() <= 104);
+        assert!(
+            std::mem::size_of::<Inode>() <= 120,
+            "{}",
+            std::mem::size_of::<Inode>()
+        );
+        assert!(std::mem::size_of::<Slot>() <= 40);
     }
 
     #[test]
