@@ -300,7 +300,7 @@ fn a_backup_role_key_cannot_tag() {
     env.init(&["--format-version", "4", "--pack-size", "256K"]);
     let src = source(&env);
     env.ok(&["backup", "--host", "laptop", src.to_str().unwrap(), "-q"]);
-    let pw = env.add_backup_key("laptop", "backup only");
+    env.add_backup_key("laptop", "backup only");
     let stored = |p: &Path| -> Vec<(PathBuf, Vec<u8>)> {
         let mut v: Vec<_> = walkdir(p)
             .into_iter()
