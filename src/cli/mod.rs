@@ -970,8 +970,7 @@ pub struct UnlockArgs {
 /// Durations as `--lock-wait` and `--grace` take them; public for fuzzing.
 pub use crate::units::parse_wait;
 
-/// Runs the CLI and returns the process exit code.
-/// `--overwrite` takes an optional value, and clap takes the next word as it whatever it
+/// `--overwrite` takes an optional value, and clap takes the next word for it, whatever it
 /// is: `restore --overwrite latest` would fail on `latest`. A bare `--overwrite` followed
 /// by a word that is not one of its values is made `--overwrite=always` first.
 fn bare_overwrite(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
@@ -997,6 +996,7 @@ fn bare_overwrite(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ff
     args
 }
 
+/// Runs the CLI and returns the process exit code.
 pub fn main() -> i32 {
     use clap::{CommandFactory, FromArgMatches};
     let parsed = Cli::command()

@@ -772,9 +772,32 @@ mod tests {
     use crate::repo::storage::append_only::Change;
     use crate::repo::storage::{self, Entry, Meta, Refused, Storage};
 
-    /// Storage that refuses every delete and rename, as create-only storage does.
+    /// Storage as a test needs it: refusing every delete and rename, as create-only
+    /// storage does, or answering its first listing with one taken earlier.
     #[derive(Debug)]
-    struct NoDeletes(Arc<dyn Storage>);
+    struct Tampered {
+        inner: Arc<dyn Storage>,
+        no_deletes: bool,
+        stale_list: std::sync::Mutex<Option<Vec<Entry>>>,
+    }
+
+    impl Tampered {
+        fn no_deletes(inner: Arc<dyn Storage>) -> Tampered {
+            Tampered {
+                inner,
+                no_deletes: true,
+                stale_list: Default::default(),
+            }
+        }
+
+        fn stale_list_once(inner: Arc<dyn Storage>, entries: Vec<Entry>) -> Tampered {
+            Tampered {
+                inner,
+                no_deletes: false,
+                stale_list: std::sync::Mutex::new(Some(entries)),
+            }
+        }
+    }
 
     fn refused<T>(change: Change, path: &str) -> storage::Result<T> {
         Err(Refused {
@@ -784,49 +807,60 @@ mod tests {
         .into())
     }
 
-    impl Storage for NoDeletes {
+    impl Storage for Tampered {
         fn read(&self, path: &str) -> storage::Result<Vec<u8>> {
-            self.0.read(path)
+            self.inner.read(path)
         }
         fn read_range(&self, path: &str, offset: u64, len: u64) -> storage::Result<Vec<u8>> {
-            self.0.read_range(path, offset, len)
+            self.inner.read_range(path, offset, len)
         }
         fn write(&self, path: &str, bytes: bytes::Bytes) -> storage::Result<()> {
-            self.0.write(path, bytes)
+            self.inner.write(path, bytes)
         }
         fn write_new(&self, path: &str, bytes: bytes::Bytes) -> storage::Result<()> {
-            self.0.write_new(path, bytes)
+            self.inner.write_new(path, bytes)
         }
-        fn rename(&self, from: &str, _: &str) -> storage::Result<()> {
-            refused(Change::Rename, from)
+        fn rename(&self, from: &str, to: &str) -> storage::Result<()> {
+            if self.no_deletes {
+                return refused(Change::Rename, from);
+            }
+            self.inner.rename(from, to)
         }
         fn delete(&self, path: &str) -> storage::Result<()> {
-            refused(Change::Delete, path)
+            if self.no_deletes {
+                return refused(Change::Delete, path);
+            }
+            self.inner.delete(path)
         }
         fn stat(&self, path: &str) -> storage::Result<Meta> {
-            self.0.stat(path)
+            self.inner.stat(path)
         }
         fn exists(&self, path: &str) -> storage::Result<bool> {
-            self.0.exists(path)
+            self.inner.exists(path)
         }
         fn list(&self, dir: &str) -> storage::Result<Vec<Entry>> {
-            self.0.list(dir)
+            if let Some(stale) = self.stale_list.lock().expect("poisoned").take() {
+                return Ok(stale);
+            }
+            self.inner.list(dir)
         }
         fn probe(&self) -> storage::Result<()> {
-            self.0.probe()
+            self.inner.probe()
         }
         fn create_dir(&self, dir: &str) -> storage::Result<()> {
-            self.0.create_dir(dir)
+            self.inner.create_dir(dir)
         }
     }
 
     /// Writes `lock` as another process's (in another PID namespace).
-    fn as_another_process(repo: &Repository, lock: &Lock) {
+    fn as_another_process(repo: &Repository, lock: &Lock) -> Id {
         let mut l = lock.clone();
         l.process = Some("0".repeat(32));
         l.pid_ns = "pid:[1]".into();
-        let path = FileKind::Lock.path(&Id::random());
+        let id = Id::random();
+        let path = FileKind::Lock.path(&id);
         repo.backend.write(&path, l.seal(&repo.keys)).unwrap();
+        id
     }
 
     #[test]
@@ -838,7 +872,10 @@ mod tests {
             ..InitOptions::default()
         };
         let mut repo = Repository::init(Backend::open(location).unwrap(), b"pw", &opts).unwrap();
-        repo.backend = repo.backend.clone().decorated(|s| Arc::new(NoDeletes(s)));
+        repo.backend = repo
+            .backend
+            .clone()
+            .decorated(|s| Arc::new(Tampered::no_deletes(s)));
         drop(acquire(&repo, LockKind::Shared, "backup").unwrap());
         crate::repo::cleanup::left_behind();
 
@@ -876,6 +913,42 @@ mod tests {
         as_another_process(&repo, &live);
         let e = conflicts("").unwrap_err();
         assert!(e.to_string().contains("shared lock"), "{e}");
+    }
+
+    /// A holder refreshes by writing its new object and deleting the old: a listing taken
+    /// before the write and read after the delete still finds it (listed again).
+    #[test]
+    fn a_holder_refreshing_between_list_and_read_is_still_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = InitOptions {
+            kdf_log_n: 10,
+            ..InitOptions::default()
+        };
+        let location = dir.path().to_str().unwrap();
+        let mut repo = Repository::init(Backend::open(location).unwrap(), b"pw", &opts).unwrap();
+        let guard = acquire(&repo, LockKind::Shared, "backup").unwrap();
+        let l = list_locks(&repo.backend, &repo.keys).unwrap()[0]
+            .lock
+            .clone()
+            .unwrap();
+        drop(guard);
+        let old = as_another_process(&repo, &l);
+        // The listing as it was before the refresh, answered once.
+        let dir = FileKind::Lock.dir();
+        repo.backend = repo.backend.clone().decorated(|s| {
+            let stale = s.list(dir).unwrap();
+            assert_eq!(stale.len(), 1);
+            Arc::new(Tampered::stale_list_once(s, stale))
+        });
+        let refreshed = Lock {
+            seq: l.seq + 1,
+            ..l.clone()
+        };
+        as_another_process(&repo, &refreshed);
+        repo.backend.delete(&FileKind::Lock.path(&old)).unwrap();
+        let locks = list_locks(&repo.backend, &repo.keys).unwrap();
+        assert_eq!(locks.len(), 1, "the refreshing holder is listed");
+        assert_eq!(locks[0].lock.as_ref().unwrap().seq, l.seq + 1);
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl Run<'_> {
         shared.dedup.claimed = std::sync::Mutex::new(std::mem::take(&mut self.claimed));
         let shared = Arc::new(shared);
         let root = self.tree_through_sealers(&shared, &snap.host, snap.tree, id)?;
-        let (stats, claimed) = finish(shared)?;
+        let (stats, claimed) = finalizer::finish_keeping_claims(shared)?;
         self.claimed = claimed;
         result.bytes_added += stats.bytes_added;
         result.bytes_stored += stats.bytes_stored;
@@ -234,15 +234,6 @@ impl Run<'_> {
         joined?;
         Ok(root)
     }
-}
-
-/// The last packs and index of one snapshot's copy: what it stored, and every blob
-/// claimed so far (for the next snapshot's dedup).
-fn finish(shared: Arc<Shared>) -> Result<(crate::format::snapshot::Summary, HashSet<Id>)> {
-    let shared = Arc::into_inner(shared).context("copy pipeline still running")?;
-    let claimed = shared.dedup.claimed.into_inner().expect("dedup poisoned");
-    shared.packer.finish()?;
-    Ok((shared.stats.into_inner().expect("stats poisoned"), claimed))
 }
 
 /// A tree's copy and the bytes of the files below it.

@@ -150,9 +150,18 @@ fn old_node(e: &Scanned, old: Option<&LazyTree>) -> Result<Node> {
 /// Ends the pipeline: the last packs uploaded and the final index written. Returns the
 /// run's summary so far.
 pub(super) fn finish(shared: Arc<Shared>) -> Result<Summary> {
+    Ok(finish_keeping_claims(shared)?.0)
+}
+
+/// As [`finish`], also giving back the blobs the pass claimed (stored by it), for a
+/// next pass that has not reloaded the index (`vault copy`, snapshot after snapshot).
+pub(super) fn finish_keeping_claims(
+    shared: Arc<Shared>,
+) -> Result<(Summary, std::collections::HashSet<Id>)> {
     let shared = Arc::into_inner(shared).ok_or_else(|| anyhow!("pipeline still running"))?;
     shared.packer.finish()?;
-    Ok(shared.stats.into_inner().expect("stats poisoned"))
+    let claimed = shared.dedup.claimed.into_inner().expect("dedup poisoned");
+    Ok((shared.stats.into_inner().expect("stats poisoned"), claimed))
 }
 
 /// What a snapshot says of its backup besides its tree and summary.
