@@ -328,8 +328,8 @@ fn the_version_1_fixture_copies_into_a_format_4_repository() {
     assert_fixture_restored(&target.join("tmp/vault-fixture-v1"));
 }
 
-/// On a terminal a copy shows how far it has come, as a percentage with an ETA (paced
-/// here so that the line is drawn more than once).
+/// On a terminal a copy shows how far it has come, as a percentage with an ETA (reads
+/// paced here, since progress counts the bytes read from the source).
 #[test]
 fn a_copy_shows_percent_and_eta_on_a_terminal() {
     let env = Env::new();
@@ -343,7 +343,7 @@ fn a_copy_shows_percent_and_eta_on_a_terminal() {
     src.ok(&env, &["backup", data.to_str().unwrap()]);
     let pw = src.password_file.to_str().unwrap().to_string();
     let from = src.repo.to_str().unwrap().to_string();
-    let args = ["--limit-upload", "2M", "copy", "--from", &from];
+    let args = ["--limit-download", "2M", "copy", "--from", &from];
     let Some(shown) = on_terminal(&env, &args, &[("VAULT_FROM_PASSWORD_FILE", &pw)]) else {
         return;
     };
