@@ -530,14 +530,14 @@ impl Session<Indexed> {
 mod tests {
     use super::*;
     use crate::error::Error;
-    use crate::format::keyfile::MIN_LOG_N;
+    use crate::format::keyfile::KdfCost;
     use crate::report::Silent;
 
     const PASSWORD: &[u8] = b"a password for the tests";
 
     fn quick() -> InitOptions {
         InitOptions {
-            kdf_log_n: MIN_LOG_N,
+            kdf: KdfCost::FLOOR,
             ..InitOptions::new(128 << 10, 16 << 20, 3, "test".into(), 3).unwrap()
         }
     }

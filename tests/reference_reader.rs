@@ -217,6 +217,16 @@ fn reference_reader_restores_what_vault_restores() {
         "{listing}"
     );
 
+    // A key with several scrypt lanes (p > 1, what vault writes now) opens there too.
+    let lanes = env.path("lanes-password");
+    fs::write(&lanes, "another password").unwrap();
+    let cost = vault::format::keyfile::KdfCost { log_n: 15, p: 4 };
+    open_repo(&env)
+        .add_key(b"another password", "lanes", cost)
+        .unwrap();
+    let listing = reader(&env.repo(), &lanes, &[OsStr::new("snapshots")]);
+    assert!(listing.starts_with(&format!("{id} ")), "{listing}");
+
     let by_vault = env.path("by-vault");
     env.ok(&["restore", "latest", "--target", by_vault.to_str().unwrap()]);
     let by_reader = env.path("by-reader");

@@ -40,12 +40,16 @@ impl Run {
 
 /// Runs `vault args` and reaps it with wait4, which reports that one child's peak RSS
 /// (getrusage(RUSAGE_CHILDREN) would mix in every other test's children).
-#[allow(clippy::zombie_processes)] // reaped by wait4, which std's Child cannot do
 fn measure(env: &Env, args: &[&str], label: &str) -> Run {
+    let mut cmd = env.cmd();
+    cmd.args(args);
+    measure_cmd(cmd, label)
+}
+
+#[allow(clippy::zombie_processes)] // reaped by wait4, which std's Child cannot do
+fn measure_cmd(mut cmd: Command, label: &str) -> Run {
     let start = Instant::now();
-    let mut child = env
-        .cmd()
-        .args(args)
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -383,4 +387,67 @@ fn a_disk_filling_up_during_restore_stops_with_one_clear_error() {
         fs::read(Env::restored(&t, &src).join("part4")).unwrap(),
         bytes(14, 8 << 20)
     );
+}
+
+/// The scrypt parameters of the repository's one key file: (log_n, r, p).
+fn kdf_of_only_key(env: &Env) -> (u64, u64, u64) {
+    let keys: Vec<_> = fs::read_dir(env.repo().join("keys"))
+        .expect("keys/")
+        .map(|e| e.expect("key entry").path())
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let kf: serde_json::Value =
+        serde_json::from_slice(&fs::read(&keys[0]).expect("key file")).expect("key JSON");
+    let field = |f: &str| kf["kdf"][f].as_u64().expect("kdf field");
+    (field("log_n"), field("r"), field("p"))
+}
+
+/// Every command opened with a password pays the KDF's memory: new keys hold it at the
+/// format's 32 MiB floor (lanes buy the time), so opening stays below the smallest peer
+/// opened with a password (restic, 54-71 MB here). A key from before, at 256 MiB, is
+/// what `key passwd` moves to the new cost.
+#[test]
+fn a_password_opens_in_the_kdf_floors_memory_and_key_passwd_moves_old_keys_there() {
+    let env = Env::new();
+    let calibrated = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.env_remove("VAULT_KDF_LOG_N").args(args);
+        c
+    };
+    // The cost vault wrote before: N = 2^18 (256 MiB).
+    let mut old = env.cmd();
+    old.env("VAULT_KDF_LOG_N", "18").arg("init");
+    measure_cmd(old, "init at 2^18").assert_code(0, "init");
+    assert_eq!(kdf_of_only_key(&env), (18, 8, 1));
+    let before = measure(&env, &["snapshots"], "open at 2^18");
+    before.assert_code(0, "snapshots");
+    assert!(
+        before.max_rss > 256 * MIB,
+        "the measure must see the KDF: {} bytes",
+        before.max_rss
+    );
+
+    let pw = env.path("same-password");
+    fs::write(&pw, common::PASSWORD).expect("password file");
+    let mut passwd = calibrated(&["key", "passwd"]);
+    passwd.env("VAULT_NEW_PASSWORD_FILE", &pw);
+    measure_cmd(passwd, "key passwd").assert_code(0, "key passwd");
+    let (log_n, r, p) = kdf_of_only_key(&env);
+    assert_eq!((log_n, r), (15, 8), "32 MiB");
+    assert!((1..=16).contains(&p), "lanes {p}");
+
+    let after = measure(&env, &["snapshots"], "open at the floor");
+    after.assert_code(0, "snapshots");
+    assert!(
+        after.max_rss < 64 * MIB,
+        "opening with a password peaked at {:.1} MiB",
+        after.max_rss as f64 / MIB as f64
+    );
+
+    // A new repository gets the same cost at init.
+    let fresh = Env::new();
+    let mut init = fresh.cmd();
+    init.env_remove("VAULT_KDF_LOG_N").arg("init");
+    measure_cmd(init, "init calibrated").assert_code(0, "init");
+    assert_eq!(kdf_of_only_key(&fresh).0, 15);
 }

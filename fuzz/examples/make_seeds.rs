@@ -86,12 +86,14 @@ fn keyfile(out: &Out) {
         host: "fuzzhost".into(),
         user: "root".into(),
         created: "2026-11-21T14:30:00Z".into(),
+        backup: None,
     };
     let meta = KeyMeta {
         label: payload.label.clone(),
         host: payload.host.clone(),
         user: payload.user.clone(),
         created: payload.created.clone(),
+        role: String::new(),
     };
     let payload_json = serde_json::to_vec(&payload).unwrap();
     let meta_json = serde_json::to_vec(&meta).unwrap();
@@ -100,7 +102,7 @@ fn keyfile(out: &Out) {
     out.seed("keyfile", "opens", 0, &kf.to_bytes());
     // A real one, with real scrypt (its payload does not open in the target; its
     // metadata does).
-    let real = KeyFile::create(PASSWORD, keyfile::MIN_LOG_N, &payload).unwrap();
+    let real = KeyFile::create(PASSWORD, keyfile::KdfCost::FLOOR, &payload).unwrap();
     out.seed("keyfile", "real", 0, &real.to_bytes());
     out.seed("keyfile", "payload", 1, &payload_json);
     out.seed("keyfile", "meta", 1, &meta_json);

@@ -18,7 +18,7 @@ use crate::error::{VaultError, exit};
 use crate::ops::{backup, dump, ls, restore, select};
 use crate::repo::Repository;
 use crate::repo::lock::{self, LockKind};
-use crate::repo::repository::{InitOptions, default_log_n};
+use crate::repo::repository::{InitOptions, default_kdf};
 use crate::report::Report;
 use crate::session::state::{Indexed, Open};
 use crate::session::{Locking, Session};
@@ -579,13 +579,13 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
                 &format!("the new key of {loc}"),
             )?;
             let id = match a.role {
-                super::KeyRole::Full => repo.add_key(&pw, &a.key.label, default_log_n())?,
+                super::KeyRole::Full => repo.add_key(&pw, &a.key.label, default_kdf())?,
                 super::KeyRole::Backup => {
                     let host = a
                         .host
                         .clone()
                         .unwrap_or_else(crate::repo::repository::hostname);
-                    repo.add_backup_key(&pw, &a.key.label, &host, default_log_n())?
+                    repo.add_backup_key(&pw, &a.key.label, &host, default_kdf())?
                 }
             };
             if g.json {
@@ -599,7 +599,7 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
                 a.new_password_file.as_deref(),
                 &format!("the new password of {loc}"),
             )?;
-            let (id, old) = repo.change_password(&pw, &a.label, default_log_n())?;
+            let (id, old) = repo.change_password(&pw, &a.label, default_kdf())?;
             render(
                 g,
                 &json!({"key": id.to_hex(), "replaces": old.to_hex()}),

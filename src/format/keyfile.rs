@@ -204,7 +204,7 @@ impl KdfParams {
             || self.r == 0
             || self.r > 32
             || self.p == 0
-            || self.p > 16
+            || self.p > MAX_P
         {
             return Err(FormatError::malformed(
                 "key file",
@@ -228,32 +228,80 @@ impl KdfParams {
 }
 
 fn derive(password: &[u8], kdf: &KdfParams) -> Result<Cipher> {
+    let kek = derive_kek(password, kdf)?;
+    Ok(Cipher::new(&kek))
+}
+
+/// The key-encryption key of §3.2.
+fn derive_kek(password: &[u8], kdf: &KdfParams) -> Result<Zeroizing<[u8; 32]>> {
     let salt = kdf.check()?;
     let params = scrypt::Params::new(kdf.log_n, kdf.r, kdf.p)
         .map_err(|e| FormatError::malformed("key file", e))?;
     let mut kek = Zeroizing::new([0u8; 32]);
     scrypt::scrypt(password, &salt, &params, kek.as_mut())
         .map_err(|e| FormatError::malformed("key file", e))?;
-    Ok(Cipher::new(&kek))
+    Ok(kek)
 }
 
-/// Chooses log2(N) so that one derivation takes about `target` on this machine.
-pub fn calibrate_log_n(target: Duration) -> u8 {
+/// Most lanes (scrypt's p) a key file may have; vault writes at most this many.
+pub const MAX_P: u32 = 16;
+
+/// What one derivation costs: N = 2^log_n, r = 8 and p lanes. The lanes run one after
+/// another in the same memory, so memory is 128·r·N whatever p is, and time is N·p.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfCost {
+    pub log_n: u8,
+    pub p: u32,
+}
+
+impl KdfCost {
+    /// The floor the format promises: 32 MiB, one lane.
+    pub const FLOOR: KdfCost = KdfCost {
+        log_n: MIN_LOG_N,
+        p: 1,
+    };
+
+    /// A cost fixed by log2(N) alone (one lane), clamped to the format's range.
+    pub fn with_log_n(log_n: u8) -> KdfCost {
+        KdfCost {
+            log_n: log_n.clamp(MIN_LOG_N, MAX_LOG_N),
+            p: 1,
+        }
+    }
+
+    /// Bytes of memory one derivation holds (its V array).
+    pub fn memory(&self) -> u64 {
+        (128 * 8) << self.log_n
+    }
+}
+
+/// Chooses the cost of a new key file: memory held at the floor's 32 MiB, which every
+/// machine vault runs on has to spare beside a backup, and lanes added until one
+/// derivation takes about `target` here. More memory would make each guess dearer on a
+/// GPU, but every command pays it on every open; lanes make guesses dearer in time
+/// without raising anyone's peak.
+pub fn calibrate(target: Duration) -> KdfCost {
     let params = scrypt::Params::new(MIN_LOG_N, 8, 1).expect("valid floor parameters");
     let mut out = [0u8; 32];
-    let start = Instant::now();
-    let _ = scrypt::scrypt(b"calibration", b"calibration salt", &params, &mut out);
-    let mut per = start.elapsed().max(Duration::from_millis(1));
-    let mut log_n = MIN_LOG_N;
-    while log_n < MAX_LOG_N && per * 2 <= target + target / 4 {
-        per *= 2;
-        log_n += 1;
+    // The first run also faults its 32 MiB in; the faster of two is what each lane costs.
+    let per = (0..2)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = scrypt::scrypt(b"calibration", b"calibration salt", &params, &mut out);
+            start.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+        .max(Duration::from_millis(1));
+    let lanes = (target.as_micros() / per.as_micros().max(1)).clamp(1, u128::from(MAX_P));
+    KdfCost {
+        log_n: MIN_LOG_N,
+        p: u32::try_from(lanes).unwrap_or(1),
     }
-    log_n
 }
 
 impl KeyFile {
-    pub fn create(password: &[u8], log_n: u8, payload: &KeyPayload) -> Result<KeyFile> {
+    pub fn create(password: &[u8], cost: KdfCost, payload: &KeyPayload) -> Result<KeyFile> {
         let (repo_keys, role) = match &payload.backup {
             Some(b) => (b.keys()?, "backup"),
             None => (payload.master()?.derive(), ""),
@@ -270,9 +318,9 @@ impl KeyFile {
         fill_random(&mut salt);
         let kdf = KdfParams {
             algorithm: "scrypt".into(),
-            log_n: log_n.clamp(MIN_LOG_N, MAX_LOG_N),
+            log_n: cost.log_n.clamp(MIN_LOG_N, MAX_LOG_N),
             r: 8,
-            p: 1,
+            p: cost.p.clamp(1, MAX_P),
             salt: B64.encode(salt),
         };
         let cipher = derive(password, &kdf)?;
@@ -342,6 +390,18 @@ pub fn encode_master(key: &MasterKey) -> String {
 mod tests {
     use super::*;
 
+    /// A full key's payload with a fresh master key and no metadata.
+    fn unlabelled() -> KeyPayload {
+        KeyPayload {
+            master_key: encode_master(&MasterKey::generate()),
+            label: String::new(),
+            host: String::new(),
+            user: String::new(),
+            created: String::new(),
+            backup: None,
+        }
+    }
+
     #[test]
     fn the_payload_zeroizes_on_drop() {
         fn wipes<T: ZeroizeOnDrop>() {}
@@ -359,7 +419,7 @@ mod tests {
             created: "now".into(),
             backup: None,
         };
-        let kf = KeyFile::create(b"pw", MIN_LOG_N, &payload).unwrap();
+        let kf = KeyFile::create(b"pw", KdfCost::FLOOR, &payload).unwrap();
         let parsed = KeyFile::parse(&kf.to_bytes()).unwrap();
         let got = parsed.open(b"pw").unwrap();
         assert_eq!(got.master().unwrap().as_bytes(), mk.as_bytes());
@@ -368,19 +428,7 @@ mod tests {
 
     #[test]
     fn rejects_weak_parameters() {
-        let mut kf = KeyFile::create(
-            b"pw",
-            MIN_LOG_N,
-            &KeyPayload {
-                master_key: encode_master(&MasterKey::generate()),
-                label: String::new(),
-                host: String::new(),
-                user: String::new(),
-                created: String::new(),
-                backup: None,
-            },
-        )
-        .unwrap();
+        let mut kf = KeyFile::create(b"pw", KdfCost::FLOOR, &unlabelled()).unwrap();
         kf.kdf.log_n = 10;
         assert!(matches!(kf.open(b"pw"), Err(FormatError::Malformed { .. })));
         // Each parameter in range, together above the ceiling (4 GiB): refused before
@@ -393,5 +441,40 @@ mod tests {
         assert!(matches!(kf.kdf.check(), Err(FormatError::Malformed { .. })));
         kf.kdf.p = 1;
         assert!(kf.kdf.check().is_ok(), "the ceiling itself is allowed");
+    }
+
+    #[test]
+    fn spec_test_vectors() {
+        let kek = |p: u32| {
+            let kdf = KdfParams {
+                algorithm: "scrypt".into(),
+                log_n: 15,
+                r: 8,
+                p,
+                salt: B64.encode([0u8; 32]),
+            };
+            hex::encode(*derive_kek(b"password", &kdf).unwrap())
+        };
+        assert_eq!(
+            kek(1),
+            "cb7dbad4bd634e12c5d12afd04f24e0dd6caa0d786ea7ce8a1446beb5bf9403e"
+        );
+        assert_eq!(
+            kek(4),
+            "a37cb8f444e543d1a38793762931a519d19fb38a7460d9571687d670ceae2a42"
+        );
+    }
+
+    #[test]
+    fn new_keys_cost_the_floors_memory_and_lanes_for_time() {
+        let cost = calibrate(Duration::from_millis(250));
+        assert_eq!(cost.log_n, MIN_LOG_N);
+        assert_eq!(cost.memory(), 32 << 20);
+        assert!((1..=MAX_P).contains(&cost.p), "{cost:?}");
+        // A target no derivation can meet still gives the floor, never zero lanes.
+        assert_eq!(calibrate(Duration::ZERO), KdfCost::FLOOR);
+        let kf = KeyFile::create(b"pw", KdfCost { log_n: 15, p: 3 }, &unlabelled()).unwrap();
+        assert_eq!((kf.kdf.log_n, kf.kdf.r, kf.kdf.p), (15, 8, 3));
+        assert!(kf.open(b"pw").is_ok());
     }
 }

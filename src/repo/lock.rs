@@ -868,7 +868,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let location = dir.path().to_str().unwrap();
         let opts = InitOptions {
-            kdf_log_n: 10,
+            kdf: crate::format::keyfile::KdfCost::FLOOR,
             ..InitOptions::default()
         };
         let mut repo = Repository::init(Backend::open(location).unwrap(), b"pw", &opts).unwrap();
@@ -921,7 +921,7 @@ mod tests {
     fn a_holder_refreshing_between_list_and_read_is_still_listed() {
         let dir = tempfile::tempdir().unwrap();
         let opts = InitOptions {
-            kdf_log_n: 10,
+            kdf: crate::format::keyfile::KdfCost::FLOOR,
             ..InitOptions::default()
         };
         let location = dir.path().to_str().unwrap();
@@ -956,7 +956,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let location = dir.path().to_str().unwrap();
         let opts = InitOptions {
-            kdf_log_n: 10,
+            kdf: crate::format::keyfile::KdfCost::FLOOR,
             ..InitOptions::default()
         };
         let repo = Repository::init(Backend::open(location).unwrap(), b"pw", &opts).unwrap();

@@ -14,7 +14,7 @@ use crate::error::{Advised, Remedy, VaultError};
 use crate::format::config::{ChunkerParams, Config};
 use crate::format::crypto::{Keys, MasterKey};
 use crate::format::index::IndexFile;
-use crate::format::keyfile::{self, KeyFile, KeyPayload};
+use crate::format::keyfile::{self, KdfCost, KeyFile, KeyPayload};
 use crate::format::mirror::{ExportRecord, ForgetRecord, MirrorDef};
 use crate::format::pack::{self, BlobType};
 use crate::format::snapshot::Snapshot;
@@ -94,7 +94,8 @@ pub struct InitOptions {
     pub chunker: ChunkerParams,
     pub pack_size: u32,
     pub compression_level: i32,
-    pub kdf_log_n: u8,
+    /// What a guess at the first key's password costs (§3.2).
+    pub kdf: KdfCost,
     pub label: String,
     /// The config's format version (REPO_VERSION, or older for older vaults).
     pub version: u32,
@@ -126,7 +127,7 @@ impl InitOptions {
             pack_size: u32::try_from(pack_size)
                 .map_err(|_| VaultError::Usage("--pack-size must be under 4 GiB".into()))?,
             compression_level,
-            kdf_log_n: default_log_n(),
+            kdf: default_kdf(),
             label,
             version,
         })
@@ -141,7 +142,7 @@ impl Default for InitOptions {
             chunker: ChunkerParams::with_avg(128 << 10),
             pack_size: 16 << 20,
             compression_level: 3,
-            kdf_log_n: default_log_n(),
+            kdf: default_kdf(),
             label: "initial".into(),
             version: crate::format::config::REPO_VERSION,
         }
@@ -219,15 +220,20 @@ pub fn username() -> String {
         .unwrap_or_else(|| nix::unistd::getuid().to_string())
 }
 
-/// scrypt cost: calibrated to about a second, or fixed by VAULT_KDF_LOG_N (never below
-/// the floor of 15, which the key file format enforces too).
-pub fn default_log_n() -> u8 {
+/// How long one derivation of a new key may take: opening pays it on every command, so
+/// it stays well under what a no-change backup costs otherwise.
+pub const KDF_TARGET: Duration = Duration::from_millis(250);
+
+/// The scrypt cost of a new key: 32 MiB with lanes calibrated to `KDF_TARGET`, or N
+/// fixed by VAULT_KDF_LOG_N with one lane (never below the floor of 15, which the key
+/// file format enforces too).
+pub fn default_kdf() -> KdfCost {
     match std::env::var("VAULT_KDF_LOG_N")
         .ok()
         .and_then(|v| v.parse::<u8>().ok())
     {
-        Some(n) => n.clamp(keyfile::MIN_LOG_N, keyfile::MAX_LOG_N),
-        None => keyfile::calibrate_log_n(Duration::from_secs(1)),
+        Some(n) => KdfCost::with_log_n(n),
+        None => keyfile::calibrate(KDF_TARGET),
     }
 }
 
@@ -278,7 +284,7 @@ impl Repository {
         let access = Access::Full(master.clone());
         let keys = role_keys(master.derive(), &access, config.version)?;
         backend.create_layout()?;
-        let kf = KeyFile::create(password, opts.kdf_log_n, &new_payload(&master, &opts.label))?;
+        let kf = KeyFile::create(password, opts.kdf, &new_payload(&master, &opts.label))?;
         let kbytes = kf.to_bytes();
         let key_id = Id::of_stored(&kbytes);
         backend.write(&FileKind::Key.path(&key_id), kbytes)?;
@@ -422,13 +428,13 @@ impl Repository {
 
     // ---- keys ----
 
-    pub fn add_key(&self, password: &[u8], label: &str, log_n: u8) -> Result<Id> {
-        self.write_key(password, log_n, &new_payload(self.master_key()?, label))
+    pub fn add_key(&self, password: &[u8], label: &str, cost: KdfCost) -> Result<Id> {
+        self.write_key(password, cost, &new_payload(self.master_key()?, label))
     }
 
     /// Seals `payload` under `password` and stores it as a key file; its id.
-    fn write_key(&self, password: &[u8], log_n: u8, payload: &KeyPayload) -> Result<Id> {
-        let bytes = KeyFile::create(password, log_n, payload)?.to_bytes();
+    fn write_key(&self, password: &[u8], cost: KdfCost, payload: &KeyPayload) -> Result<Id> {
+        let bytes = KeyFile::create(password, cost, payload)?.to_bytes();
         let id = Id::of_stored(&bytes);
         self.backend.write(&FileKind::Key.path(&id), bytes)?;
         Ok(id)
@@ -487,11 +493,11 @@ impl Repository {
     /// Replaces the key this repository was opened with by one for `password`: the new
     /// key is written before the old one is removed, so there is never no key. Returns
     /// the new key's id and the old one's.
-    pub fn change_password(&self, password: &[u8], label: &str, log_n: u8) -> Result<(Id, Id)> {
+    pub fn change_password(&self, password: &[u8], label: &str, cost: KdfCost) -> Result<(Id, Id)> {
         let old = self
             .key_id
             .ok_or_else(|| Advised::error("opened with a raw key file", Remedy::AddPassword))?;
-        let id = self.add_key(password, label, log_n)?;
+        let id = self.add_key(password, label, cost)?;
         self.remove_key(&old).context("removing the old key")?;
         Ok((id, old))
     }
@@ -510,7 +516,7 @@ impl Repository {
         password: &[u8],
         label: &str,
         host: &str,
-        log_n: u8,
+        cost: KdfCost,
     ) -> Result<Id> {
         if self.config.version < crate::format::config::ROLES_VERSION {
             return Err(VaultError::Usage(format!(
@@ -533,7 +539,7 @@ impl Repository {
         payload.master_key.clear();
         payload.host = host.to_string();
         payload.backup = Some(keyfile::BackupPayload::derive(master, host));
-        self.write_key(password, log_n, &payload)
+        self.write_key(password, cost, &payload)
     }
 
     // ---- index ----
