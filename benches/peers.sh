@@ -10,7 +10,8 @@
 # cold (what a run that finds nothing changed cannot avoid), and `cp -a` of the tree.
 # vault, restic and rustic also mount the newest snapshot (FUSE; mounting included in
 # each time) to read the largest file, walk every file's metadata
-# and read every file; each row's peak RSS is the mount's, next to the restore's.
+# and read every file; each row's peak RSS is the mount's, next to the restore's
+# (MOUNT=0 leaves the mount steps out).
 #
 # Usage: benches/peers.sh [-c CORPUS_DIR] [-o OUT_DIR] [TOOL...]
 #   defaults: -c /var/tmp/vault-bench/corpus -o /var/tmp/vault-bench/run, all five tools
@@ -395,7 +396,7 @@ for tool in "${tools[@]}"; do
   step "$tool" backup-nochange backup
   [[ $tool == vault ]] && step vault open-with-password open
   restore_step "$tool" restore
-  if [[ $tool == vault || $tool == restic || $tool == rustic ]]; then # the tools with a mount
+  if [[ ${MOUNT:-1} != 0 && ($tool == vault || $tool == restic || $tool == rustic) ]]; then # the tools with a mount
     for m in largest walk tree; do step "$tool" "mount-$m" "mount-$m"; done
   fi
   step "$tool" forget-half forget
