@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result, anyhow};
 use serde_json::json;
 
-use super::progress::{Meter, Progress, human_bytes};
+use super::progress::{Meter, Progress, human_bytes, packs_tail};
 use super::{
     BackupArgs, Cli, Command, DumpArgs, Global, InitArgs, KeyCommand, LsArgs, RestoreArgs,
     SnapshotFilter,
@@ -267,12 +267,7 @@ pub(super) fn cmd_backup(g: &Global, mut a: BackupArgs) -> Result<i32> {
             .load(Ordering::Relaxed)
             .then(|| c.to_read.load(Ordering::Relaxed));
         let read = c.bytes_read.load(Ordering::Relaxed);
-        // Everything read, the last packs are still on their way (paced, or far away).
-        let tail = if total.is_some_and(|t| read >= t) {
-            ", writing the last packs"
-        } else {
-            ""
-        };
+        let tail = packs_tail(read, total);
         format!(
             "{} files, read {}; {} new{tail}",
             c.files.load(Ordering::Relaxed),

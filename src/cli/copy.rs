@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::commands::{locking, mirrored, render, reporter};
 use super::history::chosen;
-use super::progress::{Progress, human_bytes};
+use super::progress::{Progress, human_bytes, packs_tail};
 use super::{CopyArgs, Global, password};
 use crate::error::{VaultError, exit};
 use crate::meter::Meter;
@@ -51,10 +51,12 @@ pub fn copy(g: &Global, a: CopyArgs) -> Result<i32> {
     let mut meter = Meter::new();
     let progress = Arc::new(Progress::start(g.quiet || g.json, move || {
         let total = Some(c.to_read.load(Ordering::Relaxed));
+        let read = c.bytes_read.load(Ordering::Relaxed);
         format!(
-            "copied {}; {} new",
-            meter.line(c.bytes_read.load(Ordering::Relaxed), total),
-            human_bytes(c.bytes_added.load(Ordering::Relaxed))
+            "copied {}; {} new{}",
+            meter.line(read, total),
+            human_bytes(c.bytes_added.load(Ordering::Relaxed)),
+            packs_tail(read, total)
         )
     }));
     let p = progress.clone();

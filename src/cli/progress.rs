@@ -19,6 +19,16 @@ pub fn eprint_line(line: &str) {
     }
 }
 
+/// What a line adds once everything is read but the last packs are still on their way
+/// (paced, or far away): without it the bar sits at 100% with nothing said.
+pub fn packs_tail(read: u64, total: Option<u64>) -> &'static str {
+    if total.is_some_and(|t| read >= t) {
+        ", writing the last packs"
+    } else {
+        ""
+    }
+}
+
 pub struct Progress {
     bar: Option<ProgressBar>,
     stop: Arc<AtomicBool>,
