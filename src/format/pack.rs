@@ -322,8 +322,9 @@ fn plaintext(keys: &Keys, entry: &BlobEntry, payload: Cow<'_, [u8]>) -> Result<V
     Ok(data)
 }
 
-/// The whole plaintext of the bundle that holds `entry`.
-fn open_bundle(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
+/// The whole plaintext of the bundle that holds `entry`: for a reader that comes back
+/// to its other members (the mount), which then takes each out with [`member`].
+pub fn open_bundle(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
     let payload = open_unit(keys, entry.flags, &bundle_aad(entry.blob_type), stored)?;
     if entry.flags & FLAG_ZSTD != 0 {
         object::decompress(&payload, MAX_BUNDLE)
@@ -335,7 +336,7 @@ fn open_bundle(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>>
 }
 
 /// One member's bytes out of its opened bundle, checked against its id.
-fn member<'a>(keys: &Keys, entry: &BlobEntry, bundle: &'a [u8]) -> Result<&'a [u8]> {
+pub fn member<'a>(keys: &Keys, entry: &BlobEntry, bundle: &'a [u8]) -> Result<&'a [u8]> {
     let start = entry.inner as usize;
     let data = bundle
         .get(start..start + entry.raw_len as usize)

@@ -1,8 +1,9 @@
 //! A small least-recently-used cache bounded by the total weight of what it holds
-//! (bytes: of the blobs, of the trees with their index). Eviction scans the entries: there are a few
-//! hundred at most.
+//! (bytes: of the blobs, of the bundles, of the trees with their index). Eviction scans
+//! the entries: there are a few hundred at most.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 
 use crate::format::Id;
@@ -13,19 +14,20 @@ struct Slot<V> {
     used: u64,
 }
 
-struct Inner<V> {
-    slots: HashMap<Id, Slot<V>>,
+struct Inner<K, V> {
+    slots: HashMap<K, Slot<V>>,
     total: u64,
     tick: u64,
 }
 
-pub struct Lru<V> {
-    inner: Mutex<Inner<V>>,
+/// Keyed by `K`: a blob's or a tree's id, or where a bundle is.
+pub struct Lru<V, K = Id> {
+    inner: Mutex<Inner<K, V>>,
     budget: u64,
 }
 
-impl<V> Lru<V> {
-    pub fn new(budget: u64) -> Lru<V> {
+impl<V, K: Copy + Eq + Hash> Lru<V, K> {
+    pub fn new(budget: u64) -> Lru<V, K> {
         Lru {
             inner: Mutex::new(Inner {
                 slots: HashMap::new(),
@@ -36,12 +38,12 @@ impl<V> Lru<V> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<V>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
         // A panic elsewhere leaves the cache consistent enough: every step below is whole.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn get(&self, id: &Id) -> Option<Arc<V>> {
+    pub fn get(&self, id: &K) -> Option<Arc<V>> {
         let mut g = self.lock();
         g.tick += 1;
         let tick = g.tick;
@@ -54,7 +56,7 @@ impl<V> Lru<V> {
     /// heavier than the whole budget is kept alone. It is in memory anyway while it is
     /// used, and the tree of a directory larger than the budget, looked up in name after
     /// name by `ls -l`, would otherwise be read and decrypted again for every name.
-    pub fn put(&self, id: Id, value: Arc<V>, weight: u64) {
+    pub fn put(&self, id: K, value: Arc<V>, weight: u64) {
         let mut g = self.lock();
         g.tick += 1;
         let used = g.tick;
