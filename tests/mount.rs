@@ -379,6 +379,62 @@ fn a_backup_made_while_mounted_appears() {
     assert_eq!(listed(), 2);
 }
 
+/// Small files, stored side by side in bundles (more of them than the mount keeps
+/// opened), read at once by several readers each going its own way through them: every
+/// file reads byte for byte as its source.
+#[test]
+fn many_small_files_sharing_bundles_read_concurrently() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("src");
+    // 0 to 40 KB each, 6.4 MB in all: several bundles of ~1 MiB.
+    let content = |seed: u64| bytes(seed, (seed as usize * 7919) % 40_000);
+    let mut names = Vec::new();
+    for d in 0..8 {
+        fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for f in 0..80u64 {
+            let name = format!("d{d}/f{f:03}");
+            let seed = d * 1000 + f;
+            fs::write(src.join(&name), content(seed)).unwrap();
+            names.push((name, seed));
+        }
+    }
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let repo = common::open_repo(&env);
+    let bundled = repo
+        .index()
+        .get(&repo.keys.blob_id(0, &content(1001)))
+        .is_some_and(|(_, e)| e.bundled());
+    assert!(bundled, "small files are stored in bundles");
+
+    let m = mount(&env);
+    let seen = m.src("latest", &src);
+    std::thread::scope(|s| {
+        for reader in 0..4usize {
+            let (names, seen, content) = (&names, &seen, &content);
+            s.spawn(move || {
+                // Forward, backward, and two strides that cross bundles back and forth.
+                let order: Vec<usize> = match reader {
+                    0 => (0..names.len()).collect(),
+                    1 => (0..names.len()).rev().collect(),
+                    k => (0..names.len())
+                        .map(|i| (i * (k * 97 + 1)) % names.len())
+                        .collect(),
+                };
+                for i in order {
+                    let (name, seed) = &names[i];
+                    let got = fs::read(seen.join(name)).unwrap();
+                    assert!(got == content(*seed), "{name} differs from its source");
+                }
+            });
+        }
+    });
+    assert_eq!(mentions(&m.errors(), "mount:"), 0, "{}", m.errors());
+}
+
 /// Flips a bit in the middle of the pack holding the first blob of `src/a`, which holds
 /// no blob of `src/b`; the blob's id. Both are 1 MiB files backed up with 512K chunks,
 /// which are sealed alone, not bundled with others.
