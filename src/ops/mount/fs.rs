@@ -96,6 +96,9 @@ struct Store {
     session: RwLock<Session<Indexed>>,
     blobs: Lru<Vec<u8>>,
     bundles: Lru<Vec<u8>, BundleAt>,
+    /// Bundles being opened: the readers of their other members wait for them rather
+    /// than open them too (readers going through one directory meet in its bundles).
+    opening: Mutex<HashMap<BundleAt, Arc<Mutex<()>>>>,
     /// Blobs being fetched ahead of a sequential reader.
     prefetching: Mutex<HashSet<Id>>,
 }
@@ -136,28 +139,42 @@ impl Store {
         }
     }
 
-    /// The plaintext of the bundle holding `entry`, from the cache or from storage (each
-    /// copy in turn, as `read_blob` does, until one holds the member intact).
+    /// The plaintext of the bundle holding `entry`, from the cache, or opened by this
+    /// thread or the one already opening it.
     fn bundle(&self, repo: &Repository, pack_id: &Id, entry: &BlobEntry) -> Result<Arc<Vec<u8>>> {
         let at = (*pack_id, entry.offset);
         if let Some(b) = self.bundles.get(&at) {
             return Ok(b);
         }
+        let gate = locked(&self.opening).entry(at).or_default().clone();
+        let held = locked(&gate);
+        let found = match self.bundles.get(&at) {
+            Some(b) => Ok(b), // opened while this thread waited
+            None => {
+                let opened = self.open_bundle(repo, pack_id, entry).map(Arc::new);
+                if let Ok(b) = &opened {
+                    self.bundles.put(at, b.clone(), b.len() as u64);
+                }
+                opened
+            }
+        };
+        locked(&self.opening).remove(&at);
+        drop(held);
+        found
+    }
+
+    /// Reads and opens the bundle holding `entry`: each copy in turn, as `read_blob`
+    /// does, until one holds the member intact.
+    fn open_bundle(&self, repo: &Repository, pack_id: &Id, entry: &BlobEntry) -> Result<Vec<u8>> {
         let path = FileKind::Data.path(pack_id);
-        let plain = repo
-            .backend
+        repo.backend
             .read_with(|b| {
                 let stored = b.read_range(&path, entry.offset.into(), entry.length.into())?;
                 let bundle = pack::open_bundle(&repo.keys, entry, &stored)?;
                 pack::member(&repo.keys, entry, &bundle)?;
                 Ok(bundle)
             })
-            .with_context(|| {
-                format!("data blob {} in pack {}", entry.id.short(), pack_id.short())
-            })?;
-        let plain = Arc::new(plain);
-        self.bundles.put(at, plain.clone(), plain.len() as u64);
-        Ok(plain)
+            .with_context(|| format!("data blob {} in pack {}", entry.id.short(), pack_id.short()))
     }
 
     /// Fetches `ids` into the cache on a thread of their own, at most `PREFETCH_BLOBS` at
@@ -254,6 +271,7 @@ impl VaultFs {
                 session: RwLock::new(session),
                 blobs: Lru::new(blobs),
                 bundles: Lru::new(BUNDLE_CACHE_BYTES),
+                opening: Mutex::new(HashMap::new()),
                 prefetching: Mutex::new(HashSet::new()),
             }),
             trees: Lru::new(TREE_CACHE_BYTES),
