@@ -548,6 +548,96 @@ fn a_remote_repository_mounts_and_its_mirror_stands_in() {
     );
 }
 
+/// Flips a byte in the middle of the stored bundle holding `member`, in every copy of its
+/// pack found under `root` (a repository or a mirror); returns the damaged pack's id.
+fn damage_the_bundle_of(env: &Env, member: &vault::format::Id, root: &Path) -> String {
+    let repo = common::open_repo(env);
+    let (pack, entry) = repo.index().get(member).unwrap();
+    assert!(entry.bundled(), "a small file's blob is a bundle member");
+    let name = pack.to_hex();
+    let mut found = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().unwrap() == name.as_str() {
+                let mut stored = fs::read(&path).unwrap();
+                stored[entry.offset as usize + entry.length as usize / 2] ^= 0x40;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+                fs::write(&path, stored).unwrap();
+                found += 1;
+            }
+        }
+    }
+    assert_eq!(found, 1, "one copy of pack {name} under {}", root.display());
+    pack.short()
+}
+
+/// Small files are read out of their opened bundle: where the repository's copy of a
+/// bundle is damaged, the mirror's serves every member; where every copy is, each of its
+/// members fails with EIO, each reported once, and a file stored apart still reads.
+#[test]
+fn a_damaged_bundle_falls_over_to_the_mirror_then_fails_only_its_members() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    env.init(&["--chunk-size", "512K"]);
+    let mirror = env.path("mirror");
+    env.ok(&["mirror", "add", "disk", mirror.to_str().unwrap()]);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    let small = |i: u64| bytes(100 + i, 3000 + i as usize * 500);
+    for i in 0..8 {
+        fs::write(src.join(format!("s{i}")), small(i)).unwrap();
+    }
+    fs::write(src.join("big"), bytes(9, 1 << 20)).unwrap();
+    env.ok(&["backup", "-q", "--sync", src.to_str().unwrap()]);
+    let member = {
+        use vault::ops::walk::{self, Found};
+        let repo = common::open_repo(&env);
+        let snaps = repo.snapshots().unwrap();
+        let snap = snaps[0].1.as_ref().unwrap();
+        match walk::find(&repo, &snap.tree, &src.join("s0")).unwrap() {
+            Found::Node(n) => n.content[0],
+            Found::Root(_) => unreachable!(),
+        }
+    };
+    let pack = damage_the_bundle_of(&env, &member, &env.repo());
+
+    let read_all = |m: &Mounted| {
+        let seen = m.src("latest", &src);
+        (0..8)
+            .map(|i| fs::read(seen.join(format!("s{i}"))).map(|b| b == small(i)))
+            .collect::<Vec<_>>()
+    };
+    {
+        let m = mount(&env);
+        let got = read_all(&m);
+        assert!(
+            got.iter().all(|r| matches!(r, Ok(true))),
+            "{got:?}\n{}",
+            m.errors()
+        );
+    }
+
+    damage_the_bundle_of(&env, &member, &mirror);
+    let m = mount(&env);
+    let seen = m.src("latest", &src);
+    for _ in 0..2 {
+        for r in read_all(&m) {
+            let err = r.expect_err("a member of a bundle damaged everywhere");
+            assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+        }
+    }
+    assert_eq!(fs::read(seen.join("big")).unwrap(), bytes(9, 1 << 20));
+    let errors = m.errors();
+    // Each member's blob is named once, not again on the second pass.
+    assert_eq!(mentions(&errors, &pack), 8, "{errors}");
+}
+
 /// No process left whose command line names the mount point.
 fn processes_naming(at: &Path) -> Vec<String> {
     let at = at.to_str().unwrap();
