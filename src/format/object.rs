@@ -191,7 +191,7 @@ fn unpack(payload: &[u8]) -> Result<Vec<u8>> {
 /// Decompresses one zstd frame, refusing output larger than `limit`, into a buffer of the
 /// size its header declares when it does: grown by doubling instead, an index file's
 /// body took up to twice its room while the file was decoded.
-fn decompress_exact(data: &[u8], limit: usize) -> Result<Vec<u8>> {
+pub fn decompress_exact(data: &[u8], limit: usize) -> Result<Vec<u8>> {
     match zstd::zstd_safe::get_frame_content_size(data) {
         Ok(Some(n)) if n <= limit as u64 => decompress(data, n as usize),
         _ => decompress_stream(data, limit),

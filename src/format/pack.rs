@@ -327,7 +327,9 @@ fn plaintext(keys: &Keys, entry: &BlobEntry, payload: Cow<'_, [u8]>) -> Result<V
 pub fn open_bundle(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<Vec<u8>> {
     let payload = open_unit(keys, entry.flags, &bundle_aad(entry.blob_type), stored)?;
     if entry.flags & FLAG_ZSTD != 0 {
-        object::decompress(&payload, MAX_BUNDLE)
+        // Into a buffer of the size the frame declares: one of the limit's 16 MiB was
+        // mapped and unmapped for every bundle opened, and the mount keeps several.
+        object::decompress_exact(&payload, MAX_BUNDLE)
     } else if payload.len() > MAX_BUNDLE {
         Err(FormatError::malformed("bundle", "larger than allowed"))
     } else {
