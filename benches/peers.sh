@@ -16,7 +16,7 @@
 # Usage: benches/peers.sh [-c CORPUS_DIR] [-o OUT_DIR] [TOOL...]
 #   defaults: -c /var/tmp/vault-bench/corpus -o /var/tmp/vault-bench/run, all five tools
 # Missing tools are installed (apt-get install restic borgbackup libsodium-dev,
-# cargo install --locked rustic-rs bupstash); vault is built in release mode.
+# cargo install --locked rustic-rs (with its mount feature) and bupstash); vault is built in release mode.
 # Prints one TSV row per (tool, step) to OUT_DIR/results.tsv, then the table with
 # vault's ratio to the best peer (and to the limit) for each step.
 #
@@ -168,11 +168,19 @@ if [[ ${#need_apt[@]} -gt 0 ]]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" > /dev/null ||
     { echo "cannot install ${need_apt[*]}" >&2; exit 2; }
 fi
+export PATH=$HOME/.cargo/bin:$PATH
+# rustic's mount is a cargo feature, off in crates.io's default build (it needs libfuse3).
+rustic_mounts() { rustic mount --help > /dev/null 2>&1; }
 for t in rustic:rustic-rs bupstash:bupstash; do
   [[ -z $remote && " ${tools[*]} " == *" ${t%%:*} "* ]] || continue
-  command -v "${t%%:*}" > /dev/null || cargo install --locked "${t##*:}" || exit 2
+  case $t in
+    rustic:*) command -v rustic > /dev/null && { [[ ${MOUNT:-1} == 0 ]] || rustic_mounts; } && continue
+      command -v pkg-config > /dev/null && pkg-config --exists fuse3 ||
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse3-dev pkg-config > /dev/null
+      cargo install --locked --force --features mount rustic-rs || exit 2 ;;
+    *) command -v "${t%%:*}" > /dev/null || cargo install --locked "${t##*:}" || exit 2 ;;
+  esac
 done
-export PATH=$HOME/.cargo/bin:$PATH
 # The proxy apart: built with vault, the binary would get the dev-dependencies' features.
 (cd "$here/.." && cargo build --release --quiet && { [[ -z $remote ]] ||
   cargo build --release --quiet --example latency_proxy; }) || exit 2
@@ -397,7 +405,11 @@ for tool in "${tools[@]}"; do
   [[ $tool == vault ]] && step vault open-with-password open
   restore_step "$tool" restore
   if [[ ${MOUNT:-1} != 0 && ($tool == vault || $tool == restic || $tool == rustic) ]]; then # the tools with a mount
-    for m in largest walk tree; do step "$tool" "mount-$m" "mount-$m"; done
+    if [[ $tool == rustic ]] && ! rustic_mounts; then
+      echo "rustic: built without its mount feature, no mount rows" >&2
+    else
+      for m in largest walk tree; do step "$tool" "mount-$m" "mount-$m"; done
+    fi
   fi
   step "$tool" forget-half forget
   step "$tool" prune prune
