@@ -548,6 +548,7 @@ pub(super) fn copy_used(
         let bytes = repo.backend.read(&FileKind::Data.path(id))?;
         let mut opener = pack::BlobOpener::default();
         let mut bundle: Vec<(BlobType, Id, Vec<u8>)> = Vec::new();
+        let mut pending = 0;
         for (e, used) in p.blobs.iter().zip(&p.used) {
             if !used {
                 continue;
@@ -566,8 +567,15 @@ pub(super) fn copy_used(
                 Advised::error(msg, Remedy::CheckData)
             })?;
             if e.bundled() {
-                // The used members of bundles are sealed again without the unused ones.
+                // The used members of bundles are sealed again without the unused ones,
+                // a bundle at a time: a pack of well-compressed members holds ten times
+                // its size in plaintext.
+                pending += plain.len();
                 bundle.push((e.blob_type, e.id, plain));
+                if pending >= pack::BUNDLE_TARGET {
+                    rebundle(repo, &packer, &bundle)?;
+                    (bundle, pending) = (Vec::new(), 0);
+                }
                 continue;
             }
             packer.add(SealedBlob {
