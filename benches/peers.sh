@@ -171,12 +171,24 @@ fi
 export PATH=$HOME/.cargo/bin:$PATH
 # rustic's mount is a cargo feature, off in crates.io's default build (it needs libfuse3).
 rustic_mounts() { rustic mount --help > /dev/null 2>&1; }
+# libfuse3-dev unpacked, not installed (its dependencies need not resolve): the linker and
+# pkg-config need only its fuse3.pc and libfuse3.so, beside the installed libfuse3.so.3.
+fuse3_dev_unpacked() {
+  local d=${OUT_CACHE:-/var/tmp/vault-bench/cache}/fuse3-dev lib
+  mkdir -p "$d" && (cd "$d" && apt-get download libfuse3-dev > /dev/null 2>&1 &&
+    dpkg -x libfuse3-dev_*.deb root) || { echo "cannot get libfuse3-dev" >&2; return 1; }
+  lib=$(dirname "$(find "$d/root" -name fuse3.pc)")/..
+  sed -i "s|^prefix=.*|prefix=$d/root/usr|" "$lib/pkgconfig/fuse3.pc"
+  ln -sf "$(ldconfig -p | awk '/libfuse3.so.3 /{print $NF; exit}')" "$lib/libfuse3.so"
+  export PKG_CONFIG_PATH=$lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+}
 for t in rustic:rustic-rs bupstash:bupstash; do
   [[ -z $remote && " ${tools[*]} " == *" ${t%%:*} "* ]] || continue
   case $t in
     rustic:*) command -v rustic > /dev/null && { [[ ${MOUNT:-1} == 0 ]] || rustic_mounts; } && continue
-      command -v pkg-config > /dev/null && pkg-config --exists fuse3 ||
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse3-dev pkg-config > /dev/null
+      command -v pkg-config > /dev/null || apt-get install -y -qq pkg-config > /dev/null
+      pkg-config --exists fuse3 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfuse3-dev > /dev/null ||
+        fuse3_dev_unpacked # a Debian mirror can be out of step with the installed libpcre2
       cargo install --locked --force --features mount rustic-rs || exit 2 ;;
     *) command -v "${t%%:*}" > /dev/null || cargo install --locked "${t##*:}" || exit 2 ;;
   esac
