@@ -383,6 +383,11 @@ impl BlobOpener {
         let (_, bundle) = self.bundle.as_ref().expect("just opened");
         Ok(member(keys, entry, bundle)?.to_vec())
     }
+
+    /// The plaintext length of the bundle opened last, if any.
+    pub fn bundle_len(&self) -> Option<usize> {
+        self.bundle.as_ref().map(|(_, b)| b.len())
+    }
 }
 
 /// Accumulates sealed blobs into one pack.

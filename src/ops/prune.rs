@@ -544,40 +544,42 @@ pub(super) fn copy_used(
     let packer = Packer::new(&repo.backend, &repo.keys, repo.config.pack_size, false)
         .caching_trees(repo.cache.clone());
     for id in repack {
-        let p = &packs[id];
-        let bytes = repo.backend.read(&FileKind::Data.path(id))?;
-        let mut opener = pack::BlobOpener::default();
-        let mut bundle: Vec<(BlobType, Id, Vec<u8>)> = Vec::new();
-        let mut pending = 0;
-        for (e, used) in p.blobs.iter().zip(&p.used) {
-            if !used {
-                continue;
-            }
-            let end = e.offset as usize + e.length as usize;
-            let stored = bytes
-                .get(e.offset as usize..end)
-                .ok_or_else(|| anyhow!("pack {} is shorter than its index says", id.short()))?;
-            let plain = opener.open(&repo.keys, e, stored).map_err(|err| {
-                let msg = format!(
-                    "{} blob {} in pack {}: {err}; nothing was deleted",
-                    e.blob_type.name(),
-                    e.id.short(),
-                    id.short()
-                );
-                Advised::error(msg, Remedy::CheckData)
-            })?;
-            if e.bundled() {
-                // The used members of bundles are sealed again without the unused ones,
-                // a bundle at a time: a pack of well-compressed members holds ten times
-                // its size in plaintext.
-                pending += plain.len();
-                bundle.push((e.blob_type, e.id, plain));
-                if pending >= pack::BUNDLE_TARGET {
-                    rebundle(repo, &packer, &bundle)?;
-                    (bundle, pending) = (Vec::new(), 0);
-                }
-                continue;
-            }
+        copy_pack(repo, &packer, id, &packs[id])?;
+        counters.packs_repacked.fetch_add(1, Ordering::Relaxed);
+    }
+    let done = packer.finish()?;
+    stats.packs_written = done.packs;
+    stats.bytes_written = done.bytes;
+    Ok(done.index_files)
+}
+
+/// Copies the used units of one pack: plain blobs and wholly used bundles as they are
+/// stored, the used members of partly used bundles sealed again without the others.
+fn copy_pack(repo: &Repository, packer: &Packer, id: &Id, p: &PackUse) -> Result<()> {
+    let bytes = repo.backend.read(&FileKind::Data.path(id))?;
+    let mut opener = pack::BlobOpener::default();
+    let mut bundle: Vec<(BlobType, Id, Vec<u8>)> = Vec::new();
+    let mut pending = 0;
+    let mut i = 0;
+    while i < p.blobs.len() {
+        let e = &p.blobs[i];
+        // A bundle's members are listed together, in the order of its plaintext.
+        let n = p.blobs[i..]
+            .iter()
+            .take_while(|m| e.bundled() && (m.offset, m.length) == (e.offset, e.length))
+            .count()
+            .max(1);
+        let (members, used) = (&p.blobs[i..i + n], &p.used[i..i + n]);
+        i += n;
+        if !used.contains(&true) {
+            continue;
+        }
+        let end = e.offset as usize + e.length as usize;
+        let stored = bytes
+            .get(e.offset as usize..end)
+            .ok_or_else(|| anyhow!("pack {} is shorter than its index says", id.short()))?;
+        let plains = open_used(repo, &mut opener, id, members, used, stored)?;
+        if !e.bundled() {
             packer.add(SealedBlob {
                 blob_type: e.blob_type,
                 flags: e.flags,
@@ -585,14 +587,74 @@ pub(super) fn copy_used(
                 raw_len: e.raw_len,
                 bytes: stored.to_vec(),
             })?;
+        } else if !used.contains(&false) && fills(members, opener.bundle_len()) {
+            // Every member still used: the sealed bundle as it is, not compressed again.
+            packer.add_bundle(pack::SealedBundle {
+                blob_type: e.blob_type,
+                flags: e.flags,
+                members: members.iter().map(|m| (m.id, m.raw_len)).collect(),
+                bytes: stored.to_vec(),
+            })?;
+        } else {
+            // The used members are sealed again without the unused ones, a bundle at a
+            // time: a pack of well-compressed members holds ten times its size in
+            // plaintext.
+            for (m, plain) in members
+                .iter()
+                .zip(used)
+                .filter(|(_, u)| **u)
+                .map(|(m, _)| m)
+                .zip(plains)
+            {
+                pending += plain.len();
+                bundle.push((m.blob_type, m.id, plain));
+            }
+            if pending >= pack::BUNDLE_TARGET {
+                rebundle(repo, packer, &bundle)?;
+                (bundle, pending) = (Vec::new(), 0);
+            }
         }
-        rebundle(repo, &packer, &bundle)?;
-        counters.packs_repacked.fetch_add(1, Ordering::Relaxed);
     }
-    let done = packer.finish()?;
-    stats.packs_written = done.packs;
-    stats.bytes_written = done.bytes;
-    Ok(done.index_files)
+    rebundle(repo, packer, &bundle)
+}
+
+/// Opens the used ones of `members` (one blob, or one bundle's members): a damaged blob
+/// stops prune before anything is deleted.
+fn open_used(
+    repo: &Repository,
+    opener: &mut pack::BlobOpener,
+    pack: &Id,
+    members: &[BlobEntry],
+    used: &[bool],
+    stored: &[u8],
+) -> Result<Vec<Vec<u8>>> {
+    let used_members = members.iter().zip(used).filter(|(_, u)| **u);
+    used_members
+        .map(|(m, _)| {
+            opener.open(&repo.keys, m, stored).map_err(|err| {
+                let msg = format!(
+                    "{} blob {} in pack {}: {err}; nothing was deleted",
+                    m.blob_type.name(),
+                    m.id.short(),
+                    pack.short()
+                );
+                Advised::error(msg, Remedy::CheckData)
+            })
+        })
+        .collect()
+}
+
+/// Whether `members` are the whole plaintext of their bundle, `len` bytes, in order: only
+/// then can the sealed bundle be copied with their entries describing it.
+fn fills(members: &[BlobEntry], len: Option<usize>) -> bool {
+    let mut at = 0u64;
+    for m in members {
+        if u64::from(m.inner) != at {
+            return false;
+        }
+        at += u64::from(m.raw_len);
+    }
+    len.is_some_and(|len| at == len as u64)
 }
 
 /// A vault older than format 3 backs up without confirming its packs, relying on prune's
