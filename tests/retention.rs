@@ -126,12 +126,16 @@ fn churned_as(env: &Env, extra: &[&str]) -> PathBuf {
     }
     fs::write(src.join("new"), bytes(999, 50_000)).unwrap();
     env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    forget_oldest(env);
+    src
+}
+
+fn forget_oldest(env: &Env) {
     let first = env.json(&["snapshots"], 0)[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
     env.ok(&["forget", "-q", &first[..8]]);
-    src
 }
 
 fn repo_bytes(env: &Env) -> u64 {
@@ -199,7 +203,7 @@ fn prune_frees_space_and_kept_snapshots_restore_identically() {
 fn prune_reseals_or_copies_a_pack_of_many_bundles_and_loses_no_member() {
     let env = Env::new();
     env.init(&[]);
-    let src = env.path("src");
+    let src = env.path("pages");
     fs::create_dir_all(&src).unwrap();
     for i in 0..1500u64 {
         let line = format!("<li>entry {i} of a page that compresses well</li>\n");
@@ -216,11 +220,7 @@ fn prune_reseals_or_copies_a_pack_of_many_bundles_and_loses_no_member() {
         fs::remove_file(src.join(format!("p{i:04}.html"))).unwrap();
     }
     env.ok(&["backup", "-q", src.to_str().unwrap()]);
-    let first = env.json(&["snapshots"], 0)[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    env.ok(&["forget", "-q", &first[..8]]);
+    forget_oldest(&env);
     // The second run deletes the packs the first one repacked, leaving only the reseals.
     let prune = ["prune", "--grace", "0s", "--max-unused", "0%"];
     let s = env.json(&prune, 0)["stats"].clone();
