@@ -382,6 +382,55 @@ fn prune_refuses_when_a_tree_cannot_be_read() {
     assert_eq!(walkdir(&env.repo().join("data")), before, "nothing deleted");
 }
 
+/// A forged byte in a bundle that prune would copy whole (every member still used) stops
+/// prune before it deletes anything, as in a bundle it would reseal.
+#[test]
+fn prune_refuses_a_damaged_bundle_it_would_copy_whole() {
+    let env = Env::new();
+    env.init(&[]);
+    let src = env.path("pages");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..1500u64 {
+        let line = format!("<li>entry {i} of a page that compresses well</li>\n");
+        fs::write(src.join(format!("p{i:04}.html")), line.repeat(60)).unwrap();
+    }
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    for i in (0..300u64).step_by(3) {
+        fs::remove_file(src.join(format!("p{i:04}.html"))).unwrap();
+    }
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    forget_oldest(&env);
+    let repo = {
+        use vault::repo::{Backend, Repository, Secret};
+        let b = Backend::open(env.repo().to_str().unwrap()).unwrap();
+        Repository::open(b, &Secret::Password(common::PASSWORD.into())).unwrap()
+    };
+    let mut damaged = 0;
+    for (id, _) in repo
+        .backend
+        .list_sized(vault::repo::FileKind::Data)
+        .unwrap()
+    {
+        let h = repo.read_pack_header(&id).unwrap();
+        // The last bundle holds files read last, none of them deleted.
+        let Some(last) = h.iter().rev().find(|e| e.bundled()) else {
+            continue;
+        };
+        let p = env.repo().join(vault::repo::FileKind::Data.path(&id));
+        let mut b = fs::read(&p).unwrap();
+        b[last.offset as usize + 40] ^= 1;
+        fs::write(&p, b).unwrap();
+        damaged += 1;
+    }
+    assert!(damaged > 0);
+    let before: Vec<PathBuf> = walkdir(&env.repo().join("data"));
+    let out = env.run(&["prune", "--grace", "0s", "--max-unused", "0%"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("nothing was deleted"), "{err}");
+    assert_eq!(walkdir(&env.repo().join("data")), before, "nothing deleted");
+}
+
 /// Some tests here rely on VAULT_CRASH_AFTER_WRITES, which only a build with the test hooks obeys.
 #[test]
 fn the_test_hooks_are_built() {
