@@ -351,6 +351,15 @@ impl Session<Locked> {
         Ok(self.to())
     }
 
+    /// Loads the index with trees only, for commands that walk snapshots and read no
+    /// file's data (ls, find, diff, versions), or that learn what they will read before
+    /// loading its places ([`Session::keep_for_restore`]).
+    pub fn index_trees(mut self) -> Result<Session<Indexed>> {
+        self.repo.load_index_trees()?;
+        self.warn_damaged_index();
+        Ok(self.to())
+    }
+
     /// Loads the index for check and verify, which report damaged index files as
     /// findings of their own rather than as warnings.
     pub fn index_to_check(mut self) -> Result<Session<Indexed>> {
@@ -513,6 +522,22 @@ impl Session<Indexed> {
             group_by,
             &jiff::tz::TimeZone::system(),
         ))
+    }
+
+    /// Loads the places of the data blobs a restore of `root` with `opts` reads, and
+    /// of no other: memory that follows the restore, not the repository.
+    pub fn keep_for_restore(&mut self, root: &Id, opts: &restore::RestoreOptions) -> Result<()> {
+        let wanted = restore::wanted_blobs(&self.repo, root, opts).unwrap_or_default();
+        self.repo.load_index_keeping(wanted)?;
+        Ok(())
+    }
+
+    /// Loads the places of the data blobs a dump of `path` in `root` reads, and of no
+    /// other (see [`Session::keep_for_restore`]).
+    pub fn keep_for_dump(&mut self, root: &Id, path: &std::path::Path) -> Result<()> {
+        let wanted = crate::ops::dump::wanted_blobs(&self.repo, root, path)?;
+        self.repo.load_index_keeping(wanted)?;
+        Ok(())
     }
 
     /// Restores the tree `root` as `opts` says.

@@ -598,3 +598,73 @@ fn repair_snapshots_drops_lost_files_and_keeps_originals() {
         assert_eq!(got[name], !lost.contains(&name), "{name}: {got:?}");
     }
 }
+
+/// An index file that another supersedes is ignored whichever of the two is read first:
+/// the index is built one file at a time, so a file read before the one superseding it
+/// has already been added when that is learnt. Here the superseded file places every
+/// blob one byte off (as a damaged file repair replaced would), and the index must place
+/// each where the superseding file says. Repeated until each order has been seen.
+#[test]
+fn a_superseded_index_file_is_ignored_whether_read_before_or_after_its_successor() {
+    use vault::format::index::IndexFile;
+    let f = fixture();
+    let repo = open(&f.env);
+    let real = sorted_ids(&repo, FileKind::Index)[0];
+    let listing = IndexFile::open_owned(
+        &repo.keys,
+        repo.backend.read(&FileKind::Index.path(&real)).unwrap(),
+    )
+    .unwrap();
+    let (mut before, mut after) = (false, false);
+    for round in 0..64 {
+        let mut damaged = listing.clone();
+        damaged.supersedes = vec![Id::random()]; // a new name each round
+        for p in &mut damaged.packs {
+            for b in &mut p.blobs {
+                b.offset += 1;
+            }
+        }
+        let write = |file: &IndexFile| {
+            let bytes = file.seal(&repo.keys);
+            let id = Id::of_stored(&bytes);
+            repo.backend
+                .write(&FileKind::Index.path(&id), bytes)
+                .unwrap();
+            id
+        };
+        let old = write(&damaged);
+        let successor = IndexFile {
+            supersedes: vec![old],
+            packs: listing.packs.clone(),
+        };
+        let new = write(&successor);
+        let order: Vec<Id> = repo
+            .backend
+            .list_sized(FileKind::Index)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let pos = |id: &Id| order.iter().position(|x| x == id).unwrap();
+        let first = pos(&old) < pos(&new);
+
+        let mut reader = open(&f.env);
+        reader.load_index().unwrap();
+        let index = reader.index();
+        assert!(!index.files.contains(&old), "round {round}");
+        for p in &listing.packs {
+            for b in &p.blobs {
+                let (pack, e) = index.get(&b.id).unwrap();
+                assert_eq!((pack, e.offset), (p.pack, b.offset), "round {round}");
+            }
+        }
+        for id in [old, new] {
+            repo.backend.delete(&FileKind::Index.path(&id)).unwrap();
+        }
+        (before, after) = (before || first, after || !first);
+        if before && after {
+            return;
+        }
+    }
+    panic!("the listing never put the superseded file first and last ({before}, {after})");
+}

@@ -380,3 +380,80 @@ fn restoring_over_a_target_brings_xattrs_in_line_and_a_bare_overwrite_means_alwa
     let out = env.run(&["restore", "--overwrite", "nosuch", "--target", t]);
     assert_ne!(out.status.code(), Some(0));
 }
+
+/// The data blobs whose places the index held, from the line `-v` prints for the last
+/// index loaded (restore and dump load trees first, then what they read).
+fn placed(env: &Env, args: &[&str]) -> u64 {
+    let out = env.run(&[&["-v"], args].concat());
+    assert_ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .rfind(|l| l.contains("index: "))
+        .unwrap_or_else(|| panic!("no index line in {err}"));
+    let n = line
+        .split("index: ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next());
+    n.and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable index line {line:?}"))
+}
+
+/// A restore or dump of a few files places those files' blobs only, and commands that
+/// read no file (ls, find, diff, versions) place none: their memory follows what they
+/// read, not how much the repository holds (issue 28). What they write is still whole.
+#[test]
+fn a_restore_of_one_file_places_only_the_blobs_it_reads() {
+    let env = Env::new();
+    let src = backed_up(&env);
+    let s = src.to_str().unwrap();
+    let everything = placed(&env, &["check"]);
+    assert!(
+        everything > 20,
+        "{everything} blobs: the big file alone has more"
+    );
+
+    let leaf = src.join("sub/deeper/leaf");
+    let one = env.path("one");
+    let include = leaf.to_str().unwrap();
+    let args = ["restore", "latest", "--include", include, "--target"];
+    assert_eq!(
+        placed(&env, &[&args[..], &[one.to_str().unwrap()]].concat()),
+        1
+    );
+    let back = fs::read(Env::restored(&one, &leaf)).unwrap();
+    assert_eq!(back, fs::read(&leaf).unwrap());
+
+    let sub = format!("{s}/sub");
+    let tar = env.path("sub.tar");
+    let out = env.run(&["-v", "dump", "latest", &sub, "--archive", "tar"]);
+    assert_ok(&out);
+    fs::write(&tar, &out.stdout).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("index: 13 data blobs"),
+        "12 small files and leaf: {err}"
+    );
+    let listed = std::process::Command::new("tar")
+        .arg("tf")
+        .arg(&tar)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 15);
+    assert_eq!(placed(&env, &["dump", "latest", include]), 1);
+
+    let whole = env.path("whole");
+    let all = placed(
+        &env,
+        &["restore", "latest", "--target", whole.to_str().unwrap()],
+    );
+    assert_eq!(all, everything);
+    assert_eq!(snapshot_of(&Env::restored(&whole, &src)), snapshot_of(&src));
+    for cmd in [
+        &["ls", "latest"][..],
+        &["find", "leaf"],
+        &["versions", include],
+    ] {
+        assert_eq!(placed(&env, cmd), 0, "{cmd:?}");
+    }
+}

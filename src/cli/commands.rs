@@ -132,6 +132,14 @@ pub(super) fn reading(g: &Global, command: &str) -> Result<Session<Indexed>> {
         .index()?)
 }
 
+/// As [`reading`], with an index of trees only: for commands that read no file's data,
+/// or that load the places of what they read once they know it.
+pub(super) fn reading_trees(g: &Global, command: &str) -> Result<Session<Indexed>> {
+    Ok(mirrored(g)?
+        .lock(LockKind::Shared, command, locking(g))?
+        .index_trees()?)
+}
+
 pub(super) fn warn_stderr(msg: String) {
     eprintln!("vault: warning: {msg}");
 }
@@ -375,7 +383,7 @@ fn snapshots(g: &Global, f: &SnapshotFilter) -> Result<i32> {
 }
 
 fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
-    let s = reading(g, "ls")?;
+    let s = reading_trees(g, "ls")?;
     let repo = s.repo();
     let (spec, path) = timetravel::split_args(a.args, &a.at, false)?;
     let covers: Vec<PathBuf> = path.iter().cloned().collect();
@@ -425,8 +433,7 @@ fn cmd_ls(g: &Global, a: LsArgs) -> Result<i32> {
 }
 
 fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
-    let session = reading(g, "restore")?;
-    let repo = session.repo();
+    let mut session = reading_trees(g, "restore")?;
     // With --at, the snapshot must hold the literal paths asked for.
     let mut opts = a.opts;
     let covers: Vec<PathBuf> = opts
@@ -435,7 +442,14 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
         .filter(|p| !p.contains(['*', '?', '[']))
         .map(|p| timetravel::absolute(std::path::Path::new(p)))
         .collect();
-    let (id, snap) = timetravel::choose(g, repo, a.snapshot.as_deref(), &a.at, &a.filter, &covers)?;
+    let (id, snap) = timetravel::choose(
+        g,
+        session.repo(),
+        a.snapshot.as_deref(),
+        &a.at,
+        &a.filter,
+        &covers,
+    )?;
     // Relative include paths are the working directory's; patterns stay as they are.
     for p in &mut opts.includes {
         if !p.starts_with('/') && !p.contains(['*', '?', '[']) {
@@ -444,6 +458,8 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
             }
         }
     }
+    session.keep_for_restore(&snap.tree, &opts)?;
+    let repo = session.repo();
     let counters = Arc::new(restore::Counters::default());
     // A whole snapshot is as large as its summary says (a repaired one is smaller);
     // restore counts any other selection itself.
@@ -528,18 +544,19 @@ fn cmd_restore(g: &Global, a: RestoreArgs) -> Result<i32> {
 }
 
 fn cmd_dump(g: &Global, a: DumpArgs) -> Result<i32> {
-    let s = reading(g, "dump")?;
-    let repo = s.repo();
+    let mut s = reading_trees(g, "dump")?;
     let (spec, path) = timetravel::split_args(a.args, &a.at, true)?;
     let path = path.expect("split_args requires the path");
     let (_, snap) = timetravel::choose(
         g,
-        repo,
+        s.repo(),
         spec.as_deref(),
         &a.at,
         &a.filter,
         std::slice::from_ref(&path),
     )?;
+    s.keep_for_dump(&snap.tree, &path)?;
+    let repo = s.repo();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
     let Some(format) = a.archive else {
         dump::dump(repo, &snap.tree, &path, &mut out)?;

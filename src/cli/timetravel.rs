@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde_json::json;
 
-use super::commands::{print_json, reading, warn_stderr};
+use super::commands::{print_json, reading_trees, warn_stderr};
 use super::progress::human_bytes;
 use super::{AtArg, DiffArgs, FindArgs, Global, SnapshotFilter, VersionsArgs};
 use crate::error::{VaultError, exit};
@@ -111,7 +111,7 @@ fn history(
 }
 
 pub fn cmd_versions(g: &Global, a: VersionsArgs) -> Result<i32> {
-    let session = reading(g, "versions")?;
+    let session = reading_trees(g, "versions")?;
     let repo = session.repo();
     let path = absolute(&a.path);
     let fl = a.filter.across_time(std::slice::from_ref(&path));
@@ -168,7 +168,7 @@ pub fn cmd_versions(g: &Global, a: VersionsArgs) -> Result<i32> {
 }
 
 pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
-    let session = reading(g, "diff")?;
+    let session = reading_trees(g, "diff")?;
     let repo = session.repo();
     if a.snapshots.len() + a.at.len() != 2 {
         return Err(VaultError::Usage(
@@ -227,7 +227,7 @@ pub fn cmd_diff(g: &Global, a: DiffArgs) -> Result<i32> {
 }
 
 pub fn cmd_find(g: &Global, a: FindArgs) -> Result<i32> {
-    let session = reading(g, "find")?;
+    let session = reading_trees(g, "find")?;
     let repo = session.repo();
     let pattern = find::Pattern::new(&a.pattern)
         .map_err(|e| VaultError::Usage(crate::error::one_line(&e)))?;

@@ -15,6 +15,20 @@ use crate::format::pack::BlobType;
 use crate::format::tree::{Node, NodeType};
 use crate::repo::Repository;
 
+/// Every data blob a dump of `path` reads: the file's, or those of every file below the
+/// directory.
+pub fn wanted_blobs(repo: &Repository, root: &Id, path: &Path) -> Result<Vec<Id>> {
+    let mut wanted = Vec::new();
+    match walk::find(repo, root, path)? {
+        Found::Root(id) => walk::data_below(repo, vec![id], &mut wanted),
+        Found::Node(n) => match n.subtree {
+            Some(id) if n.kind == NodeType::Dir => walk::data_below(repo, vec![id], &mut wanted),
+            _ => wanted = n.content,
+        },
+    }
+    Ok(wanted)
+}
+
 /// Streams the file at `path` to `out`, holes as zeros; memory stays at one blob.
 pub fn dump(repo: &Repository, root: &Id, path: &Path, out: &mut dyn Write) -> Result<u64> {
     let node = match walk::find(repo, root, path)? {

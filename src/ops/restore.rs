@@ -986,24 +986,68 @@ pub fn planned_bytes(
     opts: &RestoreOptions,
     stop: &AtomicBool,
 ) -> Option<u64> {
+    let mut total = 0u64;
+    walk_files(repo, root, opts, stop, |node| total += node.size, |_| true)?;
+    Some(total)
+}
+
+/// Every data blob a restore of the tree `root` with `opts` may read, found by walking
+/// the trees as restore does (an index of trees only is enough): what
+/// `Repository::load_index_keeping` keeps. None when the root tree does not read.
+///
+/// A tree met a second time is not walked again: every blob below it is taken instead
+/// (more than the selection may need, never less), each distinct tree read once, so a
+/// crafted snapshot whose trees repeat each other costs a read a tree, not a walk of
+/// every path (restore then walks those paths until the disk is full, as it should).
+pub fn wanted_blobs(repo: &Repository, root: &Id, opts: &RestoreOptions) -> Option<Vec<Id>> {
+    let mut wanted = Vec::new();
+    let (mut seen, mut again) = (HashSet::new(), Vec::new());
+    let stop = AtomicBool::new(false);
+    walk_files(
+        repo,
+        root,
+        opts,
+        &stop,
+        |node| wanted.extend_from_slice(&node.content),
+        |tree| {
+            seen.insert(*tree) || {
+                again.push(*tree);
+                false
+            }
+        },
+    )?;
+    super::walk::data_below(repo, again, &mut wanted);
+    Some(wanted)
+}
+
+/// Calls `file` with each regular file a restore of `root` with `opts` selects, entering
+/// the directories whose trees `enter` takes.
+fn walk_files(
+    repo: &Repository,
+    root: &Id,
+    opts: &RestoreOptions,
+    stop: &AtomicBool,
+    mut file: impl FnMut(&Node),
+    mut enter: impl FnMut(&Id) -> bool,
+) -> Option<()> {
     let m = Matcher::new(opts).ok()?;
     let root = repo.load_tree(root).ok()?.nodes;
-    let mut total = 0u64;
     let mut walk = Selection::new(&m, root, ());
     loop {
         if stop.load(Ordering::Relaxed) {
             return None;
         }
         let Some(step) = walk.next() else {
-            return Some(total);
+            return Some(());
         };
         match step {
             Step::Dir { node, path, .. } => {
-                if let Some(t) = node.subtree.and_then(|id| repo.load_tree(&id).ok()) {
+                let tree = node.subtree.filter(|id| enter(id));
+                if let Some(t) = tree.and_then(|id| repo.load_tree(&id).ok()) {
                     walk.enter(t.nodes, path, ());
                 }
             }
-            Step::Entry(node, _) if node.kind == NodeType::File => total += node.size,
+            Step::Entry(node, _) if node.kind == NodeType::File => file(&node),
             _ => {}
         }
     }

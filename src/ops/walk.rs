@@ -35,6 +35,25 @@ pub enum Found {
     Node(Box<Node>),
 }
 
+/// Adds to `wanted` the data blobs of every file below the trees `trees`, reading each
+/// distinct tree once: a crafted snapshot whose trees repeat each other (2^40 paths from
+/// 40 trees) costs 40 reads. An unreadable tree adds nothing; whoever reads it reports it.
+pub fn data_below(repo: &Repository, trees: Vec<Id>, wanted: &mut Vec<Id>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = trees;
+    while let Some(id) = todo.pop() {
+        if !seen.insert(id) {
+            continue;
+        }
+        for n in repo.load_tree(&id).map(|t| t.nodes).unwrap_or_default() {
+            match n.subtree {
+                Some(id) if n.kind == NodeType::Dir => todo.push(id),
+                _ => wanted.extend(n.content),
+            }
+        }
+    }
+}
+
 /// Finds `path` (absolute, as backed up) in the snapshot tree `root`.
 pub fn find(repo: &Repository, root: &Id, path: &Path) -> Result<Found> {
     let comps = components(path);

@@ -74,8 +74,9 @@ pub fn delete_index_file(backend: &Backend, id: &Id) -> Result<()> {
     backend.delete(&FileKind::Index.path(id))
 }
 
-/// Blobs per index file when a whole index is rewritten: keeps each file a few MiB.
-const BLOBS_PER_INDEX: usize = 100_000;
+/// Blobs per index file when a whole index is rewritten, and at most (give or take a
+/// pack) in one a backup writes: keeps each file a few MiB.
+pub(crate) const BLOBS_PER_INDEX: usize = 100_000;
 
 /// Replaces the index files `old` by new ones listing exactly `packs`; returns how many
 /// files were written and removed. Only the last new file supersedes the old ones, so
@@ -168,8 +169,32 @@ pub struct MasterIndex {
 #[derive(Default)]
 pub struct IndexBuilder {
     mi: MasterIndex,
-    data_ids_only: bool,
+    keep: Keep,
+    /// Per pack (by position): the tier it was added in; of a blob stored twice, the
+    /// copy in the lowest tier is kept, then the one in the pack added first.
+    tiers: Vec<u8>,
 }
+
+/// The tier of packs added without one: after every tier an index file's packs get.
+const LAST_TIER: u8 = u8::MAX;
+
+/// What a builder keeps of data blobs (trees are always kept with their places).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum Keep {
+    /// Every data blob, with its place.
+    #[default]
+    All,
+    /// Only that each exists (see [`IndexBuilder::data_ids_only`]).
+    Ids,
+    /// None.
+    Nothing,
+    /// The places of those in the first `n` entries of the table, sorted, put there
+    /// before any pack was added (see [`IndexBuilder::only`]).
+    Wanted(usize),
+}
+
+/// The place of a wanted blob no pack has given yet.
+const UNSET: u32 = u32::MAX;
 
 impl IndexBuilder {
     /// A builder with room for `blobs` entries (the table's final size, if known, spares
@@ -187,11 +212,67 @@ impl IndexBuilder {
     /// their places, to be read.
     pub fn data_ids_only(blobs: usize) -> IndexBuilder {
         let mut b = IndexBuilder {
-            data_ids_only: true,
+            keep: Keep::Ids,
             ..IndexBuilder::default()
         };
         b.mi.data_ids.reserve_exact(blobs);
         b
+    }
+
+    /// A builder that keeps trees only: enough to walk snapshots, to learn which data
+    /// blobs a command will read (see [`IndexBuilder::only`]).
+    pub fn trees_only(_blobs: usize) -> IndexBuilder {
+        IndexBuilder {
+            keep: Keep::Nothing,
+            ..IndexBuilder::default()
+        }
+    }
+
+    /// A builder that keeps the places of the data blobs in `wanted` only (and trees),
+    /// for a command that knows what it will read: its memory follows what it reads, not
+    /// the repository's size.
+    pub fn only(mut wanted: Vec<Id>) -> IndexBuilder {
+        wanted.sort_unstable();
+        wanted.dedup();
+        let unset = Loc {
+            pack: UNSET,
+            offset: 0,
+            length: 0,
+            raw_len: 0,
+            inner: 0,
+            blob_type: BlobType::Data,
+            flags: 0,
+        };
+        let mut b = IndexBuilder {
+            keep: Keep::Wanted(wanted.len()),
+            ..IndexBuilder::default()
+        };
+        b.mi.blobs = wanted.into_iter().map(|id| (id, unset)).collect();
+        b
+    }
+
+    /// This builder emptied for another pass over the index files: it keeps what it was
+    /// made to keep, and nothing any pack gave.
+    pub fn restart(self) -> IndexBuilder {
+        let Keep::Wanted(n) = self.keep else {
+            return IndexBuilder {
+                keep: self.keep,
+                ..IndexBuilder::default()
+            };
+        };
+        let mut blobs = self.mi.blobs;
+        blobs.truncate(n);
+        for (_, l) in &mut blobs {
+            l.pack = UNSET;
+        }
+        IndexBuilder {
+            mi: MasterIndex {
+                blobs,
+                ..MasterIndex::default()
+            },
+            keep: self.keep,
+            tiers: Vec::new(),
+        }
     }
 
     /// Records that index file `id` contributed, its packs being added one by one.
@@ -206,20 +287,27 @@ impl IndexBuilder {
         }
     }
 
+    /// Adds a pack's blobs in the last tier: after every pack added with a tier.
     pub fn add_pack(&mut self, pack: Id, blobs: &[BlobEntry]) {
+        self.add_pack_in(pack, blobs, LAST_TIER);
+    }
+
+    /// Adds a pack's blobs; of a blob stored twice, the copy in the lower `tier` is the
+    /// one kept, so that index files may be added in any order.
+    pub fn add_pack_in(&mut self, pack: Id, blobs: &[BlobEntry], tier: u8) {
         let mi = &mut self.mi;
         let next = mi.packs.len() as u32;
+        let tiers = &mut self.tiers;
         let pi = *mi.pack_ids.entry(pack).or_insert_with(|| {
             mi.packs.push(pack);
             mi.pack_info
                 .push((pack::stored_size(blobs), blobs.len() as u32));
+            tiers.push(tier);
             next
         });
+        let t = &mut self.tiers[pi as usize];
+        *t = (*t).min(tier);
         for b in blobs {
-            if self.data_ids_only && b.blob_type == BlobType::Data {
-                mi.data_ids.push(half(&b.id));
-                continue;
-            }
             let loc = Loc {
                 pack: pi,
                 offset: b.offset,
@@ -229,7 +317,23 @@ impl IndexBuilder {
                 blob_type: b.blob_type,
                 flags: b.flags,
             };
-            mi.blobs.push((b.id, loc));
+            match (self.keep, b.blob_type) {
+                (Keep::All, _) | (_, BlobType::Tree) => mi.blobs.push((b.id, loc)),
+                (Keep::Ids, BlobType::Data) => mi.data_ids.push(half(&b.id)),
+                (Keep::Nothing, BlobType::Data) => {}
+                (Keep::Wanted(n), BlobType::Data) => {
+                    let Ok(i) = mi.blobs[..n].binary_search_by(|(x, _)| x.cmp(&b.id)) else {
+                        continue;
+                    };
+                    let have = &mut mi.blobs[i].1;
+                    // Packs get their positions in the order they are added, so of two
+                    // in one tier the one added first is kept, as `finish` does.
+                    let rank = |l: &Loc| (self.tiers[l.pack as usize], l.pack);
+                    if have.pack == UNSET || rank(&loc) < rank(have) {
+                        *have = loc;
+                    }
+                }
+            }
         }
     }
 
@@ -242,14 +346,22 @@ impl IndexBuilder {
         self.mi.pack_ids()
     }
 
+    /// The index files added so far.
+    pub fn files(&self) -> &[Id] {
+        &self.mi.files
+    }
+
     pub fn finish(self) -> MasterIndex {
-        let mut mi = self.mi;
+        let (mut mi, tiers) = (self.mi, self.tiers);
+        mi.blobs.retain(|(_, l)| l.pack != UNSET);
         mi.data_ids.sort_unstable();
         mi.data_ids.dedup();
         mi.data_ids.shrink_to_fit();
-        // Of a blob stored twice, the copy in the pack added first is the one kept.
+        // Of a blob stored twice, the copy kept is in the lowest tier, then in the pack
+        // added first.
+        let rank = |l: &Loc| (tiers[l.pack as usize], l.pack);
         mi.blobs
-            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.pack.cmp(&b.1.pack)));
+            .sort_unstable_by(|a, b| a.0.cmp(&b.0).then(rank(&a.1).cmp(&rank(&b.1))));
         mi.blobs.dedup_by(|later, first| later.0 == first.0);
         mi.blobs.shrink_to_fit();
         // About four blobs a run: the table costs a byte a blob.
@@ -307,6 +419,16 @@ impl MasterIndex {
 
     pub fn contains(&self, id: &Id) -> bool {
         self.loc(id).is_some() || self.data_ids.binary_search(&half(id)).is_ok()
+    }
+
+    /// How many data blobs and trees the index knows the places of.
+    pub fn placed(&self) -> (usize, usize) {
+        let trees = self
+            .blobs
+            .iter()
+            .filter(|(_, l)| l.blob_type == BlobType::Tree)
+            .count();
+        (self.blobs.len() - trees, trees)
     }
 
     pub fn raw_len(&self, id: &Id) -> Option<u32> {
@@ -452,5 +574,59 @@ mod tests {
             assert!(!mi.contains(&Id::random()));
         }
         assert_eq!(mi.packs().count(), 3);
+    }
+
+    #[test]
+    fn an_index_of_wanted_blobs_places_those_and_every_tree_and_nothing_else() {
+        let data: Vec<Id> = (0..300).map(|_| Id::random()).collect();
+        let tree = Id::random();
+        let tree_entry = BlobEntry {
+            blob_type: BlobType::Tree,
+            ..entry(tree, 3)
+        };
+        let (p1, p2) = (Id::random(), Id::random());
+        let absent = Id::random();
+        let mut wanted: Vec<Id> = data.iter().step_by(7).copied().collect();
+        wanted.push(absent);
+        wanted.push(data[0]); // named twice
+        let mut b = IndexBuilder::only(wanted);
+        let listing = file(vec![
+            (p1, data[..150].iter().map(|id| entry(*id, 1)).collect()),
+            (p2, data[150..].iter().map(|id| entry(*id, 2)).collect()),
+        ]);
+        b.add_file(Id::random(), &listing);
+        b.add_pack(p2, &[tree_entry]);
+        // A pass read again (a superseded file was met): what it gave is forgotten.
+        let mut b = b.restart();
+        assert!(b.files().is_empty());
+        b.add_file(Id::random(), &listing);
+        b.add_pack(p2, &[tree_entry]);
+        let mi = b.finish();
+        for (i, id) in data.iter().enumerate() {
+            let found = mi.get(id);
+            assert_eq!(found.is_some(), i % 7 == 0, "blob {i}");
+            if let Some((pack, e)) = found {
+                assert_eq!((pack, e.offset), if i < 150 { (p1, 1) } else { (p2, 2) });
+            }
+        }
+        assert!(!mi.contains(&absent));
+        assert_eq!(mi.get(&tree).map(|(p, _)| p), Some(p2));
+        assert_eq!(mi.placed(), (data.len().div_ceil(7), 1));
+    }
+
+    #[test]
+    fn of_a_blob_stored_twice_the_lower_tier_wins_whatever_was_added_first() {
+        let id = Id::random();
+        let (marked, in_force) = (Id::random(), Id::random());
+        for wanted in [None, Some(vec![id])] {
+            let mut b = match &wanted {
+                None => IndexBuilder::default(),
+                Some(w) => IndexBuilder::only(w.clone()),
+            };
+            b.add_pack_in(marked, &[entry(id, 5)], 1);
+            b.add_pack_in(in_force, &[entry(id, 9)], 0);
+            let (pack, e) = b.finish().get(&id).unwrap();
+            assert_eq!((pack, e.offset), (in_force, 9), "wanted: {wanted:?}");
+        }
     }
 }

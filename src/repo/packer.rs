@@ -13,6 +13,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 
 use super::backend::{Backend, FileKind};
 use super::cache::Cache;
+use super::index::BLOBS_PER_INDEX;
 use crate::format::Id;
 use crate::format::crypto::Keys;
 use crate::format::index::{IndexFile, PackBlobs};
@@ -47,7 +48,11 @@ impl IndexSink {
         let ready = {
             let mut p = self.pending.lock().expect("index sink poisoned");
             p.0.push(pack);
-            if p.0.len() >= FLUSH_PACKS || p.1.elapsed() >= FLUSH_EVERY {
+            // Blob count too: every reader holds one index file decoded at a time, and
+            // packs of small blobs would make a file of 16 packs a million entries.
+            let blobs: usize = p.0.iter().map(|p| p.blobs.len()).sum();
+            if p.0.len() >= FLUSH_PACKS || blobs >= BLOBS_PER_INDEX || p.1.elapsed() >= FLUSH_EVERY
+            {
                 p.1 = Instant::now();
                 std::mem::take(&mut p.0)
             } else {

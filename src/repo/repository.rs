@@ -204,6 +204,16 @@ struct TreePacks {
 /// moves from one tree pack to the next.
 const TREE_PACKS_HELD: usize = 2;
 
+/// What one pass over the index files found (see `Repository::index_pass`).
+#[derive(Default)]
+struct IndexPass {
+    mi: IndexBuilder,
+    superseded: HashSet<Id>,
+    superseders: HashMap<Id, Vec<Id>>,
+    damaged: Vec<(Id, String)>,
+    misnamed: Vec<Id>,
+}
+
 pub fn now_rfc3339() -> String {
     jiff::Timestamp::now().to_string()
 }
@@ -565,8 +575,7 @@ impl Repository {
     }
 
     /// Loads every index file, from the local cache when it holds them. A damaged index
-    /// file is skipped and recorded in `damaged_index`: one bad file must not stop the
-    /// restore of everything the others describe.
+    /// file is skipped and recorded in `damaged_index`.
     pub fn load_index(&mut self) -> Result<()> {
         self.load_index_with(IndexBuilder::with_capacity, false)
     }
@@ -577,6 +586,18 @@ impl Repository {
         self.load_index_with(IndexBuilder::data_ids_only, true)
     }
 
+    /// Loads the index with trees only: enough to walk snapshots and learn what a
+    /// restore will read, for [`Repository::load_index_keeping`].
+    pub fn load_index_trees(&mut self) -> Result<()> {
+        self.load_index_with(IndexBuilder::trees_only, false)
+    }
+
+    /// Loads the index keeping, of data blobs, the places of `wanted` only: a restore
+    /// of one file from a repository of millions of blobs holds a few entries.
+    pub fn load_index_keeping(&mut self, wanted: Vec<Id>) -> Result<()> {
+        self.load_index_with(|_| IndexBuilder::only(wanted), false)
+    }
+
     /// Loads the index as a backup confirming its snapshot needs it: like
     /// `load_index_for_backup`, but with packs being deleted, whose blobs it may copy.
     pub fn load_index_for_confirm(&mut self) -> Result<()> {
@@ -585,75 +606,60 @@ impl Repository {
 
     /// `for_backup`: packs being deleted are left out, so that nothing new comes to
     /// rely on them; readers keep them, after every other copy, while they last.
+    ///
+    /// Each index file is opened, added and dropped in turn, so that the peak is the
+    /// table being built and one file, not every file decoded beside it.
     fn load_index_with(
         &mut self,
-        builder: fn(usize) -> IndexBuilder,
+        builder: impl FnOnce(usize) -> IndexBuilder,
         for_backup: bool,
     ) -> Result<()> {
         self.marks = self.prune_state()?;
         let sized = self.backend.list_sized(FileKind::Index)?;
-        let ids: Vec<Id> = sized.iter().map(|(id, _)| *id).collect();
-        // The data listing (for packs no index lists) waits on the backend while the index
-        // files are decrypted and decoded. (Decoding them on several threads too saved a
-        // few milliseconds but kept 3 MB more resident: each thread's allocator arena.)
-        let (packs, opened) = std::thread::scope(|s| {
-            let packs = s.spawn(|| self.backend.list(FileKind::Data));
-            self.prefetch_named(Named::INDEX, &sized);
-            let opened: Vec<_> = sized
-                .iter()
-                .map(|(id, size)| {
-                    self.open_named(Named::INDEX, id, Some(*size), |b| {
-                        IndexFile::open_owned(&self.keys, b)
-                    })
-                })
-                .collect();
-            let packs = packs
-                .join()
-                .unwrap_or_else(|_| Err(anyhow!("listing the data packs panicked")));
-            (packs, opened)
-        });
-        let mut files = Vec::with_capacity(ids.len());
-        let mut superseded = HashSet::new();
-        let mut superseders: HashMap<Id, Vec<Id>> = HashMap::new();
-        self.damaged_index.clear();
-        self.misnamed_index.clear();
-        for (id, opened) in ids.iter().zip(opened) {
-            match opened {
-                Ok(f) => {
-                    superseded.extend(f.supersedes.iter().copied());
-                    for old in &f.supersedes {
-                        superseders.entry(*old).or_default().push(*id);
-                    }
-                    files.push((*id, f));
-                }
-                Err(e) if is_not_found(&e) => {} // deleted since the listing (prune)
-                Err(e) if is_misnamed(&e) => {
-                    self.misnamed_index.push(*id);
-                    self.damaged_index.push((*id, MISNAMED.into()));
-                }
-                Err(e) => self.damaged_index.push((*id, crate::error::one_line(&e))),
-            }
-        }
-        files.retain(|(id, _)| !superseded.contains(id));
-        let mut mi = builder(files.iter().map(|(_, f)| f.blob_count()).sum());
+        // An upper bound of the blobs listed (each takes at least this many stored
+        // bytes): pages reserved and never written cost no memory.
+        let bound = |sized: &[(Id, u64)]| {
+            let bytes: u64 = sized.iter().map(|(_, n)| n).sum();
+            usize::try_from(bytes / 40).unwrap_or(usize::MAX)
+        };
         let (marked, deleting) = (self.marks.marked(), self.marks.deleting());
-        // Of a blob stored twice, the copy in the pack added first is used: packs in
-        // force first, then marked ones, then those being deleted.
+        // Of a blob stored twice, the copy used is in a pack in force, else a marked
+        // one, else one being deleted.
         let tier = |p: &Id| match (deleting.contains(p), marked.contains_key(p)) {
             (true, _) => 2,
             (false, true) => 1,
             (false, false) => 0,
         };
-        for (id, _) in &files {
-            mi.add_file_id(*id);
-        }
-        for t in 0..if for_backup { 2 } else { 3 } {
-            for p in files.iter().flat_map(|(_, f)| &f.packs) {
-                if tier(&p.pack) == t {
-                    mi.add_pack(p.pack, &p.blobs);
-                }
+        let keep = |p: &Id| !(for_backup && deleting.contains(p));
+        // The data listing (for packs no index lists) waits on the backend while the index
+        // files are decrypted and decoded. (Decoding them on several threads too saved a
+        // few milliseconds but kept 3 MB more resident: each thread's allocator arena.)
+        let (packs, pass) = std::thread::scope(|s| {
+            let packs = s.spawn(|| self.backend.list(FileKind::Data));
+            self.prefetch_named(Named::INDEX, &sized);
+            let none = HashSet::new();
+            let mut pass = self.index_pass(&sized, builder(bound(&sized)), &none, &tier, &keep);
+            // A file superseded by one read after it (a prune or repair was stopped
+            // before deleting it) was added: read them all again without it.
+            if pass.mi.files().iter().any(|f| pass.superseded.contains(f)) {
+                let skip = std::mem::take(&mut pass.superseded);
+                let mi = std::mem::take(&mut pass.mi).restart();
+                pass = self.index_pass(&sized, mi, &skip, &tier, &keep);
             }
-        }
+            let packs = packs
+                .join()
+                .unwrap_or_else(|_| Err(anyhow!("listing the data packs panicked")));
+            (packs, pass)
+        });
+        let IndexPass {
+            mut mi,
+            superseded,
+            superseders,
+            damaged,
+            misnamed,
+        } = pass;
+        self.damaged_index = damaged;
+        self.misnamed_index = misnamed;
         self.superseded = superseded;
         self.superseders = superseders;
         let packs: Vec<Id> = packs?;
@@ -664,14 +670,64 @@ impl Repository {
             self.index_from_headers_dying(&mut mi, dying);
         }
         let index = mi.finish();
+        if log::log_enabled!(log::Level::Info) {
+            let (data, trees) = index.placed();
+            log::info!(
+                "index: {data} data blobs and {trees} trees placed, {} more known to exist",
+                index.len() - data - trees
+            );
+        }
         if let Some(c) = &self.cache {
-            c.retain("index", &ids.into_iter().collect());
+            c.retain("index", &sized.iter().map(|(id, _)| *id).collect());
             c.retain("packs", &index.pack_ids());
             c.drop_kind("trees"); // single tree blobs, as earlier builds cached them
         }
         self.index = Arc::new(index);
         release_free_memory();
         Ok(())
+    }
+
+    /// One pass over the index files `sized`: each readable one not in `skip` is added
+    /// to `mi` (its packs that `keep` takes, in their `tier`), and what every readable
+    /// one supersedes is gathered. A damaged index file is skipped and recorded: one bad
+    /// file must not stop the restore of everything the others describe.
+    fn index_pass(
+        &self,
+        sized: &[(Id, u64)],
+        mut mi: IndexBuilder,
+        skip: &HashSet<Id>,
+        tier: &dyn Fn(&Id) -> u8,
+        keep: &dyn Fn(&Id) -> bool,
+    ) -> IndexPass {
+        let mut pass = IndexPass::default();
+        for (id, size) in sized {
+            let opened = self.open_named(Named::INDEX, id, Some(*size), |b| {
+                IndexFile::open_owned(&self.keys, b)
+            });
+            match opened {
+                Ok(f) => {
+                    for old in &f.supersedes {
+                        pass.superseded.insert(*old);
+                        pass.superseders.entry(*old).or_default().push(*id);
+                    }
+                    if skip.contains(id) {
+                        continue;
+                    }
+                    mi.add_file_id(*id);
+                    for p in f.packs.iter().filter(|p| keep(&p.pack)) {
+                        mi.add_pack_in(p.pack, &p.blobs, tier(&p.pack));
+                    }
+                }
+                Err(e) if is_not_found(&e) => {} // deleted since the listing (prune)
+                Err(e) if is_misnamed(&e) => {
+                    pass.misnamed.push(*id);
+                    pass.damaged.push((*id, MISNAMED.into()));
+                }
+                Err(e) => pass.damaged.push((*id, crate::error::one_line(&e))),
+            }
+        }
+        pass.mi = mi;
+        pass
     }
 
     /// Packs in no (readable) index file: left by an interrupted backup, or described by
