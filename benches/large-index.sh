@@ -32,7 +32,7 @@ step() { # name, command...: one line of figures
   t=$(tail -1 "$out/$name.time")
   printf '%-16s %8s s %6d MB\n' "$name" "${t% *}" "$((${t#* } / 1024))"
 }
-# LINES lines of 69 bytes, deterministic (a C loop: a shell or Python one would be the
+# COUNT lines of 69 bytes from line FROM on, deterministic (a C loop: a shell or Python one would be the
 # bottleneck at 60 GB).
 gen=$out/lines
 if [[ ! -x $gen ]]; then
@@ -41,10 +41,11 @@ if [[ ! -x $gen ]]; then
 #include <stdlib.h>
 #include <stdint.h>
 int main(int argc, char **argv) {
-  unsigned long long n = strtoull(argv[1], 0, 10), x = 0x9e3779b97f4a7c15ULL;
+  unsigned long long from = strtoull(argv[1], 0, 10), n = strtoull(argv[2], 0, 10);
+  unsigned long long x = 0x9e3779b97f4a7c15ULL ^ from;
   static char buf[1 << 16];
   size_t at = 0;
-  for (unsigned long long i = 0; i < n; i++) {
+  for (unsigned long long i = from; i < from + n; i++) {
     x ^= x << 13; x ^= x >> 7; x ^= x << 17; /* xorshift64 */
     at += sprintf(buf + at, "line %015llu %08llx of a stream that no other line repeats\n",
                   i, x & 0xffffffffULL);
@@ -65,8 +66,15 @@ VAULT_PASSWORD=bench "$vault" init -q --repo "$repo" --chunk-size 1K
 (umask 077 && VAULT_PASSWORD=bench "$vault" key export --raw --repo "$repo" > "$out/key")
 export VAULT_KEY_FILE=$out/key # opened as bupstash is: no password KDF in the figures
 echo "vault $("$vault" --version | cut -d' ' -f2), $(date -u +%FT%TZ), target $blobs blobs"
-step backup-stream bash -c "\"$gen\" $((blobs * 1700 / 69)) |
-  \"$vault\" backup -q --repo \"$repo\" --stdin --stdin-filename stream.txt"
+# In parts of a million blobs: one file of 50 million chunks would list them all in one
+# tree of over 3 GB, past what a tree may take.
+parts=$(((blobs + 999999) / 1000000)) per=$((blobs * 1700 / 69 / ((blobs + 999999) / 1000000)))
+part() { echo "\"$gen\" $(($1 * per)) $per | \"$vault\" backup -q --repo \"$repo\" --stdin --stdin-filename stream-$1.txt"; }
+start=$(date +%s.%N)
+for ((i = 0; i < parts - 1; i++)); do bash -c "$(part "$i")"; done
+step backup-last-part bash -c "$(part $((parts - 1)))"
+echo "backup-stream      $(echo "$(date +%s.%N) - $start" | bc | xargs printf '%.0f') s in $parts backups"
+
 step backup "$vault" backup -q --repo "$repo" "$src"
 "$vault" stats --mode raw-data --json --repo "$repo" | python3 -c '
 import json, sys
@@ -77,9 +85,10 @@ step backup-nochange "$vault" backup -q --repo "$repo" "$src"
 step restore-one "$vault" restore -q --repo "$repo" latest --include "$src/one.bin" --target "$out/restore"
 cmp "$src/one.bin" "$out/restore$src/one.bin"
 step check "$vault" check -q --repo "$repo"
-stream=$("$vault" snapshots --json --repo "$repo" |
-  python3 -c 'import json, sys; print(next(s["id"] for s in json.load(sys.stdin) if s["paths"] == ["/stream.txt"]))')
-step forget "$vault" forget -q --repo "$repo" "$stream"
+streams=$("$vault" snapshots --json --repo "$repo" |
+  python3 -c 'import json, sys; print(" ".join(s["id"] for s in json.load(sys.stdin) if s["paths"][0].startswith("/stream-")))')
+# shellcheck disable=SC2086 # one argument a snapshot
+step forget "$vault" forget -q --repo "$repo" $streams
 step prune-mark "$vault" prune -q --repo "$repo" --grace 0s
 step prune-delete "$vault" prune -q --repo "$repo" --grace 0s
 du -sb "$repo" | awk '{printf "repository after prune %d MB\n", $1 / 1e6}'

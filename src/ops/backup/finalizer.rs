@@ -93,9 +93,27 @@ fn settle(task: &mut DirTask, done: &mut HashMap<usize, Id>) -> Result<Option<Id
     Ok(same_as)
 }
 
+/// The most a tree may encode to: a blob's length and its offset in a pack are 32-bit.
+const MAX_TREE_BYTES: usize = 1 << 31;
+
+/// The error for a tree over [`MAX_TREE_BYTES`]: in practice one file of tens of millions
+/// of chunks, whose ids the tree lists.
+fn too_large(tree: &Tree, len: usize) -> anyhow::Error {
+    let biggest = tree.nodes.iter().max_by_key(|n| n.content.len());
+    let (name, chunks) = biggest.map_or((String::new(), 0), |n| (n.name.lossy(), n.content.len()));
+    anyhow!(
+        "a directory's listing would take {len} bytes, over the 2 GiB a tree may take (its \
+         file {name:?} has {chunks} chunks): back such a file up into a repository made \
+         with a larger --chunk-size"
+    )
+}
+
 /// Encodes a tree and queues it for sealing unless stored already; its id.
 pub(super) fn store_tree(sh: &Shared, mut tree: Tree, chunks: &mut Batcher<Chunk>) -> Result<Id> {
     let bytes = tree.encode();
+    if bytes.len() > MAX_TREE_BYTES {
+        return Err(too_large(&tree, bytes.len()));
+    }
     let id = sh.keys.blob_id(BlobType::Tree as u8, &bytes);
     if sh.dedup.claim(id) {
         let size = bytes.len() as u64;
