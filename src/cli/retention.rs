@@ -61,8 +61,9 @@ fn forget_now(g: &Global, removal: Removal, dry_run: bool) -> Result<i32> {
         s.lock(LockKind::Shared, "forget", locking(g))?
     };
     // Not needed to choose, but read so that a damaged or forged index refuses forget
-    // before it removes anything.
-    let s = s.index()?;
+    // before it removes anything. Data blobs' places are not kept: forget's memory
+    // does not grow with the data stored.
+    let s = s.index_trees()?;
     let remove: Vec<Id> = match removal {
         Removal::Policy(p, group_by, f) => {
             let groups = s.plan_forget(&p, f, group_by)?;
