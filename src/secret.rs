@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use base64::Engine;
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::format::crypto::MasterKey;
@@ -96,17 +95,10 @@ pub fn raw_key(path: &Path) -> Result<MasterKey> {
     let bytes = Zeroizing::new(
         std::fs::read(path).with_context(|| format!("key file {}", path.display()))?,
     );
-    let mut raw: RawKeyFile = serde_json::from_slice(&bytes)
+    let raw: RawKeyFile = serde_json::from_slice(&bytes)
         .with_context(|| format!("key file {}: not a vault raw key file", path.display()))?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(&raw.master_key);
-    raw.master_key.zeroize();
-    let decoded = Zeroizing::new(decoded.unwrap_or_default());
-    let mut key = Zeroizing::new([0u8; 32]);
-    if decoded.len() != key.len() {
-        bail!("key file {}: damaged", path.display());
-    }
-    key.copy_from_slice(&decoded);
-    Ok(MasterKey::from_bytes(*key))
+    raw.master()
+        .map_err(|_| anyhow::anyhow!("key file {}: damaged", path.display()))
 }
 
 /// `Secret` is the repository layer's; its password is wiped here, where passwords are
@@ -131,5 +123,36 @@ mod tests {
         wipes::<super::Password>();
         wipes::<crate::repo::Secret>();
         wipes::<crate::format::crypto::MasterKey>();
+    }
+
+    /// A raw key of format 5 carries the content key and says version 2; one without
+    /// stays version 1, as older vaults wrote it. Each reads back as it was written.
+    #[test]
+    fn a_raw_key_keeps_its_content_key() {
+        use crate::format::crypto::MasterKey;
+        use crate::repo::repository::RawKeyFile;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        for (key, version) in [
+            (MasterKey::from_bytes([1; 32]), 1),
+            (MasterKey::from_bytes([2; 32]).with_content([1; 32]), 2),
+        ] {
+            let raw = RawKeyFile::of(&key, "id");
+            assert_eq!(raw.vault_raw_key, version);
+            std::fs::write(&path, serde_json::to_vec(&raw).unwrap()).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let back = super::raw_key(&path).unwrap();
+            assert_eq!(back.as_bytes(), key.as_bytes());
+            assert_eq!(back.content_bytes(), key.content_bytes());
+            assert_eq!(*back.id_key(), *key.id_key());
+        }
+        std::fs::write(
+            &path,
+            br#"{"vault_raw_key":2,"repository":"","master_key":"AAAA","content_key":"AAAA"}"#,
+        )
+        .unwrap();
+        let e = super::raw_key(&path).unwrap_err().to_string();
+        assert!(e.contains("damaged"), "{e}");
     }
 }

@@ -633,10 +633,7 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
             })?;
         }
         KeyCommand::Export { paper: true, .. } => {
-            print!(
-                "{}",
-                crate::format::paper::encode(repo.master_key()?, &repo.config.id)
-            );
+            print!("{}", repo.paper_key()?);
         }
         KeyCommand::Export { .. } => {
             let v = serde_json::to_string_pretty(&repo.raw_key_export()?)?;
@@ -688,11 +685,7 @@ fn key_import(g: &Global, output: Option<&std::path::Path>) -> Result<i32> {
         std::io::Read::read_to_string(&mut input, &mut text)?;
         paper::decode(&text).map_err(|e| VaultError::Usage(format!("paper key: {e}")))?
     };
-    let raw = crate::repo::repository::RawKeyFile {
-        vault_raw_key: 1,
-        repository: String::new(),
-        master_key: crate::format::keyfile::encode_master(&key),
-    };
+    let raw = crate::repo::repository::RawKeyFile::of(&key, "");
     let json = zeroize::Zeroizing::new(serde_json::to_string_pretty(&raw)? + "\n");
     drop(raw);
     match output {

@@ -24,22 +24,66 @@ pub fn fill_random(buf: &mut [u8]) {
 }
 
 /// The repository's secret: 32 random bytes from which every working key is derived.
+///
+/// After a key rotation (format 5) the keys that name and cut content (blob id key,
+/// chunker seed, gear key) come from a separate content key, the master key before the
+/// first rotation, so that blob ids and chunk boundaries survive a new master key.
 #[derive(Clone)]
-pub struct MasterKey([u8; 32]);
+pub struct MasterKey {
+    master: [u8; 32],
+    content: Option<[u8; 32]>,
+    /// While a rotation to this master key is in progress: the one it replaces.
+    previous: Option<[u8; 32]>,
+}
 
 impl MasterKey {
     pub fn generate() -> Self {
         let mut k = [0u8; 32];
         fill_random(&mut k);
-        MasterKey(k)
+        MasterKey::from_bytes(k)
     }
 
     pub fn from_bytes(b: [u8; 32]) -> Self {
-        MasterKey(b)
+        MasterKey {
+            master: b,
+            content: None,
+            previous: None,
+        }
+    }
+
+    /// This master key during a rotation from `previous`, whose objects it still opens.
+    pub fn with_previous(mut self, previous: [u8; 32]) -> Self {
+        self.previous = Some(previous);
+        self
+    }
+
+    /// The master key a rotation in progress replaces, with the same content key.
+    pub fn previous(&self) -> Option<MasterKey> {
+        self.previous.map(|p| MasterKey {
+            master: p,
+            content: Some(*self.content()),
+            previous: None,
+        })
+    }
+
+    /// This master key with content keys derived from `content` instead of itself.
+    pub fn with_content(mut self, content: [u8; 32]) -> Self {
+        self.content = Some(content);
+        self
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
+        &self.master
+    }
+
+    /// The content key where it differs from the master key (after a rotation).
+    pub fn content_bytes(&self) -> Option<&[u8; 32]> {
+        self.content.as_ref()
+    }
+
+    /// What blob ids and chunk boundaries derive from.
+    fn content(&self) -> &[u8; 32] {
+        self.content.as_ref().unwrap_or(&self.master)
     }
 
     pub fn derive(&self) -> Keys {
@@ -49,12 +93,12 @@ impl MasterKey {
     /// The key that seals every object but blob contents, snapshots (format 4) and key
     /// payloads; a backup-role key file carries it.
     pub fn enc_key(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(blake3::derive_key(CTX_ENC, &self.0))
+        Zeroizing::new(blake3::derive_key(CTX_ENC, &self.master))
     }
 
     /// The key of blob ids; a backup-role key file carries it to deduplicate.
     pub fn id_key(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(blake3::derive_key(CTX_ID, &self.0))
+        Zeroizing::new(blake3::derive_key(CTX_ID, self.content()))
     }
 
     /// The chunker's secrets, whichever gear table a config selects.
@@ -68,7 +112,7 @@ impl MasterKey {
     /// The 64-bit seed of the XOR-seeded gear table (§16), which repositories whose
     /// config names no gear keep so that their blobs keep deduplicating.
     pub fn chunker_seed(&self) -> u64 {
-        let seed = Zeroizing::new(blake3::derive_key(CTX_CHUNKER, &self.0));
+        let seed = Zeroizing::new(blake3::derive_key(CTX_CHUNKER, self.content()));
         let mut seed8 = Zeroizing::new([0u8; 8]);
         seed8.copy_from_slice(&seed[..8]);
         u64::from_le_bytes(*seed8)
@@ -78,7 +122,7 @@ impl MasterKey {
     /// where a chunker is built, not with the other working keys: most commands never
     /// chunk.
     pub fn gear_key(&self) -> GearKey {
-        GearKey(blake3::derive_key(CTX_GEAR, &self.0))
+        GearKey(blake3::derive_key(CTX_GEAR, self.content()))
     }
 }
 
@@ -121,7 +165,9 @@ impl std::fmt::Debug for GearKey {
 /// read from a core file) does not hold them.
 impl Drop for MasterKey {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.master.zeroize();
+        self.content.zeroize();
+        self.previous.zeroize();
     }
 }
 
@@ -219,6 +265,9 @@ pub struct Keys {
     /// Format 4 (§20): the role keys; None in older repositories, whose every key
     /// holder reads and writes everything with `cipher`.
     roles: Option<std::sync::Arc<super::roles::RoleKeys>>,
+    /// While a key rotation is in progress (format 5): the keys of the master key
+    /// being replaced, which open what is not resealed yet. Nothing is sealed with them.
+    previous: Option<std::sync::Arc<Keys>>,
 }
 
 /// The cipher wipes its own round keys (aes's "zeroize" feature); the id key is wiped
@@ -238,6 +287,27 @@ impl Keys {
             cipher: Cipher::new(enc),
             id_key: *id_key,
             roles: None,
+            previous: None,
+        }
+    }
+
+    /// These keys, opening also what `previous` sealed (a rotation in progress).
+    pub fn with_previous(mut self, previous: Keys) -> Keys {
+        self.previous = Some(std::sync::Arc::new(previous));
+        self
+    }
+
+    pub fn previous(&self) -> Option<&Keys> {
+        self.previous.as_deref()
+    }
+
+    /// `open` under these keys and, when they fail and a rotation is in progress, under
+    /// the previous ones. The first error is the one returned: it names what these
+    /// keys found wrong.
+    pub fn open_either<T>(&self, mut open: impl FnMut(&Keys) -> Result<T>) -> Result<T> {
+        match (open(self), self.previous()) {
+            (Err(e), Some(p)) => open(p).map_err(|_| e),
+            (r, _) => r,
         }
     }
 

@@ -73,6 +73,14 @@ pub struct KeyPayload {
     /// What a backup-role key holds instead of the master key (§20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupPayload>,
+    /// Format 5, base64: what blob ids and chunk boundaries derive from, when it is
+    /// not the master key (after a key rotation, §3.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_key: Option<String>,
+    /// Format 5, base64, only while a key rotation is in progress: the master key it
+    /// replaces, whose objects the repository still holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key: Option<String>,
 }
 
 /// The keys of a backup-role key, base64: enough to deduplicate, chunk as every host
@@ -164,27 +172,50 @@ impl BackupPayload {
 }
 
 impl KeyPayload {
-    pub fn master(&self) -> Result<MasterKey> {
-        let raw = Zeroizing::new(
-            B64.decode(&self.master_key)
-                .map_err(|e| FormatError::malformed("key payload", e))?,
-        );
-        let mut arr = Zeroizing::new([0u8; 32]);
-        if raw.len() != arr.len() {
-            return Err(FormatError::malformed(
-                "key payload",
-                "master key is not 32 bytes",
-            ));
+    /// A full key's payload for `master` (its content key, and its previous key while
+    /// a rotation is in progress, with it).
+    pub fn full(master: &MasterKey, label: &str, host: &str, user: &str, created: &str) -> Self {
+        KeyPayload {
+            master_key: encode_master(master),
+            label: label.to_string(),
+            host: host.to_string(),
+            user: user.to_string(),
+            created: created.to_string(),
+            backup: None,
+            content_key: master.content_bytes().map(|c| B64.encode(c)),
+            previous_key: master.previous().map(|p| encode_master(&p)),
         }
-        arr.copy_from_slice(&raw);
-        Ok(MasterKey::from_bytes(*arr))
     }
+
+    /// The master key, with the content and previous keys the payload gives.
+    pub fn master(&self) -> Result<MasterKey> {
+        let mut key = MasterKey::from_bytes(*bytes32_named(
+            "key payload",
+            "master key",
+            &self.master_key,
+        )?);
+        if let Some(c) = &self.content_key {
+            key = key.with_content(*bytes32_named("key payload", "content key", c)?);
+        }
+        if let Some(p) = &self.previous_key {
+            key = key.with_previous(*bytes32_named("key payload", "previous key", p)?);
+        }
+        Ok(key)
+    }
+}
+
+/// 32 bytes from base64, `which` naming the field when they are not.
+pub fn bytes32_named(what: &'static str, which: &str, b64: &str) -> Result<Zeroizing<[u8; 32]>> {
+    bytes32(what, b64)
+        .map_err(|_| FormatError::malformed(what, format!("{which} is not 32 bytes of base64")))
 }
 
 /// The payload carries the master key in base64: wiped like the key itself.
 impl Drop for KeyPayload {
     fn drop(&mut self) {
         self.master_key.zeroize();
+        self.content_key.zeroize();
+        self.previous_key.zeroize();
     }
 }
 
@@ -377,7 +408,7 @@ impl KeyFile {
         let sealed = B64
             .decode(&self.meta)
             .map_err(|e| FormatError::malformed("key meta", e))?;
-        let body = keys.cipher.open(META_AAD, &sealed)?;
+        let body = keys.open_either(|k| k.cipher.open(META_AAD, &sealed))?;
         serde_json::from_slice(&body).map_err(|e| FormatError::malformed("key meta", e))
     }
 }
@@ -399,6 +430,8 @@ mod tests {
             user: String::new(),
             created: String::new(),
             backup: None,
+            content_key: None,
+            previous_key: None,
         }
     }
 
@@ -418,6 +451,8 @@ mod tests {
             user: "u".into(),
             created: "now".into(),
             backup: None,
+            content_key: None,
+            previous_key: None,
         };
         let kf = KeyFile::create(b"pw", KdfCost::FLOOR, &payload).unwrap();
         let parsed = KeyFile::parse(&kf.to_bytes()).unwrap();
@@ -463,6 +498,45 @@ mod tests {
             kek(4),
             "a37cb8f444e543d1a38793762931a519d19fb38a7460d9571687d670ceae2a42"
         );
+    }
+
+    /// Format 5 (key rotation): a payload's content key, not its master key, gives blob
+    /// ids and chunk boundaries; its previous key comes back with the same content key.
+    /// Vector: master key `20 21 … 3f`, content key `00 01 … 1f`.
+    #[test]
+    fn a_content_key_and_a_previous_key_come_back_from_the_payload() {
+        let content: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let master = MasterKey::from_bytes(std::array::from_fn(|i| 32 + i as u8))
+            .with_content(content)
+            .with_previous([9; 32]);
+        let payload = KeyPayload::full(&master, "l", "h", "u", "now");
+        let kf = KeyFile::create(b"pw", KdfCost::FLOOR, &payload).unwrap();
+        let got = KeyFile::parse(&kf.to_bytes()).unwrap().open(b"pw").unwrap();
+        let got = got.master().unwrap();
+        assert_eq!(
+            hex::encode(*got.enc_key()),
+            "6d8300e28c4804ad185f92a81ea3b7f522411164d5b726944016e77bf3ce07df"
+        );
+        // The blob id key and chunker seed of Appendix A's master key 00 … 1f.
+        assert_eq!(
+            hex::encode(*got.id_key()),
+            "42a0f2a75899755a779943f538685eb4842bfd58d524242ab6779959d50c6366"
+        );
+        assert_eq!(got.chunker_seed(), 0x4f1f28a2c452afb2);
+        let prev = got.previous().unwrap();
+        assert_eq!(prev.as_bytes(), &[9; 32]);
+        assert_eq!(*prev.id_key(), *got.id_key());
+        assert!(prev.previous().is_none());
+        // Without the fields the master key is its own content key, as before.
+        let plain = KeyPayload::full(&MasterKey::from_bytes(content), "l", "h", "u", "now");
+        assert!(plain.content_key.is_none() && plain.previous_key.is_none());
+        let json = serde_json::to_string(&plain).unwrap();
+        assert!(!json.contains("content_key") && !json.contains("previous_key"));
+
+        let mut bad = KeyPayload::full(&master, "l", "h", "u", "now");
+        bad.content_key = Some(B64.encode([0u8; 31]));
+        let e = bad.master().unwrap_err().to_string();
+        assert!(e.contains("content key"), "{e}");
     }
 
     #[test]

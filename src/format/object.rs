@@ -6,7 +6,7 @@
 //! Mutable-named objects (config, locks) append the BLAKE3 of everything before, so their
 //! integrity can be checked without the key like every hash-named object.
 
-use super::crypto::Keys;
+use super::crypto::{Keys, NONCE_LEN};
 use super::error::{FormatError, Result};
 use super::roles::{self, ADMIN_TAG_LEN, Sealing};
 
@@ -133,6 +133,10 @@ pub fn open(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<Vec<u8>> {
 /// format 4, one with a valid admin tag in format 4 (index files that supersede others
 /// need it, §20).
 pub fn open_authenticated(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<(Vec<u8>, bool)> {
+    keys.open_either(|k| open_authenticated_with(k, kind, stored))
+}
+
+fn open_authenticated_with(keys: &Keys, kind: Kind, stored: &[u8]) -> Result<(Vec<u8>, bool)> {
     let (&version, rest) = stored
         .split_first()
         .ok_or(FormatError::Truncated("empty object"))?;
@@ -170,7 +174,9 @@ pub fn open_owned(keys: &Keys, kind: Kind, mut stored: Vec<u8>) -> Result<Vec<u8
     if stored.first() != Some(&OBJECT_VERSION) || admin_checked {
         return open(keys, kind, &stored);
     }
-    unpack(keys.cipher.open_in_place(kind.aad(), &mut stored[1..])?)
+    let body = &mut stored[1..];
+    let len = keys.open_either(|k| k.cipher.open_in_place(kind.aad(), body).map(|p| p.len()))?;
+    unpack(&body[NONCE_LEN..NONCE_LEN + len])
 }
 
 /// An opened object's body, from its payload: a compression flag, then the bytes.

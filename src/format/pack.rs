@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::crypto::{Keys, OVERHEAD};
+use super::crypto::{Keys, NONCE_LEN, OVERHEAD};
 use super::error::{FormatError, Result};
 use super::id::Id;
 use super::object;
@@ -215,6 +215,10 @@ fn sealing(flags: u8) -> Result<Option<Sealing>> {
 
 /// Opens a unit's sealed payload.
 fn open_unit(keys: &Keys, flags: u8, aad: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
+    keys.open_either(|k| open_unit_with(k, flags, aad, stored))
+}
+
+fn open_unit_with(keys: &Keys, flags: u8, aad: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
     match sealing(flags)? {
         None => keys.cipher.open(aad, stored),
         Some(how) => {
@@ -231,13 +235,22 @@ fn open_unit_in_place<'b>(
     aad: &[u8],
     stored: &'b mut [u8],
 ) -> Result<&'b mut [u8]> {
-    match sealing(flags)? {
-        None => keys.cipher.open_in_place(aad, stored),
-        Some(how) => {
-            let (cipher, at) = roles::open_unit(keys, how, stored)?;
-            cipher.open_in_place(aad, &mut stored[at..])
-        }
-    }
+    // Where the plaintext starts and how long it is; the slice is taken once the key
+    // that opens it is found.
+    let how = sealing(flags)?;
+    let (at, len) = keys.open_either(|k| {
+        let unit;
+        let (cipher, at) = match how {
+            None => (&k.cipher, 0),
+            Some(how) => {
+                unit = roles::open_unit(k, how, stored)?;
+                (&unit.0, unit.1)
+            }
+        };
+        let len = cipher.open_in_place(aad, &mut stored[at..])?.len();
+        Ok((at, len))
+    })?;
+    Ok(&mut stored[at + NONCE_LEN..at + NONCE_LEN + len])
 }
 
 fn bundle_aad(blob_type: BlobType) -> [u8; 16] {
@@ -523,7 +536,7 @@ pub fn parse_trailer(trailer: &[u8]) -> Result<u32> {
 /// Decrypts a pack header and recomputes blob offsets; `data_len` is the length of the
 /// pack before the header, which the blobs must exactly fill.
 pub fn open_header(keys: &Keys, sealed: &[u8], data_len: u64) -> Result<Vec<BlobEntry>> {
-    let plain = keys.cipher.open(HEADER_AAD, sealed)?;
+    let plain = keys.open_either(|k| k.cipher.open(HEADER_AAD, sealed))?;
     if plain.len() % HEADER_ENTRY_LEN != 0 {
         return Err(FormatError::malformed(
             "pack header",
@@ -689,5 +702,77 @@ mod tests {
         assert_eq!(open_blob(&keys, &swapped, s), Err(FormatError::BadMac));
         let owned = open_blob_owned(&keys, &swapped, s.to_vec());
         assert_eq!(owned, Err(FormatError::BadMac));
+    }
+
+    /// The keys of a full key `m`, with the role keys of format 4 when `roles`.
+    fn full_keys(m: &MasterKey, roles: bool) -> Keys {
+        let keys = m.derive();
+        if roles {
+            keys.with_roles(crate::format::roles::RoleKeys::full(m, "h"))
+        } else {
+            keys
+        }
+    }
+
+    /// While a key rotation is in progress (format 5) the new keys open what the old
+    /// master key sealed: blobs (in format 4 sealed to the public key or a host key),
+    /// pack headers and every kind of object, whose ids do not change because the
+    /// content key stays. Without the previous key none of it opens, and what the new
+    /// keys seal does not open with the old ones.
+    #[test]
+    fn a_rotation_in_progress_opens_what_the_previous_key_sealed() {
+        let old = MasterKey::from_bytes([1; 32]);
+        let rotating = MasterKey::from_bytes([2; 32])
+            .with_content(*old.as_bytes())
+            .with_previous(*old.as_bytes());
+        let new_only = MasterKey::from_bytes([2; 32]).with_content(*old.as_bytes());
+        assert_eq!(*rotating.id_key(), *old.id_key());
+        assert_eq!(rotating.chunker_seed(), old.chunker_seed());
+        assert_ne!(*rotating.enc_key(), *old.enc_key());
+        for roles in [false, true] {
+            let sealer = full_keys(&old, roles);
+            let prev = rotating.previous().expect("rotating");
+            let reader = full_keys(&rotating, roles).with_previous(full_keys(&prev, roles));
+            let alone = full_keys(&new_only, roles);
+            let mut pb = PackBuilder::default();
+            let mut want = Vec::new();
+            for (t, data) in [
+                (BlobType::Data, b"data ".repeat(99)),
+                (BlobType::Tree, b"{}".to_vec()),
+            ] {
+                let id = sealer.blob_id(t as u8, &data);
+                assert_eq!(reader.blob_id(t as u8, &data), id, "the content key stays");
+                let blob = seal_blob(&sealer, t, id, &data, 3);
+                let entry = blob.entry(0);
+                assert_eq!(open_blob(&reader, &entry, &blob.bytes).unwrap(), data);
+                let owned = open_blob_owned(&reader, &entry, blob.bytes.clone());
+                assert_eq!(owned.unwrap(), data);
+                assert!(open_blob(&alone, &entry, &blob.bytes).is_err());
+                pb.add(blob);
+                want.push(data);
+            }
+            let (bytes, _, entries) = pb.finish(&sealer);
+            assert_eq!(stored_size(&entries), bytes.len() as u64);
+            let header_len = parse_trailer(&bytes[bytes.len() - 8..]).unwrap() as usize;
+            let data_len = (bytes.len() - 8 - header_len) as u64;
+            let header = &bytes[data_len as usize..bytes.len() - 8];
+            assert_eq!(open_header(&reader, header, data_len).unwrap().len(), 2);
+            assert!(open_header(&alone, header, data_len).is_err());
+            for kind in [
+                object::Kind::Snapshot,
+                object::Kind::Forget,
+                object::Kind::Index,
+            ] {
+                let sealed = object::seal(&sealer, kind, b"{}");
+                assert_eq!(object::open(&reader, kind, &sealed).unwrap(), b"{}");
+                assert_eq!(
+                    object::open_owned(&reader, kind, sealed.clone()).unwrap(),
+                    b"{}"
+                );
+                assert!(object::open(&alone, kind, &sealed).is_err());
+                let resealed = object::seal(&reader, kind, b"{}");
+                assert!(object::open(&sealer, kind, &resealed).is_err(), "{kind:?}");
+            }
+        }
     }
 }

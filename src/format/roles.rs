@@ -258,6 +258,7 @@ impl RoleKeys {
 }
 
 /// How a unit (or an object) of format 4 is sealed: which prefix, which key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sealing {
     /// To the repository's public key (file contents).
     Public,

@@ -34,6 +34,49 @@ pub struct RawKeyFile {
     pub vault_raw_key: u32,
     pub repository: String,
     pub master_key: String,
+    /// After a key rotation (format 5): what blob ids derive from (§3.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_key: Option<String>,
+}
+
+impl RawKeyFile {
+    /// The raw key of `master` for the repository `repository` (a config id): version
+    /// 2 when it carries a content key, which older vaults would not use.
+    pub fn of(master: &MasterKey, repository: &str) -> RawKeyFile {
+        use base64::Engine;
+        let content_key = master
+            .content_bytes()
+            .map(|c| base64::engine::general_purpose::STANDARD.encode(c));
+        RawKeyFile {
+            vault_raw_key: if content_key.is_some() { 2 } else { 1 },
+            repository: repository.to_string(),
+            master_key: keyfile::encode_master(master),
+            content_key,
+        }
+    }
+
+    /// The master key it holds, with its content key.
+    pub fn master(&self) -> Result<MasterKey, FormatError> {
+        let what = "raw key file";
+        let key = MasterKey::from_bytes(*keyfile::bytes32_named(
+            what,
+            "master_key",
+            &self.master_key,
+        )?);
+        Ok(match &self.content_key {
+            Some(c) => key.with_content(*keyfile::bytes32_named(what, "content_key", c)?),
+            None => key,
+        })
+    }
+}
+
+/// The raw key's strings are as secret as the key.
+impl Drop for RawKeyFile {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.master_key.zeroize();
+        self.content_key.zeroize();
+    }
 }
 
 /// An object whose stored bytes are a whole, authentic object (they open with the key)
@@ -248,29 +291,37 @@ pub fn default_kdf() -> KdfCost {
 }
 
 fn new_payload(master: &MasterKey, label: &str) -> KeyPayload {
-    KeyPayload {
-        master_key: keyfile::encode_master(master),
-        label: label.to_string(),
-        host: hostname(),
-        user: username(),
-        created: now_rfc3339(),
-        backup: None,
-    }
+    KeyPayload::full(master, label, &hostname(), &username(), &now_rfc3339())
 }
 
 /// The working keys for `access` in a repository of `format`: with the role keys from
 /// format 4 on (§20), a full key writing trees and snapshots as this machine's host.
 fn role_keys(keys: Keys, access: &Access, format: u32) -> Result<Keys> {
-    if format < crate::format::config::ROLES_VERSION {
-        return match access {
-            Access::Full(_) => Ok(keys),
-            Access::Backup(_) => bail!("a backup-role key in a repository of format {format}"),
-        };
+    match access {
+        Access::Full(m) => Ok(full_keys(m, &hostname(), format)),
+        Access::Backup(_) if format < crate::format::config::ROLES_VERSION => {
+            bail!("a backup-role key in a repository of format {format}")
+        }
+        Access::Backup(b) => Ok(keys.with_roles(b.role_keys()?)),
     }
-    Ok(keys.with_roles(match access {
-        Access::Full(m) => crate::format::roles::RoleKeys::full(m, &hostname()),
-        Access::Backup(b) => b.role_keys()?,
-    }))
+}
+
+/// A full key's working keys in a repository of `format`, writing trees and snapshots
+/// as `host`; while a key rotation is in progress, the previous master key's beside
+/// them, to open what is not resealed yet.
+fn full_keys(m: &MasterKey, host: &str, format: u32) -> Keys {
+    let of = |m: &MasterKey| {
+        let keys = m.derive();
+        if format < crate::format::config::ROLES_VERSION {
+            keys
+        } else {
+            keys.with_roles(crate::format::roles::RoleKeys::full(m, host))
+        }
+    };
+    match m.previous() {
+        Some(p) => of(m).with_previous(of(&p)),
+        None => of(m),
+    }
 }
 
 impl Repository {
@@ -340,7 +391,8 @@ impl Repository {
             }
         };
         let keys = match &access {
-            Access::Full(m) => m.derive(),
+            // The config is sealed without roles; its format decides them.
+            Access::Full(m) => full_keys(m, "", 1),
             Access::Backup(b) => b.keys()?,
         };
         let config = match Config::open(&keys, &cfg_bytes) {
@@ -406,8 +458,7 @@ impl Repository {
         match &self.access {
             Access::Full(m) => {
                 if roles.own_host().id != crate::format::roles::derive_host_key(m, host).id {
-                    let base = m.derive();
-                    self.keys = base.with_roles(crate::format::roles::RoleKeys::full(m, host));
+                    self.keys = full_keys(m, host, self.format);
                 }
                 Ok(())
             }
@@ -512,12 +563,22 @@ impl Repository {
         Ok((id, old))
     }
 
+    /// The master key as paper lines (`key export --paper`). A paper key holds 32
+    /// bytes: a key with a content key of its own (format 5) is refused rather than
+    /// printed without it, which would name every blob wrongly.
+    pub fn paper_key(&self) -> Result<String> {
+        let master = self.master_key()?;
+        if master.content_bytes().is_some() {
+            return Err(VaultError::Usage(
+                "key export --paper: this key has a content key (format 5), which a paper key does not hold; use key export --raw".into(),
+            )
+            .into());
+        }
+        Ok(crate::format::paper::encode(master, &self.config.id))
+    }
+
     pub fn raw_key_export(&self) -> Result<RawKeyFile> {
-        Ok(RawKeyFile {
-            vault_raw_key: 1,
-            repository: self.config.id.clone(),
-            master_key: keyfile::encode_master(self.master_key()?),
-        })
+        Ok(RawKeyFile::of(self.master_key()?, &self.config.id))
     }
 
     /// Adds a backup-role key for `host` (§20): it holds no master key.
@@ -547,6 +608,9 @@ impl Repository {
         let master = self.master_key()?;
         let mut payload = new_payload(master, label);
         payload.master_key.clear();
+        // Its content keys are in `backup`; it never takes part in a rotation.
+        payload.content_key = None;
+        payload.previous_key = None;
         payload.host = host.to_string();
         payload.backup = Some(keyfile::BackupPayload::derive(master, host));
         self.write_key(password, cost, &payload)
