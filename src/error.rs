@@ -49,6 +49,10 @@ pub enum VaultError {
     LockLapsed(String),
     #[error("wrong password for repository {0}: no key file opens with it")]
     WrongPassword(String),
+    /// The key opened the repository once, but a key rotation replaced it (or is
+    /// replacing it).
+    #[error("{0}")]
+    KeyRetired(String),
     #[error("{0}")]
     Usage(String),
     /// What a backup-role key may not do or read.
@@ -195,11 +199,14 @@ fn kind_of_cause(cause: &(dyn std::error::Error + 'static)) -> Option<ErrorKind>
         return Some(match v {
             VaultError::NoRepository(_) => ErrorKind::NoRepository,
             VaultError::Locked(_) | VaultError::LockLapsed(_) => ErrorKind::Locked,
-            VaultError::WrongPassword(_) => ErrorKind::WrongPassword,
+            VaultError::WrongPassword(_) | VaultError::KeyRetired(_) => ErrorKind::WrongPassword,
             VaultError::Usage(_) => ErrorKind::InvalidInput,
             VaultError::AlreadyExists(_) => ErrorKind::AlreadyExists,
             VaultError::NotPermitted(_) => ErrorKind::NotPermitted,
         });
+    }
+    if cause.is::<crate::repo::repository::ReplacedKey>() {
+        return Some(ErrorKind::WrongPassword);
     }
     if let Some(crate::format::FormatError::NotPermitted(_)) = cause.downcast_ref() {
         return Some(ErrorKind::NotPermitted);

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use crate::error::{ErrorKind, Result, VaultError};
 use crate::format::Id;
 use crate::format::snapshot::Snapshot;
-use crate::ops::{backup, copies, forget, prune, repair, restore, rewrite, select, tag};
+use crate::ops::{backup, copies, forget, prune, repair, restore, rewrite, rotate, select, tag};
 use crate::repo::lock::{self, LockGuard, LockKind};
 use crate::repo::repository::{InitOptions, Secret};
 use crate::repo::{Backend, FileKind, Repository};
@@ -396,6 +396,31 @@ impl Session<Locked> {
     /// or `None` when it was already there. Needs the exclusive lock.
     pub fn upgrade(&mut self) -> Result<Option<u32>> {
         Ok(self.repo.upgrade()?)
+    }
+
+    /// `key rotate`: a new master key, and everything the repository holds sealed
+    /// again under it (see [`rotate::rotate`]); or the end of a rotation a kill
+    /// interrupted, when the key in use is the rotation's.
+    pub fn rotate_key(
+        &mut self,
+        password: &[u8],
+        label: &str,
+        cost: crate::format::keyfile::KdfCost,
+    ) -> Result<rotate::Rotated> {
+        let lock = self.lock.as_ref();
+        let rekey = |k: &crate::format::crypto::Keys| lock.map_or(Ok(()), |g| g.rekey(k));
+        let held = || lock.map_or(Ok(()), LockGuard::ensure_held);
+        let hooks = rotate::LockHooks {
+            rekey: &rekey,
+            held: &held,
+        };
+        Ok(rotate::rotate(
+            &mut self.repo,
+            password,
+            label,
+            cost,
+            &hooks,
+        )?)
     }
 
     /// `repair --from`: copies back to this repository what it lacks or holds damaged,

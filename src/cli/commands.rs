@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> Result<i32> {
         Command::Forget(a) => retention::forget(&g, *a),
         Command::Prune(a) => retention::prune(&g, a),
         Command::Key(KeyCommand::Import { output, .. }) => key_import(&g, output.as_deref()),
+        Command::Key(KeyCommand::Rotate(a)) => key_rotate(&g, &a),
         Command::Key(k) => key(&g, k),
         Command::Check(a) => integrity::check(&g, a),
         Command::Audit(a) => integrity::audit(&g, a),
@@ -639,7 +640,9 @@ fn key(g: &Global, k: KeyCommand) -> Result<i32> {
             let v = serde_json::to_string_pretty(&repo.raw_key_export()?)?;
             println!("{v}");
         }
-        KeyCommand::Import { .. } => unreachable!("imported without a session"),
+        KeyCommand::Import { .. } | KeyCommand::Rotate(_) => {
+            unreachable!("run without this session")
+        }
     }
     Ok(exit::OK)
 }
@@ -714,6 +717,49 @@ fn key_import(g: &Global, output: Option<&std::path::Path>) -> Result<i32> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `key rotate`: under the exclusive lock; the other key files it removes must be
+/// agreed to with --yes when there are any.
+fn key_rotate(g: &Global, a: &super::KeyRotateArgs) -> Result<i32> {
+    let mut s = session(g)?.lock(LockKind::Exclusive, "key rotate", locking(g))?;
+    let repo = s.repo();
+    let resuming = repo.master_key()?.previous().is_some();
+    let others: Vec<String> = crate::ops::rotate::keys_to_remove(repo)?
+        .into_iter()
+        .filter(|id| repo.key_id != Some(*id))
+        .map(|id| id.short())
+        .collect();
+    if !resuming && !others.is_empty() && !a.yes {
+        return Err(VaultError::Usage(format!(
+            "key rotate removes every other key file ({}); run it again with --yes, then `vault key add` each password that should keep working",
+            others.join(", ")
+        ))
+        .into());
+    }
+    let loc = repo.location().to_string();
+    let pw = password::new_password(
+        a.key.new_password_file.as_deref(),
+        &format!("the new key of {loc} (the same password may be given again)"),
+    )?;
+    let done = s.rotate_key(&pw, &a.key.label, default_kdf())?;
+    render(g, &json!(done), || {
+        println!(
+            "{}key rotated: key {} opens the repository; {} packs and {} snapshots sealed again ({} written), {} records; {} other key file(s) removed",
+            if done.resumed { "interrupted " } else { "" },
+            &done.key[..8],
+            done.packs_resealed,
+            done.snapshots.len(),
+            human_bytes(done.bytes_written),
+            done.records_resealed,
+            done.removed_keys.len()
+        );
+    })?;
+    Ok(if done.damaged.is_empty() {
+        exit::OK
+    } else {
+        exit::PARTIAL
+    })
 }
 
 fn key_list(g: &Global, repo: &Repository) -> Result<()> {

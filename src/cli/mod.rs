@@ -424,7 +424,7 @@ pub struct InitArgs {
     /// read (1: no bundles; before 3, prune deletes at once under an exclusive lock).
     /// `vault upgrade` raises 1 and 2 to 3 later
     #[arg(long, default_value_t = crate::format::config::REPO_VERSION,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::format::config::NEWEST_VERSION)))]
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::format::config::NEWEST_INIT_VERSION)))]
     pub format_version: u32,
 }
 
@@ -689,6 +689,14 @@ pub enum KeyCommand {
         #[arg(long)]
         paper: bool,
     },
+    /// Replace the master key: a new key file for this password (or a new one), every
+    /// other key file removed, and everything the repository holds sealed again under
+    /// the new key, so that an old key file, raw key, paper key or the old master key
+    /// opens nothing here any more. Takes the exclusive lock; a killed rotation is
+    /// finished by running it again with the same password.
+    ///
+    /// Example: VAULT_NEW_PASSWORD_FILE=pw vault key rotate --yes
+    Rotate(KeyRotateArgs),
     /// Type a paper key (`key export --paper`) back in: each line is checked as it is
     /// typed (or read from stdin), then written as a raw key file for VAULT_KEY_FILE.
     /// Needs no repository.
@@ -703,6 +711,16 @@ pub enum KeyCommand {
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct KeyRotateArgs {
+    #[command(flatten)]
+    pub key: KeyAddArgs,
+    /// Remove the other key files without asking (needed when there is more than the
+    /// one in use and no terminal to ask on)
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]

@@ -16,8 +16,14 @@ const OLDEST_VERSION: u32 = 1;
 /// public key, trees and snapshots under host keys, admin tags. `init
 /// --format-version 4` writes it.
 pub const ROLES_VERSION: u32 = 4;
+/// Version 5 is version 4 after a key rotation (`vault key rotate`): a master key apart
+/// from the content key, and readers that fall back to `configs/`. Only a rotation
+/// writes it.
+pub const ROTATED_VERSION: u32 = 5;
 /// The newest version this vault reads and writes.
-pub const NEWEST_VERSION: u32 = ROLES_VERSION;
+pub const NEWEST_VERSION: u32 = ROTATED_VERSION;
+/// The newest version `init` creates.
+pub const NEWEST_INIT_VERSION: u32 = ROLES_VERSION;
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ChunkerParams {

@@ -57,6 +57,15 @@ impl MasterKey {
         self
     }
 
+    /// This key once its rotation is done: the previous key dropped.
+    pub fn without_previous(&self) -> MasterKey {
+        MasterKey {
+            master: self.master,
+            content: self.content,
+            previous: None,
+        }
+    }
+
     /// The master key a rotation in progress replaces, with the same content key.
     pub fn previous(&self) -> Option<MasterKey> {
         self.previous.map(|p| MasterKey {
@@ -299,6 +308,13 @@ impl Keys {
 
     pub fn previous(&self) -> Option<&Keys> {
         self.previous.as_deref()
+    }
+
+    /// These keys alone: what opens with them is sealed under the current master key.
+    pub fn without_previous(&self) -> Keys {
+        let mut k = self.clone();
+        k.previous = None;
+        k
     }
 
     /// `open` under these keys and, when they fail and a rotation is in progress, under

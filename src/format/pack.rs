@@ -203,6 +203,23 @@ fn seal_unit(
     flag
 }
 
+/// The unit of `entry` (a blob alone, or the bundle holding it), opened with `keys` and
+/// sealed again under the keys that seal (a key rotation, format 5), without
+/// decompressing: the same payload and AAD, a fresh nonce and prefix. Returns the
+/// entry's new flags (the sealing may change: a unit of format 3 becomes one of
+/// format 4) and the unit's bytes.
+pub fn reseal_unit(keys: &Keys, entry: &BlobEntry, stored: &[u8]) -> Result<(u8, Vec<u8>)> {
+    let aad: Vec<u8> = if entry.bundled() {
+        bundle_aad(entry.blob_type).to_vec()
+    } else {
+        blob_aad(entry.blob_type, &entry.id).to_vec()
+    };
+    let payload = zeroize::Zeroizing::new(open_unit(keys, entry.flags, &aad, stored)?);
+    let mut out = Vec::with_capacity(stored.len() + roles::EPK_PREFIX_LEN);
+    let sealing = seal_unit(keys, entry.blob_type, &aad, &payload, &mut out);
+    Ok((entry.flags & !(FLAG_PUBLIC | FLAG_HOST) | sealing, out))
+}
+
 /// How a unit with `flags` is sealed: None for the shared key.
 fn sealing(flags: u8) -> Result<Option<Sealing>> {
     match (flags & FLAG_PUBLIC != 0, flags & FLAG_HOST != 0) {

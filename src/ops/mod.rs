@@ -22,6 +22,7 @@ pub mod prune;
 pub mod repair;
 pub mod restore;
 pub mod rewrite;
+pub mod rotate;
 pub mod routine;
 pub mod select;
 pub mod stats;

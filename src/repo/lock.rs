@@ -429,7 +429,8 @@ struct Objects {
 
 struct Held {
     backend: Backend,
-    keys: Keys,
+    /// Replaced once, when a key rotation starts sealing under its new key.
+    keys: Mutex<Keys>,
     template: Lock,
     objects: Mutex<Objects>,
     health: Mutex<Health>,
@@ -443,7 +444,7 @@ impl Held {
         l.seq = SEQ.fetch_add(1, Ordering::SeqCst) + 1;
         l.time = now_rfc3339();
         let path = FileKind::Lock.path(&Id::random());
-        self.backend.write(&path, l.seal(&self.keys))?;
+        self.backend.write(&path, l.seal(&locked(&self.keys)))?;
         super::cleanup::track(&self.backend, &path);
         Ok(path)
     }
@@ -501,7 +502,10 @@ impl Held {
         last.seq = SEQ.fetch_add(1, Ordering::SeqCst) + 1;
         last.time = now_rfc3339();
         let path = FileKind::Lock.path(&Id::random());
-        let written = self.backend.write(&path, last.seal(&self.keys)).is_ok();
+        let written = self
+            .backend
+            .write(&path, last.seal(&locked(&self.keys)))
+            .is_ok();
         if refused {
             super::cleanup::left_for_maintenance(
                 &self.backend,
@@ -569,9 +573,10 @@ impl LockGuard {
     pub fn renew(&self) -> Result<()> {
         self.held.refresh()?;
         let own = locked(&self.held.objects).current.clone();
+        let keys = locked(&self.held.keys).clone();
         check_conflicts(
             &self.held.backend,
-            &self.held.keys,
+            &keys,
             self.held.template.kind(),
             &mut Watch::new(),
             &own,
@@ -583,6 +588,13 @@ impl LockGuard {
 
     pub fn kind(&self) -> LockKind {
         self.held.template.kind()
+    }
+
+    /// Seals the lock under `keys` from now on, at once: a key rotation's new key, so
+    /// that what a kill leaves opens with the key that remains.
+    pub fn rekey(&self, keys: &Keys) -> Result<()> {
+        *locked(&self.held.keys) = keys.clone();
+        self.held.refresh()
     }
 
     fn start_refresher(&mut self) {
@@ -645,7 +657,7 @@ pub fn acquire_watching(
     let start = boottime();
     let mut held = Held {
         backend: repo.backend.clone(),
-        keys: repo.keys.clone(),
+        keys: Mutex::new(repo.keys.clone()),
         template,
         objects: Mutex::new(Objects {
             current: String::new(),

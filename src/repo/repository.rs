@@ -298,7 +298,7 @@ fn new_payload(master: &MasterKey, label: &str) -> KeyPayload {
 /// format 4 on (§20), a full key writing trees and snapshots as this machine's host.
 fn role_keys(keys: Keys, access: &Access, format: u32) -> Result<Keys> {
     match access {
-        Access::Full(m) => Ok(full_keys(m, &hostname(), format)),
+        Access::Full(m) => Ok(full_keys(m, &hostname(), writing_format(m, format), format)),
         Access::Backup(_) if format < crate::format::config::ROLES_VERSION => {
             bail!("a backup-role key in a repository of format {format}")
         }
@@ -306,11 +306,21 @@ fn role_keys(keys: Keys, access: &Access, format: u32) -> Result<Keys> {
     }
 }
 
-/// A full key's working keys in a repository of `format`, writing trees and snapshots
-/// as `host`; while a key rotation is in progress, the previous master key's beside
-/// them, to open what is not resealed yet.
-fn full_keys(m: &MasterKey, host: &str, format: u32) -> Keys {
-    let of = |m: &MasterKey| {
+/// The format a full key writes in a repository whose config says `config_version`: a
+/// key rotating it writes what the rotated repository holds (format 5).
+fn writing_format(m: &MasterKey, config_version: u32) -> u32 {
+    if m.previous().is_some() {
+        config_version.max(crate::format::config::ROTATED_VERSION)
+    } else {
+        config_version
+    }
+}
+
+/// A full key's working keys writing `format`, trees and snapshots as `host`; while a
+/// key rotation is in progress, the previous master key's beside them, as the
+/// repository's config (`previous_format`) had them, to open what is not resealed yet.
+fn full_keys(m: &MasterKey, host: &str, format: u32, previous_format: u32) -> Keys {
+    let of = |m: &MasterKey, format: u32| {
         let keys = m.derive();
         if format < crate::format::config::ROLES_VERSION {
             keys
@@ -319,8 +329,8 @@ fn full_keys(m: &MasterKey, host: &str, format: u32) -> Keys {
         }
     };
     match m.previous() {
-        Some(p) => of(m).with_previous(of(&p)),
-        None => of(m),
+        Some(p) => of(m, format).with_previous(of(&p, previous_format)),
+        None => of(m, format),
     }
 }
 
@@ -386,20 +396,49 @@ impl Repository {
         let (access, key_id) = match secret {
             Secret::Master(m) => (Access::Full(m.clone()), None),
             Secret::Password(pw) => {
-                let (a, id) = unlock_with_password(&backend, pw)?;
+                let (a, id) = unlock_with_password(&backend, pw, false)?;
                 (a, Some(id))
             }
         };
+        match Self::open_as(backend.clone(), &cfg_bytes, access, key_id) {
+            // The password also opens the key file of the rotation, written beside its
+            // old one until the rotation removes that.
+            Err(e) if is_replaced_key(&e) => match secret {
+                Secret::Password(pw) => match unlock_with_password(&backend, pw, true) {
+                    Ok((a, id)) => Self::open_as(backend, &cfg_bytes, a, Some(id)),
+                    Err(_) => Err(e),
+                },
+                Secret::Master(_) => Err(e),
+            },
+            r => r,
+        }
+    }
+
+    /// Opens the repository with the key `access` gives.
+    fn open_as(
+        backend: Backend,
+        cfg_bytes: &[u8],
+        access: Access,
+        key_id: Option<Id>,
+    ) -> Result<Repository> {
+        let loc = backend.location().to_string();
         let keys = match &access {
             // The config is sealed without roles; its format decides them.
-            Access::Full(m) => full_keys(m, "", 1),
+            Access::Full(m) => full_keys(m, "", 1, 1),
             Access::Backup(b) => b.keys()?,
         };
-        let config = match Config::open(&keys, &cfg_bytes) {
+        let config = match Config::open(&keys, cfg_bytes) {
             Ok(c) => c,
             Err(FormatError::BadMac) if key_id.is_none() => {
                 return Err(VaultError::WrongPassword(format!(
-                    "{loc} (the raw key file is for another repository)"
+                    "{loc} (the raw key file is for another repository, or a key rotation replaced it)"
+                ))
+                .into());
+            }
+            // The checksum held, so the config is intact and sealed under another key.
+            Err(FormatError::BadMac) => {
+                return Err(VaultError::KeyRetired(format!(
+                    "{loc}: the key this password opens no longer opens the repository (`vault key rotate` replaced it); use the password of the new key"
                 ))
                 .into());
             }
@@ -408,6 +447,13 @@ impl Repository {
         let cache = Cache::for_repo(&config.id);
         let keys = role_keys(keys, &access, config.version)?;
         let format = super::marks::format_version(&backend, &keys, config.version)?;
+        if let Access::Full(m) = &access
+            && m.previous().is_none()
+            && format >= crate::format::config::ROTATED_VERSION
+            && config.version < crate::format::config::ROTATED_VERSION
+        {
+            return Err(ReplacedKey(loc).into());
+        }
         Ok(Repository {
             backend,
             keys,
@@ -458,7 +504,8 @@ impl Repository {
         match &self.access {
             Access::Full(m) => {
                 if roles.own_host().id != crate::format::roles::derive_host_key(m, host).id {
-                    self.keys = full_keys(m, host, self.format);
+                    let format = writing_format(m, self.config.version);
+                    self.keys = full_keys(m, host, format, self.config.version);
                 }
                 Ok(())
             }
@@ -491,6 +538,26 @@ impl Repository {
 
     pub fn add_key(&self, password: &[u8], label: &str, cost: KdfCost) -> Result<Id> {
         self.write_key(password, cost, &new_payload(self.master_key()?, label))
+    }
+
+    /// Writes a key file holding `master` (a key rotation's new key); its id.
+    pub fn add_key_of(
+        &self,
+        master: &MasterKey,
+        password: &[u8],
+        label: &str,
+        cost: KdfCost,
+    ) -> Result<Id> {
+        self.require_full("writing a key of another master key")?;
+        self.write_key(password, cost, &new_payload(master, label))
+    }
+
+    /// Works with `master`, held by key file `id`, from now on: a key rotation's new key.
+    pub fn become_key(&mut self, master: MasterKey, id: Id) {
+        let format = writing_format(&master, self.config.version);
+        self.keys = full_keys(&master, &hostname(), format, self.config.version);
+        self.access = Access::Full(master);
+        self.key_id = Some(id);
     }
 
     /// Seals `payload` under `password` and stores it as a key file; its id.
@@ -1355,7 +1422,25 @@ fn access_of(p: &KeyPayload) -> Result<Access> {
     })
 }
 
-fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(Access, Id)> {
+/// A key that a key rotation in progress is replacing: it opens the config, which is
+/// not rewritten yet, but no longer what is resealed.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0}: a key rotation is in progress and replaces this key; run `vault key rotate` with the password that started it to finish it"
+)]
+pub struct ReplacedKey(String);
+
+fn is_replaced_key(e: &anyhow::Error) -> bool {
+    e.is::<ReplacedKey>()
+}
+
+/// The key the password opens: the first key file it opens, or with `rotating`, the
+/// first it opens that holds a rotation's previous key.
+fn unlock_with_password(
+    backend: &Backend,
+    password: &[u8],
+    rotating: bool,
+) -> Result<(Access, Id)> {
     let ids = backend.list(FileKind::Key)?;
     let mut damaged = Vec::new();
     let mut unreadable = None;
@@ -1373,6 +1458,7 @@ fn unlock_with_password(backend: &Backend, password: &[u8]) -> Result<(Access, I
             }
         };
         match kf.open(password) {
+            Ok(p) if rotating && p.previous_key.is_none() => {}
             Ok(p) => return Ok((access_of(&p)?, *id)),
             Err(FormatError::BadMac) if name_ok => {}
             Err(FormatError::BadMac) => damaged.push(format!(
