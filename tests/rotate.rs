@@ -71,6 +71,8 @@ fn setup(format: &str) -> Setup {
     if format == "4" {
         env.add_backup_key("laptop", "laptop password");
     }
+    let mirror = env.path("mirror");
+    env.ok(&["mirror", "add", "offsite", mirror.to_str().unwrap(), "-q"]);
     fs::write(env.path("new-password"), NEW_PASSWORD).unwrap();
     Setup { env, src, states }
 }
@@ -311,6 +313,66 @@ fn after_a_rotation_the_old_key_opens_nothing_and_the_new_one_everything() {
         }
         // Nothing was chunked again: the same blobs, under the same ids.
         assert_eq!(blob_ids(&repo, &new_keys), ids_before, "format {format}");
+
+        // Sync carries it to the mirror: the new config, the old objects and key files
+        // gone, nothing there that the old key opens.
+        let out = run_with(env, NEW_PASSWORD, &["sync"]);
+        assert_eq!(
+            code(&out),
+            Some(0),
+            "format {format}: sync: {}",
+            stderr(&out)
+        );
+        let mirror = env.path("mirror");
+        let on_mirror = objects(&mirror);
+        for p in &on_mirror {
+            assert!(
+                !opens(&old_keys, &mirror, p) || p.starts_with(mirror.join("manifests")),
+                "format {format}: mirror's {} opens with the old key",
+                p.display()
+            );
+            assert!(
+                opens(&new_keys, &mirror, p),
+                "format {format}: mirror's {} does not open with the new key",
+                p.display()
+            );
+        }
+        let rel = |p: &PathBuf, root: &Path| p.strip_prefix(root).unwrap().to_path_buf();
+        let here: BTreeSet<PathBuf> = objects(&repo).iter().map(|p| rel(p, &repo)).collect();
+        let there: BTreeSet<PathBuf> = on_mirror.iter().map(|p| rel(p, &mirror)).collect();
+        assert_eq!(
+            here, there,
+            "format {format}: the mirror holds what the primary holds"
+        );
+        let target = env.path(&format!("from-mirror-v{format}"));
+        let out = run_with(
+            env,
+            NEW_PASSWORD,
+            &[
+                "--repo",
+                mirror.to_str().unwrap(),
+                "restore",
+                "latest",
+                "--target",
+                target.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code(&out), Some(0), "format {format}: {}", stderr(&out));
+        assert_eq!(
+            snapshot_of(&Env::restored(&target, &s.src)),
+            *s.states.last().unwrap()
+        );
+        let out = run_with(
+            env,
+            PASSWORD,
+            &["--repo", mirror.to_str().unwrap(), "snapshots"],
+        );
+        assert_eq!(
+            code(&out),
+            Some(WRONG_KEY),
+            "format {format}: {}",
+            stderr(&out)
+        );
     }
 }
 

@@ -21,6 +21,8 @@ use anyhow::{Result, bail};
 use crossbeam_channel::bounded;
 use serde::Serialize;
 
+use crate::format::config::ROTATED_VERSION;
+use crate::format::crypto::Keys;
 use crate::format::index::IndexFile;
 use crate::format::{Id, object};
 use crate::repo::backend::CONFIG_PATH;
@@ -150,10 +152,19 @@ pub fn copy_objects(
     }
 }
 
-fn copy_config(from: &Backend, to: &Backend, report: &mut CopyReport) -> Result<()> {
-    let good_there = to
-        .read(CONFIG_PATH)
-        .is_ok_and(|b| object::verify_checksum(&b).is_ok());
+/// Copies the config where `to` has none or a damaged one; with `keys` (sync of a
+/// rotated repository, format 5) also where `to`'s does not open under them: the config
+/// of the master key a rotation replaced.
+fn copy_config(
+    from: &Backend,
+    to: &Backend,
+    keys: Option<&Keys>,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let good_there = to.read(CONFIG_PATH).is_ok_and(|b| {
+        object::verify_checksum(&b).is_ok()
+            && keys.is_none_or(|k| object::open_checksummed(k, object::Kind::Config, &b).is_ok())
+    });
     if good_there {
         return Ok(());
     }
@@ -194,7 +205,8 @@ pub fn sync(
         copy_objects(&primary, mirror, kind, &todo, &mut report, counters)?;
         refuse_dangling(kind, &report.damaged_at_source[before..], &have, mirror)?;
     }
-    copy_config(&primary, mirror, &mut report)?;
+    let rotated = (repo.format >= ROTATED_VERSION).then_some(&repo.keys);
+    copy_config(&primary, mirror, rotated, &mut report)?;
     if protected {
         // Nothing is deleted here: what waits is counted for the caller to tell.
         report.waiting = gone(repo, mirror, &mut |_| true)?.len() as u64;
@@ -321,6 +333,9 @@ pub fn gone(repo: &Repository, mirror: &Backend, decide: &mut Decide) -> Result<
             }
         }
     }
+    if repo.format >= ROTATED_VERSION {
+        retired(repo, mirror, decide, &mut out)?;
+    }
     let index_left: HashSet<Id> = kept_index.into_iter().collect();
     for id in mirror.list(FileKind::Manifest)? {
         if !index_left.contains(&id) {
@@ -336,6 +351,49 @@ pub fn gone(repo: &Repository, mirror: &Backend, decide: &mut Decide) -> Result<
         }
     }
     Ok(out)
+}
+
+/// What a key rotation retired (format 5): key files and records the primary no longer
+/// holds and its key does not open, read whole and intact from the mirror. Anything
+/// that opens under the current key, or could not be read, stays.
+fn retired(
+    repo: &Repository,
+    mirror: &Backend,
+    decide: &mut Decide,
+    out: &mut Vec<Gone>,
+) -> Result<()> {
+    let primary = repo.backend.alone();
+    for (kind, object) in [
+        (FileKind::Key, None),
+        (FileKind::Forget, Some(object::Kind::Forget)),
+        (FileKind::Export, Some(object::Kind::Export)),
+        (FileKind::Mirror, Some(object::Kind::Mirror)),
+        (FileKind::Deletion, Some(object::Kind::Deletion)),
+        (FileKind::Format, Some(object::Kind::Format)),
+    ] {
+        let here: HashSet<Id> = primary.list(kind)?.into_iter().collect();
+        for id in mirror.list(kind)? {
+            if here.contains(&id) {
+                continue;
+            }
+            let Ok(bytes) = mirror.read(&kind.path(&id)) else {
+                continue;
+            };
+            if !intact(kind, &id, &bytes) {
+                continue;
+            }
+            let opens = match object {
+                None => crate::format::keyfile::KeyFile::parse(&bytes)
+                    .is_ok_and(|k| k.meta(&repo.keys).is_ok()),
+                Some(o) => object::open_authenticated(&repo.keys, o, &bytes).is_ok(),
+            };
+            if !opens {
+                let evidence = vec![(kind, id)];
+                keep_or_delete(Gone { kind, id, evidence }, decide, out);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Adds `g` to `out` if `decide` lets it go; whether it did.
@@ -511,6 +569,6 @@ pub fn heal(
         }
         copy_objects(source, target, kind, &todo, &mut report, counters)?;
     }
-    copy_config(source, target, &mut report)?;
+    copy_config(source, target, None, &mut report)?;
     Ok(report)
 }
