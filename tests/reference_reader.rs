@@ -129,6 +129,31 @@ fn reference_reader_restores_fixture_v4() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("backup-role key"));
 }
 
+#[test]
+fn reference_reader_restores_fixture_v5() {
+    // Format 5: a format-3 repository after `vault key rotate`, sealed as format 4 under
+    // a new master key, blob ids from the content key.
+    if !python_ready() {
+        return;
+    }
+    restores_fixture("repo-v5");
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let out = Command::new("python3")
+        .arg(reader_script())
+        .arg("--repo")
+        .arg(fixtures.join("repo-v5"))
+        .arg("--password-file")
+        .arg(fixtures.join("repo-v5.old-password"))
+        .arg("snapshots")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the password before the rotation"
+    );
+}
+
 /// The reader restores every snapshot of fixture `name` as `name.expected` lists.
 fn restores_fixture(name: &str) {
     if !python_ready() {

@@ -140,6 +140,49 @@ fn fixture_repository_v4_restores() {
     assert!(full(&["check", "--read-data"]).contains("no errors"));
 }
 
+/// The format-5 fixture (tests/fixtures/make-repo-v5.sh, a rotated format-3
+/// repository): its password restores both snapshots and backs up into a copy; the
+/// password from before the rotation opens nothing (exit 12).
+#[test]
+fn fixture_repository_v5_restores() {
+    let env = Env::new();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let repo = env.path("repo");
+    copy_tree(&fixtures.join("repo-v5"), &repo);
+    let run = |password: &str, args: &[&str]| {
+        let mut c = env.cmd();
+        c.env_remove("VAULT_PASSWORD")
+            .env("VAULT_PASSWORD_FILE", fixtures.join(password))
+            .args(args);
+        c.output().unwrap()
+    };
+    let full = |args: &[&str]| {
+        let out = run("repo-v5.password", args);
+        common::assert_ok(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for dir in ["server", "laptop"] {
+        let target = env.path(&format!("r-{dir}"));
+        let t = target.to_str().unwrap();
+        full(&["restore", "latest", "--tag", dir, "--target", t, "--verify"]);
+        common::assert_fixture_dir_restored(
+            "repo-v5.expected",
+            &target.join(format!("tmp/vault-fixture-v5/{dir}")),
+            dir,
+        );
+    }
+    let listed: serde_json::Value = serde_json::from_str(&full(&["--json", "snapshots"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(full(&["check", "--read-data"]).contains("no errors"));
+    assert_eq!(
+        run("repo-v5.old-password", &["snapshots"]).status.code(),
+        Some(12)
+    );
+    let src = env.source_with_file(b"new data in a rotated fixture");
+    full(&["backup", src.to_str().unwrap()]);
+    assert!(full(&["check", "--read-data"]).contains("no errors"));
+}
+
 fn repo_listing(env: &Env) -> Vec<std::path::PathBuf> {
     let mut v = walkdir(&env.repo());
     v.sort();

@@ -257,15 +257,17 @@ def chunk_boundaries(data, chunker, master):
 class Repo:
     def __init__(self, root, password):
         self.root = root
-        master = self.master = self.master_key(password)
+        master, content = self.master_key(password)
+        self.master = master
         self.enc = blake3.blake3(master, derive_key_context=ENC_CONTEXT).digest()  # §2.1
-        self.idk = blake3.blake3(master, derive_key_context=IDK_CONTEXT).digest()
+        # Format 5 (§3.3): after a key rotation blob ids derive from the content key.
+        self.idk = blake3.blake3(content, derive_key_context=IDK_CONTEXT).digest()
         try:  # §5: a tag failure means the master key belongs to another repository
             config = json.loads(open_object(self.enc, b"config", self.read("config"), True))
         except InvalidTag:
             raise FormatError("config does not open: key file of another repository?")
         self.config = config
-        check(config["version"] in (1, 2, 3, 4),
+        check(config["version"] in (1, 2, 3, 4, 5),
               f"unsupported repository version {config['version']}")
         self.roles = RoleKeys(master, self.enc) if config["version"] >= 4 else None
         # §12a: format records may raise the version; one this reader does not know is refused.
@@ -277,7 +279,7 @@ class Repo:
                 record = json.loads(open_object(self.enc, b"format", raw, roles=self.roles))
             except (InvalidTag, FormatError, ValueError):
                 continue
-            check(record.get("version") in (1, 2, 3, 4),
+            check(record.get("version") in (1, 2, 3, 4, 5),
                   f"repository format {record.get('version')} is newer than this reader knows")
         check(isinstance(config.get("id"), str) and re.fullmatch(r"[0-9a-f]{64}", config["id"]),
               "config: repository id is not 64 lowercase hex digits")  # §5
@@ -323,7 +325,9 @@ class Repo:
                   "use a full key's password")
             master = b64(payload["master_key"])
             check(len(master) == 32, "master key is not 32 bytes")
-            return master
+            content = b64(payload["content_key"]) if payload.get("content_key") else master
+            check(len(content) == 32, "content key is not 32 bytes")
+            return master, content
         raise FormatError("no key file opens with this password")
 
     # -- §6 packs
