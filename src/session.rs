@@ -406,6 +406,7 @@ impl Session<Locked> {
         password: &[u8],
         label: &str,
         cost: crate::format::keyfile::KdfCost,
+        progress: &rotate::Counters,
     ) -> Result<rotate::Rotated> {
         let lock = self.lock.as_ref();
         let rekey = |k: &crate::format::crypto::Keys| lock.map_or(Ok(()), |g| g.rekey(k));
@@ -413,6 +414,7 @@ impl Session<Locked> {
         let hooks = rotate::LockHooks {
             rekey: &rekey,
             held: &held,
+            progress,
         };
         Ok(rotate::rotate(
             &mut self.repo,

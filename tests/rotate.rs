@@ -230,6 +230,7 @@ fn after_a_rotation_the_old_key_opens_nothing_and_the_new_one_everything() {
         )
         .unwrap();
 
+        let old_ids = snapshot_ids(env);
         // Other key files exist: refused without --yes, and nothing written.
         let before = objects(&repo);
         let out = run_with(env, PASSWORD, &["key", "rotate"]);
@@ -292,6 +293,37 @@ fn after_a_rotation_the_old_key_opens_nothing_and_the_new_one_everything() {
         every_snapshot_restores(&s, NEW_PASSWORD, &format!("v{format}"));
         let out = run_with(env, NEW_PASSWORD, &["check", "--read-data"]);
         assert_eq!(code(&out), Some(0), "format {format}: {}", stderr(&out));
+
+        // An id kept from before the rotation still names its snapshot.
+        let new_ids = {
+            let out = run_with(env, NEW_PASSWORD, &["--json", "snapshots"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert!(old_ids.iter().all(|o| !new_ids.contains(o)), "ids change");
+        let target = env.path(&format!("by-old-id-v{format}"));
+        let old_first = &old_ids[0][..8];
+        let out = run_with(
+            env,
+            NEW_PASSWORD,
+            &["restore", old_first, "--target", target.to_str().unwrap()],
+        );
+        assert_eq!(
+            code(&out),
+            Some(0),
+            "format {format}: restore {old_first}: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(&format!("written again as {}", &new_ids[0][..8])),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(snapshot_of(&Env::restored(&target, &s.src)), s.states[0]);
 
         // No stored object opens with the old key; each opens with the new one.
         let new = master_now(env, NEW_PASSWORD);

@@ -742,7 +742,17 @@ fn key_rotate(g: &Global, a: &super::KeyRotateArgs) -> Result<i32> {
         a.key.new_password_file.as_deref(),
         &format!("the new key of {loc} (the same password may be given again)"),
     )?;
-    let done = s.rotate_key(&pw, &a.key.label, default_kdf())?;
+    let counters = Arc::new(crate::ops::rotate::Counters::default());
+    let c = counters.clone();
+    let mut meter = Meter::new();
+    let progress = Progress::start(g.quiet || g.json, move || {
+        let total = Some(c.bytes_total.load(Ordering::Relaxed));
+        let done = c.bytes_done.load(Ordering::Relaxed);
+        format!("sealed again under the new key {}", meter.line(done, total))
+    });
+    let done = s.rotate_key(&pw, &a.key.label, default_kdf(), &counters);
+    progress.finish();
+    let done = done?;
     render(g, &json!(done), || {
         println!(
             "{}key rotated: key {} opens the repository; {} packs and {} snapshots sealed again ({} written), {} records; {} other key file(s) removed",

@@ -32,6 +32,14 @@ use crate::repo::repository::now_rfc3339;
 /// The feature a rotation's gate record names (§12a format records).
 const GATE_FEATURE: &str = "key-rotation";
 
+/// How far the rotation is: bytes of packs to seal again, and done (for a progress
+/// line with a percentage and time left).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub bytes_total: std::sync::atomic::AtomicU64,
+    pub bytes_done: std::sync::atomic::AtomicU64,
+}
+
 /// What a rotation did.
 #[derive(Debug, Default, Serialize)]
 pub struct Rotated {
@@ -64,6 +72,7 @@ pub fn keys_to_remove(repo: &Repository) -> Result<Vec<Id>> {
 pub struct LockHooks<'a> {
     pub rekey: &'a dyn Fn(&Keys) -> Result<()>,
     pub held: &'a dyn Fn() -> Result<()>,
+    pub progress: &'a Counters,
 }
 
 /// Rotates the master key of `repo`, opened under the exclusive lock, or finishes the
@@ -96,7 +105,7 @@ pub fn rotate(
     (lock.rekey)(&repo.keys)?;
     (lock.held)()?;
     done.removed_keys = remove_other_keys(repo)?;
-    reseal_packs(repo, &mut done, lock.held)?;
+    reseal_packs(repo, &mut done, lock)?;
     (lock.held)()?;
     reseal_snapshots(repo, &mut done)?;
     (lock.held)()?;
@@ -176,14 +185,18 @@ fn delete(repo: &Repository, path: &str) -> Result<()> {
 
 /// Seals every pack's units again under the new key into new packs, replaces the index
 /// with one listing those only, records the old packs' deletion and deletes them.
-fn reseal_packs(
-    repo: &mut Repository,
-    done: &mut Rotated,
-    held: &dyn Fn() -> Result<()>,
-) -> Result<()> {
+fn reseal_packs(repo: &mut Repository, done: &mut Rotated, lock: &LockHooks) -> Result<()> {
+    use std::sync::atomic::Ordering;
     repo.load_index()?;
     let new_only = repo.keys.without_previous();
     let (mut fresh, old) = packs_by_key(repo, &new_only)?;
+    let sizes: HashMap<Id, u64> = repo
+        .backend
+        .list_sized(FileKind::Data)?
+        .into_iter()
+        .collect();
+    let total = old.iter().filter_map(|p| sizes.get(p)).sum();
+    lock.progress.bytes_total.store(total, Ordering::Relaxed);
     let mut have: HashSet<Id> = fresh
         .iter()
         .flat_map(|p| p.blobs.iter().map(|b| b.id))
@@ -196,6 +209,9 @@ fn reseal_packs(
             Err(e) if is_not_found(&e) => continue,
             Err(e) => return Err(e),
         };
+        lock.progress
+            .bytes_done
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         match reseal_pack(repo, &packer, &bytes, &mut have) {
             Ok(()) => done.packs_resealed += 1,
             Err(e) => {
@@ -222,7 +238,7 @@ fn reseal_packs(
     fresh.dedup_by_key(|p| p.pack);
     let keep: HashSet<Id> = fresh.iter().map(|p| p.pack).collect();
     let old_files = repo.backend.list(FileKind::Index)?;
-    held()?;
+    (lock.held)()?;
     replace_index(&repo.backend, &repo.keys, fresh, &old_files)?;
     let gone: Vec<Id> = repo
         .backend

@@ -157,20 +157,62 @@ pub fn select(
         ))
         .into());
     }
-    let mut hits: Vec<(Id, Snapshot)> = all
-        .into_iter()
-        .filter(|(id, _)| id.to_hex().starts_with(&spec_l))
-        .collect();
-    match hits.len() {
-        1 => Ok(hits.remove(0)),
-        0 => Err(no_such_snapshot(spec)),
-        n => bail!("snapshot {spec}: prefix matches {n} snapshots; give more digits"),
+    let named = |id: &Id| id.to_hex().starts_with(&spec_l);
+    let mut hits: Vec<&(Id, Snapshot)> = all.iter().filter(|(id, _)| named(id)).collect();
+    if hits.is_empty() {
+        hits = all
+            .iter()
+            .filter(|(_, s)| s.original.as_ref().is_some_and(named))
+            .collect();
+        if let [(id, _)] = hits.as_slice() {
+            warn(format!(
+                "snapshot {spec} was written again as {} (by key rotate or tag)",
+                id.short()
+            ));
+        }
+    }
+    match hits.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(no_such_snapshot(spec)),
+        _ => bail!(
+            "snapshot {spec}: prefix matches {} snapshots; give more digits",
+            hits.len()
+        ),
     }
 }
 
 fn no_such_snapshot(spec: &str) -> anyhow::Error {
     let msg = format!("snapshot {spec}: no such snapshot");
     Advised::error(msg, Remedy::ListSnapshots { other_hosts: false })
+}
+
+/// The one snapshot whose `original` starts with `prefix`: the copy `vault key rotate`
+/// or `vault tag` wrote of a snapshot that is gone, so that an id kept from before
+/// still names it.
+fn written_again(repo: &Repository, spec: &str, prefix: &str) -> Result<Id> {
+    let hits: Vec<Id> = repo
+        .snapshots()?
+        .into_iter()
+        .filter_map(|(id, s)| {
+            s.ok()
+                .filter(|s| {
+                    s.original
+                        .as_ref()
+                        .is_some_and(|o| o.to_hex().starts_with(prefix))
+                })
+                .map(|_| id)
+        })
+        .collect();
+    match hits.as_slice() {
+        [one] => {
+            log::warn!(
+                "snapshot {spec} was written again as {} (by key rotate or tag)",
+                one.short()
+            );
+            Ok(*one)
+        }
+        _ => Err(no_such_snapshot(spec)),
+    }
 }
 
 /// Snapshots named by id prefixes; each must name exactly one.
@@ -185,7 +227,7 @@ pub fn by_ids(repo: &Repository, ids: &[String]) -> Result<Vec<Id>> {
                 .collect();
             match hits.as_slice() {
                 [one] if !s.is_empty() => Ok(**one),
-                [] => Err(no_such_snapshot(spec)),
+                [] if !s.is_empty() => written_again(repo, spec, &s),
                 _ => Err(VaultError::Usage(format!(
                     "snapshot {spec:?}: matches {} snapshots; give more digits",
                     hits.len()
