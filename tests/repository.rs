@@ -87,35 +87,30 @@ fn fixture_repository_v3_restores() {
     assert!(run(&["check", "--read-data"]).contains("no errors"));
 }
 
-/// The format-4 fixture (tests/fixtures/make-repo-v4.sh): a full key restores the
-/// server's snapshot and the one a backup-role key wrote; the backup-role key lists its
-/// own snapshot only, restores nothing, and backs up again into a copy; the forget
-/// record (an admin record) is believed.
-#[test]
-fn fixture_repository_v4_restores() {
-    let env = Env::new();
+/// A copy of fixture `name` as `env`'s repository, and a runner of vault on it with
+/// the fixture's password file `password` (`repo-v4.password` and the like).
+fn on_fixture<'a>(env: &'a Env, name: &str) -> impl Fn(&str, &[&str]) -> std::process::Output + 'a {
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let repo = env.path("repo");
-    copy_tree(&fixtures.join("repo-v4"), &repo);
-    let run = |password: &str, args: &[&str]| {
+    copy_tree(&fixtures.join(name), &env.path("repo"));
+    move |password, args| {
         let mut c = env.cmd();
         c.env_remove("VAULT_PASSWORD")
             .env("VAULT_PASSWORD_FILE", fixtures.join(password))
             .args(args);
         c.output().unwrap()
-    };
-    let full = |args: &[&str]| {
-        let out = run("repo-v4.password", args);
-        common::assert_ok(&out);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    }
+}
+
+/// The fixture's `server` and `laptop` snapshots, the only two listed, restore as
+/// `NAME.expected` says, and check reads everything, all with `full`.
+fn server_and_laptop_restore(env: &Env, name: &str, full: &dyn Fn(&[&str]) -> String) {
     for dir in ["server", "laptop"] {
         let target = env.path(&format!("r-{dir}"));
         let t = target.to_str().unwrap();
         full(&["restore", "latest", "--tag", dir, "--target", t, "--verify"]);
         common::assert_fixture_dir_restored(
-            "repo-v4.expected",
-            &target.join(format!("tmp/vault-fixture-v4/{dir}")),
+            &format!("{name}.expected"),
+            &target.join(format!("tmp/vault-fixture-{}/{dir}", &name[5..])),
             dir,
         );
     }
@@ -126,6 +121,22 @@ fn fixture_repository_v4_restores() {
         "the forgotten one stays forgotten"
     );
     assert!(full(&["check", "--read-data"]).contains("no errors"));
+}
+
+/// The format-4 fixture (tests/fixtures/make-repo-v4.sh): a full key restores the
+/// server's snapshot and the one a backup-role key wrote; the backup-role key lists its
+/// own snapshot only, restores nothing, and backs up again into a copy; the forget
+/// record (an admin record) is believed.
+#[test]
+fn fixture_repository_v4_restores() {
+    let env = Env::new();
+    let run = on_fixture(&env, "repo-v4");
+    let full = |args: &[&str]| {
+        let out = run("repo-v4.password", args);
+        common::assert_ok(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    server_and_laptop_restore(&env, "repo-v4", &full);
     let backup_key = |args: &[&str]| run("repo-v4.backup-password", args);
     let own = backup_key(&["--json", "snapshots"]);
     common::assert_ok(&own);
@@ -146,38 +157,15 @@ fn fixture_repository_v4_restores() {
 #[test]
 fn fixture_repository_v5_restores() {
     let env = Env::new();
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let repo = env.path("repo");
-    copy_tree(&fixtures.join("repo-v5"), &repo);
-    let run = |password: &str, args: &[&str]| {
-        let mut c = env.cmd();
-        c.env_remove("VAULT_PASSWORD")
-            .env("VAULT_PASSWORD_FILE", fixtures.join(password))
-            .args(args);
-        c.output().unwrap()
-    };
+    let run = on_fixture(&env, "repo-v5");
     let full = |args: &[&str]| {
         let out = run("repo-v5.password", args);
         common::assert_ok(&out);
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    for dir in ["server", "laptop"] {
-        let target = env.path(&format!("r-{dir}"));
-        let t = target.to_str().unwrap();
-        full(&["restore", "latest", "--tag", dir, "--target", t, "--verify"]);
-        common::assert_fixture_dir_restored(
-            "repo-v5.expected",
-            &target.join(format!("tmp/vault-fixture-v5/{dir}")),
-            dir,
-        );
-    }
-    let listed: serde_json::Value = serde_json::from_str(&full(&["--json", "snapshots"])).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 2);
-    assert!(full(&["check", "--read-data"]).contains("no errors"));
-    assert_eq!(
-        run("repo-v5.old-password", &["snapshots"]).status.code(),
-        Some(12)
-    );
+    server_and_laptop_restore(&env, "repo-v5", &full);
+    let old = run("repo-v5.old-password", &["snapshots"]);
+    assert_eq!(old.status.code(), Some(12));
     let src = env.source_with_file(b"new data in a rotated fixture");
     full(&["backup", src.to_str().unwrap()]);
     assert!(full(&["check", "--read-data"]).contains("no errors"));

@@ -105,16 +105,7 @@ impl Setup {
 
     /// Every stored file of the repository, with its bytes.
     fn stored(&self) -> Vec<(PathBuf, Vec<u8>)> {
-        let mut v: Vec<_> = common::walkdir(&self.env.repo())
-            .into_iter()
-            .filter(|p| p.is_file())
-            .map(|p| {
-                let b = fs::read(&p).unwrap();
-                (p, b)
-            })
-            .collect();
-        v.sort();
-        v
+        common::files_with_bytes(&self.env.repo())
     }
 }
 

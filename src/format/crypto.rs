@@ -310,6 +310,14 @@ impl Keys {
         self.previous.as_deref()
     }
 
+    /// These keys as a repository before format 4 reads with them: no role keys, so
+    /// no admin tag is asked for.
+    pub fn without_roles(&self) -> Keys {
+        let mut k = self.without_previous();
+        k.roles = None;
+        k
+    }
+
     /// These keys alone: what opens with them is sealed under the current master key.
     pub fn without_previous(&self) -> Keys {
         let mut k = self.clone();

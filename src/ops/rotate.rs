@@ -442,22 +442,26 @@ fn reseal_records(repo: &Repository, done: &mut Rotated) -> Result<()> {
             if object::open_authenticated(&new_only, kind, &bytes).is_ok() {
                 continue;
             }
+            if kind == Kind::Format && is_own_gate(repo, &bytes) {
+                continue;
+            }
             let body = match object::open(&repo.keys, kind, &bytes) {
                 Ok(b) => b,
+                // Damaged, or not vouched for by a full key (a backup-role key's
+                // forgery): no reader believes it, and left in place the old key might
+                // still open it.
                 Err(e) => {
                     log::warn!(
-                        "key rotate: {} {} left as it is: {e}",
+                        "key rotate: {} {} deleted: {e}",
                         kind_name(file),
                         id.short()
                     );
                     done.damaged
                         .push(format!("{} {}", kind_name(file), id.to_hex()));
+                    delete(repo, &file.path(&id))?;
                     continue;
                 }
             };
-            if kind == Kind::Format && is_gate(&body) {
-                continue;
-            }
             repo.save_sealed(file, object::seal(&repo.keys, kind, &body))?;
             delete(repo, &file.path(&id))?;
             done.records_resealed += 1;
@@ -468,6 +472,18 @@ fn reseal_records(repo: &Repository, done: &mut Rotated) -> Result<()> {
 
 fn kind_name(file: FileKind) -> &'static str {
     file.dir().trim_end_matches('/')
+}
+
+/// Whether `bytes` are this rotation's gate record: sealed under the previous key as
+/// the repository's config version sealed before the rotation, which a rerun after the
+/// config became version 5 no longer knows (so format 3's way is tried too).
+fn is_own_gate(repo: &Repository, bytes: &[u8]) -> bool {
+    let Some(prev) = repo.keys.previous() else {
+        return false;
+    };
+    [prev.clone(), prev.without_roles()]
+        .iter()
+        .any(|k| object::open(k, Kind::Format, bytes).is_ok_and(|b| is_gate(&b)))
 }
 
 fn is_gate(body: &[u8]) -> bool {
@@ -509,14 +525,11 @@ fn rewrite_config(repo: &mut Repository) -> Result<()> {
 /// Deletes the gate record, writes the final key file (without the previous key) and
 /// deletes the rotation's.
 fn finish(repo: &mut Repository, password: &[u8], label: &str, cost: KdfCost) -> Result<Id> {
-    let prev = previous(repo)?;
     for id in repo.backend.list(FileKind::Format)? {
         let Ok(bytes) = repo.backend.read(&FileKind::Format.path(&id)) else {
             continue;
         };
-        if let Ok(body) = object::open(&prev, Kind::Format, &bytes)
-            && is_gate(&body)
-        {
+        if is_own_gate(repo, &bytes) {
             delete(repo, &FileKind::Format.path(&id))?;
         }
     }
