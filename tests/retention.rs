@@ -196,31 +196,35 @@ fn prune_frees_space_and_kept_snapshots_restore_identically() {
     assert_eq!(lax["packs_repacked"], 0, "{lax}");
 }
 
+/// A new repository holding 1500 small HTML pages (page `i` of `lines(i)` lines), backed
+/// up, then again without every third page below `gone_below`, the first snapshot
+/// forgotten: bundles partly and wholly used. The pages' directory.
+fn pages_partly_forgotten(env: &Env, lines: impl Fn(u64) -> usize, gone_below: u64) -> PathBuf {
+    env.init(&[]);
+    let src = env.path("pages");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..1500u64 {
+        let line = format!("<li>entry {i} of a page that compresses well</li>\n");
+        fs::write(src.join(format!("p{i:04}.html")), line.repeat(lines(i))).unwrap();
+    }
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    for i in (0..gone_below).step_by(3) {
+        fs::remove_file(src.join(format!("p{i:04}.html"))).unwrap();
+    }
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    forget_oldest(env);
+    src
+}
+
 /// A pack of many well-compressed bundles, some partly used (resealed, several bundles'
 /// worth of plaintext, a bundle at a time) and some wholly used (copied as they are
 /// stored): every kept file must come through both.
 #[test]
 fn prune_reseals_or_copies_a_pack_of_many_bundles_and_loses_no_member() {
     let env = Env::new();
-    env.init(&[]);
-    let src = env.path("pages");
-    fs::create_dir_all(&src).unwrap();
-    for i in 0..1500u64 {
-        let line = format!("<li>entry {i} of a page that compresses well</li>\n");
-        fs::write(
-            src.join(format!("p{i:04}.html")),
-            line.repeat(60 + (i % 40) as usize),
-        )
-        .unwrap();
-    }
-    env.ok(&["backup", "-q", src.to_str().unwrap()]);
     // Files are bundled in the order they are read: the first 700 share bundles with
     // the deleted ones, the rest do not.
-    for i in (0..700u64).step_by(3) {
-        fs::remove_file(src.join(format!("p{i:04}.html"))).unwrap();
-    }
-    env.ok(&["backup", "-q", src.to_str().unwrap()]);
-    forget_oldest(&env);
+    let src = pages_partly_forgotten(&env, |i| 60 + (i % 40) as usize, 700);
     // The second run deletes the packs the first one repacked, leaving only the reseals.
     let prune = ["prune", "--grace", "0s", "--max-unused", "0%"];
     let s = env.json(&prune, 0)["stats"].clone();
@@ -387,19 +391,7 @@ fn prune_refuses_when_a_tree_cannot_be_read() {
 #[test]
 fn prune_refuses_a_damaged_bundle_it_would_copy_whole() {
     let env = Env::new();
-    env.init(&[]);
-    let src = env.path("pages");
-    fs::create_dir_all(&src).unwrap();
-    for i in 0..1500u64 {
-        let line = format!("<li>entry {i} of a page that compresses well</li>\n");
-        fs::write(src.join(format!("p{i:04}.html")), line.repeat(60)).unwrap();
-    }
-    env.ok(&["backup", "-q", src.to_str().unwrap()]);
-    for i in (0..300u64).step_by(3) {
-        fs::remove_file(src.join(format!("p{i:04}.html"))).unwrap();
-    }
-    env.ok(&["backup", "-q", src.to_str().unwrap()]);
-    forget_oldest(&env);
+    pages_partly_forgotten(&env, |_| 60, 300);
     let repo = {
         use vault::repo::{Backend, Repository, Secret};
         let b = Backend::open(env.repo().to_str().unwrap()).unwrap();
