@@ -78,7 +78,14 @@ fn setup(format: &str) -> Setup {
 }
 
 fn snapshot_ids(env: &Env) -> Vec<String> {
-    let v = env.json(&["snapshots"], 0);
+    ids_with(env, PASSWORD)
+}
+
+/// The snapshots' ids, oldest first, listed with `password`.
+fn ids_with(env: &Env, password: &str) -> Vec<String> {
+    let out = run_with(env, password, &["--json", "snapshots"]);
+    assert_eq!(code(&out), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array()
         .unwrap()
         .iter()
@@ -199,16 +206,7 @@ fn blob_ids(repo: &Path, keys: &Keys) -> BTreeSet<Id> {
 
 /// Restores every snapshot, oldest first, and compares each with the source it saw.
 fn every_snapshot_restores(s: &Setup, password: &str, tag: &str) {
-    let ids = {
-        let out = run_with(&s.env, password, &["--json", "snapshots"]);
-        assert_eq!(code(&out), Some(0), "{}", stderr(&out));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["id"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
+    let ids = ids_with(&s.env, password);
     assert_eq!(ids.len(), s.states.len(), "{tag}: snapshots {ids:?}");
     for (i, (id, want)) in ids.iter().zip(&s.states).enumerate() {
         let target = s.env.path(&format!("restored-{tag}-{i}"));
@@ -307,15 +305,7 @@ fn after_a_rotation_the_old_key_opens_nothing_and_the_new_one_everything() {
         assert_eq!(code(&out), Some(0), "format {format}: {}", stderr(&out));
 
         // An id kept from before the rotation still names its snapshot.
-        let new_ids = {
-            let out = run_with(env, NEW_PASSWORD, &["--json", "snapshots"]);
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            v.as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x["id"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        };
+        let new_ids = ids_with(env, NEW_PASSWORD);
         assert!(old_ids.iter().all(|o| !new_ids.contains(o)), "ids change");
         let target = env.path(&format!("by-old-id-v{format}"));
         let old_first = &old_ids[0][..8];
