@@ -161,13 +161,14 @@ fn unchanged_second_backup_reads_nothing_and_dedups() {
     fs::write(src.join("a.bin"), &big).unwrap();
     fs::write(src.join("copy.bin"), &big).unwrap();
     env.init(&["--chunk-size", "256K"]);
-    // The snapshot holds the source's ancestors; the tests' shared directory changes
-    // whenever a test running alongside makes or removes its own.
+    // The snapshot holds the source's ancestors: the tests' shared directory changes
+    // whenever a test running alongside makes or removes its own, and this test's own
+    // directory when the first backup makes the cache in it, which may be after its
+    // walk read that directory.
     let shared = || {
-        fs::metadata(env.dir.path().parent().unwrap())
-            .unwrap()
-            .modified()
-            .unwrap()
+        let dir = env.dir.path();
+        let mtime = |p: &std::path::Path| fs::metadata(p).unwrap().modified().unwrap();
+        (mtime(dir), mtime(dir.parent().unwrap()))
     };
     let before = shared();
     let first = env.backup_json(&[src.to_str().unwrap()]);
