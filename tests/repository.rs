@@ -101,6 +101,12 @@ fn on_fixture<'a>(env: &'a Env, name: &str) -> impl Fn(&str, &[&str]) -> std::pr
     }
 }
 
+/// The standard output of a command that must succeed.
+fn succeeds(out: std::process::Output) -> String {
+    common::assert_ok(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The fixture's `server` and `laptop` snapshots, the only two listed, restore as
 /// `NAME.expected` says, and check reads everything, all with `full`.
 fn server_and_laptop_restore(env: &Env, name: &str, full: &dyn Fn(&[&str]) -> String) {
@@ -131,11 +137,7 @@ fn server_and_laptop_restore(env: &Env, name: &str, full: &dyn Fn(&[&str]) -> St
 fn fixture_repository_v4_restores() {
     let env = Env::new();
     let run = on_fixture(&env, "repo-v4");
-    let full = |args: &[&str]| {
-        let out = run("repo-v4.password", args);
-        common::assert_ok(&out);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let full = |args: &[&str]| succeeds(run("repo-v4.password", args));
     server_and_laptop_restore(&env, "repo-v4", &full);
     let backup_key = |args: &[&str]| run("repo-v4.backup-password", args);
     let own = backup_key(&["--json", "snapshots"]);
@@ -158,11 +160,7 @@ fn fixture_repository_v4_restores() {
 fn fixture_repository_v5_restores() {
     let env = Env::new();
     let run = on_fixture(&env, "repo-v5");
-    let full = |args: &[&str]| {
-        let out = run("repo-v5.password", args);
-        common::assert_ok(&out);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let full = |args: &[&str]| succeeds(run("repo-v5.password", args));
     server_and_laptop_restore(&env, "repo-v5", &full);
     let old = run("repo-v5.old-password", &["snapshots"]);
     assert_eq!(old.status.code(), Some(12));

@@ -160,15 +160,9 @@ pub fn select(
     let named = |id: &Id| id.to_hex().starts_with(&spec_l);
     let mut hits: Vec<&(Id, Snapshot)> = all.iter().filter(|(id, _)| named(id)).collect();
     if hits.is_empty() {
-        hits = all
-            .iter()
-            .filter(|(_, s)| s.original.as_ref().is_some_and(named))
-            .collect();
+        hits = all.iter().filter(|(_, s)| replaces(s, &spec_l)).collect();
         if let [(id, _)] = hits.as_slice() {
-            warn(format!(
-                "snapshot {spec} was written again as {} (by key rotate or tag)",
-                id.short()
-            ));
+            warn(written_again_note(spec, id));
         }
     }
     match hits.as_slice() {
@@ -193,26 +187,29 @@ fn written_again(repo: &Repository, spec: &str, prefix: &str) -> Result<Id> {
     let hits: Vec<Id> = repo
         .snapshots()?
         .into_iter()
-        .filter_map(|(id, s)| {
-            s.ok()
-                .filter(|s| {
-                    s.original
-                        .as_ref()
-                        .is_some_and(|o| o.to_hex().starts_with(prefix))
-                })
-                .map(|_| id)
-        })
+        .filter_map(|(id, s)| s.ok().filter(|s| replaces(s, prefix)).map(|_| id))
         .collect();
     match hits.as_slice() {
         [one] => {
-            log::warn!(
-                "snapshot {spec} was written again as {} (by key rotate or tag)",
-                one.short()
-            );
+            log::warn!("{}", written_again_note(spec, one));
             Ok(*one)
         }
         _ => Err(no_such_snapshot(spec)),
     }
+}
+
+/// Whether `s` was written in place of a snapshot whose id starts with `prefix`.
+fn replaces(s: &Snapshot, prefix: &str) -> bool {
+    s.original
+        .as_ref()
+        .is_some_and(|o| o.to_hex().starts_with(prefix))
+}
+
+fn written_again_note(spec: &str, id: &Id) -> String {
+    format!(
+        "snapshot {spec} was written again as {} (by key rotate or tag)",
+        id.short()
+    )
 }
 
 /// Snapshots named by id prefixes; each must name exactly one.
