@@ -314,7 +314,6 @@ fn keys_add_list_passwd_remove_and_raw_key_file() {
 /// asked for again until it matches its check.
 #[test]
 fn a_paper_key_typed_back_opens_the_repository() {
-    use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
     env.init(&[]);
@@ -329,31 +328,6 @@ fn a_paper_key_typed_back_opens_the_repository() {
     );
     assert!(lines[5].starts_with("check: "), "{paper}");
 
-    let import = |text: &str, out: &Path| {
-        let mut child = env
-            .cmd()
-            .env_remove("VAULT_REPOSITORY")
-            .env_remove("VAULT_PASSWORD")
-            .args([
-                "key",
-                "import",
-                "--paper",
-                "--output",
-                out.to_str().unwrap(),
-            ])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
     // One digit of line 2 mistyped.
     let mut wrong: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     let digit = if wrong[2].as_bytes()[3] == b'f' {
@@ -363,13 +337,13 @@ fn a_paper_key_typed_back_opens_the_repository() {
     };
     wrong[2].replace_range(3..4, digit);
     let key = env.path("paper.key");
-    let out = import(&wrong.join("\n"), &key);
+    let out = paper_import(&env, &wrong.join("\n"), &key);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2 does not match its check"), "{err}");
     assert!(!key.exists(), "nothing written");
 
-    let out = import(&paper, &key);
+    let out = paper_import(&env, &paper, &key);
     common::assert_ok(&out);
     assert_eq!(
         fs::metadata(&key).unwrap().permissions().mode() & 0o777,
@@ -383,7 +357,7 @@ fn a_paper_key_typed_back_opens_the_repository() {
         .output()
         .unwrap();
     common::assert_ok(&opened);
-    let out = import(&paper, &key);
+    let out = paper_import(&env, &paper, &key);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -394,10 +368,52 @@ fn a_paper_key_typed_back_opens_the_repository() {
     let typed = env.path("typed.key");
     let mut answers: Vec<String> = vec![wrong[1].clone(), wrong[2].clone(), lines[2].to_string()];
     answers.extend(lines[3..].iter().map(|l| l.to_string()));
+    let out = paper_typed(&env, &answers, &typed);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{shown}");
+    assert!(shown.contains("line 2 does not match its check"), "{shown}");
+    assert_eq!(
+        fs::read(&typed).unwrap(),
+        fs::read(&key).unwrap(),
+        "the same key file"
+    );
+}
+
+/// `vault key import --paper --output OUT` with `text` on its standard input.
+fn paper_import(env: &Env, text: &str, out: &Path) -> std::process::Output {
+    use std::io::Write;
+    let mut child = env
+        .cmd()
+        .env_remove("VAULT_REPOSITORY")
+        .env_remove("VAULT_PASSWORD")
+        .args([
+            "key",
+            "import",
+            "--paper",
+            "--output",
+            out.to_str().unwrap(),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The same at a terminal (script(1) gives it one), `answers` typed one by one.
+fn paper_typed(env: &Env, answers: &[String], out: &Path) -> std::process::Output {
+    use std::io::Write;
     let cmd = format!(
         "{} key import --paper --output {}",
         env!("CARGO_BIN_EXE_vault"),
-        typed.display()
+        out.display()
     );
     let mut child = std::process::Command::new("script")
         .args(["-qec", &cmd, "/dev/null"])
@@ -407,20 +423,55 @@ fn a_paper_key_typed_back_opens_the_repository() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    for a in &answers {
+    for a in answers {
         writeln!(stdin, "{a}").unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    let shown = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{shown}");
-    assert!(shown.contains("line 2 does not match its check"), "{shown}");
-    assert_eq!(
-        fs::read(&typed).unwrap(),
-        fs::read(&key).unwrap(),
-        "the same key file"
+    child.wait_with_output().unwrap()
+}
+
+/// After a rotation the paper key has eight lines, the content key in lines 5–8: typed
+/// back, from stdin or at a terminal, it restores every snapshot byte for byte, so blob
+/// ids come out right; the first four lines alone, with any check, make no key.
+#[test]
+fn a_rotated_key_on_paper_has_eight_lines_and_restores() {
+    let env = Env::new();
+    let run = on_fixture(&env, "repo-v5");
+    let paper = succeeds(run("repo-v5.password", &["key", "export", "--paper"]));
+    let lines: Vec<String> = paper.lines().map(String::from).collect();
+    assert_eq!(lines.len(), 10, "{paper}");
+    assert!(lines[9].starts_with("check: "), "{paper}");
+
+    let four = env.path("four.key");
+    let cut = format!("{}\n{}\n", lines[..5].join("\n"), lines[9]);
+    let out = paper_import(&env, &cut, &four);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("check"));
+    assert!(!four.exists(), "nothing written");
+
+    let key = env.path("paper.key");
+    common::assert_ok(&paper_import(&env, &paper, &key));
+    let typed = env.path("typed.key");
+    let shown = paper_typed(&env, &lines[1..].to_vec(), &typed);
+    assert!(
+        shown.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shown.stdout)
     );
+    assert_eq!(fs::read(&typed).unwrap(), fs::read(&key).unwrap());
+
+    let with_key = |args: &[&str]| {
+        let out = env
+            .cmd()
+            .env_remove("VAULT_PASSWORD")
+            .env("VAULT_KEY_FILE", &key)
+            .args(args)
+            .output()
+            .unwrap();
+        succeeds(out)
+    };
+    server_and_laptop_restore(&env, "repo-v5", &with_key);
 }
 
 /// Runs vault as an unprivileged user when the tests run as root, so that chmod 000

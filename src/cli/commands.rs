@@ -654,10 +654,11 @@ fn key_import(g: &Global, output: Option<&std::path::Path>) -> Result<i32> {
     let mut input = std::io::stdin().lock();
     let key = if input.is_terminal() {
         eprintln!(
-            "Type the paper key: its {} numbered lines, then the check line.",
-            paper::LINES
+            "Type the paper key: its {} (or {}) numbered lines, then the check line.",
+            paper::LINES,
+            paper::LINES_WITH_CONTENT
         );
-        let mut lines = [[0u8; 8]; paper::LINES];
+        let mut lines = zeroize::Zeroizing::new(Vec::<paper::Line>::new());
         let mut typed = zeroize::Zeroizing::new(String::new());
         let mut ask = |prompt: &str, typed: &mut String| -> Result<()> {
             eprint!("{prompt}: ");
@@ -667,19 +668,25 @@ fn key_import(g: &Global, output: Option<&std::path::Path>) -> Result<i32> {
             }
             Ok(())
         };
-        for (i, line) in lines.iter_mut().enumerate() {
-            loop {
-                ask(&format!("line {}", i + 1), &mut typed)?;
-                match paper::parse_line(i + 1, &typed) {
-                    Ok(b) => break *line = b,
+        loop {
+            let n = lines.len() + 1;
+            let prompt = match n {
+                _ if n == paper::LINES + 1 => {
+                    format!("line {n} (or the check line of a four-line key)")
+                }
+                _ if n > paper::LINES_WITH_CONTENT => "check".to_string(),
+                _ => format!("line {n}"),
+            };
+            ask(&prompt, &mut typed)?;
+            if n == paper::LINES + 1 && paper::is_check(&typed) || n > paper::LINES_WITH_CONTENT {
+                match paper::assemble(&lines, &typed) {
+                    Ok(k) => break k,
                     Err(e) => eprintln!("{e}"),
                 }
+                continue;
             }
-        }
-        loop {
-            ask("check", &mut typed)?;
-            match paper::assemble(&lines, &typed) {
-                Ok(k) => break k,
+            match paper::parse_line(n, &typed) {
+                Ok(b) => lines.push(b),
                 Err(e) => eprintln!("{e}"),
             }
         }

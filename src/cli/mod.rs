@@ -685,7 +685,8 @@ pub enum KeyCommand {
         /// A raw key file (JSON)
         #[arg(long, required_unless_present = "paper", conflicts_with = "paper")]
         raw: bool,
-        /// Four lines of hex, each with a check, and a check of the whole key
+        /// Four lines of hex, each with a check, and a check of the whole key (eight
+        /// lines after a key rotation: the second four hold the content key)
         #[arg(long)]
         paper: bool,
     },
@@ -697,8 +698,9 @@ pub enum KeyCommand {
     ///
     /// Example: VAULT_NEW_PASSWORD_FILE=pw vault key rotate --yes
     Rotate(KeyRotateArgs),
-    /// Type a paper key (`key export --paper`) back in: each line is checked as it is
-    /// typed (or read from stdin), then written as a raw key file for VAULT_KEY_FILE.
+    /// Type a paper key (`key export --paper`, four or eight lines) back in: each line is
+    /// checked as it is typed (or read from stdin), then written as a raw key file for
+    /// VAULT_KEY_FILE.
     /// Needs no repository.
     ///
     /// Example: vault key import --paper --output ~/vault.key

@@ -630,18 +630,13 @@ impl Repository {
         Ok((id, old))
     }
 
-    /// The master key as paper lines (`key export --paper`). A paper key holds 32
-    /// bytes: a key with a content key of its own (format 5) is refused rather than
-    /// printed without it, which would name every blob wrongly.
+    /// The master key as paper lines (`key export --paper`): eight of them where the key
+    /// has a content key of its own (format 5), four otherwise.
     pub fn paper_key(&self) -> Result<String> {
-        let master = self.master_key()?;
-        if master.content_bytes().is_some() {
-            return Err(VaultError::Usage(
-                "key export --paper: this key has a content key (format 5), which a paper key does not hold; use key export --raw".into(),
-            )
-            .into());
-        }
-        Ok(crate::format::paper::encode(master, &self.config.id))
+        Ok(crate::format::paper::encode(
+            self.master_key()?,
+            &self.config.id,
+        ))
     }
 
     pub fn raw_key_export(&self) -> Result<RawKeyFile> {
