@@ -118,10 +118,17 @@ fn count(dir: &Path) -> usize {
 }
 
 /// Sets the modification time of every record that dates a deletion on a copy (forget
-/// records, index files, deletion records, marks and revivals) to `ago`: what the storage clock would say
+/// records, index files, deletion records, marks, revivals and key files) to `ago`: what the storage clock would say
 /// after that much time.
 fn age_records(copy: &Path, ago: &str) {
-    for dir in ["forgotten", "index", "deletions", "marks", "revivals"] {
+    for dir in [
+        "forgotten",
+        "index",
+        "deletions",
+        "marks",
+        "revivals",
+        "keys",
+    ] {
         for f in walkdir(&copy.join(dir)) {
             must(Command::new("touch").args(["-d", ago]).arg(&f));
         }
@@ -624,4 +631,74 @@ fn an_intruder_with_everything_the_backup_machine_holds_cannot_destroy_a_protect
         before.keys().all(|p| after.contains_key(p)),
         "maintenance deleted nothing"
     );
+}
+
+/// A key rotation reseals everything, but a protected mirror keeps the objects sync
+/// replaces there, sealed under the old key, for its period: `key rotate` names it (and
+/// every export made before, an image of its own), not the ordinary mirror, and after
+/// the period `vault maintain` deletes what the old key opened there.
+#[test]
+fn after_a_key_rotation_a_protected_mirror_keeps_the_old_objects_until_its_period_has_passed() {
+    let s = setup();
+    let safe = s.safe.to_str().unwrap();
+    let export = s.env.path("export");
+    s.env.ok(&["export", "-q", export.to_str().unwrap()]);
+    let old_snapshots = walkdir(&s.safe.join("snapshots"));
+    assert_eq!(old_snapshots.len(), 2);
+    fs::write(s.env.path("same-password"), common::PASSWORD).unwrap();
+
+    let out = s
+        .env
+        .cmd()
+        .env("VAULT_NEW_PASSWORD_FILE", s.env.path("same-password"))
+        .args(["key", "rotate", "--yes"])
+        .output()
+        .unwrap();
+    common::assert_ok(&out);
+    let told = String::from_utf8_lossy(&out.stdout);
+    assert!(told.contains("still readable with the old key"), "{told}");
+    assert!(
+        told.contains("mirror safe")
+            && told.contains("kept 1h more")
+            && told.contains("vault maintain --mirror safe"),
+        "{told}"
+    );
+    assert!(
+        told.contains(&format!("at {}: an image made before", export.display())),
+        "{told}"
+    );
+    assert!(
+        !told.contains("mirror plain"),
+        "an ordinary mirror keeps nothing: {told}"
+    );
+
+    s.env.ok(&["sync"]);
+    let kept = |dir: &Path| {
+        old_snapshots
+            .iter()
+            .filter(|p| dir.join(p.strip_prefix(&s.safe).unwrap()).exists())
+            .count()
+    };
+    assert_eq!(
+        kept(&s.safe),
+        2,
+        "the protected mirror keeps the old snapshots"
+    );
+    assert_eq!(kept(&s.plain), 0, "the ordinary one follows the primary");
+    let m = s.env.json(&["maintain", "--mirror", "safe"], 0);
+    assert_eq!(m["mirrors"][0]["report"]["deleted"], 0, "{m}");
+    assert_eq!(kept(&s.safe), 2);
+    assert_eq!(count(&s.safe.join("keys")), 2, "the old key file waits too");
+    s.assert_restores_from(&s.safe);
+
+    age_records(&s.safe, "2 hours ago");
+    let m = s.env.json(&["maintain", "--mirror", "safe"], 0);
+    assert!(
+        m["mirrors"][0]["report"]["deleted"].as_u64().unwrap() > 0,
+        "{m}"
+    );
+    assert_eq!(kept(&s.safe), 0, "deleted once the period has passed");
+    assert_eq!(count(&s.safe.join("keys")), 1);
+    s.env.ok(&["--repo", safe, "check", "--read-data"]);
+    s.assert_restores_from(&s.safe);
 }

@@ -771,12 +771,37 @@ fn key_rotate(g: &Global, a: &super::KeyRotateArgs) -> Result<i32> {
             done.records_resealed,
             done.removed_keys.len()
         );
+        print_kept(&done.kept);
     })?;
     Ok(if done.damaged.is_empty() {
         exit::OK
     } else {
         exit::PARTIAL
     })
+}
+
+/// After a rotation: the copies whose old objects the old key still opens, and until
+/// when, as THREAT-MODEL.md §3 says.
+fn print_kept(kept: &[crate::ops::rotate::Kept]) {
+    if kept.is_empty() {
+        return;
+    }
+    println!("still readable with the old key (and by whoever holds it):");
+    for k in kept {
+        match k.period {
+            Some(p) => println!(
+                "  mirror {} ({}): what `vault sync` replaces there is kept {} more, until `vault maintain --mirror {}` deletes it",
+                k.name,
+                k.location,
+                crate::units::human_period(p),
+                k.name
+            ),
+            None => println!(
+                "  export {} at {}: an image made before; make it again with `vault export` and destroy the old one",
+                k.name, k.location
+            ),
+        }
+    }
 }
 
 fn key_list(g: &Global, repo: &Repository) -> Result<()> {

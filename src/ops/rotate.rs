@@ -58,6 +58,46 @@ pub struct Rotated {
     pub records_resealed: u64,
     /// Objects left as they were because they open under neither key (damaged).
     pub damaged: Vec<String>,
+    /// Copies the repository knows of that keep what they held before, readable with
+    /// the old key, after the mirrors are synced.
+    pub kept: Vec<Kept>,
+}
+
+/// A copy that the rotation cannot reach into: a protected mirror keeps the objects
+/// sync replaces for its period, and an export is an image of its own.
+#[derive(Debug, Serialize)]
+pub struct Kept {
+    /// `mirror` or `export`.
+    pub kind: &'static str,
+    /// The mirror's name, or the export's label.
+    pub name: String,
+    /// The mirror's location, or the export's destination.
+    pub location: String,
+    /// A protected mirror's period, seconds: how long after the sync that replaces an
+    /// object `vault maintain` may delete its old one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period: Option<u64>,
+}
+
+/// What still opens with the old key once every mirror is synced: the protected
+/// mirrors (until `vault maintain` after their period) and every export made before.
+pub fn kept_by_old_key(repo: &Repository) -> Result<Vec<Kept>> {
+    let mirrors = repo.mirror_defs()?.into_iter().filter(|d| d.protect > 0);
+    let mut kept: Vec<Kept> = mirrors
+        .map(|d| Kept {
+            kind: "mirror",
+            name: d.name,
+            location: d.url,
+            period: Some(d.protect),
+        })
+        .collect();
+    kept.extend(repo.export_records()?.into_iter().map(|r| Kept {
+        kind: "export",
+        name: r.label,
+        location: r.destination,
+        period: None,
+    }));
+    Ok(kept)
 }
 
 /// The key files a rotation started now removes: every one there is (the new key
@@ -117,6 +157,7 @@ pub fn rotate(
     (lock.rekey)(&repo.keys)?;
     drop_stale_locks(repo)?;
     done.key = key.to_hex();
+    done.kept = kept_by_old_key(repo)?;
     done.removed_keys.sort();
     done.removed_keys.dedup();
     Ok(done)

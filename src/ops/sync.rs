@@ -257,7 +257,8 @@ fn refuse_dangling(
 /// One object the primary removed on purpose that a mirror still holds, and the
 /// records that say it is gone: forget records for a snapshot, the index files that
 /// superseded an index file, deletion records for a pack, a mark or revival record
-/// itself (none for manifests, which follow their index files).
+/// itself, the key files of the new key for what a key rotation retired (none for
+/// manifests, which follow their index files).
 pub struct Gone {
     pub kind: FileKind,
     pub id: Id,
@@ -363,6 +364,13 @@ fn retired(
     out: &mut Vec<Gone>,
 ) -> Result<()> {
     let primary = repo.backend.alone();
+    // Dated by the arrival of the key files that replaced them: on a protected mirror
+    // the period runs from when the rotation reached it, not from their own writing.
+    let rotation: Vec<(FileKind, Id)> = primary
+        .list(FileKind::Key)?
+        .into_iter()
+        .map(|id| (FileKind::Key, id))
+        .collect();
     for (kind, object) in [
         (FileKind::Key, None),
         (FileKind::Forget, Some(object::Kind::Forget)),
@@ -388,7 +396,7 @@ fn retired(
                 Some(o) => object::open_authenticated(&repo.keys, o, &bytes).is_ok(),
             };
             if !opens {
-                let evidence = vec![(kind, id)];
+                let evidence = rotation.clone();
                 keep_or_delete(Gone { kind, id, evidence }, decide, out);
             }
         }

@@ -393,24 +393,14 @@ impl Repository {
             }
             Err(e) => return Err(e.context("reading the repository config")),
         };
-        let (access, key_id) = match secret {
-            Secret::Master(m) => (Access::Full(m.clone()), None),
-            Secret::Password(pw) => {
-                let (a, id) = unlock_with_password(&backend, pw, false)?;
-                (a, Some(id))
-            }
-        };
-        match Self::open_as(backend.clone(), &cfg_bytes, access, key_id) {
-            // The password also opens the key file of the rotation, written beside its
-            // old one until the rotation removes that.
-            Err(e) if is_replaced_key(&e) => match secret {
-                Secret::Password(pw) => match unlock_with_password(&backend, pw, true) {
-                    Ok((a, id)) => Self::open_as(backend, &cfg_bytes, a, Some(id)),
-                    Err(_) => Err(e),
-                },
-                Secret::Master(_) => Err(e),
-            },
-            r => r,
+        match secret {
+            Secret::Master(m) => Self::open_as(backend, &cfg_bytes, Access::Full(m.clone()), None),
+            // Every key file the password opens is tried until one opens the repository:
+            // beside the key file of a rotation its old one stays until the rotation
+            // removes it, and on a protected mirror until `vault maintain` does.
+            Secret::Password(pw) => unlock_with_password(&backend, pw, |access, id| {
+                Self::open_as(backend.clone(), &cfg_bytes, access, Some(id))
+            }),
         }
     }
 
@@ -441,6 +431,12 @@ impl Repository {
                     "{loc}: the key this password opens no longer opens the repository (`vault key rotate` replaced it); use the password of the new key"
                 ))
                 .into());
+            }
+            Err(FormatError::Version { version, .. }) => {
+                return Err(anyhow!(
+                    "{loc}: repository version {version} is newer than this vault reads (up to {}): upgrade vault",
+                    crate::format::config::NEWEST_VERSION
+                ));
             }
             Err(e) => return Err(anyhow!(e).context(format!("{loc}/config is damaged"))),
         };
@@ -1425,20 +1421,28 @@ fn access_of(p: &KeyPayload) -> Result<Access> {
 )]
 pub struct ReplacedKey(String);
 
-fn is_replaced_key(e: &anyhow::Error) -> bool {
+/// Whether `e` refuses a key that a key rotation replaced (or is replacing): another
+/// key file the same password opens may be the new one.
+fn is_superseded_key(e: &anyhow::Error) -> bool {
     e.is::<ReplacedKey>()
+        || matches!(
+            e.downcast_ref::<VaultError>(),
+            Some(VaultError::KeyRetired(_))
+        )
 }
 
-/// The key the password opens: the first key file it opens, or with `rotating`, the
-/// first it opens that holds a rotation's previous key.
-fn unlock_with_password(
+/// What `open` makes of the first key file the password opens whose key `open`
+/// accepts: a key a rotation replaced is passed over for the next one, and refused
+/// only when no other opens.
+fn unlock_with_password<T>(
     backend: &Backend,
     password: &[u8],
-    rotating: bool,
-) -> Result<(Access, Id)> {
+    mut open: impl FnMut(Access, Id) -> Result<T>,
+) -> Result<T> {
     let ids = backend.list(FileKind::Key)?;
     let mut damaged = Vec::new();
     let mut unreadable = None;
+    let mut superseded = None;
     for id in &ids {
         let (kf, name_ok) = match read_key_file(backend, id) {
             Ok(k) => k,
@@ -1453,8 +1457,12 @@ fn unlock_with_password(
             }
         };
         match kf.open(password) {
-            Ok(p) if rotating && p.previous_key.is_none() => {}
-            Ok(p) => return Ok((access_of(&p)?, *id)),
+            Ok(p) => match open(access_of(&p)?, *id) {
+                Err(e) if is_superseded_key(&e) => {
+                    superseded.get_or_insert(e);
+                }
+                r => return r,
+            },
             Err(FormatError::BadMac) if name_ok => {}
             Err(FormatError::BadMac) => damaged.push(format!(
                 "{}: content does not match its name (damaged)",
@@ -1468,6 +1476,9 @@ fn unlock_with_password(
             "{}: no key files in keys/ (the repository cannot be opened)",
             backend.location()
         );
+    }
+    if let Some(e) = superseded {
+        return Err(e);
     }
     // A key file the storage would not hand over was never tried: the password may
     // well be right, so say what failed rather than "wrong password".

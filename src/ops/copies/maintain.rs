@@ -163,6 +163,7 @@ impl Clock {
         let mut arrived = HashMap::new();
         if protect > 0 {
             for kind in [
+                FileKind::Key,
                 FileKind::Forget,
                 FileKind::Index,
                 FileKind::Deletion,
