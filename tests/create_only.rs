@@ -356,3 +356,60 @@ fn the_test_hooks_are_built() {
         );
     }
 }
+
+/// After a key rotation, sync to a create-only mirror cannot replace its config: that
+/// mirror's sync fails (exit 3) with one line saying why and what to do, nothing
+/// written there is lost and the copy still opens and restores with the old key's view;
+/// a sync with rights to replace objects then brings it to the new key, and removes the
+/// lock a command run there with the old key could not delete.
+#[test]
+fn after_a_key_rotation_a_create_only_mirror_says_its_config_cannot_be_replaced() {
+    let env = Env::new();
+    let src = source(&env);
+    env.init(&[]);
+    env.ok(&["backup", "-q", src.to_str().unwrap()]);
+    let mirror = env.path("mirror");
+    let m = mirror.to_str().unwrap();
+    env.ok(&["mirror", "add", "locked", m, "-q"]);
+    fs::write(env.path("same-password"), common::PASSWORD).unwrap();
+    let guard = AppendOnly::apply(&mirror);
+    let rotate = env
+        .cmd()
+        .env("VAULT_NEW_PASSWORD_FILE", env.path("same-password"))
+        .args(["key", "rotate", "--yes", "-q"])
+        .output()
+        .unwrap();
+    common::assert_ok(&rotate);
+    let new_ids = env.json(&["snapshots"], 0);
+
+    let out = run(&env, env.repo().to_str().unwrap(), &["sync"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let said: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("from before a key rotation"))
+        .collect();
+    assert_eq!(said.len(), 1, "{err}");
+    assert!(
+        said[0].contains("mirror locked") && said[0].contains("credentials that may replace"),
+        "{err}"
+    );
+    // The old view still restores from it.
+    let target = env.path("from-old-view");
+    ok(
+        &env,
+        m,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(
+        fs::read(Env::restored(&target, &src).join("big.bin")).unwrap(),
+        fs::read(src.join("big.bin")).unwrap()
+    );
+
+    drop(guard);
+    env.ok(&["sync"]);
+    assert_eq!(env.json(&["--repo", m, "snapshots"], 0), new_ids);
+    // The restore's lock under the old key, which the storage would not let it delete,
+    // went with the sync: unreadable under the new key, it would hold off every command.
+    ok(&env, m, &["check", "--read-data"]);
+}

@@ -161,10 +161,14 @@ fn copy_config(
     keys: Option<&Keys>,
     report: &mut CopyReport,
 ) -> Result<()> {
-    let good_there = to.read(CONFIG_PATH).is_ok_and(|b| {
-        object::verify_checksum(&b).is_ok()
-            && keys.is_none_or(|k| object::open_checksummed(k, object::Kind::Config, &b).is_ok())
-    });
+    let there = to.read(CONFIG_PATH).ok();
+    let intact_there = there
+        .as_ref()
+        .is_some_and(|b| object::verify_checksum(b).is_ok());
+    let good_there = intact_there
+        && there.as_ref().is_some_and(|b| {
+            keys.is_none_or(|k| object::open_checksummed(k, object::Kind::Config, b).is_ok())
+        });
     if good_there {
         return Ok(());
     }
@@ -175,7 +179,18 @@ fn copy_config(
     }
     report.copied += 1;
     report.bytes += b.len() as u64;
-    to.write(CONFIG_PATH, b)
+    let replacing = intact_there && keys.is_some();
+    to.write(CONFIG_PATH, b).map_err(|e| {
+        if replacing && (e.is::<crate::repo::backend::Occupied>() || crate::repo::backend::is_refused(&e)) {
+            // An intact config sealed under another key: one from before a key rotation.
+            anyhow::anyhow!(
+                "{}: its config is from before a key rotation and the storage refuses to replace it (create-only): that copy opens with the old key only, until a `vault sync` with credentials that may replace objects there",
+                to.location()
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// Brings `mirror` up to date with the primary of `repo` (whose index is loaded). On a
@@ -354,8 +369,8 @@ pub fn gone(repo: &Repository, mirror: &Backend, decide: &mut Decide) -> Result<
     Ok(out)
 }
 
-/// What a key rotation retired (format 5): key files and records the primary no longer
-/// holds and its key does not open, read whole and intact from the mirror. Anything
+/// What a key rotation retired (format 5): key files, records and locks the primary no
+/// longer holds and its key does not open, read whole and intact from the mirror. Anything
 /// that opens under the current key, or could not be read, stays.
 fn retired(
     repo: &Repository,
@@ -378,6 +393,9 @@ fn retired(
         (FileKind::Mirror, Some(object::Kind::Mirror)),
         (FileKind::Deletion, Some(object::Kind::Deletion)),
         (FileKind::Format, Some(object::Kind::Format)),
+        // Left by whoever used the copy with the old key where the storage refused
+        // their delete: unreadable now, they would hold off every later command there.
+        (FileKind::Lock, Some(object::Kind::Lock)),
     ] {
         let here: HashSet<Id> = primary.list(kind)?.into_iter().collect();
         for id in mirror.list(kind)? {
@@ -393,6 +411,9 @@ fn retired(
             let opens = match object {
                 None => crate::format::keyfile::KeyFile::parse(&bytes)
                     .is_ok_and(|k| k.meta(&repo.keys).is_ok()),
+                Some(object::Kind::Lock) => {
+                    crate::format::lock::Lock::open(&repo.keys, &bytes).is_ok()
+                }
                 Some(o) => object::open_authenticated(&repo.keys, o, &bytes).is_ok(),
             };
             if !opens {
