@@ -176,15 +176,7 @@ fn an_unknown_gear_is_refused_and_nothing_is_written() {
         let mut cfg = repo.config.clone();
         cfg.chunker.gear = Some(gear.into());
         fs::write(env.repo().join("config"), cfg.seal(&repo.keys)).expect("write config");
-        let listing = |env: &Env| {
-            let mut v: Vec<_> = walkdir(&env.repo())
-                .into_iter()
-                .map(|p| (fs::read(&p).ok(), p))
-                .collect();
-            v.sort();
-            v
-        };
-        let before = listing(&env);
+        let before = common::stored_bytes(&env.repo());
         for args in [
             vec!["backup", src.to_str().unwrap()],
             vec!["snapshots"],
@@ -200,6 +192,9 @@ fn an_unknown_gear_is_refused_and_nothing_is_written() {
             );
             assert_eq!(err.trim_end().lines().count(), 1, "{err}");
         }
-        assert!(listing(&env) == before, "{gear:?}: the repository changed");
+        assert!(
+            common::stored_bytes(&env.repo()) == before,
+            "{gear:?}: the repository changed"
+        );
     }
 }

@@ -1215,15 +1215,7 @@ fn a_repository_newer_than_this_vault_is_refused_and_nothing_is_written() {
     let mut cfg = repo.config.clone();
     cfg.version = vault::format::config::NEWEST_VERSION + 1;
     fs::write(env.repo().join("config"), cfg.seal(&repo.keys)).unwrap();
-    let listing = |env: &Env| {
-        let mut v: Vec<_> = walkdir(&env.repo())
-            .into_iter()
-            .map(|p| (fs::read(&p).ok(), p))
-            .collect();
-        v.sort();
-        v
-    };
-    let before = listing(&env);
+    let before = common::stored_bytes(&env.repo());
     let target = env.path("restored");
     for args in [
         vec!["backup", src.to_str().unwrap()],
@@ -1245,6 +1237,9 @@ fn a_repository_newer_than_this_vault_is_refused_and_nothing_is_written() {
         );
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
-    assert!(listing(&env) == before, "the repository changed");
+    assert!(
+        common::stored_bytes(&env.repo()) == before,
+        "the repository changed"
+    );
     assert!(!target.exists());
 }

@@ -186,6 +186,15 @@ pub fn walkdir(p: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Every file below `dir` with its bytes: equal before and after means nothing was
+/// written there.
+pub fn stored_bytes(dir: &Path) -> BTreeMap<PathBuf, Option<Vec<u8>>> {
+    walkdir(dir)
+        .into_iter()
+        .map(|p| (p.clone(), std::fs::read(&p).ok()))
+        .collect()
+}
+
 /// Deterministic pseudo-random bytes.
 pub fn bytes(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
